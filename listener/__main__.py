@@ -1,0 +1,3 @@
+from listener.cli import main
+
+main(prog_name="listener")

@@ -1,0 +1,419 @@
+"""Decoded pgoutput messages → row changes with relation metadata and values.
+
+Values arrive as PostgreSQL text (we never ask for binary).  They are converted by psycopg's own loaders,
+chosen by type OID once per column when a Relation message arrives (user-defined types are resolved
+through the catalog: a domain loads as its base type, arrays of user types as lists of text).  Two
+renderings exist:
+
+* typed Python values (``Decimal``, ``datetime``, ``UUID``, ``bytes``, lists, dicts):
+  :meth:`Change.new_values`;
+* JSON values — lossless JSON-native values for integers, booleans, text, finite floats, json/jsonb and
+  arrays; otherwise the PostgreSQL text representation as a string — :meth:`Change.new_json`.
+
+Columns whose TOASTed value the server did not send are left out and listed in ``unchanged_toast``;
+they are never NULL.  An old key tuple ('K') carries only the replica identity columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import postgres, pq
+from psycopg.adapt import AdaptersMap, Transformer
+
+from listener import pgoutput as po
+from listener.errors import ProtocolError
+from listener.lsn import format_lsn
+
+logger = logging.getLogger(__name__)
+
+FIRST_NORMAL_OID = 16384
+TEXT_ARRAY_OID = 1009
+
+_INT_OIDS = frozenset({20, 21, 23, 26, 28})  # int8 int2 int4 oid xid
+_BOOL_OIDS = frozenset({16})
+_FLOAT_OIDS = frozenset({700, 701})
+_JSON_OIDS = frozenset({114, 3802})
+_TEXT_OIDS = frozenset({25, 1043, 1042, 19, 18})  # text varchar bpchar name "char"
+_JSON_NATIVE_ELEMENTS = _INT_OIDS | _BOOL_OIDS | _FLOAT_OIDS | _JSON_OIDS | _TEXT_OIDS
+
+JsonValue = Any
+Render = Callable[[bytes], JsonValue]
+Load = Callable[[bytes], Any]
+
+OPS = {po.Insert: "insert", po.Update: "update", po.Delete: "delete"}
+
+
+def _text(data: bytes) -> str:
+    return data.decode()
+
+
+def _finite_or_text(load: Load) -> Render:
+    def render(data: bytes) -> JsonValue:
+        value = load(data)
+        return value if math.isfinite(value) else data.decode()
+
+    return render
+
+
+def _sanitize_floats(value: JsonValue) -> JsonValue:
+    """Non-finite floats inside arrays have no JSON form: use PostgreSQL's spelling."""
+    if isinstance(value, list):
+        return [_sanitize_floats(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TypeShape:
+    """What a type OID loads as: the OID whose loader to use, and for arrays the element OID."""
+
+    load_oid: int
+    element_oid: int | None = None
+
+
+class TypeRegistry:
+    """Chooses psycopg loaders per type OID; resolves user-defined types through the catalog."""
+
+    def __init__(self) -> None:
+        self.adapters = AdaptersMap(psycopg.adapters)
+        self.transformer = Transformer(self.adapters)
+        self._element_of: dict[int, int] = {}
+        for info in postgres.types:
+            if info.array_oid:
+                self._element_of[info.array_oid] = info.oid
+        self._array_of = {elem: arr for arr, elem in self._element_of.items()}
+        self._user: dict[int, TypeShape] = {}
+
+    def unknown(self, oids: Iterable[int]) -> list[int]:
+        """User-defined type OIDs not resolved yet (they need :meth:`resolve`)."""
+        return sorted({o for o in oids if o >= FIRST_NORMAL_OID and o not in self._user})
+
+    async def resolve(self, conn: psycopg.AsyncConnection[Any], oids: Sequence[int]) -> None:
+        """Look user types up in the catalog: a domain loads as its base type, an array as its element's
+        array type when that is JSON-native, else as text[]; anything else (enum, composite, range) as
+        text."""
+        rows: dict[int, tuple[str, str, int, int]] = {}
+        pending = self.unknown(oids)
+        while pending:
+            cur = await conn.execute(
+                "SELECT oid::int8, typtype::text, typcategory::text, typelem::int8, typbasetype::int8"
+                " FROM pg_type WHERE oid = ANY(%s)",
+                [pending],
+            )
+            fetched = await cur.fetchall()
+            for oid, typtype, category, elem, base in fetched:
+                rows[oid] = (typtype, category, elem, base)
+            pending = sorted(
+                {
+                    ref
+                    for _, typtype, category, elem, base in fetched
+                    for ref in (base if typtype == "d" else 0, elem if category == "A" else 0)
+                    if ref >= FIRST_NORMAL_OID and ref not in rows and ref not in self._user
+                }
+            )
+        for oid in self.unknown(oids):
+            self._user[oid] = self._shape_from(oid, rows)
+
+    def _shape_from(self, oid: int, rows: dict[int, tuple[str, str, int, int]]) -> TypeShape:
+        if oid < FIRST_NORMAL_OID or oid in self._user or oid not in rows:
+            return self.shape(oid)
+        typtype, category, elem, base = rows[oid]
+        if typtype == "d":
+            return self._shape_from(base, rows)
+        if category == "A" and elem:
+            element = self._shape_from(elem, rows)
+            scalar = element.load_oid if element.element_oid is None else 0
+            if scalar in _JSON_NATIVE_ELEMENTS and scalar in self._array_of:
+                return TypeShape(self._array_of[scalar], scalar)
+            return TypeShape(TEXT_ARRAY_OID, 25)
+        return TypeShape(25)
+
+    def shape(self, oid: int) -> TypeShape:
+        if oid >= FIRST_NORMAL_OID:
+            return self._user.get(oid, TypeShape(25))
+        element = self._element_of.get(oid)
+        return TypeShape(oid, element)
+
+    def loader(self, oid: int) -> Load:
+        shape = self.shape(oid)
+        return self.transformer.get_loader(shape.load_oid, pq.Format.TEXT).load
+
+    def renderer(self, oid: int) -> Render:
+        """How a text value of this type becomes a JSON value (see the module docstring)."""
+        shape = self.shape(oid)
+        base = shape.load_oid
+        if shape.element_oid is not None:  # an array
+            element = shape.element_oid
+            if element not in _JSON_NATIVE_ELEMENTS:
+                load = self.transformer.get_loader(TEXT_ARRAY_OID, pq.Format.TEXT).load
+                return load
+            load = self.transformer.get_loader(base, pq.Format.TEXT).load
+            if element in _FLOAT_OIDS:
+                return lambda data: _sanitize_floats(load(data))
+            return load
+        if base in _TEXT_OIDS or base == 25:
+            return _text
+        if base in _INT_OIDS or base in _BOOL_OIDS or base in _JSON_OIDS:
+            return self.transformer.get_loader(base, pq.Format.TEXT).load
+        if base in _FLOAT_OIDS:
+            return _finite_or_text(self.transformer.get_loader(base, pq.Format.TEXT).load)
+        return _text
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    name: str
+    type_oid: int
+    is_key: bool
+    render: Render
+    load: Load
+
+
+@dataclass(frozen=True, slots=True)
+class RelationInfo:
+    oid: int
+    schema: str
+    name: str
+    replica_identity: str
+    columns: tuple[ColumnInfo, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.is_key)
+
+
+def relation_info(msg: po.Relation, types: TypeRegistry) -> RelationInfo:
+    columns = tuple(
+        ColumnInfo(c.name, c.type_oid, c.is_key, types.renderer(c.type_oid), types.loader(c.type_oid))
+        for c in msg.columns
+    )
+    return RelationInfo(msg.oid, msg.namespace, msg.name, msg.replica_identity, columns)
+
+
+@dataclass(slots=True)
+class Change:
+    """One row change (or a truncate of several tables) inside a committed transaction."""
+
+    op: str
+    lsn: int
+    commit_lsn: int
+    xid: int
+    commit_time: datetime
+    relation: RelationInfo | None
+    ordinal: int
+    new: po.TupleData | None = None
+    old: po.TupleData | None = None
+    old_kind: str | None = None
+    # truncate only: every table truncated, with each table's ordinal
+    truncated: tuple[tuple[RelationInfo, int], ...] = field(default=())
+
+    @property
+    def table(self) -> str | None:
+        return self.relation.qualified if self.relation is not None else None
+
+    def _tuple_json(self, values: po.TupleData, *, key_only: bool) -> dict[str, JsonValue]:
+        assert self.relation is not None
+        out: dict[str, JsonValue] = {}
+        for col, value in zip(self.relation.columns, values, strict=True):
+            if value is po.UNCHANGED_TOAST or (key_only and not col.is_key):
+                continue
+            if value is None:
+                out[col.name] = None
+            elif isinstance(value, bytes):
+                out[col.name] = col.render(value)
+            else:  # BinaryValue: we never request binary; keep its bytes visible rather than guess
+                out[col.name] = "\\x" + value.data.hex()  # type: ignore[union-attr]
+        return out
+
+    def new_json(self) -> dict[str, JsonValue] | None:
+        return self._tuple_json(self.new, key_only=False) if self.new is not None else None
+
+    def old_json(self) -> dict[str, JsonValue] | None:
+        if self.old is None:
+            return None
+        return self._tuple_json(self.old, key_only=self.old_kind == "K")
+
+    def unchanged_toast(self) -> list[str]:
+        if self.new is None or self.relation is None:
+            return []
+        return [
+            c.name for c, v in zip(self.relation.columns, self.new, strict=True) if v is po.UNCHANGED_TOAST
+        ]
+
+    def new_values(self) -> dict[str, Any] | None:
+        """The new row as typed Python values (psycopg's loaders); unchanged TOAST columns left out."""
+        if self.new is None or self.relation is None:
+            return None
+        return {
+            c.name: (c.load(v) if isinstance(v, bytes) else v)
+            for c, v in zip(self.relation.columns, self.new, strict=True)
+            if v is not po.UNCHANGED_TOAST
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TxnBegin:
+    commit_lsn: int
+    xid: int
+    commit_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TxnCommit:
+    commit_lsn: int
+    end_lsn: int
+    commit_time: datetime
+
+
+class Assembler:
+    """Turns pgoutput messages into TxnBegin, Change…, TxnCommit.  Pure and synchronous.
+
+    Changes are handed out one at a time as they arrive (never a whole transaction in a list: a
+    transaction may be gigabytes).  A Relation message replaces the cached description of its table, so
+    an ALTER TABLE mid-stream applies to the changes after it.
+    """
+
+    def __init__(self, types: TypeRegistry) -> None:
+        self.types = types
+        self.relations: dict[int, RelationInfo] = {}
+        self._begin: po.Begin | None = None
+        self._ordinals: dict[int, int] = {}
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._begin is not None
+
+    def relation(self, msg: po.Relation) -> RelationInfo:
+        info = relation_info(msg, self.types)
+        self.relations[msg.oid] = info
+        return info
+
+    def feed(self, lsn: int, msg: po.PgOutputMessage) -> TxnBegin | Change | TxnCommit | None:
+        kind = type(msg)
+        if kind is po.Insert or kind is po.Update or kind is po.Delete:
+            return self._change(lsn, msg)  # type: ignore[arg-type]
+        if kind is po.Begin:
+            assert isinstance(msg, po.Begin)
+            if self._begin is not None:
+                raise ProtocolError("Begin inside an open transaction", offset=0, lsn=lsn)
+            self._begin = msg
+            self._ordinals = {}
+            return TxnBegin(msg.final_lsn, msg.xid, msg.commit_time)
+        if kind is po.Commit:
+            assert isinstance(msg, po.Commit)
+            if self._begin is None:
+                raise ProtocolError("Commit without Begin", offset=0, lsn=lsn)
+            self._begin = None
+            return TxnCommit(msg.commit_lsn, msg.end_lsn, msg.commit_time)
+        if kind is po.Relation:
+            assert isinstance(msg, po.Relation)
+            self.relation(msg)
+            return None
+        if kind is po.Truncate:
+            assert isinstance(msg, po.Truncate)
+            return self._truncate(lsn, msg)
+        if kind in (po.StreamStart, po.StreamStop, po.StreamCommit, po.StreamAbort):
+            raise ProtocolError(
+                f"unexpected {kind.__name__}: listener does not request streaming", offset=0, lsn=lsn
+            )
+        return None  # Origin, Type, Message (handled by callers that want them), two-phase (not requested)
+
+    def _txn(self, lsn: int) -> po.Begin:
+        if self._begin is None:
+            raise ProtocolError("row change outside a transaction", offset=0, lsn=lsn)
+        return self._begin
+
+    def _next_ordinal(self, oid: int) -> int:
+        n = self._ordinals.get(oid, 0)
+        self._ordinals[oid] = n + 1
+        return n
+
+    def _lookup(self, oid: int, lsn: int) -> RelationInfo:
+        try:
+            return self.relations[oid]
+        except KeyError:
+            raise ProtocolError(
+                f"change for relation OID {oid} before its Relation message", offset=1, lsn=lsn
+            ) from None
+
+    def _change(self, lsn: int, msg: po.Insert | po.Update | po.Delete) -> Change:
+        begin = self._txn(lsn)
+        rel = self._lookup(msg.relation_oid, lsn)
+        ordinal = self._next_ordinal(msg.relation_oid)
+        if type(msg) is po.Insert:
+            return Change("insert", lsn, begin.final_lsn, begin.xid, begin.commit_time, rel, ordinal, msg.new)
+        if type(msg) is po.Update:
+            assert isinstance(msg, po.Update)
+            return Change(
+                "update",
+                lsn,
+                begin.final_lsn,
+                begin.xid,
+                begin.commit_time,
+                rel,
+                ordinal,
+                msg.new,
+                msg.old,
+                msg.old_kind,
+            )
+        assert isinstance(msg, po.Delete)
+        return Change(
+            "delete",
+            lsn,
+            begin.final_lsn,
+            begin.xid,
+            begin.commit_time,
+            rel,
+            ordinal,
+            None,
+            msg.old,
+            msg.old_kind,
+        )
+
+    def _truncate(self, lsn: int, msg: po.Truncate) -> Change:
+        begin = self._txn(lsn)
+        tables = tuple((self._lookup(oid, lsn), self._next_ordinal(oid)) for oid in msg.relation_oids)
+        first, ordinal = tables[0]
+        return Change(
+            "truncate", lsn, begin.final_lsn, begin.xid, begin.commit_time, first, ordinal, truncated=tables
+        )
+
+
+def change_json(change: Change) -> dict[str, JsonValue]:
+    """The JSON line `listener tail` prints for a change (format documented in README)."""
+    base: dict[str, JsonValue] = {
+        "lsn": format_lsn(change.lsn),
+        "commit_lsn": format_lsn(change.commit_lsn),
+        "xid": change.xid,
+        "commit_time": change.commit_time.isoformat(),
+    }
+    if change.op == "truncate":
+        base.update(
+            table=None,
+            tables=[rel.qualified for rel, _ in change.truncated],
+            op="truncate",
+            new=None,
+            old=None,
+            unchanged_toast=[],
+        )
+        return base
+    base.update(
+        table=change.table,
+        op=change.op,
+        new=change.new_json(),
+        old=change.old_json(),
+        unchanged_toast=change.unchanged_toast(),
+    )
+    return base

@@ -1,0 +1,224 @@
+"""The `listener` command.
+
+Every option can also come from an environment variable (shown in --help).  Where no DSN is given —
+neither --dsn, LISTENER_DSN nor `dsn:` in the config — listener starts the embedded PostgreSQL server
+(data in .listener/pgdata, reused across runs, stopped on exit) and prints its DSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from listener import setup
+from listener.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
+from listener.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres
+from listener.errors import ListenerError
+
+err_console = Console(stderr=True)
+
+
+@dataclass
+class Options:
+    config_path: str | None
+    dsn: str | None
+    state_dsn: str | None
+    data_dir: str
+
+
+@contextlib.contextmanager
+def _databases(opts: Options, config: Config) -> Iterator[tuple[str, str]]:
+    """(source DSN, state DSN); starts the embedded server when no DSN is given anywhere."""
+    dsn = opts.dsn or config.dsn
+    server: EmbeddedPostgres | None = None
+    if dsn is None:
+        server = EmbeddedPostgres(opts.data_dir)
+        dsn = server.start()
+        err_console.print(f"[dim]embedded PostgreSQL ({opts.data_dir}): {dsn}[/dim]")
+    try:
+        yield dsn, opts.state_dsn or config.state_dsn or dsn
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _load(opts: Options, *, required: bool = True) -> Config:
+    path = opts.config_path
+    if path is None:
+        if Path(DEFAULT_CONFIG_FILE).exists():
+            path = DEFAULT_CONFIG_FILE
+        elif required:
+            raise ListenerError(
+                f"no configuration file: {DEFAULT_CONFIG_FILE} is not in the current directory",
+                hint="pass --config FILE (or LISTENER_CONFIG); see README 'Configuration'",
+            )
+        else:
+            return parse_config("rules: []\n", filename="<defaults>")
+    return load_config(path)
+
+
+def _fail(exc: ListenerError) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+    if exc.hint:
+        err_console.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ListenerError as exc:
+            _fail(exc)
+        return None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="LISTENER_CONFIG",
+    show_envvar=True,
+    help=f"Config file (default: ./{DEFAULT_CONFIG_FILE}).",
+)
+@click.option(
+    "--dsn",
+    envvar="LISTENER_DSN",
+    show_envvar=True,
+    help="Database to watch (libpq conninfo or URI; PG* variables apply).",
+)
+@click.option(
+    "--state-dsn",
+    envvar="LISTENER_STATE_DSN",
+    show_envvar=True,
+    help="Database for the queue and checkpoint (default: the watched one).",
+)
+@click.option(
+    "--data-dir",
+    envvar="LISTENER_DATA_DIR",
+    show_envvar=True,
+    default=str(DEFAULT_DATA_DIR),
+    help="Data directory of the embedded server, used when no DSN is given.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    config_path: str | None,
+    dsn: str | None,
+    state_dsn: str | None,
+    data_dir: str,
+    verbose: int,
+) -> None:
+    """listener: PostgreSQL row changes → durable, exactly-once workflow runs."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ctx.obj = Options(config_path, dsn, state_dsn, data_dir)
+
+
+@main.command()
+@click.pass_obj
+def check(opts: Options) -> None:
+    """Validate the config and check the database prerequisites; print the fix for each failure."""
+    config = _load(opts)
+    with _databases(opts, config) as (dsn, state_dsn):
+        results = setup.check(config, dsn, state_dsn)
+    table = Table(title=f"listener check ({len(config.rules)} rule(s))", show_lines=False)
+    table.add_column("", width=2)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("fix")
+    for r in results:
+        mark = "[yellow]![/]" if r.ok and r.warning else ("[green]✓[/]" if r.ok else "[red]✗[/]")
+        table.add_row(mark, r.name, r.detail, r.fix or "")
+    Console().print(table)
+    failed = [r for r in results if not r.ok and r.fix != "listener init"]
+    needs_init = [r for r in results if not r.ok and r.fix == "listener init"]
+    if failed:
+        err_console.print(f"[red]{len(failed)} problem(s): apply the fixes above[/red]")
+        sys.exit(1)
+    if needs_init:
+        err_console.print("[yellow]ready: run `listener init` (or `listener run`, which does it)[/yellow]")
+
+
+@main.command()
+@click.pass_obj
+def init(opts: Options) -> None:
+    """Apply the state schema, create the publication and the replication slot (safe to run twice)."""
+    config = _load(opts)
+    with _databases(opts, config) as (dsn, state_dsn):
+        done = setup.init(config, dsn, state_dsn)
+    for line in done or ["nothing to do: already initialised"]:
+        click.echo(line)
+
+
+@main.command()
+@click.pass_obj
+def drop(opts: Options) -> None:
+    """Drop the replication slot and the publication (the state schema stays)."""
+    config = _load(opts)
+    with _databases(opts, config) as (dsn, _):
+        done = setup.drop(config, dsn)
+    for line in done or ["nothing to drop"]:
+        click.echo(line)
+
+
+@main.command()
+@click.option("--no-workers", is_flag=True, help="Only ingest; run workers elsewhere.")
+@click.pass_obj
+def run(opts: Options, no_workers: bool) -> None:
+    """Ingest changes into the durable queue and run workflows (until SIGTERM / Ctrl-C)."""
+    from listener import service
+
+    config = _load(opts)
+    with _databases(opts, config) as (dsn, state_dsn), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(service.run(config, dsn, state_dsn, workers=not no_workers))
+
+
+@main.command()
+@click.option("--max", "max_changes", type=click.IntRange(min=1), help="Stop after N changes.")
+@click.pass_obj
+def tail(opts: Options, max_changes: int | None) -> None:
+    """Print the decoded changes of the configured tables as JSON lines (temporary slot)."""
+    from listener import service
+    from listener import tail as tail_mod
+
+    config = _load(opts)
+
+    async def go(dsn: str) -> None:
+        stop = asyncio.Event()
+        remove = service.install_signal_handlers(stop)
+        try:
+            await tail_mod.tail(config, dsn, max_changes=max_changes, stop=stop)
+        finally:
+            remove()
+
+    with _databases(opts, config) as (dsn, _), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(go(dsn))
+
+
+@main.command()
+@click.option("--rows", default=6, type=click.IntRange(min=1), help="Sample rows to write.")
+@click.pass_obj
+def demo(opts: Options, rows: int) -> None:
+    """Create a sample schema, rules and workflows, write rows, and watch workflows react."""
+    from listener import demo as demo_mod
+
+    with _databases(opts, parse_config("rules: []\n")) as (dsn, _):
+        asyncio.run(demo_mod.demo(dsn, rows=rows))
+
+
+if __name__ == "__main__":
+    main()

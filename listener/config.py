@@ -1,0 +1,609 @@
+"""The configuration file (``listener.yaml``): pydantic models and a loader with precise errors.
+
+The loader composes the YAML node tree itself (``SafeLoader``) instead of calling ``yaml.safe_load`` so that
+every value keeps its line number and duplicate keys (which PyYAML silently collapses) are refused.  Each
+pydantic error is then reported as ``file:line, rule 'name': field.path: what is wrong`` with a fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from listener.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "listener.yaml"
+DEFAULT_SLOT = "listener"
+DEFAULT_PUBLICATION = "listener"
+DEFAULT_STATE_SCHEMA = "listener"
+BATCH_EVENTS = 5000
+BATCH_DELAY_MS = 5.0
+STATUS_INTERVAL_S = 10.0
+WORKER_CONCURRENCY = 16
+POLL_INTERVAL_S = 5.0
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated, we refuse them
+
+Operation = Literal["insert", "update", "delete", "truncate"]
+OPERATIONS: tuple[Operation, ...] = ("insert", "update", "delete", "truncate")
+
+EXAMPLE_CONFIG = """\
+# listener.yaml: which row changes start which workflows
+rules:
+  - name: onboard_user
+    table: public.users
+    on: [insert]
+    workflow: workflows.onboarding:welcome
+"""
+
+# ---------------------------------------------------------------------------------------------------------
+# Table names, parsed the way PostgreSQL parses a qualified name.
+
+# Keywords quote_ident() quotes: PostgreSQL's reserved and type/function-name keywords (kwlist.h).
+_KEYWORDS = """
+    all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate
+    collation column concurrently constraint create cross current_catalog current_date current_role
+    current_schema current_time current_timestamp current_user default deferrable desc distinct do else end
+    except false fetch for foreign freeze from full grant group having ilike in initially inner intersect into
+    is isnull join lateral leading left like limit localtime localtimestamp natural not notnull null offset on
+    only or order outer overlaps placing primary references returning right select session_user similar some
+    symmetric system_user table tablesample then to trailing true union unique user using variadic verbose
+    when where window with"""
+SQL_KEYWORDS = frozenset(_KEYWORDS.split())
+_SAFE_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
+# One name of a qualified name, with the blanks around it: "quoted ""x""" or unquoted (folded later).
+_IDENT_TOKEN = re.compile(
+    r'\s*(?:"((?:[^"]|"")*)"|([A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*))\s*'
+)
+_FOLD_ASCII = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_TABLE_HINT = (
+    'write schema.table, e.g. public.users; quote names with capitals or spaces: \'"Sales"."Items"\''
+)
+
+
+def quote_ident(name: str) -> str:
+    """Quote ``name`` only where needed, by the rule of PostgreSQL's ``quote_ident()``."""
+    if _SAFE_IDENT.fullmatch(name) and name not in SQL_KEYWORDS:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified_name(schema: str, name: str) -> str:
+    """The display (and SQL) form of a table: ``public.users``, ``"Sales"."Order Items"``."""
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def split_table(text: str) -> tuple[str, str]:
+    """Parse ``schema.table`` or ``table`` (meaning ``public.table``) into the real, unquoted names.
+
+    Unquoted identifiers fold to lower case, ``"..."`` keeps case and spaces, ``""`` inside quotes is a quote.
+    Raises ``ValueError`` with a readable reason when ``text`` is not such a name.
+    """
+    parts: list[str] = []
+    pos = 0
+    while True:
+        match = _IDENT_TOKEN.match(text, pos)
+        if match is None:
+            rest = text[pos:].lstrip()
+            problem = (
+                "a '\"' is not closed" if rest.startswith('"') else f"expected a name at position {pos + 1}"
+            )
+            raise ValueError(f"{text!r} is not a table name: {problem}")
+        quoted, bare = match.groups()
+        ident = bare.translate(_FOLD_ASCII) if quoted is None else quoted.replace('""', '"')
+        if not ident:
+            raise ValueError(f'{text!r} is not a table name: "" is an empty name')
+        if len(ident.encode()) > MAX_IDENTIFIER_BYTES:
+            raise ValueError(f"{ident!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES}-byte name limit")
+        parts.append(ident)
+        pos = match.end()
+        if pos == len(text):
+            break
+        if text[pos] != ".":
+            raise ValueError(f"{text!r} is not a table name: unexpected {text[pos]!r} at position {pos + 1}")
+        pos += 1
+    if len(parts) > 2:
+        raise ValueError(f"{text!r} has {len(parts)} parts; name a table as schema.table")
+    return ("public", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _custom(kind: str, message: str, hint: str, **context: Any) -> PydanticCustomError:
+    # Pre-formatted message (pydantic templates know no !r); _describe() shows the hint as the fix.
+    return PydanticCustomError(kind, "{message}", {"message": message, "hint": hint, **context})
+
+
+def _normalize_table(value: str) -> str:
+    try:
+        return qualified_name(*split_table(value))
+    except ValueError as exc:
+        raise _custom("table_name", str(exc), _TABLE_HINT) from None
+
+
+def _check_rule_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", value):
+        hint = "start with a letter or '_', then letters, digits, '_', '.' or '-', e.g. onboard_user"
+        raise _custom("rule_name", f"{value!r} is not a valid rule name", hint)
+    return value
+
+
+def _check_workflow(value: str) -> str:
+    module, sep, function = value.partition(":")
+    names = [*module.split("."), function]
+    if not sep or not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        hint = "write module.path:function, e.g. workflows.onboarding:welcome"
+        raise _custom("workflow_ref", f"{value!r} is not a workflow reference", hint)
+    return value
+
+
+def _wrap_operations(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        return tuple(v.strip().lower() if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _dedupe_operations(value: tuple[Operation, ...]) -> tuple[Operation, ...]:
+    if not value:
+        raise _custom("operations_empty", "lists no operation", "write e.g. on: [insert, update]")
+    return tuple(dict.fromkeys(value))
+
+
+def _plain_identifier(what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if quote_ident(value) != value or len(value) > MAX_IDENTIFIER_BYTES:
+            hint = f"use lower-case letters, digits and '_' (not an SQL keyword), e.g. {what}: listener"
+            raise _custom("identifier", f"{value!r} is not a plain lower-case identifier", hint)
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_slot(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+        hint = "a slot name has 1 to 63 lower-case letters, digits or '_', e.g. slot: listener"
+        raise _custom("slot_name", f"{value!r} is not a valid replication slot name", hint)
+    return value
+
+
+TableName = Annotated[str, AfterValidator(_normalize_table)]
+"""A table as ``schema.table`` in display form, quoted only where PostgreSQL's ``quote_ident`` would."""
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+
+
+class IngestSettings(BaseModel):
+    """How row changes are batched into the state database."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_events: int = Field(default=BATCH_EVENTS, ge=1, strict=True)
+    batch_delay_ms: float = Field(default=BATCH_DELAY_MS, ge=0, strict=True, allow_inf_nan=False)
+    status_interval_s: float = Field(default=STATUS_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
+
+
+class WorkerSettings(BaseModel):
+    """How workers claim and run events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int = Field(default=WORKER_CONCURRENCY, ge=1, strict=True)
+    poll_interval_s: float = Field(default=POLL_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
+
+
+class Rule(BaseModel):
+    """One table-to-workflow rule: changes of ``on`` kinds in ``table`` start ``workflow``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, AfterValidator(_check_rule_name)]
+    table: TableName
+    on: Annotated[
+        tuple[Operation, ...], BeforeValidator(_wrap_operations), AfterValidator(_dedupe_operations)
+    ]
+    workflow: Annotated[str, AfterValidator(_check_workflow)]
+
+    @property
+    def schema_name(self) -> str:
+        """The table's schema, unquoted (``Sales`` for ``"Sales"."Order Items"``)."""
+        return split_table(self.table)[0]
+
+    @property
+    def table_name(self) -> str:
+        """The table's own name, unquoted (``Order Items`` for ``"Sales"."Order Items"``)."""
+        return split_table(self.table)[1]
+
+
+class Config(BaseModel):
+    """The whole configuration file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dsn: str | None = None
+    state_dsn: str | None = None
+    slot: Annotated[str, AfterValidator(_check_slot)] = DEFAULT_SLOT
+    publication: Annotated[str, _plain_identifier("publication")] = DEFAULT_PUBLICATION
+    state_schema: Annotated[str, _plain_identifier("state_schema")] = DEFAULT_STATE_SCHEMA
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    rules: tuple[Rule, ...] = ()
+
+    _source_path: str | None = PrivateAttr(default=None)
+
+    @field_validator("ingest", "worker", "rules", mode="before")
+    @classmethod
+    def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
+        if value is None:
+            return () if info.field_name == "rules" else {}
+        return value
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Config:
+        first: dict[str, int] = {}
+        for index, rule in enumerate(self.rules):
+            if rule.name in first:
+                hint = "give each rule its own name: it is part of every event's idempotency key"
+                raise _custom(
+                    "duplicate_rule_name",
+                    f"rule name {rule.name!r} is already used by rules[{first[rule.name]}]",
+                    hint,
+                    index=index,
+                )
+            first[rule.name] = index
+        return self
+
+    @property
+    def source_path(self) -> str | None:
+        """The file this configuration was loaded from, or None."""
+        return self._source_path
+
+    def with_source_path(self, path: str | None) -> Config:
+        """A copy of this configuration that records ``path`` as where it came from."""
+        copy = self.model_copy()
+        copy._source_path = path
+        return copy
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading: YAML node tree -> plain values + line numbers -> models -> errors that point at lines.
+
+YamlPath = tuple[str | int, ...]
+_SECTIONS: dict[str, type[BaseModel]] = {"ingest": IngestSettings, "worker": WorkerSettings}
+_MISSING_HINTS = {
+    "name": "add e.g. `name: onboard_user`; the name is part of every event's idempotency key",
+    "table": "add e.g. `table: public.users` (a bare name means public.<name>)",
+    "on": "add e.g. `on: [insert, update]` (any of insert, update, delete, truncate)",
+    "workflow": "add e.g. `workflow: workflows.onboarding:welcome` (module.path:function)",
+}
+
+
+@dataclass
+class _Document:
+    data: Any = None
+    lines: dict[YamlPath, int] = field(default_factory=dict)  # 1-based line of each key / list item
+    double_quoted: set[YamlPath] = field(default_factory=set)
+    duplicates: list[tuple[YamlPath, int, int]] = field(default_factory=list)  # path, line, first line
+
+
+@dataclass(frozen=True)
+class _Problem:
+    line: int | None
+    rule: str | None
+    what: str
+    hint: str | None
+
+
+def _example_hint(intro: str) -> str:
+    return intro + "\n" + "\n".join("    " + line for line in EXAMPLE_CONFIG.rstrip().splitlines())
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the configuration file at ``path``; raise ``ConfigError`` pointing at the line."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        hint = _example_hint("create it, see README 'Configuration'; the smallest useful file is:")
+        raise ConfigError("configuration file not found", file=name, hint=hint) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=name, hint="save it as UTF-8") from exc
+    except OSError as exc:
+        hint = "pass the path of a readable YAML file"
+        raise ConfigError(f"cannot read the file: {exc.strerror}", file=name, hint=hint) from exc
+    return parse_config(text, filename=name).with_source_path(name)
+
+
+def parse_config(text: str, *, filename: str = "<string>") -> Config:
+    """Validate configuration ``text``; ``filename`` is only used in error messages.
+
+    Raises one ``ConfigError`` for all problems found: its message lists each as ``file:line, rule 'x':
+    field.path: what; fix: how`` (one per line), and its ``line``/``rule`` fields are those of the first.
+    """
+    doc = _compose(text, filename)
+    try:
+        return Config.model_validate(doc.data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # `tabel:` also makes `table` missing; the "did you mean 'table'?" on the typo says it all.
+        typos = {
+            (*e["loc"][:-1], _closest_key(str(e["loc"][-1]), tuple(e["loc"][:-1])))
+            for e in errors
+            if e["type"] == "extra_forbidden"
+        }
+        problems = [
+            _describe(e, doc) for e in errors if e["type"] != "missing" or tuple(e["loc"]) not in typos
+        ]
+        raise _config_error(problems, filename) from exc
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _compose(text: str, filename: str) -> _Document:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None or (root.tag == "tag:yaml.org,2002:null" and root.value == ""):
+            hint = _example_hint("write the configuration; the smallest useful file is:")
+            raise ConfigError("the file is empty (or only comments)", file=filename, hint=hint)
+        if not isinstance(root, yaml.MappingNode):
+            kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+            hint = _example_hint("the file holds keys such as dsn, slot and rules, e.g.:")
+            what = f"the top level must be a mapping of keys, not {kind}"
+            raise ConfigError(what, file=filename, line=_line(root), hint=hint)
+        doc = _Document(lines={(): _line(root)})
+        doc.data = _build(root, (), doc, loader, filename, set())
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(exc, filename) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=filename, hint="remove control characters") from exc
+    finally:
+        loader.dispose()
+    _check_source(doc, filename)
+    return doc
+
+
+def _build(
+    node: yaml.Node, path: YamlPath, doc: _Document, loader: yaml.SafeLoader, filename: str, active: set[int]
+) -> Any:
+    """Plain Python values for ``node``, recording the line of every key and list item on the way."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.style == '"':
+            doc.double_quoted.add(path)
+        return loader.construct_object(node, deep=True)
+    if id(node) in active:
+        hint = "do not use an alias (*name) inside the node its anchor (&name) marks"
+        raise ConfigError("a YAML alias refers to itself", file=filename, line=_line(node), hint=hint)
+    active.add(id(node))
+    try:
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                doc.lines[(*path, index)] = _line(item)
+                items.append(_build(item, (*path, index), doc, loader, filename, active))
+            return items
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _key(key_node, filename)
+            if key in result:  # PyYAML would silently keep the last value; refuse instead
+                doc.duplicates.append(((*path, key), _line(key_node), doc.lines[(*path, key)]))
+                continue
+            doc.lines[(*path, key)] = _line(key_node)
+            result[key] = _build(value_node, (*path, key), doc, loader, filename, active)
+        return result
+    finally:
+        active.discard(id(node))
+
+
+def _key(node: yaml.Node, filename: str) -> str:
+    # The raw text, not the resolved value: YAML 1.1 would read the key `on:` as the boolean True.
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(
+            "a key must be a plain name", file=filename, line=_line(node), hint="write `name: value`"
+        )
+    return str(node.value)
+
+
+def _check_source(doc: _Document, filename: str) -> None:
+    """Mistakes the models cannot see: duplicate keys, and SQL quotes that YAML swallowed."""
+    problems = [
+        _Problem(
+            line,
+            _rule_of(doc, path),
+            f"{_format_path(path[:-1])}: duplicate key {path[-1]!r} (first at line {first})".lstrip(": "),
+            "keep only one of them",
+        )
+        for path, line, first in doc.duplicates
+    ]
+    for path in sorted(doc.double_quoted, key=str):
+        value = _value_at(doc.data, path)
+        if path[-1:] == ("table",) and isinstance(value, str) and value != value.lower() and '"' not in value:
+            what = (
+                f"{_format_path(path)}: YAML removes the double quotes, so {value!r} means {value.lower()!r}"
+            )
+            hint = f"""write table: '"{value}"' for the name with capitals, or table: {value.lower()}"""
+            problems.append(_Problem(doc.lines.get(path), _rule_of(doc, path), what, hint))
+    if problems:
+        raise _config_error(problems, filename)
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, filename: str) -> ConfigError:
+    mark = exc.problem_mark or exc.context_mark
+    what = f"invalid YAML: {exc.problem or exc.context or 'syntax error'}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        what += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    if "\\t" in what:
+        hint = "indent with spaces: YAML does not allow tabs there"
+    else:
+        hint = "check indentation and quoting; quote values that contain ': ' or start with a quote or '*'"
+    return ConfigError(what, file=filename, line=None if mark is None else mark.line + 1, hint=hint)
+
+
+def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
+    """One pydantic error as a located, human sentence with a fix."""
+    kind, loc, value = error["type"], tuple(error["loc"]), error["input"]
+    ctx: dict[str, Any] = dict(error.get("ctx") or {})
+    hint: str | None = ctx.get("hint")
+    where: YamlPath = loc
+    if kind == "duplicate_rule_name":
+        where = ("rules", ctx["index"], "name")
+    if kind == "missing":
+        where, what = loc[:-1], f"missing required key {loc[-1]!r}"
+        hint = _MISSING_HINTS.get(str(loc[-1]))
+    elif kind == "extra_forbidden":
+        where, what = loc[:-1], f"unknown key {loc[-1]!r}"
+        hint = _suggest_key(str(loc[-1]), loc[:-1])
+    elif kind == "literal_error" and len(loc) >= 2 and loc[-2] == "on":
+        what = f"unknown operation {_show(value)}"
+        hint = f"use any of {', '.join(OPERATIONS)}, e.g. on: [insert, update]"
+    elif kind in ("int_type", "int_parsing", "int_from_float"):
+        what, hint = f"expected a whole number, got {_show(value)}", _field_example(loc)
+    elif kind in ("float_type", "float_parsing", "finite_number"):
+        what, hint = f"expected a number, got {_show(value)}", _field_example(loc)
+    elif kind in ("greater_than", "greater_than_equal"):
+        bound = f"more than {_show(ctx['gt'])}" if kind == "greater_than" else f"at least {_show(ctx['ge'])}"
+        what, hint = f"must be {bound}, got {_show(value)}", _field_example(loc)
+    elif kind == "string_type":
+        what = f"expected text, got {_show(value)}"
+        hint = "quote the value: YAML reads unquoted numbers, true/false, null and dates as such"
+    elif kind in ("model_type", "dict_type", "model_attributes_type"):
+        what = f"expected keys (`name: value` lines), got {_show(value)}"
+        if where[:1] == ("rules",):
+            hint = "write each rule as a list item: `- name: ...` then `table:`, `on:`, `workflow:` under it"
+        elif where[:1] in (("ingest",), ("worker",)):
+            hint = f"put its keys on indented lines under '{where[0]}:'"
+    elif kind in ("tuple_type", "list_type"):
+        what = f"expected a list, got {_show(value)}"
+        hint = (
+            "write e.g. on: [insert, update]" if loc[-1:] == ("on",) else "write list items as `- ...` lines"
+        )
+    else:
+        what = error["msg"]
+    path = _format_path(where if kind in ("missing", "extra_forbidden") else loc)
+    line = _line_at(doc, loc if kind == "extra_forbidden" else where)  # an unknown key has its own line
+    return _Problem(line, _rule_of(doc, where), f"{path}: {what}" if path else what, hint)
+
+
+def _config_error(problems: list[_Problem], filename: str) -> ConfigError:
+    """One error for all problems, located at the first one (by line)."""
+    problems = sorted(problems, key=lambda p: p.line or 0)
+    first = problems[0]
+    if len(problems) == 1:
+        return ConfigError(first.what, file=filename, line=first.line, rule=first.rule, hint=first.hint)
+    lines = [f"{len(problems)} problems in the configuration:"]
+    for p in problems:
+        where = ", ".join([f"{filename}:{p.line}", *([f"rule {p.rule!r}"] if p.rule is not None else [])])
+        lines.append(f"  {where}: {p.what}" + (f"; fix: {p.hint}" if p.hint else ""))
+    error = ConfigError("\n".join(lines), file=filename)
+    error.line, error.rule = first.line, first.rule
+    return error
+
+
+def _model_at(path: YamlPath) -> type[BaseModel] | None:
+    if not path:
+        return Config
+    if len(path) == 1 and path[0] in _SECTIONS:
+        return _SECTIONS[str(path[0])]
+    if len(path) == 2 and path[0] == "rules" and isinstance(path[1], int):
+        return Rule
+    return None
+
+
+def _closest_key(key: str, parent: YamlPath) -> str | None:
+    model = _model_at(parent)
+    by_lower = {name.lower(): name for name in (model.model_fields if model is not None else ())}
+    close = difflib.get_close_matches(key.lower(), list(by_lower), n=1)
+    return by_lower[close[0]] if close else None
+
+
+def _suggest_key(key: str, parent: YamlPath) -> str | None:
+    if key == "<<":
+        return "YAML merge keys (<<) are not supported: write the keys out in full"
+    for section, section_model in _SECTIONS.items():
+        if key in section_model.model_fields and parent != (section,):
+            return f"{key!r} belongs under '{section}:'"
+    if not parent and key in Rule.model_fields:
+        return f"{key!r} belongs inside a rule, under 'rules:'"
+    if (close := _closest_key(key, parent)) is not None:
+        return f"did you mean {close!r}?"
+    model = _model_at(parent)
+    return "valid keys here: " + ", ".join(model.model_fields) if model is not None else None
+
+
+def _field_example(loc: YamlPath) -> str | None:
+    model = _model_at(loc[:-1])
+    info = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
+    if info is None:
+        return None
+    return f"e.g. {loc[-1]}: {_show(info.default)}"
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def _format_path(path: YamlPath) -> str:
+    """("rules", 0, "on", 1) -> "rules[0].on[1]"."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _value_at(data: Any, path: YamlPath) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _line_at(doc: _Document, path: YamlPath) -> int | None:
+    # Errors deeper than the YAML (a bare `on: insert` reported as on[0]) take the nearest recorded line.
+    for size in range(len(path), -1, -1):
+        if path[:size] in doc.lines:
+            return doc.lines[path[:size]]
+    return None
+
+
+def _rule_of(doc: _Document, path: YamlPath) -> str | None:
+    """The rule a path lies in: its name if it has a textual one, else "rules[i]"."""
+    if len(path) < 2 or path[0] != "rules" or not isinstance(path[1], int):
+        return None
+    name = _value_at(doc.data, (*path[:2], "name"))
+    return name if isinstance(name, str) and name else f"rules[{path[1]}]"

@@ -1,0 +1,71 @@
+"""One root exception, a few families by cause.
+
+Every error a user can cause says what is wrong, where (file:line, rule, LSN, byte offset) and how to fix
+it.  The structured fields let callers (and tests) inspect the place without parsing the text.
+"""
+
+from __future__ import annotations
+
+
+class ListenerError(Exception):
+    """Root of every error raised by listener on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  fix: {self.hint}"
+        return self.message
+
+
+class ProtocolError(ListenerError):
+    """The server sent bytes that do not follow the replication or pgoutput protocol."""
+
+    def __init__(self, message: str, *, offset: int, lsn: int | None = None, hint: str | None = None) -> None:
+        where = f" at byte offset {offset}"
+        if lsn is not None:
+            from listener.lsn import format_lsn
+
+            where += f" of the message at LSN {format_lsn(lsn)}"
+        super().__init__(message + where, hint=hint)
+        self.offset = offset
+        self.lsn = lsn
+
+
+class ConfigError(ListenerError):
+    """The configuration file or a rule in it is invalid."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        rule: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        parts = []
+        if file is not None:
+            parts.append(f"{file}:{line}" if line is not None else file)
+        if rule is not None:
+            parts.append(f"rule {rule!r}")
+        prefix = ", ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message, hint=hint)
+        self.file = file
+        self.line = line
+        self.rule = rule
+
+
+class PrerequisiteError(ListenerError):
+    """The database is not set up the way listener needs (wal_level, privileges, slot, tables)."""
+
+
+class DatabaseError(ListenerError):
+    """A database operation failed for a reason the user can act on (connection refused, auth, ...)."""
+
+
+class SlotInUseError(PrerequisiteError):
+    """The replication slot is active in another process."""

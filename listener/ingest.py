@@ -1,0 +1,361 @@
+"""Ingest: the replication stream → workflow events, committed with the checkpoint, then acknowledged.
+
+One reader task decodes messages and builds batches; one writer task commits each batch (events +
+checkpoint, one state-db transaction) and only then moves the flush LSN reported to the server
+(invariant 1).  A bounded queue between them (``WRITE_QUEUE_BATCHES``) lets decoding overlap the write
+while keeping memory bounded: a batch holds at most ``batch_events`` events, and a huge source
+transaction is cut into such chunks (their events commit without moving the checkpoint; after a crash
+the transaction is re-sent and the unique idempotency keys drop what was already written).
+
+On restart, transactions whose commit LSN is below the checkpoint are skipped.  Every lost connection
+(source or state database) restarts the session from the durable checkpoint, with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import psycopg
+
+from listener import pgoutput as po
+from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
+from listener.errors import DatabaseError, ListenerError, SlotInUseError
+from listener.lsn import format_lsn
+from listener.replication import ReplicationEnded, ReplicationSession
+from listener.rules import CompiledRule, RuleSet
+from listener.store import EventRow, StateStore
+
+logger = logging.getLogger(__name__)
+
+WRITE_QUEUE_BATCHES = 2
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 30.0
+SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender a moment longer
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(slots=True)
+class Batch:
+    events: list[EventRow] = field(default_factory=list)
+    checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
+
+
+@dataclass(slots=True)
+class IngestStats:
+    changes: int = 0
+    events_built: int = 0
+    events_inserted: int = 0
+    transactions: int = 0
+    batches: int = 0
+    reconnects: int = 0
+    checkpoint: int | None = None
+
+
+def event_key(rule: str, commit_lsn: int, ordinal: int) -> str:
+    """The idempotency key of a CDC event: rule + commit LSN + ordinal of the change among the changes to
+    its table in that transaction.  Counting per table keeps keys stable when the publication gains or
+    loses other tables."""
+    return f"{rule}/{format_lsn(commit_lsn)}/{ordinal}"
+
+
+class Ingest:
+    """Streams ``slot`` and writes the events of ``rules`` to the state store."""
+
+    def __init__(
+        self,
+        *,
+        source_dsn: str,
+        store: StateStore,
+        rules: RuleSet,
+        slot: str,
+        publication: str,
+        batch_events: int = 5000,
+        batch_delay: float = 0.005,
+        status_interval: float = 10.0,
+        on_batch: Callable[[Batch, int], None] | None = None,
+    ) -> None:
+        self.source_dsn = source_dsn
+        self.store = store
+        self.rules = rules
+        self.slot = slot
+        self.publication = publication
+        self.batch_events = batch_events
+        self.batch_delay = batch_delay
+        self.status_interval = status_interval
+        self.on_batch = on_batch
+        self.stats = IngestStats()
+        self.types = TypeRegistry()
+        self.durable_lsn = 0
+        self.streaming = asyncio.Event()  # set once a session is streaming
+        self._session: ReplicationSession | None = None
+        self._catalog: psycopg.AsyncConnection[Any] | None = None
+
+    # -- supervision --------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stream until ``stop`` is set; reconnect with backoff after any connection loss."""
+        delay = RECONNECT_MIN_S
+        busy_since: float | None = None
+        while not stop.is_set():
+            try:
+                await self._run_session(stop)
+                return
+            except SlotInUseError:
+                busy_since = busy_since or time.monotonic()
+                if time.monotonic() - busy_since > SLOT_BUSY_RETRY_S:
+                    raise
+                logger.info("slot %s busy, retrying", self.slot)
+            except (
+                ReplicationEnded,
+                DatabaseError,
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                psycopg.OperationalError,
+            ) as exc:
+                if isinstance(exc, DatabaseError) and not isinstance(exc, ReplicationEnded):
+                    # connection refused/auth on first connect is retried too, but said loudly
+                    logger.warning("%s", exc)
+                logger.warning("replication interrupted (%s); reconnecting in %.1fs", exc, delay)
+                busy_since = None
+            self.stats.reconnects += 1
+            self.streaming.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay * (0.5 + random.random()))
+            delay = min(RECONNECT_MAX_S, delay * 2)
+
+    async def _run_session(self, stop: asyncio.Event) -> None:
+        checkpoint = await self.store.read_checkpoint() or 0
+        self.durable_lsn = checkpoint
+        self.stats.checkpoint = checkpoint
+        session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
+        self._session = session
+        self._catalog = await psycopg.AsyncConnection.connect(self.source_dsn, autocommit=True)
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            session.status_interval = self.status_interval
+            await session.start(publication=self.publication, start_lsn=checkpoint)
+            logger.info(
+                "streaming slot %s from %s (pgoutput v%d)",
+                self.slot,
+                format_lsn(checkpoint),
+                session.protocol_version,
+            )
+            self.streaming.set()
+            writer = asyncio.create_task(self._writer(queue, session), name="ingest-writer")
+            reader = asyncio.create_task(self._reader(queue, session, checkpoint), name="ingest-reader")
+            stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
+            tasks += [writer, reader, stopper]
+            done, _ = await asyncio.wait({writer, reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done or reader in done:
+                # Stop reading; let the writer commit what is queued (a clean stop loses no work), then
+                # report the final flush position.
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                if writer not in done:
+                    await queue.put(None)
+                    await writer
+                await session.send_status()
+            for task in (reader, writer):
+                exc = task.exception() if task.done() and not task.cancelled() else None
+                if exc is not None:
+                    raise exc
+            if not stop.is_set():
+                raise ReplicationEnded("the replication stream ended")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await session.close()
+            if self._catalog is not None:
+                await self._catalog.close()
+            self._session = None
+
+    # -- writer -------------------------------------------------------------------------------------------
+
+    async def _writer(self, queue: asyncio.Queue[Batch | None], session: ReplicationSession) -> None:
+        while True:
+            batch = await queue.get()
+            if batch is None:
+                return
+            inserted = await self.store.write_batch(batch.events, batch.checkpoint)
+            self.stats.batches += 1
+            self.stats.events_inserted += inserted
+            if batch.checkpoint is not None:
+                self.durable_lsn = batch.checkpoint
+                self.stats.checkpoint = batch.checkpoint
+                session.confirm(batch.checkpoint)  # only now may the server forget this WAL
+            if self.on_batch is not None:
+                self.on_batch(batch, inserted)
+
+    # -- reader -------------------------------------------------------------------------------------------
+
+    async def _reader(
+        self, queue: asyncio.Queue[Batch | None], session: ReplicationSession, resume_lsn: int
+    ) -> None:
+        decoder = po.Decoder(session.protocol_version)
+        assembler = Assembler(self.types)
+        decode = decoder.decode
+        feed = assembler.feed
+        rules_by_oid: dict[int, dict[str, tuple[CompiledRule, ...]]] = {}
+        batch = Batch()
+        batch_started = time.monotonic()
+        submitted_checkpoint = resume_lsn
+        skipping = False
+        stats = self.stats
+        events = batch.events
+        dumps = _dumps
+
+        async def submit() -> None:
+            nonlocal batch, events, batch_started, submitted_checkpoint
+            if batch.checkpoint is not None:
+                submitted_checkpoint = batch.checkpoint
+            await queue.put(batch)
+            batch = Batch()
+            events = batch.events
+            batch_started = time.monotonic()
+
+        while True:
+            messages = await session.read()
+            if not messages:
+                # Idle: nothing of ours is in flight, so everything before the server's position was sent
+                # and handled; let the checkpoint follow it (otherwise the slot pins WAL forever).
+                if (
+                    not assembler.in_transaction
+                    and not events
+                    and session.received_lsn > submitted_checkpoint
+                    and session.keepalive_lsn > submitted_checkpoint
+                ):
+                    batch.checkpoint = session.keepalive_lsn
+                    await submit()
+                elif events or batch.checkpoint is not None:
+                    await submit()
+                continue
+            for lsn, payload in messages:
+                msg = decode(payload)
+                item = feed(lsn, msg)
+                if item is None:
+                    if type(msg) is po.Relation:
+                        await self._relation(assembler, msg)
+                        rules_by_oid.pop(msg.oid, None)
+                    continue
+                if type(item) is Change:
+                    if skipping:
+                        continue
+                    stats.changes += 1
+                    oid = item.relation.oid  # type: ignore[union-attr]
+                    by_op = rules_by_oid.get(oid)
+                    if by_op is None:
+                        rel = item.relation
+                        assert rel is not None
+                        by_op = rules_by_oid[oid] = self.rules.for_table(rel.schema, rel.name)
+                    if item.op == "truncate":
+                        _append_truncate_events(events, item, self.rules, dumps)
+                    else:
+                        matched = by_op.get(item.op, ())
+                        if matched:
+                            _append_events(events, item, matched, dumps)
+                    if len(events) >= self.batch_events:
+                        await submit()
+                elif type(item) is TxnBegin:
+                    # Already durable before a restart: its commit LSN lies below the checkpoint.
+                    skipping = item.commit_lsn < resume_lsn
+                elif type(item) is TxnCommit:
+                    if not skipping:
+                        stats.transactions += 1
+                        batch.checkpoint = item.end_lsn
+                    skipping = False
+            if (
+                not assembler.in_transaction
+                and (
+                    len(events) >= self.batch_events
+                    or time.monotonic() - batch_started >= self.batch_delay
+                    or len(messages) < 64  # caught up with the server: do not hold events back
+                )
+                and (events or batch.checkpoint is not None)
+            ):
+                await submit()
+
+    async def _relation(self, assembler: Assembler, msg: po.Relation) -> None:
+        unknown = self.types.unknown(c.type_oid for c in msg.columns)
+        if unknown:
+            assert self._catalog is not None
+            await self.types.resolve(self._catalog, unknown)
+            assembler.relation(msg)  # rebuild with the resolved loaders
+
+
+def _append_events(
+    events: list[EventRow], change: Change, matched: tuple[CompiledRule, ...], dumps: Callable[[Any], str]
+) -> None:
+    rel = change.relation
+    assert rel is not None
+    payload = dumps(
+        {"new": change.new_json(), "old": change.old_json(), "unchanged_toast": change.unchanged_toast()}
+    )
+    commit = format_lsn(change.commit_lsn)
+    lsn = format_lsn(change.lsn)
+    table = rel.qualified
+    ordinal = change.ordinal
+    for rule in matched:
+        events.append(
+            (
+                f"{rule.name}/{commit}/{ordinal}",
+                "cdc",
+                rule.name,
+                rule.workflow,
+                change.op,
+                table,
+                lsn,
+                commit,
+                change.xid,
+                change.commit_time,
+                payload,
+            )
+        )
+
+
+def _append_truncate_events(
+    events: list[EventRow], change: Change, rules: RuleSet, dumps: Callable[[Any], str]
+) -> None:
+    """A truncate of several tables is one change per table: each rule's event uses its table's ordinal."""
+    payload = dumps(
+        {
+            "new": None,
+            "old": None,
+            "unchanged_toast": [],
+            "tables": [r.qualified for r, _ in change.truncated],
+        }
+    )
+    commit = format_lsn(change.commit_lsn)
+    lsn = format_lsn(change.lsn)
+    for rel, ordinal in change.truncated:
+        for rule in rules.match(rel.schema, rel.name, "truncate"):
+            events.append(
+                (
+                    f"{rule.name}/{commit}/{ordinal}",
+                    "cdc",
+                    rule.name,
+                    rule.workflow,
+                    "truncate",
+                    rel.qualified,
+                    lsn,
+                    commit,
+                    change.xid,
+                    change.commit_time,
+                    payload,
+                )
+            )
+
+
+__all__ = ["Batch", "Ingest", "IngestStats", "ListenerError", "event_key"]

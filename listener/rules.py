@@ -1,0 +1,65 @@
+"""Rules compiled for matching: which rules fire for a (table, operation).  Pure and synchronous.
+
+Matching is a dictionary lookup prepared once at load time; the ingest loop caches the result per
+relation OID so a change costs one dict access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from listener.config import Rule
+
+OPERATIONS = ("insert", "update", "delete", "truncate")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    name: str
+    schema: str
+    table: str
+    operations: frozenset[str]
+    workflow: str
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+class RuleSet:
+    """All rules of a config, indexed by (schema, table) and operation."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = tuple(
+            CompiledRule(r.name, r.schema_name, r.table_name, frozenset(r.on), r.workflow) for r in rules
+        )
+        index: dict[tuple[str, str], dict[str, list[CompiledRule]]] = {}
+        for rule in self.rules:
+            by_op = index.setdefault((rule.schema, rule.table), {op: [] for op in OPERATIONS})
+            for op in rule.operations:
+                by_op[op].append(rule)
+        self._index = {
+            table: {op: tuple(matched) for op, matched in by_op.items()} for table, by_op in index.items()
+        }
+
+    @property
+    def tables(self) -> list[tuple[str, str]]:
+        """The distinct (schema, table) pairs the rules watch, in first-mention order."""
+        return list(self._index)
+
+    def operations_for(self, schema: str, table: str) -> frozenset[str]:
+        by_op = self._index.get((schema, table), {})
+        return frozenset(op for op, matched in by_op.items() if matched)
+
+    @property
+    def operations(self) -> frozenset[str]:
+        """Every operation some rule listens to (what the publication must publish)."""
+        return frozenset(op for rule in self.rules for op in rule.operations)
+
+    def for_table(self, schema: str, table: str) -> dict[str, tuple[CompiledRule, ...]]:
+        """op -> matching rules for one table (empty tuples for unwatched ops)."""
+        return self._index.get((schema, table), {op: () for op in OPERATIONS})
+
+    def match(self, schema: str, table: str, op: str) -> tuple[CompiledRule, ...]:
+        return self.for_table(schema, table).get(op, ())

@@ -1,0 +1,111 @@
+"""`listener run`: ingest plus in-process workers, with signal handling.
+
+Every background task is named; when one dies the whole service stops loudly (a task group), never
+half-alive.  SIGTERM or SIGINT stops gracefully: ingest commits what it has read and reports the final
+flush position, workers finish running workflows; a second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from listener import setup
+from listener import workflow as wf
+from listener.config import Config
+from listener.ingest import Ingest
+from listener.rules import RuleSet
+from listener.store import StateStore
+from listener.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+def validate_workflows(config: Config) -> None:
+    """Import every rule's workflow now: a typo fails at start, naming the rule, not at the first event."""
+    for rule in config.rules:
+        wf.resolve(rule.workflow, rule=rule.name)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logger.warning("%s received: stopping (Ctrl-C again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    def remove() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+async def run(
+    config: Config,
+    source_dsn: str,
+    state_dsn: str,
+    *,
+    workers: bool = True,
+    stop: asyncio.Event | None = None,
+    on_event_start: Callable[[wf.Event], None] | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run ingest (and workers) until ``stop`` is set or a signal arrives."""
+    validate_workflows(config)
+    await asyncio.to_thread(setup.init, config, source_dsn, state_dsn)
+    stop = stop or asyncio.Event()
+    remove_handlers = install_signal_handlers(stop) if stop is not None else (lambda: None)
+    store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
+    ingest = Ingest(
+        source_dsn=source_dsn,
+        store=store,
+        rules=RuleSet(config.rules),
+        slot=config.slot,
+        publication=config.publication,
+        batch_events=config.ingest.batch_events,
+        batch_delay=config.ingest.batch_delay_ms / 1000,
+        status_interval=config.ingest.status_interval_s,
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
+            if workers:
+                worker = Worker(
+                    state_dsn,
+                    schema=config.state_schema,
+                    concurrency=config.worker.concurrency,
+                    poll_interval=config.worker.poll_interval_s,
+                    on_start=on_event_start,
+                )
+                tg.create_task(_until_done(worker.run(stop), stop), name="worker")
+            if ready is not None:
+                tg.create_task(_signal_ready(ingest, ready), name="ready")
+    finally:
+        remove_handlers()
+        await store.close()
+
+
+async def _until_done(coro: object, stop: asyncio.Event) -> None:
+    """Run a service task; when it ends (error or not) the whole service stops."""
+    try:
+        await coro  # type: ignore[misc]
+    finally:
+        stop.set()
+
+
+async def _signal_ready(ingest: Ingest, ready: asyncio.Event) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await ingest.streaming.wait()
+        ready.set()

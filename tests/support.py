@@ -1,0 +1,115 @@
+"""Helpers for integration and chaos tests: run listener's ingest against the test database and read the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from listener import setup
+from listener.config import Config, parse_config
+from listener.ingest import Ingest
+from listener.rules import RuleSet
+from listener.store import StateStore
+
+WAIT_S = 60.0
+
+
+def make_config(rules: Sequence[dict[str, Any]] | str, **settings: Any) -> Config:
+    """A Config from rule dicts (or YAML text), as a user would write it."""
+    import yaml
+
+    if isinstance(rules, str):
+        return parse_config(rules)
+    doc = {"slot": "listener_test", "publication": "listener_test", **settings, "rules": list(rules)}
+    return parse_config(yaml.safe_dump(doc, sort_keys=False))
+
+
+@dataclass
+class Running:
+    ingest: Ingest
+    store: StateStore
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@asynccontextmanager
+async def running_ingest(dsn: str, config: Config, *, init: bool = True) -> AsyncIterator[Running]:
+    """Ingest running in this event loop until the block ends (then stopped cleanly)."""
+    if init:
+        await asyncio.to_thread(setup.init, config, dsn, dsn)
+    store = await StateStore.connect(dsn, schema=config.state_schema, slot=config.slot)
+    ingest = Ingest(
+        source_dsn=dsn,
+        store=store,
+        rules=RuleSet(config.rules),
+        slot=config.slot,
+        publication=config.publication,
+        batch_events=config.ingest.batch_events,
+        batch_delay=config.ingest.batch_delay_ms / 1000,
+        status_interval=config.ingest.status_interval_s,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingest.run(stop), name="test-ingest")
+    try:
+        await _wait_for(lambda: ingest.streaming.is_set() or task.done(), "ingest to start streaming")
+        if task.done():
+            task.result()
+        yield Running(ingest, store, stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+        await store.close()
+
+
+async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def current_wal_lsn(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT (pg_current_wal_lsn() - '0/0')::int8").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def emit_marker(dsn: str) -> int:
+    """Commit a transaction holding only a logical decoding message; return the message's LSN.
+
+    Its commit ends after that LSN, so a durable checkpoint beyond it means every transaction committed
+    before the marker has been ingested."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (pg_logical_emit_message(true, 'listener-test-sync', '') - '0/0')::int8"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def wait_caught_up(run: Running, dsn: str) -> None:
+    """Wait until ingest has durably handled every transaction committed so far."""
+    target = emit_marker(dsn)
+    await _wait_for(lambda: run.ingest.durable_lsn > target or run.task.done(), "ingest to catch up")
+    if run.task.done():
+        run.task.result()
+
+
+def events(dsn: str, schema: str = "listener") -> list[dict[str, Any]]:
+    """All queued events in insertion order, payload parsed."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        return cur.execute(
+            "SELECT idempotency_key, rule, workflow, op, table_name, lsn::text, commit_lsn::text, xid,"
+            " commit_time, payload FROM events ORDER BY id"
+        ).fetchall()
+

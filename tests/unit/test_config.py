@@ -1,0 +1,401 @@
+"""listener.config: the models, table-name parsing, and errors that name file, line, rule and fix."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from listener.config import (
+    DEFAULT_CONFIG_FILE,
+    EXAMPLE_CONFIG,
+    Config,
+    IngestSettings,
+    Rule,
+    WorkerSettings,
+    load_config,
+    parse_config,
+    qualified_name,
+    quote_ident,
+    split_table,
+)
+from listener.errors import ConfigError
+
+FULL = """\
+# connection of the database to watch
+dsn: postgresql://app@db.example.com/app
+state_dsn: null
+slot: listener_1
+publication: pub
+state_schema: listener_state
+ingest:
+  batch_events: 100
+  batch_delay_ms: 2.5
+  status_interval_s: 1
+worker:
+  concurrency: 4
+  poll_interval_s: 0.5
+rules:
+  - name: onboard_user
+    table: public.users
+    on: [insert]
+    workflow: workflows.onboarding:welcome
+  - name: audit_orders
+    table: orders
+    on: [insert, update, delete]
+    workflow: workflows.audit:record
+"""
+
+RULE = """\
+  - name: {name}
+    table: {table}
+    on: {on}
+    workflow: {workflow}
+"""
+
+
+def rule(name: str = "r", table: str = "t", on: str = "[insert]", workflow: str = "m:f") -> str:
+    return RULE.format(name=name, table=table, on=on, workflow=workflow)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / DEFAULT_CONFIG_FILE
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load_error(tmp_path: Path, text: str) -> ConfigError:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    """The 1-based line of the n-th line containing ``needle``."""
+    hits = [n for n, line in enumerate(textwrap.dedent(text).splitlines(), 1) if needle in line]
+    return hits[occurrence - 1]
+
+
+# --- valid files --------------------------------------------------------------------------------------------
+
+
+def test_full_file(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL)
+    config = load_config(path)
+    assert config.dsn == "postgresql://app@db.example.com/app"
+    assert config.state_dsn is None
+    assert (config.slot, config.publication, config.state_schema) == ("listener_1", "pub", "listener_state")
+    assert config.ingest == IngestSettings(batch_events=100, batch_delay_ms=2.5, status_interval_s=1)
+    assert config.worker == WorkerSettings(concurrency=4, poll_interval_s=0.5)
+    onboard, audit = config.rules
+    assert onboard == Rule(
+        name="onboard_user", table="public.users", on=("insert",), workflow="workflows.onboarding:welcome"
+    )
+    assert audit.table == "public.orders"
+    assert (audit.schema_name, audit.table_name) == ("public", "orders")
+    assert audit.on == ("insert", "update", "delete")
+    assert config.source_path == str(path)
+
+
+def test_defaults() -> None:
+    config = parse_config("dsn: postgresql:///app\n")
+    assert config.dsn == "postgresql:///app"
+    assert config.state_dsn is None
+    assert (config.slot, config.publication, config.state_schema) == ("listener", "listener", "listener")
+    assert config.ingest == IngestSettings()
+    assert (config.ingest.batch_events, config.ingest.batch_delay_ms) == (5000, 5)
+    assert config.ingest.status_interval_s == 10
+    assert (config.worker.concurrency, config.worker.poll_interval_s) == (16, 5)
+    assert config.rules == ()
+    assert config.source_path is None
+
+
+def test_empty_sections_mean_defaults() -> None:
+    config = parse_config("ingest:\nworker:\nrules:\n")
+    assert config == Config()
+
+
+def test_example_config_is_valid() -> None:
+    (only,) = parse_config(EXAMPLE_CONFIG).rules
+    assert (only.name, only.table, only.workflow) == (
+        "onboard_user",
+        "public.users",
+        "workflows.onboarding:welcome",
+    )
+
+
+def test_models_are_frozen() -> None:
+    config = parse_config(EXAMPLE_CONFIG)
+    with pytest.raises(pydantic.ValidationError):
+        config.slot = "other"
+    assert config.with_source_path("x.yaml").source_path == "x.yaml"
+    assert config.source_path is None
+
+
+@pytest.mark.parametrize(
+    ("on", "expected"),
+    [
+        ("insert", ("insert",)),
+        ("TRUNCATE", ("truncate",)),
+        ("[update, insert, update]", ("update", "insert")),
+        ("[delete, truncate]", ("delete", "truncate")),
+    ],
+)
+def test_on_accepts_a_string_and_dedupes_in_order(on: str, expected: tuple[str, ...]) -> None:
+    (parsed,) = parse_config("rules:\n" + rule(on=on)).rules
+    assert parsed.on == expected
+
+
+@pytest.mark.parametrize(
+    ("written", "display", "schema", "name"),
+    [
+        ("users", "public.users", "public", "users"),
+        ("Users", "public.users", "public", "users"),
+        ("Sales.Orders", "sales.orders", "sales", "orders"),
+        ("sales . orders", "sales.orders", "sales", "orders"),
+        ('\'"Sales"."Order Items"\'', '"Sales"."Order Items"', "Sales", "Order Items"),
+        ("'\"My Table\"'", 'public."My Table"', "public", "My Table"),
+        ('\'"a""b"\'', 'public."a""b"', "public", 'a"b'),
+        ("'\"lower\"'", "public.lower", "public", "lower"),
+        ("public.select", 'public."select"', "public", "select"),
+        ("app.t$1", "app.t$1", "app", "t$1"),
+    ],
+)
+def test_table_names(written: str, display: str, schema: str, name: str) -> None:
+    (parsed,) = parse_config("rules:\n" + rule(table=written)).rules
+    assert parsed.table == display
+    assert (parsed.schema_name, parsed.table_name) == (schema, name)
+
+
+def test_split_table_and_qualified_name() -> None:
+    assert split_table('"Sales"."Order Items"') == ("Sales", "Order Items")
+    assert split_table("users") == ("public", "users")
+    assert qualified_name("Sales", "Order Items") == '"Sales"."Order Items"'
+    assert qualified_name("public", "users") == "public.users"
+    assert quote_ident("user") == '"user"'
+    assert quote_ident('x"y') == '"x""y"'
+    assert quote_ident("_ok$1") == "_ok$1"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "expected a name"),
+        ("a.", "expected a name"),
+        ('"open', "not closed"),
+        ('""', "empty name"),
+        ("a.b.c", "3 parts"),
+        ("a b", "unexpected 'b'"),
+        ("1abc", "expected a name"),
+        ("x" * 64, "63-byte"),
+    ],
+)
+def test_split_table_refuses(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        split_table(text)
+
+
+# --- errors with file, line, rule and fix ------------------------------------------------------------------
+
+
+def test_unknown_rule_key_suggests_the_closest(tmp_path: Path) -> None:
+    text = (
+        "rules:\n"
+        + rule(name="a")
+        + "  - name: welcome\n    tabel: users\n    on: insert\n    workflow: m:f\n"
+    )
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (line_of(text, "tabel"), "welcome")
+    message = str(error)
+    assert f"{DEFAULT_CONFIG_FILE}:7, rule 'welcome'" in message
+    assert "unknown key 'tabel'" in message
+    assert "did you mean 'table'?" in message
+    assert "missing" not in message  # the typo explains why `table` is missing
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "slot: s\nrule:\n" + rule())
+    assert error.line == 2 and error.rule is None
+    assert "unknown key 'rule'" in str(error)
+    assert error.hint == "did you mean 'rules'?"
+
+
+def test_misplaced_and_unrecognizable_keys(tmp_path: Path) -> None:
+    assert load_error(tmp_path, "batch_events: 10\n").hint == "'batch_events' belongs under 'ingest:'"
+    assert load_error(tmp_path, "table: users\n").hint == "'table' belongs inside a rule, under 'rules:'"
+    error = load_error(tmp_path, "worker:\n  zzz: 1\n")
+    assert error.line == 2
+    assert error.hint == "valid keys here: concurrency, poll_interval_s"
+
+
+def test_bad_operation_lists_the_allowed_ones(tmp_path: Path) -> None:
+    text = "rules:\n" + rule(name="audit", on="[insert, upsert]")
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (line_of(text, "upsert"), "audit")
+    assert "rules[0].on[1]: unknown operation 'upsert'" in str(error)
+    assert error.hint is not None and "insert, update, delete, truncate" in error.hint
+
+
+def test_empty_operation_list(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "rules:\n" + rule(name="a", on="[]"))
+    assert error.line == 4 and "rules[0].on: lists no operation" in str(error)
+
+
+def test_bad_workflow_shows_the_form(tmp_path: Path) -> None:
+    text = "rules:\n" + rule(name="w", workflow="workflows/audit.py")
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (5, "w")
+    assert "'workflows/audit.py' is not a workflow reference" in str(error)
+    assert error.hint is not None and "module.path:function" in error.hint
+
+
+@pytest.mark.parametrize("workflow", ["m", "'m:'", "':f'", "a..b:f", "m:f.g", "import:f", "m:1f"])
+def test_workflow_references_refused(workflow: str) -> None:
+    with pytest.raises(ConfigError, match="not a workflow reference"):
+        parse_config("rules:\n" + rule(workflow=workflow))
+
+
+def test_missing_field_points_at_the_rule(tmp_path: Path) -> None:
+    text = "rules:\n" + rule(name="a") + "  - name: second\n    on: insert\n    workflow: m:f\n"
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (line_of(text, "second"), "second")
+    assert "rules[1]: missing required key 'table'" in str(error)
+    assert error.hint is not None and "table: public.users" in error.hint
+
+
+def test_rule_without_a_name_is_called_by_its_index(tmp_path: Path) -> None:
+    text = "rules:\n" + rule(name="a") + "  - table: t\n    on: insert\n    workflow: m:f\n"
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (6, "rules[1]")
+    assert "missing required key 'name'" in str(error)
+
+
+def test_error_in_the_second_of_three_rules(tmp_path: Path) -> None:
+    text = "rules:\n" + rule(name="one") + rule(name="two", table="a.b.c") + rule(name="three")
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (line_of(text, "a.b.c"), "two")
+    assert str(error).startswith(
+        f"{error.file}:{error.line}, rule 'two': rules[1].table: 'a.b.c' has 3 parts"
+    )
+    assert error.hint is not None and "schema.table" in error.hint
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    text = "ingest:\n  batch_events: lots\n"
+    error = load_error(tmp_path, text)
+    assert error.line == 2
+    assert "ingest.batch_events: expected a whole number, got 'lots'" in str(error)
+    assert error.hint == "e.g. batch_events: 5000"
+    assert "expected a whole number, got true" in str(load_error(tmp_path, "worker:\n  concurrency: yes\n"))
+    assert "expected a number" in str(load_error(tmp_path, "worker:\n  poll_interval_s: .inf\n"))
+    assert "expected text, got 5" in str(load_error(tmp_path, "slot: listener\npublication: 5\n"))
+    error = load_error(tmp_path, "ingest: 5\n")
+    assert "ingest: expected keys" in str(error) and error.hint is not None and "ingest:" in error.hint
+    error = load_error(tmp_path, "rules:\n  - onboard_user\n")
+    assert (error.line, error.rule) == (2, "rules[0]")
+
+
+def test_bounds(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "worker:\n  concurrency: 0\n")
+    assert "worker.concurrency: must be at least 1, got 0" in str(error)
+    error = load_error(tmp_path, "ingest:\n  status_interval_s: 0\n")
+    assert "must be more than 0, got 0" in str(error) and error.hint == "e.g. status_interval_s: 10"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("slot: My-Slot", "not a valid replication slot name"),
+        ("publication: select", "not a plain lower-case identifier"),
+        ("state_schema: Listener", "not a plain lower-case identifier"),
+    ],
+)
+def test_names_for_server_objects(tmp_path: Path, line: str, message: str) -> None:
+    error = load_error(tmp_path, "dsn: postgresql:///app\n" + line + "\n")
+    assert error.line == 2 and message in str(error) and error.hint
+
+
+def test_several_errors_are_listed_one_per_line(tmp_path: Path) -> None:
+    text = "slot: BAD\nrules:\n" + rule(name="a", on="upsert") + rule(name="b", workflow="nope")
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (1, None)  # the first problem's place
+    lines = str(error).splitlines()
+    assert lines[0] == f"{error.file}: 3 problems in the configuration:"
+    assert lines[1].startswith(f"  {error.file}:1: slot: 'BAD'")
+    assert lines[2].startswith(f"  {error.file}:5, rule 'a': rules[0].on[0]: unknown operation 'upsert'")
+    assert lines[3].startswith(f"  {error.file}:10, rule 'b': rules[1].workflow")
+    assert all("; fix: " in line for line in lines[1:])
+
+
+def test_duplicate_rule_names(tmp_path: Path) -> None:
+    text = "rules:\n" + rule(name="same") + rule(name="other") + rule(name="same")
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (line_of(text, "name: same", 2), "same")
+    assert "rule name 'same' is already used by rules[0]" in str(error)
+    assert error.hint is not None and "idempotency key" in error.hint
+
+
+def test_duplicate_yaml_keys(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "slot: a\npublication: p\nslot: b\n")
+    assert error.line == 3 and "duplicate key 'slot' (first at line 1)" in str(error)
+    text = "rules:\n" + rule(name="d") + "    table: again\n"
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (6, "d")
+    assert "rules[0]: duplicate key 'table' (first at line 3)" in str(error)
+
+
+def test_yaml_swallowing_sql_quotes_is_refused(tmp_path: Path) -> None:
+    text = "rules:\n" + rule(name="q", table='"Users"')
+    error = load_error(tmp_path, text)
+    assert (error.line, error.rule) == (3, "q")
+    assert "YAML removes the double quotes" in str(error)
+    assert error.hint is not None and "'\"Users\"'" in error.hint
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "slot: listener\nrules: [\n  - name: a\n")
+    assert error.file is not None and error.file.endswith(DEFAULT_CONFIG_FILE)
+    assert error.line is not None and error.line >= 2
+    assert "invalid YAML" in str(error)
+    error = load_error(tmp_path, "slot: listener\nworker:\n\tconcurrency: 2\n")
+    assert error.line == 3 and error.hint is not None and "tabs" in error.hint
+
+
+def test_recursive_alias(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "rules: &a\n  - *a\n")
+    assert error.line == 1 and "alias refers to itself" in str(error)
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n", "---\n"])
+def test_empty_file(tmp_path: Path, text: str) -> None:
+    error = load_error(tmp_path, text)
+    assert "the file is empty" in str(error)
+    assert error.hint is not None and "workflow: workflows.onboarding:welcome" in error.hint
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "a list"), ("just text\n", "a single value")])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    error = load_error(tmp_path, text)
+    assert error.line == 1 and f"the top level must be a mapping of keys, not {kind}" in str(error)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert info.value.file == str(tmp_path / "nope.yaml")
+    assert "not found" in str(info.value)
+    assert info.value.hint is not None and "README 'Configuration'" in info.value.hint
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path)
+
+
+def test_parse_config_names_the_string() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("slot: 'no way'\n")
+    assert info.value.file == "<string>" and str(info.value).startswith("<string>:1: slot:")

@@ -1,0 +1,1 @@
+"""Example workflows shipped with listener (used by `listener demo` and the README)."""
