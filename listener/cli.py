@@ -17,14 +17,13 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from listener import setup
 from listener.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
 from listener.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres
 from listener.errors import ListenerError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 @dataclass
@@ -135,15 +134,14 @@ def check(opts: Options) -> None:
     config = _load(opts)
     with _databases(opts, config) as (dsn, state_dsn):
         results = setup.check(config, dsn, state_dsn)
-    table = Table(title=f"listener check ({len(config.rules)} rule(s))", show_lines=False)
-    table.add_column("", width=2)
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("fix")
+    # One line per check and the fix on a line of its own, never wrapped: people copy the SQL.
+    out = Console(soft_wrap=True, highlight=False)
+    out.print(f"[bold]listener check[/bold]: {len(config.rules)} rule(s), {config.source_path or 'no file'}")
     for r in results:
         mark = "[yellow]![/]" if r.ok and r.warning else ("[green]✓[/]" if r.ok else "[red]✗[/]")
-        table.add_row(mark, r.name, r.detail, r.fix or "")
-    Console().print(table)
+        out.print(f"{mark} {r.name}: {r.detail}")
+        if r.fix:
+            out.print(f"    fix: {r.fix}")
     failed = [r for r in results if not r.ok and r.fix != "listener init"]
     needs_init = [r for r in results if not r.ok and r.fix == "listener init"]
     if failed:

@@ -248,6 +248,7 @@ class Config(BaseModel):
     rules: tuple[Rule, ...] = ()
 
     _source_path: str | None = PrivateAttr(default=None)
+    _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)
 
     @field_validator("ingest", "worker", "rules", mode="before")
     @classmethod
@@ -281,7 +282,15 @@ class Config(BaseModel):
         """A copy of this configuration that records ``path`` as where it came from."""
         copy = self.model_copy()
         copy._source_path = path
+        copy._rule_lines = dict(self._rule_lines)
         return copy
+
+    def rule_location(self, rule: str) -> str:
+        """Where a rule's ``table:`` is written, as ``file:line`` (or ``rule NAME`` when not from a file)."""
+        line = self._rule_lines.get(rule)
+        if self._source_path is None or line is None:
+            return f"rule {rule}"
+        return f"{self._source_path}:{line}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -341,7 +350,7 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
     """
     doc = _compose(text, filename)
     try:
-        return Config.model_validate(doc.data)
+        config = Config.model_validate(doc.data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         # `tabel:` also makes `table` missing; the "did you mean 'table'?" on the typo says it all.
@@ -354,6 +363,11 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
             _describe(e, doc) for e in errors if e["type"] != "missing" or tuple(e["loc"]) not in typos
         ]
         raise _config_error(problems, filename) from exc
+    for index, rule in enumerate(config.rules):
+        line = doc.lines.get(("rules", index, "table"), doc.lines.get(("rules", index)))
+        if line is not None:
+            config._rule_lines[rule.name] = line
+    return config
 
 
 def _line(node: yaml.Node) -> int:

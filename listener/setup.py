@@ -173,12 +173,16 @@ def _check_tables(conn: Conn, config: Config, rules: RuleSet) -> list[CheckResul
             [schema, table],
         ).fetchone()
         if row is None:
-            where = f" (rule {rule_names}" + (f" in {config.source_path}" if config.source_path else "") + ")"
+            where = ", ".join(
+                f"rule {r.name} at {config.rule_location(r.name)}" if config.source_path else f"rule {r.name}"
+                for r in rules.rules
+                if (r.schema, r.table) == (schema, table)
+            )
             out.append(
                 CheckResult(
                     f"table {name}",
                     False,
-                    f"table {name} does not exist{where}",
+                    f"table {name} does not exist ({where})",
                     f"create the table, or correct `table:` of rule {rule_names} in the config",
                 )
             )

@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import asyncpg
 import psycopg
@@ -91,7 +92,7 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def asyncpg_params(dsn: str) -> dict[str, object]:
+def asyncpg_params(dsn: str) -> dict[str, Any]:
     """asyncpg accepts only URIs; translate any libpq conninfo (``host=... dbname=...`` or a URI) into its
     keyword arguments, so one DSN works for both drivers.  Unset values fall back to PG* variables."""
     try:
@@ -102,7 +103,7 @@ def asyncpg_params(dsn: str) -> dict[str, object]:
         ) from exc
     names = {"host": "host", "port": "port", "user": "user", "password": "password", "dbname": "database",
              "passfile": "passfile", "sslmode": "ssl", "connect_timeout": "timeout"}  # fmt: skip
-    params: dict[str, object] = {}
+    params: dict[str, Any] = {}
     for key, value in info.items():
         if key not in names or value is None:
             continue

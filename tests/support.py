@@ -1,4 +1,4 @@
-"""Helpers for integration and chaos tests: run listener's ingest against the test database and read the queue."""
+"""Helpers for integration and chaos tests: run ingest against the test database, read the queue."""
 
 from __future__ import annotations
 
@@ -112,4 +112,3 @@ def events(dsn: str, schema: str = "listener") -> list[dict[str, Any]]:
             "SELECT idempotency_key, rule, workflow, op, table_name, lsn::text, commit_lsn::text, xid,"
             " commit_time, payload FROM events ORDER BY id"
         ).fetchall()
-
