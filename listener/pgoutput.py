@@ -23,14 +23,17 @@ dataclass ``__init__`` costs one ``object.__setattr__`` call per field, about tw
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from listener.errors import ProtocolError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
+    "SUPPORTED_PROTOCOL_VERSIONS",
     "UNCHANGED_TOAST",
     "Begin",
     "BeginPrepare",
@@ -360,7 +363,6 @@ TIMESTAMP: Final = "q"  # microseconds since 2000-01-01 00:00 UTC (signed)
 
 _unpack_int16: Final = struct.Struct(">" + INT16).unpack_from
 _unpack_int32: Final = struct.Struct(">" + INT32).unpack_from
-_unpack_oid: Final = struct.Struct(">" + OID).unpack_from
 _unpack_oid_int8: Final = struct.Struct(">" + OID + INT8).unpack_from
 _unpack_xid_oid_int8: Final = struct.Struct(">" + XID + OID + INT8).unpack_from
 
@@ -609,7 +611,7 @@ def _decode_insert(dec: Decoder, buf: bytes) -> Insert:
             f"expected 'N' (new tuple) in an Insert message, got {chr(marker)!r}", offset=pos - 1
         )
     new, pos = _read_tuple(buf, pos, "Insert")
-    if pos != len(buf):
+    if pos != len(buf):  # checked inline: no call on the hot path
         _check_end(buf, pos, "Insert")
     insert: Insert = _new_object(Insert)
     _set_insert_xid(insert, xid)
@@ -871,7 +873,7 @@ def _decode_stream_prepare(dec: Decoder, buf: bytes) -> StreamPrepare:
 # --------------------------------------------------------------------------------------------------------
 # Dispatch on the type byte: a 256-entry tuple, indexed by the byte value.
 
-_Handler: TypeAlias = Callable[["Decoder", bytes], PgOutputMessage]
+_Handler: TypeAlias = "Callable[[Decoder, bytes], PgOutputMessage]"
 
 _HANDLER_BY_TYPE: Final[dict[bytes, _Handler]] = {
     b"B": _decode_begin,
@@ -894,8 +896,14 @@ _HANDLER_BY_TYPE: Final[dict[bytes, _Handler]] = {
     b"r": _decode_rollback_prepared,
     b"p": _decode_stream_prepare,
 }
-_HANDLERS: Final[tuple[_Handler | None, ...]] = tuple(
-    _HANDLER_BY_TYPE.get(bytes([byte])) for byte in range(256)
+
+
+def _decode_unknown(dec: Decoder, buf: bytes) -> PgOutputMessage:
+    raise ProtocolError(f"unknown pgoutput message type {chr(buf[0])!r}", offset=0)
+
+
+_HANDLERS: Final[tuple[_Handler, ...]] = tuple(
+    _HANDLER_BY_TYPE.get(bytes([byte]), _decode_unknown) for byte in range(256)
 )
 
 
@@ -945,8 +953,6 @@ class Decoder:
             handler = _HANDLERS[buf[0]]
         except IndexError:
             raise ProtocolError("empty pgoutput message", offset=0) from None
-        if handler is None:
-            raise ProtocolError(f"unknown pgoutput message type {chr(buf[0])!r}", offset=0)
         return handler(self, buf)
 
     def __repr__(self) -> str:
