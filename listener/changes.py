@@ -8,7 +8,8 @@ renderings exist:
 * typed Python values (``Decimal``, ``datetime``, ``UUID``, ``bytes``, lists, dicts):
   :meth:`Change.new_values`;
 * JSON values — lossless JSON-native values for integers, booleans, text, finite floats, json/jsonb and
-  arrays; otherwise the PostgreSQL text representation as a string — :meth:`Change.new_json`.
+  arrays; otherwise the PostgreSQL text representation as a string (bytea always as ``\\x`` hex, whatever
+  ``bytea_output`` says) — :meth:`Change.new_json`.
 
 Columns whose TOASTed value the server did not send are left out and listed in ``unchanged_toast``;
 they are never NULL.  An old key tuple ('K') carries only the replica identity columns.
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 FIRST_NORMAL_OID = 16384
 TEXT_ARRAY_OID = 1009
+BYTEA_OID = 17
 
 _INT_OIDS = frozenset({20, 21, 23, 26, 28})  # int8 int2 int4 oid xid
 _BOOL_OIDS = frozenset({16})
@@ -42,6 +44,8 @@ _FLOAT_OIDS = frozenset({700, 701})
 _JSON_OIDS = frozenset({114, 3802})
 _TEXT_OIDS = frozenset({25, 1043, 1042, 19, 18})  # text varchar bpchar name "char"
 _JSON_NATIVE_ELEMENTS = _INT_OIDS | _BOOL_OIDS | _FLOAT_OIDS | _JSON_OIDS | _TEXT_OIDS
+# arrays of these keep their element type (arrays of anything else load as text[])
+_TYPED_ELEMENTS = _JSON_NATIVE_ELEMENTS | {BYTEA_OID}
 
 JsonValue = Any
 Render = Callable[[bytes], JsonValue]
@@ -58,6 +62,56 @@ def _finite_or_text(load: Load) -> Render:
     def render(data: bytes) -> JsonValue:
         value = load(data)
         return value if math.isfinite(value) else data.decode()
+
+    return render
+
+
+def _bytea_hex(load: Load) -> Render:
+    """bytea always as ``\\x`` hex: the server writes the escape format when ``bytea_output = escape``
+    is set for the database or role, so that text is decoded by psycopg's loader and written as hex."""
+
+    def render(data: bytes) -> JsonValue:
+        if data[:2] == b"\\x":
+            return data.decode()
+        return "\\x" + load(data).hex()
+
+    return render
+
+
+def _map_text_array(load_text_array: Load, render_element: Render) -> Render:
+    """An array parsed as text[], each element rendered as its own type (bytea[], json[], jsonb[]).
+
+    psycopg's C bytea[] loader misreads an empty escape-format element (``""``) by unescaping past the
+    end of its slice; json elements need :func:`_json_or_text` one by one."""
+
+    def convert(value: Any) -> JsonValue:
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return None if value is None else render_element(value.encode())
+
+    return lambda data: convert(load_text_array(data))
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    return True
+
+
+def _json_or_text(load: Load) -> Render:
+    """json/jsonb as JSON, unless a number in it overflows a float (``1e400`` is valid in PostgreSQL's
+    json): Python would make it ``inf``, which has no JSON form, so such a value stays text."""
+
+    def render(data: bytes) -> JsonValue:
+        value = load(data)
+        # only an exponent or a number of 309+ digits overflows; skip the walk for everything else
+        if (len(data) > 308 or b"e" in data or b"E" in data) and not _all_finite(value):
+            return data.decode()
+        return value
 
     return render
 
@@ -131,7 +185,7 @@ class TypeRegistry:
         if category == "A" and elem:
             element = self._shape_from(elem, rows)
             scalar = element.load_oid if element.element_oid is None else 0
-            if scalar in _JSON_NATIVE_ELEMENTS and scalar in self._array_of:
+            if scalar in _TYPED_ELEMENTS and scalar in self._array_of:
                 return TypeShape(self._array_of[scalar], scalar)
             return TypeShape(TEXT_ARRAY_OID, 25)
         return TypeShape(25)
@@ -152,16 +206,22 @@ class TypeRegistry:
         base = shape.load_oid
         if shape.element_oid is not None:  # an array
             element = shape.element_oid
+            text_array = self.transformer.get_loader(TEXT_ARRAY_OID, pq.Format.TEXT).load
+            if element == BYTEA_OID or element in _JSON_OIDS:
+                return _map_text_array(text_array, self.renderer(element))
             if element not in _JSON_NATIVE_ELEMENTS:
-                load = self.transformer.get_loader(TEXT_ARRAY_OID, pq.Format.TEXT).load
-                return load
+                return text_array
             load = self.transformer.get_loader(base, pq.Format.TEXT).load
             if element in _FLOAT_OIDS:
                 return lambda data: _sanitize_floats(load(data))
             return load
         if base in _TEXT_OIDS or base == 25:
             return _text
-        if base in _INT_OIDS or base in _BOOL_OIDS or base in _JSON_OIDS:
+        if base == BYTEA_OID:
+            return _bytea_hex(self.transformer.get_loader(BYTEA_OID, pq.Format.TEXT).load)
+        if base in _JSON_OIDS:
+            return _json_or_text(self.transformer.get_loader(base, pq.Format.TEXT).load)
+        if base in _INT_OIDS or base in _BOOL_OIDS:
             return self.transformer.get_loader(base, pq.Format.TEXT).load
         if base in _FLOAT_OIDS:
             return _finite_or_text(self.transformer.get_loader(base, pq.Format.TEXT).load)

@@ -40,6 +40,10 @@ WRITE_QUEUE_BATCHES = 2
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 30.0
 SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender a moment longer
+# While no rule table changes, the checkpoint follows the server's position at most this often: each
+# checkpoint write is WAL itself (when the state database is the source), which would otherwise feed a
+# keepalive-write loop.
+IDLE_CHECKPOINT_INTERVAL_S = 10.0
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -53,7 +57,6 @@ class Batch:
 @dataclass(slots=True)
 class IngestStats:
     changes: int = 0
-    events_built: int = 0
     events_inserted: int = 0
     transactions: int = 0
     batches: int = 0
@@ -92,6 +95,7 @@ class Ingest:
         self.batch_events = batch_events
         self.batch_delay = batch_delay
         self.status_interval = status_interval
+        self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S
         self.on_batch = on_batch
         self.stats = IngestStats()
         self.types = TypeRegistry()
@@ -213,6 +217,7 @@ class Ingest:
         batch_started = time.monotonic()
         submitted_checkpoint = resume_lsn
         skipping = False
+        last_idle_checkpoint = time.monotonic()
         stats = self.stats
         events = batch.events
         dumps = _dumps
@@ -234,10 +239,11 @@ class Ingest:
                 if (
                     not assembler.in_transaction
                     and not events
-                    and session.received_lsn > submitted_checkpoint
                     and session.keepalive_lsn > submitted_checkpoint
+                    and time.monotonic() - last_idle_checkpoint >= self.idle_checkpoint_interval
                 ):
                     batch.checkpoint = session.keepalive_lsn
+                    last_idle_checkpoint = time.monotonic()
                     await submit()
                 elif events or batch.checkpoint is not None:
                     await submit()

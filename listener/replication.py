@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from listener.errors import DatabaseError, PrerequisiteError, ProtocolError, SlotInUseError
 from listener.lsn import format_lsn
@@ -33,6 +35,10 @@ STATUS_INTERVAL_S = 10.0
 # confirmed_flush_lsn close to what is durable without one message per batch).
 FLUSH_REPORT_DELAY_S = 0.05
 READ_BATCH_MESSAGES = 2048
+OUTPUT_SETTINGS = (
+    "-c extra_float_digits=3 -c bytea_output=hex -c datestyle=ISO,YMD"
+    " -c intervalstyle=postgres -c timezone=UTC"
+)
 
 _PG_EPOCH_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
@@ -137,8 +143,18 @@ class ReplicationSession:
 
     @classmethod
     async def connect(cls, dsn: str, *, slot: str) -> ReplicationSession:
+        # The walsender prints values with the session's output settings; pin them so a database's own
+        # settings (extra_float_digits = 0, DateStyle = German, bytea_output = escape...) cannot change
+        # what values we decode.  Appended to any options already in the DSN or PGOPTIONS.
+        given = conninfo_to_dict(dsn).get("options")
+        options = " ".join(filter(None, [str(given) if given else None, os.environ.get("PGOPTIONS")]))
         try:
-            conn = await psycopg.AsyncConnection.connect(dsn, replication="database", autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                dsn,
+                replication="database",
+                autocommit=True,
+                options=f"{options} {OUTPUT_SETTINGS}".strip(),
+            )
         except psycopg.OperationalError as exc:
             raise DatabaseError(
                 f"cannot open a replication connection: {str(exc).strip()}",
@@ -332,7 +348,10 @@ class ReplicationSession:
         if not writable:
             self._waiter = fut
         try:
-            await asyncio.wait_for(fut, timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as
+            # the future completes, leaving a cancelled reader running.
+            async with asyncio.timeout(timeout):
+                await fut
             return True
         except TimeoutError:
             return False

@@ -20,15 +20,20 @@ from psycopg import sql
 from listener import pgoutput as po
 from listener import setup
 from listener.changes import Assembler, Change, TxnCommit, TypeRegistry, change_json
-from listener.config import Config
+from listener.config import MAX_IDENTIFIER_BYTES, Config
 from listener.replication import ReplicationSession
 from listener.rules import RuleSet
 
 
 def tail_names(config: Config) -> tuple[str, str]:
-    """(publication, temporary slot) names for this tail process."""
-    suffix = f"tail_{os.getpid()}"
-    return f"{config.publication}_{suffix}", f"{config.slot}_{suffix}"
+    """(publication, temporary slot) names for this tail process.
+
+    The base names are shortened so the PID suffix always fits: PostgreSQL would otherwise truncate
+    the name at 63 bytes, cutting the PID off, and two tails would share (and drop) one publication.
+    """
+    suffix = f"_tail_{os.getpid()}"
+    keep = MAX_IDENTIFIER_BYTES - len(suffix)  # slot and publication names are ASCII (config checks)
+    return f"{config.publication[:keep]}{suffix}", f"{config.slot[:keep]}{suffix}"
 
 
 async def tail(

@@ -77,7 +77,7 @@ async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT_S
 
 def current_wal_lsn(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT (pg_current_wal_lsn() - '0/0')::int8").fetchone()
+        row = conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8").fetchone()
         assert row is not None
         return int(row[0])
 

@@ -8,7 +8,12 @@ from tests.support import events, make_config, running_ingest, wait_caught_up
 
 RULES = [
     {"name": "on_insert", "table": "items", "on": ["insert"], "workflow": "workflows.onboarding:welcome"},
-    {"name": "on_change", "table": "items", "on": ["update", "delete"], "workflow": "workflows.tickets:triage"},
+    {
+        "name": "on_change",
+        "table": "items",
+        "on": ["update", "delete"],
+        "workflow": "workflows.tickets:triage",
+    },
 ]
 
 
@@ -27,7 +32,11 @@ async def test_each_operation_becomes_an_event(dsn: str, sql: psycopg.Connection
         ("on_change", "update"),
         ("on_change", "delete"),
     ]
-    assert got[0]["payload"] == {"new": {"id": 1, "name": "apple", "qty": 3}, "old": None, "unchanged_toast": []}
+    assert got[0]["payload"] == {
+        "new": {"id": 1, "name": "apple", "qty": 3},
+        "old": None,
+        "unchanged_toast": [],
+    }
     assert got[2]["payload"]["new"] == {"id": 1, "name": "apple", "qty": 4}
     assert got[2]["payload"]["old"] is None  # DEFAULT identity, key unchanged: the server sends no old row
     assert got[3]["payload"]["old"] == {"id": 2}  # only the replica identity columns, never NULLs
