@@ -88,15 +88,18 @@ async def demo(dsn: str, *, rows: int = 6) -> None:
     await task
     from workflows.onboarding import ACTIONS
 
-    table = Table(title="row change → workflow")
-    for col in ("rule", "op", "table", "row", "workflow", "commit → start"):
-        table.add_column(col)
+    table = Table(title="row change → workflow run")
+    table.add_column("rule")
+    table.add_column("change")
+    table.add_column("commit → start", justify="right")
     for event, at in started:
         commit = event.commit_time or datetime.now(UTC)
         latency_ms = (at - commit.timestamp()) * 1000
-        row = ", ".join(f"{k}={v}" for k, v in (event.new or {}).items() if k != "created_at")
+        row = (event.new or {}).get("email") or (event.new or {}).get("subject", "")
         table.add_row(
-            event.rule, event.op or "", event.table or "", row, event.workflow, f"{latency_ms:.1f} ms"
+            event.rule,
+            f"{event.op} {event.table} #{(event.new or {}).get('id')} {row}",
+            f"{latency_ms:.1f} ms",
         )
     console.print(table)
     for action in ACTIONS:

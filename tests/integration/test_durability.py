@@ -148,3 +148,24 @@ async def test_flush_never_passes_what_is_durable(dsn: str, sql: Conn) -> None:
         await wait_caught_up(run, dsn)
     assert ids(events(dsn)) == [1, 2]
     assert slot_flush(sql) == stored_checkpoint(sql)
+
+
+async def test_a_cut_replication_connection_reconnects_and_loses_nothing(dsn: str, sql: Conn) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    config = make_config(RULES, ingest={"batch_events": 50})
+    async with running_ingest(dsn, config) as run:
+        for chunk in range(5):
+            sql.execute(
+                "INSERT INTO items SELECT g, 'x' FROM generate_series(%s::int, %s::int) g",
+                [chunk * 200 + 1, chunk * 200 + 200],
+            )
+            # cut the walsender's connection, as a network failure or a server restart would
+            killed = sql.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = 'listener_test' AND active_pid IS NOT NULL"
+            ).fetchall()
+            assert killed in ([], [(True,)])
+            await asyncio.sleep(0.3)
+        await wait_caught_up(run, dsn)
+        assert run.ingest.stats.reconnects >= 2
+    assert ids(events(dsn)) == list(range(1, 1001))
