@@ -232,20 +232,23 @@ class Ingest:
             batch_started = time.monotonic()
 
         while True:
-            messages = await session.read()
+            # With a batch ready to go, only look at what is already buffered: once libpq's buffer is
+            # drained the batch is submitted, never held until the next message or status timeout.
+            ready = bool(events or batch.checkpoint is not None) and not assembler.in_transaction
+            messages = await session.read(block=not ready)
             if not messages:
-                # Idle: nothing of ours is in flight, so everything before the server's position was sent
-                # and handled; let the checkpoint follow it (otherwise the slot pins WAL forever).
-                if (
+                if ready:
+                    await submit()
+                elif (
+                    # Idle: nothing of ours is in flight, so every transaction before the server's
+                    # position was sent and handled; let the checkpoint follow it (otherwise the slot
+                    # pins WAL forever), but not too often (see IDLE_CHECKPOINT_INTERVAL_S).
                     not assembler.in_transaction
-                    and not events
                     and session.keepalive_lsn > submitted_checkpoint
                     and time.monotonic() - last_idle_checkpoint >= self.idle_checkpoint_interval
                 ):
                     batch.checkpoint = session.keepalive_lsn
                     last_idle_checkpoint = time.monotonic()
-                    await submit()
-                elif events or batch.checkpoint is not None:
                     await submit()
                 continue
             for lsn, payload in messages:
@@ -283,13 +286,13 @@ class Ingest:
                         batch.checkpoint = item.end_lsn
                     skipping = False
             if (
-                not assembler.in_transaction
+                (events or batch.checkpoint is not None)
+                and not assembler.in_transaction
                 and (
                     len(events) >= self.batch_events
+                    or session.drained  # caught up with the server: do not hold events back
                     or time.monotonic() - batch_started >= self.batch_delay
-                    or len(messages) < 64  # caught up with the server: do not hold events back
                 )
-                and (events or batch.checkpoint is not None)
             ):
                 await submit()
 

@@ -138,6 +138,7 @@ class ReplicationSession:
         self._last_status = 0.0
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
+        self.drained = True
 
     # -- connecting --------------------------------------------------------------------------------------
 
@@ -233,14 +234,20 @@ class ReplicationSession:
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)
 
-    async def read(self, max_messages: int = READ_BATCH_MESSAGES) -> list[tuple[int, memoryview]]:
-        """Return the next XLogData payloads as (data_start LSN, payload); wait when none is buffered.
+    async def read(
+        self, max_messages: int = READ_BATCH_MESSAGES, *, block: bool = True
+    ) -> list[tuple[int, memoryview]]:
+        """Return the next XLogData payloads as (data_start LSN, payload).
 
-        Keepalives are answered here.  May return an empty list when a status update was due while idle.
+        When nothing is buffered: with ``block``, wait for data (returning an empty list when a status
+        update fell due meanwhile); without, return at once.  Afterwards ``drained`` tells whether libpq's
+        buffer was emptied (False: ``max_messages`` were returned and more may be waiting).  Keepalives are
+        answered here.
         """
         out: list[tuple[int, memoryview]] = []
         pgconn = self.pgconn
         get = pgconn.get_copy_data
+        self.drained = False
         while len(out) < max_messages:
             nbytes, data = get(1)
             if nbytes > 0:
@@ -261,7 +268,8 @@ class ReplicationSession:
                 else:
                     raise ProtocolError(f"unknown replication message type {chr(kind)!r}", offset=0)
             elif nbytes == 0:
-                if out:
+                self.drained = True
+                if out or not block:
                     break
                 await self._maybe_send_status()
                 if await self._wait_readable(self._time_to_next_status()):

@@ -169,3 +169,20 @@ async def test_a_cut_replication_connection_reconnects_and_loses_nothing(dsn: st
         await wait_caught_up(run, dsn)
         assert run.ingest.stats.reconnects >= 2
     assert ids(events(dsn)) == list(range(1, 1001))
+
+
+async def test_a_transaction_of_exactly_n_batches_is_acknowledged_at_once(dsn: str, sql: Conn) -> None:
+    """The commit of a transaction whose events filled the last batch exactly must not wait for the next
+    message or status timeout to be checkpointed (it once waited up to status_interval)."""
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    config = make_config(RULES, ingest={"batch_events": 100, "status_interval_s": 30})
+    async with running_ingest(dsn, config) as run:
+        for size in (100, 300, 2048, 4096):
+            sql.execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, %s::int) g", [size])
+            commit = parse_lsn(str(sql.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]))  # type: ignore[index]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3.0
+            while run.ingest.durable_lsn < commit - 1024:  # the commit record ends just before this point
+                assert loop.time() < deadline, f"{size} rows: checkpoint held back"
+                await asyncio.sleep(0.01)
+            sql.execute("TRUNCATE items")
