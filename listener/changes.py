@@ -17,6 +17,7 @@ they are never NULL.  An old key tuple ('K') carries only the replica identity c
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +50,7 @@ _TYPED_ELEMENTS = _JSON_NATIVE_ELEMENTS | {BYTEA_OID}
 
 JsonValue = Any
 Render = Callable[[bytes], JsonValue]
+Fragment = Callable[[bytes], str]
 Load = Callable[[bytes], Any]
 
 OPS = {po.Insert: "insert", po.Update: "update", po.Delete: "delete"}
@@ -233,8 +235,40 @@ class ColumnInfo:
     name: str
     type_oid: int
     is_key: bool
-    render: Render
-    load: Load
+    render: Render  # server text -> JSON value
+    load: Load  # server text -> typed Python value
+    fragment: Fragment  # server text -> JSON text (same value as render, serialized)
+    key: str  # '"name":', the JSON object key prefix
+
+
+_encode_str = json.encoder.encode_basestring
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _bool_fragment(data: bytes) -> str:
+    return "true" if data == b"t" else "false"
+
+
+def _text_fragment(data: bytes) -> str:
+    return _encode_str(data.decode())
+
+
+def _int_fragment(data: bytes) -> str:
+    # PostgreSQL prints integers as an optional '-' and digits: that text is already the JSON number.
+    return data.decode()
+
+
+def fragment_for(render: Render, type_oid: int, types: TypeRegistry) -> Fragment:
+    """The JSON text of a value: fast paths where the server's text maps directly, else render + dump."""
+    base = types.shape(type_oid)
+    if base.element_oid is None:
+        if base.load_oid in _INT_OIDS:
+            return _int_fragment
+        if base.load_oid in _BOOL_OIDS:
+            return _bool_fragment
+    if render is _text:
+        return _text_fragment
+    return lambda data: _dumps(render(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,10 +278,7 @@ class RelationInfo:
     name: str
     replica_identity: str
     columns: tuple[ColumnInfo, ...]
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+    qualified: str  # "schema.name", made once: it goes into every event of the table
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -255,11 +286,14 @@ class RelationInfo:
 
 
 def relation_info(msg: po.Relation, types: TypeRegistry) -> RelationInfo:
-    columns = tuple(
-        ColumnInfo(c.name, c.type_oid, c.is_key, types.renderer(c.type_oid), types.loader(c.type_oid))
-        for c in msg.columns
-    )
-    return RelationInfo(msg.oid, msg.namespace, msg.name, msg.replica_identity, columns)
+    columns = []
+    for c in msg.columns:
+        render = types.renderer(c.type_oid)
+        fragment = fragment_for(render, c.type_oid, types)
+        load = types.loader(c.type_oid)
+        columns.append(ColumnInfo(c.name, c.type_oid, c.is_key, render, load, fragment, _dumps(c.name) + ":"))
+    qualified = f"{msg.namespace}.{msg.name}"
+    return RelationInfo(msg.oid, msg.namespace, msg.name, msg.replica_identity, tuple(columns), qualified)
 
 
 @dataclass(slots=True)
@@ -296,6 +330,29 @@ class Change:
             else:  # BinaryValue: we never request binary; keep its bytes visible rather than guess
                 out[col.name] = "\\x" + value.data.hex()  # type: ignore[union-attr]
         return out
+
+    def _tuple_fragment(self, values: po.TupleData, *, key_only: bool) -> str:
+        """JSON text of a tuple, column by column; the same values as :meth:`_tuple_json`."""
+        assert self.relation is not None
+        parts = []
+        for col, value in zip(self.relation.columns, values, strict=True):
+            if value is po.UNCHANGED_TOAST or (key_only and not col.is_key):
+                continue
+            if value is None:
+                parts.append(col.key + "null")
+            elif type(value) is bytes:
+                parts.append(col.key + col.fragment(value))
+            else:  # BinaryValue: never requested; same rendering as _tuple_json
+                parts.append(col.key + _dumps("\\x" + value.data.hex()))  # type: ignore[union-attr]
+        return "{" + ",".join(parts) + "}"
+
+    def payload_json(self) -> str:
+        """``{"new": .., "old": .., "unchanged_toast": [..]}`` as JSON text: the queue's event payload."""
+        new = "null" if self.new is None else self._tuple_fragment(self.new, key_only=False)
+        key_only = self.old_kind == "K"
+        old = "null" if self.old is None else self._tuple_fragment(self.old, key_only=key_only)
+        toast = _dumps(self.unchanged_toast()) if self.op == "update" else "[]"
+        return '{"new":' + new + ',"old":' + old + ',"unchanged_toast":' + toast + "}"
 
     def new_json(self) -> dict[str, JsonValue] | None:
         return self._tuple_json(self.new, key_only=False) if self.new is not None else None

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -32,7 +32,7 @@ from listener.errors import DatabaseError, ListenerError, SlotInUseError
 from listener.lsn import format_lsn
 from listener.replication import ReplicationEnded, ReplicationSession
 from listener.rules import CompiledRule, RuleSet
-from listener.store import EventRow, StateStore
+from listener.store import EventBatch, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender
 IDLE_CHECKPOINT_INTERVAL_S = 10.0
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-@dataclass(slots=True)
-class Batch:
-    events: list[EventRow] = field(default_factory=list)
-    checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
 
 
 @dataclass(slots=True)
@@ -85,7 +79,7 @@ class Ingest:
         batch_events: int = 5000,
         batch_delay: float = 0.005,
         status_interval: float = 10.0,
-        on_batch: Callable[[Batch, int], None] | None = None,
+        on_batch: Callable[[EventBatch, int], None] | None = None,
     ) -> None:
         self.source_dsn = source_dsn
         self.store = store
@@ -145,7 +139,7 @@ class Ingest:
         session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
         self._session = session
         self._catalog = await psycopg.AsyncConnection.connect(self.source_dsn, autocommit=True)
-        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
         tasks: list[asyncio.Task[Any]] = []
         try:
             session.status_interval = self.status_interval
@@ -188,12 +182,12 @@ class Ingest:
 
     # -- writer -------------------------------------------------------------------------------------------
 
-    async def _writer(self, queue: asyncio.Queue[Batch | None], session: ReplicationSession) -> None:
+    async def _writer(self, queue: asyncio.Queue[EventBatch | None], session: ReplicationSession) -> None:
         while True:
             batch = await queue.get()
             if batch is None:
                 return
-            inserted = await self.store.write_batch(batch.events, batch.checkpoint)
+            inserted = await self.store.write_batch(batch)
             self.stats.batches += 1
             self.stats.events_inserted += inserted
             if batch.checkpoint is not None:
@@ -206,29 +200,28 @@ class Ingest:
     # -- reader -------------------------------------------------------------------------------------------
 
     async def _reader(
-        self, queue: asyncio.Queue[Batch | None], session: ReplicationSession, resume_lsn: int
+        self, queue: asyncio.Queue[EventBatch | None], session: ReplicationSession, resume_lsn: int
     ) -> None:
         decoder = po.Decoder(session.protocol_version)
         assembler = Assembler(self.types)
         decode = decoder.decode
         feed = assembler.feed
         rules_by_oid: dict[int, dict[str, tuple[CompiledRule, ...]]] = {}
-        batch = Batch()
+        batch = EventBatch()
         batch_started = time.monotonic()
         submitted_checkpoint = resume_lsn
         skipping = False
         last_idle_checkpoint = time.monotonic()
         stats = self.stats
-        events = batch.events
-        dumps = _dumps
+        events = batch.payload  # its length is the batch's size
 
         async def submit() -> None:
             nonlocal batch, events, batch_started, submitted_checkpoint
             if batch.checkpoint is not None:
                 submitted_checkpoint = batch.checkpoint
             await queue.put(batch)
-            batch = Batch()
-            events = batch.events
+            batch = EventBatch()
+            events = batch.payload
             batch_started = time.monotonic()
 
         while True:
@@ -270,11 +263,11 @@ class Ingest:
                         assert rel is not None
                         by_op = rules_by_oid[oid] = self.rules.for_table(rel.schema, rel.name)
                     if item.op == "truncate":
-                        _append_truncate_events(events, item, self.rules, dumps)
+                        _append_truncate_events(batch, item, self.rules)
                     else:
                         matched = by_op.get(item.op, ())
                         if matched:
-                            _append_events(events, item, matched, dumps)
+                            _append_events(batch, item, matched)
                     if len(events) >= self.batch_events:
                         await submit()
                 elif type(item) is TxnBegin:
@@ -304,41 +297,25 @@ class Ingest:
             assembler.relation(msg)  # rebuild with the resolved loaders
 
 
-def _append_events(
-    events: list[EventRow], change: Change, matched: tuple[CompiledRule, ...], dumps: Callable[[Any], str]
-) -> None:
+def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRule, ...]) -> None:
     rel = change.relation
     assert rel is not None
-    payload = dumps(
-        {"new": change.new_json(), "old": change.old_json(), "unchanged_toast": change.unchanged_toast()}
-    )
+    payload = change.payload_json()
     commit = format_lsn(change.commit_lsn)
-    lsn = format_lsn(change.lsn)
-    table = rel.qualified
-    ordinal = change.ordinal
     for rule in matched:
-        events.append(
-            (
-                f"{rule.name}/{commit}/{ordinal}",
-                "cdc",
-                rule.name,
-                rule.workflow,
-                change.op,
-                table,
-                lsn,
-                commit,
-                change.xid,
-                change.commit_time,
-                payload,
+        batch.group.append(
+            batch.group_id(
+                rule.name, rule.workflow, change.op, rel.qualified, commit, change.xid, change.commit_time
             )
         )
+        batch.lsn.append(change.lsn)
+        batch.ordinal.append(change.ordinal)
+        batch.payload.append(payload)
 
 
-def _append_truncate_events(
-    events: list[EventRow], change: Change, rules: RuleSet, dumps: Callable[[Any], str]
-) -> None:
+def _append_truncate_events(batch: EventBatch, change: Change, rules: RuleSet) -> None:
     """A truncate of several tables is one change per table: each rule's event uses its table's ordinal."""
-    payload = dumps(
+    payload = _dumps(
         {
             "new": None,
             "old": None,
@@ -347,24 +324,14 @@ def _append_truncate_events(
         }
     )
     commit = format_lsn(change.commit_lsn)
-    lsn = format_lsn(change.lsn)
     for rel, ordinal in change.truncated:
         for rule in rules.match(rel.schema, rel.name, "truncate"):
-            events.append(
-                (
-                    f"{rule.name}/{commit}/{ordinal}",
-                    "cdc",
-                    rule.name,
-                    rule.workflow,
-                    "truncate",
-                    rel.qualified,
-                    lsn,
-                    commit,
-                    change.xid,
-                    change.commit_time,
-                    payload,
-                )
-            )
+            gid = batch.group_id(rule.name, rule.workflow, "truncate", rel.qualified, commit, change.xid,
+                                 change.commit_time)  # fmt: skip
+            batch.group.append(gid)
+            batch.lsn.append(change.lsn)
+            batch.ordinal.append(ordinal)
+            batch.payload.append(payload)
 
 
-__all__ = ["Batch", "Ingest", "IngestStats", "ListenerError", "event_key"]
+__all__ = ["EventBatch", "Ingest", "IngestStats", "ListenerError", "event_key"]

@@ -8,8 +8,8 @@ two processes at once.  All SQL runs with ``search_path`` set to the state schem
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -121,18 +121,51 @@ def notify_channel(schema: str) -> str:
     return f"{schema}_events"
 
 
-# An event row as the ingest writer produces it, in column order:
-# (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid, commit_time, payload)
-EventRow = tuple[str, str, str, str, str | None, str | None, str | None, str | None, int | None, object, str]
+@dataclass(slots=True)
+class EventBatch:
+    """Events for one state-database transaction, in columns, plus the checkpoint that goes with them.
+
+    What is the same for many events (rule, workflow, operation, table and the transaction's commit LSN,
+    xid and time) is stored once per *group*; each event names its group.  The idempotency key
+    ``rule/commit LSN/ordinal`` is assembled by the server.  This keeps the per-event cost of sending a
+    batch low: it is the hot path of a million-row transaction.
+    """
+
+    group: list[int] = field(default_factory=list)  # 1-based index into the group columns
+    lsn: list[int] = field(default_factory=list)  # WAL position of the change
+    ordinal: list[int] = field(default_factory=list)  # of the change among its table's, in the transaction
+    payload: list[str] = field(
+        default_factory=list
+    )  # JSON text: {"new": .., "old": .., "unchanged_toast": ..}
+    # per group: rule, workflow, op, table, commit LSN (text), xid, commit time
+    groups: list[tuple[str, str, str, str, str, int, datetime]] = field(default_factory=list)
+    group_ids: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+    def group_id(
+        self, rule: str, workflow: str, op: str, table: str, commit: str, xid: int, at: datetime
+    ) -> int:
+        """The group of (rule, op, table) in the transaction committed at ``commit``, made on first use."""
+        key = (rule, op, table, commit)
+        gid = self.group_ids.get(key)
+        if gid is None:
+            self.groups.append((rule, workflow, op, table, commit, xid, at))
+            gid = self.group_ids[key] = len(self.groups)
+        return gid
+
 
 _INSERT_EVENTS = """
 WITH ins AS (
     INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid,
                         commit_time, payload)
-    SELECT k, s, r, w, o, t, l::pg_lsn, c::pg_lsn, x, ct, p::jsonb
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::text[], $9::int8[], $10::timestamptz[], $11::text[])
-         AS u(k, s, r, w, o, t, l, c, x, ct, p)
+    SELECT r[g] || '/' || c[g] || '/' || o, 'cdc', r[g], w[g], op[g], t[g], '0/0'::pg_lsn + l, c[g]::pg_lsn,
+           x[g], ct[g], p::jsonb
+    FROM unnest($1::int4[], $2::int8[], $3::int4[], $4::text[]) AS u(g, l, o, p),
+         (SELECT $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::timestamptz[])
+             AS grp(r, w, op, t, c, x, ct)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING 1
 )
@@ -174,19 +207,21 @@ class StateStore:
         value = await self.pool.fetchval("SELECT lsn::text FROM checkpoints WHERE slot_name = $1", self.slot)
         return parse_lsn(value) if value is not None else None
 
-    async def write_batch(self, events: Sequence[EventRow], checkpoint: int | None) -> int:
-        """Insert ``events`` (duplicates skipped) and move the checkpoint, in one transaction.
+    async def write_batch(self, batch: EventBatch) -> int:
+        """Insert the batch's events (duplicates skipped) and move the checkpoint, in one transaction.
 
         Returns the number of events actually inserted.  Only after this returns may the flush LSN sent to
-        the server move to ``checkpoint`` (invariant 1).
+        the server move to ``batch.checkpoint`` (invariant 1).
         """
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = 0
-            if events:
-                columns = list(zip(*events, strict=True))
-                inserted = await conn.fetchval(_INSERT_EVENTS, *columns)
+            if batch.payload:
+                groups = list(zip(*batch.groups, strict=True))
+                inserted = await conn.fetchval(
+                    _INSERT_EVENTS, batch.group, batch.lsn, batch.ordinal, batch.payload, *groups
+                )
                 if inserted:
                     await conn.execute("SELECT pg_notify($1, '')", self.channel)
-            if checkpoint is not None:
-                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(checkpoint))
+            if batch.checkpoint is not None:
+                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
         return int(inserted)

@@ -10,7 +10,7 @@ import pytest
 
 from listener.lsn import parse_lsn
 from listener.replication import ReplicationSession
-from listener.store import StateStore
+from listener.store import EventBatch, StateStore
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -101,12 +101,12 @@ async def test_a_crash_mid_transaction_replays_it_without_duplicates(
     original = StateStore.write_batch
     calls = 0
 
-    async def flaky(self: StateStore, rows: Any, checkpoint: int | None) -> int:
+    async def flaky(self: StateStore, batch: EventBatch) -> int:
         nonlocal calls
         calls += 1
         if calls == 4:  # after three chunks of the big transaction are committed
             raise ConnectionResetError("connection to the state database lost (test)")
-        return await original(self, rows, checkpoint)
+        return await original(self, batch)
 
     async with running_ingest(dsn, config) as run:
         monkeypatch.setattr(StateStore, "write_batch", flaky)
