@@ -70,7 +70,6 @@ from listener.embedded import EmbeddedPostgres, bin_dir
 from listener.ingest import Ingest
 from listener.lsn import format_lsn, parse_lsn
 from listener.replication import READ_BATCH_MESSAGES, ReplicationSession
-from listener.rules import RuleSet
 from listener.store import EventBatch, StateStore
 
 TABLE = "bench_rows"
@@ -173,17 +172,7 @@ async def _child_ingest(dsn: str, state_dsn: str, until: int, timeout: float) ->
             marks["done"] = now
             stop.set()
 
-    ingest = Ingest(
-        source_dsn=dsn,
-        store=store,
-        rules=RuleSet(config.rules),
-        slot=config.slot,
-        publication=config.publication,
-        batch_events=config.ingest.batch_events,
-        batch_delay=config.ingest.batch_delay_ms / 1000,
-        status_interval=config.ingest.status_interval_s,
-        on_batch=on_batch,
-    )
+    ingest = Ingest.from_config(config, source_dsn=dsn, store=store, on_batch=on_batch)
     try:
         await asyncio.wait_for(ingest.run(stop), timeout)
     finally:

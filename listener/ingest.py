@@ -28,6 +28,7 @@ import psycopg
 
 from listener import pgoutput as po
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
+from listener.config import Config
 from listener.errors import DatabaseError, ListenerError, SlotInUseError
 from listener.lsn import format_lsn
 from listener.replication import ReplicationEnded, ReplicationSession
@@ -97,6 +98,28 @@ class Ingest:
         self.streaming = asyncio.Event()  # set once a session is streaming
         self._session: ReplicationSession | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        source_dsn: str,
+        store: StateStore,
+        on_batch: Callable[[EventBatch, int], None] | None = None,
+    ) -> Ingest:
+        """An Ingest with the slot, publication, rules and batching of ``config``."""
+        return cls(
+            source_dsn=source_dsn,
+            store=store,
+            rules=RuleSet(config.rules),
+            slot=config.slot,
+            publication=config.publication,
+            batch_events=config.ingest.batch_events,
+            batch_delay=config.ingest.batch_delay_ms / 1000,
+            status_interval=config.ingest.status_interval_s,
+            on_batch=on_batch,
+        )
 
     # -- supervision --------------------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from listener import setup
 from listener import workflow as wf
 from listener.config import Config
 from listener.ingest import Ingest
-from listener.rules import RuleSet
 from listener.store import StateStore
 from listener.worker import Worker
 
@@ -66,18 +65,9 @@ async def run(
     validate_workflows(config)
     await asyncio.to_thread(setup.init, config, source_dsn, state_dsn)
     stop = stop or asyncio.Event()
-    remove_handlers = install_signal_handlers(stop) if stop is not None else (lambda: None)
+    remove_handlers = install_signal_handlers(stop)
     store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
-    ingest = Ingest(
-        source_dsn=source_dsn,
-        store=store,
-        rules=RuleSet(config.rules),
-        slot=config.slot,
-        publication=config.publication,
-        batch_events=config.ingest.batch_events,
-        batch_delay=config.ingest.batch_delay_ms / 1000,
-        status_interval=config.ingest.status_interval_s,
-    )
+    ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")

@@ -35,7 +35,7 @@ def pg_server() -> Iterator[str]:
         yield dsn
         return
     if os.environ.get("LISTENER_TEST_DOCKER") == "1":
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-not-found]
+        from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:18").with_command("-c wal_level=logical") as pg:
             yield pg.get_connection_url(driver=None)

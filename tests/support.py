@@ -14,7 +14,6 @@ import psycopg
 from listener import setup
 from listener.config import Config, parse_config
 from listener.ingest import Ingest
-from listener.rules import RuleSet
 from listener.store import StateStore
 
 WAIT_S = 60.0
@@ -44,16 +43,7 @@ async def running_ingest(dsn: str, config: Config, *, init: bool = True) -> Asyn
     if init:
         await asyncio.to_thread(setup.init, config, dsn, dsn)
     store = await StateStore.connect(dsn, schema=config.state_schema, slot=config.slot)
-    ingest = Ingest(
-        source_dsn=dsn,
-        store=store,
-        rules=RuleSet(config.rules),
-        slot=config.slot,
-        publication=config.publication,
-        batch_events=config.ingest.batch_events,
-        batch_delay=config.ingest.batch_delay_ms / 1000,
-        status_interval=config.ingest.status_interval_s,
-    )
+    ingest = Ingest.from_config(config, source_dsn=dsn, store=store)
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop), name="test-ingest")
     try:

@@ -123,7 +123,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(dsn: str, sql: Co
     rows = sql.execute(
         "SELECT op, (payload->'new'->>'id')::int, idempotency_key FROM listener.events ORDER BY id"
     ).fetchall()
-    got_inserts = sorted(r[1] for r in rows if r[0] == "insert")
+    got_inserts = sorted(int(str(r[1])) for r in rows if r[0] == "insert")
     assert got_inserts == inserted  # every row exactly once
     assert sum(1 for r in rows if r[0] == "update") == updates
     assert len({r[2] for r in rows}) == len(rows)
