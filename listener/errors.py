@@ -31,8 +31,13 @@ class ProtocolError(ListenerError):
 
             where += f" of the message at LSN {format_lsn(lsn)}"
         super().__init__(message + where, hint=hint)
+        self.what = message
         self.offset = offset
         self.lsn = lsn
+
+    def at_lsn(self, lsn: int) -> ProtocolError:
+        """The same error, naming the WAL position of the message it was found in."""
+        return ProtocolError(self.what, offset=self.offset, lsn=lsn, hint=self.hint)
 
 
 class ConfigError(ListenerError):

@@ -29,7 +29,7 @@ import psycopg
 from listener import pgoutput as po
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
 from listener.config import Config
-from listener.errors import DatabaseError, ListenerError, SlotInUseError
+from listener.errors import DatabaseError, ListenerError, ProtocolError, SlotInUseError
 from listener.lsn import format_lsn
 from listener.replication import ReplicationEnded, ReplicationSession
 from listener.rules import CompiledRule, RuleSet
@@ -268,7 +268,11 @@ class Ingest:
                     await submit()
                 continue
             for lsn, payload in messages:
-                msg = decode(payload)
+                try:
+                    msg = decode(payload)
+                except ProtocolError as exc:
+                    # never skipped: the service stops, naming the message; nothing is acknowledged
+                    raise exc.at_lsn(lsn) from exc
                 item = feed(lsn, msg)
                 if item is None:
                     if type(msg) is po.Relation:

@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from listener import setup
+from listener.errors import ProtocolError
 from listener.lsn import parse_lsn
 from listener.replication import ReplicationSession
 from listener.store import EventBatch, StateStore
@@ -186,3 +188,31 @@ async def test_a_transaction_of_exactly_n_batches_is_acknowledged_at_once(dsn: s
                 assert loop.time() < deadline, f"{size} rows: checkpoint held back"
                 await asyncio.sleep(0.01)
             sql.execute("TRUNCATE items")
+
+
+async def test_malformed_bytes_stop_ingest_naming_the_lsn_and_acknowledge_nothing(
+    dsn: str, sql: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 8: bad bytes from the server are never skipped; the error names the offset and LSN."""
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    config = make_config(RULES)
+    original = ReplicationSession.read
+
+    async def corrupt(self: ReplicationSession, *args: Any, **kwargs: Any) -> list[tuple[int, memoryview]]:
+        messages = await original(self, *args, **kwargs)
+        # the Insert message of the row below arrives cut short after its relation OID
+        return [
+            (lsn, memoryview(b"I\x00\x00\x40\x00N") if bytes(m[:1]) == b"I" else m) for lsn, m in messages
+        ]
+
+    setup.init(config, dsn, dsn)
+    flush_before = slot_flush(sql)
+    monkeypatch.setattr(ReplicationSession, "read", corrupt)
+    with pytest.raises(ProtocolError) as info:
+        async with running_ingest(dsn, config, init=False) as run:
+            sql.execute("INSERT INTO items VALUES (1, 'x')")
+            await asyncio.wait_for(run.task, 30)
+    assert "of the message at LSN" in str(info.value) and info.value.offset == 6
+    assert info.value.lsn is not None and info.value.lsn > 0
+    assert events(dsn) == []
+    assert slot_flush(sql) == flush_before  # nothing acknowledged: the change will come again

@@ -56,3 +56,14 @@ def test_status_update_layout() -> None:
 )
 def test_highest_protocol_version_the_server_supports(server: int, version: int) -> None:
     assert protocol_version_for(server) == version
+
+
+def test_a_protocol_error_can_name_the_lsn_of_its_message() -> None:
+    from listener import pgoutput as po
+
+    with pytest.raises(ProtocolError) as info:
+        po.Decoder(1).decode(b"I\x00\x00")
+    located = info.value.at_lsn(0x16_B374D848)
+    assert str(located).startswith(info.value.what)
+    assert f"at byte offset {info.value.offset} of the message at LSN 16/B374D848" in str(located)
+    assert located.lsn == 0x16_B374D848 and located.offset == info.value.offset
