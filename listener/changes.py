@@ -258,6 +258,15 @@ def _int_fragment(data: bytes) -> str:
     return data.decode()
 
 
+def _fragment(fragment: Fragment, value: po.Value) -> str:
+    """A value that is not plain text: NULL, or binary (never requested; shown as bytea hex)."""
+    if value is None:
+        return "null"
+    if type(value) is bytes:
+        return fragment(value)
+    return _dumps("\\x" + value.data.hex())  # type: ignore[union-attr]
+
+
 def fragment_for(render: Render, type_oid: int, types: TypeRegistry) -> Fragment:
     """The JSON text of a value: fast paths where the server's text maps directly, else render + dump."""
     base = types.shape(type_oid)
@@ -279,6 +288,7 @@ class RelationInfo:
     replica_identity: str
     columns: tuple[ColumnInfo, ...]
     qualified: str  # "schema.name", made once: it goes into every event of the table
+    fragments: tuple[tuple[str, Fragment, bool], ...]  # per column: JSON key prefix, fragment, is_key
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -293,7 +303,10 @@ def relation_info(msg: po.Relation, types: TypeRegistry) -> RelationInfo:
         load = types.loader(c.type_oid)
         columns.append(ColumnInfo(c.name, c.type_oid, c.is_key, render, load, fragment, _dumps(c.name) + ":"))
     qualified = f"{msg.namespace}.{msg.name}"
-    return RelationInfo(msg.oid, msg.namespace, msg.name, msg.replica_identity, tuple(columns), qualified)
+    fragments = tuple((c.key, c.fragment, c.is_key) for c in columns)
+    return RelationInfo(
+        msg.oid, msg.namespace, msg.name, msg.replica_identity, tuple(columns), qualified, fragments
+    )
 
 
 @dataclass(slots=True)
@@ -303,6 +316,7 @@ class Change:
     op: str
     lsn: int
     commit_lsn: int
+    commit_text: str  # commit_lsn as PostgreSQL prints it, formatted once per transaction
     xid: int
     commit_time: datetime
     relation: RelationInfo | None
@@ -332,18 +346,32 @@ class Change:
         return out
 
     def _tuple_fragment(self, values: po.TupleData, *, key_only: bool) -> str:
-        """JSON text of a tuple, column by column; the same values as :meth:`_tuple_json`."""
-        assert self.relation is not None
-        parts = []
-        for col, value in zip(self.relation.columns, values, strict=True):
-            if value is po.UNCHANGED_TOAST or (key_only and not col.is_key):
-                continue
-            if value is None:
-                parts.append(col.key + "null")
-            elif type(value) is bytes:
-                parts.append(col.key + col.fragment(value))
-            else:  # BinaryValue: never requested; same rendering as _tuple_json
-                parts.append(col.key + _dumps("\\x" + value.data.hex()))  # type: ignore[union-attr]
+        """JSON text of a tuple, column by column; the same values as :meth:`_tuple_json`.
+
+        The hot path of ingest (every event's payload): one comprehension over precomputed
+        (key, fragment) pairs."""
+        rel = self.relation
+        assert rel is not None
+        cols = rel.fragments
+        if len(values) != len(cols):
+            raise ProtocolError(
+                f"a tuple of {len(values)} columns for {rel.qualified}, which has {len(cols)}",
+                offset=0,
+                lsn=self.lsn,
+            )
+        unchanged = po.UNCHANGED_TOAST
+        if key_only:
+            parts = [
+                k + _fragment(f, v)
+                for (k, f, is_key), v in zip(cols, values, strict=False)  # lengths checked above
+                if is_key and v is not unchanged
+            ]
+        else:
+            parts = [
+                k + (f(v) if v.__class__ is bytes else _fragment(f, v))
+                for (k, f, _), v in zip(cols, values, strict=False)
+                if v is not unchanged
+            ]
         return "{" + ",".join(parts) + "}"
 
     def payload_json(self) -> str:
@@ -406,6 +434,7 @@ class Assembler:
         self.types = types
         self.relations: dict[int, RelationInfo] = {}
         self._begin: po.Begin | None = None
+        self._commit_text = ""
         self._ordinals: dict[int, int] = {}
 
     @property
@@ -426,6 +455,7 @@ class Assembler:
             if self._begin is not None:
                 raise ProtocolError("Begin inside an open transaction", offset=0, lsn=lsn)
             self._begin = msg
+            self._commit_text = format_lsn(msg.final_lsn)
             self._ordinals = {}
             return TxnBegin(msg.final_lsn, msg.xid, msg.commit_time)
         if kind is po.Commit:
@@ -469,43 +499,23 @@ class Assembler:
         begin = self._txn(lsn)
         rel = self._lookup(msg.relation_oid, lsn)
         ordinal = self._next_ordinal(msg.relation_oid)
+        commit, text, xid, at = begin.final_lsn, self._commit_text, begin.xid, begin.commit_time
         if type(msg) is po.Insert:
-            return Change("insert", lsn, begin.final_lsn, begin.xid, begin.commit_time, rel, ordinal, msg.new)
+            return Change("insert", lsn, commit, text, xid, at, rel, ordinal, msg.new)
         if type(msg) is po.Update:
             assert isinstance(msg, po.Update)
-            return Change(
-                "update",
-                lsn,
-                begin.final_lsn,
-                begin.xid,
-                begin.commit_time,
-                rel,
-                ordinal,
-                msg.new,
-                msg.old,
-                msg.old_kind,
-            )
+            return Change("update", lsn, commit, text, xid, at, rel, ordinal, msg.new, msg.old, msg.old_kind)
         assert isinstance(msg, po.Delete)
-        return Change(
-            "delete",
-            lsn,
-            begin.final_lsn,
-            begin.xid,
-            begin.commit_time,
-            rel,
-            ordinal,
-            None,
-            msg.old,
-            msg.old_kind,
-        )
+        return Change("delete", lsn, commit, text, xid, at, rel, ordinal, None, msg.old, msg.old_kind)
 
     def _truncate(self, lsn: int, msg: po.Truncate) -> Change:
         begin = self._txn(lsn)
         tables = tuple((self._lookup(oid, lsn), self._next_ordinal(oid)) for oid in msg.relation_oids)
         first, ordinal = tables[0]
         return Change(
-            "truncate", lsn, begin.final_lsn, begin.xid, begin.commit_time, first, ordinal, truncated=tables
-        )
+            "truncate", lsn, begin.final_lsn, self._commit_text, begin.xid, begin.commit_time, first, ordinal,
+            truncated=tables,
+        )  # fmt: skip
 
 
 def change_json(change: Change) -> dict[str, JsonValue]:

@@ -328,7 +328,7 @@ def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRul
     rel = change.relation
     assert rel is not None
     payload = change.payload_json()
-    commit = format_lsn(change.commit_lsn)
+    commit = change.commit_text
     for rule in matched:
         batch.group.append(
             batch.group_id(
@@ -350,7 +350,7 @@ def _append_truncate_events(batch: EventBatch, change: Change, rules: RuleSet) -
             "tables": [r.qualified for r, _ in change.truncated],
         }
     )
-    commit = format_lsn(change.commit_lsn)
+    commit = change.commit_text
     for rel, ordinal in change.truncated:
         for rule in rules.match(rel.schema, rel.name, "truncate"):
             gid = batch.group_id(rule.name, rule.workflow, "truncate", rel.qualified, commit, change.xid,
