@@ -186,6 +186,20 @@ def run(opts: Options, no_workers: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="Workflows at once (default: worker.concurrency)."
+)
+@click.pass_obj
+def worker(opts: Options, concurrency: int | None) -> None:
+    """Run workflows only (no ingest): start as many as you like, on any machines, against one state db."""
+    from listener import service
+
+    config = _load(opts)
+    with _databases(opts, config) as (_, state_dsn), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(service.run_workers(config, state_dsn, concurrency=concurrency))
+
+
+@main.command()
 @click.option("--max", "max_changes", type=click.IntRange(min=1), help="Stop after N changes.")
 @click.pass_obj
 def tail(opts: Options, max_changes: int | None) -> None:

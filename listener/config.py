@@ -40,6 +40,8 @@ BATCH_DELAY_MS = 5.0
 STATUS_INTERVAL_S = 10.0
 WORKER_CONCURRENCY = 16
 POLL_INTERVAL_S = 5.0
+LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
+GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated, we refuse them
 
 Operation = Literal["insert", "update", "delete", "truncate"]
@@ -208,6 +210,8 @@ class WorkerSettings(BaseModel):
 
     concurrency: int = Field(default=WORKER_CONCURRENCY, ge=1, strict=True)
     poll_interval_s: float = Field(default=POLL_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
+    lease_s: float = Field(default=LEASE_S, gt=0, strict=True, allow_inf_nan=False)
+    grace_s: float = Field(default=GRACE_S, ge=0, strict=True, allow_inf_nan=False)
 
 
 class Rule(BaseModel):

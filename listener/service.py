@@ -13,10 +13,11 @@ import logging
 import signal
 from collections.abc import Callable
 
-from listener import setup
+from listener import setup, store
 from listener import workflow as wf
 from listener.config import Config
 from listener.ingest import Ingest
+from listener.setup import connect as psycopg_connect
 from listener.store import StateStore
 from listener.worker import Worker
 
@@ -72,19 +73,46 @@ async def run(
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
             if workers:
-                worker = Worker(
-                    state_dsn,
-                    schema=config.state_schema,
-                    concurrency=config.worker.concurrency,
-                    poll_interval=config.worker.poll_interval_s,
-                    on_start=on_event_start,
-                )
+                worker = make_worker(config, state_dsn, on_start=on_event_start)
                 tg.create_task(_until_done(worker.run(stop), stop), name="worker")
             if ready is not None:
                 tg.create_task(_signal_ready(ingest, ready), name="ready")
     finally:
         remove_handlers()
         await store.close()
+
+
+async def run_workers(
+    config: Config, state_dsn: str, *, concurrency: int | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Workers only, until ``stop`` is set or a signal arrives (`listener worker`)."""
+    validate_workflows(config)
+    with psycopg_connect(state_dsn) as conn:
+        store.migrate(conn, config.state_schema)
+    stop = stop or asyncio.Event()
+    remove_handlers = install_signal_handlers(stop)
+    try:
+        await make_worker(config, state_dsn, concurrency=concurrency).run(stop)
+    finally:
+        remove_handlers()
+
+
+def make_worker(
+    config: Config,
+    state_dsn: str,
+    *,
+    concurrency: int | None = None,
+    on_start: Callable[[wf.Event], None] | None = None,
+) -> Worker:
+    return Worker(
+        state_dsn,
+        schema=config.state_schema,
+        concurrency=concurrency or config.worker.concurrency,
+        poll_interval=config.worker.poll_interval_s,
+        lease_seconds=config.worker.lease_s,
+        grace_seconds=config.worker.grace_s,
+        on_start=on_start,
+    )
 
 
 async def _until_done(coro: object, stop: asyncio.Event) -> None:

@@ -158,7 +158,7 @@ class EventBatch:
 
 
 _INSERT_EVENTS = """
-WITH ins AS (
+WITH ev AS (
     INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid,
                         commit_time, payload)
     SELECT r[g] || '/' || c[g] || '/' || o, 'cdc', r[g], w[g], op[g], t[g], '0/0'::pg_lsn + l, c[g]::pg_lsn,
@@ -167,9 +167,13 @@ WITH ins AS (
          (SELECT $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::timestamptz[])
              AS grp(r, w, op, t, c, x, ct)
     ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING idempotency_key AS key, workflow
+), runs_made AS (
+    -- one run per new event, its id the event's key (invariant 3); a redelivered event makes none
+    INSERT INTO runs (id, event_key, workflow) SELECT key, key, workflow FROM ev
     RETURNING 1
 )
-SELECT count(*) FROM ins
+SELECT count(*) FROM runs_made
 """
 
 _UPSERT_CHECKPOINT = """

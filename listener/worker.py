@@ -1,21 +1,30 @@
-"""Workers: claim events from the queue and run their workflow functions.
+"""Workers: claim runs from the queue and execute their workflows durably.
 
-At-least-once for now: a claimed event is marked running; on success done, on error retried with
-exponential backoff, failed after the last attempt; an event whose worker died is reclaimed when its lock
-is older than the lease.  Workers wake on NOTIFY from ingest and fall back to a slow poll (a lost
-notification costs latency, never an event).
+* Claims take pending runs with ``FOR UPDATE SKIP LOCKED``, in batches, so any number of worker processes
+  on any number of machines share one state database.
+* A claimed run holds a lease (``lease_expires``) renewed by a heartbeat.  A run whose worker died is
+  put back to pending when its lease expires and claimed again, with ``attempt`` incremented: the
+  attempt is the fencing token every write of a worker names, so a worker that lost its lease can never
+  overwrite a newer attempt (invariant 5).
+* A failed attempt is retried with exponential backoff and jitter; after the workflow's last attempt the
+  run is ``dead``, keeping the error and traceback.  A workflow's exception never stops the worker.
+* Workers wake on NOTIFY from ingest and fall back to a slow poll: a lost notification costs latency,
+  never a run (invariant 7).
+* Stopping (SIGTERM) stops claiming, lets running workflows finish within a grace period, then releases
+  the leases of the unfinished ones so another worker continues at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-import random
 import socket
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -26,49 +35,100 @@ from listener.store import asyncpg_params, notify_channel
 logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 64
-MAX_ATTEMPTS = 5
-BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 300.0
-LEASE_SECONDS = 300
+LEASE_SECONDS = 30.0
+GRACE_SECONDS = 30.0
+POLL_SECONDS = 5.0
 
 _CLAIM = """
-UPDATE events e SET status = 'running', attempts = e.attempts + 1, locked_by = $2, locked_at = now()
-FROM (
-    SELECT id FROM events
+WITH c AS (
+    SELECT id FROM runs
     WHERE status = 'pending' AND run_after <= now()
-    ORDER BY run_after, id
+    ORDER BY run_after, seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
-) c
-WHERE e.id = c.id
-RETURNING e.id, e.idempotency_key, e.rule, e.workflow, e.op, e.table_name, e.lsn::text AS lsn,
-          e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload, e.attempts
+), claimed AS (
+    UPDATE runs r
+    SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
+        lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
+    FROM c WHERE r.id = c.id
+    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq
+), logged AS (
+    INSERT INTO attempts (run_id, attempt, worker) SELECT id, attempt, $2 FROM claimed
+)
+SELECT c.id, c.event_key, c.attempt, c.failures, e.rule, e.workflow, e.op, e.table_name,
+       e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
+       coalesce(
+           (SELECT jsonb_object_agg(s.name, s.result) FROM steps s WHERE s.run_id = c.id), '{}'
+       )::text AS steps
+FROM claimed c JOIN events e ON e.idempotency_key = c.event_key
+ORDER BY c.seq
 """
+# Completion and failure are fenced: they apply only if this worker still holds this attempt.
 _DONE = """
-UPDATE events SET status = 'done', finished_at = now(), locked_by = NULL, last_error = NULL
-WHERE id = $1 AND locked_by = $2 AND status = 'running'
+WITH r AS (
+    UPDATE runs SET status = 'done', finished_at = now(), lease_owner = NULL, lease_expires = NULL,
+                    last_error = NULL, traceback = NULL
+    WHERE id = $1 AND attempt = $2 AND status = 'running'
+    RETURNING id
+)
+UPDATE attempts SET finished_at = now(), outcome = 'done' WHERE run_id = (SELECT id FROM r) AND attempt = $2
+RETURNING 1
 """
-_FAIL = """
-UPDATE events
-SET status = CASE WHEN attempts >= $3 THEN 'failed' ELSE 'pending' END,
-    run_after = now() + make_interval(secs => $4),
-    last_error = $5, locked_by = NULL,
-    finished_at = CASE WHEN attempts >= $3 THEN now() END
-WHERE id = $1 AND locked_by = $2 AND status = 'running'
+_FAILED = """
+WITH r AS (
+    UPDATE runs
+    SET failures = failures + 1,
+        status = CASE WHEN failures + 1 >= $3 THEN 'dead' ELSE 'pending' END,
+        run_after = now() + make_interval(secs => $4),
+        finished_at = CASE WHEN failures + 1 >= $3 THEN now() END,
+        last_error = $5, traceback = $6, lease_owner = NULL, lease_expires = NULL
+    WHERE id = $1 AND attempt = $2 AND status = 'running'
+    RETURNING id, status
+)
+UPDATE attempts a SET finished_at = now(), outcome = CASE r.status WHEN 'dead' THEN 'dead' ELSE 'failed' END,
+                      error = $5
+FROM r WHERE a.run_id = r.id AND a.attempt = $2
+RETURNING r.status
 """
+# Released at shutdown: back to pending at once; not a failure.
+_RELEASE = """
+WITH r AS (
+    UPDATE runs SET status = 'pending', run_after = now(), lease_owner = NULL, lease_expires = NULL
+    WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
+    RETURNING id, attempt
+)
+UPDATE attempts a SET finished_at = now(), outcome = 'released'
+FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
+"""
+_HEARTBEAT = """
+UPDATE runs SET lease_expires = now() + make_interval(secs => $3)
+WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
+"""
+# A lease that expired belongs to a dead (or stalled) worker: its run goes back to pending; the next
+# claim increments the attempt, which fences the old worker out.
 _RECLAIM = """
-UPDATE events SET status = 'pending', locked_by = NULL
-WHERE status = 'running' AND locked_at < now() - make_interval(secs => $1)
+WITH r AS (
+    UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires = NULL
+    WHERE status = 'running' AND lease_expires < now()
+    RETURNING id, attempt
+)
+UPDATE attempts a SET finished_at = now(), outcome = 'lease expired'
+FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
 """
 
 
-def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+@dataclass(slots=True)
+class WorkerStats:
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    dead: int = 0
+    fenced: int = 0
+    released: int = 0
 
 
 class Worker:
-    """Runs workflows of claimed events, up to ``concurrency`` at a time."""
+    """Runs claimed workflows, up to ``concurrency`` at a time."""
 
     def __init__(
         self,
@@ -76,45 +136,56 @@ class Worker:
         *,
         schema: str,
         concurrency: int = 16,
-        poll_interval: float = 5.0,
+        poll_interval: float = POLL_SECONDS,
+        lease_seconds: float = LEASE_SECONDS,
+        grace_seconds: float = GRACE_SECONDS,
         on_start: Callable[[wf.Event], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.concurrency = concurrency
         self.poll_interval = poll_interval
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.lease_seconds = lease_seconds
+        self.grace_seconds = grace_seconds
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.on_start = on_start
+        self.stats = WorkerStats()
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.completed = 0
-        self.failed = 0
+        self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
 
     async def run(self, stop: asyncio.Event) -> None:
         pool = await asyncpg.create_pool(
-            min_size=1, max_size=4, server_settings={"search_path": self.schema}, **asyncpg_params(self.dsn)
+            min_size=2,
+            max_size=max(4, self.concurrency + 2),
+            server_settings={"search_path": self.schema},
+            **asyncpg_params(self.dsn),
         )
         assert pool is not None
         listen_conn = await pool.acquire()
         await listen_conn.add_listener(notify_channel(self.schema), self._on_notify)
+        heartbeat = asyncio.create_task(self._heartbeat(pool, stop), name="worker-heartbeat")
         try:
-            await pool.execute(_RECLAIM, float(LEASE_SECONDS))
             while not stop.is_set():
-                free = self.concurrency - len(self._tasks)
-                rows = await pool.fetch(_CLAIM, min(free, CLAIM_BATCH), self.worker_id) if free else []
+                await pool.execute(_RECLAIM)
+                free = self.concurrency - len(self._running)
+                rows = (
+                    await pool.fetch(_CLAIM, min(free, CLAIM_BATCH), self.worker_id, self.lease_seconds)
+                    if free
+                    else []
+                )
                 for row in rows:
-                    await self._slots.acquire()
-                    task = asyncio.create_task(self._run_one(pool, row), name=f"event-{row['id']}")
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                if len(rows) == CLAIM_BATCH:
+                    self.stats.claimed += 1
+                    task = asyncio.create_task(self._execute(pool, row), name=f"run {row['id']}")
+                    self._running[row["id"]] = (row["attempt"], task)
+                    task.add_done_callback(functools.partial(self._finished, row["id"]))
+                if rows and len(rows) == min(free, CLAIM_BATCH):
                     continue
                 self._wake.clear()
                 await _wait_any(self._wake, stop, timeout=self.poll_interval)
         finally:
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._shutdown(pool)
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await listen_conn.remove_listener(notify_channel(self.schema), self._on_notify)
             await pool.release(listen_conn)
@@ -123,29 +194,100 @@ class Worker:
     def _on_notify(self, *args: object) -> None:
         self._wake.set()
 
-    async def _run_one(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
+    def _finished(self, run_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(run_id, None)
+        self._wake.set()  # a slot is free: claim more
+
+    async def _heartbeat(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if self._running:
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await pool.execute(_HEARTBEAT, list(self._running), self.worker_id, self.lease_seconds)
+
+    async def _shutdown(self, pool: asyncpg.Pool) -> None:
+        """Stop claiming (done by the caller), give running workflows the grace period, release the rest."""
+        if not self._running:
+            return
+        tasks = [task for _, task in self._running.values()]
+        logger.warning(
+            "stopping: waiting up to %.0fs for %d running workflow(s)", self.grace_seconds, len(tasks)
+        )
+        _, pending = await asyncio.wait(tasks, timeout=self.grace_seconds)
+        if pending:
+            unfinished = [rid for rid, (_, task) in self._running.items() if task in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.shield(pool.execute(_RELEASE, unfinished, self.worker_id))
+            self.stats.released += len(unfinished)
+            logger.warning("released %d unfinished run(s) for other workers", len(unfinished))
+
+    async def _execute(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
+        run_id, attempt = row["id"], row["attempt"]
+        event = wf.Event.from_row(row)
+        ctx = wf.Context(event, run_id=run_id, attempt=attempt, pool=pool, recorded=_json(row["steps"]))
+        policy = wf.Policy()
         try:
-            event = wf.Event.from_row(row)
-            try:
-                if self.on_start is not None:
-                    self.on_start(event)
-                fn = wf.resolve(event.workflow, rule=event.rule)
-                await wf.call(fn, wf.Context(event))
-            except Exception as exc:  # a workflow's error is data, never a crash of the worker
-                self.failed += 1
-                detail = "".join(traceback.format_exception(exc))
-                # A workflow that does not import will not import on retry either: fail at once.
-                max_attempts = 0 if isinstance(exc, ConfigError) else MAX_ATTEMPTS
-                logger.warning("workflow %s failed for event %s: %s", event.workflow, event.id, exc)
-                await pool.execute(
-                    _FAIL, event.id, self.worker_id, max_attempts, backoff_seconds(event.attempt), detail
-                )
-                return
-            await pool.execute(_DONE, event.id, self.worker_id)
-            self.completed += 1
-        finally:
-            self._slots.release()
-            self._wake.set()
+            fn = wf.resolve(event.workflow, rule=event.rule)
+            policy = wf.policy_of(fn)
+            if self.on_start is not None:
+                self.on_start(event)
+            async with asyncio.timeout(policy.timeout):
+                await wf.call(fn, ctx)
+        except asyncio.CancelledError:
+            raise  # shutdown: the lease is released by _shutdown
+        except wf.Fenced as exc:
+            self.stats.fenced += 1
+            logger.warning("%s", exc)
+            return
+        except Exception as exc:  # a workflow's error is data, never a crash of the worker
+            await self._fail(pool, run_id, attempt, row["failures"], exc, policy)
+            return
+        if await pool.fetchval(_DONE, run_id, attempt) is None:
+            self.stats.fenced += 1
+            logger.warning(
+                "run %s attempt %d finished after losing its lease: completion refused", run_id, attempt
+            )
+        else:
+            self.stats.done += 1
+
+    async def _fail(
+        self,
+        pool: asyncpg.Pool,
+        run_id: str,
+        attempt: int,
+        failures: int,
+        exc: BaseException,
+        policy: wf.Policy,
+    ) -> None:
+        # A workflow that does not import, or a step whose result cannot be recorded, fails the same way
+        # on every retry: dead at once.
+        max_attempts = 0 if isinstance(exc, (ConfigError, wf.StepError)) else policy.max_attempts
+        if isinstance(exc, TimeoutError):
+            error = f"TimeoutError: run exceeded its timeout of {policy.timeout}s"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        detail = "".join(traceback.format_exception(exc))
+        status = await pool.fetchval(
+            _FAILED, run_id, attempt, max_attempts, policy.backoff(failures + 1), error, detail
+        )
+        if status is None:
+            self.stats.fenced += 1
+        elif status == "dead":
+            self.stats.dead += 1
+            logger.error("run %s is dead after %d attempt(s): %s", run_id, failures + 1, error)
+        else:
+            self.stats.failed += 1
+            logger.warning("run %s attempt %d failed (will retry): %s", run_id, attempt, error)
+
+
+def _json(text: str) -> dict[str, object]:
+    import json
+
+    value = json.loads(text)
+    assert isinstance(value, dict)
+    return value
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float) -> None:

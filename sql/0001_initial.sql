@@ -1,4 +1,4 @@
--- listener state schema, version 1: the durable event queue and the ingest checkpoint.
+-- listener state schema, version 1: events, runs, steps, and the ingest checkpoint.
 -- Runs with search_path set to the state schema (default "listener"); names are unqualified on purpose.
 
 -- Where ingest stands, per replication slot: the end LSN of the last source transaction whose events are
@@ -10,32 +10,73 @@ CREATE TABLE checkpoints (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per workflow event.  idempotency_key is a pure function of the source (for CDC:
--- rule + commit LSN + ordinal of the change among its table's changes in the transaction), so a
+-- What happened: one immutable row per workflow event.  The key is a pure function of the source (for
+-- CDC: rule + commit LSN + ordinal of the change among its table's changes in the transaction), so a
 -- redelivered change inserts nothing.
 CREATE TABLE events (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    idempotency_key  text NOT NULL UNIQUE,
-    source           text NOT NULL,
-    rule             text NOT NULL,
-    workflow         text NOT NULL,
-    op               text,
-    table_name       text,
-    lsn              pg_lsn,
-    commit_lsn       pg_lsn,
-    xid              bigint,
-    commit_time      timestamptz,
-    payload          jsonb NOT NULL,
-    status           text NOT NULL DEFAULT 'pending'
-                     CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    attempts         integer NOT NULL DEFAULT 0,
-    run_after        timestamptz NOT NULL DEFAULT now(),
-    locked_by        text,
-    locked_at        timestamptz,
-    last_error       text,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    finished_at      timestamptz
+    idempotency_key  text PRIMARY KEY,
+    seq          bigint GENERATED ALWAYS AS IDENTITY,  -- insertion order (no index: never searched)
+    source       text NOT NULL,
+    rule         text NOT NULL,
+    workflow     text NOT NULL,
+    op           text,
+    table_name   text,
+    lsn          pg_lsn,
+    commit_lsn   pg_lsn,
+    xid          bigint,
+    commit_time  timestamptz,
+    payload      jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX events_claimable ON events (run_after, id) WHERE status = 'pending';
-CREATE INDEX events_running ON events (locked_at) WHERE status = 'running';
+-- What is done about it: one run per event (generation 0, created with the event), more only on purpose
+-- (`listener retry`: generation 1, 2, ...).  A run's id derives from its event's key: the key itself for
+-- generation 0, "key#N" for generation N; so the primary key also makes (event, generation) unique.
+-- attempt is the fencing token: every claim increments it, and every write of a worker names the attempt
+-- it holds, so a worker whose lease expired can never overwrite a newer attempt.
+CREATE TABLE runs (
+    id             text PRIMARY KEY,
+    seq            bigint GENERATED ALWAYS AS IDENTITY,
+    event_key      text NOT NULL,
+    generation     integer NOT NULL DEFAULT 0,
+    workflow       text NOT NULL,
+    status         text NOT NULL DEFAULT 'pending'
+                   CHECK (status IN ('pending', 'running', 'done', 'dead', 'cancelled')),
+    attempt        integer NOT NULL DEFAULT 0,
+    failures       integer NOT NULL DEFAULT 0,
+    run_after      timestamptz NOT NULL DEFAULT now(),
+    lease_owner    text,
+    lease_expires  timestamptz,
+    last_error     text,
+    traceback      text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    started_at     timestamptz,
+    finished_at    timestamptz
+);
+
+CREATE INDEX runs_claimable ON runs (run_after, seq) WHERE status = 'pending';
+CREATE INDEX runs_leased ON runs (lease_expires) WHERE status = 'running';
+
+-- Memoized steps: a step's result is committed before the step counts as done; a retried or resumed run
+-- returns it instead of calling the step again.
+CREATE TABLE steps (
+    run_id       text NOT NULL,
+    name         text NOT NULL,
+    attempt      integer NOT NULL,
+    result       jsonb,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, name)
+);
+
+-- Every attempt of a run, for `listener runs show`: when it started and ended, and how.
+CREATE TABLE attempts (
+    run_id       text NOT NULL,
+    attempt      integer NOT NULL,
+    worker       text NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    outcome      text,
+    error        text,
+    PRIMARY KEY (run_id, attempt)
+);

@@ -100,5 +100,5 @@ def events(dsn: str, schema: str = "listener") -> list[dict[str, Any]]:
         cur = conn.cursor(row_factory=psycopg.rows.dict_row)
         return cur.execute(
             "SELECT idempotency_key, rule, workflow, op, table_name, lsn::text, commit_lsn::text, xid,"
-            " commit_time, payload FROM events ORDER BY id"
+            " commit_time, payload FROM events ORDER BY seq"
         ).fetchall()

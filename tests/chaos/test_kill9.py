@@ -121,7 +121,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(dsn: str, sql: Co
             proc.wait(30)
     assert kills == 6
     rows = sql.execute(
-        "SELECT op, (payload->'new'->>'id')::int, idempotency_key FROM listener.events ORDER BY id"
+        "SELECT op, (payload->'new'->>'id')::int, idempotency_key FROM listener.events ORDER BY seq"
     ).fetchall()
     got_inserts = sorted(int(str(r[1])) for r in rows if r[0] == "insert")
     assert got_inserts == inserted  # every row exactly once
