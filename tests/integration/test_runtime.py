@@ -1,0 +1,146 @@
+"""The durable runtime with real PostgreSQL: one run per key, memoized steps, exactly-once transactional
+effects, retries, dead runs, timeouts, and fencing of a worker that lost its lease (invariants 3-5)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests import sample_workflows
+from tests.runtime_support import (
+    calls,
+    effects,
+    enqueue,
+    prepare,
+    run_row,
+    running_worker,
+    step_names,
+    wait_until,
+)
+
+Conn = psycopg.Connection[tuple[object, ...]]
+WF = "tests.sample_workflows"
+
+
+@pytest.fixture
+def calls_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = str(tmp_path / "calls.txt")
+    monkeypatch.setenv("LISTENER_TEST_CALLS", path)
+    return path
+
+
+async def test_two_steps_run_once_and_the_write_commits_with_its_step(
+    dsn: str, sql: Conn, calls_file: str
+) -> None:
+    prepare(sql)
+    enqueue(sql, "k1", f"{WF}:two_steps", {"id": 1, "text": "hello"})
+    enqueue(sql, "k1", f"{WF}:two_steps", {"id": 1, "text": "hello"})  # redelivered: nothing new
+    async with running_worker(dsn) as worker:
+        await wait_until(lambda: run_row(sql, "k1")["status"] == "done", "the run to finish")
+    assert worker.stats.done == 1
+    assert sql.execute("SELECT count(*) FROM listener.runs").fetchone() == (1,)
+    assert step_names(sql, "k1") == ["llm", "save"]
+    assert effects(sql) == [("k1", "summary of hello", "k1:save")]  # step key: stable, per step
+    assert calls(calls_file) == ["llm k1"]
+    row = run_row(sql, "k1")
+    assert (row["attempt"], row["failures"], row["lease_owner"]) == (1, 0, None)
+
+
+async def test_a_retry_returns_recorded_steps_without_calling_them(
+    dsn: str, sql: Conn, calls_file: str
+) -> None:
+    prepare(sql)
+    enqueue(sql, "k2", f"{WF}:fails_once_between_steps")
+    async with running_worker(dsn):
+        await wait_until(lambda: run_row(sql, "k2")["status"] == "done", "the retried run to finish")
+    row = run_row(sql, "k2")
+    assert (row["attempt"], row["failures"]) == (2, 1)
+    assert calls(calls_file) == ["llm k2"]  # the LLM step ran once across both attempts
+    assert effects(sql) == [("k2", "summary of x", "k2:save")]
+    outcomes = sql.execute(
+        "SELECT attempt, outcome FROM listener.attempts WHERE run_id = 'k2' ORDER BY 1"
+    ).fetchall()
+    assert outcomes == [(1, "failed"), (2, "done")]
+
+
+async def test_a_failing_step_rolls_back_its_writes_and_its_record(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "k3", f"{WF}:rolls_back")
+    async with running_worker(dsn):
+        await wait_until(lambda: run_row(sql, "k3")["status"] == "dead", "the run to die", timeout=60)
+    assert effects(sql) == []
+    assert step_names(sql, "k3") == []
+
+
+async def test_a_poison_event_ends_dead_with_its_error_and_traceback(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "k4", f"{WF}:poison", {"id": 4})
+    enqueue(sql, "k5", f"{WF}:two_steps", {"id": 5, "text": "fine"})
+    async with running_worker(dsn) as worker:
+        await wait_until(lambda: run_row(sql, "k4")["status"] == "dead", "the poison run to die")
+        await wait_until(lambda: run_row(sql, "k5")["status"] == "done", "the healthy run to finish")
+    row = run_row(sql, "k4")
+    assert row["failures"] == 2  # @workflow(max_attempts=2)
+    assert row["last_error"] == "ValueError: cannot handle row {'id': 4}"
+    assert "Traceback (most recent call last)" in row["traceback"] and "in poison" in row["traceback"]
+    assert worker.stats.dead == 1 and worker.stats.done == 1  # the worker kept going
+
+
+async def test_a_result_that_is_not_json_names_the_step(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "k6", f"{WF}:not_json")
+    async with running_worker(dsn):
+        await wait_until(lambda: run_row(sql, "k6")["status"] == "dead", "the run to die")
+    row = run_row(sql, "k6")
+    assert (
+        "step 'opaque' of workflow tests.sample_workflows:not_json returned a value that is not"
+        in row["last_error"]
+    )
+    assert row["failures"] == 1  # deterministic: no pointless retries
+
+
+async def test_a_workflow_that_does_not_import_dies_at_once_naming_it(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "k7", f"{WF}:no_such_function")
+    async with running_worker(dsn):
+        await wait_until(lambda: run_row(sql, "k7")["status"] == "dead", "the run to die")
+    assert "has no function 'no_such_function'" in run_row(sql, "k7")["last_error"]
+
+
+async def test_a_run_timeout_fails_the_attempt(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "k8", f"{WF}:too_slow")
+    async with running_worker(dsn):
+        await wait_until(lambda: run_row(sql, "k8")["status"] == "dead", "the run to time out")
+    assert run_row(sql, "k8")["last_error"] == "TimeoutError: run exceeded its timeout of 0.2s"
+
+
+async def test_a_zombie_worker_cannot_complete_or_write_a_step(dsn: str, sql: Conn, calls_file: str) -> None:
+    """Worker A's lease expires while it is paused; B takes over with attempt 2.  When A wakes, its step
+    write and its completion are refused; the effect exists exactly once."""
+    prepare(sql)
+    sample_workflows.GATE = asyncio.Event()
+    try:
+        enqueue(sql, "k9", f"{WF}:two_steps", {"id": 9, "text": "z"})
+        async with running_worker(dsn, lease_seconds=300) as a:
+            await wait_until(lambda: step_names(sql, "k9") == ["llm"], "A to record the first step")
+            sql.execute(
+                "UPDATE listener.runs SET lease_expires = now() - interval '1 second' WHERE id = 'k9'"
+            )
+            async with running_worker(dsn, lease_seconds=300) as b:
+                await wait_until(lambda: run_row(sql, "k9")["attempt"] == 2, "B to take the run over")
+                sample_workflows.GATE.set()  # both continue: A (attempt 1) and B (attempt 2)
+                await wait_until(lambda: run_row(sql, "k9")["status"] == "done", "B to finish")
+                await wait_until(lambda: a.stats.fenced == 1, "A to be fenced out")
+        assert b.stats.done == 1 and a.stats.done == 0
+        assert effects(sql) == [("k9", "summary of z", "k9:save")]
+        assert calls(calls_file) == ["llm k9"]  # B replayed the recorded step
+        outcomes = sql.execute(
+            "SELECT attempt, outcome FROM listener.attempts WHERE run_id = 'k9' ORDER BY 1"
+        ).fetchall()
+        assert outcomes == [(1, "lease expired"), (2, "done")]
+    finally:
+        sample_workflows.GATE = None

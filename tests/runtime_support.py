@@ -1,0 +1,88 @@
+"""Helpers for runtime tests: enqueue events as ingest would, run workers, read runs and steps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+
+from listener import store
+from listener.worker import Worker
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+EFFECTS_DDL = "CREATE TABLE IF NOT EXISTS public.effects (run_id text, summary text, step_key text)"
+
+
+def prepare(sql: Conn) -> None:
+    store.migrate(sql, "listener")
+    sql.execute(EFFECTS_DDL)
+
+
+def enqueue(sql: Conn, key: str, workflow: str, new: dict[str, Any] | None = None) -> None:
+    """An event and its run, exactly as the ingest writer makes them (redelivery adds nothing)."""
+    payload = json.dumps({"new": new or {"id": 1, "text": key}, "old": None, "unchanged_toast": []})
+    sql.execute(
+        """
+        WITH ev AS (
+            INSERT INTO listener.events (idempotency_key, source, rule, workflow, op, table_name, payload)
+            VALUES (%s, 'test', 'r', %s, 'insert', 'public.t', %s::jsonb)
+            ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, workflow
+        )
+        INSERT INTO listener.runs (id, event_key, workflow)
+        SELECT idempotency_key, idempotency_key, workflow FROM ev
+        """,
+        [key, workflow, payload],
+    )
+    sql.execute("SELECT pg_notify('listener_events', '')")
+
+
+def run_row(sql: Conn, run_id: str) -> dict[str, Any]:
+    cur = sql.cursor(row_factory=psycopg.rows.dict_row)
+    row = cur.execute("SELECT * FROM listener.runs WHERE id = %s", [run_id]).fetchone()
+    assert row is not None, f"no run {run_id}"
+    return row
+
+
+def step_names(sql: Conn, run_id: str) -> list[str]:
+    return [
+        r[0] for r in sql.execute("SELECT name FROM listener.steps WHERE run_id = %s ORDER BY name", [run_id])
+    ]
+
+
+def effects(sql: Conn) -> list[tuple[Any, ...]]:
+    return sql.execute("SELECT run_id, summary, step_key FROM public.effects ORDER BY run_id").fetchall()
+
+
+def calls(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_worker(dsn: str, **options: Any) -> AsyncIterator[Worker]:
+    options = {"concurrency": 4, "poll_interval": 0.2, **options}
+    worker = Worker(dsn, schema="listener", **options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop), name="test-worker")
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)

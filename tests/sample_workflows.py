@@ -1,0 +1,108 @@
+"""Workflows used by the runtime tests (importable from worker subprocesses as tests.sample_workflows).
+
+Real invocations of the "LLM" step are appended to the file named by LISTENER_TEST_CALLS, outside any
+transaction, so a test can count how often a step really ran across processes and crashes.  While the
+file named by LISTENER_TEST_HOLD exists, two_steps waits between its steps (a test kills the worker
+there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from listener.workflow import Context, workflow
+
+# in-process gate for tests that run workers in the test's own event loop
+GATE: asyncio.Event | None = None
+
+
+def _record_call(step: str, run_id: str) -> None:
+    path = os.environ.get("LISTENER_TEST_CALLS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{step} {run_id}\n")
+
+
+async def fake_llm(run_id: str, text: str) -> dict[str, str]:
+    _record_call("llm", run_id)
+    await asyncio.sleep(0.01)
+    return {"summary": f"summary of {text}"}
+
+
+async def _wait_for_gate() -> None:
+    hold = os.environ.get("LISTENER_TEST_HOLD")
+    # a file, not an asyncio.Event: the test that holds the gate runs in another process
+    while hold and os.path.exists(hold):  # noqa: ASYNC110, ASYNC240 (a stat of a local file)
+        await asyncio.sleep(0.05)
+    if GATE is not None:
+        await GATE.wait()
+
+
+@workflow(max_attempts=3, backoff_base=0.01)
+async def two_steps(ctx: Context) -> None:
+    """An LLM-like call, then a database write that commits with the step's record."""
+    new = ctx.event.new or {}
+    result = await ctx.step("llm", fake_llm, ctx.run_id, str(new.get("text")))
+    await _wait_for_gate()
+
+    async def save() -> str:
+        async with ctx.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO public.effects (run_id, summary, step_key) VALUES ($1, $2, $3)",
+                ctx.run_id,
+                result["summary"],
+                ctx.step_key(),
+            )
+        return "saved"
+
+    await ctx.step("save", save)
+
+
+@workflow(max_attempts=3, backoff_base=0.01)
+async def fails_once_between_steps(ctx: Context) -> None:
+    result = await ctx.step("llm", fake_llm, ctx.run_id, "x")
+    if ctx.attempt == 1:
+        raise RuntimeError("connection reset by the LLM provider (first attempt only)")
+
+    async def save() -> None:
+        async with ctx.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO public.effects (run_id, summary, step_key) VALUES ($1, $2, $3)",
+                ctx.run_id,
+                result["summary"],
+                ctx.step_key(),
+            )
+
+    await ctx.step("save", save)
+
+
+@workflow(max_attempts=2, backoff_base=0.01)
+async def poison(ctx: Context) -> None:
+    raise ValueError(f"cannot handle row {ctx.event.new}")
+
+
+async def not_json(ctx: Context) -> None:
+    await ctx.step("opaque", lambda: object())
+
+
+async def rolls_back(ctx: Context) -> None:
+    """A step whose transaction writes, then fails: neither the write nor the step record stays."""
+
+    async def write_then_fail() -> None:
+        async with ctx.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO public.effects (run_id, summary, step_key) VALUES ($1, 'never', 'x')", ctx.run_id
+            )
+        raise RuntimeError("failed after writing")
+
+    await ctx.step("write", write_then_fail)
+
+
+@workflow(timeout=0.2, max_attempts=1)
+async def too_slow(ctx: Context) -> None:
+    await asyncio.sleep(30)
+
+
+async def slow(ctx: Context) -> None:
+    await asyncio.sleep(60)
