@@ -155,6 +155,47 @@ def _check_workflow(value: str) -> str:
     return value
 
 
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_KEY_FIELD = re.compile(r"\{(new|old)\.([^{}]+)\}")
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"60/minute"`` -> (60, 60.0)."""
+    match = _RATE.match(text)
+    if match is None or int(match[1]) < 1:
+        raise ValueError(text)
+    return int(match[1]), _PERIODS[match[2]]
+
+
+def _check_rate(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_rate(value)
+        except ValueError:
+            raise _custom(
+                "rate",
+                f"rate {value!r} is not N/period",
+                "write e.g. '60/minute' (second, minute, hour, day)",
+            ) from None
+    return value
+
+
+def _check_key_template(value: str | None) -> str | None:
+    if value is not None and not _KEY_FIELD.search(value):
+        raise _custom(
+            "key_template",
+            f"key {value!r} names no column",
+            'use {new.column} or {old.column}, e.g. key: "{new.tenant_id}"',
+        )
+    return value
+
+
+def key_fields(template: str) -> list[tuple[str, str]]:
+    """The (new|old, column) references of a key template."""
+    return [(m[1], m[2]) for m in _KEY_FIELD.finditer(template)]
+
+
 def _wrap_operations(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
@@ -225,6 +266,16 @@ class Rule(BaseModel):
         tuple[Operation, ...], BeforeValidator(_wrap_operations), AfterValidator(_dedupe_operations)
     ]
     workflow: Annotated[str, AfterValidator(_check_workflow)]
+    # Flow control (enforced in Postgres across all workers).  The key names what a change is about:
+    # a template over the row, e.g. "{new.tenant_id}"; by default the row's primary key.
+    key: Annotated[str | None, AfterValidator(_check_key_template)] = None
+    key_concurrency: int | None = Field(default=None, ge=1, strict=True)  # running runs per key, at most
+    ordered: bool = False  # runs of one key start in commit order, one after the other
+
+    @property
+    def gated(self) -> bool:
+        """Whether this rule's runs need flow control per key."""
+        return self.key_concurrency is not None or self.ordered
 
     @property
     def schema_name(self) -> str:
@@ -235,6 +286,22 @@ class Rule(BaseModel):
     def table_name(self) -> str:
         """The table's own name, unquoted (``Order Items`` for ``"Sales"."Order Items"``)."""
         return split_table(self.table)[1]
+
+
+class WorkflowLimit(BaseModel):
+    """Limits of one workflow across all workers: ``concurrency`` running at once, ``rate`` starts per
+    period (``"60/minute"``, ``"5/second"``, ``"1000/hour"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow: Annotated[str, AfterValidator(_check_workflow)]
+    concurrency: int | None = Field(default=None, ge=1, strict=True)
+    rate: Annotated[str | None, AfterValidator(_check_rate)] = None
+
+    @property
+    def rate_limit(self) -> tuple[int, float] | None:
+        """(starts, period in seconds), or None."""
+        return parse_rate(self.rate) if self.rate is not None else None
 
 
 class Config(BaseModel):
@@ -250,6 +317,7 @@ class Config(BaseModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     rules: tuple[Rule, ...] = ()
+    limits: tuple[WorkflowLimit, ...] = ()
 
     _source_path: str | None = PrivateAttr(default=None)
     _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)

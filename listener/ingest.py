@@ -29,7 +29,7 @@ import psycopg
 from listener import pgoutput as po
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
 from listener.config import Config
-from listener.errors import DatabaseError, ListenerError, ProtocolError, SlotInUseError
+from listener.errors import DatabaseError, ListenerError, PrerequisiteError, ProtocolError, SlotInUseError
 from listener.lsn import format_lsn
 from listener.replication import ReplicationEnded, ReplicationSession
 from listener.rules import CompiledRule, RuleSet
@@ -57,6 +57,24 @@ class IngestStats:
     batches: int = 0
     reconnects: int = 0
     checkpoint: int | None = None
+
+
+# SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization, deadlock),
+# insufficient resources (disk full, too many connections), operator intervention (shutdown), system error;
+# and a read-only transaction (the state database failing over).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether reconnecting may help: lost connections and server-side conditions that pass."""
+    if isinstance(exc, (ReplicationEnded, OSError, asyncpg.InterfaceError, psycopg.OperationalError)):
+        return True
+    if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
+        return True  # could not connect: the server may come back
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and (
+        sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "25006"
+    )
 
 
 def event_key(rule: str, commit_lsn: int, ordinal: int) -> str:
@@ -112,7 +130,7 @@ class Ingest:
         return cls(
             source_dsn=source_dsn,
             store=store,
-            rules=RuleSet(config.rules),
+            rules=RuleSet(config.rules, config.limits),
             slot=config.slot,
             publication=config.publication,
             batch_events=config.ingest.batch_events,
@@ -136,17 +154,9 @@ class Ingest:
                 if time.monotonic() - busy_since > SLOT_BUSY_RETRY_S:
                     raise
                 logger.info("slot %s busy, retrying", self.slot)
-            except (
-                ReplicationEnded,
-                DatabaseError,
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                psycopg.OperationalError,
-            ) as exc:
-                if isinstance(exc, DatabaseError) and not isinstance(exc, ReplicationEnded):
-                    # connection refused/auth on first connect is retried too, but said loudly
-                    logger.warning("%s", exc)
+            except Exception as exc:
+                if not transient(exc):
+                    raise  # a bug or a refusal that retrying cannot fix: stop loudly, acknowledge nothing
                 logger.warning("replication interrupted (%s); reconnecting in %.1fs", exc, delay)
                 busy_since = None
             self.stats.reconnects += 1
@@ -324,6 +334,23 @@ class Ingest:
             assembler.relation(msg)  # rebuild with the resolved loaders
 
 
+def run_key(rule: CompiledRule, change: Change) -> str | None:
+    """The flow-control key of a gated rule's run: its key template filled from the row, or by default
+    the row's primary key (the replica identity columns: from the new row, or the old key of a delete).
+    Scoped by rule.  None when the row has no such values (then the run is limited by workflow only)."""
+    if rule.key_fields:
+        rows = {"new": change.new_json() or {}, "old": change.old_json() or {}}
+        parts = [rows[side].get(column) for side, column in rule.key_fields]
+    else:
+        rel = change.relation
+        assert rel is not None
+        row = (change.new_json() if change.op != "delete" else change.old_json()) or {}
+        parts = [row.get(column) for column in rel.key_columns]
+    if not parts or all(part is None for part in parts):
+        return None
+    return rule.name + ":" + "|".join("" if part is None else str(part) for part in parts)
+
+
 def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRule, ...]) -> None:
     rel = change.relation
     assert rel is not None
@@ -331,13 +358,12 @@ def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRul
     commit = change.commit_text
     for rule in matched:
         batch.group.append(
-            batch.group_id(
-                rule.name, rule.workflow, change.op, rel.qualified, commit, change.xid, change.commit_time
-            )
+            batch.group_id(rule, change.op, rel.qualified, commit, change.xid, change.commit_time)
         )
         batch.lsn.append(change.lsn)
         batch.ordinal.append(change.ordinal)
         batch.payload.append(payload)
+        batch.key.append(run_key(rule, change) if rule.gated else None)
 
 
 def _append_truncate_events(batch: EventBatch, change: Change, rules: RuleSet) -> None:
@@ -353,12 +379,12 @@ def _append_truncate_events(batch: EventBatch, change: Change, rules: RuleSet) -
     commit = change.commit_text
     for rel, ordinal in change.truncated:
         for rule in rules.match(rel.schema, rel.name, "truncate"):
-            gid = batch.group_id(rule.name, rule.workflow, "truncate", rel.qualified, commit, change.xid,
-                                 change.commit_time)  # fmt: skip
+            gid = batch.group_id(rule, "truncate", rel.qualified, commit, change.xid, change.commit_time)
             batch.group.append(gid)
             batch.lsn.append(change.lsn)
             batch.ordinal.append(ordinal)
             batch.payload.append(payload)
+            batch.key.append(f"{rule.name}:{rel.qualified}" if rule.gated else None)
 
 
 __all__ = ["EventBatch", "Ingest", "IngestStats", "ListenerError", "event_key"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from listener.config import Rule
+from listener.config import Rule, WorkflowLimit, key_fields
 
 OPERATIONS = ("insert", "update", "delete", "truncate")
 
@@ -21,6 +21,11 @@ class CompiledRule:
     table: str
     operations: frozenset[str]
     workflow: str
+    # flow control: gated runs are claimed under the limits of their workflow and key
+    gated: bool = False
+    key_limit: int | None = None
+    ordered: bool = False
+    key_fields: tuple[tuple[str, str], ...] = ()  # ("new" | "old", column) of the key template; () = PK
 
     @property
     def qualified_table(self) -> str:
@@ -30,9 +35,21 @@ class CompiledRule:
 class RuleSet:
     """All rules of a config, indexed by (schema, table) and operation."""
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    def __init__(self, rules: Iterable[Rule], limits: Iterable[WorkflowLimit] = ()) -> None:
+        limited = {limit.workflow for limit in limits}
         self.rules = tuple(
-            CompiledRule(r.name, r.schema_name, r.table_name, frozenset(r.on), r.workflow) for r in rules
+            CompiledRule(
+                r.name,
+                r.schema_name,
+                r.table_name,
+                frozenset(r.on),
+                r.workflow,
+                gated=r.gated or r.workflow in limited,
+                key_limit=r.key_concurrency if not r.ordered else 1,
+                ordered=r.ordered,
+                key_fields=tuple(key_fields(r.key)) if r.key else (),
+            )
+            for r in rules
         )
         index: dict[tuple[str, str], dict[str, list[CompiledRule]]] = {}
         for rule in self.rules:

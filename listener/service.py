@@ -112,6 +112,7 @@ def make_worker(
         lease_seconds=config.worker.lease_s,
         grace_seconds=config.worker.grace_s,
         on_start=on_start,
+        limits=config.limits,
     )
 
 

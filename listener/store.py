@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import psycopg
@@ -137,40 +137,75 @@ class EventBatch:
     payload: list[str] = field(
         default_factory=list
     )  # JSON text: {"new": .., "old": .., "unchanged_toast": ..}
-    # per group: rule, workflow, op, table, commit LSN (text), xid, commit time
-    groups: list[tuple[str, str, str, str, str, int, datetime]] = field(default_factory=list)
+    key: list[str | None] = field(default_factory=list)  # flow-control key of gated runs
+    # per group: rule, workflow, op, table, commit LSN (text), xid, commit time, gated, key limit, ordered
+    groups: list[tuple[str, str, str, str, str, int, datetime, bool, int | None, bool]] = field(
+        default_factory=list
+    )
     group_ids: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
 
     def __len__(self) -> int:
         return len(self.payload)
 
-    def group_id(
-        self, rule: str, workflow: str, op: str, table: str, commit: str, xid: int, at: datetime
-    ) -> int:
+    def group_id(self, rule: RunPolicy, op: str, table: str, commit: str, xid: int, at: datetime) -> int:
         """The group of (rule, op, table) in the transaction committed at ``commit``, made on first use."""
-        key = (rule, op, table, commit)
+        key = (rule.name, op, table, commit)
         gid = self.group_ids.get(key)
         if gid is None:
-            self.groups.append((rule, workflow, op, table, commit, xid, at))
+            self.groups.append(
+                (
+                    rule.name,
+                    rule.workflow,
+                    op,
+                    table,
+                    commit,
+                    xid,
+                    at,
+                    rule.gated,
+                    rule.key_limit,
+                    rule.ordered,
+                )
+            )
             gid = self.group_ids[key] = len(self.groups)
         return gid
 
 
+class RunPolicy(Protocol):
+    """What a rule says about the runs it makes (listener.rules.CompiledRule)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def workflow(self) -> str: ...
+    @property
+    def gated(self) -> bool: ...
+    @property
+    def key_limit(self) -> int | None: ...
+    @property
+    def ordered(self) -> bool: ...
+
+
 _INSERT_EVENTS = """
-WITH ev AS (
+WITH src AS (
+    SELECT r[g] || '/' || c[g] || '/' || o AS key, r[g] AS rule, w[g] AS workflow, op[g] AS op, t[g] AS tbl,
+           '0/0'::pg_lsn + l AS lsn, c[g]::pg_lsn AS commit_lsn, x[g] AS xid, ct[g] AS commit_time,
+           p::jsonb AS payload, k, gated[g] AS gated, key_limit[g] AS key_limit, ordered[g] AS ordered
+    FROM unnest($1::int4[], $2::int8[], $3::int4[], $4::text[], $5::text[]) AS u(g, l, o, p, k),
+         (SELECT $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::timestamptz[],
+                 $13::bool[], $14::int4[], $15::bool[])
+             AS grp(r, w, op, t, c, x, ct, gated, key_limit, ordered)
+), ev AS (
     INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid,
                         commit_time, payload)
-    SELECT r[g] || '/' || c[g] || '/' || o, 'cdc', r[g], w[g], op[g], t[g], '0/0'::pg_lsn + l, c[g]::pg_lsn,
-           x[g], ct[g], p::jsonb
-    FROM unnest($1::int4[], $2::int8[], $3::int4[], $4::text[]) AS u(g, l, o, p),
-         (SELECT $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::timestamptz[])
-             AS grp(r, w, op, t, c, x, ct)
+    SELECT key, 'cdc', rule, workflow, op, tbl, lsn, commit_lsn, xid, commit_time, payload FROM src
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING idempotency_key AS key, workflow
+    RETURNING idempotency_key
 ), runs_made AS (
     -- one run per new event, its id the event's key (invariant 3); a redelivered event makes none
-    INSERT INTO runs (id, event_key, workflow) SELECT key, key, workflow FROM ev
+    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered)
+    SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered
+    FROM src JOIN ev ON ev.idempotency_key = src.key
     RETURNING 1
 )
 SELECT count(*) FROM runs_made
@@ -222,7 +257,7 @@ class StateStore:
             if batch.payload:
                 groups = list(zip(*batch.groups, strict=True))
                 inserted = await conn.fetchval(
-                    _INSERT_EVENTS, batch.group, batch.lsn, batch.ordinal, batch.payload, *groups
+                    _INSERT_EVENTS, batch.group, batch.lsn, batch.ordinal, batch.payload, batch.key, *groups
                 )
                 if inserted:
                     await conn.execute("SELECT pg_notify($1, '')", self.channel)

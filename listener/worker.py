@@ -23,12 +23,14 @@ import logging
 import os
 import socket
 import traceback
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
 
 from listener import workflow as wf
+from listener.config import WorkflowLimit
 from listener.errors import ConfigError
 from listener.store import asyncpg_params, notify_channel
 
@@ -39,21 +41,15 @@ LEASE_SECONDS = 30.0
 GRACE_SECONDS = 30.0
 POLL_SECONDS = 5.0
 
-_CLAIM = """
-WITH c AS (
-    SELECT id FROM runs
-    WHERE status = 'pending' AND run_after <= now()
-    ORDER BY run_after, seq
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
+_CLAIM_TAIL = """
+, claimed AS (
     UPDATE runs r
     SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
         lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
     FROM c WHERE r.id = c.id
-    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq
+    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow
 ), logged AS (
-    INSERT INTO attempts (run_id, attempt, worker) SELECT id, attempt, $2 FROM claimed
+    INSERT INTO attempts (run_id, attempt, workflow, worker) SELECT id, attempt, workflow, $2 FROM claimed
 )
 SELECT c.id, c.event_key, c.attempt, c.failures, e.rule, e.workflow, e.op, e.table_name,
        e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
@@ -63,6 +59,41 @@ SELECT c.id, c.event_key, c.attempt, c.failures, e.rule, e.workflow, e.op, e.tab
 FROM claimed c JOIN events e ON e.idempotency_key = c.event_key
 ORDER BY c.seq
 """
+# Runs without flow control: any number of workers claim at once, skipping each other's locked rows.
+_CLAIM = (
+    """
+WITH c AS (
+    SELECT id FROM runs
+    WHERE status = 'pending' AND NOT gated AND run_after <= now()
+    ORDER BY run_after, seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)"""
+    + _CLAIM_TAIL
+)
+# Gated runs: chosen under the claim lock (see Worker._claim_gated), then claimed by id.
+_CLAIM_CHOSEN = "WITH c AS (SELECT unnest($1::text[]) AS id)" + _CLAIM_TAIL
+_GATED_WAITING = (
+    "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'pending' AND gated AND run_after <= now())"
+)
+_GATED_CANDIDATES = """
+SELECT id, workflow, key, key_limit, ordered, seq FROM runs
+WHERE status = 'pending' AND gated AND run_after <= now()
+ORDER BY run_after, seq
+LIMIT $1
+"""
+_GATED_RUNNING = "SELECT workflow, key FROM runs WHERE status = 'running' AND gated"
+_KEY_HEADS = """
+SELECT key, min(seq) FROM runs
+WHERE key = ANY($1::text[]) AND gated AND status IN ('pending', 'running')
+GROUP BY key
+"""
+_RATE_USED = """
+SELECT count(*) FROM attempts WHERE workflow = $1 AND started_at > now() - make_interval(secs => $2)
+"""
+GATED_SCAN = 500  # pending gated runs looked at per claim
+HELD_POLL_SECONDS = 0.25  # when limits hold runs back, look again this soon
+
 # Completion and failure are fenced: they apply only if this worker still holds this attempt.
 _DONE = """
 WITH r AS (
@@ -140,6 +171,7 @@ class Worker:
         lease_seconds: float = LEASE_SECONDS,
         grace_seconds: float = GRACE_SECONDS,
         on_start: Callable[[wf.Event], None] | None = None,
+        limits: Iterable[WorkflowLimit] = (),
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -149,6 +181,7 @@ class Worker:
         self.grace_seconds = grace_seconds
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.on_start = on_start
+        self.limits = {limit.workflow: limit for limit in limits}
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
@@ -167,21 +200,22 @@ class Worker:
         try:
             while not stop.is_set():
                 await pool.execute(_RECLAIM)
-                free = self.concurrency - len(self._running)
-                rows = (
-                    await pool.fetch(_CLAIM, min(free, CLAIM_BATCH), self.worker_id, self.lease_seconds)
-                    if free
-                    else []
-                )
+                free = min(self.concurrency - len(self._running), CLAIM_BATCH)
+                rows = await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds) if free else []
+                held = False
+                if free > len(rows) and await pool.fetchval(_GATED_WAITING):
+                    gated, held = await self._claim_gated(pool, free - len(rows))
+                    rows = [*rows, *gated]
                 for row in rows:
                     self.stats.claimed += 1
                     task = asyncio.create_task(self._execute(pool, row), name=f"run {row['id']}")
                     self._running[row["id"]] = (row["attempt"], task)
                     task.add_done_callback(functools.partial(self._finished, row["id"]))
-                if rows and len(rows) == min(free, CLAIM_BATCH):
+                if rows and len(rows) == free:
                     continue
                 self._wake.clear()
-                await _wait_any(self._wake, stop, timeout=self.poll_interval)
+                timeout = min(self.poll_interval, HELD_POLL_SECONDS) if held else self.poll_interval
+                await _wait_any(self._wake, stop, timeout=timeout)
         finally:
             await self._shutdown(pool)
             heartbeat.cancel()
@@ -190,6 +224,57 @@ class Worker:
                 await listen_conn.remove_listener(notify_channel(self.schema), self._on_notify)
             await pool.release(listen_conn)
             await pool.close()
+
+    async def _claim_gated(self, pool: asyncpg.Pool, free: int) -> tuple[list[asyncpg.Record], bool]:
+        """Claim runs under flow control: per-workflow concurrency and rate, per-key concurrency and
+        order.  One worker at a time decides (a transaction-scoped advisory lock), so the limits hold
+        across all processes.  Returns the claimed rows, and whether limits held some runs back."""
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"listener.claim.{self.schema}")
+            candidates = await conn.fetch(_GATED_CANDIDATES, GATED_SCAN)
+            if not candidates:
+                return [], False
+            by_workflow: Counter[str] = Counter()
+            by_key: Counter[str] = Counter()
+            for row in await conn.fetch(_GATED_RUNNING):
+                by_workflow[row["workflow"]] += 1
+                if row["key"] is not None:
+                    by_key[row["key"]] += 1
+            ordered_keys = sorted({c["key"] for c in candidates if c["ordered"] and c["key"] is not None})
+            heads = {k: seq for k, seq in await conn.fetch(_KEY_HEADS, ordered_keys)} if ordered_keys else {}
+            rate_left: dict[str, int] = {}
+            for name, workflow_limit in self.limits.items():
+                if workflow_limit.rate_limit is not None:
+                    count, period = workflow_limit.rate_limit
+                    rate_left[name] = count - int(await conn.fetchval(_RATE_USED, name, period))
+            chosen: list[str] = []
+            held = False
+            for c in candidates:
+                workflow, key = c["workflow"], c["key"]
+                limit = self.limits.get(workflow)
+                if (
+                    (
+                        limit is not None
+                        and limit.concurrency is not None
+                        and by_workflow[workflow] >= limit.concurrency
+                    )
+                    or (workflow in rate_left and rate_left[workflow] <= 0)
+                    or (key is not None and c["key_limit"] is not None and by_key[key] >= c["key_limit"])
+                    or (key is not None and c["ordered"] and (heads.get(key) != c["seq"] or by_key[key] > 0))
+                ):
+                    held = True
+                    continue
+                chosen.append(c["id"])
+                by_workflow[workflow] += 1
+                if key is not None:
+                    by_key[key] += 1
+                if workflow in rate_left:
+                    rate_left[workflow] -= 1
+                if len(chosen) >= free:
+                    break
+            if not chosen:
+                return [], held
+            return await conn.fetch(_CLAIM_CHOSEN, chosen, self.worker_id, self.lease_seconds), held
 
     def _on_notify(self, *args: object) -> None:
         self._wake.set()

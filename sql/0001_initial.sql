@@ -40,6 +40,12 @@ CREATE TABLE runs (
     event_key      text NOT NULL,
     generation     integer NOT NULL DEFAULT 0,
     workflow       text NOT NULL,
+    -- flow control: gated runs are claimed under a lock that enforces the limits of their workflow
+    -- (concurrency, rate) and of their key (concurrency per key, commit order per key)
+    gated          boolean NOT NULL DEFAULT false,
+    key            text,
+    key_limit      integer,
+    ordered        boolean NOT NULL DEFAULT false,
     status         text NOT NULL DEFAULT 'pending'
                    CHECK (status IN ('pending', 'running', 'done', 'dead', 'cancelled')),
     attempt        integer NOT NULL DEFAULT 0,
@@ -54,7 +60,9 @@ CREATE TABLE runs (
     finished_at    timestamptz
 );
 
-CREATE INDEX runs_claimable ON runs (run_after, seq) WHERE status = 'pending';
+CREATE INDEX runs_claimable ON runs (run_after, seq) WHERE status = 'pending' AND NOT gated;
+CREATE INDEX runs_gated ON runs (run_after, seq) WHERE status = 'pending' AND gated;
+CREATE INDEX runs_keyed ON runs (key, seq) WHERE status IN ('pending', 'running') AND gated;
 CREATE INDEX runs_leased ON runs (lease_expires) WHERE status = 'running';
 
 -- Memoized steps: a step's result is committed before the step counts as done; a retried or resumed run
@@ -73,6 +81,7 @@ CREATE TABLE steps (
 CREATE TABLE attempts (
     run_id       text NOT NULL,
     attempt      integer NOT NULL,
+    workflow     text NOT NULL,
     worker       text NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
@@ -80,3 +89,6 @@ CREATE TABLE attempts (
     error        text,
     PRIMARY KEY (run_id, attempt)
 );
+
+-- rate limits count the starts of a workflow in the last period
+CREATE INDEX attempts_starts ON attempts (workflow, started_at);

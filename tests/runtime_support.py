@@ -16,7 +16,10 @@ from listener.worker import Worker
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-EFFECTS_DDL = "CREATE TABLE IF NOT EXISTS public.effects (run_id text, summary text, step_key text)"
+EFFECTS_DDL = """
+CREATE TABLE IF NOT EXISTS public.effects (run_id text, summary text, step_key text);
+CREATE TABLE IF NOT EXISTS public.spans (run_id text, key text, started timestamptz, ended timestamptz);
+"""
 
 
 def prepare(sql: Conn) -> None:
@@ -24,7 +27,17 @@ def prepare(sql: Conn) -> None:
     sql.execute(EFFECTS_DDL)
 
 
-def enqueue(sql: Conn, key: str, workflow: str, new: dict[str, Any] | None = None) -> None:
+def enqueue(
+    sql: Conn,
+    key: str,
+    workflow: str,
+    new: dict[str, Any] | None = None,
+    *,
+    gated: bool = False,
+    run_key: str | None = None,
+    key_limit: int | None = None,
+    ordered: bool = False,
+) -> None:
     """An event and its run, exactly as the ingest writer makes them (redelivery adds nothing)."""
     payload = json.dumps({"new": new or {"id": 1, "text": key}, "old": None, "unchanged_toast": []})
     sql.execute(
@@ -34,10 +47,10 @@ def enqueue(sql: Conn, key: str, workflow: str, new: dict[str, Any] | None = Non
             VALUES (%s, 'test', 'r', %s, 'insert', 'public.t', %s::jsonb)
             ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, workflow
         )
-        INSERT INTO listener.runs (id, event_key, workflow)
-        SELECT idempotency_key, idempotency_key, workflow FROM ev
+        INSERT INTO listener.runs (id, event_key, workflow, gated, key, key_limit, ordered)
+        SELECT idempotency_key, idempotency_key, workflow, %s, %s, %s, %s FROM ev
         """,
-        [key, workflow, payload],
+        [key, workflow, payload, gated, run_key, key_limit, ordered],
     )
     sql.execute("SELECT pg_notify('listener_events', '')")
 
@@ -86,3 +99,20 @@ async def running_worker(dsn: str, **options: Any) -> AsyncIterator[Worker]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
+
+
+def max_overlap(sql: Conn, key: str | None = None) -> int:
+    """The most workflow runs (spans) that were running at the same moment, for one key or all."""
+    row = sql.execute(
+        """
+        SELECT coalesce(max(n), 0) FROM (
+            SELECT (SELECT count(*) FROM public.spans o
+                    WHERE o.started <= s.started AND o.ended > s.started
+                      AND (%(key)s::text IS NULL OR o.key = %(key)s)) AS n
+            FROM public.spans s WHERE %(key)s::text IS NULL OR s.key = %(key)s
+        ) t
+        """,
+        {"key": key},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

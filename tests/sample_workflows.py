@@ -106,3 +106,35 @@ async def too_slow(ctx: Context) -> None:
 
 async def slow(ctx: Context) -> None:
     await asyncio.sleep(60)
+
+
+BROKEN = {"save": True}  # a test flips this to "fix the bug" before retrying
+
+
+@workflow(max_attempts=1)
+async def dies_after_llm(ctx: Context) -> None:
+    result = await ctx.step("llm", fake_llm, ctx.run_id, "retry me")
+    if BROKEN["save"]:
+        raise RuntimeError("bug in the save step")
+
+    async def save() -> None:
+        async with ctx.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO public.effects (run_id, summary, step_key) VALUES ($1, $2, $3)",
+                ctx.run_id,
+                result["summary"],
+                ctx.step_key(),
+            )
+
+    await ctx.step("save", save)
+
+
+async def tracked(ctx: Context) -> None:
+    """Records when it ran (for flow-control tests): a span per run, outside any step."""
+    assert ctx.pool is not None
+    key = (ctx.event.new or {}).get("key")
+    await ctx.pool.execute(
+        "INSERT INTO public.spans (run_id, key, started) VALUES ($1, $2, clock_timestamp())", ctx.run_id, key
+    )
+    await asyncio.sleep(float(os.environ.get("LISTENER_TEST_SPAN_S", "0.2")))
+    await ctx.pool.execute("UPDATE public.spans SET ended = clock_timestamp() WHERE run_id = $1", ctx.run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -124,8 +125,8 @@ async def test_a_crash_mid_transaction_replays_it_without_duplicates(
 
 
 async def test_flush_never_passes_what_is_durable(dsn: str, sql: Conn) -> None:
-    """Invariant 1: while the state database refuses the events, the slot's confirmed position stays
-    behind them; once it accepts them again, they arrive exactly once."""
+    """Invariant 1: while the state database refuses the events (a full disk), the slot's confirmed
+    position stays behind them; once it accepts them again, they arrive exactly once."""
     sql.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
     config = make_config(RULES)
     async with running_ingest(dsn, config) as run:
@@ -135,7 +136,8 @@ async def test_flush_never_passes_what_is_durable(dsn: str, sql: Conn) -> None:
         sql.execute(
             """
             CREATE FUNCTION listener.refuse() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN RAISE EXCEPTION 'state database refuses writes (test)'; END $$;
+            $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device (test)'
+                  USING ERRCODE = 'disk_full'; END $$;
             CREATE TRIGGER refuse BEFORE INSERT ON listener.events
                 FOR EACH ROW EXECUTE FUNCTION listener.refuse();
             """
@@ -216,3 +218,26 @@ async def test_malformed_bytes_stop_ingest_naming_the_lsn_and_acknowledge_nothin
     assert info.value.lsn is not None and info.value.lsn > 0
     assert events(dsn) == []
     assert slot_flush(sql) == flush_before  # nothing acknowledged: the change will come again
+
+
+async def test_a_state_database_error_that_retrying_cannot_fix_stops_ingest(dsn: str, sql: Conn) -> None:
+    """Not every error is worth a reconnect loop: a refusal that will not pass stops ingest loudly, having
+    acknowledged nothing."""
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    config = make_config(RULES)
+    setup.init(config, dsn, dsn)
+    sql.execute(
+        """
+        CREATE FUNCTION listener.refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'events are not accepted here (test)'; END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON listener.events
+            FOR EACH ROW EXECUTE FUNCTION listener.refuse();
+        """
+    )
+    flush_before = slot_flush(sql)
+    with pytest.raises(asyncpg.RaiseError, match="events are not accepted here"):
+        async with running_ingest(dsn, config, init=False) as run:
+            sql.execute("INSERT INTO items VALUES (1, 'x')")
+            await asyncio.wait_for(run.task, 30)
+    assert run.ingest.stats.reconnects == 0
+    assert slot_flush(sql) == flush_before

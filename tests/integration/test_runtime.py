@@ -144,3 +144,29 @@ async def test_a_zombie_worker_cannot_complete_or_write_a_step(dsn: str, sql: Co
         assert outcomes == [(1, "lease expired"), (2, "done")]
     finally:
         sample_workflows.GATE = None
+
+
+async def test_listener_retry_of_a_dead_run_does_not_repeat_its_finished_steps(
+    dsn: str, sql: Conn, calls_file: str
+) -> None:
+    from listener import runs
+
+    prepare(sql)
+    enqueue(sql, "k10", f"{WF}:dies_after_llm")
+    sample_workflows.BROKEN["save"] = True
+    try:
+        async with running_worker(dsn):
+            await wait_until(lambda: run_row(sql, "k10")["status"] == "dead", "the run to die")
+            sample_workflows.BROKEN["save"] = False  # the bug is fixed and deployed
+            with runs.connect(dsn, "listener") as conn:
+                retried = runs.retry(conn, "k10", schema="listener")
+            assert retried.id == "k10"
+            await wait_until(lambda: run_row(sql, "k10")["status"] == "done", "the retried run to finish")
+    finally:
+        sample_workflows.BROKEN["save"] = True
+    assert calls(calls_file) == ["llm k10"]  # the paid LLM call was not made again
+    assert effects(sql) == [("k10", "summary of retry me", "k10:save")]
+    outcomes = sql.execute(
+        "SELECT attempt, outcome FROM listener.attempts WHERE run_id = 'k10' ORDER BY 1"
+    ).fetchall()
+    assert outcomes == [(1, "dead"), (2, "done")]

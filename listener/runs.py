@@ -1,0 +1,688 @@
+"""Inspect and steer runs: ``listener runs``, ``listener runs show``, ``listener retry``, ``listener cancel``.
+
+Reads and writes the state schema directly (psycopg, synchronous): a command is one short transaction.
+
+* Listing and showing never lock anything.
+* ``retry`` never touches the run it retries: it inserts a new *generation* of the event's run
+  (``key#N``), so history stays as it was and "one run per idempotency key" is only broken on purpose.
+  Retries of one event are serialised by an advisory lock, so two at once cannot both pick generation N.
+* ``cancel`` takes the run's row lock, the same lock a worker's claim and fenced writes take; a cancelled
+  running run's worker then finds ``status <> 'running'`` and every later write of that attempt (step
+  records, completion, failure, heartbeat) is refused, exactly as for a lost lease.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from psycopg.rows import dict_row
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from listener import setup, store
+from listener.errors import DatabaseError, ListenerError
+
+STATUSES = ("pending", "running", "done", "dead", "cancelled")
+LIST_LIMIT = 50  # runs listed by default
+ERROR_CELL_CHARS = 60  # of a run's last error, in the table of `listener runs`
+RESULT_CELL_CHARS = 60  # of a step's JSON result, in the table of `listener runs show`
+LOCK_WAIT_S = 10  # longest wait for a run's row lock in retry and cancel
+WIDE_COLUMNS = 150  # from this terminal width on, tables show every column (and steps, attempts as tables)
+PIPE_WIDTH = 200  # columns of a table written to a pipe or file, where no terminal width can be measured
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+_STYLE = {"pending": "yellow", "running": "cyan", "done": "green", "dead": "bold red", "cancelled": "dim"}
+
+
+class NoSuchRun(ListenerError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"no such run: {run_id!r}",
+            hint="`listener runs` lists the runs and their ids (a retried run's id is KEY#N)",
+        )
+        self.run_id = run_id
+
+
+class RunStateError(ListenerError):
+    """The run's status does not allow what was asked (retry a pending run, cancel a done one...)."""
+
+    def __init__(self, message: str, *, run_id: str, status: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.run_id = run_id
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the commands return: plain data, printed as a table for people or as JSON for scripts.
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A run as listed by ``listener runs`` (and the first fields of ``runs show --json``)."""
+
+    id: str
+    event_key: str
+    generation: int
+    rule: str | None
+    workflow: str
+    status: str
+    attempt: int
+    failures: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None  # first start to finish; to now while unfinished; None if never started
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    idempotency_key: str
+    source: str
+    rule: str
+    workflow: str
+    op: str | None
+    table_name: str | None
+    lsn: str | None
+    commit_lsn: str | None
+    xid: int | None
+    commit_time: datetime | None
+    created_at: datetime
+    payload: Any  # {"new": ..., "old": ..., "unchanged_toast": [...]}
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    name: str
+    attempt: int  # the attempt that recorded it
+    started_at: datetime
+    finished_at: datetime
+    duration_s: float
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    attempt: int
+    worker: str
+    started_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    outcome: str | None  # done | failed | dead | released | lease expired | cancelled; None while running
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    id: str
+    generation: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    """Everything ``listener runs show`` prints."""
+
+    run: RunRow
+    run_after: datetime
+    lease_owner: str | None
+    lease_expires: datetime | None
+    traceback: str | None
+    event: EventInfo | None
+    steps: list[StepInfo]
+    attempts: list[AttemptInfo]
+    generations: list[Generation]  # every run of the event, this one included
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self.run),
+            "run_after": self.run_after,
+            "lease_owner": self.lease_owner,
+            "lease_expires": self.lease_expires,
+            "traceback": self.traceback,
+            "event": asdict(self.event) if self.event is not None else None,
+            "steps": [asdict(s) for s in self.steps],
+            "attempts": [asdict(a) for a in self.attempts],
+            "generations": [asdict(g) for g in self.generations],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    id: str  # the new run
+    generation: int
+    retried: str  # the run named on the command line
+    was: str  # its status
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    id: str
+    was: str  # pending | running
+    attempt: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SQL.  Names are unqualified: the connection's search_path is the state schema.
+
+_RUN_COLUMNS = """
+    r.id, r.event_key, r.generation, e.rule, r.workflow, r.status, r.attempt, r.failures,
+    r.created_at, r.started_at, r.finished_at,
+    extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)::float8 AS duration_s,
+    r.last_error
+"""
+# Newest first.  runs.seq has no index: this is a scan and a top-N sort, fine for an operator's command.
+_LIST = f"""
+SELECT {_RUN_COLUMNS}
+FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
+WHERE (%(statuses)s::text[] IS NULL OR r.status = ANY(%(statuses)s::text[]))
+  AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
+  AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
+ORDER BY r.seq DESC
+LIMIT %(limit)s
+"""
+_SHOW_RUN = f"""
+SELECT {_RUN_COLUMNS}, r.run_after, r.lease_owner, r.lease_expires, r.traceback
+FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
+WHERE r.id = %s
+"""
+_SHOW_EVENT = """
+SELECT idempotency_key, source, rule, workflow, op, table_name, lsn::text AS lsn,
+       commit_lsn::text AS commit_lsn, xid, commit_time, created_at, payload
+FROM events WHERE idempotency_key = %s
+"""
+_SHOW_STEPS = """
+SELECT name, attempt, started_at, finished_at,
+       extract(epoch FROM finished_at - started_at)::float8 AS duration_s, result
+FROM steps WHERE run_id = %s ORDER BY finished_at, name
+"""
+_SHOW_ATTEMPTS = """
+SELECT attempt, worker, started_at, finished_at,
+       extract(epoch FROM finished_at - started_at)::float8 AS duration_s, outcome, error
+FROM attempts WHERE run_id = %s ORDER BY attempt
+"""
+_GENERATIONS = "SELECT id, generation, status FROM runs WHERE event_key = %s ORDER BY generation"
+
+_RETRY_TARGET = "SELECT event_key FROM runs WHERE id = %s"
+# Two retries of one event at once would both compute the same next generation; the second then waits here
+# and, in its next statement (a new snapshot under READ COMMITTED), sees the first one's new run.
+_RETRY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('listener.retry.' || current_schema() || '.' || %s))"
+_RETRY_RUNS = """
+SELECT id, generation, status, attempt, lease_owner FROM runs WHERE event_key = %s
+ORDER BY generation FOR UPDATE
+"""
+# A new generation copies what its run was made with from the event and rule (event_key, workflow, and the
+# flow-control settings), whatever columns those are; the columns of a run's own progress start afresh.
+_RUN_STATE_COLUMNS = frozenset(
+    {"id", "seq", "generation", "status", "attempt", "failures", "run_after", "lease_owner", "lease_expires"}
+    | {"last_error", "traceback", "created_at", "started_at", "finished_at"}
+)
+_RUN_COLUMNS_NOW = """
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = 'runs'
+  AND is_generated = 'NEVER' AND is_identity = 'NO'
+ORDER BY ordinal_position
+"""
+# `retry` without --rerun: the same run, a new attempt (the next claim increments `attempt`), its recorded
+# steps kept; failures start from zero so the workflow's retry policy applies afresh.
+_RESUME = """
+UPDATE runs SET status = 'pending', failures = 0, run_after = now(), finished_at = NULL,
+                lease_owner = NULL, lease_expires = NULL
+WHERE id = %s
+"""
+_RETRY_INSERT = """
+INSERT INTO runs (id, generation, {columns}) SELECT %s, %s, {columns} FROM runs WHERE id = %s
+"""
+
+_CANCEL_TARGET = "SELECT status, attempt, failures FROM runs WHERE id = %s FOR UPDATE"
+_CANCEL = """
+UPDATE runs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires = NULL
+WHERE id = %s
+"""
+# The attempt a worker is executing ends now; the worker's own fenced write of its outcome will be refused.
+_CANCEL_ATTEMPT = """
+UPDATE attempts SET finished_at = now(), outcome = 'cancelled'
+WHERE run_id = %s AND attempt = %s AND finished_at IS NULL
+"""
+
+
+@contextmanager
+def connect(dsn: str, schema: str) -> Iterator[Conn]:
+    """An autocommit connection to the state database with ``schema`` on the search path."""
+    with setup.connect(dsn, what="the state database") as conn:
+        if store.schema_version(conn, schema) is None:
+            raise DatabaseError(
+                f"the state schema {schema!r} does not exist in the state database: nothing has run yet",
+                hint="`listener init` (or `listener run`) creates it; check --state-dsn and `state_schema:`",
+            )
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        yield conn
+
+
+def list_runs(
+    conn: Conn,
+    *,
+    statuses: Sequence[str] = (),
+    workflow: str | None = None,
+    rule: str | None = None,
+    limit: int = LIST_LIMIT,
+) -> list[RunRow]:
+    """Runs, newest first, filtered by status (any of), workflow and rule."""
+    params = {"statuses": list(statuses) or None, "workflow": workflow, "rule": rule, "limit": limit}
+    rows = conn.cursor(row_factory=dict_row).execute(_LIST, params).fetchall()
+    return [RunRow(**row) for row in rows]
+
+
+def show_run(conn: Conn, run_id: str) -> RunDetail:
+    """The run, its event, steps, attempts and generations; NoSuchRun when there is none."""
+    cur = conn.cursor(row_factory=dict_row)
+    with conn.transaction():
+        # one snapshot for all the parts
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = cur.execute(_SHOW_RUN, [run_id]).fetchone()
+        if row is None:
+            raise NoSuchRun(run_id)
+        extra = {k: row.pop(k) for k in ("run_after", "lease_owner", "lease_expires", "traceback")}
+        run = RunRow(**row)
+        event_row = cur.execute(_SHOW_EVENT, [run.event_key]).fetchone()
+        steps = [StepInfo(**r) for r in cur.execute(_SHOW_STEPS, [run_id]).fetchall()]
+        attempts = [AttemptInfo(**r) for r in cur.execute(_SHOW_ATTEMPTS, [run_id]).fetchall()]
+        generations = [Generation(**r) for r in cur.execute(_GENERATIONS, [run.event_key]).fetchall()]
+    return RunDetail(
+        run=run,
+        event=EventInfo(**event_row) if event_row is not None else None,
+        steps=steps,
+        attempts=attempts,
+        generations=generations,
+        **extra,
+    )
+
+
+def retry(conn: Conn, run_id: str, *, schema: str, rerun: bool = False) -> Retried:
+    """Run a dead or cancelled run again, and wake workers.
+
+    Without ``rerun``: the same run goes back to pending with its failures reset: a new attempt that keeps
+    the steps already recorded (a retry never repeats a finished LLM call).  With ``rerun``: a new
+    generation of the event (id ``KEY#N``) that starts afresh, also for a done run.
+    Refused while any run of the same event is pending or running (it will run, or is running), and for an
+    event that already has a done run unless ``rerun``: one run per idempotency key, unless on purpose."""
+    cur = conn.cursor(row_factory=dict_row)
+    with conn.transaction(), _lock_wait(conn, run_id):
+        target = cur.execute(_RETRY_TARGET, [run_id]).fetchone()
+        if target is None:
+            raise NoSuchRun(run_id)
+        key = target["event_key"]
+        cur.execute(_RETRY_LOCK, [key])
+        runs = cur.execute(_RETRY_RUNS, [key]).fetchall()
+        this = next(r for r in runs if r["id"] == run_id)
+        _check_retry(this, runs, rerun=rerun)
+        if not rerun:
+            cur.execute(_RESUME, [run_id])
+            cur.execute("SELECT pg_notify(%s, '')", [store.notify_channel(schema)])
+            return Retried(id=run_id, generation=this["generation"], retried=run_id, was=this["status"])
+        generation = max(r["generation"] for r in runs) + 1
+        new_id = f"{key}#{generation}"
+        copied = [
+            sql.Identifier(c)
+            for (c,) in conn.execute(_RUN_COLUMNS_NOW).fetchall()
+            if c not in _RUN_STATE_COLUMNS
+        ]
+        insert = sql.SQL(_RETRY_INSERT).format(columns=sql.SQL(", ").join(copied))
+        try:
+            cur.execute(insert, [new_id, generation, run_id])
+        except pgerrors.UniqueViolation as exc:  # not made by `listener retry`: its ids follow generations
+            raise RunStateError(
+                f"cannot retry run {run_id!r}: a run with id {new_id!r} already exists",
+                run_id=run_id,
+                status=this["status"],
+                hint=f"`listener runs show {new_id}`",
+            ) from exc
+        # Delivered at commit: idle workers claim the new run now instead of at their next poll.
+        cur.execute("SELECT pg_notify(%s, '')", [store.notify_channel(schema)])
+    return Retried(id=new_id, generation=generation, retried=run_id, was=this["status"])
+
+
+def _check_retry(this: dict[str, Any], runs: list[dict[str, Any]], *, rerun: bool) -> None:
+    run_id, status = this["id"], this["status"]
+    if status == "pending":
+        raise RunStateError(
+            f"run {run_id!r} is pending: a worker will run it (it has had {this['attempt']} attempt(s)); "
+            "there is nothing to retry",
+            run_id=run_id,
+            status=status,
+            hint=f"to stop it instead: listener cancel {run_id}",
+        )
+    if status == "running":
+        raise RunStateError(
+            f"run {run_id!r} is running (attempt {this['attempt']} on {this['lease_owner']}); "
+            "there is nothing to retry",
+            run_id=run_id,
+            status=status,
+            hint=f"wait for it to finish, or `listener cancel {run_id}` first",
+        )
+    for other in runs:
+        if other["status"] in ("pending", "running"):
+            raise RunStateError(
+                f"run {other['id']!r} of the same event is already {other['status']}: "
+                f"retrying run {run_id!r} would run the event twice",
+                run_id=run_id,
+                status=status,
+                hint=f"`listener runs show {other['id']}`; retry once it is dead or cancelled",
+            )
+    if rerun:
+        return
+    done = [r for r in runs if r["status"] == "done"]
+    if done:
+        which = "it is done" if status == "done" else f"run {done[-1]['id']!r} of the same event is done"
+        raise RunStateError(
+            f"will not retry run {run_id!r}: {which}, and an event runs once per idempotency key",
+            run_id=run_id,
+            status=status,
+            hint=f"to run it again on purpose, as a new generation: listener retry --rerun {run_id}",
+        )
+
+
+def cancel(conn: Conn, run_id: str) -> Cancelled:
+    """Cancel a pending or running run; a running run's worker is fenced out of every later write."""
+    cur = conn.cursor(row_factory=dict_row)
+    with conn.transaction(), _lock_wait(conn, run_id):
+        row = cur.execute(_CANCEL_TARGET, [run_id]).fetchone()
+        if row is None:
+            raise NoSuchRun(run_id)
+        status = row["status"]
+        if status == "done":
+            raise RunStateError(
+                f"run {run_id!r} is done: there is nothing to cancel",
+                run_id=run_id,
+                status=status,
+                hint=f"to run it again on purpose: listener retry --rerun {run_id}",
+            )
+        if status == "dead":
+            raise RunStateError(
+                f"run {run_id!r} is dead (after {row['failures']} failed attempt(s)): it will not run again, "
+                "there is nothing to cancel",
+                run_id=run_id,
+                status=status,
+                hint=f"`listener runs show {run_id}` shows its error",
+            )
+        if status == "cancelled":
+            raise RunStateError(f"run {run_id!r} is already cancelled", run_id=run_id, status=status)
+        cur.execute(_CANCEL, [run_id])
+        if status == "running":
+            cur.execute(_CANCEL_ATTEMPT, [run_id, row["attempt"]])
+    return Cancelled(id=run_id, was=status, attempt=row["attempt"])
+
+
+@contextmanager
+def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
+    """Bound the wait for the run's row lock, inside the current transaction.
+
+    A worker holds that lock for an instant when it claims or records, but for as long as a step's
+    ``ctx.transaction()`` is open (FOR SHARE, until the step commits)."""
+    conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
+    try:
+        yield
+    except pgerrors.LockNotAvailable as exc:
+        raise DatabaseError(
+            f"run {run_id!r} stayed locked for {LOCK_WAIT_S}s (a step of its workflow is committing)",
+            hint="try again in a moment",
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output.
+
+
+def stdout_console() -> Console:
+    """A console for tables on stdout: the terminal's width, or PIPE_WIDTH when piped (unless $COLUMNS)."""
+    console = Console(highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    return console
+
+
+def write_json_lines(out: IO[str], runs: Sequence[RunRow]) -> None:
+    for run in runs:
+        out.write(dumps(asdict(run)) + "\n")
+
+
+def dumps(value: Any) -> str:
+    """JSON text; datetimes as ISO 8601 in UTC (``2025-03-01T12:00:04.500000+00:00``)."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):  # in UTC: the same text whatever the server's or the client's time zone
+        return value.astimezone(UTC).isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def print_runs(console: Console, runs: Sequence[RunRow], *, limit: int) -> None:
+    if not runs:
+        console.print("no runs match")
+        return
+    wide = console.width >= WIDE_COLUMNS
+    more = f"; more may exist: raise --limit (now {limit})" if len(runs) >= limit else ""
+    table = Table(
+        caption=f"{len(runs)} run(s), newest first{more}"
+        + ("" if wide else f"; times in a terminal of {WIDE_COLUMNS}+ columns or `runs show`"),
+        caption_justify="left",
+        show_edge=wide,
+    )
+    # Only status and the numbers never break: ids and workflows fold, times break at the blank.
+    table.add_column("id", overflow="fold", min_width=min(12, max(len(r.id) for r in runs)))
+    table.add_column("workflow", overflow="fold", min_width=10)
+    table.add_column("status", no_wrap=True)
+    if wide:
+        table.add_column("attempt", justify="right", no_wrap=True)
+        table.add_column("failures", justify="right", no_wrap=True)
+        table.add_column("created", min_width=10)
+        table.add_column("started", min_width=10)
+        table.add_column("finished", min_width=10)
+    else:
+        table.add_column("attempt", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("last error", overflow="fold", min_width=8)
+    for r in runs:
+        error = Text(_first_line(r.last_error, ERROR_CELL_CHARS))
+        if wide:
+            table.add_row(
+                Text(r.id),
+                Text(r.workflow),
+                _status(r.status),
+                str(r.attempt),
+                str(r.failures),
+                _time(r.created_at),
+                _time(r.started_at),
+                _time(r.finished_at),
+                _duration(r.duration_s),
+                error,
+            )
+        else:
+            tries = f"{r.attempt} ({r.failures} failed)" if r.failures else str(r.attempt)
+            table.add_row(
+                Text(r.id), Text(r.workflow), _status(r.status), tries, _duration(r.duration_s), error
+            )
+    console.print(table)
+
+
+def print_run(console: Console, d: RunDetail) -> None:
+    r = d.run
+    head = Text.assemble(("run ", "bold"), (r.id, "bold"), "  ", _status(r.status))
+    if r.generation:
+        head.append(f"  (generation {r.generation} of event {r.event_key})", "dim")
+    console.print(head)
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold")
+    fields.add_column()
+    fields.add_row("workflow", Text(r.workflow))
+    fields.add_row("attempt", f"{r.attempt} ({r.failures} failed)")
+    fields.add_row("created", _time(r.created_at))
+    fields.add_row("started", _time(r.started_at))
+    fields.add_row("finished", _time(r.finished_at))
+    so_far = " so far" if r.started_at and not r.finished_at else ""
+    fields.add_row("duration", _duration(r.duration_s) + so_far)
+    if r.status == "pending":
+        fields.add_row("runs after", _time(d.run_after))
+    if r.status == "running":
+        fields.add_row("lease", Text(f"{d.lease_owner} until {_time(d.lease_expires)}"))
+    if len(d.generations) > 1:
+        fields.add_row("generations", Text(", ".join(f"{g.id} ({g.status})" for g in d.generations)))
+    console.print(fields)
+
+    console.print()
+    e = d.event
+    if e is None:
+        console.print(Text(f"event {r.event_key}: missing from the events table", "red"))
+    else:
+        console.print(Text.assemble(("event ", "bold"), (e.idempotency_key, "bold")))
+        ev = Table.grid(padding=(0, 2))
+        ev.add_column(style="bold")
+        ev.add_column()
+        ev.add_row("rule", Text(f"{e.rule} ({e.source})"))
+        ev.add_row("change", Text(" ".join(x for x in (e.op, e.table_name) if x) or "-"))
+        ev.add_row("lsn", Text(f"{e.lsn or '-'} (commit {e.commit_lsn or '-'}, xid {e.xid or '-'})"))
+        ev.add_row("committed", _time(e.commit_time))
+        payload = e.payload if isinstance(e.payload, dict) else {"payload": e.payload}
+        for part in ("new", "old"):
+            if payload.get(part) is not None:
+                ev.add_row(part, Text(dumps(payload[part])))
+        if payload.get("unchanged_toast"):
+            ev.add_row("unchanged", Text(", ".join(map(str, payload["unchanged_toast"]))))
+        console.print(ev)
+
+    console.print()
+    if console.width >= WIDE_COLUMNS:
+        _step_table(console, d)
+        _attempt_table(console, d)
+    else:  # one line per step and per attempt, the error on a line of its own
+        console.print(Text(f"steps ({len(d.steps)})" if d.steps else "steps: none recorded", "bold"))
+        for s in d.steps:
+            console.print(
+                Text.assemble(
+                    "  ",
+                    (s.name, "bold"),
+                    f"  attempt {s.attempt}  {_time(s.started_at)}  {_duration(s.duration_s)}  ",
+                    _truncate(dumps(s.result), RESULT_CELL_CHARS),
+                )
+            )
+        console.print(Text(f"attempts ({len(d.attempts)})" if d.attempts else "attempts: none yet", "bold"))
+        for a in d.attempts:
+            console.print(
+                Text.assemble(
+                    f"  {a.attempt}  ",
+                    _status(_outcome(d, a)),
+                    f"  {a.worker}  {_time(a.started_at)}  {_duration(a.duration_s)}",
+                )
+            )
+            if a.error:
+                console.print(Text(f"     {a.error}"))
+
+    if r.last_error:
+        console.print()
+        console.print(Text.assemble(("last error: ", "bold red"), r.last_error))
+        if d.traceback:
+            console.print(Text(d.traceback.rstrip("\n"), "dim"))
+
+
+def _step_table(console: Console, d: RunDetail) -> None:
+    if not d.steps:
+        console.print("steps: none recorded")
+        return
+    steps = Table(title=f"steps ({len(d.steps)})", title_justify="left")
+    steps.add_column("step", overflow="fold")
+    steps.add_column("attempt", justify="right")
+    steps.add_column("started", no_wrap=True)
+    steps.add_column("finished", no_wrap=True)
+    steps.add_column("duration", justify="right", no_wrap=True)
+    steps.add_column("result", overflow="ellipsis", no_wrap=True)
+    for s in d.steps:
+        steps.add_row(
+            Text(s.name),
+            str(s.attempt),
+            _time(s.started_at),
+            _time(s.finished_at),
+            _duration(s.duration_s),
+            Text(_truncate(dumps(s.result), RESULT_CELL_CHARS)),
+        )
+    console.print(steps)
+
+
+def _attempt_table(console: Console, d: RunDetail) -> None:
+    if not d.attempts:
+        console.print("attempts: none yet")
+        return
+    attempts = Table(title=f"attempts ({len(d.attempts)})", title_justify="left")
+    attempts.add_column("attempt", justify="right")
+    attempts.add_column("worker", overflow="fold")
+    attempts.add_column("started", no_wrap=True)
+    attempts.add_column("finished", no_wrap=True)
+    attempts.add_column("duration", justify="right", no_wrap=True)
+    attempts.add_column("outcome", no_wrap=True)
+    attempts.add_column("error", overflow="fold")
+    for a in d.attempts:
+        attempts.add_row(
+            str(a.attempt),
+            Text(a.worker),
+            _time(a.started_at),
+            _time(a.finished_at),
+            _duration(a.duration_s),
+            _status(_outcome(d, a)),
+            Text(a.error or ""),
+        )
+    console.print(attempts)
+
+
+def _outcome(d: RunDetail, a: AttemptInfo) -> str:
+    if a.outcome:
+        return a.outcome
+    return "running" if d.run.status == "running" and a.attempt == d.run.attempt else "-"
+
+
+def _status(status: str) -> Text:
+    return Text(status, _STYLE.get(status, ""))
+
+
+def _time(value: datetime | None) -> str:
+    """Local time to the second, for people; JSON keeps the full ISO 8601 value."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _first_line(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    lines = text.strip().splitlines()
+    first = lines[0] if lines else ""
+    return _truncate(first + (" …" if len(lines) > 1 else ""), width)
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
