@@ -47,11 +47,11 @@ _CLAIM_TAIL = """
     SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
         lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
     FROM c WHERE r.id = c.id
-    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow
+    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow, r.key
 ), logged AS (
     INSERT INTO attempts (run_id, attempt, workflow, worker) SELECT id, attempt, workflow, $2 FROM claimed
 )
-SELECT c.id, c.event_key, c.attempt, c.failures, e.rule, e.workflow, e.op, e.table_name,
+SELECT c.id, c.event_key, c.attempt, c.failures, c.key, e.rule, e.workflow, e.op, e.table_name,
        e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
        coalesce(
            (SELECT jsonb_object_agg(s.name, s.result) FROM steps s WHERE s.run_id = c.id), '{}'

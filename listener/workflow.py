@@ -106,6 +106,7 @@ class Event:
     new: dict[str, Any] | None
     old: dict[str, Any] | None
     unchanged_toast: tuple[str, ...]
+    key: str | None = None  # the flow-control key of a gated run ("rule:value"), else None
 
     @classmethod
     def from_row(cls, row: Any) -> Event:
@@ -123,6 +124,7 @@ class Event:
             new=payload.get("new"),
             old=payload.get("old"),
             unchanged_toast=tuple(payload.get("unchanged_toast", ())),
+            key=row.get("key"),
         )
 
 

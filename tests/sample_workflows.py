@@ -133,6 +133,8 @@ async def tracked(ctx: Context) -> None:
     """Records when it ran (for flow-control tests): a span per run, outside any step."""
     assert ctx.pool is not None
     key = (ctx.event.new or {}).get("key")
+    if ctx.event.key is not None:
+        assert ctx.event.key.startswith("r:")  # the run's flow-control key reaches the workflow
     await ctx.pool.execute(
         "INSERT INTO public.spans (run_id, key, started) VALUES ($1, $2, clock_timestamp())", ctx.run_id, key
     )
