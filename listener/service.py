@@ -113,6 +113,7 @@ def make_worker(
         grace_seconds=config.worker.grace_s,
         on_start=on_start,
         limits=config.limits,
+        gating=any(rule.gated for rule in config.rules),
     )
 
 

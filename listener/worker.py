@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import traceback
@@ -95,15 +96,18 @@ GATED_SCAN = 500  # pending gated runs looked at per claim
 HELD_POLL_SECONDS = 0.25  # when limits hold runs back, look again this soon
 
 # Completion and failure are fenced: they apply only if this worker still holds this attempt.
+# Completions of many runs go in one statement (see Worker._flush_done): a round trip per batch, not per run.
 _DONE = """
-WITH r AS (
+WITH d AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS d(id, attempt)),
+r AS (
     UPDATE runs SET status = 'done', finished_at = now(), lease_owner = NULL, lease_expires = NULL,
                     last_error = NULL, traceback = NULL
-    WHERE id = $1 AND attempt = $2 AND status = 'running'
-    RETURNING id
+    FROM d WHERE runs.id = d.id AND runs.attempt = d.attempt AND runs.status = 'running'
+    RETURNING runs.id, runs.attempt
 )
-UPDATE attempts SET finished_at = now(), outcome = 'done' WHERE run_id = (SELECT id FROM r) AND attempt = $2
-RETURNING 1
+UPDATE attempts a SET finished_at = now(), outcome = 'done'
+FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
+RETURNING a.run_id
 """
 _FAILED = """
 WITH r AS (
@@ -172,6 +176,7 @@ class Worker:
         grace_seconds: float = GRACE_SECONDS,
         on_start: Callable[[wf.Event], None] | None = None,
         limits: Iterable[WorkflowLimit] = (),
+        gating: bool = True,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -182,48 +187,89 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.on_start = on_start
         self.limits = {limit.workflow: limit for limit in limits}
+        # whether gated runs can exist (the config has limits or gated rules): saves a query per claim
+        self.gating = gating or bool(self.limits)
+        self._done: list[tuple[str, int, asyncio.Future[bool]]] = []
+        self._done_ready = asyncio.Event()
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
 
     async def run(self, stop: asyncio.Event) -> None:
-        pool = await asyncpg.create_pool(
-            min_size=2,
-            max_size=max(4, self.concurrency + 2),
-            server_settings={"search_path": self.schema},
-            **asyncpg_params(self.dsn),
-        )
-        assert pool is not None
+        params = {"server_settings": {"search_path": self.schema}, **asyncpg_params(self.dsn)}
+        # The worker's own queries run on connections it never hands to user code, so they need no
+        # reset between uses (asyncpg's default costs a round trip per release).  Workflow code gets
+        # its steps' connections from a pool that does reset them.
+        pool = await asyncpg.create_pool(min_size=2, max_size=4, reset=_keep_session, **params)
+        user_pool = await asyncpg.create_pool(min_size=1, max_size=max(2, self.concurrency), **params)
+        assert pool is not None and user_pool is not None
         listen_conn = await pool.acquire()
         await listen_conn.add_listener(notify_channel(self.schema), self._on_notify)
-        heartbeat = asyncio.create_task(self._heartbeat(pool, stop), name="worker-heartbeat")
+        background = [
+            asyncio.create_task(self._heartbeat(pool, stop), name="worker-heartbeat"),
+            asyncio.create_task(self._flush_done(pool), name="worker-completions"),
+        ]
+        last_reclaim = -math.inf
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
-                await pool.execute(_RECLAIM)
+                # Cleared before the claim: a NOTIFY arriving while we claim must wake the next wait.
+                self._wake.clear()
+                if loop.time() - last_reclaim >= self.lease_seconds / 3:
+                    await pool.execute(_RECLAIM)  # only matters once a lease expired: not every claim
+                    last_reclaim = loop.time()
                 free = min(self.concurrency - len(self._running), CLAIM_BATCH)
                 rows = await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds) if free else []
                 held = False
-                if free > len(rows) and await pool.fetchval(_GATED_WAITING):
+                if self.gating and free > len(rows) and await pool.fetchval(_GATED_WAITING):
                     gated, held = await self._claim_gated(pool, free - len(rows))
                     rows = [*rows, *gated]
                 for row in rows:
                     self.stats.claimed += 1
-                    task = asyncio.create_task(self._execute(pool, row), name=f"run {row['id']}")
+                    task = asyncio.create_task(self._execute(pool, user_pool, row), name=f"run {row['id']}")
                     self._running[row["id"]] = (row["attempt"], task)
                     task.add_done_callback(functools.partial(self._finished, row["id"]))
                 if rows and len(rows) == free:
                     continue
-                self._wake.clear()
                 timeout = min(self.poll_interval, HELD_POLL_SECONDS) if held else self.poll_interval
                 await _wait_any(self._wake, stop, timeout=timeout)
         finally:
             await self._shutdown(pool)
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await listen_conn.remove_listener(notify_channel(self.schema), self._on_notify)
             await pool.release(listen_conn)
             await pool.close()
+            await user_pool.close()
+
+    async def _flush_done(self, pool: asyncpg.Pool) -> None:
+        """Commit the completions of finished runs, all that are waiting in one statement."""
+        while True:
+            await self._done_ready.wait()
+            self._done_ready.clear()
+            items, self._done = self._done, []
+            if not items:
+                continue
+            try:
+                rows = await pool.fetch(_DONE, [i[0] for i in items], [i[1] for i in items])
+            except Exception as exc:  # the runs stay running; their leases expire and they run again
+                for _, _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            completed = {row[0] for row in rows}
+            for run_id, _, fut in items:
+                if not fut.done():
+                    fut.set_result(run_id in completed)
+
+    async def _complete(self, run_id: str, attempt: int) -> bool:
+        """Record the run done (fenced by its attempt); True once committed, False if refused."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._done.append((run_id, attempt, fut))
+        self._done_ready.set()
+        return await fut
 
     async def _claim_gated(self, pool: asyncpg.Pool, free: int) -> tuple[list[asyncpg.Record], bool]:
         """Claim runs under flow control: per-workflow concurrency and rate, per-key concurrency and
@@ -308,10 +354,10 @@ class Worker:
             self.stats.released += len(unfinished)
             logger.warning("released %d unfinished run(s) for other workers", len(unfinished))
 
-    async def _execute(self, pool: asyncpg.Pool, row: asyncpg.Record) -> None:
+    async def _execute(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, row: asyncpg.Record) -> None:
         run_id, attempt = row["id"], row["attempt"]
         event = wf.Event.from_row(row)
-        ctx = wf.Context(event, run_id=run_id, attempt=attempt, pool=pool, recorded=_json(row["steps"]))
+        ctx = wf.Context(event, run_id=run_id, attempt=attempt, pool=user_pool, recorded=_json(row["steps"]))
         policy = wf.Policy()
         try:
             fn = wf.resolve(event.workflow, rule=event.rule)
@@ -329,7 +375,7 @@ class Worker:
         except Exception as exc:  # a workflow's error is data, never a crash of the worker
             await self._fail(pool, run_id, attempt, row["failures"], exc, policy)
             return
-        if await pool.fetchval(_DONE, run_id, attempt) is None:
+        if not await self._complete(run_id, attempt):
             self.stats.fenced += 1
             logger.warning(
                 "run %s attempt %d finished after losing its lease: completion refused", run_id, attempt
@@ -365,6 +411,10 @@ class Worker:
         else:
             self.stats.failed += 1
             logger.warning("run %s attempt %d failed (will retry): %s", run_id, attempt, error)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without reset: these connections only ever run the worker's own statements."""
 
 
 def _json(text: str) -> dict[str, object]:

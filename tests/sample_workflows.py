@@ -39,19 +39,15 @@ async def _wait_for_gate() -> None:
         await GATE.wait()
 
 
-@workflow(max_attempts=3, backoff_base=0.01)
-async def two_steps(ctx: Context) -> None:
-    """An LLM-like call, then a database write that commits with the step's record."""
-    new = ctx.event.new or {}
-    result = await ctx.step("llm", fake_llm, ctx.run_id, str(new.get("text")))
-    await _wait_for_gate()
+async def save_effect(ctx: Context, summary: str) -> None:
+    """The second step of the sample workflows: a write that commits with the step's record."""
 
     async def save() -> str:
         async with ctx.transaction() as conn:
             await conn.execute(
                 "INSERT INTO public.effects (run_id, summary, step_key) VALUES ($1, $2, $3)",
                 ctx.run_id,
-                result["summary"],
+                summary,
                 ctx.step_key(),
             )
         return "saved"
@@ -60,21 +56,22 @@ async def two_steps(ctx: Context) -> None:
 
 
 @workflow(max_attempts=3, backoff_base=0.01)
+async def two_steps(ctx: Context) -> None:
+    """An LLM-like call, then a database write that commits with the step's record."""
+    new = ctx.event.new or {}
+    result = await ctx.step("llm", fake_llm, ctx.run_id, str(new.get("text")))
+    await _wait_for_gate()
+
+    await save_effect(ctx, result["summary"])
+
+
+@workflow(max_attempts=3, backoff_base=0.01)
 async def fails_once_between_steps(ctx: Context) -> None:
     result = await ctx.step("llm", fake_llm, ctx.run_id, "x")
     if ctx.attempt == 1:
         raise RuntimeError("connection reset by the LLM provider (first attempt only)")
 
-    async def save() -> None:
-        async with ctx.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO public.effects (run_id, summary, step_key) VALUES ($1, $2, $3)",
-                ctx.run_id,
-                result["summary"],
-                ctx.step_key(),
-            )
-
-    await ctx.step("save", save)
+    await save_effect(ctx, result["summary"])
 
 
 @workflow(max_attempts=2, backoff_base=0.01)
@@ -117,16 +114,7 @@ async def dies_after_llm(ctx: Context) -> None:
     if BROKEN["save"]:
         raise RuntimeError("bug in the save step")
 
-    async def save() -> None:
-        async with ctx.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO public.effects (run_id, summary, step_key) VALUES ($1, $2, $3)",
-                ctx.run_id,
-                result["summary"],
-                ctx.step_key(),
-            )
-
-    await ctx.step("save", save)
+    await save_effect(ctx, result["summary"])
 
 
 async def tracked(ctx: Context) -> None:

@@ -495,7 +495,7 @@ async def test_cancel_running_fences_its_worker(state: State) -> None:
     # the worker still executing attempt 1 can neither complete nor fail it now
     conn = await asyncpg.connect(server_settings={"search_path": SCHEMA}, **store.asyncpg_params(state.dsn))
     try:
-        assert await conn.fetchval(worker._DONE, RUNNING, 1) is None
+        assert await conn.fetch(worker._DONE, [RUNNING], [1]) == []
         assert await conn.fetchval(worker._FAILED, RUNNING, 1, 5, 0.0, "boom", "tb") is None
     finally:
         await conn.close()
