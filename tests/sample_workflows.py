@@ -128,3 +128,25 @@ async def tracked(ctx: Context) -> None:
     )
     await asyncio.sleep(float(os.environ.get("LISTENER_TEST_SPAN_S", "0.2")))
     await ctx.pool.execute("UPDATE public.spans SET ended = clock_timestamp() WHERE run_id = $1", ctx.run_id)
+
+
+FLAKY_CALLS: dict[str, int] = {}
+
+
+async def flaky_llm(run_id: str) -> str:
+    """Fails twice, then answers (a provider's transient errors)."""
+    FLAKY_CALLS[run_id] = FLAKY_CALLS.get(run_id, 0) + 1
+    if FLAKY_CALLS[run_id] < 3:
+        raise ConnectionError("503 from the LLM provider")
+    return "ok"
+
+
+@workflow(max_attempts=1)
+async def step_retries(ctx: Context) -> None:
+    """A step retried in place: the run's single attempt survives two transient failures."""
+    assert await ctx.step("llm", flaky_llm, ctx.run_id, retries=2, backoff_base=0.01) == "ok"
+
+
+@workflow(max_attempts=1)
+async def step_timeout(ctx: Context) -> None:
+    await ctx.step("hang", asyncio.sleep, 30, timeout=0.2)

@@ -170,3 +170,35 @@ async def test_listener_retry_of_a_dead_run_does_not_repeat_its_finished_steps(
         "SELECT attempt, outcome FROM listener.attempts WHERE run_id = 'k10' ORDER BY 1"
     ).fetchall()
     assert outcomes == [(1, "dead"), (2, "done")]
+
+
+async def test_a_step_is_retried_in_place_and_bounded_by_its_timeout(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "s1", f"{WF}:step_retries")
+    enqueue(sql, "s2", f"{WF}:step_timeout")
+    async with running_worker(dsn):
+        await wait_until(lambda: run_row(sql, "s1")["status"] == "done", "the retried step to succeed")
+        await wait_until(lambda: run_row(sql, "s2")["status"] == "dead", "the hung step to time out")
+    assert sample_workflows.FLAKY_CALLS["s1"] == 3  # two transient failures, then the answer
+    assert run_row(sql, "s1")["attempt"] == 1  # all within one attempt of the run
+    assert run_row(sql, "s2")["last_error"].startswith("TimeoutError")
+    assert step_names(sql, "s2") == []
+
+
+async def test_a_lost_notification_costs_latency_never_a_run(dsn: str, sql: Conn) -> None:
+    """Invariant 7: runs enqueued with no NOTIFY at all are still found, by the fallback poll."""
+    prepare(sql)
+    async with running_worker(dsn, poll_interval=0.5) as worker:
+        await asyncio.sleep(0.3)  # the worker is idle, waiting
+        with sql.transaction():  # no pg_notify: as if the notification were lost
+            sql.execute(
+                "INSERT INTO listener.events (idempotency_key, source, rule, workflow, payload)"
+                " VALUES ('silent', 'test', 'r', %s, %s::jsonb)",
+                [f"{WF}:two_steps", '{"new": {"id": 1, "text": "s"}}'],
+            )
+            sql.execute(
+                "INSERT INTO listener.runs (id, event_key, workflow) VALUES ('silent', 'silent', %s)",
+                [f"{WF}:two_steps"],
+            )
+        await wait_until(lambda: run_row(sql, "silent")["status"] == "done", "the poll to find the run", 10)
+    assert worker.stats.done == 1
