@@ -43,8 +43,6 @@ import contextlib
 import cProfile
 import json
 import logging
-import os
-import platform
 import resource
 import shlex
 import shutil
@@ -71,6 +69,9 @@ from listener.ingest import Ingest
 from listener.lsn import format_lsn, parse_lsn
 from listener.replication import READ_BATCH_MESSAGES, ReplicationSession
 from listener.store import EventBatch, StateStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # bench/ is not a package: found through the path set above
 
 TABLE = "bench_rows"
 LISTENER_SLOT = "bench_listener"
@@ -268,29 +269,7 @@ class Result:
 
 
 def machine_facts(dsn: str) -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT version(), current_setting('fsync'), current_setting('synchronous_commit'),"
-            " current_setting('logical_decoding_work_mem')"
-        ).fetchone()
-    assert row is not None
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "postgresql": row[0],
-        "fsync": row[1],
-        "synchronous_commit": row[2],
-        "logical_decoding_work_mem": row[3],
-    }
+    return benchlib.machine_facts(dsn, ("fsync", "synchronous_commit", "logical_decoding_work_mem"))
 
 
 def _drop_slot(conn: psycopg.Connection[Any], slot: str) -> None:

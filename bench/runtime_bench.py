@@ -54,7 +54,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -80,7 +79,8 @@ from listener.store import asyncpg_params
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-import bench_workflows  # noqa: E402  (bench/ is not a package)
+import bench_workflows  # noqa: E402
+import benchlib  # noqa: E402  (bench/ is not a package)
 
 SCHEMA = "listener"  # the default state schema: each system has a database of its own
 ENQUEUE_BATCH = 5000
@@ -189,34 +189,13 @@ class Report:
 
 
 def machine_facts(dsn: str) -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT version(), current_setting('fsync'), current_setting('synchronous_commit'),"
-            " current_setting('shared_buffers'), current_setting('wal_level')"
-        ).fetchone()
-    assert row is not None
     packages = {}
     for name in ("asyncpg", "psycopg", "pgqueuer", "procrastinate", "uvloop"):
         with contextlib.suppress(Exception):
             packages[name] = importlib.metadata.version(name)
     return {
         "listener": listener_source(),
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "postgresql": row[0],
-        "fsync": row[1],
-        "synchronous_commit": row[2],
-        "shared_buffers": row[3],
-        "wal_level": row[4],
+        **benchlib.machine_facts(dsn, ("fsync", "synchronous_commit", "shared_buffers", "wal_level")),
         "packages": packages,
     }
 

@@ -1,0 +1,37 @@
+"""What the benchmark scripts share: the facts about the machine and server that go beside every figure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def machine_facts(dsn: str, settings: tuple[str, ...] = ("fsync", "synchronous_commit")) -> dict[str, Any]:
+    """Cores, RAM, CPU, OS, Python, the PostgreSQL version and the given server settings."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version = conn.execute("SELECT version()").fetchone()
+        values = {name: conn.execute("SELECT current_setting(%s)", [name]).fetchone() for name in settings}
+    assert version is not None
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": version[0],
+        **{name: row[0] if row else None for name, row in values.items()},
+    }
