@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -418,8 +419,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 def _json(text: str) -> dict[str, object]:
-    import json
-
     value = json.loads(text)
     assert isinstance(value, dict)
     return value
