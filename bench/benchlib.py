@@ -5,11 +5,38 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
+
+from listener.embedded import EmbeddedPostgres
+
+
+@contextlib.contextmanager
+def server(dsn: str | None, *, prefix: str, keep: bool = False) -> Iterator[tuple[str, Path | None]]:
+    """(DSN, data directory): the server named by ``dsn``, or else a fresh embedded PostgreSQL with default
+    durable settings in a temporary directory, stopped and removed afterwards (kept with ``keep``)."""
+    if dsn:
+        yield dsn, None
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    tmp.chmod(0o755)  # the server runs as another OS user when we are root
+    data = tmp / "pgdata"
+    pg = EmbeddedPostgres(data)
+    try:
+        print(f"starting embedded PostgreSQL in {data} ...", flush=True)
+        yield pg.start(), data
+    finally:
+        pg.stop()
+        if keep:
+            print(f"data directory kept: {data}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_model() -> str:

@@ -39,19 +39,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import json
 import logging
 import resource
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +60,7 @@ from psycopg.conninfo import make_conninfo
 import listener.ingest as ingest_module
 from listener import setup
 from listener.config import Config, parse_config
-from listener.embedded import EmbeddedPostgres, bin_dir
+from listener.embedded import bin_dir
 from listener.ingest import Ingest
 from listener.lsn import format_lsn, parse_lsn
 from listener.replication import READ_BATCH_MESSAGES, ReplicationSession
@@ -590,25 +586,6 @@ def report(r: Result) -> str:
     return text
 
 
-@contextlib.contextmanager
-def database(args: argparse.Namespace) -> Iterator[str]:
-    if args.dsn:
-        yield args.dsn
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="listener-bench-pg-"))
-    tmp.chmod(0o755)  # the server runs as another OS user when we are root
-    server = EmbeddedPostgres(tmp / "pgdata")
-    try:
-        print(f"starting embedded PostgreSQL in {tmp / 'pgdata'} ...")
-        yield server.start()
-    finally:
-        server.stop()
-        if args.keep:
-            print(f"data directory kept: {tmp / 'pgdata'}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the one transaction")
@@ -635,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     if args.rows < 1:
         parser.error("--rows must be at least 1")
-    with database(args) as dsn:
+    with benchlib.server(args.dsn, prefix="listener-bench-pg-", keep=args.keep) as (dsn, _):
         result = bench(dsn, args)
     print()
     print(report(result))

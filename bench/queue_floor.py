@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import psycopg
 
 from listener import store
-from listener.embedded import EmbeddedPostgres
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib
 
 BATCH = 5000
 PAYLOAD = (
@@ -82,21 +83,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--dsn", help="a scratch database (default: a fresh embedded PostgreSQL)")
     args = parser.parse_args()
-    tmp: Path | None = None
-    server: EmbeddedPostgres | None = None
-    dsn = args.dsn
-    if dsn is None:
-        tmp = Path(tempfile.mkdtemp(prefix="listener-bench-floor-"))
-        tmp.chmod(0o755)
-        server = EmbeddedPostgres(tmp / "pgdata")
-        dsn = server.start()
-    try:
+    with benchlib.server(args.dsn, prefix="listener-bench-floor-") as (dsn, _):
         results = measure(dsn, args.rows)
-    finally:
-        if server is not None:
-            server.stop()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(f"server cost of one queue row ({args.rows:,} rows, {BATCH:,} per statement)")
     for name, us in results:
         print(f"  {name:52s} {us:5.2f} us/row")

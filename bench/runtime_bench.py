@@ -74,7 +74,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import listener
 from listener import store
-from listener.embedded import EmbeddedPostgres
 from listener.store import asyncpg_params
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -218,22 +217,14 @@ def listener_source() -> str:
 @contextlib.contextmanager
 def server(args: argparse.Namespace) -> Iterator[str]:
     global _POSTMASTER
-    if args.dsn:
-        yield args.dsn
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="listener-bench-runtime-"))
-    tmp.chmod(0o755)  # the server runs as another OS user when we are root
-    pg = EmbeddedPostgres(tmp / "pgdata")
-    try:
-        print(f"starting embedded PostgreSQL in {tmp / 'pgdata'} ...", flush=True)
-        dsn = pg.start()
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            _POSTMASTER = int((tmp / "pgdata" / "postmaster.pid").read_text().split()[0])
-        yield dsn
-    finally:
-        _POSTMASTER = None
-        pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with benchlib.server(args.dsn, prefix="listener-bench-runtime-") as (dsn, data):
+        if data is not None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                _POSTMASTER = int((data / "postmaster.pid").read_text().split()[0])
+        try:
+            yield dsn
+        finally:
+            _POSTMASTER = None
 
 
 @contextlib.contextmanager
