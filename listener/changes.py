@@ -441,6 +441,11 @@ class Assembler:
     def in_transaction(self) -> bool:
         return self._begin is not None
 
+    @property
+    def begin(self) -> po.Begin | None:
+        """The Begin message of the open transaction."""
+        return self._begin
+
     def relation(self, msg: po.Relation) -> RelationInfo:
         info = relation_info(msg, self.types)
         self.relations[msg.oid] = info
@@ -482,7 +487,8 @@ class Assembler:
             raise ProtocolError("row change outside a transaction", offset=0, lsn=lsn)
         return self._begin
 
-    def _next_ordinal(self, oid: int) -> int:
+    def next_ordinal(self, oid: int) -> int:
+        """The ordinal of the next change of table ``oid`` in the open transaction."""
         n = self._ordinals.get(oid, 0)
         self._ordinals[oid] = n + 1
         return n
@@ -498,7 +504,7 @@ class Assembler:
     def _change(self, lsn: int, msg: po.Insert | po.Update | po.Delete) -> Change:
         begin = self._txn(lsn)
         rel = self._lookup(msg.relation_oid, lsn)
-        ordinal = self._next_ordinal(msg.relation_oid)
+        ordinal = self.next_ordinal(msg.relation_oid)
         commit, text, xid, at = begin.final_lsn, self._commit_text, begin.xid, begin.commit_time
         if type(msg) is po.Insert:
             return Change("insert", lsn, commit, text, xid, at, rel, ordinal, msg.new)
@@ -510,7 +516,7 @@ class Assembler:
 
     def _truncate(self, lsn: int, msg: po.Truncate) -> Change:
         begin = self._txn(lsn)
-        tables = tuple((self._lookup(oid, lsn), self._next_ordinal(oid)) for oid in msg.relation_oids)
+        tables = tuple((self._lookup(oid, lsn), self.next_ordinal(oid)) for oid in msg.relation_oids)
         first, ordinal = tables[0]
         return Change(
             "truncate", lsn, begin.final_lsn, self._commit_text, begin.xid, begin.commit_time, first, ordinal,

@@ -38,6 +38,9 @@ DEFAULT_STATE_SCHEMA = "listener"
 BATCH_EVENTS = 5000
 BATCH_DELAY_MS = 5.0
 STATUS_INTERVAL_S = 10.0
+COMPACT_AFTER = 2000
+COMPACT_CHUNK_CHANGES = 20000
+EXPAND_AHEAD = 20000
 WORKER_CONCURRENCY = 16
 POLL_INTERVAL_S = 5.0
 LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
@@ -242,6 +245,12 @@ class IngestSettings(BaseModel):
     batch_events: int = Field(default=BATCH_EVENTS, ge=1, strict=True)
     batch_delay_ms: float = Field(default=BATCH_DELAY_MS, ge=0, strict=True, allow_inf_nan=False)
     status_interval_s: float = Field(default=STATUS_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
+    # bulk transactions: after this many events of one table in one transaction, that table's further
+    # changes are stored compactly (raw, in chunks of compact_chunk_changes) and expanded into runs later,
+    # at most expand_ahead runs ahead of the workers.  0 turns compact storage off.
+    compact_after: int = Field(default=COMPACT_AFTER, ge=0, strict=True)
+    compact_chunk_changes: int = Field(default=COMPACT_CHUNK_CHANGES, ge=1, strict=True)
+    expand_ahead: int = Field(default=EXPAND_AHEAD, ge=1, strict=True)
 
 
 class WorkerSettings(BaseModel):

@@ -18,8 +18,9 @@ import contextlib
 import json
 import logging
 import random
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +31,11 @@ from listener import pgoutput as po
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
 from listener.config import Config
 from listener.errors import DatabaseError, ListenerError, PrerequisiteError, ProtocolError, SlotInUseError
+from listener.expand import Expander
 from listener.lsn import format_lsn
 from listener.replication import ReplicationEnded, ReplicationSession
 from listener.rules import CompiledRule, RuleSet
-from listener.store import EventBatch, StateStore
+from listener.store import EventBatch, RawChunk, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender
 # checkpoint write is WAL itself (when the state database is the source), which would otherwise feed a
 # keepalive-write loop.
 IDLE_CHECKPOINT_INTERVAL_S = 10.0
+
+_ROW_CHANGES = frozenset(b"IUD")  # Insert, Update, Delete: their relation OID follows the type byte
+_unpack_oid = struct.Struct(">I").unpack_from
+_pack_head = struct.Struct(">QI").pack  # a change in a chunk: its LSN and its message's length
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -98,6 +104,9 @@ class Ingest:
         batch_events: int = 5000,
         batch_delay: float = 0.005,
         status_interval: float = 10.0,
+        compact_after: int = 0,
+        compact_chunk_changes: int = 20000,
+        expand_ahead: int = 20000,
         on_batch: Callable[[EventBatch, int], None] | None = None,
     ) -> None:
         self.source_dsn = source_dsn
@@ -108,10 +117,14 @@ class Ingest:
         self.batch_events = batch_events
         self.batch_delay = batch_delay
         self.status_interval = status_interval
+        self.compact_after = compact_after
+        self.compact_chunk_changes = compact_chunk_changes
+        self.expand_ahead = expand_ahead
         self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S
         self.on_batch = on_batch
         self.stats = IngestStats()
         self.types = TypeRegistry()
+        self.expander = Expander(store, self.types, self._resolve_types, ahead=expand_ahead)
         self.durable_lsn = 0
         self.streaming = asyncio.Event()  # set once a session is streaming
         self._session: ReplicationSession | None = None
@@ -136,6 +149,9 @@ class Ingest:
             batch_events=config.ingest.batch_events,
             batch_delay=config.ingest.batch_delay_ms / 1000,
             status_interval=config.ingest.status_interval_s,
+            compact_after=config.ingest.compact_after,
+            compact_chunk_changes=config.ingest.compact_chunk_changes,
+            expand_ahead=config.ingest.expand_ahead,
             on_batch=on_batch,
         )
 
@@ -187,8 +203,13 @@ class Ingest:
             writer = asyncio.create_task(self._writer(queue, session), name="ingest-writer")
             reader = asyncio.create_task(self._reader(queue, session, checkpoint), name="ingest-reader")
             stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
-            tasks += [writer, reader, stopper]
-            done, _ = await asyncio.wait({writer, reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            expander = asyncio.create_task(self.expander.run(), name="ingest-expander")
+            tasks += [writer, reader, stopper, expander]
+            done, _ = await asyncio.wait(
+                {writer, reader, stopper, expander}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if expander in done:
+                expander.result()  # it only ends by raising
             if stopper in done or reader in done:
                 # Stop reading; let the writer commit what is queued (a clean stop loses no work), then
                 # report the final flush position.
@@ -223,6 +244,8 @@ class Ingest:
             inserted = await self.store.write_batch(batch)
             self.stats.batches += 1
             self.stats.events_inserted += inserted
+            if batch.chunks:
+                self.expander.wake.set()
             if batch.checkpoint is not None:
                 self.durable_lsn = batch.checkpoint
                 self.stats.checkpoint = batch.checkpoint
@@ -247,6 +270,15 @@ class Ingest:
         last_idle_checkpoint = time.monotonic()
         stats = self.stats
         events = batch.payload  # its length is the batch's size
+        # compact storage of bulk transactions (see sql/0002_event_chunks.sql)
+        compact_after = self.compact_after
+        chunk_changes = self.compact_chunk_changes
+        compact_by_oid: dict[int, str | None] = {}  # table -> its chunks' rules JSON, None: not compactable
+        raw_relations: dict[int, bytes] = {}  # table -> its latest Relation message, as sent
+        txn_events: dict[int, int] = {}  # table -> events made in the open transaction
+        raw_oids: set[int] = set()  # tables whose changes in the open transaction go raw into chunks
+        chunks: dict[int, RawChunk] = {}  # their open chunks
+        fast = False  # whether row changes may bypass the decoder: skipping, or raw tables exist
 
         async def submit() -> None:
             nonlocal batch, events, batch_started, submitted_checkpoint
@@ -278,6 +310,27 @@ class Ingest:
                     await submit()
                 continue
             for lsn, payload in messages:
+                if fast and payload[0] in _ROW_CHANGES:
+                    # the compact path: bulk changes of raw tables stay bytes (and skipped ones are dropped)
+                    if skipping:
+                        continue
+                    oid = _unpack_oid(payload, 1)[0]
+                    if oid in raw_oids:
+                        ordinal = assembler.next_ordinal(oid)
+                        chunk = chunks.get(oid)
+                        if chunk is None:
+                            chunk = chunks[oid] = self._new_chunk(
+                                assembler, oid, ordinal, raw_relations[oid], compact_by_oid[oid]
+                            )
+                        data = chunk.data
+                        data += _pack_head(lsn, len(payload))
+                        data += payload
+                        chunk.changes += 1
+                        stats.changes += 1
+                        if chunk.changes >= chunk_changes:
+                            batch.chunks.append(chunks.pop(oid))
+                            await submit()
+                        continue
                 try:
                     msg = decode(payload)
                 except ProtocolError as exc:
@@ -288,6 +341,10 @@ class Ingest:
                     if type(msg) is po.Relation:
                         await self._relation(assembler, msg)
                         rules_by_oid.pop(msg.oid, None)
+                        compact_by_oid.pop(msg.oid, None)
+                        raw_relations[msg.oid] = bytes(payload)
+                        if msg.oid in chunks:  # the table changed shape: later changes go in a new chunk
+                            batch.chunks.append(chunks.pop(msg.oid))
                     continue
                 if type(item) is Change:
                     if skipping:
@@ -305,16 +362,27 @@ class Ingest:
                         matched = by_op.get(item.op, ())
                         if matched:
                             _append_events(batch, item, matched)
+                            if compact_after:
+                                seen = txn_events[oid] = txn_events.get(oid, 0) + 1
+                                if seen >= compact_after and self._compactable(item, compact_by_oid):
+                                    raw_oids.add(oid)
+                                    fast = True
                     if len(events) >= self.batch_events:
                         await submit()
                 elif type(item) is TxnBegin:
                     # Already durable before a restart: its commit LSN lies below the checkpoint.
                     skipping = item.commit_lsn < resume_lsn
+                    fast = skipping
                 elif type(item) is TxnCommit:
                     if not skipping:
                         stats.transactions += 1
                         batch.checkpoint = item.end_lsn
-                    skipping = False
+                    if chunks:
+                        batch.chunks.extend(chunks.values())
+                        chunks.clear()
+                    raw_oids.clear()
+                    txn_events.clear()
+                    skipping = fast = False
             if (
                 (events or batch.checkpoint is not None)
                 and not assembler.in_transaction
@@ -326,12 +394,39 @@ class Ingest:
             ):
                 await submit()
 
+    def _compactable(self, change: Change, cache: dict[int, str | None]) -> bool:
+        rel = change.relation
+        assert rel is not None
+        if rel.oid not in cache:
+            cache[rel.oid] = self.rules.compact_rules(rel.schema, rel.name)
+        return cache[rel.oid] is not None
+
+    def _new_chunk(
+        self, assembler: Assembler, oid: int, ordinal: int, relation: bytes, rules: str | None
+    ) -> RawChunk:
+        begin = assembler.begin
+        assert begin is not None and self._session is not None and rules is not None
+        return RawChunk(
+            commit_lsn=begin.final_lsn,
+            relation_oid=oid,
+            first_ordinal=ordinal,
+            xid=begin.xid,
+            commit_time=begin.commit_time,
+            table_name=assembler.relations[oid].qualified,
+            protocol=self._session.protocol_version,
+            relation=relation,
+            rules=rules,
+        )
+
     async def _relation(self, assembler: Assembler, msg: po.Relation) -> None:
         unknown = self.types.unknown(c.type_oid for c in msg.columns)
         if unknown:
-            assert self._catalog is not None
-            await self.types.resolve(self._catalog, unknown)
+            await self._resolve_types(unknown)
             assembler.relation(msg)  # rebuild with the resolved loaders
+
+    async def _resolve_types(self, oids: Sequence[int]) -> None:
+        assert self._catalog is not None
+        await self.types.resolve(self._catalog, oids)
 
 
 def run_key(rule: CompiledRule, change: Change) -> str | None:

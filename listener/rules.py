@@ -6,6 +6,7 @@ relation OID so a change costs one dict access.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,6 +31,12 @@ class CompiledRule:
     @property
     def qualified_table(self) -> str:
         return f"{self.schema}.{self.table}"
+
+    @property
+    def needs_values(self) -> bool:
+        """Whether matching or shaping this rule's events looks at the row at ingest time; otherwise its
+        events may be stored compactly (raw) and expanded later."""
+        return self.gated
 
 
 class RuleSet:
@@ -77,6 +84,15 @@ class RuleSet:
     def for_table(self, schema: str, table: str) -> dict[str, tuple[CompiledRule, ...]]:
         """op -> matching rules for one table (empty tuples for unwatched ops)."""
         return self._index.get((schema, table), {op: () for op in OPERATIONS})
+
+    def compact_rules(self, schema: str, table: str) -> str | None:
+        """For a table whose rules all leave the row alone at ingest (see ``needs_values``): the JSON that
+        a compact chunk stores, ``{"insert": [[rule, workflow], ...], ...}``.  None otherwise."""
+        by_op = self._index.get((schema, table))
+        if not by_op or any(rule.needs_values for matched in by_op.values() for rule in matched):
+            return None
+        plan = {op: [[r.name, r.workflow] for r in matched] for op, matched in by_op.items() if matched}
+        return json.dumps(plan)
 
     def match(self, schema: str, table: str, op: str) -> tuple[CompiledRule, ...]:
         return self.for_table(schema, table).get(op, ())

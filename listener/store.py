@@ -144,6 +144,7 @@ class EventBatch:
     )
     group_ids: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
+    chunks: list[RawChunk] = field(default_factory=list)  # bulk changes stored compactly
 
     def __len__(self) -> int:
         return len(self.payload)
@@ -169,6 +170,25 @@ class EventBatch:
             )
             gid = self.group_ids[key] = len(self.groups)
         return gid
+
+
+@dataclass(slots=True)
+class RawChunk:
+    """Consecutive changes of one table in one transaction, kept as the server sent them (a row of
+    ``event_chunks``; see sql/0002_event_chunks.sql).  ``data`` holds, per change, its 8-byte LSN, the
+    4-byte length of its pgoutput message and the message."""
+
+    commit_lsn: int
+    relation_oid: int
+    first_ordinal: int
+    xid: int
+    commit_time: datetime
+    table_name: str
+    protocol: int
+    relation: bytes  # the Relation message
+    rules: str  # JSON: {"insert": [[rule, workflow], ...], ...}
+    data: bytearray = field(default_factory=bytearray)
+    changes: int = 0
 
 
 class RunPolicy(Protocol):
@@ -211,6 +231,24 @@ WITH src AS (
 SELECT count(*) FROM runs_made
 """
 
+_INSERT_CHUNK = """
+INSERT INTO event_chunks (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
+                          protocol, relation, rules, data)
+VALUES ($1::text::pg_lsn, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)
+ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
+RETURNING changes
+"""
+
+_RUNS_AHEAD = """
+SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'pending' AND NOT gated LIMIT $1) AS ahead
+"""
+
+_NEXT_CHUNK = """
+SELECT id, commit_lsn::text AS commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time,
+       table_name, protocol, relation, rules::text AS rules, data
+FROM event_chunks WHERE id > $1 ORDER BY id LIMIT 1
+"""
+
 _UPSERT_CHECKPOINT = """
 INSERT INTO checkpoints (slot_name, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())
 ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at
@@ -247,20 +285,62 @@ class StateStore:
         return parse_lsn(value) if value is not None else None
 
     async def write_batch(self, batch: EventBatch) -> int:
-        """Insert the batch's events (duplicates skipped) and move the checkpoint, in one transaction.
+        """Insert the batch's events (duplicates skipped) and chunks, and move the checkpoint, in one
+        transaction.
 
-        Returns the number of events actually inserted.  Only after this returns may the flush LSN sent to
-        the server move to ``batch.checkpoint`` (invariant 1).
+        Returns the number of events actually inserted, counting the changes of new chunks.  Only after
+        this returns may the flush LSN sent to the server move to ``batch.checkpoint`` (invariant 1).
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted = 0
-            if batch.payload:
-                groups = list(zip(*batch.groups, strict=True))
-                inserted = await conn.fetchval(
-                    _INSERT_EVENTS, batch.group, batch.lsn, batch.ordinal, batch.payload, batch.key, *groups
+            inserted = await self._insert_events(conn, batch)
+            for chunk in batch.chunks:
+                stored = await conn.fetchval(
+                    _INSERT_CHUNK,
+                    format_lsn(chunk.commit_lsn),
+                    chunk.relation_oid,
+                    chunk.first_ordinal,
+                    chunk.changes,
+                    chunk.xid,
+                    chunk.commit_time,
+                    chunk.table_name,
+                    chunk.protocol,
+                    chunk.relation,
+                    chunk.rules,
+                    bytes(chunk.data),
                 )
-                if inserted:
-                    await conn.execute("SELECT pg_notify($1, '')", self.channel)
+                inserted += stored or 0
             if batch.checkpoint is not None:
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
+        return inserted
+
+    async def _insert_events(
+        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, batch: EventBatch
+    ) -> int:
+        if not batch.payload:
+            return 0
+        groups = list(zip(*batch.groups, strict=True))
+        inserted = await conn.fetchval(
+            _INSERT_EVENTS, batch.group, batch.lsn, batch.ordinal, batch.payload, batch.key, *groups
+        )
+        if inserted:
+            await conn.execute("SELECT pg_notify($1, '')", self.channel)
         return int(inserted)
+
+    # -- compact chunks -----------------------------------------------------------------------------------
+
+    async def runs_ahead(self, limit: int) -> int:
+        """Pending ungated runs, counted up to ``limit``: how far the expander is ahead of the workers."""
+        return int(await self.pool.fetchval(_RUNS_AHEAD, limit))
+
+    async def next_chunk(self, after_id: int = 0) -> asyncpg.Record | None:
+        """The oldest stored chunk with an id above ``after_id``."""
+        return await self.pool.fetchrow(_NEXT_CHUNK, after_id)
+
+    async def expand_chunk(self, chunk_id: int, batch: EventBatch) -> int | None:
+        """Insert a chunk's events (duplicates skipped) and delete the chunk, in one transaction.  Returns
+        the number of events inserted, or None when the chunk was gone (expanded by someone else)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval("DELETE FROM event_chunks WHERE id = $1 RETURNING 1", chunk_id)
+            if deleted is None:
+                return None
+            return await self._insert_events(conn, batch)

@@ -23,6 +23,9 @@ slot: chaos
 publication: chaos
 ingest:
   batch_events: 300
+  compact_after: 500         # the 4000-row transactions go mostly into compact chunks...
+  compact_chunk_changes: 700
+  expand_ahead: 1000000      # ...and all of them become events (no workers run here)
 rules:
   - name: items_in
     table: items
@@ -55,6 +58,19 @@ def slot_flush(sql: Conn) -> int:
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'chaos'"
     ).fetchone()
     return parse_lsn(str(row[0])) if row and row[0] else 0
+
+
+def chunks_left(sql: Conn) -> int:
+    row = sql.execute("SELECT count(*) FROM listener.event_chunks").fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def chunks_written(sql: Conn) -> int:
+    sql.execute("SELECT pg_stat_clear_snapshot()")
+    row = sql.execute(
+        "SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = 'listener' AND relname = 'event_chunks'"
+    ).fetchone()
+    return int(str(row[0])) if row else 0
 
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(dsn: str, sql: Conn, tmp_path: Path) -> None:
@@ -109,7 +125,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(dsn: str, sql: Co
         thread.join()
         marker = emit_marker(dsn)
         deadline = time.monotonic() + 120
-        while checkpoint(sql) <= marker:
+        while checkpoint(sql) <= marker or chunks_left(sql):
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "listener did not catch up:\n" + log.read_text()[-3000:]
             time.sleep(0.1)
@@ -131,3 +147,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(dsn: str, sql: Co
     # a clean stop (SIGTERM) reported the final position: nothing left for the server to resend
     assert slot_flush(sql) == checkpoint(sql)
     assert proc.returncode == 0, log.read_text()[-3000:]  # SIGTERM is a graceful stop
+    deadline = time.monotonic() + 10  # the server publishes table statistics a moment later
+    while chunks_written(sql) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert chunks_written(sql) > 0  # the big transactions did go through compact chunks

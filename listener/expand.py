@@ -1,0 +1,153 @@
+"""The expander: compact chunks of bulk changes → events and runs, a bounded number ahead of the workers.
+
+Ingest stores the bulk of a large transaction as raw pgoutput messages (``event_chunks``, see
+sql/0002_event_chunks.sql), which costs the server one row per chunk instead of an event and a run per
+change.  The expander decodes a chunk with the same decoder and renders the same payloads the direct path
+would have made, and inserts them -- with the same idempotency keys, duplicates skipped -- in the
+transaction that deletes the chunk.  Chunks are expanded oldest first, and only while fewer than
+``ahead`` ungated runs wait: a million-row transaction becomes a million runs as fast as workers take
+them, not all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from listener import pgoutput as po
+from listener.changes import Change, TypeRegistry, relation_info
+from listener.errors import ProtocolError
+from listener.lsn import parse_lsn
+from listener.store import EventBatch, StateStore
+
+logger = logging.getLogger(__name__)
+
+EXPAND_POLL_S = 0.25  # while held back by `ahead`: how often to look whether the workers caught up
+IDLE_POLL_S = 5.0  # with no chunk known: a fallback in case a wake-up was missed
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """The run policy of a rule whose events were stored compactly: ungated (see CompiledRule)."""
+
+    name: str
+    workflow: str
+    gated: bool = False
+    key_limit: int | None = None
+    ordered: bool = False
+
+
+@dataclass(slots=True)
+class ExpandStats:
+    chunks: int = 0
+    changes: int = 0
+    events_inserted: int = 0
+
+
+def decode_chunk(row: Any, types: TypeRegistry) -> EventBatch:
+    """The events of one ``event_chunks`` row, exactly as the direct path would have made them."""
+    decoder = po.Decoder(row["protocol"])
+    relation = decoder.decode(row["relation"])
+    if not isinstance(relation, po.Relation):
+        raise ProtocolError("an event chunk's relation is not a Relation message", offset=0)
+    info = relation_info(relation, types)
+    rules: dict[str, list[list[str]]] = json.loads(row["rules"])
+    policies = {op: [_Plain(name, workflow) for name, workflow in matched] for op, matched in rules.items()}
+    commit_text, xid, at = row["commit_lsn"], row["xid"], row["commit_time"]
+    commit_lsn = parse_lsn(commit_text)
+    table = row["table_name"]
+    batch = EventBatch()
+    data = memoryview(row["data"])
+    pos, end, ordinal = 0, len(data), row["first_ordinal"]
+    decode = decoder.decode
+    while pos < end:
+        lsn = int.from_bytes(data[pos : pos + 8], "big")
+        size = int.from_bytes(data[pos + 8 : pos + 12], "big")
+        pos += 12
+        msg = decode(data[pos : pos + size])
+        pos += size
+        if isinstance(msg, po.Insert):
+            op, new, old, old_kind = "insert", msg.new, None, None
+        elif isinstance(msg, po.Update):
+            op, new, old, old_kind = "update", msg.new, msg.old, msg.old_kind
+        elif isinstance(msg, po.Delete):
+            op, new, old, old_kind = "delete", None, msg.old, msg.old_kind
+        else:
+            raise ProtocolError(f"an event chunk holds a {type(msg).__name__} message", offset=pos, lsn=lsn)
+        matched = policies.get(op)
+        if matched:
+            change = Change(op, lsn, commit_lsn, commit_text, xid, at, info, ordinal, new, old, old_kind)
+            payload = change.payload_json()
+            for policy in matched:
+                batch.group.append(batch.group_id(policy, op, table, commit_text, xid, at))
+                batch.lsn.append(lsn)
+                batch.ordinal.append(ordinal)
+                batch.payload.append(payload)
+                batch.key.append(None)
+        ordinal += 1
+    if ordinal - row["first_ordinal"] != row["changes"]:
+        raise ProtocolError(
+            f"event chunk {row['id']} holds {ordinal - row['first_ordinal']} changes, not {row['changes']}",
+            offset=end,
+        )
+    return batch
+
+
+class Expander:
+    """Expands chunks in order while fewer than ``ahead`` ungated runs are pending.
+
+    ``resolve`` looks up user-defined types by OID in the source database's catalog (the ingest's)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        types: TypeRegistry,
+        resolve: Callable[[Sequence[int]], Awaitable[None]],
+        *,
+        ahead: int,
+    ) -> None:
+        self.store = store
+        self.types = types
+        self.resolve = resolve
+        self.ahead = ahead
+        self.wake = asyncio.Event()  # set by ingest after it stored chunks
+        self.stats = ExpandStats()
+
+    async def expand_available(self) -> bool:
+        """Expand chunks until none is left or enough runs wait.  Returns whether chunks remain."""
+        while True:
+            if await self.store.runs_ahead(self.ahead) >= self.ahead:
+                return await self.store.next_chunk() is not None
+            row = await self.store.next_chunk()
+            if row is None:
+                return False
+            await self.expand(row)
+
+    async def expand(self, row: Any) -> int:
+        """Expand one chunk row; returns the events inserted."""
+        relation = po.Decoder(row["protocol"]).decode(row["relation"])
+        if isinstance(relation, po.Relation):
+            unknown = self.types.unknown(c.type_oid for c in relation.columns)
+            if unknown:
+                await self.resolve(unknown)
+        batch = decode_chunk(row, self.types)
+        inserted = await self.store.expand_chunk(row["id"], batch)
+        if inserted is not None:
+            self.stats.chunks += 1
+            self.stats.changes += row["changes"]
+            self.stats.events_inserted += inserted
+        return inserted or 0
+
+    async def run(self) -> None:
+        """Expand forever: right after ingest stores chunks, and while held back, every EXPAND_POLL_S."""
+        while True:
+            self.wake.clear()
+            backlog = await self.expand_available()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EXPAND_POLL_S if backlog else IDLE_POLL_S):
+                    await self.wake.wait()
