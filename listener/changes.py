@@ -289,6 +289,7 @@ class RelationInfo:
     columns: tuple[ColumnInfo, ...]
     qualified: str  # "schema.name", made once: it goes into every event of the table
     fragments: tuple[tuple[str, Fragment, bool], ...]  # per column: JSON key prefix, fragment, is_key
+    positions: dict[str, int] = field(default_factory=dict)  # column name -> index in a tuple
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -304,8 +305,16 @@ def relation_info(msg: po.Relation, types: TypeRegistry) -> RelationInfo:
         columns.append(ColumnInfo(c.name, c.type_oid, c.is_key, render, load, fragment, _dumps(c.name) + ":"))
     qualified = f"{msg.namespace}.{msg.name}"
     fragments = tuple((c.key, c.fragment, c.is_key) for c in columns)
+    positions = {c.name: i for i, c in enumerate(columns)}
     return RelationInfo(
-        msg.oid, msg.namespace, msg.name, msg.replica_identity, tuple(columns), qualified, fragments
+        msg.oid,
+        msg.namespace,
+        msg.name,
+        msg.replica_identity,
+        tuple(columns),
+        qualified,
+        fragments,
+        positions,
     )
 
 

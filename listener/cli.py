@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from listener import runs as runs_mod
 from listener import setup
@@ -140,9 +143,10 @@ def check(opts: Options) -> None:
     out.print(f"[bold]listener check[/bold]: {len(config.rules)} rule(s), {config.source_path or 'no file'}")
     for r in results:
         mark = "[yellow]![/]" if r.ok and r.warning else ("[green]✓[/]" if r.ok else "[red]✗[/]")
-        out.print(f"{mark} {r.name}: {r.detail}")
+        # names, rule texts and SQL are not markup: `when: new.tags[1] = 'x'` prints as written
+        out.print(f"{mark} {escape(r.name)}: {escape(r.detail)}")
         if r.fix:
-            out.print(f"    fix: {r.fix}")
+            out.print(f"    fix: {escape(r.fix)}")
     failed = [r for r in results if not r.ok and r.fix != "listener init"]
     needs_init = [r for r in results if not r.ok and r.fix == "listener init"]
     if failed:
@@ -350,6 +354,81 @@ def cancel(opts: Options, run_id: str) -> None:
         )
     else:
         click.echo(f"cancelled run {done.id} (was pending)")
+
+
+@main.command()
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the service's answer.")
+@click.pass_obj
+def reload(opts: Options, timeout: float) -> None:
+    """Make the running service re-read its config file; new rules apply from a precise LSN on.
+
+    Same as sending it SIGHUP, but works from any machine that reaches the state database, and prints
+    the answer: the LSN from which the new rules apply, or why the new config was refused (the old rules
+    keep running)."""
+    import uuid
+
+    from listener import service
+
+    config = _load(opts)
+    request, reply = service.control_channels(config.state_schema)
+    token = uuid.uuid4().hex[:12]
+    with (
+        _databases(opts, config) as (_, state_dsn),
+        setup.connect(state_dsn, what="the state database") as conn,
+    ):
+        conn.execute(f'LISTEN "{reply}"')
+        conn.execute("SELECT pg_notify(%s, %s)", [request, token])
+        for note in conn.notifies(timeout=timeout):
+            origin, _, answer = note.payload.partition(" ")
+            if origin != token:
+                continue
+            if answer.startswith("ok "):
+                click.echo(f"reloaded: the new rules apply from LSN {answer[3:]}")
+                return
+            err_console.print(f"[red]{answer}[/red]")
+            sys.exit(1)
+    err_console.print(
+        f"[red]no answer within {timeout:g}s: is `listener run` running against this state database?[/red]"
+    )
+    sys.exit(1)
+
+
+@main.group()
+def rules() -> None:
+    """Try rules out."""
+
+
+def _json_row(value: str | None, option: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        row = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+    if not isinstance(row, dict):
+        raise click.BadParameter('give a JSON object of column values, e.g. {"id": 1}', param_hint=option)
+    return row
+
+
+@rules.command("test")
+@click.argument("rule")
+@click.option("--new", "new", metavar="JSON", help='The new row, e.g. \'{"id": 1, "status": "signed"}\'.')
+@click.option("--old", "old", metavar="JSON", help="The old row (updates and deletes).")
+@click.option("--op", type=click.Choice(["insert", "update", "delete"]), help="Default: from --new/--old.")
+@click.pass_obj
+def rules_test(opts: Options, rule: str, new: str | None, old: str | None, op: str | None) -> None:
+    """Evaluate RULE against a sample row, as ingest would; exit 0 if it matches, 1 if not."""
+    from listener import ruletest
+
+    config = _load(opts)
+    with _databases(opts, config) as (dsn, _):
+        result = ruletest.test_rule(config, dsn, rule, _json_row(new, "--new"), _json_row(old, "--old"), op)
+    if result.matched:
+        click.echo(f"rule {result.rule}: {result.op} matches")
+        click.echo(json.dumps(result.event, indent=2))
+    else:
+        click.echo(f"rule {result.rule}: {result.op} does not match: {result.reason}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

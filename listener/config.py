@@ -199,6 +199,66 @@ def key_fields(template: str) -> list[tuple[str, str]]:
     return [(m[1], m[2]) for m in _KEY_FIELD.finditer(template)]
 
 
+def _check_source_name(what: str) -> AfterValidator:
+    def check(value: str | None) -> str | None:
+        if value is not None and (
+            not value or (len(value.encode()) > MAX_IDENTIFIER_BYTES and what == "channel")
+        ):
+            hint = f"e.g. {what}: orders" + (
+                " (a channel name has at most 63 bytes)" if what == "channel" else ""
+            )
+            raise _custom(f"{what}_name", f"{value!r} is not a valid {what} name", hint)
+        return value
+
+    return AfterValidator(check)
+
+
+def _wrap_names(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        if not value:
+            raise _custom("names_empty", "lists no column", "write e.g. changed: [status, priority]")
+        return tuple(v.strip() if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _payload_mapping(value: Any) -> Any:
+    """``payload: [id, status]`` picks columns of the new row; ``payload: {ticket: new.id, was: old.status}``
+    also renames them.  Both become {output name: "new.col" | "old.col"}."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise _custom("payload_empty", "lists no column", "write e.g. payload: [id, status]")
+        out: dict[str, Any] = {}
+        for item in value:
+            if not isinstance(item, str):
+                raise _custom(
+                    "payload_item", f"{item!r} is not a column name", "write e.g. payload: [id, status]"
+                )
+            side, _, column = item.strip().rpartition(".")
+            out[column] = f"{side or 'new'}.{column}"
+        return out
+    if isinstance(value, dict):
+        shaped: dict[str, Any] = {}
+        for name, ref in value.items():
+            if not isinstance(ref, str):
+                raise _custom(
+                    "payload_item",
+                    f"payload.{name}: {ref!r} is not a column",
+                    "write e.g. payload: {ticket: new.id}",
+                )
+            side, _, column = ref.strip().rpartition(".")
+            if side not in ("", "new", "old"):
+                raise _custom(
+                    "payload_item",
+                    f"payload.{name}: {ref!r} is not new.<column> or old.<column>",
+                    "write e.g. payload: {ticket: new.id, was: old.status}",
+                )
+            shaped[str(name)] = f"{side or 'new'}.{column}"
+        return shaped
+    return value
+
+
 def _wrap_operations(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
@@ -265,21 +325,73 @@ class WorkerSettings(BaseModel):
 
 
 class Rule(BaseModel):
-    """One table-to-workflow rule: changes of ``on`` kinds in ``table`` start ``workflow``."""
+    """One rule: what it listens to (a table's changes, logical decoding messages with a prefix, or NOTIFYs
+    on a channel) and the workflow each matching change starts."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, AfterValidator(_check_rule_name)]
-    table: TableName
+    # the source: exactly one of these three
+    table: TableName | None = None
+    message: Annotated[str | None, _check_source_name("message")] = None
+    channel: Annotated[str | None, _check_source_name("channel")] = None
     on: Annotated[
-        tuple[Operation, ...], BeforeValidator(_wrap_operations), AfterValidator(_dedupe_operations)
-    ]
+        tuple[Operation, ...] | None, BeforeValidator(_wrap_operations), AfterValidator(_dedupe_operations)
+    ] = None
     workflow: Annotated[str, AfterValidator(_check_workflow)]
+    # Table rules only: which changes match (a SQL boolean over new.<col> / old.<col>, compiled at load
+    # time against the table's columns; never sent to the database), which columns must have changed
+    # (updates), and what the workflow receives (columns picked and renamed; default: the whole row).
+    when: str | None = None
+    changed: Annotated[tuple[str, ...] | None, BeforeValidator(_wrap_names)] = None
+    payload: Annotated[dict[str, str] | None, BeforeValidator(_payload_mapping)] = None
+    priority: int = Field(default=0, ge=-1000, le=1000, strict=True)  # higher runs are claimed first
     # Flow control (enforced in Postgres across all workers).  The key names what a change is about:
     # a template over the row, e.g. "{new.tenant_id}"; by default the row's primary key.
     key: Annotated[str | None, AfterValidator(_check_key_template)] = None
     key_concurrency: int | None = Field(default=None, ge=1, strict=True)  # running runs per key, at most
     ordered: bool = False  # runs of one key start in commit order, one after the other
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Rule:
+        given = [k for k in ("table", "message", "channel") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = "names no source" if not given else f"has {' and '.join(given)}: pick one"
+            hint = "give exactly one of `table: public.users`, `message: <prefix>` or `channel: <name>`"
+            raise _custom("rule_source", f"rule {what}", hint)
+        if self.table is not None and self.on is None:
+            raise _custom(
+                "rule_on",
+                "a table rule needs `on:`",
+                "add e.g. `on: [insert, update]` (any of insert, update, delete, truncate)",
+            )
+        if self.table is None:
+            table_only = [
+                k for k in ("on", "when", "changed", "payload", "key") if getattr(self, k) is not None
+            ]
+            if table_only:
+                source = "message" if self.message is not None else "channel"
+                raise _custom(
+                    "table_only",
+                    f"{', '.join(table_only)} only apply to table rules, not to a {source} rule",
+                    f"remove {', '.join(table_only)}; a {source} rule's event carries the {source}'s payload",
+                )
+        if self.changed is not None and self.on is not None and "update" not in self.on:
+            raise _custom(
+                "changed_without_update",
+                "`changed:` applies to updates, but `on:` has no update",
+                "add update to `on:`, or remove `changed:`",
+            )
+        return self
+
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        return self.on or ()
+
+    @property
+    def source(self) -> str:
+        """``table``, ``message`` or ``channel``."""
+        return "table" if self.table is not None else "message" if self.message is not None else "channel"
 
     @property
     def gated(self) -> bool:
@@ -289,11 +401,13 @@ class Rule(BaseModel):
     @property
     def schema_name(self) -> str:
         """The table's schema, unquoted (``Sales`` for ``"Sales"."Order Items"``)."""
+        assert self.table is not None
         return split_table(self.table)[0]
 
     @property
     def table_name(self) -> str:
         """The table's own name, unquoted (``Order Items`` for ``"Sales"."Order Items"``)."""
+        assert self.table is not None
         return split_table(self.table)[1]
 
 
@@ -330,6 +444,7 @@ class Config(BaseModel):
 
     _source_path: str | None = PrivateAttr(default=None)
     _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)
+    _field_lines: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)
 
     @field_validator("ingest", "worker", "rules", mode="before")
     @classmethod
@@ -364,7 +479,20 @@ class Config(BaseModel):
         copy = self.model_copy()
         copy._source_path = path
         copy._rule_lines = dict(self._rule_lines)
+        copy._field_lines = dict(self._field_lines)
         return copy
+
+    def field_place(self, rule: str, key: str) -> tuple[str | None, int | None]:
+        """(file, line) of a rule's ``key:`` -- or of the rule, when that key is not written."""
+        line = self._field_lines.get((rule, key), self._rule_lines.get(rule))
+        return self._source_path, line
+
+    def field_location(self, rule: str, key: str) -> str:
+        """Where a rule's ``key:`` (e.g. ``when``) is written, as ``file:line``; else the rule's location."""
+        line = self._field_lines.get((rule, key))
+        if self._source_path is None or line is None:
+            return self.rule_location(rule)
+        return f"{self._source_path}:{line}"
 
     def rule_location(self, rule: str) -> str:
         """Where a rule's ``table:`` is written, as ``file:line`` (or ``rule NAME`` when not from a file)."""
@@ -445,9 +573,13 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
         ]
         raise _config_error(problems, filename) from exc
     for index, rule in enumerate(config.rules):
-        line = doc.lines.get(("rules", index, "table"), doc.lines.get(("rules", index)))
+        line = doc.lines.get(("rules", index, rule.source), doc.lines.get(("rules", index)))
         if line is not None:
             config._rule_lines[rule.name] = line
+        for key in ("when", "changed", "payload", "key", "on"):
+            line = doc.lines.get(("rules", index, key))
+            if line is not None:
+                config._field_lines[(rule.name, key)] = line
     return config
 
 

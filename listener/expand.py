@@ -37,9 +37,11 @@ class _Plain:
 
     name: str
     workflow: str
+    priority: int = 0
     gated: bool = False
     key_limit: int | None = None
     ordered: bool = False
+    source: str = "table"
 
 
 @dataclass(slots=True)
@@ -56,8 +58,8 @@ def decode_chunk(row: Any, types: TypeRegistry) -> EventBatch:
     if not isinstance(relation, po.Relation):
         raise ProtocolError("an event chunk's relation is not a Relation message", offset=0)
     info = relation_info(relation, types)
-    rules: dict[str, list[list[str]]] = json.loads(row["rules"])
-    policies = {op: [_Plain(name, workflow) for name, workflow in matched] for op, matched in rules.items()}
+    rules: dict[str, list[tuple[str, str, int]]] = json.loads(row["rules"])
+    policies = {op: [_Plain(*rule) for rule in matched] for op, matched in rules.items()}
     commit_text, xid, at = row["commit_lsn"], row["xid"], row["commit_time"]
     commit_lsn = parse_lsn(commit_text)
     table = row["table_name"]

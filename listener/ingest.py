@@ -20,6 +20,7 @@ import logging
 import random
 import struct
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,14 +29,23 @@ import asyncpg
 import psycopg
 
 from listener import pgoutput as po
+from listener.catalog import read_tables_async
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
 from listener.config import Config
-from listener.errors import DatabaseError, ListenerError, PrerequisiteError, ProtocolError, SlotInUseError
+from listener.errors import (
+    ConfigError,
+    DatabaseError,
+    ListenerError,
+    PrerequisiteError,
+    ProtocolError,
+    SlotInUseError,
+)
 from listener.expand import Expander
 from listener.lsn import format_lsn
+from listener.predicate import EvaluationError, MissingValue
 from listener.replication import ReplicationEnded, ReplicationSession
 from listener.rules import CompiledRule, RuleSet
-from listener.store import EventBatch, RawChunk, StateStore
+from listener.store import EventBatch, RawChunk, StateStore, asyncpg_params
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +58,7 @@ SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender
 # keepalive-write loop.
 IDLE_CHECKPOINT_INTERVAL_S = 10.0
 
+RELOAD_PREFIX = "listener.reload"  # the logical decoding message that marks where new rules apply
 _ROW_CHANGES = frozenset(b"IUD")  # Insert, Update, Delete: their relation OID follows the type byte
 _unpack_oid = struct.Struct(">I").unpack_from
 _pack_head = struct.Struct(">QI").pack  # a change in a chunk: its LSN and its message's length
@@ -98,7 +109,7 @@ class Ingest:
         *,
         source_dsn: str,
         store: StateStore,
-        rules: RuleSet,
+        rules: RuleSet | None,
         slot: str,
         publication: str,
         batch_events: int = 5000,
@@ -108,10 +119,15 @@ class Ingest:
         compact_chunk_changes: int = 20000,
         expand_ahead: int = 20000,
         on_batch: Callable[[EventBatch, int], None] | None = None,
+        config: Config | None = None,
     ) -> None:
         self.source_dsn = source_dsn
+        self.config = config  # with rules=None: compiled against the catalog when a session starts
         self.store = store
-        self.rules = rules
+        self.rules = rules or RuleSet(())
+        self._compile = rules is None
+        self._pending_rules: dict[str, tuple[Config | None, RuleSet]] = {}
+        self.reloads: list[int] = []  # LSNs at which new rules took effect
         self.slot = slot
         self.publication = publication
         self.batch_events = batch_events
@@ -143,7 +159,8 @@ class Ingest:
         return cls(
             source_dsn=source_dsn,
             store=store,
-            rules=RuleSet(config.rules, config.limits),
+            rules=None,
+            config=config,
             slot=config.slot,
             publication=config.publication,
             batch_events=config.ingest.batch_events,
@@ -188,11 +205,19 @@ class Ingest:
         session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
         self._session = session
         self._catalog = await psycopg.AsyncConnection.connect(self.source_dsn, autocommit=True)
+        if self._compile:
+            assert self.config is not None
+            self.rules = await compile_rules(self.config, self._catalog)
+            self._compile = False
         queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
         tasks: list[asyncio.Task[Any]] = []
         try:
             session.status_interval = self.status_interval
-            await session.start(publication=self.publication, start_lsn=checkpoint)
+            from listener import setup
+
+            # the config's publication and, where the server has row filters, the filtered one
+            publications = await setup.streamed_publications(self._catalog, self.publication)
+            await session.start(publication=publications, start_lsn=checkpoint)
             logger.info(
                 "streaming slot %s from %s (pgoutput v%d)",
                 self.slot,
@@ -205,6 +230,8 @@ class Ingest:
             stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
             expander = asyncio.create_task(self.expander.run(), name="ingest-expander")
             tasks += [writer, reader, stopper, expander]
+            if self.rules.channels:
+                tasks.append(asyncio.create_task(self._listen(queue), name="ingest-notify"))
             done, _ = await asyncio.wait(
                 {writer, reader, stopper, expander}, return_when=asyncio.FIRST_COMPLETED
             )
@@ -279,6 +306,7 @@ class Ingest:
         raw_oids: set[int] = set()  # tables whose changes in the open transaction go raw into chunks
         chunks: dict[int, RawChunk] = {}  # their open chunks
         fast = False  # whether row changes may bypass the decoder: skipping, or raw tables exist
+        message_ordinals: dict[str, int] = {}  # prefix -> messages with it in the open transaction
 
         async def submit() -> None:
             nonlocal batch, events, batch_started, submitted_checkpoint
@@ -338,6 +366,24 @@ class Ingest:
                     raise exc.at_lsn(lsn) from exc
                 item = feed(lsn, msg)
                 if item is None:
+                    if type(msg) is po.Message:
+                        assert isinstance(msg, po.Message)
+                        if msg.prefix == RELOAD_PREFIX and not msg.transactional:
+                            if self._apply_reload(msg.content.decode(errors="replace"), msg.lsn):
+                                rules_by_oid.clear()
+                                compact_by_oid.clear()
+                            continue
+                        matched_messages = self.rules.message_rules(msg.prefix)
+                        if matched_messages and not skipping and msg.lsn >= resume_lsn:
+                            begin = assembler.begin if msg.transactional else None
+                            ordinal = message_ordinals.get(msg.prefix, 0)
+                            if begin is not None:
+                                message_ordinals[msg.prefix] = ordinal + 1
+                            _append_message_events(batch, msg, begin, ordinal, matched_messages)
+                            stats.changes += 1
+                            if begin is None:  # not part of a transaction: no commit will submit it
+                                await submit()
+                        continue
                     if type(msg) is po.Relation:
                         await self._relation(assembler, msg)
                         rules_by_oid.pop(msg.oid, None)
@@ -382,6 +428,7 @@ class Ingest:
                         chunks.clear()
                     raw_oids.clear()
                     txn_events.clear()
+                    message_ordinals.clear()
                     skipping = fast = False
             if (
                 (events or batch.checkpoint is not None)
@@ -393,6 +440,80 @@ class Ingest:
                 )
             ):
                 await submit()
+
+    # -- reload -------------------------------------------------------------------------------------------
+
+    async def reload(self, config: Config, *, state_dsn: str | None = None) -> int:
+        """Switch to ``config``'s rules at a precise point of the stream; return that LSN.
+
+        The new rules are compiled against the catalog first (an invalid config raises and the old rules
+        keep running), the publication is brought up to date, then a non-transactional logical decoding
+        message ``listener.reload`` is written: transactions committed before it were matched by the old
+        rules, those after it by the new ones, and none is lost or matched twice on the way."""
+        if self._catalog is None or not self.streaming.is_set():
+            raise ListenerError("cannot reload: ingest is not streaming", hint="try again in a moment")
+        for key in ("slot", "publication", "state_schema", "dsn", "state_dsn"):
+            if getattr(config, key) != getattr(self.config, key) and self.config is not None:
+                raise ConfigError(
+                    f"reload cannot change `{key}:`",
+                    hint="restart listener to change it",
+                    file=config.source_path,
+                )
+        rules = await compile_rules(config, self._catalog)  # raises ConfigError: the old rules stay
+        from listener import setup
+
+        # The publications first carry what either set of rules needs; only after the marker (in WAL order)
+        # do they narrow to the new rules, so no change that the rules in force would match is filtered.
+        state = state_dsn or self.source_dsn
+        await asyncio.to_thread(setup.init, config, self.source_dsn, state, keep=self.config)
+        token = f"{self.slot}/{uuid.uuid4()}"
+        self._pending_rules[token] = (config, rules)
+        cur = await self._catalog.execute(
+            "SELECT (pg_logical_emit_message(false, %s, %s) - '0/0')::int8", [RELOAD_PREFIX, token]
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        await asyncio.to_thread(setup.init, config, self.source_dsn, state)
+        return int(row[0])
+
+    def _apply_reload(self, token: str, lsn: int) -> bool:
+        """At the reload message: the new rules from here on.  False when the token is not ours (another
+        process's reload, or one from before a restart: its rules are the file's, loaded at start)."""
+        pending = self._pending_rules.pop(token, None)
+        if pending is None:
+            return False
+        self.config, self.rules = pending
+        self.reloads.append(lsn)
+        logger.warning(
+            "rules reloaded: %d rule(s) apply from LSN %s on", len(self.rules.rules), format_lsn(lsn)
+        )
+        return True
+
+    async def _listen(self, queue: asyncio.Queue[EventBatch | None]) -> None:
+        """NOTIFY on the rules' channels → events, at most once: a notification sent while no session
+        listens is gone (the server keeps none).  Keys name this listening session and a counter."""
+        conn = await asyncpg.connect(**asyncpg_params(self.source_dsn))
+        session = uuid.uuid4().hex[:12]
+        received: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
+        try:
+            for channel in self.rules.channels:
+                await conn.add_listener(
+                    channel, lambda _c, pid, ch, data: received.put_nowait((pid, ch, data))
+                )
+            counter = 0
+            while True:
+                item = await received.get()
+                batch = EventBatch()
+                while True:
+                    pid, channel, data = item
+                    _append_notify_events(batch, channel, data, pid, f"notify/{session}", counter, self.rules)
+                    counter += 1
+                    if received.empty() or len(batch) >= self.batch_events:
+                        break
+                    item = received.get_nowait()
+                await queue.put(batch)
+        finally:
+            await conn.close()
 
     def _compactable(self, change: Change, cache: dict[int, str | None]) -> bool:
         rel = change.relation
@@ -429,6 +550,13 @@ class Ingest:
         await self.types.resolve(self._catalog, oids)
 
 
+async def compile_rules(config: Config, catalog: psycopg.AsyncConnection[Any]) -> RuleSet:
+    """The rules of ``config``, checked against their tables' columns in the source catalog."""
+    names = [rule.table for rule in config.rules if rule.table is not None]
+    tables, collation = await read_tables_async(catalog, dict.fromkeys(names))
+    return RuleSet.from_config(config, tables, collation)
+
+
 def run_key(rule: CompiledRule, change: Change) -> str | None:
     """The flow-control key of a gated rule's run: its key template filled from the row, or by default
     the row's primary key (the replica identity columns: from the new row, or the old key of a delete).
@@ -449,9 +577,22 @@ def run_key(rule: CompiledRule, change: Change) -> str | None:
 def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRule, ...]) -> None:
     rel = change.relation
     assert rel is not None
-    payload = change.payload_json()
+    whole: str | None = None  # the payload of rules without `payload:`, made once
+    rows: tuple[Row | None, Row | None] | None = None  # the raw new and old values, by column
     commit = change.commit_text
     for rule in matched:
+        if rule.filters or rule.payload:
+            if rows is None:
+                rows = raw_rows(change)
+            if rule.filters and not rule_matches(rule, change, *rows):
+                continue
+        if rule.payload:
+            assert rows is not None
+            payload = shaped_payload(rule, change, *rows)
+        else:
+            if whole is None:
+                whole = change.payload_json()
+            payload = whole
         batch.group.append(
             batch.group_id(rule, change.op, rel.qualified, commit, change.xid, change.commit_time)
         )
@@ -459,6 +600,159 @@ def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRul
         batch.ordinal.append(change.ordinal)
         batch.payload.append(payload)
         batch.key.append(run_key(rule, change) if rule.gated else None)
+
+
+Row = dict[str, bytes | None]
+
+
+def raw_rows(change: Change) -> tuple[Row | None, Row | None]:
+    """The new and old values the server sent, by column name, as PostgreSQL text (None: SQL NULL).
+
+    What the server did not send is left out, so a predicate that needs it raises instead of guessing:
+    an unchanged TOAST value is taken from the old row when that row is whole, and an update without an
+    old tuple (replica identity DEFAULT, key unchanged) knows only the key columns' old values."""
+    rel = change.relation
+    assert rel is not None
+    unchanged = po.UNCHANGED_TOAST
+    old: Row | None = None
+    if change.old is not None:
+        key_only = change.old_kind == "K"
+        old = {
+            c.name: v  # type: ignore[misc]
+            for c, v in zip(rel.columns, change.old, strict=False)
+            if v is not unchanged and (c.is_key or not key_only)
+        }
+    elif change.op == "update" and change.new is not None:
+        old = {
+            c.name: v  # type: ignore[misc]
+            for c, v in zip(rel.columns, change.new, strict=False)
+            if c.is_key and v is not unchanged
+        }
+    new: Row | None = None
+    if change.new is not None:
+        new = {}
+        for c, v in zip(rel.columns, change.new, strict=False):
+            if v is unchanged:
+                if old is not None and c.name in old:
+                    new[c.name] = old[c.name]
+            else:
+                new[c.name] = v  # type: ignore[assignment]
+    return new, old
+
+
+def rule_matches(rule: CompiledRule, change: Change, new: Row | None, old: Row | None) -> bool:
+    """Whether ``change`` passes the rule's ``changed:`` and ``when:``; a value the rule needs but the
+    server did not send raises :class:`RuleEvaluationError` (never a guess)."""
+    if rule.changed and change.op == "update":
+        assert new is not None and change.new is not None and change.relation is not None
+        differs = False
+        positions = change.relation.positions
+        for column in rule.changed:
+            if change.new[positions[column]] is po.UNCHANGED_TOAST:
+                continue  # an unchanged TOAST value is unchanged
+            if old is None or column not in old:
+                raise RuleEvaluationError(
+                    rule, change, f"changed: needs the old value of {column!r}", _FULL_HINT
+                )
+            if new.get(column) != old[column]:
+                differs = True
+                break
+        if not differs:
+            return False
+    if rule.predicate is None:
+        return True
+    try:
+        return bool(rule.predicate.matches(new, old, change.commit_time))
+    except MissingValue as exc:
+        raise RuleEvaluationError(
+            rule, change, f"when: needs {exc}, which the server did not send", _FULL_HINT
+        ) from exc
+    except EvaluationError as exc:
+        raise RuleEvaluationError(
+            rule, change, f"when: {exc}", "correct `when:` (e.g. cast to bigint or numeric), then restart"
+        ) from exc
+
+
+_FULL_HINT = (
+    "ALTER TABLE <table> REPLICA IDENTITY FULL, so updates and deletes carry the whole old row; then restart"
+)
+
+
+def shaped_payload(rule: CompiledRule, change: Change, new: Row | None, old: Row | None) -> str:
+    """``{"data": {name: value, ...}, "unchanged_toast": [...]}``: the columns ``payload:`` picks, renamed,
+    rendered like the whole-row payload; a value the server did not send is listed, never null."""
+    rel = change.relation
+    assert rel is not None
+    data: dict[str, Any] = {}
+    missing: list[str] = []
+    for out, side, column in rule.payload:
+        row = new if side == "new" else old
+        if row is None:
+            data[out] = None
+        elif column not in row:
+            missing.append(out)
+        else:
+            value = row[column]
+            data[out] = None if value is None else rel.columns[rel.positions[column]].render(value)
+    return _dumps({"data": data, "unchanged_toast": missing})
+
+
+def _append_message_events(
+    batch: EventBatch,
+    msg: po.Message,
+    begin: po.Begin | None,
+    ordinal: int,
+    matched: tuple[CompiledRule, ...],
+) -> None:
+    """Events of a logical decoding message.  Transactional: keyed by the commit LSN and the message's
+    ordinal among its prefix's in the transaction; otherwise by the message's own LSN."""
+    try:
+        content = msg.content.decode()
+    except UnicodeDecodeError:
+        content = "\\x" + msg.content.hex()
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    payload = _dumps(
+        {"data": data, "content": content, "prefix": msg.prefix, "transactional": msg.transactional}
+    )
+    commit = format_lsn(begin.final_lsn if begin is not None else msg.lsn)
+    xid = begin.xid if begin is not None else msg.xid
+    at = begin.commit_time if begin is not None else None
+    for rule in matched:
+        batch.group.append(batch.group_id(rule, "message", None, commit, xid, at))
+        batch.lsn.append(msg.lsn)
+        batch.ordinal.append(ordinal)
+        batch.payload.append(payload)
+        batch.key.append(None)
+
+
+def _append_notify_events(
+    batch: EventBatch, channel: str, content: str, pid: int, session: str, ordinal: int, rules: RuleSet
+) -> None:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    payload = _dumps({"data": data, "content": content, "channel": channel, "pid": pid})
+    for rule in rules.channels.get(channel, ()):
+        batch.group.append(batch.group_id(rule, "notify", None, session, None, None))
+        batch.lsn.append(0)
+        batch.ordinal.append(ordinal)
+        batch.payload.append(payload)
+        batch.key.append(None)
+
+
+class RuleEvaluationError(ListenerError):
+    """A rule could not be evaluated for a change: the service stops there, acknowledging nothing past it."""
+
+    def __init__(self, rule: CompiledRule, change: Change, what: str, hint: str) -> None:
+        super().__init__(
+            f"rule {rule.name!r} on {change.table} at LSN {format_lsn(change.lsn)} "
+            f"(transaction {format_lsn(change.commit_lsn)}): {what}",
+            hint=hint.replace("<table>", change.table or "<table>"),
+        )
 
 
 def _append_truncate_events(batch: EventBatch, change: Change, rules: RuleSet) -> None:

@@ -1,18 +1,32 @@
-"""Rules compiled for matching: which rules fire for a (table, operation).  Pure and synchronous.
+"""Rules compiled for matching: which rules fire for a change, and what each makes of it.  Pure and
+synchronous.
 
-Matching is a dictionary lookup prepared once at load time; the ingest loop caches the result per
-relation OID so a change costs one dict access.
+Matching by (table, operation) is a dictionary lookup prepared once at load time; the ingest loop caches
+the result per relation OID.  A rule's ``when:`` is compiled by :mod:`listener.predicate` against the
+table's columns read from the catalog (:mod:`listener.catalog`), its ``changed:`` and ``payload:`` are
+checked against them too: a mistake is a ``ConfigError`` naming the rule, file:line and the fix, raised
+before anything streams.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from listener.config import Rule, WorkflowLimit, key_fields
+from listener.catalog import TableInfo
+from listener.config import Config, Rule, WorkflowLimit, key_fields
+from listener.errors import ConfigError
+from listener.predicate import PredicateError
+
+if TYPE_CHECKING:
+    from listener.predicate import Predicate
 
 OPERATIONS = ("insert", "update", "delete", "truncate")
+
+Locate = Callable[[str, str], tuple[str | None, int | None]]  # (rule, key) -> (file, line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,45 +41,203 @@ class CompiledRule:
     key_limit: int | None = None
     ordered: bool = False
     key_fields: tuple[tuple[str, str], ...] = ()  # ("new" | "old", column) of the key template; () = PK
+    priority: int = 0
+    predicate: Predicate | None = None  # when:
+    changed: tuple[str, ...] = ()  # changed: (updates match only if one of these changed)
+    payload: tuple[tuple[str, str, str], ...] = ()  # payload: (output name, "new" | "old", column)
+    source: str = "table"  # table, message or channel
+    topic: str = ""  # the message prefix or the channel of a message / channel rule
 
     @property
     def qualified_table(self) -> str:
         return f"{self.schema}.{self.table}"
 
     @property
+    def filters(self) -> bool:
+        """Whether a change of the right table and operation may still not match (when:, changed:)."""
+        return self.predicate is not None or bool(self.changed)
+
+    @property
     def needs_values(self) -> bool:
         """Whether matching or shaping this rule's events looks at the row at ingest time; otherwise its
         events may be stored compactly (raw) and expanded later."""
-        return self.gated
+        return self.gated or self.filters or bool(self.payload)
+
+
+def _error(locate: Locate | None, rule: str, key: str, message: str, hint: str) -> ConfigError:
+    file, line = locate(rule, key) if locate is not None else (None, None)
+    return ConfigError(message, file=file, line=line, rule=rule, hint=hint)
+
+
+def _column_hint(table: TableInfo, column: str) -> str:
+    close = difflib.get_close_matches(column, list(table.columns), n=1)
+    columns = ", ".join(table.columns)
+    return (
+        f"did you mean {close[0]!r}? ({table.name} has {columns})" if close else f"{table.name} has {columns}"
+    )
+
+
+def compile_rule(
+    rule: Rule,
+    limited: frozenset[str] = frozenset(),
+    table: TableInfo | None = None,
+    *,
+    collation: str = "C",
+    locate: Locate | None = None,
+    structural: bool = False,
+) -> CompiledRule:
+    """One rule, checked against its table's catalog info.  ``structural``: without that info, only what
+    the rule listens to (for setup, which needs tables and operations, not predicates)."""
+    name = rule.name
+    if rule.source != "table":
+        topic = rule.message if rule.message is not None else rule.channel
+        assert topic is not None
+        return CompiledRule(
+            name, "", "", frozenset(), rule.workflow, priority=rule.priority, source=rule.source, topic=topic
+        )
+    needs_catalog = rule.when is not None or rule.changed or rule.payload
+    if needs_catalog and table is None and structural:
+        return CompiledRule(
+            name, rule.schema_name, rule.table_name, frozenset(rule.operations), rule.workflow,
+            gated=rule.gated or rule.workflow in limited, priority=rule.priority,
+        )  # fmt: skip
+    if needs_catalog and table is None:
+        raise _error(
+            locate, name, "table", f"table {rule.table} does not exist, so `when:`/`changed:`/`payload:` "
+            "cannot be checked", f"create {rule.table}, or fix `table:`"
+        )  # fmt: skip
+    predicate = None
+    if rule.when is not None:
+        assert table is not None
+        from listener.predicate import compile_predicate
+
+        try:
+            predicate = compile_predicate(rule.when, table.columns, collation=collation)
+        except PredicateError as exc:
+            raise _error(locate, name, "when", f"when: {exc.message}", _predicate_hint(exc)) from exc
+    for column in rule.changed or ():
+        assert table is not None
+        if column not in table.columns:
+            raise _error(
+                locate,
+                name,
+                "changed",
+                f"changed: no column {column!r} in {table.name}",
+                _column_hint(table, column),
+            )
+    if table is not None:
+        _check_old_values(rule, table, predicate, locate)
+    payload: list[tuple[str, str, str]] = []
+    for out, ref in (rule.payload or {}).items():
+        assert table is not None
+        side, _, column = ref.partition(".")
+        if column not in table.columns:
+            raise _error(
+                locate, name, "payload", f"payload.{out}: no column {column!r} in {table.name}",
+                _column_hint(table, column),
+            )  # fmt: skip
+        payload.append((out, side, column))
+    return CompiledRule(
+        name,
+        rule.schema_name,
+        rule.table_name,
+        frozenset(rule.operations),
+        rule.workflow,
+        gated=rule.gated or rule.workflow in limited,
+        key_limit=rule.key_concurrency if not rule.ordered else 1,
+        ordered=rule.ordered,
+        key_fields=tuple(key_fields(rule.key)) if rule.key else (),
+        priority=rule.priority,
+        predicate=predicate,
+        changed=tuple(rule.changed or ()),
+        payload=tuple(payload),
+    )
+
+
+def _check_old_values(
+    rule: Rule, table: TableInfo, predicate: Predicate | None, locate: Locate | None
+) -> None:
+    """Old values beyond the replica identity exist only with REPLICA IDENTITY FULL: a rule that reads
+    them on a table without it would see NULL where the server sent nothing -- refused, with the fix."""
+    if table.full_old_row or not set(rule.operations) & {"update", "delete"}:
+        return
+    needs: list[tuple[str, str]] = []  # (config key, column)
+    if predicate is not None:
+        needs += [("when", c) for side, c in sorted(predicate.references) if side == "old"]
+    if "update" in rule.operations:
+        needs += [("changed", c) for c in rule.changed or ()]
+    needs += [
+        ("payload", ref.partition(".")[2]) for ref in (rule.payload or {}).values() if ref.startswith("old.")
+    ]
+    for key, column in needs:
+        if column in table.key_columns:
+            continue
+        identity = {"d": "DEFAULT", "i": "USING INDEX", "n": "NOTHING"}.get(table.identity, table.identity)
+        keys = ", ".join(table.key_columns) or "none"
+        raise _error(
+            locate,
+            rule.name,
+            key,
+            f"{key}: needs the old value of {column!r}, but {table.name} has REPLICA IDENTITY {identity}: "
+            f"its updates and deletes carry old values only for the identity columns ({keys})",
+            f"ALTER TABLE {table.name} REPLICA IDENTITY FULL;",
+        )
+
+
+def _predicate_hint(exc: PredicateError) -> str:
+    return exc.hint or "see README 'Rule predicates' for what `when:` supports"
 
 
 class RuleSet:
-    """All rules of a config, indexed by (schema, table) and operation."""
+    """All rules of a config, indexed by (schema, table) and operation, and by message prefix / channel."""
 
-    def __init__(self, rules: Iterable[Rule], limits: Iterable[WorkflowLimit] = ()) -> None:
-        limited = {limit.workflow for limit in limits}
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        limits: Iterable[WorkflowLimit] = (),
+        *,
+        tables: Mapping[str, TableInfo | None] | None = None,
+        collation: str = "C",
+        locate: Locate | None = None,
+    ) -> None:
+        limited = frozenset(limit.workflow for limit in limits)
+        # Without catalog info the set is structural: tables and operations, no predicates (setup's view).
+        self.structural = tables is None
+        found = tables or {}
         self.rules = tuple(
-            CompiledRule(
-                r.name,
-                r.schema_name,
-                r.table_name,
-                frozenset(r.on),
-                r.workflow,
-                gated=r.gated or r.workflow in limited,
-                key_limit=r.key_concurrency if not r.ordered else 1,
-                ordered=r.ordered,
-                key_fields=tuple(key_fields(r.key)) if r.key else (),
+            compile_rule(
+                r,
+                limited,
+                found.get(r.table or ""),
+                collation=collation,
+                locate=locate,
+                structural=self.structural,
             )
             for r in rules
         )
         index: dict[tuple[str, str], dict[str, list[CompiledRule]]] = {}
+        self.messages: dict[str, tuple[CompiledRule, ...]] = {}
+        self.channels: dict[str, tuple[CompiledRule, ...]] = {}
         for rule in self.rules:
+            if rule.source == "message":
+                self.messages[rule.topic] = (*self.messages.get(rule.topic, ()), rule)
+                continue
+            if rule.source == "channel":
+                self.channels[rule.topic] = (*self.channels.get(rule.topic, ()), rule)
+                continue
             by_op = index.setdefault((rule.schema, rule.table), {op: [] for op in OPERATIONS})
             for op in rule.operations:
                 by_op[op].append(rule)
         self._index = {
             table: {op: tuple(matched) for op, matched in by_op.items()} for table, by_op in index.items()
         }
+
+    @classmethod
+    def from_config(
+        cls, config: Config, tables: Mapping[str, TableInfo | None] | None = None, collation: str = "C"
+    ) -> RuleSet:
+        """The rules and limits of ``config``; errors point into its file."""
+        return cls(config.rules, config.limits, tables=tables, collation=collation, locate=config.field_place)
 
     @property
     def tables(self) -> list[tuple[str, str]]:
@@ -87,12 +259,22 @@ class RuleSet:
 
     def compact_rules(self, schema: str, table: str) -> str | None:
         """For a table whose rules all leave the row alone at ingest (see ``needs_values``): the JSON that
-        a compact chunk stores, ``{"insert": [[rule, workflow], ...], ...}``.  None otherwise."""
+        a compact chunk stores, ``{"insert": [[rule, workflow, priority], ...], ...}``.  None otherwise."""
         by_op = self._index.get((schema, table))
         if not by_op or any(rule.needs_values for matched in by_op.values() for rule in matched):
             return None
-        plan = {op: [[r.name, r.workflow] for r in matched] for op, matched in by_op.items() if matched}
+        plan = {
+            op: [[r.name, r.workflow, r.priority] for r in matched]
+            for op, matched in by_op.items()
+            if matched
+        }
         return json.dumps(plan)
 
     def match(self, schema: str, table: str, op: str) -> tuple[CompiledRule, ...]:
         return self.for_table(schema, table).get(op, ())
+
+    def message_rules(self, prefix: str) -> tuple[CompiledRule, ...]:
+        return self.messages.get(prefix, ())
+
+
+__all__ = ["CompiledRule", "RuleSet", "compile_rule"]

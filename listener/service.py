@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 from listener import setup, store
 from listener import workflow as wf
-from listener.config import Config
+from listener.config import Config, load_config
+from listener.errors import ListenerError
 from listener.ingest import Ingest
+from listener.lsn import format_lsn
 from listener.setup import connect as psycopg_connect
 from listener.store import StateStore
 from listener.worker import Worker
@@ -69,17 +71,71 @@ async def run(
     remove_handlers = install_signal_handlers(stop)
     store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
     ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
+    requests: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, requests.put_nowait, "SIGHUP")
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
+            tg.create_task(_reloader(ingest, config, state_dsn, store, requests, stop), name="reloader")
             if workers:
                 worker = make_worker(config, state_dsn, on_start=on_event_start)
                 tg.create_task(_until_done(worker.run(stop), stop), name="worker")
             if ready is not None:
                 tg.create_task(_signal_ready(ingest, ready), name="ready")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         remove_handlers()
         await store.close()
+
+
+def control_channels(schema: str) -> tuple[str, str]:
+    """The NOTIFY channels of `listener reload` (request) and of the service's answer."""
+    return f"{schema}_control", f"{schema}_control_reply"
+
+
+async def _reloader(
+    ingest: Ingest,
+    config: Config,
+    state_dsn: str,
+    store: StateStore,
+    requests: asyncio.Queue[str],
+    stop: asyncio.Event,
+) -> None:
+    """Reload the rules on SIGHUP or `listener reload` (a NOTIFY on the control channel, answered on the
+    reply channel): re-read the config file; an invalid one is refused and the old rules keep running."""
+    request, reply = control_channels(config.state_schema)
+    conn = await store.pool.acquire()
+    await conn.add_listener(request, lambda _c, _pid, _ch, payload: requests.put_nowait(payload or "reload"))
+    try:
+        while not stop.is_set():
+            getter = asyncio.ensure_future(requests.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+                return
+            origin = getter.result()
+            answer = await _reload_once(ingest, config.source_path, state_dsn)
+            logger.warning("reload (%s): %s", origin, answer)
+            if origin != "SIGHUP":
+                await conn.execute("SELECT pg_notify($1, $2)", reply, f"{origin} {answer}"[:7900])
+    finally:
+        await store.pool.release(conn)  # the pool's reset drops the listener (UNLISTEN *)
+
+
+async def _reload_once(ingest: Ingest, path: str | None, state_dsn: str) -> str:
+    """One reload attempt; the answer as one line: ``ok <LSN>`` or ``refused <why>``."""
+    if path is None:
+        return "refused: the service was not started from a config file"
+    try:
+        new = load_config(path)
+        validate_workflows(new)
+        lsn = await ingest.reload(new, state_dsn=state_dsn)
+    except ListenerError as exc:
+        return "refused: " + str(exc).replace("\n", " ")
+    return f"ok {format_lsn(lsn)} {len(new.rules)} rule(s)"
 
 
 async def run_workers(

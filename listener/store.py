@@ -138,18 +138,40 @@ class EventBatch:
         default_factory=list
     )  # JSON text: {"new": .., "old": .., "unchanged_toast": ..}
     key: list[str | None] = field(default_factory=list)  # flow-control key of gated runs
-    # per group: rule, workflow, op, table, commit LSN (text), xid, commit time, gated, key limit, ordered
-    groups: list[tuple[str, str, str, str, str, int, datetime, bool, int | None, bool]] = field(
-        default_factory=list
-    )
-    group_ids: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    # per group: rule, workflow, op, table, commit LSN (text; for NOTIFY what stands in for it in the key),
+    # xid, commit time, gated, key limit, ordered, priority, event source (cdc, message, notify)
+    groups: list[
+        tuple[
+            str,
+            str,
+            str | None,
+            str | None,
+            str,
+            int | None,
+            datetime | None,
+            bool,
+            int | None,
+            bool,
+            int,
+            str,
+        ]
+    ] = field(default_factory=list)
+    group_ids: dict[tuple[str, str | None, str | None, str], int] = field(default_factory=dict)
     checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
     chunks: list[RawChunk] = field(default_factory=list)  # bulk changes stored compactly
 
     def __len__(self) -> int:
         return len(self.payload)
 
-    def group_id(self, rule: RunPolicy, op: str, table: str, commit: str, xid: int, at: datetime) -> int:
+    def group_id(
+        self,
+        rule: RunPolicy,
+        op: str | None,
+        table: str | None,
+        commit: str,
+        xid: int | None,
+        at: datetime | None,
+    ) -> int:
         """The group of (rule, op, table) in the transaction committed at ``commit``, made on first use."""
         key = (rule.name, op, table, commit)
         gid = self.group_ids.get(key)
@@ -166,6 +188,8 @@ class EventBatch:
                     rule.gated,
                     rule.key_limit,
                     rule.ordered,
+                    rule.priority,
+                    _EVENT_SOURCE[rule.source],
                 )
             )
             gid = self.group_ids[key] = len(self.groups)
@@ -204,27 +228,37 @@ class RunPolicy(Protocol):
     def key_limit(self) -> int | None: ...
     @property
     def ordered(self) -> bool: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def source(self) -> str: ...
+
+
+_EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify"}  # rule source -> events.source
 
 
 _INSERT_EVENTS = """
 WITH src AS (
     SELECT r[g] || '/' || c[g] || '/' || o AS key, r[g] AS rule, w[g] AS workflow, op[g] AS op, t[g] AS tbl,
-           '0/0'::pg_lsn + l AS lsn, c[g]::pg_lsn AS commit_lsn, x[g] AS xid, ct[g] AS commit_time,
-           p::jsonb AS payload, k, gated[g] AS gated, key_limit[g] AS key_limit, ordered[g] AS ordered
+           CASE WHEN src[g] <> 'notify' THEN '0/0'::pg_lsn + l END AS lsn,
+           CASE WHEN src[g] <> 'notify' THEN c[g]::pg_lsn END AS commit_lsn,
+           x[g] AS xid, ct[g] AS commit_time,
+           p::jsonb AS payload, k, gated[g] AS gated, key_limit[g] AS key_limit, ordered[g] AS ordered,
+           prio[g] AS priority, src[g] AS source
     FROM unnest($1::int4[], $2::int8[], $3::int4[], $4::text[], $5::text[]) AS u(g, l, o, p, k),
          (SELECT $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::timestamptz[],
-                 $13::bool[], $14::int4[], $15::bool[])
-             AS grp(r, w, op, t, c, x, ct, gated, key_limit, ordered)
+                 $13::bool[], $14::int4[], $15::bool[], $16::int4[], $17::text[])
+             AS grp(r, w, op, t, c, x, ct, gated, key_limit, ordered, prio, src)
 ), ev AS (
     INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid,
                         commit_time, payload)
-    SELECT key, 'cdc', rule, workflow, op, tbl, lsn, commit_lsn, xid, commit_time, payload FROM src
+    SELECT key, source, rule, workflow, op, tbl, lsn, commit_lsn, xid, commit_time, payload FROM src
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING idempotency_key
 ), runs_made AS (
     -- one run per new event, its id the event's key (invariant 3); a redelivered event makes none
-    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered)
-    SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered
+    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
+    SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered, src.priority
     FROM src JOIN ev ON ev.idempotency_key = src.key
     RETURNING 1
 )

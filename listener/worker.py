@@ -67,7 +67,7 @@ _CLAIM = (
 WITH c AS (
     SELECT id FROM runs
     WHERE status = 'pending' AND NOT gated AND run_after <= now()
-    ORDER BY run_after, seq
+    ORDER BY priority DESC, run_after, seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )"""
@@ -81,7 +81,7 @@ _GATED_WAITING = (
 _GATED_CANDIDATES = """
 SELECT id, workflow, key, key_limit, ordered, seq FROM runs
 WHERE status = 'pending' AND gated AND run_after <= now()
-ORDER BY run_after, seq
+ORDER BY priority DESC, run_after, seq
 LIMIT $1
 """
 _GATED_RUNNING = "SELECT workflow, key FROM runs WHERE status = 'running' AND gated"

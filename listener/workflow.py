@@ -107,6 +107,8 @@ class Event:
     old: dict[str, Any] | None
     unchanged_toast: tuple[str, ...]
     key: str | None = None  # the flow-control key of a gated run ("rule:value"), else None
+    # what `payload:` picked (table rules), or a message's / NOTIFY's content parsed as JSON
+    data: Any = None
 
     @classmethod
     def from_row(cls, row: Any) -> Event:
@@ -125,6 +127,7 @@ class Event:
             old=payload.get("old"),
             unchanged_toast=tuple(payload.get("unchanged_toast", ())),
             key=row.get("key"),
+            data=payload.get("data"),
         )
 
 

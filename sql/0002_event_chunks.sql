@@ -18,7 +18,7 @@ CREATE TABLE event_chunks (
     table_name     text NOT NULL,
     protocol       integer NOT NULL,  -- pgoutput protocol version the messages were decoded with
     relation       bytea NOT NULL,    -- the Relation message describing the messages' columns
-    rules          jsonb NOT NULL,    -- per operation: [[rule, workflow], ...] at the time of ingest
+    rules          jsonb NOT NULL,    -- per operation: [[rule, workflow, priority], ...] at ingest
     data           bytea NOT NULL,    -- per change: 8-byte LSN, 4-byte length, the pgoutput message
     created_at     timestamptz NOT NULL DEFAULT now(),
     UNIQUE (commit_lsn, relation_oid, first_ordinal)

@@ -452,10 +452,11 @@ def test_retry_refuses_pending_and_running_runs(state: State) -> None:
 
 def test_retry_inherits_what_the_run_was_made_with(state: State) -> None:
     """Columns that are not a run's own progress (flow-control settings, say) carry over to the retry."""
-    state.sql.execute(f"ALTER TABLE {SCHEMA}.runs ADD COLUMN priority int NOT NULL DEFAULT 0")
-    state.sql.execute(f"UPDATE {SCHEMA}.runs SET priority = 7 WHERE id = %s", [DEAD])
+    state.sql.execute(f"ALTER TABLE {SCHEMA}.runs ADD COLUMN tenant_tier int NOT NULL DEFAULT 0")
+    state.sql.execute(f"UPDATE {SCHEMA}.runs SET priority = 7, tenant_tier = 3 WHERE id = %s", [DEAD])
     assert state.cli("retry", "--rerun", DEAD).exit_code == 0
-    assert state.run(f"{DEAD}#1")["priority"] == 7
+    assert state.run(f"{DEAD}#1")["priority"] == 7  # a rule's `priority:`
+    assert state.run(f"{DEAD}#1")["tenant_tier"] == 3  # and a column added later
 
 
 # ---------------------------------------------------------------------------------------------------------

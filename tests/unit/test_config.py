@@ -262,7 +262,8 @@ def test_missing_field_points_at_the_rule(tmp_path: Path) -> None:
     text = "rules:\n" + rule(name="a") + "  - name: second\n    on: insert\n    workflow: m:f\n"
     error = load_error(tmp_path, text)
     assert (error.line, error.rule) == (line_of(text, "second"), "second")
-    assert "rules[1]: missing required key 'table'" in str(error)
+    assert "rules[1]: rule names no source" in str(error)
+    assert error.hint is not None and "`table: public.users`" in error.hint
     assert error.hint is not None and "table: public.users" in error.hint
 
 

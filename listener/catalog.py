@@ -1,0 +1,100 @@
+"""What rules need to know about their tables, read from the source database's catalog.
+
+Predicates (``when:``), ``changed:`` and ``payload:`` are checked against the table's real columns and
+types at load time; ``listener check`` also looks at the replica identity (which old values the server
+sends) and at the database's collation (how text orders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from listener.predicate import ColumnType
+
+_COLUMNS = """
+SELECT a.attname,
+       coalesce(nullif(t.typbasetype, 0), a.atttypid)::int8 AS type_oid,
+       format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid),
+                   CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END) AS type_name,
+       coalesce(bt.typcategory, t.typcategory)::text AS category,
+       a.attnum = ANY (coalesce(ri.indkey::int2[], '{}')) AS is_key,
+       c.relreplident::text AS identity
+FROM pg_class c
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type bt ON bt.oid = t.typbasetype AND t.typbasetype <> 0
+LEFT JOIN LATERAL (
+    SELECT i.indkey FROM pg_index i
+    WHERE i.indrelid = c.oid
+      AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
+    LIMIT 1
+) ri ON true
+WHERE c.oid = to_regclass(%s)
+ORDER BY a.attnum
+"""
+
+_COLLATION = """
+SELECT datlocprovider::text, datcollate, coalesce(datlocale, '')
+FROM pg_database WHERE datname = current_database()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A table's columns (in order, with types), its replica identity and the identity's columns."""
+
+    name: str  # as written in the config, "schema.table"
+    columns: Mapping[str, ColumnType]
+    identity: str  # 'd' default, 'f' full, 'i' index, 'n' nothing
+    key_columns: tuple[str, ...]
+
+    @property
+    def full_old_row(self) -> bool:
+        """Whether updates and deletes carry the whole old row (REPLICA IDENTITY FULL)."""
+        return self.identity == "f"
+
+
+def _table_info(name: str, rows: list[tuple[Any, ...]]) -> TableInfo | None:
+    if not rows:
+        return None
+    columns = {str(r[0]): ColumnType(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows}
+    keys = tuple(str(r[0]) for r in rows if r[4])
+    return TableInfo(name, columns, str(rows[0][5]), keys)
+
+
+def _collation(row: tuple[Any, ...] | None) -> str:
+    """The database's default collation: "C" when text orders by code point (libc C/POSIX, builtin
+    C/C.UTF-8), else its name."""
+    if row is None:
+        return "C"
+    provider, collate, locale = (str(v) for v in row)
+    name = locale if provider in ("i", "b") else collate
+    if (provider == "c" and collate in ("C", "POSIX")) or (provider == "b" and locale in ("C", "C.UTF-8")):
+        return "C"
+    return name
+
+
+def read_tables(
+    conn: psycopg.Connection[Any], tables: Iterable[str]
+) -> tuple[dict[str, TableInfo | None], str]:
+    """Each table's info (None: no such table) and the database's collation."""
+    out: dict[str, TableInfo | None] = {}
+    for table in tables:
+        out[table] = _table_info(table, conn.execute(_COLUMNS, [table]).fetchall())
+    return out, _collation(conn.execute(_COLLATION).fetchone())
+
+
+async def read_tables_async(
+    conn: psycopg.AsyncConnection[Any], tables: Iterable[str]
+) -> tuple[dict[str, TableInfo | None], str]:
+    """:func:`read_tables` over an async connection."""
+    out: dict[str, TableInfo | None] = {}
+    for table in tables:
+        cur = await conn.execute(_COLUMNS, [table])
+        out[table] = _table_info(table, await cur.fetchall())
+    cur = await conn.execute(_COLLATION)
+    return out, _collation(await cur.fetchone())
