@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -105,6 +106,12 @@ def _quote_ident(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
+def publication_names(publication: str | Sequence[str]) -> str:
+    """The ``publication_names`` option of pgoutput: a quoted, comma-separated list of quoted names."""
+    names = [publication] if isinstance(publication, str) else list(publication)
+    return _quote_literal(",".join(_quote_ident(name) for name in names))
+
+
 class ReplicationEnded(DatabaseError):
     """The server ended the COPY stream or the connection dropped; the caller may reconnect."""
 
@@ -184,14 +191,20 @@ class ReplicationSession:
         return parse_lsn(str(row[1]))
 
     async def start(
-        self, *, publication: str, start_lsn: int, messages: bool = True, protocol_version: int | None = None
+        self,
+        *,
+        publication: str | Sequence[str],
+        start_lsn: int,
+        messages: bool = True,
+        protocol_version: int | None = None,
     ) -> None:
-        """START_REPLICATION from ``start_lsn`` (the server starts at max(start_lsn, confirmed_flush))."""
+        """START_REPLICATION from ``start_lsn`` (the server starts at max(start_lsn, confirmed_flush)),
+        streaming the changes of one publication or of several (a table's changes are sent once)."""
         if protocol_version is not None:
             self.protocol_version = protocol_version
         options = [
             f"proto_version '{self.protocol_version}'",
-            f"publication_names {_quote_literal(_quote_ident(publication))}",
+            f"publication_names {publication_names(publication)}",
         ]
         if messages and self.server_version >= 140000:
             options.append("messages 'true'")

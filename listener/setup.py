@@ -1,31 +1,54 @@
 """Prerequisites (`listener check`), setup (`listener init`) and teardown (`listener drop`).
 
 Each check names what is wrong and the exact SQL or config change that fixes it.  ``init`` applies the
-state schema migrations, creates (or corrects) the publication for exactly the rule tables — publishing
+state schema migrations, creates (or corrects) the publications for exactly the rule tables — publishing
 only the operations the rules use, so an application table without a primary key keeps accepting
 UPDATE/DELETE when no rule asks for them — and creates the logical slot.  All of it is safe to run twice.
+
+Pushdown (PostgreSQL 15+, planned by :mod:`listener.pushdown`): the tables whose rules share a row filter
+are published by a second publication, ``<publication>_filtered``, with that filter; tables whose rules
+name their columns get a column list.  ``init`` creates the second publication even while no table needs
+it, and empties rather than drops it when none does any more: the server decodes the WAL from the slot's
+confirmed position with the catalog of that time, so a publication dropped in between would lose the
+changes it carried there, and one created in between fails decoding before PostgreSQL 18.  ``drop``
+removes both.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener import store
+from listener import pushdown, store
+from listener.catalog import TableInfo, read_tables
 from listener.config import Config, qualified_name
-from listener.errors import DatabaseError, PrerequisiteError, SlotInUseError
-from listener.rules import RuleSet
+from listener.errors import ConfigError, DatabaseError, PrerequisiteError, SlotInUseError
+from listener.pushdown import PublicationPlan, Refusal, TablePlan, describe_rule, publish_list
+from listener.rules import OPERATIONS, CompiledRule, RuleSet, compile_rule
 
 logger = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+
+PROBE_LOCK_TIMEOUT_MS = 10_000  # trying a row filter locks its table briefly; wait at most this long
+# The constants of a row filter are parsed once, when the publication is created, under that session's
+# settings: `at > '2024-01-01'` would otherwise mean midnight in the session's time zone, while
+# listener.predicate evaluates it in UTC.  Filters are also printed (pg_get_expr) under them, and built-in
+# names resolve in pg_catalog only.
+FILTER_SETTINGS = (
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL DateStyle = 'ISO, YMD'",
+    "SET LOCAL IntervalStyle = 'postgres'",
+    "SET LOCAL search_path = pg_catalog, pg_temp",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +76,144 @@ def connect(dsn: str, *, what: str = "the database") -> Iterator[Conn]:
         conn.close()
 
 
-def _publish_ops(rules: RuleSet) -> str:
-    ops = [op for op in ("insert", "update", "delete", "truncate") if op in rules.operations]
-    return ", ".join(ops or ["insert"])
+# ---------------------------------------------------------------------------------------------------------
+# The rules against the catalog, and the publications they need
+
+
+@dataclass(frozen=True, slots=True)
+class Pushdown:
+    """The publications the rules need on this server, and how the server prints each planned row filter
+    (``pg_get_expr``: what ``pg_publication_rel`` holds once ``init`` set it, to compare like with like).
+    ``complete``: every rule compiled (otherwise the tables of the failing rules are not planned)."""
+
+    plan: PublicationPlan
+    printed: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    complete: bool = True
+
+
+def read_catalog(conn: Conn, config: Config) -> tuple[dict[str, TableInfo | None], str]:
+    """Catalog info of every rule table (None: no such table) and the database's collation."""
+    return read_tables(conn, dict.fromkeys(r.table for r in config.rules if r.table is not None))
+
+
+def compile_rules(conn: Conn, config: Config) -> tuple[RuleSet, dict[str, TableInfo | None]]:
+    """The rules checked against their tables (``ConfigError`` for the first bad one), and the tables."""
+    tables, collation = read_catalog(conn, config)
+    return RuleSet.from_config(config, tables, collation), tables
+
+
+def plan_pushdown(
+    conn: Conn, config: Config, rules: RuleSet, tables: Mapping[str, TableInfo | None]
+) -> Pushdown:
+    """Plan both publications for ``rules``, then let the server try each planned row filter and column
+    list (in a transaction that is rolled back): what it refuses falls back, with its reason."""
+    version = conn.info.server_version
+    plan = pushdown.plan_publications(rules, tables, version, publication=config.publication)
+    refused, printed = probe_pushdown(conn, plan)
+    if refused:
+        plan = pushdown.plan_publications(
+            rules, tables, version, publication=config.publication, refused=refused
+        )
+    return Pushdown(plan, printed)
+
+
+_PRINTED_FILTER = """
+SELECT pg_get_expr(pr.prqual, pr.prrelid)
+FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+WHERE p.pubname = %s
+"""
+# What the server refuses in a row filter or column list: feature not supported (a mutable function, a
+# user-defined type or operator), data exceptions, syntax errors and access rule violations (a generated
+# column before PostgreSQL 18, a missing privilege).  Anything else (a lock timeout, a lost connection) is
+# an error of `check`/`init` itself.
+_REFUSAL_CLASSES = ("0A", "22", "42")
+
+
+def probe_pushdown(
+    conn: Conn, plan: PublicationPlan
+) -> tuple[dict[tuple[str, str], Refusal], dict[tuple[str, str], str]]:
+    """Create a throwaway publication per planned row filter and column list, inside a transaction that
+    is rolled back: (what the server refused, by table; how it prints each filter it accepted)."""
+    refused: dict[tuple[str, str], Refusal] = {}
+    printed: dict[tuple[str, str], str] = {}
+    candidates = [t for t in plan.tables if t.row_filter is not None or t.columns is not None]
+    if not candidates:
+        return refused, printed
+    try:
+        with conn.transaction(force_rollback=True):
+            _pin_filter_settings(conn)
+            timeout = sql.Literal(f"{PROBE_LOCK_TIMEOUT_MS}ms")
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(timeout))
+            for index, table in enumerate(candidates):
+                name = f"listener_probe_{os.getpid()}_{index}"
+                filter_error = columns_error = None
+                if table.row_filter is not None:
+                    item = _table_item(table.schema, table.table, None, table.row_filter)
+                    filter_error = _try_publication(conn, f"{name}_f", item, "insert")
+                    if filter_error is None:
+                        row = conn.execute(_PRINTED_FILTER, [f"{name}_f"]).fetchone()
+                        if row is not None and row[0] is not None:
+                            printed[(table.schema, table.table)] = str(row[0])
+                if table.columns is not None:
+                    item = _table_item(table.schema, table.table, table.columns, None)
+                    publish = plan.filtered_publish if table.filtered else plan.main_publish
+                    columns_error = _try_publication(conn, f"{name}_c", item, publish)
+                if filter_error is not None or columns_error is not None:
+                    refused[(table.schema, table.table)] = Refusal(filter_error, columns_error)
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"cannot try the planned row filters and column lists on the server: {str(exc).strip()}",
+            hint="a long transaction or VACUUM may hold a rule table's lock: try again (see pg_locks)",
+        ) from exc
+    return refused, printed
+
+
+def _pin_filter_settings(conn: Conn) -> None:
+    """For the rest of the current transaction: the settings row filters are parsed under."""
+    for statement in FILTER_SETTINGS:
+        conn.execute(statement)
+
+
+def _try_publication(conn: Conn, name: str, item: sql.Composable, publish: str) -> str | None:
+    """None when the server accepts a publication of ``item``, else its reason.  In a savepoint, so the
+    enclosing transaction goes on either way."""
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
+                    sql.Identifier(name), item, sql.Literal(publish)
+                )
+            )
+    except psycopg.Error as exc:
+        if not (exc.sqlstate or "").startswith(_REFUSAL_CLASSES):
+            raise
+        primary = exc.diag.message_primary or str(exc).strip()
+        detail = exc.diag.message_detail
+        return f"{primary} ({detail.rstrip('.')})" if detail else primary
+    return None
+
+
+def _table_item(
+    schema: str, table: str, columns: Sequence[str] | None, row_filter: str | None
+) -> sql.Composable:
+    """``schema.table (col, ...) WHERE (filter)``: one entry of a publication's table list."""
+    parts: list[sql.Composable] = [sql.Identifier(schema, table)]
+    if columns is not None:
+        parts.append(sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns)))
+    if row_filter is not None:
+        # SQL that listener.predicate deparsed from the rule's parsed `when:`, not text from elsewhere.
+        parts.append(sql.SQL("WHERE ({})").format(sql.SQL(row_filter)))
+    return sql.SQL(" ").join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `listener check`
 
 
 def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
-    """Run every prerequisite check; never raises for a failed check (only for no connection)."""
-    rules = RuleSet(config.rules)
+    """Run every prerequisite check, and compile and describe every rule; never raises for a failed check
+    (only for no connection, or a rule table locked by others for longer than PROBE_LOCK_TIMEOUT_MS)."""
+    structural = RuleSet(config.rules)
     results: list[CheckResult] = []
     add = results.append
     with connect(source_dsn) as conn:
@@ -89,8 +242,10 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
             )
         )
         results.extend(_check_slot(conn, config))
-        results.extend(_check_tables(conn, config, rules))
-        results.extend(_check_publication(conn, config, rules))
+        rule_results, planned = _check_rules(conn, config)
+        results.extend(_check_tables(conn, config, structural, planned))
+        results.extend(rule_results)
+        results.extend(_check_publications(conn, structural, planned))
     with connect(state_dsn, what="the state database") as conn:
         version = store.schema_version(conn, config.state_schema)
         latest = len(store.load_migrations())
@@ -107,6 +262,50 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
                 )
             )
     return results
+
+
+def _check_rules(conn: Conn, config: Config) -> tuple[list[CheckResult], Pushdown]:
+    """One result per rule: what it matches and what of it the server applies, or why it does not
+    compile, with the fix.  Each rule is compiled on its own, so one bad rule hides no other; the tables
+    of bad rules are left out of the plan (their filters depend on every rule of the table)."""
+    tables, collation = read_catalog(conn, config)
+    limited = frozenset(limit.workflow for limit in config.limits)
+    compiled: dict[str, CompiledRule] = {}
+    failed: dict[str, ConfigError] = {}
+    for rule in config.rules:
+        try:
+            compiled[rule.name] = compile_rule(
+                rule, limited, tables.get(rule.table or ""), collation=collation, locate=config.field_place
+            )
+        except ConfigError as exc:
+            failed[rule.name] = exc
+    broken = {rule.table for rule in config.rules if rule.name in failed and rule.table is not None}
+    sound = RuleSet(
+        [rule for rule in config.rules if rule.name not in failed and rule.table not in broken],
+        config.limits,
+        tables=tables,
+        collation=collation,
+        locate=config.field_place,
+    )
+    planned = plan_pushdown(conn, config, sound, tables)
+    out: list[CheckResult] = []
+    for rule in config.rules:
+        error = failed.get(rule.name)
+        if error is None:
+            out.append(
+                CheckResult(f"rule {rule.name}", True, describe_rule(compiled[rule.name], planned.plan))
+            )
+        else:
+            out.append(CheckResult(f"rule {rule.name}", False, _rule_error_text(error), error.hint))
+    return out, Pushdown(planned.plan, planned.printed, complete=not failed)
+
+
+def _rule_error_text(exc: ConfigError) -> str:
+    """A rule's compile error for its check line, ``file:line: what`` (the line names the rule)."""
+    place = (f"{exc.file}:{exc.line}" if exc.line is not None else exc.file) if exc.file else None
+    prefix = ", ".join([*([place] if place else []), *([f"rule {exc.rule!r}"] if exc.rule else [])])
+    text = exc.message.removeprefix(f"{prefix}: ") if prefix else exc.message
+    return f"{place}: {text}" if place else text
 
 
 def _check_slot(conn: Conn, config: Config) -> list[CheckResult]:
@@ -157,8 +356,13 @@ def _check_slot(conn: Conn, config: Config) -> list[CheckResult]:
     ]
 
 
-def _check_tables(conn: Conn, config: Config, rules: RuleSet) -> list[CheckResult]:
+def _check_tables(conn: Conn, config: Config, rules: RuleSet, planned: Pushdown) -> list[CheckResult]:
     out: list[CheckResult] = []
+    # What the main publication publishes for every table in it (tables left out of the plan count
+    # with their rules' operations): a table with a row filter is in the insert-only filtered one.
+    main_ops = planned.plan.main_operations.union(
+        *(rules.operations_for(s, t) for s, t in rules.tables if planned.plan.table(s, t) is None)
+    )
     for schema, table in rules.tables:
         name = qualified_name(schema, table)
         rule_names = ", ".join(r.name for r in rules.rules if (r.schema, r.table) == (schema, table))
@@ -200,7 +404,11 @@ def _check_tables(conn: Conn, config: Config, rules: RuleSet) -> list[CheckResul
             continue
         problems: list[CheckResult] = []
         ops = rules.operations_for(schema, table)
-        publish_all = rules.operations & {"update", "delete"}
+        placed = planned.plan.table(schema, table)
+        publish_all = (placed.operations if placed is not None and placed.filtered else main_ops) & {
+            "update",
+            "delete",
+        }
         if publish_all and (ident == "n" or (ident == "d" and not has_pk)):
             # The publication publishes UPDATE/DELETE for all its tables: without a replica identity
             # the application's own UPDATE/DELETE on this table would start to fail.
@@ -237,84 +445,217 @@ def _check_tables(conn: Conn, config: Config, rules: RuleSet) -> list[CheckResul
     return out
 
 
-def _check_publication(conn: Conn, config: Config, rules: RuleSet) -> list[CheckResult]:
-    wanted = {qualified_name(s, t) for s, t in rules.tables}
-    row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [config.publication]).fetchone()
-    if row is None:
+_PUBLICATION_RELS = """
+SELECT n.nspname, c.relname, pg_get_expr(pr.prqual, pr.prrelid),
+       CASE WHEN pr.prattrs IS NOT NULL THEN
+           ARRAY(SELECT a.attname::text FROM pg_attribute a
+                 WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs::int2[]) ORDER BY a.attnum)
+       END
+FROM pg_publication_rel pr
+JOIN pg_publication p ON p.oid = pr.prpubid
+JOIN pg_class c ON c.oid = pr.prrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE p.pubname = %s
+"""
+
+
+def _publication_tables(conn: Conn, publication: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [publication]
+    ).fetchall()
+    return {qualified_name(s, t) for s, t in rows}
+
+
+def _check_publications(conn: Conn, rules: RuleSet, planned: Pushdown) -> list[CheckResult]:
+    """Each publication against the plan: its tables, operations, row filters and column lists."""
+    plan = planned.plan
+    if not planned.complete:
+        # Some rules do not compile: their tables' filters are unknown; compare only which tables are in.
+        if not conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [plan.publication]).fetchone():
+            return [
+                CheckResult(
+                    "publication",
+                    True,
+                    f"publication {plan.publication!r} will be created by init",
+                    warning=True,
+                )
+            ]
+        wanted = {qualified_name(s, t) for s, t in rules.tables}
+        have = _publication_tables(conn, plan.publication)
+        if plan.filtered is not None:
+            have |= _publication_tables(conn, plan.filtered)
+        if have != wanted:
+            return [
+                CheckResult(
+                    "publication",
+                    False,
+                    f"the publications have tables {sorted(have)}, the rules need {sorted(wanted)}",
+                    "listener init",
+                )
+            ]
         return [
             CheckResult(
                 "publication",
                 True,
-                f"publication {config.publication!r} will be created by init",
+                "the publications cover the rule tables (row filters and column lists are compared once "
+                "every rule compiles)",
                 warning=True,
             )
         ]
-    have = {
-        qualified_name(s, t)
-        for s, t in conn.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [config.publication]
-        ).fetchall()
-    }
-    if have != wanted:
-        return [
-            CheckResult(
-                "publication",
-                False,
-                f"publication {config.publication!r} has tables {sorted(have)}, "
-                f"the rules need {sorted(wanted)}",
-                "listener init",
+    out = [
+        _check_publication(
+            conn, "publication", plan.publication, plan.main_tables, plan.main_publish, planned
+        )
+    ]
+    if plan.filtered is not None:
+        out.append(
+            _check_publication(
+                conn,
+                "filtered publication",
+                plan.filtered,
+                plan.filtered_tables,
+                plan.filtered_publish,
+                planned,
             )
-        ]
-    return [CheckResult("publication", True, f"publication {config.publication!r} covers the rule tables")]
+        )
+    return out
 
 
-def init(config: Config, source_dsn: str, state_dsn: str) -> list[str]:
-    """Apply migrations, create/correct the publication, create the slot.  Returns what was done."""
-    rules = RuleSet(config.rules)
+def _check_publication(
+    conn: Conn, label: str, name: str, tables: Sequence[TablePlan], publish: str, planned: Pushdown
+) -> CheckResult:
+    row = conn.execute(
+        "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = %s", [name]
+    ).fetchone()
+    if row is None:
+        return CheckResult(label, True, f"publication {name!r} will be created by init", warning=True)
+    problems: list[str] = []
+    have = _publication_tables(conn, name)
+    wanted = {t.name for t in tables}
+    if have != wanted:
+        problems.append(f"tables {sorted(have)} (the rules need {sorted(wanted)})")
+    have_publish = publish_list(op for op, on in zip(OPERATIONS, row, strict=True) if on)
+    if have_publish != publish:
+        problems.append(f"publishes {have_publish} (the rules need {publish})")
+    if planned.plan.unsupported is None:
+        with conn.transaction():
+            _pin_filter_settings(conn)  # print the filters as the probe did
+            rels = conn.execute(_PUBLICATION_RELS, [name]).fetchall()
+        actual = {(s, t): (f, cols) for s, t, f, cols in rels}
+        for t in tables:
+            if (t.schema, t.table) not in actual:
+                continue  # reported above
+            have_filter, have_columns = actual[(t.schema, t.table)]
+            want_filter = planned.printed.get((t.schema, t.table), t.row_filter) if t.row_filter else None
+            if have_filter != want_filter:
+                want = want_filter or "none"
+                problems.append(f"{t.name} has row filter {have_filter or 'none'} (the rules need {want})")
+            have_list = tuple(have_columns) if have_columns is not None else None
+            if have_list != t.columns:
+                problems.append(
+                    f"{t.name} publishes {_columns(have_list)} (the rules need {_columns(t.columns)})"
+                )
+    if problems:
+        return CheckResult(label, False, f"publication {name!r}: " + "; ".join(problems), "listener init")
+    return CheckResult(
+        label, True, f"publication {name!r} matches the rules: {len(tables)} table(s), {publish}"
+    )
+
+
+def _columns(columns: Sequence[str] | None) -> str:
+    return "all columns" if columns is None else f"columns ({', '.join(columns)})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `listener init` and `listener drop`
+
+
+def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None = None) -> list[str]:
+    """Apply migrations, create/correct the publications, create the slot.  Returns what was done.
+
+    The rules are compiled against the catalog first: a bad rule (``ConfigError``) changes nothing.
+    ``keep``: a config whose rules still apply for a while (a reload before its marker): the publications
+    then carry what either set of rules needs.  A reload is safe as: init(new, keep=old), write the
+    marker, init(new) -- the narrowing lands in the WAL after the marker, where only the new rules match."""
     done: list[str] = []
-    with connect(state_dsn, what="the state database") as conn:
-        for m in store.migrate(conn, config.state_schema):
-            done.append(f"applied migration {m.version:04d}_{m.name}")
-    with connect(source_dsn) as conn:
-        done.extend(ensure_publication(conn, config.publication, rules))
-        done.extend(ensure_slot(conn, config.slot))
+    with connect(source_dsn) as source:
+        rules, tables = compile_rules(source, config)
+        if keep is not None:
+            rules, tables = _compile_union(source, config, keep)
+        plan = plan_pushdown(source, config, rules, tables).plan
+        with connect(state_dsn, what="the state database") as conn:
+            for m in store.migrate(conn, config.state_schema):
+                done.append(f"applied migration {m.version:04d}_{m.name}")
+        done.extend(ensure_publications(source, plan))
+        done.extend(ensure_slot(source, config.slot))
+    return done
+
+
+def _compile_union(conn: Conn, config: Config, keep: Config) -> tuple[RuleSet, dict[str, TableInfo | None]]:
+    """The rules of both configs, for a publication that serves both."""
+    both = [*config.rules, *keep.rules]
+    tables, collation = read_tables(conn, dict.fromkeys(r.table for r in both if r.table is not None))
+    rules = RuleSet(both, [*config.limits, *keep.limits], tables=tables, collation=collation)
+    return rules, tables
+
+
+def ensure_publications(conn: Conn, plan: PublicationPlan) -> list[str]:
+    """Create or correct both publications of ``plan`` in one transaction: a table moving from one to
+    the other is never in both, nor in neither, at any point of the WAL."""
+    with _publication_errors(), conn.transaction():
+        _pin_filter_settings(conn)
+        done = [_set_publication(conn, plan.publication, plan.main_tables, plan.main_publish)]
+        if plan.filtered is not None:
+            done.append(_set_publication(conn, plan.filtered, plan.filtered_tables, plan.filtered_publish))
     return done
 
 
 def ensure_publication(conn: Conn, publication: str, rules: RuleSet, *, all_ops: bool = False) -> list[str]:
-    tables = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in rules.tables)
-    publish = "insert, update, delete, truncate" if all_ops else _publish_ops(rules)
+    """One publication of the rule tables without pushdown (``listener tail`` shows every change)."""
+    tables = [TablePlan(s, t, rules.operations_for(s, t)) for s, t in rules.tables]
+    publish = publish_list(OPERATIONS if all_ops else rules.operations)
+    with _publication_errors(), conn.transaction():
+        return [_set_publication(conn, publication, tables, publish)]
+
+
+def _set_publication(conn: Conn, publication: str, tables: Sequence[TablePlan], publish: str) -> str:
     name = sql.Identifier(publication)
-    exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone()
-    try:
-        with conn.transaction():
-            if not exists:
-                if rules.tables:
-                    conn.execute(
-                        sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
-                            name, tables, sql.Literal(publish)
-                        )
-                    )
-                else:
-                    conn.execute(
-                        sql.SQL("CREATE PUBLICATION {} WITH (publish = {})").format(
-                            name, sql.Literal(publish)
-                        )
-                    )
-                return [f"created publication {publication} ({publish}) for {len(rules.tables)} table(s)"]
-            if rules.tables:
-                conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, tables))
-            else:
-                for s, t in conn.execute(
-                    "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
-                    [publication],
-                ).fetchall():
-                    conn.execute(
-                        sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(name, sql.Identifier(s, t))
-                    )
+    items = sql.SQL(", ").join(_table_item(t.schema, t.table, t.columns, t.row_filter) for t in tables)
+    pushed = "; ".join(
+        t.name
+        + (f" ({', '.join(t.columns)})" if t.columns is not None else "")
+        + (f" WHERE ({t.row_filter})" if t.row_filter is not None else "")
+        for t in tables
+        if t.columns is not None or t.row_filter is not None
+    )
+    details = f": {pushed}" if pushed else ""
+    if not conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone():
+        if tables:
             conn.execute(
-                sql.SQL("ALTER PUBLICATION {} SET (publish = {})").format(name, sql.Literal(publish))
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
+                    name, items, sql.Literal(publish)
+                )
             )
+        else:
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} WITH (publish = {})").format(name, sql.Literal(publish))
+            )
+        return f"created publication {publication} ({publish}) for {len(tables)} table(s){details}"
+    if tables:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, items))
+    else:
+        for s, t in conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [publication]
+        ).fetchall():
+            conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(name, sql.Identifier(s, t)))
+    conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish = {})").format(name, sql.Literal(publish)))
+    return f"publication {publication} set to {len(tables)} table(s) ({publish}){details}"
+
+
+@contextmanager
+def _publication_errors() -> Iterator[None]:
+    try:
+        yield
     except pgerrors.UndefinedTable as exc:
         raise PrerequisiteError(
             f"cannot publish the rule tables: {exc.diag.message_primary}",
@@ -325,7 +666,6 @@ def ensure_publication(conn: Conn, publication: str, rules: RuleSet, *, all_ops:
             f"cannot create the publication: {exc.diag.message_primary}",
             hint="run `listener init` as the owner of the rule tables with CREATE on the database",
         ) from exc
-    return [f"publication {publication} set to {len(rules.tables)} table(s) ({publish})"]
 
 
 def ensure_slot(conn: Conn, slot: str) -> list[str]:
@@ -354,7 +694,7 @@ def ensure_slot(conn: Conn, slot: str) -> list[str]:
 
 
 def drop(config: Config, source_dsn: str) -> list[str]:
-    """Drop the slot and the publication (the state schema and its events stay)."""
+    """Drop the slot and both publications (the state schema and its events stay)."""
     done: list[str] = []
     with connect(source_dsn) as conn:
         row = conn.execute(
@@ -368,7 +708,27 @@ def drop(config: Config, source_dsn: str) -> list[str]:
                 )
             conn.execute("SELECT pg_drop_replication_slot(%s)", [config.slot])
             done.append(f"dropped replication slot {config.slot}")
-        if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [config.publication]).fetchone():
-            conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication)))
-            done.append(f"dropped publication {config.publication}")
+        for publication in (config.publication, pushdown.filtered_publication(config.publication)):
+            if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone():
+                conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
+                done.append(f"dropped publication {publication}")
     return done
+
+
+# PostgreSQL 18 skips a streamed publication that does not exist at a decoded position (with a warning);
+# before, that is an error.
+SKIPS_MISSING_PUBLICATIONS = 180000
+
+
+async def streamed_publications(conn: psycopg.AsyncConnection[Any], publication: str) -> list[str]:
+    """The publications ingest streams: ``publication`` and, from PostgreSQL 15, the filtered one (always
+    from 18, so one created later is picked up; before 18 only when it exists, which `init` ensures)."""
+    version = conn.info.server_version
+    if version < pushdown.MIN_SERVER_VERSION:
+        return [publication]
+    filtered = pushdown.filtered_publication(publication)
+    if version < SKIPS_MISSING_PUBLICATIONS:
+        cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [filtered])
+        if await cur.fetchone() is None:
+            return [publication]
+    return [publication, filtered]
