@@ -399,6 +399,11 @@ def rewind(
             err_console.print("`listener run` starts it when it starts", highlight=False)
         click.echo(recorded.id)
         if wait:
+            err_console.print(
+                f"waiting for rewind {recorded.id} to finish "
+                "(Ctrl-C stops waiting; the rewind stays recorded)",
+                highlight=False,
+            )
             row = rw.wait_finished(state, recorded.id)
             rw.print_finished(err_console, row)
             if row.error:
