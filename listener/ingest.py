@@ -688,6 +688,7 @@ def _has_work(batch: EventBatch) -> bool:
     """Whether a batch holds anything to commit: events, a checkpoint, or a rewind's progress."""
     return bool(
         batch.payload
+        or batch.chunks
         or batch.checkpoint is not None
         or batch.rewind_position is not None
         or batch.rewind_done
