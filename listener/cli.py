@@ -307,6 +307,114 @@ def runs_show(opts: Options, run_id: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts (see above).")
+@click.pass_obj
+def status(opts: Options, as_json: bool) -> None:
+    """Where ingest stands, the WAL the slot keeps, the rewindable range, rewinds and run counts.
+
+    \b
+    --json writes one JSON object with the keys:
+      slot, slot_exists, active_pid, checkpoint_lsn, checkpoint_at, confirmed_flush_lsn,
+      restart_lsn, current_wal_lsn, wal_status, retained_wal_bytes, warn_wal_bytes,
+      retain {duration, size} or null, rewindable {from_lsn, from_time, to_lsn} or null,
+      runs {pending, running, dead}, rewinds [{id, from_lsn, up_to, position, rerun_rule,
+      generation, events_inserted, runs_rerun, created_at, started_at, finished_at, error}],
+      warnings [text]
+    """
+    from listener import status as status_mod
+
+    config = _load(opts, required=False)
+    with (
+        _databases(opts, config) as (dsn, state_dsn),
+        setup.connect(dsn) as source,
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        found = status_mod.gather(config, source, state)
+    if as_json:
+        click.echo(runs_mod.dumps(found.to_json()))
+    else:
+        status_mod.print_status(runs_mod.stdout_console(), found)
+
+
+@main.command()
+@click.option("--to-lsn", metavar="LSN", help="Re-read from this WAL position (e.g. 0/16B3748).")
+@click.option(
+    "--to-time",
+    metavar="TIME",
+    help="Re-read what committed at or after TIME: ISO 8601, or a duration ago (2h, 90m, 1d).",
+)
+@click.option(
+    "--rerun", metavar="RULE", help="Make one new run per matching change of RULE (a new generation)."
+)
+@click.option("--dry-run", is_flag=True, help="Count per rule what the rewind would produce; write nothing.")
+@click.option("--wait", is_flag=True, help="Wait until `listener run` has finished the rewind.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: one JSON object.")
+@click.pass_obj
+def rewind(
+    opts: Options,
+    to_lsn: str | None,
+    to_time: str | None,
+    rerun: str | None,
+    dry_run: bool,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Re-read the retained stream from an earlier position and evaluate every rule again.
+
+    Events whose idempotency keys exist are skipped, so only new rules and new matches make work.  The
+    target must lie within the retention window (`retain:`; `listener status` shows it).  The rewind is
+    recorded, and `listener run` carries it out: at once if it is running, else when it starts, with the
+    rules it runs (restart it first after changing the configuration).
+
+    --rerun RULE makes, for each change of RULE in the range, one new run (id KEY#N, N fixed by this
+    rewind), also for events that already ran.  --dry-run re-reads the range on a temporary copy of the
+    slot and prints, per rule, the events it holds, how many already exist, and the runs it would make.
+    """
+    from listener import rewind as rw
+
+    config = _load(opts)
+    with (
+        _databases(opts, config) as (dsn, state_dsn),
+        setup.connect(dsn) as source,
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        target = rw.plan(config, source, state, to_lsn=to_lsn, to_time=to_time, rerun=rerun)
+        for warning in target.warnings:
+            err_console.print(
+                f"[yellow]warning:[/yellow] {warning}: a rewind re-reads only what was published when the "
+                "change was written",
+                highlight=False,
+            )
+        if dry_run:
+            result = rw.run_dry(config, dsn, state_dsn, target)
+            if as_json:
+                click.echo(runs_mod.dumps(result.to_json()))
+            else:
+                rw.print_dry_run(runs_mod.stdout_console(), result)
+            return
+        recorded = rw.record(config, source, state, target)
+        err_console.print(rw.describe(target, recorded), highlight=False)
+        if target.slot_active_pid is not None:
+            err_console.print(
+                f"the running listener (PID {target.slot_active_pid}) starts it now, with the rules it runs",
+                highlight=False,
+            )
+        else:
+            err_console.print("`listener run` starts it when it starts", highlight=False)
+        click.echo(recorded.id)
+        if wait:
+            err_console.print(
+                f"waiting for rewind {recorded.id} to finish "
+                "(Ctrl-C stops waiting; the rewind stays recorded)",
+                highlight=False,
+            )
+            row = rw.wait_finished(state, recorded.id)
+            rw.print_finished(err_console, row)
+            if row.error:
+                sys.exit(1)
+
+
+@main.command()
 @click.argument("run_id", metavar="ID")
 @click.option(
     "--rerun", is_flag=True, help="Run the event again as a new generation, from scratch (also when done)."

@@ -46,6 +46,7 @@ POLL_INTERVAL_S = 5.0
 LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
 GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated, we refuse them
+RETAIN_WARN_BYTES = 10 * 1024**3  # `listener status` warns above this much WAL held by the slot (no `size`)
 
 Operation = Literal["insert", "update", "delete", "truncate"]
 OPERATIONS: tuple[Operation, ...] = ("insert", "update", "delete", "truncate")
@@ -181,6 +182,67 @@ def _check_rate(value: str | None) -> str | None:
                 f"rate {value!r} is not N/period",
                 "write e.g. '60/minute' (second, minute, hour, day)",
             ) from None
+    return value
+
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m|s)\s*", re.IGNORECASE)
+_DURATION_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+_DURATION_HINT = "write a number and a unit, e.g. 90s, 15m, 24h, 7d or 1h30m (s, m, h, d, w)"
+_SIZE_HINT = "write a number and a unit, e.g. 512MB, 10GB or 1.5TB (B, kB, MB, GB, TB; 1kB = 1024 bytes)"
+
+
+def parse_duration(text: str) -> float:
+    """``"1h30m"`` -> 5400.0 seconds; raise ``ValueError`` for anything else (a bare number has no unit)."""
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(text)
+        total += float(match[1]) * _DURATION_UNITS[match[2].lower()]
+        pos = match.end()
+    if pos == 0:
+        raise ValueError(text)
+    return total
+
+
+def parse_size(text: str) -> int:
+    """``"1.5GB"`` -> bytes, in PostgreSQL's binary units (1kB = 1024 bytes); ``ValueError`` otherwise."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(text)
+    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def _unit_required(kind: str, hint: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise _custom(kind, f"{_show(value)} has no unit", hint)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise _custom("duration", f"{value!r} is not a duration", _DURATION_HINT) from None
+        if seconds <= 0:
+            raise _custom("duration", f"duration {value!r} is not more than 0", _DURATION_HINT)
+    return value
+
+
+def _check_size(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise _custom("size", f"{value!r} is not a size", _SIZE_HINT) from None
+        if size <= 0:
+            raise _custom("size", f"size {value!r} is not more than 0", _SIZE_HINT)
     return value
 
 
@@ -324,6 +386,42 @@ class WorkerSettings(BaseModel):
     grace_s: float = Field(default=GRACE_S, ge=0, strict=True, allow_inf_nan=False)
 
 
+class RetainSettings(BaseModel):
+    """The retention window: how much already-ingested WAL the slot keeps, so `listener rewind` can re-read
+    it.  Without ``duration`` and ``size`` nothing is kept (the slot confirms the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # by commit time: the slot keeps the WAL of transactions committed within this long before now
+    duration: Annotated[
+        str | None, _unit_required("duration", _DURATION_HINT), AfterValidator(_check_duration)
+    ] = None
+    # by WAL bytes between the oldest rewindable position and the checkpoint, at most (caps `duration`)
+    size: Annotated[str | None, _unit_required("size", _SIZE_HINT), AfterValidator(_check_size)] = None
+    # `listener status` warns when the slot holds more WAL than this (default: twice `size`, or 10GB)
+    warn_size: Annotated[str | None, _unit_required("size", _SIZE_HINT), AfterValidator(_check_size)] = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any WAL is kept behind the checkpoint."""
+        return self.duration is not None or self.size is not None
+
+    @property
+    def duration_s(self) -> float | None:
+        return parse_duration(self.duration) if self.duration is not None else None
+
+    @property
+    def size_bytes(self) -> int | None:
+        return parse_size(self.size) if self.size is not None else None
+
+    @property
+    def warn_bytes(self) -> int:
+        if self.warn_size is not None:
+            return parse_size(self.warn_size)
+        size = self.size_bytes
+        return 2 * size if size is not None else RETAIN_WARN_BYTES
+
+
 class Rule(BaseModel):
     """One rule: what it listens to (a table's changes, logical decoding messages with a prefix, or NOTIFYs
     on a channel) and the workflow each matching change starts."""
@@ -439,6 +537,7 @@ class Config(BaseModel):
     state_schema: Annotated[str, _plain_identifier("state_schema")] = DEFAULT_STATE_SCHEMA
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retain: RetainSettings = Field(default_factory=RetainSettings)
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
 
@@ -446,7 +545,7 @@ class Config(BaseModel):
     _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)
     _field_lines: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)
 
-    @field_validator("ingest", "worker", "rules", mode="before")
+    @field_validator("ingest", "worker", "retain", "rules", mode="before")
     @classmethod
     def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
@@ -506,7 +605,11 @@ class Config(BaseModel):
 # Loading: YAML node tree -> plain values + line numbers -> models -> errors that point at lines.
 
 YamlPath = tuple[str | int, ...]
-_SECTIONS: dict[str, type[BaseModel]] = {"ingest": IngestSettings, "worker": WorkerSettings}
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "ingest": IngestSettings,
+    "worker": WorkerSettings,
+    "retain": RetainSettings,
+}
 _MISSING_HINTS = {
     "name": "add e.g. `name: onboard_user`; the name is part of every event's idempotency key",
     "table": "add e.g. `table: public.users` (a bare name means public.<name>)",
@@ -718,7 +821,7 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
         what = f"expected keys (`name: value` lines), got {_show(value)}"
         if where[:1] == ("rules",):
             hint = "write each rule as a list item: `- name: ...` then `table:`, `on:`, `workflow:` under it"
-        elif where[:1] in (("ingest",), ("worker",)):
+        elif where[:1] in (("ingest",), ("worker",), ("retain",)):
             hint = f"put its keys on indented lines under '{where[0]}:'"
     elif kind in ("tuple_type", "list_type"):
         what = f"expected a list, got {_show(value)}"

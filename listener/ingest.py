@@ -9,6 +9,13 @@ the transaction is re-sent and the unique idempotency keys drop what was already
 
 On restart, transactions whose commit LSN is below the checkpoint are skipped.  Every lost connection
 (source or state database) restarts the session from the durable checkpoint, with backoff.
+
+With a retention window (``retain:``), the flush LSN trails the checkpoint: the writer records the
+checkpoint's history (``lsn_history``) every few seconds and confirms the newest history position older
+than the window, so the server keeps that WAL for ``listener rewind``.  A recorded rewind (``rewinds``)
+restarts the session from its start: transactions committed in its range are evaluated again (existing
+idempotency keys insert nothing), the ones after it up to the checkpoint are skipped as on a restart.  The
+choice is made once per transaction (two comparisons at its Begin); the per-change path is unchanged.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
+import secrets
 import struct
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +50,19 @@ from listener.errors import (
     SlotInUseError,
 )
 from listener.expand import Expander
-from listener.lsn import format_lsn
+from listener.lsn import format_lsn, parse_lsn
 from listener.predicate import EvaluationError, MissingValue
 from listener.replication import ReplicationEnded, ReplicationSession
 from listener.rules import CompiledRule, RuleSet
-from listener.store import EventBatch, RawChunk, StateStore, asyncpg_params
+from listener.store import (
+    EventBatch,
+    RawChunk,
+    Retention,
+    RewindPlan,
+    StateStore,
+    asyncpg_params,
+    control_channel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +74,12 @@ SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender
 # checkpoint write is WAL itself (when the state database is the source), which would otherwise feed a
 # keepalive-write loop.
 IDLE_CHECKPOINT_INTERVAL_S = 10.0
+# With a retention window: at most one lsn_history row per this many seconds (the precision of
+# `listener rewind --to-time`, and how often the confirmed position can move).
+HISTORY_INTERVAL_S = 5.0
+# A running ingest looks for recorded rewinds this often when no NOTIFY arrives (invariant 7).
+REWIND_POLL_S = 5.0
+WATCHER_EXIT_S = 5.0  # how long a stopping ingest waits for the rewind watcher to let go of its connection
 
 RELOAD_PREFIX = "listener.reload"  # the logical decoding message that marks where new rules apply
 _ROW_CHANGES = frozenset(b"IUD")  # Insert, Update, Delete: their relation OID follows the type byte
@@ -74,6 +97,8 @@ class IngestStats:
     batches: int = 0
     reconnects: int = 0
     checkpoint: int | None = None
+    rewound: int = 0  # transactions re-read by rewinds
+    rewinds: int = 0  # rewinds finished
 
 
 # SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization, deadlock),
@@ -118,6 +143,7 @@ class Ingest:
         compact_after: int = 0,
         compact_chunk_changes: int = 20000,
         expand_ahead: int = 20000,
+        retention: Retention | None = None,
         on_batch: Callable[[EventBatch, int], None] | None = None,
         config: Config | None = None,
     ) -> None:
@@ -137,6 +163,10 @@ class Ingest:
         self.compact_chunk_changes = compact_chunk_changes
         self.expand_ahead = expand_ahead
         self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S
+        self.retention = retention
+        self.history_interval = HISTORY_INTERVAL_S
+        self.rewind_poll_interval = REWIND_POLL_S
+        self.rewind: RewindPlan | None = None  # the rewind the current session re-reads, until finished
         self.on_batch = on_batch
         self.stats = IngestStats()
         self.types = TypeRegistry()
@@ -145,6 +175,9 @@ class Ingest:
         self.streaming = asyncio.Event()  # set once a session is streaming
         self._session: ReplicationSession | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
+        self._restart = asyncio.Event()  # end the session and start a new one (a rewind was recorded)
+        self._rewinds_changed = asyncio.Event()  # wakes the rewind watcher
+        self._history_at = -math.inf
 
     @classmethod
     def from_config(
@@ -169,6 +202,9 @@ class Ingest:
             compact_after=config.ingest.compact_after,
             compact_chunk_changes=config.ingest.compact_chunk_changes,
             expand_ahead=config.ingest.expand_ahead,
+            retention=Retention(config.retain.duration_s, config.retain.size_bytes)
+            if config.retain.enabled
+            else None,
             on_batch=on_batch,
         )
 
@@ -176,12 +212,27 @@ class Ingest:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stream until ``stop`` is set; reconnect with backoff after any connection loss."""
+        done = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_rewinds(done), name="ingest-rewinds")
+        try:
+            await self._supervise(stop)
+        finally:
+            done.set()  # the watcher ends by itself, releasing its connection
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watcher), WATCHER_EXIT_S)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
         delay = RECONNECT_MIN_S
         busy_since: float | None = None
         while not stop.is_set():
             try:
                 await self._run_session(stop)
-                return
+                if stop.is_set():
+                    return
+                delay = RECONNECT_MIN_S  # a restart asked for: the next session starts at once
+                continue
             except SlotInUseError:
                 busy_since = busy_since or time.monotonic()
                 if time.monotonic() - busy_since > SLOT_BUSY_RETRY_S:
@@ -199,45 +250,80 @@ class Ingest:
             delay = min(RECONNECT_MAX_S, delay * 2)
 
     async def _run_session(self, stop: asyncio.Event) -> None:
+        self.streaming.clear()
+        self._restart.clear()
+        self.rewind = None
         checkpoint = await self.store.read_checkpoint() or 0
         self.durable_lsn = checkpoint
         self.stats.checkpoint = checkpoint
         session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
         self._session = session
         self._catalog = await psycopg.AsyncConnection.connect(self.source_dsn, autocommit=True)
-        if self._compile:
-            assert self.config is not None
-            self.rules = await compile_rules(self.config, self._catalog)
-            self._compile = False
+        await self._compile_rules()
         queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
         tasks: list[asyncio.Task[Any]] = []
         try:
             session.status_interval = self.status_interval
+            confirmed = await self._slot_confirmed()
+            rewind = await self._next_rewind(confirmed)
+            start = checkpoint if rewind is None else rewind.start_lsn
+            # Without retention (and no rewind) the server is told the checkpoint at once, as it always
+            # was; otherwise the flush position starts where the slot is, so starting at the checkpoint
+            # (or a rewind's start) confirms nothing the window keeps.
+            flush = confirmed if self.retention is not None or rewind is not None else None
+            if self.retention is not None and confirmed is not None:
+                await self.store.seed_history(confirmed)
             from listener import setup
 
             # the config's publication and, where the server has row filters, the filtered one
             publications = await setup.streamed_publications(self._catalog, self.publication)
-            await session.start(publication=publications, start_lsn=checkpoint)
+            await session.start(publication=publications, start_lsn=start, flush_lsn=flush)
+            if flush is not None:
+                # Now that this session holds the slot, its confirmed position can no longer move under
+                # us: a rewind must start at or after it, or the server started elsewhere without a word.
+                confirmed = await self._slot_confirmed()
+                if confirmed is not None:
+                    session.confirm(confirmed)
+                if rewind is not None and confirmed is not None and confirmed > rewind.start_lsn:
+                    problem = _moved_past(confirmed, rewind)
+                    logger.error("rewind %d refused: %s", rewind.id, problem)
+                    await self.store.fail_rewind(rewind.id, problem)
+                    self._restart.set()
+                    return
+            if rewind is not None:
+                await self.store.start_rewind(rewind.id)
+                logger.warning(
+                    "rewind %d: re-reading slot %s from %s up to %s%s",
+                    rewind.id,
+                    self.slot,
+                    format_lsn(start),
+                    format_lsn(rewind.up_to),
+                    f", rerunning rule {rewind.rerun_rule}" if rewind.rerun_rule else "",
+                )
             logger.info(
                 "streaming slot %s from %s (pgoutput v%d)",
                 self.slot,
-                format_lsn(checkpoint),
+                format_lsn(start),
                 session.protocol_version,
             )
+            self.rewind = rewind
             self.streaming.set()
             writer = asyncio.create_task(self._writer(queue, session), name="ingest-writer")
-            reader = asyncio.create_task(self._reader(queue, session, checkpoint), name="ingest-reader")
+            reader = asyncio.create_task(
+                self._reader(queue, session, checkpoint, rewind), name="ingest-reader"
+            )
             stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
+            restarter = asyncio.create_task(self._restart.wait(), name="ingest-restart")
             expander = asyncio.create_task(self.expander.run(), name="ingest-expander")
-            tasks += [writer, reader, stopper, expander]
+            tasks += [writer, reader, stopper, restarter, expander]
             if self.rules.channels:
                 tasks.append(asyncio.create_task(self._listen(queue), name="ingest-notify"))
             done, _ = await asyncio.wait(
-                {writer, reader, stopper, expander}, return_when=asyncio.FIRST_COMPLETED
+                {writer, reader, stopper, restarter, expander}, return_when=asyncio.FIRST_COMPLETED
             )
             if expander in done:
                 expander.result()  # it only ends by raising
-            if stopper in done or reader in done:
+            if stopper in done or reader in done or restarter in done:
                 # Stop reading; let the writer commit what is queued (a clean stop loses no work), then
                 # report the final flush position.
                 reader.cancel()
@@ -250,7 +336,7 @@ class Ingest:
                 exc = task.exception() if task.done() and not task.cancelled() else None
                 if exc is not None:
                     raise exc
-            if not stop.is_set():
+            if not stop.is_set() and not self._restart.is_set():
                 raise ReplicationEnded("the replication stream ended")
         finally:
             for task in tasks:
@@ -261,36 +347,179 @@ class Ingest:
                 await self._catalog.close()
             self._session = None
 
+    # -- rewinds -----------------------------------------------------------------------------------------
+
+    async def _slot_confirmed(self) -> int | None:
+        """The slot's confirmed_flush_lsn now (None when there is no such slot)."""
+        assert self._catalog is not None
+        cur = await self._catalog.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", [self.slot]
+        )
+        row = await cur.fetchone()
+        return parse_lsn(str(row[0])) if row is not None and row[0] is not None else None
+
+    async def _next_rewind(self, confirmed: int | None) -> RewindPlan | None:
+        """The oldest recorded rewind this session can carry out; those it cannot are ended, saying why."""
+        names = {rule.name for rule in self.rules.rules}
+        while (rewind := await self.store.next_rewind()) is not None:
+            missing = [name for name in rewind.rules if name not in names]
+            if missing:
+                problem = (
+                    f"this listener does not run rule(s) {', '.join(missing)} of the configuration that "
+                    "asked for the rewind; restart `listener run` with that configuration, then rewind again"
+                )
+            elif confirmed is not None and confirmed > rewind.start_lsn:
+                # the server would silently start at its confirmed position instead (CreateDecodingContext)
+                problem = _moved_past(confirmed, rewind)
+            else:
+                return rewind
+            logger.error("rewind %d refused: %s", rewind.id, problem)
+            await self.store.fail_rewind(rewind.id, problem)
+        return None
+
+    async def _watch_rewinds(self, stop: asyncio.Event) -> None:
+        """Restart a session that is not re-reading a rewind when one is recorded: woken by NOTIFY on the
+        control channel, and polling every ``rewind_poll_interval`` should one be lost (invariant 7)."""
+        changed = self._rewinds_changed
+        channel = control_channel(self.store.schema)
+        conn: Any = None
+
+        def on_notify(*_: object) -> None:
+            changed.set()
+
+        try:
+            while not stop.is_set():
+                changed.clear()
+                try:
+                    if conn is None:
+                        conn = await self.store.pool.acquire()
+                        await conn.add_listener(channel, on_notify)
+                    if self.streaming.is_set() and self.rewind is None and not self._restart.is_set():
+                        pending = await self.store.next_rewind()
+                        if pending is not None:
+                            logger.info("rewind %d recorded: restarting the stream", pending.id)
+                            self._restart.set()
+                except Exception as exc:  # only a wake-up: sessions read the rewinds themselves at start
+                    logger.warning("cannot look for recorded rewinds (%s); trying again", exc)
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await self.store.pool.release(conn)
+                        conn = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.rewind_poll_interval):
+                        await _first(changed.wait(), stop.wait())
+        finally:
+            if conn is not None:  # shielded: a cancellation must not leave the pool unable to close
+                await asyncio.shield(self._release_listener(conn, channel, on_notify))
+
+    async def _release_listener(self, conn: Any, channel: str, callback: Callable[..., None]) -> None:
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(channel, callback)
+        with contextlib.suppress(Exception):
+            await self.store.pool.release(conn)
+
+    async def count_rewind(self, rewind: RewindPlan, count: Callable[[EventBatch], Awaitable[None]]) -> None:
+        """Re-read a rewind's range as it would be, handing each batch to ``count`` instead of writing it
+        (``listener rewind --dry-run``).  Streams a temporary copy of the slot, made on the walsender
+        connection and dropped with it: the slot itself, and a running ingest on it, are not touched."""
+        copy = f"{self.slot[:40]}_dry_{secrets.token_hex(4)}"
+        session = await ReplicationSession.connect(self.source_dsn, slot=copy)
+        self._catalog = await psycopg.AsyncConnection.connect(self.source_dsn, autocommit=True)
+        queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        reader: asyncio.Task[None] | None = None
+        try:
+            confirmed = await session.copy_slot(self.slot)
+            if confirmed > rewind.from_lsn:
+                raise ListenerError(
+                    f"the slot has confirmed {format_lsn(confirmed)} meanwhile, "
+                    f"past {format_lsn(rewind.from_lsn)}",
+                    hint="rewind to a later position; `listener status` shows the rewindable range",
+                )
+            await self._compile_rules()
+            from listener import setup
+
+            publications = await setup.streamed_publications(self._catalog, self.publication)
+            await session.start(publication=publications, start_lsn=rewind.from_lsn)
+
+            async def read() -> None:
+                try:
+                    await self._reader(queue, session, rewind.up_to, rewind, until_rewound=True)
+                finally:
+                    await queue.put(None)
+
+            reader = asyncio.create_task(read(), name="dry-run-reader")
+            while (batch := await queue.get()) is not None:
+                await count(batch)
+            await reader
+        finally:
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            await session.close()
+            await self._catalog.close()
+            self._catalog = None
+
     # -- writer -------------------------------------------------------------------------------------------
 
     async def _writer(self, queue: asyncio.Queue[EventBatch | None], session: ReplicationSession) -> None:
+        retention = self.retention
         while True:
             batch = await queue.get()
             if batch is None:
                 return
+            history_due = (
+                retention is not None
+                and batch.checkpoint is not None
+                and time.monotonic() - self._history_at >= self.history_interval
+            )
+            if history_due:
+                batch.retention = retention
             inserted = await self.store.write_batch(batch)
             self.stats.batches += 1
             self.stats.events_inserted += inserted
             if batch.chunks:
                 self.expander.wake.set()
+            if history_due:
+                self._history_at = time.monotonic()
             if batch.checkpoint is not None:
                 self.durable_lsn = batch.checkpoint
                 self.stats.checkpoint = batch.checkpoint
-                session.confirm(batch.checkpoint)  # only now may the server forget this WAL
+                # only now may the server forget this WAL; with a retention window, only what lies
+                # beyond the window (batch.confirm trails the checkpoint)
+                if retention is None:
+                    session.confirm(batch.checkpoint)
+                elif batch.confirm is not None:
+                    session.confirm(batch.confirm)
+            if batch.rewind_done and batch.rewind is not None:
+                self.stats.rewinds += 1
+                logger.warning("rewind %d finished", batch.rewind.id)
+                self.rewind = None
+                self._rewinds_changed.set()  # another one may be waiting
             if self.on_batch is not None:
                 self.on_batch(batch, inserted)
 
     # -- reader -------------------------------------------------------------------------------------------
 
     async def _reader(
-        self, queue: asyncio.Queue[EventBatch | None], session: ReplicationSession, resume_lsn: int
+        self,
+        queue: asyncio.Queue[EventBatch | None],
+        session: ReplicationSession,
+        resume_lsn: int,
+        rewind: RewindPlan | None = None,
+        *,
+        until_rewound: bool = False,
     ) -> None:
+        """Decode, match and batch.  Transactions committed below ``rewind.up_to`` are re-read (every rule
+        evaluated again), then those below ``resume_lsn`` are skipped; with ``until_rewound`` return once
+        the rewind's range is passed."""
         decoder = po.Decoder(session.protocol_version)
         assembler = Assembler(self.types)
         decode = decoder.decode
         feed = assembler.feed
         rules_by_oid: dict[int, dict[str, tuple[CompiledRule, ...]]] = {}
-        batch = EventBatch()
+        rewind_end = rewind.up_to if rewind is not None else 0  # re-read what commits below this
+        rewinding = False  # the open transaction is re-read for the rewind
+        batch = EventBatch(rewind=rewind)
         batch_started = time.monotonic()
         submitted_checkpoint = resume_lsn
         skipping = False
@@ -313,18 +542,25 @@ class Ingest:
             if batch.checkpoint is not None:
                 submitted_checkpoint = batch.checkpoint
             await queue.put(batch)
-            batch = EventBatch()
+            batch = EventBatch(rewind=rewind if rewind_end else None)
             events = batch.payload
             batch_started = time.monotonic()
 
         while True:
             # With a batch ready to go, only look at what is already buffered: once libpq's buffer is
             # drained the batch is submitted, never held until the next message or status timeout.
-            ready = bool(events or batch.checkpoint is not None) and not assembler.in_transaction
+            ready = _has_work(batch) and not assembler.in_transaction
             messages = await session.read(block=not ready)
             if not messages:
                 if ready:
                     await submit()
+                elif rewind_end and not assembler.in_transaction and session.keepalive_lsn >= rewind_end:
+                    # the server has sent every transaction committed before the range's end
+                    rewind_end = 0
+                    batch.rewind_done = True
+                    await submit()
+                    if until_rewound:
+                        return
                 elif (
                     # Idle: nothing of ours is in flight, so every transaction before the server's
                     # position was sent and handled; let the checkpoint follow it (otherwise the slot
@@ -343,13 +579,22 @@ class Ingest:
                     if skipping:
                         continue
                     oid = _unpack_oid(payload, 1)[0]
-                    if oid in raw_oids:
-                        ordinal = assembler.next_ordinal(oid)
-                        chunk = chunks.get(oid)
-                        if chunk is None:
+                    chunk = chunks.get(oid) if oid in raw_oids else None
+                    if chunk is None and oid in raw_oids:
+                        # A new chunk (the first, or after a Relation message -- which the server re-sends
+                        # after any invalidation of the table, even mid-transaction -- or a reload): look
+                        # again whether the table's rules still allow compact storage.
+                        plan = self._chunk_rules(assembler, oid, compact_by_oid)
+                        if plan is None or oid not in raw_relations:
+                            raw_oids.discard(oid)
+                            fast = skipping or bool(raw_oids)
+                        else:
                             chunk = chunks[oid] = self._new_chunk(
-                                assembler, oid, ordinal, raw_relations[oid], compact_by_oid[oid]
+                                assembler, oid, assembler.next_ordinal(oid), raw_relations[oid], plan
                             )
+                    elif chunk is not None:
+                        assembler.next_ordinal(oid)
+                    if chunk is not None:
                         data = chunk.data
                         data += _pack_head(lsn, len(payload))
                         data += payload
@@ -408,7 +653,7 @@ class Ingest:
                         matched = by_op.get(item.op, ())
                         if matched:
                             _append_events(batch, item, matched)
-                            if compact_after:
+                            if compact_after and not rewinding:  # a rewind re-reads event by event (reruns)
                                 seen = txn_events[oid] = txn_events.get(oid, 0) + 1
                                 if seen >= compact_after and self._compactable(item, compact_by_oid):
                                     raw_oids.add(oid)
@@ -416,22 +661,42 @@ class Ingest:
                     if len(events) >= self.batch_events:
                         await submit()
                 elif type(item) is TxnBegin:
-                    # Already durable before a restart: its commit LSN lies below the checkpoint.
-                    skipping = item.commit_lsn < resume_lsn
+                    if item.commit_lsn < rewind_end:
+                        rewinding, skipping = True, False  # re-read for the rewind: every rule again
+                    else:
+                        if rewind_end:  # the first transaction past the rewind's range: it is complete
+                            rewind_end = 0
+                            batch.rewind_done = True
+                            if until_rewound:
+                                await submit()
+                                return
+                        # Already durable before a restart: its commit LSN lies below the checkpoint.
+                        rewinding, skipping = False, item.commit_lsn < resume_lsn
                     fast = skipping
                 elif type(item) is TxnCommit:
-                    if not skipping:
+                    if rewinding:
+                        stats.rewound += 1
+                        batch.rewind_position = item.end_lsn
+                        if item.end_lsn >= rewind_end:
+                            # it ends where the range does: no transaction committed below can follow
+                            rewind_end = 0
+                            batch.rewind_done = True
+                            if until_rewound:
+                                await submit()
+                                return
+                    elif not skipping:
                         stats.transactions += 1
                         batch.checkpoint = item.end_lsn
+                        batch.checkpoint_time = item.commit_time
                     if chunks:
                         batch.chunks.extend(chunks.values())
                         chunks.clear()
                     raw_oids.clear()
                     txn_events.clear()
                     message_ordinals.clear()
-                    skipping = fast = False
+                    skipping = rewinding = fast = False
             if (
-                (events or batch.checkpoint is not None)
+                _has_work(batch)
                 and not assembler.in_transaction
                 and (
                     len(events) >= self.batch_events
@@ -515,6 +780,13 @@ class Ingest:
         finally:
             await conn.close()
 
+    def _chunk_rules(self, assembler: Assembler, oid: int, cache: dict[int, str | None]) -> str | None:
+        """The rules JSON for a compact chunk of table ``oid`` (None: its rules need the row)."""
+        if oid not in cache:
+            rel = assembler.relations.get(oid)
+            cache[oid] = self.rules.compact_rules(rel.schema, rel.name) if rel is not None else None
+        return cache[oid]
+
     def _compactable(self, change: Change, cache: dict[int, str | None]) -> bool:
         rel = change.relation
         assert rel is not None
@@ -545,6 +817,13 @@ class Ingest:
             await self._resolve_types(unknown)
             assembler.relation(msg)  # rebuild with the resolved loaders
 
+    async def _compile_rules(self) -> None:
+        """Compile the config's rules against the catalog, once (the first session)."""
+        if self._compile:
+            assert self.config is not None and self._catalog is not None
+            self.rules = await compile_rules(self.config, self._catalog)
+            self._compile = False
+
     async def _resolve_types(self, oids: Sequence[int]) -> None:
         assert self._catalog is not None
         await self.types.resolve(self._catalog, oids)
@@ -555,6 +834,36 @@ async def compile_rules(config: Config, catalog: psycopg.AsyncConnection[Any]) -
     names = [rule.table for rule in config.rules if rule.table is not None]
     tables, collation = await read_tables_async(catalog, dict.fromkeys(names))
     return RuleSet.from_config(config, tables, collation)
+
+
+def _moved_past(confirmed: int, rewind: RewindPlan) -> str:
+    return (
+        f"the slot had already confirmed {format_lsn(confirmed)}, past the rewind's start "
+        f"{format_lsn(rewind.start_lsn)}, before it began; rewind to a later position, or keep more "
+        "with `retain:`"
+    )
+
+
+def _has_work(batch: EventBatch) -> bool:
+    """Whether a batch holds anything to commit: events, a checkpoint, or a rewind's progress."""
+    return bool(
+        batch.payload
+        or batch.chunks
+        or batch.checkpoint is not None
+        or batch.rewind_position is not None
+        or batch.rewind_done
+    )
+
+
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of ``waits`` completes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run_key(rule: CompiledRule, change: Change) -> str | None:

@@ -27,7 +27,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from listener.errors import DatabaseError, PrerequisiteError, ProtocolError, SlotInUseError
-from listener.lsn import format_lsn
+from listener.lsn import format_lsn, parse_lsn
 
 logger = logging.getLogger(__name__)
 
@@ -186,20 +186,54 @@ class ReplicationSession:
             ) from exc
         row = await cur.fetchone()
         assert row is not None
-        from listener.lsn import parse_lsn
-
         return parse_lsn(str(row[1]))
+
+    async def copy_slot(self, source: str) -> int:
+        """Make this session's slot a temporary copy of the logical slot ``source`` (same restart and
+        confirmed positions; ``source`` may be in use by another process meanwhile: the server copies it
+        without acquiring it).  The copy belongs to this connection and is dropped when it closes.
+        Returns the copy's confirmed_flush_lsn."""
+        cur = self.conn.cursor()
+        try:
+            await cur.execute(
+                "SELECT lsn::text FROM pg_copy_logical_replication_slot("
+                f"{_quote_literal(source)}, {_quote_literal(self.slot)}, true)"
+            )
+        except pgerrors.UndefinedObject as exc:
+            raise PrerequisiteError(
+                f"cannot copy replication slot {source!r}: {exc.diag.message_primary}",
+                hint="run `listener init` to create the slot and publication",
+            ) from exc
+        except pgerrors.ConfigurationLimitExceeded as exc:
+            raise PrerequisiteError(
+                f"cannot copy replication slot {source!r}: {exc.diag.message_primary}",
+                hint="a dry run needs one more replication slot for a moment: raise max_replication_slots "
+                "(then restart PostgreSQL), or drop an unused slot",
+            ) from exc
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot copy replication slot {source!r}: {str(exc).strip()}") from exc
+        row = await cur.fetchone()
+        assert row is not None and row[0] is not None
+        return parse_lsn(str(row[0]))
 
     async def start(
         self,
         *,
         publication: str | Sequence[str],
         start_lsn: int,
+        flush_lsn: int | None = None,
         messages: bool = True,
         protocol_version: int | None = None,
     ) -> None:
-        """START_REPLICATION from ``start_lsn`` (the server starts at max(start_lsn, confirmed_flush)),
-        streaming the changes of one publication or of several (a table's changes are sent once)."""
+        """START_REPLICATION from ``start_lsn``, streaming the changes of one publication or of several
+        (a table's changes are sent once).
+
+        The server starts at max(start_lsn, the slot's confirmed_flush_lsn): it never goes back before what
+        was confirmed (logical.c, CreateDecodingContext), and skips transactions whose commit record begins
+        before that point.  ``flush_lsn`` is the flush position to report until ``confirm`` moves it
+        (default: ``start_lsn``); with a retention window it is the slot's confirmed position, so starting
+        at the checkpoint does not confirm the window away.
+        """
         if protocol_version is not None:
             self.protocol_version = protocol_version
         options = [
@@ -232,7 +266,7 @@ class ReplicationSession:
         except psycopg.Error as exc:
             raise DatabaseError(f"START_REPLICATION failed: {str(exc).strip()}") from exc
         self.received_lsn = max(self.received_lsn, start_lsn)
-        self.flushed_lsn = max(self.flushed_lsn, start_lsn)
+        self.flushed_lsn = max(self.flushed_lsn, start_lsn if flush_lsn is None else flush_lsn)
         self._last_status = time.monotonic()
 
     # -- streaming ---------------------------------------------------------------------------------------
@@ -252,10 +286,10 @@ class ReplicationSession:
     ) -> list[tuple[int, memoryview]]:
         """Return the next XLogData payloads as (data_start LSN, payload).
 
-        When nothing is buffered: with ``block``, wait for data (returning an empty list when a status
-        update fell due meanwhile); without, return at once.  Afterwards ``drained`` tells whether libpq's
-        buffer was emptied (False: ``max_messages`` were returned and more may be waiting).  Keepalives are
-        answered here.
+        When nothing is buffered: with ``block``, wait for data (returning an empty list when a keepalive
+        arrived or a status update fell due meanwhile); without, return at once.  Afterwards ``drained``
+        tells whether libpq's buffer was emptied (False: ``max_messages`` were returned and more may be
+        waiting).  Keepalives are answered here.
         """
         out: list[tuple[int, memoryview]] = []
         pgconn = self.pgconn
@@ -278,6 +312,10 @@ class ReplicationSession:
                     self.keepalive_lsn = max(self.keepalive_lsn, ka.wal_end)
                     if ka.reply_requested:
                         await self.send_status(reply=False)
+                    if not out:
+                        # the server's position moved: let the caller see it (an idle checkpoint, the end
+                        # of a rewind's range) rather than waiting for the next data or status update
+                        break
                 else:
                     raise ProtocolError(f"unknown replication message type {chr(kind)!r}", offset=0)
             elif nbytes == 0:

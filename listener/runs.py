@@ -224,6 +224,12 @@ _RETRY_RUNS = """
 SELECT id, generation, status, attempt, lease_owner FROM runs WHERE event_key = %s
 ORDER BY generation FOR UPDATE
 """
+# An unfinished `listener rewind --rerun` of the event's rule has its generation fixed already: a retry
+# picks a higher one, so the rewind's run id KEY#generation stays free for it.
+_REWIND_GENERATION = """
+SELECT coalesce(max(w.generation), 0) AS g FROM rewinds w JOIN events e ON e.rule = w.rerun_rule
+WHERE e.idempotency_key = %s AND w.finished_at IS NULL
+"""
 # A new generation copies what its run was made with from the event and rule (event_key, workflow, and the
 # flow-control settings), whatever columns those are; the columns of a run's own progress start afresh.
 _RUN_STATE_COLUMNS = frozenset(
@@ -333,7 +339,8 @@ def retry(conn: Conn, run_id: str, *, schema: str, rerun: bool = False) -> Retri
             cur.execute(_RESUME, [run_id])
             cur.execute("SELECT pg_notify(%s, '')", [store.notify_channel(schema)])
             return Retried(id=run_id, generation=this["generation"], retried=run_id, was=this["status"])
-        generation = max(r["generation"] for r in runs) + 1
+        reserved = cur.execute(_REWIND_GENERATION, [key]).fetchone()
+        generation = max(max(r["generation"] for r in runs), reserved["g"] if reserved else 0) + 1
         new_id = f"{key}#{generation}"
         copied = [
             sql.Identifier(c)

@@ -1,4 +1,4 @@
-"""The state schema: migrations, the ingest checkpoint, and the ingest batch write.
+"""The state schema: migrations, the ingest checkpoint, the ingest batch write, retention and rewinds.
 
 Migrations are the numbered files in ``sql/`` (shipped as ``listener.sql``), applied in order under an
 advisory lock, each in its own transaction, recorded in ``schema_migrations``: safe to run twice and from
@@ -121,6 +121,38 @@ def notify_channel(schema: str) -> str:
     return f"{schema}_events"
 
 
+def control_channel(schema: str) -> str:
+    """The NOTIFY channel that wakes a running ingest when a rewind is recorded.  It carries no data."""
+    return f"{schema}_control"
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """The retention window (``retain:``): the slot's confirmed position trails the checkpoint by
+    ``duration_s`` of commit time, and by no more than ``size_bytes`` of WAL (either may be None)."""
+
+    duration_s: float | None = None
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RewindPlan:
+    """An unfinished row of ``rewinds``: re-read the transactions committed in [from_lsn, up_to)."""
+
+    id: int
+    from_lsn: int
+    up_to: int
+    position: int | None  # end LSN of the last re-read transaction already durable, if any
+    rerun_rule: str | None
+    generation: int | None
+    rules: tuple[str, ...]  # the rules of the configuration that asked for it
+
+    @property
+    def start_lsn(self) -> int:
+        """Where streaming starts (again): after what is already durable."""
+        return self.position if self.position is not None else self.from_lsn
+
+
 @dataclass(slots=True)
 class EventBatch:
     """Events for one state-database transaction, in columns, plus the checkpoint that goes with them.
@@ -159,6 +191,16 @@ class EventBatch:
     group_ids: dict[tuple[str, str | None, str | None, str], int] = field(default_factory=dict)
     checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
     chunks: list[RawChunk] = field(default_factory=list)  # bulk changes stored compactly
+    checkpoint_time: datetime | None = None  # commit time of that transaction (None: an idle checkpoint)
+    # Retention: set by the writer when a history row is due with this checkpoint; write_batch then
+    # records it and sets ``confirm`` to the position the slot may confirm (None: keep the current one).
+    retention: Retention | None = None
+    confirm: int | None = None
+    # Rewind: the rewind whose re-read transactions this batch may hold, how far they go, and whether the
+    # stream passed the end of its range (then it is finished with this batch).
+    rewind: RewindPlan | None = None
+    rewind_position: int | None = None
+    rewind_done: bool = False
 
     def __len__(self) -> int:
         return len(self.payload)
@@ -237,7 +279,8 @@ class RunPolicy(Protocol):
 _EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify"}  # rule source -> events.source
 
 
-_INSERT_EVENTS = """
+# The batch's events (duplicates skipped by the primary key); `ev` holds the keys actually inserted.
+_EVENTS_CTE = """
 WITH src AS (
     SELECT r[g] || '/' || c[g] || '/' || o AS key, r[g] AS rule, w[g] AS workflow, op[g] AS op, t[g] AS tbl,
            CASE WHEN src[g] <> 'notify' THEN '0/0'::pg_lsn + l END AS lsn,
@@ -255,7 +298,11 @@ WITH src AS (
     SELECT key, source, rule, workflow, op, tbl, lsn, commit_lsn, xid, commit_time, payload FROM src
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING idempotency_key
-), runs_made AS (
+)"""
+
+_INSERT_EVENTS = (
+    _EVENTS_CTE
+    + """, runs_made AS (
     -- one run per new event, its id the event's key (invariant 3); a redelivered event makes none
     INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
     SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered, src.priority
@@ -264,6 +311,34 @@ WITH src AS (
 )
 SELECT count(*) FROM runs_made
 """
+)
+
+# A batch holding re-read transactions of a rewind ($18 its --rerun rule or NULL, $19 its generation, $20
+# the end of its range): events as above; and for each change of the rerun rule committed in the range, a
+# run of the rewind's generation (id KEY#generation), whether its event is new or not.  A new event of that
+# rule therefore gets no generation-0 run: one new run per change, and a redelivery makes none.
+_INSERT_EVENTS_REWIND = (
+    _EVENTS_CTE
+    + """, runs_made AS (
+    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
+    SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered, src.priority
+    FROM src JOIN ev ON ev.idempotency_key = src.key
+    WHERE NOT coalesce(src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn, false)
+    RETURNING 1
+), reruns AS (
+    INSERT INTO runs (id, event_key, generation, workflow, gated, key, key_limit, ordered, priority)
+    SELECT src.key || '#' || $19::int4, src.key, $19::int4, src.workflow, src.gated, src.k, src.key_limit,
+           src.ordered, src.priority
+    FROM src WHERE src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ev) AS inserted,
+       (SELECT count(*) FROM ev JOIN src ON src.key = ev.idempotency_key
+        WHERE src.commit_lsn < $20::text::pg_lsn) AS rewound,
+       (SELECT count(*) FROM reruns) AS reruns
+"""
+)
 
 _INSERT_CHUNK = """
 INSERT INTO event_chunks (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
@@ -286,6 +361,54 @@ FROM event_chunks WHERE id > $1 ORDER BY id LIMIT 1
 _UPSERT_CHECKPOINT = """
 INSERT INTO checkpoints (slot_name, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())
 ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at
+"""
+
+
+_ADVANCE_REWIND = """
+UPDATE rewinds SET position = coalesce($2::text::pg_lsn, position),
+                   events_inserted = events_inserted + $3, runs_rerun = runs_rerun + $4,
+                   finished_at = CASE WHEN $5 THEN now() ELSE finished_at END
+WHERE id = $1
+"""
+
+_RECORD_HISTORY = """
+INSERT INTO lsn_history (slot_name, lsn, commit_time) VALUES ($1, $2::text::pg_lsn, coalesce($3, now()))
+ON CONFLICT (slot_name, lsn) DO NOTHING
+"""
+
+# The position the slot may confirm: the newest history row older than the window ($2 seconds of commit
+# time); when the history spans more than the size cap ($3 = the checkpoint minus the cap: rows lie below
+# it), at least the oldest row within the cap; but never past an unfinished rewind's start.  NULL while
+# neither applies: the slot keeps what it has.
+_RETAIN_POSITION = """
+SELECT CASE WHEN w IS NULL THEN NULL ELSE least(w, r) END::text
+FROM (SELECT greatest(
+             (SELECT max(lsn) FROM lsn_history
+              WHERE slot_name = $1 AND commit_time <= now() - make_interval(secs => $2::float8)),
+             (SELECT min(lsn) FROM lsn_history
+              WHERE slot_name = $1 AND lsn >= $3::text::pg_lsn
+                AND EXISTS (SELECT 1 FROM lsn_history WHERE slot_name = $1 AND lsn < $3::text::pg_lsn))
+             ) AS w,
+             (SELECT min(coalesce(position, from_lsn)) FROM rewinds
+              WHERE slot_name = $1 AND finished_at IS NULL) AS r) AS x
+"""
+
+# Where the history begins when retention is switched on: the slot's confirmed position, with the time the
+# checkpoint (at or past it) was written, an upper bound of the commit times below it.
+_SEED_HISTORY = """
+INSERT INTO lsn_history (slot_name, lsn, commit_time)
+SELECT $1, $2::text::pg_lsn,
+       coalesce((SELECT updated_at FROM checkpoints WHERE slot_name = $1 AND lsn >= $2::text::pg_lsn), now())
+WHERE NOT EXISTS (SELECT 1 FROM lsn_history WHERE slot_name = $1 AND lsn <= $2::text::pg_lsn)
+ON CONFLICT (slot_name, lsn) DO NOTHING
+"""
+
+_PRUNE_HISTORY = "DELETE FROM lsn_history WHERE slot_name = $1 AND lsn < $2::text::pg_lsn"
+
+_NEXT_REWIND = """
+SELECT id, from_lsn::text AS from_lsn, up_to::text AS up_to, position::text AS position, rerun_rule,
+       generation, rules
+FROM rewinds WHERE slot_name = $1 AND finished_at IS NULL ORDER BY id LIMIT 1
 """
 
 
@@ -323,10 +446,12 @@ class StateStore:
         transaction.
 
         Returns the number of events actually inserted, counting the changes of new chunks.  Only after
-        this returns may the flush LSN sent to the server move to ``batch.checkpoint`` (invariant 1).
+        this returns may the flush LSN sent to the server move to ``batch.checkpoint`` (invariant 1), or,
+        with a retention window, to ``batch.confirm``, which this sets when ``batch.retention`` asks for a
+        history row.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await self._insert_events(conn, batch)
+            inserted, rewound, reruns = await self._insert_events(conn, batch)
             for chunk in batch.chunks:
                 stored = await conn.fetchval(
                     _INSERT_CHUNK,
@@ -343,22 +468,89 @@ class StateStore:
                     bytes(chunk.data),
                 )
                 inserted += stored or 0
+            rewind = batch.rewind
+            if rewind is not None and (
+                batch.rewind_position is not None or batch.rewind_done or rewound or reruns
+            ):
+                position = format_lsn(batch.rewind_position) if batch.rewind_position is not None else None
+                await conn.execute(_ADVANCE_REWIND, rewind.id, position, rewound, reruns, batch.rewind_done)
             if batch.checkpoint is not None:
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
+                if batch.retention is not None:
+                    batch.confirm = await self._retain(
+                        conn, batch.checkpoint, batch.checkpoint_time, batch.retention
+                    )
         return inserted
 
     async def _insert_events(
         self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, batch: EventBatch
-    ) -> int:
+    ) -> tuple[int, int, int]:
+        """Insert the batch's events and their runs: (events inserted, events re-read by a rewind, runs
+        made for a rewind's --rerun)."""
         if not batch.payload:
-            return 0
+            return 0, 0, 0
+        inserted = rewound = reruns = 0
+        rewind = batch.rewind
         groups = list(zip(*batch.groups, strict=True))
-        inserted = await conn.fetchval(
-            _INSERT_EVENTS, batch.group, batch.lsn, batch.ordinal, batch.payload, batch.key, *groups
-        )
-        if inserted:
+        columns = (batch.group, batch.lsn, batch.ordinal, batch.payload, batch.key, *groups)
+        if rewind is None:
+            inserted = await conn.fetchval(_INSERT_EVENTS, *columns)
+        else:
+            rerun = (rewind.rerun_rule, rewind.generation, format_lsn(rewind.up_to))
+            row = await conn.fetchrow(_INSERT_EVENTS_REWIND, *columns, *rerun)
+            assert row is not None
+            inserted, rewound, reruns = row["inserted"], row["rewound"], row["reruns"]
+        if inserted or reruns:
             await conn.execute("SELECT pg_notify($1, '')", self.channel)
-        return int(inserted)
+        return int(inserted), int(rewound), int(reruns)
+
+    async def _retain(
+        self, conn: Any, checkpoint: int, commit_time: datetime | None, retention: Retention
+    ) -> int | None:
+        """Record the checkpoint in the history and return the position the slot may confirm."""
+        await conn.execute(_RECORD_HISTORY, self.slot, format_lsn(checkpoint), commit_time)
+        floor = None
+        if retention.size_bytes is not None:
+            floor = format_lsn(max(0, checkpoint - retention.size_bytes))
+        value = await conn.fetchval(_RETAIN_POSITION, self.slot, retention.duration_s, floor)
+        if value is None:
+            return None
+        await conn.execute(_PRUNE_HISTORY, self.slot, value)
+        return parse_lsn(value)
+
+    async def seed_history(self, confirmed: int) -> None:
+        """Start the history at the slot's confirmed position if it has no row at or below it."""
+        await self.pool.execute(_SEED_HISTORY, self.slot, format_lsn(confirmed))
+
+    # -- rewinds ------------------------------------------------------------------------------------------
+
+    async def next_rewind(self) -> RewindPlan | None:
+        """The oldest unfinished rewind of this slot, or None."""
+        row = await self.pool.fetchrow(_NEXT_REWIND, self.slot)
+        if row is None:
+            return None
+        return RewindPlan(
+            id=row["id"],
+            from_lsn=parse_lsn(row["from_lsn"]),
+            up_to=parse_lsn(row["up_to"]),
+            position=parse_lsn(row["position"]) if row["position"] is not None else None,
+            rerun_rule=row["rerun_rule"],
+            generation=row["generation"],
+            rules=tuple(row["rules"]),
+        )
+
+    async def start_rewind(self, rewind_id: int) -> None:
+        await self.pool.execute(
+            "UPDATE rewinds SET started_at = coalesce(started_at, now()) WHERE id = $1", rewind_id
+        )
+
+    async def fail_rewind(self, rewind_id: int, error: str) -> None:
+        """End a rewind that cannot run, saying why (shown by `listener status` and `rewind --wait`)."""
+        await self.pool.execute(
+            "UPDATE rewinds SET finished_at = now(), error = $2 WHERE id = $1 AND finished_at IS NULL",
+            rewind_id,
+            error,
+        )
 
     # -- compact chunks -----------------------------------------------------------------------------------
 
@@ -377,4 +569,4 @@ class StateStore:
             deleted = await conn.fetchval("DELETE FROM event_chunks WHERE id = $1 RETURNING 1", chunk_id)
             if deleted is None:
                 return None
-            return await self._insert_events(conn, batch)
+            return (await self._insert_events(conn, batch))[0]

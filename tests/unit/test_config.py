@@ -11,12 +11,16 @@ import pytest
 from listener.config import (
     DEFAULT_CONFIG_FILE,
     EXAMPLE_CONFIG,
+    RETAIN_WARN_BYTES,
     Config,
     IngestSettings,
+    RetainSettings,
     Rule,
     WorkerSettings,
     load_config,
     parse_config,
+    parse_duration,
+    parse_size,
     qualified_name,
     quote_ident,
     split_table,
@@ -400,3 +404,60 @@ def test_parse_config_names_the_string() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("slot: 'no way'\n")
     assert info.value.file == "<string>" and str(info.value).startswith("<string>:1: slot:")
+
+
+# --- the retention window -----------------------------------------------------------------------------------
+
+
+def test_retain_is_off_by_default_and_parses_durations_and_sizes() -> None:
+    off = parse_config("rules: []\n").retain
+    assert not off.enabled and off.duration_s is None and off.size_bytes is None
+    assert off.warn_bytes == RETAIN_WARN_BYTES
+    assert parse_config("retain:\n").retain == RetainSettings()
+    retain = parse_config("retain:\n  duration: 1h30m\n  size: 1.5GB\n").retain
+    assert retain.enabled and retain.duration_s == 5400 and retain.size_bytes == 3 * 1024**3 // 2
+    assert retain.warn_bytes == 3 * 1024**3  # twice the size unless given
+    only_warn = parse_config("retain:\n  warn_size: 512MB\n").retain
+    assert not only_warn.enabled and only_warn.warn_bytes == 512 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("15min", 900), ("24h", 86400), ("7d", 604800), ("1w", 604800),
+     ("1h30m", 5400), ("1.5h", 5400), (" 2H ", 7200)],
+)  # fmt: skip
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("100B", 100), ("1kB", 1024), ("64KB", 65536), ("10MB", 10 * 1024**2), ("2 GB", 2 * 1024**3),
+     ("1TB", 1024**4)],
+)  # fmt: skip
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "hint"),
+    [
+        (
+            "retain:\n  duration: 24 hours\n",
+            "retain.duration: '24 hours' is not a duration",
+            "e.g. 90s, 15m, 24h",
+        ),
+        ("retain:\n  duration: 3600\n", "retain.duration: 3600 has no unit", "e.g. 90s, 15m, 24h"),
+        ("retain:\n  duration: 0h\n", "retain.duration: duration '0h' is not more than 0", "24h"),
+        ("retain:\n  size: lots\n", "retain.size: 'lots' is not a size", "e.g. 512MB, 10GB"),
+        ("retain:\n  warn_size: 10\n", "retain.warn_size: 10 has no unit", "1kB = 1024 bytes"),
+        ("retain:\n  sise: 1GB\n", "retain: unknown key 'sise'", "did you mean 'size'?"),
+        ("size: 1GB\n", "unknown key 'size'", "'size' belongs under 'retain:'"),
+        ("retain: 24h\n", "retain: expected keys", "put its keys on indented lines under 'retain:'"),
+    ],
+)
+def test_retain_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, message: str, hint: str) -> None:
+    error = load_error(tmp_path, "slot: s\n" + text)
+    assert error.line == 2 + ("\n  " in text)
+    assert message in str(error)
+    assert error.hint is not None and hint in error.hint

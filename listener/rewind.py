@@ -1,0 +1,572 @@
+"""`listener rewind`: re-read the retained stream from an earlier position and evaluate every rule again.
+
+The command only *records* a rewind (a row of ``rewinds``, then a NOTIFY on the control channel); the ingest
+of `listener run` carries it out, at once when it is running, or when it starts.  That way the slot keeps
+one reader, and a rewind survives crashes: its progress commits with its events.
+
+What the command checks first, each refusal saying what is wrong and how to fix it:
+
+* a retention window is configured (otherwise the slot confirms the checkpoint and nothing is rewindable);
+* the target parses (``--to-lsn X/Y``, ``--to-time`` ISO 8601 or a duration ago such as ``2h``);
+* the target lies within the window: not below the oldest retained position (the slot's
+  ``confirmed_flush_lsn``: the server never starts a logical slot before it), and below the checkpoint;
+* ``--rerun RULE`` names a rule of the configuration.
+
+``--dry-run`` re-reads the range the same way on a temporary copy of the slot and counts, per rule, the
+events it would produce and how many of them already exist, writing nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg.rows import dict_row
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from listener import runs as runs_mod
+from listener import store
+from listener.config import Config, parse_duration
+from listener.errors import ListenerError, PrerequisiteError
+from listener.lsn import format_lsn, parse_lsn
+from listener.rules import RuleSet
+
+WAIT_POLL_S = 0.5  # `listener rewind --wait` looks at the rewind this often
+
+Conn = runs_mod.Conn
+
+
+class OutsideWindow(ListenerError):
+    """The rewind target lies before the oldest position the slot still keeps."""
+
+    def __init__(self, target: str, *, oldest_lsn: int, oldest_time: datetime | None, hint: str) -> None:
+        when = f" (committed {_when(oldest_time)})" if oldest_time is not None else ""
+        super().__init__(
+            f"{target} is outside the rewind window: the oldest reachable position is "
+            f"{format_lsn(oldest_lsn)}{when}",
+            hint=hint,
+        )
+        self.oldest_lsn = oldest_lsn
+        self.oldest_time = oldest_time
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing the target.
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """``--to-time``: ISO 8601 (``2025-03-01T12:00:00+00:00``; without an offset, this machine's time
+    zone), or a duration ago (``2h``, ``90m``, ``1d``, ``2h ago``)."""
+    raw = text.strip()
+    ago = raw.removesuffix("ago").strip()
+    try:
+        return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(ago))
+    except ValueError:
+        pass
+    try:
+        value = datetime.fromisoformat(raw.replace(" UTC", "+00:00"))
+    except ValueError:
+        raise ListenerError(
+            f"invalid time {text!r} for --to-time",
+            hint="write ISO 8601, e.g. 2025-03-01T12:00:00+00:00 (no offset: this machine's time zone), "
+            "or a duration ago, e.g. 2h, 90m or 1d",
+        ) from None
+    return value if value.tzinfo is not None else value.astimezone()
+
+
+def parse_target_lsn(text: str) -> int:
+    try:
+        return parse_lsn(text)
+    except ListenerError as exc:
+        raise ListenerError(f"{exc.message} for --to-lsn", hint=exc.hint) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The window, as the server and the history see it.
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    """The replication slot, as pg_replication_slots shows it."""
+
+    name: str
+    active_pid: int | None
+    confirmed_flush: int | None
+    restart_lsn: int | None
+    wal_status: str | None
+    current_lsn: int | None
+    retained_bytes: int | None  # pg_current_wal_lsn() - restart_lsn: WAL the server keeps for this slot
+
+
+def slot_state(conn: Conn, slot: str) -> SlotState | None:
+    row = conn.execute(
+        """
+        SELECT active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+               CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+               CASE WHEN pg_is_in_recovery() THEN NULL
+                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END
+        FROM pg_replication_slots WHERE slot_name = %s
+        """,
+        [slot],
+    ).fetchone()
+    if row is None:
+        return None
+    pid, confirmed, restart, wal_status, current, retained = row
+    return SlotState(
+        name=slot,
+        active_pid=pid,
+        confirmed_flush=parse_lsn(confirmed) if confirmed else None,
+        restart_lsn=parse_lsn(restart) if restart else None,
+        wal_status=wal_status,
+        current_lsn=parse_lsn(current) if current else None,
+        retained_bytes=int(retained) if retained is not None else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What `listener rewind` can reach: from ``oldest_lsn`` (committed at ``oldest_time``, when the
+    history knows) up to the checkpoint."""
+
+    oldest_lsn: int
+    oldest_time: datetime | None
+    checkpoint: int
+
+
+def read_checkpoint(state: Conn, slot: str) -> tuple[int, datetime] | None:
+    row = state.execute(
+        "SELECT lsn::text, updated_at FROM checkpoints WHERE slot_name = %s", [slot]
+    ).fetchone()
+    return (parse_lsn(row[0]), row[1]) if row is not None else None
+
+
+def window(state: Conn, slot: SlotState, checkpoint: int) -> Window | None:
+    """The rewindable range: from the oldest history position the slot still keeps (its confirmed
+    position, normally a history row itself) to the checkpoint; None when nothing lies behind it."""
+    if slot.confirmed_flush is None or slot.confirmed_flush >= checkpoint:
+        return None
+    row = state.execute(
+        "SELECT lsn::text, commit_time FROM lsn_history WHERE slot_name = %s AND lsn >= %s::pg_lsn"
+        " ORDER BY lsn LIMIT 1",
+        [slot.name, format_lsn(slot.confirmed_flush)],
+    ).fetchone()
+    if row is None:
+        return Window(slot.confirmed_flush, None, checkpoint)
+    oldest = parse_lsn(row[0])
+    if oldest >= checkpoint:
+        return None
+    return Window(oldest, row[1], checkpoint)
+
+
+def lsn_at(state: Conn, slot: str, at: datetime, window: Window) -> tuple[int, datetime] | None:
+    """The newest history position within the window whose transactions all committed before ``at``:
+    starting there re-reads every transaction committed at or after ``at`` (and a few seconds more)."""
+    row = state.execute(
+        "SELECT lsn::text, commit_time FROM lsn_history WHERE slot_name = %s AND commit_time < %s"
+        " AND lsn >= %s::pg_lsn ORDER BY lsn DESC LIMIT 1",
+        [slot, at, format_lsn(window.oldest_lsn)],
+    ).fetchone()
+    return (parse_lsn(row[0]), row[1]) if row is not None else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning and recording a rewind.
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    from_lsn: int
+    from_time: datetime | None  # commit time at from_lsn, when the history knows
+    up_to: int
+    rerun_rule: str | None
+    slot_active_pid: int | None
+    warnings: tuple[str, ...] = ()
+
+
+def plan(
+    config: Config,
+    source: Conn,
+    state: Conn,
+    *,
+    to_lsn: str | None,
+    to_time: str | None,
+    rerun: str | None,
+    now: datetime | None = None,
+) -> Target:
+    """Check a rewind request against the configuration, the slot and the history; refuse clearly."""
+    if (to_lsn is None) == (to_time is None):
+        raise ListenerError(
+            "give where to rewind to: exactly one of --to-lsn or --to-time",
+            hint="e.g. listener rewind --to-time 2h  (or --to-lsn 0/16B3748); "
+            "`listener status` shows the rewindable range",
+        )
+    names = [rule.name for rule in config.rules]
+    if rerun is not None and rerun not in names:
+        close = difflib.get_close_matches(rerun, names, n=1)
+        where = config.source_path or "the configuration"
+        raise ListenerError(
+            f"--rerun {rerun}: no rule named {rerun!r} in {where}",
+            hint=(f"did you mean {close[0]!r}? " if close else "")
+            + ("rules: " + ", ".join(names) if names else "the configuration has no rules"),
+        )
+    if not config.retain.enabled:
+        where = config.source_path or "the configuration"
+        raise ListenerError(
+            f"nothing is rewindable: {where} sets no retention window (`retain:`), so the slot keeps no WAL "
+            "behind the checkpoint",
+            hint="add e.g.\n    retain:\n      duration: 24h\n  and restart `listener run`; from then on the "
+            "slot keeps the last 24h of WAL (README 'Rewind' gives the disk cost)",
+        )
+    target_lsn = parse_target_lsn(to_lsn) if to_lsn is not None else None
+    target_time = parse_time(to_time, now=now) if to_time is not None else None
+    slot = slot_state(source, config.slot)
+    if slot is None:
+        raise PrerequisiteError(
+            f"replication slot {config.slot!r} does not exist", hint="run `listener init` (or `listener run`)"
+        )
+    cp = read_checkpoint(state, config.slot)
+    if cp is None:
+        raise ListenerError(
+            f"nothing has been ingested from slot {config.slot!r} yet: there is nothing to rewind",
+            hint="start `listener run` first",
+        )
+    checkpoint = cp[0]
+    win = window(state, slot, checkpoint)
+    asked = f"--to-lsn {to_lsn}" if to_lsn is not None else f"--to-time {to_time!r}"
+    outside_hint = (
+        "rewind to that position or later; to keep more, raise `retain.duration` / `retain.size` "
+        "(the window fills from then on)"
+    )
+    if win is None:
+        confirmed = slot.confirmed_flush if slot.confirmed_flush is not None else checkpoint
+        raise OutsideWindow(
+            asked,
+            oldest_lsn=confirmed,
+            oldest_time=None,
+            hint="the window is empty: the slot has confirmed everything up to the checkpoint "
+            f"{format_lsn(checkpoint)}. It fills while `listener run` runs with `retain:`",
+        )
+    if target_time is not None:
+        found = lsn_at(state, config.slot, target_time, win)
+        if found is None:
+            raise OutsideWindow(
+                f"{asked} ({_when(target_time)})",
+                oldest_lsn=win.oldest_lsn,
+                oldest_time=win.oldest_time,
+                hint=outside_hint,
+            )
+        from_lsn, from_time = found
+    else:
+        assert target_lsn is not None
+        if target_lsn < win.oldest_lsn:
+            raise OutsideWindow(
+                asked, oldest_lsn=win.oldest_lsn, oldest_time=win.oldest_time, hint=outside_hint
+            )
+        from_lsn, from_time = target_lsn, None
+    if from_lsn >= checkpoint:
+        raise ListenerError(
+            f"nothing to re-read: {asked} is at or after the checkpoint {format_lsn(checkpoint)}, the newest "
+            "position ingested",
+            hint="rewind to an earlier position; `listener status` shows the rewindable range",
+        )
+    return Target(
+        from_lsn=from_lsn,
+        from_time=from_time,
+        up_to=checkpoint,
+        rerun_rule=rerun,
+        slot_active_pid=slot.active_pid,
+        warnings=tuple(publication_gaps(source, config)),
+    )
+
+
+def publication_gaps(source: Conn, config: Config) -> list[str]:
+    """Rules a rewind cannot serve from the stream: the server decodes with the publication as it was
+    when each change was written, so a table or operation not published then is not in the WAL stream."""
+    row = source.execute(
+        "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = %s",
+        [config.publication],
+    ).fetchone()
+    published_ops = dict(zip(("insert", "update", "delete", "truncate"), row, strict=True)) if row else {}
+    tables = {
+        (s, t)
+        for s, t in source.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [config.publication]
+        ).fetchall()
+    }
+    gaps = []
+    for rule in RuleSet(config.rules).rules:
+        missing = sorted(op for op in rule.operations if not published_ops.get(op))
+        if (rule.schema, rule.table) not in tables:
+            gaps.append(
+                f"rule {rule.name}: {rule.qualified_table} is not in publication {config.publication}"
+            )
+        elif missing:
+            gaps.append(
+                f"rule {rule.name}: publication {config.publication} does not publish {', '.join(missing)}"
+            )
+    return gaps
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    id: int
+    generation: int | None
+
+
+_REWIND_LOCK = "SELECT pg_advisory_xact_lock(hashtext('listener.rewind.' || current_schema() || '.' || %s))"
+# The generation of a --rerun: above every run of the rule's events in the range, and above every earlier
+# rerun of the rule, so that its run ids KEY#generation are new.  (`listener retry --rerun` in turn counts
+# unfinished rewinds of the event's rule when it picks a generation: see runs._REWIND_GENERATION.)
+_RERUN_GENERATION = """
+SELECT greatest(
+    (SELECT coalesce(max(r.generation), 0) FROM runs r JOIN events e ON e.idempotency_key = r.event_key
+     WHERE e.rule = %(rule)s AND e.commit_lsn >= %(from)s::pg_lsn AND e.commit_lsn < %(up_to)s::pg_lsn),
+    (SELECT coalesce(max(generation), 0) FROM rewinds WHERE rerun_rule = %(rule)s)) + 1
+"""
+_INSERT_REWIND = """
+INSERT INTO rewinds (slot_name, from_lsn, up_to, rerun_rule, generation, rules)
+VALUES (%s, %s::pg_lsn, %s::pg_lsn, %s, %s, %s) RETURNING id
+"""
+
+
+def record(config: Config, source: Conn, state: Conn, target: Target) -> Recorded:
+    """Record the rewind and wake a running ingest.  Refused (and ended) if the slot confirmed past its
+    start meanwhile: from then on, an unfinished rewind holds the confirmed position at its start."""
+    params = {
+        "rule": target.rerun_rule,
+        "from": format_lsn(target.from_lsn),
+        "up_to": format_lsn(target.up_to),
+    }
+    with state.transaction():
+        state.execute(_REWIND_LOCK, [config.slot])
+        generation = None
+        if target.rerun_rule is not None:
+            row = state.execute(_RERUN_GENERATION, params).fetchone()
+            assert row is not None
+            generation = int(row[0])
+        row = state.execute(
+            _INSERT_REWIND,
+            [
+                config.slot,
+                params["from"],
+                params["up_to"],
+                target.rerun_rule,
+                generation,
+                [rule.name for rule in config.rules],
+            ],
+        ).fetchone()
+        assert row is not None
+        rewind_id = int(row[0])
+        state.execute("SELECT pg_notify(%s, '')", [store.control_channel(config.state_schema)])
+    slot = slot_state(source, config.slot)
+    if slot is not None and slot.confirmed_flush is not None and slot.confirmed_flush > target.from_lsn:
+        error = f"the slot confirmed {format_lsn(slot.confirmed_flush)} before the rewind was recorded"
+        state.execute(
+            "UPDATE rewinds SET finished_at = now(), error = %s WHERE id = %s AND finished_at IS NULL",
+            [error, rewind_id],
+        )
+        raise OutsideWindow(
+            format_lsn(target.from_lsn),
+            oldest_lsn=slot.confirmed_flush,
+            oldest_time=None,
+            hint="the window moved on meanwhile: rewind to a later position",
+        )
+    return Recorded(rewind_id, generation)
+
+
+@dataclass(frozen=True, slots=True)
+class RewindRow:
+    """A row of ``rewinds``, for `rewind --wait` and `listener status`."""
+
+    id: int
+    from_lsn: str
+    up_to: str
+    position: str | None
+    rerun_rule: str | None
+    generation: int | None
+    events_inserted: int
+    runs_rerun: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+_REWIND_COLUMNS = """
+id, from_lsn::text AS from_lsn, up_to::text AS up_to, position::text AS position, rerun_rule, generation,
+events_inserted, runs_rerun, created_at, started_at, finished_at, error
+"""
+
+
+def rewinds(state: Conn, slot: str, *, finished: int = 5) -> list[RewindRow]:
+    """The unfinished rewinds of ``slot`` and the last ``finished`` finished ones, oldest first."""
+    rows = (
+        state.cursor(row_factory=dict_row)
+        .execute(
+            f"""
+            (SELECT {_REWIND_COLUMNS} FROM rewinds WHERE slot_name = %(slot)s AND finished_at IS NULL)
+            UNION ALL
+            (SELECT {_REWIND_COLUMNS} FROM rewinds WHERE slot_name = %(slot)s AND finished_at IS NOT NULL
+             ORDER BY id DESC LIMIT %(n)s)
+            ORDER BY id
+            """,
+            {"slot": slot, "n": finished},
+        )
+        .fetchall()
+    )
+    return [RewindRow(**row) for row in rows]
+
+
+def wait_finished(state: Conn, rewind_id: int, *, timeout: float | None = None) -> RewindRow:
+    """Poll until the rewind is finished (or failed)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        row = (
+            state.cursor(row_factory=dict_row)
+            .execute(f"SELECT {_REWIND_COLUMNS} FROM rewinds WHERE id = %s", [rewind_id])
+            .fetchone()
+        )
+        assert row is not None
+        if row["finished_at"] is not None:
+            return RewindRow(**row)
+        if deadline is not None and time.monotonic() > deadline:
+            raise ListenerError(
+                f"rewind {rewind_id} has not finished after {timeout:.0f}s",
+                hint="is `listener run` running? `listener status` shows the rewind's progress",
+            )
+        time.sleep(WAIT_POLL_S)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dry run.
+
+
+@dataclass
+class RuleCount:
+    events: int = 0  # changes in the range the rule matches: one event each
+    present: int = 0  # of those, events already in the queue
+
+    @property
+    def new(self) -> int:
+        return self.events - self.present
+
+
+@dataclass
+class DryRun:
+    from_lsn: int
+    up_to: int
+    rerun_rule: str | None
+    transactions: int = 0
+    rules: dict[str, RuleCount] = field(default_factory=dict)
+
+    def runs(self, rule: str) -> int:
+        """New runs the rewind would make for ``rule``: one per new event, or, for the rerun rule, one per
+        matching change."""
+        count = self.rules[rule]
+        return count.events if rule == self.rerun_rule else count.new
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from_lsn": format_lsn(self.from_lsn),
+            "up_to": format_lsn(self.up_to),
+            "rerun_rule": self.rerun_rule,
+            "transactions": self.transactions,
+            "rules": {
+                name: {**asdict(count), "new": count.new, "runs": self.runs(name)}
+                for name, count in self.rules.items()
+            },
+        }
+
+
+_EXISTING = """
+SELECT u.r, count(*) FROM unnest($1::text[], $2::text[]) AS u(k, r)
+WHERE EXISTS (SELECT 1 FROM events WHERE idempotency_key = u.k) GROUP BY u.r
+"""
+
+
+async def dry_run(config: Config, source_dsn: str, state_dsn: str, target: Target) -> DryRun:
+    """Re-read the target's range on a temporary copy of the slot; count, per rule, the events it holds
+    and those already present.  Writes nothing; the slot and a running ingest are not touched."""
+    from listener.ingest import Ingest
+    from listener.store import EventBatch, RewindPlan, StateStore
+
+    state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=1)
+    result = DryRun(target.from_lsn, target.up_to, target.rerun_rule)
+    result.rules = {rule.name: RuleCount() for rule in config.rules}
+    try:
+        ingest = Ingest.from_config(config, source_dsn=source_dsn, store=state)
+
+        async def count(batch: EventBatch) -> None:
+            keys, rules = [], []
+            for gid, ordinal in zip(batch.group, batch.ordinal, strict=True):
+                group = batch.groups[gid - 1]
+                keys.append(f"{group[0]}/{group[4]}/{ordinal}")  # rule/commit LSN/ordinal, as stored
+                rules.append(group[0])
+            for rule, n in Counter(rules).items():
+                result.rules[rule].events += n
+            if keys:
+                for rule, n in await state.pool.fetch(_EXISTING, keys, rules):
+                    result.rules[rule].present += n
+
+        plan_ = RewindPlan(0, target.from_lsn, target.up_to, None, target.rerun_rule, None, ())
+        await ingest.count_rewind(plan_, count)
+        result.transactions = ingest.stats.rewound
+    finally:
+        await state.close()
+    return result
+
+
+def run_dry(config: Config, source_dsn: str, state_dsn: str, target: Target) -> DryRun:
+    return asyncio.run(dry_run(config, source_dsn, state_dsn, target))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output.
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+def describe(target: Target, recorded: Recorded | None = None) -> str:
+    head = f"rewind {recorded.id}" if recorded is not None else "rewind"
+    since = f" (committed {_when(target.from_time)})" if target.from_time is not None else ""
+    text = f"{head}: re-reading from {format_lsn(target.from_lsn)}{since} up to {format_lsn(target.up_to)}"
+    if target.rerun_rule is not None:
+        generation = f" as generation {recorded.generation}" if recorded and recorded.generation else ""
+        text += f", rerunning rule {target.rerun_rule}{generation}"
+    return text
+
+
+def print_dry_run(console: Console, result: DryRun) -> None:
+    table = Table(
+        title=f"dry run: {format_lsn(result.from_lsn)} .. {format_lsn(result.up_to)}, "
+        f"{result.transactions} transaction(s) re-read",
+        title_justify="left",
+        caption="nothing was written",
+        caption_justify="left",
+    )
+    table.add_column("rule", overflow="fold")
+    table.add_column("events", justify="right")
+    table.add_column("already present", justify="right")
+    table.add_column("new", justify="right")
+    table.add_column("new runs", justify="right")
+    for name, count in result.rules.items():
+        runs = str(result.runs(name)) + (" (rerun)" if name == result.rerun_rule else "")
+        table.add_row(Text(name), str(count.events), str(count.present), str(count.new), runs)
+    console.print(table)
+
+
+def print_finished(console: Console, row: RewindRow) -> None:
+    if row.error:
+        console.print(Text(f"rewind {row.id} failed: {row.error}", "red"))
+        return
+    reruns = f", {row.runs_rerun} rerun(s) of rule {row.rerun_rule}" if row.rerun_rule else ""
+    console.print(f"rewind {row.id} finished: {row.events_inserted} new event(s){reruns}")
