@@ -52,6 +52,9 @@ def bulk_transaction(sql: Conn) -> None:
         sql.execute("UPDATE items SET v = v || '!' WHERE id <= 250")  # big TOAST values stay unchanged
         sql.execute("DELETE FROM items WHERE id > 200")
         sql.execute("INSERT INTO other SELECT g FROM generate_series(1, 100) g")
+        # a Relation message in the middle of the transaction: the open chunk ends, a new one follows
+        sql.execute("ALTER TABLE items ADD COLUMN extra int DEFAULT 7")
+        sql.execute("INSERT INTO items (id, v) SELECT g, 'late' FROM generate_series(1001, 1100) g")
 
 
 def comparable(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -79,7 +82,11 @@ async def test_compact_chunks_expand_into_the_events_of_the_direct_path(dsn: str
         assert c.ingest.expander.stats.chunks >= 10
         assert d.ingest.expander.stats.chunks == 0
     expected, got = events(dsn, "direct"), events(dsn, "chunked")
-    assert len(expected) == 300 + 300 + 250 + 100 + 100  # inserts twice (two rules), updates, deletes, other
+    # inserts twice (two rules), updates, deletes, other, the inserts after the ALTER twice
+    assert len(expected) == 300 + 300 + 250 + 100 + 100 + 200
+    assert [
+        e["payload"]["new"]["extra"] for e in got if e["payload"]["new"] and e["payload"]["new"]["id"] > 1000
+    ] == [7] * 200
     assert comparable(got) == comparable(expected)
     toast = [e for e in got if e["op"] == "update" and e["payload"]["unchanged_toast"]]
     assert len(toast) == 5  # ids 50, 100, ... 250: the big value was not sent, and is marked so
