@@ -217,6 +217,9 @@ def _plan_filter(
             blockers.append(f"rule {r.name} on the same table has no `when:` and takes every insert")
             continue
         sql, why = r.predicate.row_filter()
+        if sql is not None:
+            why = _may_raise(sql) or ""
+            sql = None if why else sql
         if sql is None:
             own.setdefault(r.name, f"`when:` cannot be a row filter: {why}")
             blockers.append(f"rule {r.name}'s `when:` cannot be a row filter ({why})")
@@ -352,3 +355,40 @@ __all__ = [
     "publish_list",
     "pushdown_summary",
 ]
+
+
+_RAISING_OPERATORS = frozenset({"+", "-", "*", "/", "%", "^", "||"})
+
+
+def _may_raise(sql: str) -> str | None:
+    """Why a row filter could raise an error while the server decodes a row (arithmetic: overflow or
+    division by zero; a cast or function applied to a column: invalid input), else None.
+
+    Such a filter must stay in listener: raised inside the walsender, the error would fail decoding at
+    that row on every reconnect, forever -- the evaluator instead stops once, naming rule and LSN."""
+    import pglast
+    from pglast import ast, visitors
+
+    try:
+        tree = pglast.parse_sql(f"SELECT {sql}")
+    except pglast.parser.ParseError:  # pragma: no cover - the filter was deparsed by pglast
+        return "it does not parse"
+    found: list[str] = []
+
+    class Visitor(visitors.Visitor):
+        def visit_A_Expr(self, _ancestors: object, node: ast.A_Expr) -> None:
+            names = [getattr(n, "sval", "") for n in node.name or ()]
+            if names and names[-1] in _RAISING_OPERATORS:
+                found.append(f"the operator {names[-1]} can raise (overflow, division by zero)")
+
+        def visit_TypeCast(self, _ancestors: object, node: ast.TypeCast) -> None:
+            if not isinstance(node.arg, ast.A_Const):
+                found.append("a cast of a column can raise on a value it cannot convert")
+
+        def visit_FuncCall(self, _ancestors: object, node: ast.FuncCall) -> None:
+            found.append("a function call can raise on a value")
+
+    Visitor()(tree)
+    if found:
+        return f"{found[0]}; a row filter that raises would stop decoding at that row for good"
+    return None

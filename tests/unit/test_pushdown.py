@@ -95,6 +95,17 @@ def test_one_filter_alone_is_not_parenthesised_and_duplicates_collapse() -> None
             "rule u's `when:` cannot be a row filter (now() is not immutable",
         ),
         (
+            [rule("u", when="new.amount / 3 > 2"), rule("i", when="new.amount > 2")],
+            "`when:` cannot be a row filter: the operator / can raise (overflow, division by zero); a row "
+            "filter that raises would stop decoding at that row for good",
+            "rule u's `when:` cannot be a row filter (the operator / can raise",
+        ),
+        (
+            [rule("u", when="new.amount + 1 > 2"), rule("i", when="new.amount > 2")],
+            "`when:` cannot be a row filter: the operator + can raise",
+            "rule u's `when:` cannot be a row filter (the operator + can raise",
+        ),
+        (
             [rule("u", when="old.amount IS NULL AND new.amount > 1"), rule("i", when="new.amount > 2")],
             "`when:` cannot be a row filter: it reads old.amount",
             "rule u's `when:` cannot be a row filter (it reads old.amount",
