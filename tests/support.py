@@ -53,8 +53,10 @@ async def running_ingest(dsn: str, config: Config, *, init: bool = True) -> Asyn
         yield Running(ingest, store, stop, task)
     finally:
         stop.set()
-        await asyncio.wait_for(task, WAIT_S)
-        await store.close()
+        try:
+            await asyncio.wait_for(task, WAIT_S)
+        finally:
+            await store.close()
 
 
 async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:

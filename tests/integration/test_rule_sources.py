@@ -155,3 +155,26 @@ async def test_notify_payloads_become_events_while_listening(dsn: str, sql: Conn
     ]
     assert got[0]["commit_lsn"] is None and got[0]["lsn"] is None
     assert len({e["idempotency_key"] for e in got}) == 2
+
+
+async def test_a_predicate_that_fails_stops_ingest_naming_rule_and_lsn(dsn: str, sql: Conn) -> None:
+    """PostgreSQL would raise ("integer out of range"): the service stops there, acknowledging nothing
+    past the change, instead of guessing a match."""
+    from listener.ingest import RuleEvaluationError
+
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+    config = make_config([rule(table="items", on=["insert"], when="new.n * 1000000 > 5")])
+    with pytest.raises(RuleEvaluationError) as caught:
+        async with running_ingest(dsn, config) as run:
+            sql.execute("INSERT INTO items VALUES (1, 1)")
+            await wait_caught_up(run, dsn)
+            sql.execute("INSERT INTO items VALUES (2, 100000)")
+            await wait_caught_up(run, dsn)
+    text = str(caught.value)
+    assert "rule 'r' on public.items at LSN " in text and "integer out of range" in text
+    assert caught.value.hint is not None and "when:" in caught.value.hint
+    assert [e["payload"]["new"]["id"] for e in events(dsn)] == [1]
+    row = sql.execute(
+        "SELECT confirmed_flush_lsn <= (SELECT lsn FROM listener.checkpoints) FROM pg_replication_slots"
+    ).fetchone()
+    assert row == (True,)
