@@ -102,6 +102,9 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
 
 def _journal(config: Config, state: rw.Conn) -> dict[str, Any] | None:
     """The change journal: since when it is complete, its oldest row and its size on disk."""
+    exists = state.execute("SELECT to_regclass('journal') IS NOT NULL").fetchone()
+    if exists is None or not exists[0]:  # a state schema from before the journal: `listener init` adds it
+        return None
     row = state.execute(
         "SELECT (SELECT since FROM journal_horizon WHERE slot_name = %s),"
         " (SELECT min(commit_time) FROM journal), pg_total_relation_size('journal')",
