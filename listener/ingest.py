@@ -83,6 +83,9 @@ REWIND_POLL_S = 5.0
 WATCHER_EXIT_S = 5.0  # how long a stopping ingest waits for the rewind watcher to let go of its connection
 
 RELOAD_PREFIX = "listener.reload"  # the logical decoding message that marks where new rules apply
+# With the change journal on, a huge transaction's full journal rows (about 1 MB each) go to the state
+# database this many at a time (between them, memory holds at most this many).
+JOURNAL_BATCH_ROWS = 8
 _ROW_CHANGES = frozenset(b"IUD")  # Insert, Update, Delete: their relation OID follows the type byte
 _unpack_oid = struct.Struct(">I").unpack_from
 _pack_head = struct.Struct(">QI").pack  # a change in a chunk: its LSN and its message's length
@@ -591,7 +594,8 @@ class Ingest:
                     full = journal.add(lsn, payload, assembler, raw_relations)
                     if full is not None:  # a huge transaction: its journal goes in rows of CHUNK_BYTES
                         batch.journal.append(full)
-                        await submit()
+                        if len(batch.journal) >= JOURNAL_BATCH_ROWS:
+                            await submit()
                 if fast and payload[0] in _ROW_CHANGES:
                     # the compact path: bulk changes of raw tables stay bytes (and skipped ones are dropped)
                     if skipping:

@@ -280,7 +280,7 @@ SELECT greatest(
 """
 NO_END_LSN = (1 << 64) - 1  # a --rerun applies to every change replayed
 REPLAY_BATCH_EVENTS = 5000
-READ_PREFETCH_ROWS = 50
+READ_PREFETCH_ROWS = 8  # journal rows of up to about 1 MB each: memory stays bounded
 
 
 async def replay(
