@@ -544,14 +544,14 @@ class Ingest:
         compact_after = self.compact_after
         chunk_changes = self.compact_chunk_changes
         compact_by_oid: dict[int, str | None] = {}  # table -> its chunks' rules JSON, None: not compactable
+        # the change journal (sql/0006_journal.sql): every row change not skipped, raw, per table
+        journal = JournalBuffer(session.protocol_version) if self.journal is not None else None
         raw_relations: dict[int, bytes] = {}  # table -> its latest Relation message, as sent
         txn_events: dict[int, int] = {}  # table -> events made in the open transaction
         raw_oids: set[int] = set()  # tables whose changes in the open transaction go raw into chunks
         chunks: dict[int, RawChunk] = {}  # their open chunks
         fast = False  # whether row changes may bypass the decoder: skipping, or raw tables exist
         message_ordinals: dict[str, int] = {}  # prefix -> messages with it in the open transaction
-        # the change journal (sql/0006_journal.sql): every row change not skipped, raw, per table
-        journal = JournalBuffer(session.protocol_version) if self.journal is not None else None
 
         async def submit() -> None:
             nonlocal batch, events, batch_started, submitted_checkpoint

@@ -191,6 +191,9 @@ class EventBatch:
     group_ids: dict[tuple[str, str | None, str | None, str], int] = field(default_factory=dict)
     checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
     chunks: list[RawChunk] = field(default_factory=list)  # bulk changes stored compactly
+    # The change journal (`journal:`): the raw changes of the batch's transactions, per table (their
+    # ``rules`` unused); see sql/0006_journal.sql.
+    journal: list[RawChunk] = field(default_factory=list)
     checkpoint_time: datetime | None = None  # commit time of that transaction (None: an idle checkpoint)
     # Retention: set by the writer when a history row is due with this checkpoint; write_batch then
     # records it and sets ``confirm`` to the position the slot may confirm (None: keep the current one).
@@ -201,9 +204,6 @@ class EventBatch:
     rewind: RewindPlan | None = None
     rewind_position: int | None = None
     rewind_done: bool = False
-    # The change journal (`journal:`): the raw changes of the batch's transactions, per table (their
-    # ``rules`` unused); see sql/0006_journal.sql.
-    journal: list[RawChunk] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.payload)
@@ -351,22 +351,6 @@ ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
 RETURNING changes
 """
 
-# One statement for all journal rows of a batch; a redelivered transaction's rows are dropped by the key.
-_INSERT_JOURNAL = """
-INSERT INTO journal (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
-                     protocol, relation, data)
-SELECT c::pg_lsn, o, f, n, x, t, tbl, p, r, d
-FROM unnest($1::text[], $2::oid[], $3::int4[], $4::int4[], $5::int8[], $6::timestamptz[], $7::text[],
-            $8::int4[], $9::bytea[], $10::bytea[]) AS u(c, o, f, n, x, t, tbl, p, r, d)
-ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
-"""
-
-# The oldest journal rows, a batch at a time ($1: the cutoff).
-_PRUNE_JOURNAL = """
-DELETE FROM journal WHERE (commit_lsn, relation_oid, first_ordinal) IN (
-    SELECT commit_lsn, relation_oid, first_ordinal FROM journal WHERE commit_time < $1 LIMIT $2)
-"""
-
 _RUNS_AHEAD = """
 SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'pending' AND NOT gated LIMIT $1) AS ahead
 """
@@ -423,6 +407,22 @@ ON CONFLICT (slot_name, lsn) DO NOTHING
 """
 
 _PRUNE_HISTORY = "DELETE FROM lsn_history WHERE slot_name = $1 AND lsn < $2::text::pg_lsn"
+
+# One statement for all journal rows of a batch; a redelivered transaction's rows are dropped by the key.
+_INSERT_JOURNAL = """
+INSERT INTO journal (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
+                     protocol, relation, data)
+SELECT c::pg_lsn, o, f, n, x, t, tbl, p, r, d
+FROM unnest($1::text[], $2::oid[], $3::int4[], $4::int4[], $5::int8[], $6::timestamptz[], $7::text[],
+            $8::int4[], $9::bytea[], $10::bytea[]) AS u(c, o, f, n, x, t, tbl, p, r, d)
+ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
+"""
+
+# The oldest journal rows, a batch at a time ($1: the cutoff).
+_PRUNE_JOURNAL = """
+DELETE FROM journal WHERE (commit_lsn, relation_oid, first_ordinal) IN (
+    SELECT commit_lsn, relation_oid, first_ordinal FROM journal WHERE commit_time < $1 LIMIT $2)
+"""
 
 _NEXT_REWIND = """
 SELECT id, from_lsn::text AS from_lsn, up_to::text AS up_to, position::text AS position, rerun_rule,
@@ -487,14 +487,14 @@ class StateStore:
                     bytes(chunk.data),
                 )
                 inserted += stored or 0
-            if batch.journal:
-                await self._insert_journal(conn, batch.journal)
             rewind = batch.rewind
             if rewind is not None and (
                 batch.rewind_position is not None or batch.rewind_done or rewound or reruns
             ):
                 position = format_lsn(batch.rewind_position) if batch.rewind_position is not None else None
                 await conn.execute(_ADVANCE_REWIND, rewind.id, position, rewound, reruns, batch.rewind_done)
+            if batch.journal:
+                await self._insert_journal(conn, batch.journal)
             if batch.checkpoint is not None:
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
                 if batch.retention is not None:
