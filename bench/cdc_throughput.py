@@ -112,8 +112,12 @@ FROM generate_series(1, %s) AS g
 MB = 1024 * 1024
 
 
+JOURNAL_KEEP: str | None = None  # --journal KEEP: the change journal on (`journal: {keep: KEEP}`)
+
+
 def bench_config() -> Config:
-    return parse_config(CONFIG_YAML, filename="<bench>")
+    journal = f"journal:\n  keep: {JOURNAL_KEEP}\n" if JOURNAL_KEEP else ""
+    return parse_config(journal + CONFIG_YAML, filename="<bench>")
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -452,6 +456,8 @@ def run_listener(
     ]
     if profile:
         command += ["--profile", profile]
+    if JOURNAL_KEEP:
+        command += ["--journal", JOURNAL_KEEP]
     began, spawned_at = time.perf_counter(), time.time()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     with RssSampler(proc.pid) as sampler:
@@ -515,6 +521,14 @@ def bench(dsn: str, args: argparse.Namespace) -> Result:
         if not args.keep_slots:
             drop_slots(dsn)
     events = count_events(state_dsn)
+    if JOURNAL_KEEP:
+        with psycopg.connect(state_dsn, autocommit=True) as conn:
+            table = f"{STATE_SCHEMA}.journal"
+            row = conn.execute(
+                f"SELECT count(*), coalesce(sum(changes), 0), pg_total_relation_size('{table}') FROM {table}"
+            ).fetchone()
+        assert row is not None
+        print(f"  journal: {row[1]:,} changes in {row[0]:,} rows, {row[2] / MB:.1f} MB on disk")
     if events != rows:
         raise SystemExit(f"LOST EVENTS: {events:,} events in {STATE_SCHEMA}.events for {rows:,} rows")
     b_s: float = child["ingest_s"]
@@ -640,9 +654,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--child-prefix", metavar="CMD", help="wrap the child, e.g. 'py-spy record -o ingest.svg --'"
     )
+    parser.add_argument(
+        "--journal", metavar="KEEP", help="with the change journal on (`journal: {keep: KEEP}`), e.g. 7d"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--until-lsn", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global JOURNAL_KEEP
+    JOURNAL_KEEP = args.journal
     if args.child:
         return child_main(args)
     if args.rows < 1:

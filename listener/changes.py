@@ -496,6 +496,10 @@ class Assembler:
             raise ProtocolError("row change outside a transaction", offset=0, lsn=lsn)
         return self._begin
 
+    def peek_ordinal(self, oid: int) -> int:
+        """The ordinal the next change of table ``oid`` in the open transaction will get."""
+        return self._ordinals.get(oid, 0)
+
     def next_ordinal(self, oid: int) -> int:
         """The ordinal of the next change of table ``oid`` in the open transaction."""
         n = self._ordinals.get(oid, 0)

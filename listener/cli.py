@@ -317,6 +317,7 @@ def status(opts: Options, as_json: bool) -> None:
       slot, slot_exists, active_pid, checkpoint_lsn, checkpoint_at, confirmed_flush_lsn,
       restart_lsn, current_wal_lsn, wal_status, retained_wal_bytes, warn_wal_bytes,
       retain {duration, size} or null, rewindable {from_lsn, from_time, to_lsn} or null,
+      journal {keep, since, oldest_commit_time, bytes} or null,
       runs {pending, running, dead}, rewinds [{id, from_lsn, up_to, position, rerun_rule,
       generation, events_inserted, runs_rerun, created_at, started_at, finished_at, error}],
       warnings [text]
@@ -412,6 +413,62 @@ def rewind(
             rw.print_finished(err_console, row)
             if row.error:
                 sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--from-time",
+    metavar="TIME",
+    required=True,
+    help="Replay what committed at or after TIME: ISO 8601, or a duration ago (2h, 90m, 3d).",
+)
+@click.option("--to-time", metavar="TIME", help="... and before TIME (default: up to now).")
+@click.option("--rule", metavar="RULE", help="Only this rule (default: every rule on a table).")
+@click.option(
+    "--rerun", is_flag=True, help="With --rule: one new run per matching change (a new generation)."
+)
+@click.option("--dry-run", is_flag=True, help="Count per rule what the replay would produce; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
+@click.pass_obj
+def replay(
+    opts: Options,
+    from_time: str,
+    to_time: str | None,
+    rule: str | None,
+    rerun: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Evaluate the current rules again on the change journal (`journal:`), beyond the WAL the slot keeps.
+
+    Reads the journal's changes committed in the range, decodes them as ingest does and inserts the
+    events of the rules of this configuration.  Events whose idempotency keys exist are skipped, so only
+    new rules and new matches make work (as with `listener rewind`).  Works whether `listener run` is
+    running or not: it writes only events and runs.
+
+    --rerun (with --rule) makes, for each change of RULE in the range, one new run (id KEY#N), also for
+    events that already ran.  --dry-run prints, per rule, the events the range holds, how many already
+    exist, and the runs a replay would make.
+    """
+    from listener import journal
+
+    config = _load(opts)
+    with (
+        _databases(opts, config) as (dsn, state_dsn),
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        plan = journal.plan_replay(
+            config, state, from_time=from_time, to_time=to_time, rule=rule, rerun=rerun
+        )
+        if not as_json:
+            err_console.print(journal.describe(plan), highlight=False)
+        result = journal.run_replay(
+            config, dsn, state_dsn, plan, dry_run=dry_run, console=None if as_json else err_console
+        )
+    if as_json:
+        click.echo(runs_mod.dumps(result.to_json()))
+    else:
+        journal.print_result(runs_mod.stdout_console(), result)
 
 
 @main.command()

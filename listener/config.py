@@ -422,6 +422,26 @@ class RetainSettings(BaseModel):
         return 2 * size if size is not None else RETAIN_WARN_BYTES
 
 
+class JournalSettings(BaseModel):
+    """The change journal: how long ingest keeps the rule tables' changes (raw pgoutput messages), so
+    `listener replay` reaches further back than the WAL the slot keeps.  Without ``keep`` it is off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # by commit time: the journal keeps the changes committed within this long before now
+    keep: Annotated[
+        str | None, _unit_required("duration", _DURATION_HINT), AfterValidator(_check_duration)
+    ] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep is not None
+
+    @property
+    def keep_s(self) -> float | None:
+        return parse_duration(self.keep) if self.keep is not None else None
+
+
 class Rule(BaseModel):
     """One rule: what it listens to (a table's changes, logical decoding messages with a prefix, or NOTIFYs
     on a channel) and the workflow each matching change starts."""
@@ -538,6 +558,7 @@ class Config(BaseModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retain: RetainSettings = Field(default_factory=RetainSettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
 
@@ -545,7 +566,7 @@ class Config(BaseModel):
     _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)
     _field_lines: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)
 
-    @field_validator("ingest", "worker", "retain", "rules", mode="before")
+    @field_validator("ingest", "worker", "retain", "journal", "rules", mode="before")
     @classmethod
     def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
@@ -609,6 +630,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "ingest": IngestSettings,
     "worker": WorkerSettings,
     "retain": RetainSettings,
+    "journal": JournalSettings,
 }
 _MISSING_HINTS = {
     "name": "add e.g. `name: onboard_user`; the name is part of every event's idempotency key",
@@ -821,7 +843,7 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
         what = f"expected keys (`name: value` lines), got {_show(value)}"
         if where[:1] == ("rules",):
             hint = "write each rule as a list item: `- name: ...` then `table:`, `on:`, `workflow:` under it"
-        elif where[:1] in (("ingest",), ("worker",), ("retain",)):
+        elif where[:1] in (("ingest",), ("worker",), ("retain",), ("journal",)):
             hint = f"put its keys on indented lines under '{where[0]}:'"
     elif kind in ("tuple_type", "list_type"):
         what = f"expected a list, got {_show(value)}"

@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from listener import pgoutput as po
-from listener.changes import Change, TypeRegistry, relation_info
+from listener.changes import Change, RelationInfo, TypeRegistry, relation_info
 from listener.errors import ProtocolError
 from listener.lsn import parse_lsn
 from listener.store import EventBatch, StateStore
@@ -51,27 +52,35 @@ class ExpandStats:
     events_inserted: int = 0
 
 
-def decode_chunk(row: Any, types: TypeRegistry) -> EventBatch:
-    """The events of one ``event_chunks`` row, exactly as the direct path would have made them."""
-    decoder = po.Decoder(row["protocol"])
-    relation = decoder.decode(row["relation"])
-    if not isinstance(relation, po.Relation):
-        raise ProtocolError("an event chunk's relation is not a Relation message", offset=0)
-    info = relation_info(relation, types)
-    rules: dict[str, list[tuple[str, str, int]]] = json.loads(row["rules"])
-    policies = {op: [_Plain(*rule) for rule in matched] for op, matched in rules.items()}
-    commit_text, xid, at = row["commit_lsn"], row["xid"], row["commit_time"]
+def decode_relation(protocol: int, relation: bytes, types: TypeRegistry) -> RelationInfo:
+    """The table a chunk's (or a journal row's) changes belong to, from its stored Relation message."""
+    msg = po.Decoder(protocol).decode(relation)
+    if not isinstance(msg, po.Relation):
+        raise ProtocolError("a stored relation is not a Relation message", offset=0)
+    return relation_info(msg, types)
+
+
+def stored_changes(
+    protocol: int,
+    info: RelationInfo,
+    data: bytes,
+    *,
+    commit_text: str,
+    xid: int,
+    at: datetime,
+    first_ordinal: int,
+) -> Iterator[Change]:
+    """The changes of stored raw pgoutput messages (per change: 8-byte LSN, 4-byte length, the message),
+    exactly as the assembler made them when they streamed: ordinals count on from ``first_ordinal``."""
+    decode = po.Decoder(protocol).decode
     commit_lsn = parse_lsn(commit_text)
-    table = row["table_name"]
-    batch = EventBatch()
-    data = memoryview(row["data"])
-    pos, end, ordinal = 0, len(data), row["first_ordinal"]
-    decode = decoder.decode
+    view = memoryview(data)
+    pos, end, ordinal = 0, len(view), first_ordinal
     while pos < end:
-        lsn = int.from_bytes(data[pos : pos + 8], "big")
-        size = int.from_bytes(data[pos + 8 : pos + 12], "big")
+        lsn = int.from_bytes(view[pos : pos + 8], "big")
+        size = int.from_bytes(view[pos + 8 : pos + 12], "big")
         pos += 12
-        msg = decode(data[pos : pos + size])
+        msg = decode(view[pos : pos + size])
         pos += size
         if isinstance(msg, po.Insert):
             op, new, old, old_kind = "insert", msg.new, None, None
@@ -80,10 +89,28 @@ def decode_chunk(row: Any, types: TypeRegistry) -> EventBatch:
         elif isinstance(msg, po.Delete):
             op, new, old, old_kind = "delete", None, msg.old, msg.old_kind
         else:
-            raise ProtocolError(f"an event chunk holds a {type(msg).__name__} message", offset=pos, lsn=lsn)
-        matched = policies.get(op)
+            raise ProtocolError(f"stored changes hold a {type(msg).__name__} message", offset=pos, lsn=lsn)
+        yield Change(op, lsn, commit_lsn, commit_text, xid, at, info, ordinal, new, old, old_kind)
+        ordinal += 1
+
+
+def decode_chunk(row: Any, types: TypeRegistry) -> EventBatch:
+    """The events of one ``event_chunks`` row, exactly as the direct path would have made them."""
+    info = decode_relation(row["protocol"], row["relation"], types)
+    rules: dict[str, list[tuple[str, str, int]]] = json.loads(row["rules"])
+    policies = {op: [_Plain(*rule) for rule in matched] for op, matched in rules.items()}
+    commit_text, xid, at = row["commit_lsn"], row["xid"], row["commit_time"]
+    table = row["table_name"]
+    batch = EventBatch()
+    count = 0
+    for change in stored_changes(
+        row["protocol"], info, row["data"], commit_text=commit_text, xid=xid, at=at,
+        first_ordinal=row["first_ordinal"],
+    ):  # fmt: skip
+        count += 1
+        matched = policies.get(change.op)
         if matched:
-            change = Change(op, lsn, commit_lsn, commit_text, xid, at, info, ordinal, new, old, old_kind)
+            op, lsn, ordinal = change.op, change.lsn, change.ordinal
             payload = change.payload_json()
             for policy in matched:
                 batch.group.append(batch.group_id(policy, op, table, commit_text, xid, at))
@@ -91,11 +118,9 @@ def decode_chunk(row: Any, types: TypeRegistry) -> EventBatch:
                 batch.ordinal.append(ordinal)
                 batch.payload.append(payload)
                 batch.key.append(None)
-        ordinal += 1
-    if ordinal - row["first_ordinal"] != row["changes"]:
+    if count != row["changes"]:
         raise ProtocolError(
-            f"event chunk {row['id']} holds {ordinal - row['first_ordinal']} changes, not {row['changes']}",
-            offset=end,
+            f"event chunk {row['id']} holds {count} changes, not {row['changes']}", offset=len(row["data"])
         )
     return batch
 

@@ -50,6 +50,7 @@ from listener.errors import (
     SlotInUseError,
 )
 from listener.expand import Expander
+from listener.journal import JournalBuffer, JournalPolicy, prune_forever
 from listener.lsn import format_lsn, parse_lsn
 from listener.predicate import EvaluationError, MissingValue
 from listener.replication import ReplicationEnded, ReplicationSession
@@ -82,6 +83,9 @@ REWIND_POLL_S = 5.0
 WATCHER_EXIT_S = 5.0  # how long a stopping ingest waits for the rewind watcher to let go of its connection
 
 RELOAD_PREFIX = "listener.reload"  # the logical decoding message that marks where new rules apply
+# With the change journal on, a huge transaction's full journal rows (about 1 MB each) go to the state
+# database this many at a time (between them, memory holds at most this many).
+JOURNAL_BATCH_ROWS = 8
 _ROW_CHANGES = frozenset(b"IUD")  # Insert, Update, Delete: their relation OID follows the type byte
 _unpack_oid = struct.Struct(">I").unpack_from
 _pack_head = struct.Struct(">QI").pack  # a change in a chunk: its LSN and its message's length
@@ -144,6 +148,7 @@ class Ingest:
         compact_chunk_changes: int = 20000,
         expand_ahead: int = 20000,
         retention: Retention | None = None,
+        journal: JournalPolicy | None = None,
         on_batch: Callable[[EventBatch, int], None] | None = None,
         config: Config | None = None,
     ) -> None:
@@ -164,6 +169,7 @@ class Ingest:
         self.expand_ahead = expand_ahead
         self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S
         self.retention = retention
+        self.journal = journal  # the change journal (listener.journal): None when off
         self.history_interval = HISTORY_INTERVAL_S
         self.rewind_poll_interval = REWIND_POLL_S
         self.rewind: RewindPlan | None = None  # the rewind the current session re-reads, until finished
@@ -205,6 +211,7 @@ class Ingest:
             retention=Retention(config.retain.duration_s, config.retain.size_bytes)
             if config.retain.enabled
             else None,
+            journal=JournalPolicy(config.journal.keep_s) if config.journal.keep_s is not None else None,
             on_batch=on_batch,
         )
 
@@ -214,10 +221,16 @@ class Ingest:
         """Stream until ``stop`` is set; reconnect with backoff after any connection loss."""
         done = asyncio.Event()
         watcher = asyncio.create_task(self._watch_rewinds(done), name="ingest-rewinds")
+        pruner = None
+        if self.journal is not None:
+            pruner = asyncio.create_task(prune_forever(self.store, self.journal, done), name="ingest-journal")
         try:
             await self._supervise(stop)
         finally:
             done.set()  # the watcher ends by itself, releasing its connection
+            if pruner is not None:
+                pruner.cancel()
+                await asyncio.gather(pruner, return_exceptions=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(watcher), WATCHER_EXIT_S)
             watcher.cancel()
@@ -254,6 +267,7 @@ class Ingest:
         self._restart.clear()
         self.rewind = None
         checkpoint = await self.store.read_checkpoint() or 0
+        await self.store.start_journal(enabled=self.journal is not None)
         self.durable_lsn = checkpoint
         self.stats.checkpoint = checkpoint
         session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
@@ -530,6 +544,8 @@ class Ingest:
         compact_after = self.compact_after
         chunk_changes = self.compact_chunk_changes
         compact_by_oid: dict[int, str | None] = {}  # table -> its chunks' rules JSON, None: not compactable
+        # the change journal (sql/0006_journal.sql): every row change not skipped, raw, per table
+        journal = JournalBuffer(session.protocol_version) if self.journal is not None else None
         raw_relations: dict[int, bytes] = {}  # table -> its latest Relation message, as sent
         txn_events: dict[int, int] = {}  # table -> events made in the open transaction
         raw_oids: set[int] = set()  # tables whose changes in the open transaction go raw into chunks
@@ -574,6 +590,12 @@ class Ingest:
                     await submit()
                 continue
             for lsn, payload in messages:
+                if journal is not None and not skipping and payload[0] in _ROW_CHANGES:
+                    full = journal.add(lsn, payload, assembler, raw_relations)
+                    if full is not None:  # a huge transaction: its journal goes in rows of CHUNK_BYTES
+                        batch.journal.append(full)
+                        if len(batch.journal) >= JOURNAL_BATCH_ROWS:
+                            await submit()
                 if fast and payload[0] in _ROW_CHANGES:
                     # the compact path: bulk changes of raw tables stay bytes (and skipped ones are dropped)
                     if skipping:
@@ -636,6 +658,8 @@ class Ingest:
                         raw_relations[msg.oid] = bytes(payload)
                         if msg.oid in chunks:  # the table changed shape: later changes go in a new chunk
                             batch.chunks.append(chunks.pop(msg.oid))
+                        if journal is not None and (ended := journal.close(msg.oid)) is not None:
+                            batch.journal.append(ended)  # and in a new journal row
                     continue
                 if type(item) is Change:
                     if skipping:
@@ -649,6 +673,8 @@ class Ingest:
                         by_op = rules_by_oid[oid] = self.rules.for_table(rel.schema, rel.name)
                     if item.op == "truncate":
                         _append_truncate_events(batch, item, self.rules)
+                        if journal is not None:  # it took an ordinal: later changes start new rows
+                            batch.journal += filter(None, (journal.close(r.oid) for r, _ in item.truncated))
                     else:
                         matched = by_op.get(item.op, ())
                         if matched:
@@ -691,6 +717,8 @@ class Ingest:
                     if chunks:
                         batch.chunks.extend(chunks.values())
                         chunks.clear()
+                    if journal is not None and journal.open:
+                        batch.journal += journal.take()
                     raw_oids.clear()
                     txn_events.clear()
                     message_ordinals.clear()
@@ -849,6 +877,7 @@ def _has_work(batch: EventBatch) -> bool:
     return bool(
         batch.payload
         or batch.chunks
+        or batch.journal
         or batch.checkpoint is not None
         or batch.rewind_position is not None
         or batch.rewind_done

@@ -61,7 +61,7 @@ class OutsideWindow(ListenerError):
 # Parsing the target.
 
 
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+def parse_time(text: str, *, now: datetime | None = None, option: str = "--to-time") -> datetime:
     """``--to-time``: ISO 8601 (``2025-03-01T12:00:00+00:00``; without an offset, this machine's time
     zone), or a duration ago (``2h``, ``90m``, ``1d``, ``2h ago``)."""
     raw = text.strip()
@@ -74,7 +74,7 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
         value = datetime.fromisoformat(raw.replace(" UTC", "+00:00"))
     except ValueError:
         raise ListenerError(
-            f"invalid time {text!r} for --to-time",
+            f"invalid time {text!r} for {option}",
             hint="write ISO 8601, e.g. 2025-03-01T12:00:00+00:00 (no offset: this machine's time zone), "
             "or a duration ago, e.g. 2h, 90m or 1d",
         ) from None

@@ -38,6 +38,7 @@ class Status:
     warn_wal_bytes: int
     retain: dict[str, str | None] | None
     rewindable: dict[str, Any] | None  # from_lsn, from_time, to_lsn
+    journal: dict[str, Any] | None  # keep, since, oldest_commit_time, bytes (None: off and empty)
     runs: dict[str, int]
     rewinds: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -66,6 +67,7 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
         if config.retain.enabled
         else None,
         rewindable=None,
+        journal=None,
         runs=dict.fromkeys(COUNTED_STATUSES, 0),
     )
     if slot is None:
@@ -89,12 +91,30 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
                 "from_time": win.oldest_time,
                 "to_lsn": format_lsn(win.checkpoint),
             }
+    status.journal = _journal(config, state)
     for name, count in state.execute(
         "SELECT status, count(*) FROM runs WHERE status = ANY(%s) GROUP BY status", [list(COUNTED_STATUSES)]
     ).fetchall():
         status.runs[name] = int(count)
     status.rewinds = [asdict(row) for row in rw.rewinds(state, config.slot)]
     return status
+
+
+def _journal(config: Config, state: rw.Conn) -> dict[str, Any] | None:
+    """The change journal: since when it is complete, its oldest row and its size on disk."""
+    exists = state.execute("SELECT to_regclass('journal') IS NOT NULL").fetchone()
+    if exists is None or not exists[0]:  # a state schema from before the journal: `listener init` adds it
+        return None
+    row = state.execute(
+        "SELECT (SELECT since FROM journal_horizon WHERE slot_name = %s),"
+        " (SELECT min(commit_time) FROM journal), pg_total_relation_size('journal')",
+        [config.slot],
+    ).fetchone()
+    assert row is not None
+    since, oldest, size = row
+    if not config.journal.enabled and oldest is None:
+        return None
+    return {"keep": config.journal.keep, "since": since, "oldest_commit_time": oldest, "bytes": size}
 
 
 def _lsn(value: int | None) -> str | None:
@@ -133,6 +153,18 @@ def print_status(console: Console, s: Status) -> None:
         )
     elif s.retain is not None:
         grid.add_row("rewindable", Text("nothing yet: the window fills while `listener run` runs"))
+    if s.journal is not None:
+        j = s.journal
+        if j["keep"] is None:
+            text = f"off, but holds rows from {_time(j['oldest_commit_time'])} ({_bytes(j['bytes'])})"
+        elif j["since"] is None:
+            text = f"keep {j['keep']}: empty until `listener run` runs with it"
+        else:
+            text = (
+                f"keep {j['keep']}: replayable from {_time(j['since'])}, oldest change "
+                f"{_time(j['oldest_commit_time'])}, {_bytes(j['bytes'])}"
+            )
+        grid.add_row("journal", Text(text))
     retained = "-" if s.retained_wal_bytes is None else _bytes(s.retained_wal_bytes)
     grid.add_row(
         "WAL kept",

@@ -191,6 +191,9 @@ class EventBatch:
     group_ids: dict[tuple[str, str | None, str | None, str], int] = field(default_factory=dict)
     checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
     chunks: list[RawChunk] = field(default_factory=list)  # bulk changes stored compactly
+    # The change journal (`journal:`): the raw changes of the batch's transactions, per table (their
+    # ``rules`` unused); see sql/0006_journal.sql.
+    journal: list[RawChunk] = field(default_factory=list)
     checkpoint_time: datetime | None = None  # commit time of that transaction (None: an idle checkpoint)
     # Retention: set by the writer when a history row is due with this checkpoint; write_batch then
     # records it and sets ``confirm`` to the position the slot may confirm (None: keep the current one).
@@ -405,6 +408,22 @@ ON CONFLICT (slot_name, lsn) DO NOTHING
 
 _PRUNE_HISTORY = "DELETE FROM lsn_history WHERE slot_name = $1 AND lsn < $2::text::pg_lsn"
 
+# One statement for all journal rows of a batch; a redelivered transaction's rows are dropped by the key.
+_INSERT_JOURNAL = """
+INSERT INTO journal (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
+                     protocol, relation, data)
+SELECT c::pg_lsn, o, f, n, x, t, tbl, p, r, d
+FROM unnest($1::text[], $2::oid[], $3::int4[], $4::int4[], $5::int8[], $6::timestamptz[], $7::text[],
+            $8::int4[], $9::bytea[], $10::bytea[]) AS u(c, o, f, n, x, t, tbl, p, r, d)
+ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
+"""
+
+# The oldest journal rows, a batch at a time ($1: the cutoff).
+_PRUNE_JOURNAL = """
+DELETE FROM journal WHERE (commit_lsn, relation_oid, first_ordinal) IN (
+    SELECT commit_lsn, relation_oid, first_ordinal FROM journal WHERE commit_time < $1 LIMIT $2)
+"""
+
 _NEXT_REWIND = """
 SELECT id, from_lsn::text AS from_lsn, up_to::text AS up_to, position::text AS position, rerun_rule,
        generation, rules
@@ -474,6 +493,8 @@ class StateStore:
             ):
                 position = format_lsn(batch.rewind_position) if batch.rewind_position is not None else None
                 await conn.execute(_ADVANCE_REWIND, rewind.id, position, rewound, reruns, batch.rewind_done)
+            if batch.journal:
+                await self._insert_journal(conn, batch.journal)
             if batch.checkpoint is not None:
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
                 if batch.retention is not None:
@@ -481,6 +502,12 @@ class StateStore:
                         conn, batch.checkpoint, batch.checkpoint_time, batch.retention
                     )
         return inserted
+
+    async def insert_events(self, batch: EventBatch) -> tuple[int, int, int]:
+        """Insert the events of a batch made outside the ingest (`listener replay`), in one transaction:
+        (events inserted, events in a rewind's range, runs of a rewind's --rerun)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._insert_events(conn, batch)
 
     async def _insert_events(
         self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, batch: EventBatch
@@ -521,6 +548,54 @@ class StateStore:
     async def seed_history(self, confirmed: int) -> None:
         """Start the history at the slot's confirmed position if it has no row at or below it."""
         await self.pool.execute(_SEED_HISTORY, self.slot, format_lsn(confirmed))
+
+    # -- the change journal -----------------------------------------------------------------------------
+
+    @staticmethod
+    async def _insert_journal(conn: Any, rows: list[RawChunk]) -> None:
+        await conn.execute(
+            _INSERT_JOURNAL,
+            [format_lsn(r.commit_lsn) for r in rows],
+            [r.relation_oid for r in rows],
+            [r.first_ordinal for r in rows],
+            [r.changes for r in rows],
+            [r.xid for r in rows],
+            [r.commit_time for r in rows],
+            [r.table_name for r in rows],
+            [r.protocol for r in rows],
+            [r.relation for r in rows],
+            [bytes(r.data) for r in rows],
+        )
+
+    async def start_journal(self, *, enabled: bool) -> None:
+        """At the start of a session: with the journal on, it is complete from now on (unless recorded
+        earlier); with it off, it has a gap from now on, so no horizon (replay refuses)."""
+        if enabled:
+            await self.pool.execute(
+                "INSERT INTO journal_horizon (slot_name, since) VALUES ($1, now()) ON CONFLICT DO NOTHING",
+                self.slot,
+            )
+        else:
+            await self.pool.execute("DELETE FROM journal_horizon WHERE slot_name = $1", self.slot)
+
+    async def prune_journal(self, keep_s: float, *, batch_rows: int) -> int:
+        """Delete journal rows committed more than ``keep_s`` ago, ``batch_rows`` per transaction, and move
+        the horizon up to that time first.  Returns the rows deleted."""
+        cutoff = await self.pool.fetchval(
+            "UPDATE journal_horizon SET since = greatest(since, now() - make_interval(secs => $2::float8))"
+            " WHERE slot_name = $1 RETURNING now() - make_interval(secs => $2::float8)",
+            self.slot,
+            keep_s,
+        )
+        if cutoff is None:  # no horizon: the journal was switched off meanwhile
+            return 0
+        total = 0
+        while True:
+            status = await self.pool.execute(_PRUNE_JOURNAL, cutoff, batch_rows)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < batch_rows:
+                return total
 
     # -- rewinds ------------------------------------------------------------------------------------------
 

@@ -461,3 +461,32 @@ def test_retain_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, mess
     assert error.line == 2 + ("\n  " in text)
     assert message in str(error)
     assert error.hint is not None and hint in error.hint
+
+
+# --- the change journal -------------------------------------------------------------------------------------
+
+
+def test_journal_is_off_by_default_and_keeps_a_duration() -> None:
+    off = parse_config("rules: []\n").journal
+    assert not off.enabled and off.keep_s is None
+    assert not parse_config("journal:\n").journal.enabled
+    journal = parse_config("journal:\n  keep: 7d\n").journal
+    assert journal.enabled and journal.keep_s == 7 * 86400
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "hint"),
+    [
+        ("journal:\n  keep: a week\n", "journal.keep: 'a week' is not a duration", "e.g. 90s, 15m, 24h"),
+        ("journal:\n  keep: 7\n", "journal.keep: 7 has no unit", "e.g. 90s, 15m, 24h"),
+        ("journal:\n  keep: 0d\n", "journal.keep: duration '0d' is not more than 0", "7d"),
+        ("journal:\n  kepe: 7d\n", "journal: unknown key 'kepe'", "did you mean 'keep'?"),
+        ("keep: 7d\n", "unknown key 'keep'", "'keep' belongs under 'journal:'"),
+        ("journal: 7d\n", "journal: expected keys", "put its keys on indented lines under 'journal:'"),
+    ],
+)
+def test_journal_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, message: str, hint: str) -> None:
+    error = load_error(tmp_path, "slot: s\n" + text)
+    assert error.line == 2 + ("\n  " in text)
+    assert message in str(error)
+    assert error.hint is not None and hint in error.hint

@@ -1,0 +1,428 @@
+"""The change journal (``journal:``): the rule tables' changes kept for ``keep``, and `listener replay`.
+
+Ingest keeps each row change the stream carries as the server sent it: per transaction and table, the raw
+pgoutput messages with the table's Relation message (a row of ``journal``, see sql/0006_journal.sql),
+written in the state-db transaction of its batch.  On the hot path that is two appends to a bytearray
+per change (:class:`JournalBuffer`); nothing is decoded or rendered for it.
+
+`listener replay --from-time T` reads the rows committed in a time range, decodes them with the
+expander's code (:func:`listener.expand.stored_changes`), evaluates the *current* rules with the ingest's
+matching (:func:`listener.ingest.append_events`) and inserts the events under their usual idempotency
+keys: existing keys insert nothing, so only new rules and new matches make work -- the semantics of a
+rewind, without needing the WAL.  It writes only events and runs, so it works whether `listener run` is
+running or not.
+
+The running ingest prunes rows committed more than ``keep`` ago every ``PRUNE_INTERVAL_S``, in batches of
+``PRUNE_BATCH_ROWS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import logging
+import struct
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from listener import pgoutput as po
+from listener.changes import Assembler, RelationInfo, TypeRegistry
+from listener.config import Config
+from listener.errors import ListenerError
+from listener.expand import decode_relation, stored_changes
+from listener.rewind import _EXISTING, Conn, RuleCount
+from listener.store import EventBatch, RawChunk, RewindPlan, StateStore
+
+logger = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 60.0
+PRUNE_BATCH_ROWS = 1000
+CHUNK_BYTES = 1 << 20  # a journal row holds at most about this much (a huge transaction makes several)
+
+_unpack_oid = struct.Struct(">I").unpack_from
+_pack_head = struct.Struct(">QI").pack  # a change in a journal row: its LSN and its message's length
+
+
+class JournalBuffer:
+    """The journal rows of the open transaction, one per table, filled with raw messages as they come.
+
+    ``add`` is on the ingest's per-change path; ``close``/``take`` hand finished rows to a batch."""
+
+    __slots__ = ("chunk_bytes", "open", "protocol")
+
+    def __init__(self, protocol: int, *, chunk_bytes: int | None = None) -> None:
+        self.protocol = protocol
+        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
+        self.open: dict[int, RawChunk] = {}
+
+    def add(
+        self, lsn: int, payload: bytes | memoryview, assembler: Assembler, relations: dict[int, bytes]
+    ) -> RawChunk | None:
+        """Keep one Insert/Update/Delete message (before the assembler counts it); return a full row."""
+        oid = _unpack_oid(payload, 1)[0]
+        chunk = self.open.get(oid)
+        if chunk is None:
+            begin = assembler.begin
+            relation = relations.get(oid)
+            info = assembler.relations.get(oid)
+            if begin is None or relation is None or info is None:
+                return None  # the assembler raises the protocol error for this message
+            chunk = self.open[oid] = RawChunk(
+                commit_lsn=begin.final_lsn,
+                relation_oid=oid,
+                first_ordinal=assembler.peek_ordinal(oid),
+                xid=begin.xid,
+                commit_time=begin.commit_time,
+                table_name=info.qualified,
+                protocol=self.protocol,
+                relation=relation,
+                rules="",
+            )
+        data = chunk.data
+        data += _pack_head(lsn, len(payload))
+        data += payload
+        chunk.changes += 1
+        if len(data) >= self.chunk_bytes:
+            return self.open.pop(oid)
+        return None
+
+    def close(self, oid: int) -> RawChunk | None:
+        """End the open row of table ``oid`` (its shape changed, or a truncate took an ordinal)."""
+        return self.open.pop(oid, None)
+
+    def take(self) -> list[RawChunk]:
+        """The open rows, at the transaction's commit."""
+        rows = list(self.open.values())
+        self.open.clear()
+        return rows
+
+
+@dataclass(frozen=True, slots=True)
+class JournalPolicy:
+    """``journal:`` as the ingest uses it."""
+
+    keep_s: float
+    prune_interval_s: float = PRUNE_INTERVAL_S
+    prune_batch_rows: int = PRUNE_BATCH_ROWS
+
+
+async def prune_forever(store: StateStore, policy: JournalPolicy, stop: asyncio.Event) -> None:
+    """Delete rows older than ``keep`` now and then, until ``stop``; a failed round is retried later (the
+    journal only grows meanwhile)."""
+    while not stop.is_set():
+        try:
+            deleted = await store.prune_journal(policy.keep_s, batch_rows=policy.prune_batch_rows)
+            if deleted:
+                logger.info("journal: pruned %d row(s) older than %gs", deleted, policy.keep_s)
+        except Exception as exc:
+            logger.warning("journal: cannot prune (%s); trying again in %gs", exc, policy.prune_interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), policy.prune_interval_s)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `listener replay`: planning (synchronous, psycopg), then reading, matching and inserting (asyncpg).
+
+
+class OutsideJournal(ListenerError):
+    """The replay's start lies before the oldest time the journal holds every change from."""
+
+    def __init__(self, asked: str, *, since: datetime, keep: str | None) -> None:
+        super().__init__(
+            f"{asked} is outside the change journal: it holds every change committed since {_when(since)}",
+            hint=f"replay from {_when(since)} or later; to reach further back, raise `journal.keep` "
+            f"(now {keep}; the journal fills from then on), or use `listener rewind` within `retain:`",
+        )
+        self.since = since
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """Replay the journal rows committed in [from_time, to_time) (to_time None: up to now) with the rules
+    ``rules`` (every table rule, or the one of --rule); ``rerun``: a new run generation for that rule."""
+
+    from_time: datetime
+    to_time: datetime | None
+    since: datetime  # the journal holds every change committed since then
+    rules: tuple[str, ...]
+    tables: tuple[str, ...]  # their tables, as journal.table_name names them
+    rerun: bool
+
+
+def plan_replay(
+    config: Config,
+    state: Conn,
+    *,
+    from_time: str,
+    to_time: str | None = None,
+    rule: str | None = None,
+    rerun: bool = False,
+    now: datetime | None = None,
+) -> ReplayPlan:
+    """Check a replay request against the configuration and the journal; refuse clearly."""
+    from listener.rewind import parse_time
+
+    where = config.source_path or "the configuration"
+    table_rules = [r for r in config.rules if r.table is not None]
+    if rule is not None:
+        names = [r.name for r in config.rules]
+        if rule not in names:
+            close = difflib.get_close_matches(rule, names, n=1)
+            raise ListenerError(
+                f"--rule {rule}: no rule named {rule!r} in {where}",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + ("rules: " + ", ".join(names) if names else "the configuration has no rules"),
+            )
+        table_rules = [r for r in table_rules if r.name == rule]
+        if not table_rules:
+            raise ListenerError(
+                f"--rule {rule}: rule {rule!r} has no `table:`; the journal holds row changes only",
+                hint="replay a rule on a table",
+            )
+    elif rerun:
+        raise ListenerError(
+            "--rerun needs --rule: it makes a new run generation for one rule's changes",
+            hint="e.g. listener replay --from-time 2d --rule summarize_ticket --rerun",
+        )
+    if not config.journal.enabled:
+        raise ListenerError(
+            f"nothing to replay: {where} sets no change journal (`journal:`)",
+            hint="add e.g.\n    journal:\n      keep: 7d\n  and restart `listener run`; from then on it "
+            "keeps the rule tables' changes for 7 days (README 'Beyond the window: the change journal')",
+        )
+    start = parse_time(from_time, now=now, option="--from-time")
+    end = parse_time(to_time, now=now, option="--to-time") if to_time is not None else None
+    if end is not None and end <= start:
+        raise ListenerError(
+            f"--to-time {to_time!r} ({_when(end)}) is not after --from-time {from_time!r} ({_when(start)})",
+            hint="give a --to-time after --from-time, or leave it out (up to now)",
+        )
+    row = state.execute("SELECT since FROM journal_horizon WHERE slot_name = %s", [config.slot]).fetchone()
+    if row is None:
+        raise ListenerError(
+            f"the change journal of slot {config.slot!r} is empty: `listener run` has not run with "
+            "`journal:` (or ran without it since)",
+            hint="start `listener run` with `journal:` in its configuration; the journal fills from then on",
+        )
+    since = row[0]
+    assert isinstance(since, datetime)
+    if start < since:
+        raise OutsideJournal(
+            f"--from-time {from_time!r} ({_when(start)})", since=since, keep=config.journal.keep
+        )
+    return ReplayPlan(
+        from_time=start,
+        to_time=end,
+        since=since,
+        rules=tuple(r.name for r in table_rules),
+        tables=tuple(sorted({f"{r.schema_name}.{r.table_name}" for r in table_rules})),
+        rerun=rerun,
+    )
+
+
+@dataclass
+class ReplayResult:
+    plan: ReplayPlan
+    dry_run: bool
+    rows: int = 0  # journal rows read
+    changes: int = 0
+    rules: dict[str, RuleCount] = field(default_factory=dict)
+    inserted: int = 0  # events inserted (0 in a dry run)
+    reruns: int = 0  # runs of the --rerun generation made
+    generation: int | None = None
+
+    def runs(self, rule: str) -> int:
+        """New runs: one per new event, or for the --rerun rule one per matching change."""
+        count = self.rules[rule]
+        return count.events if self.plan.rerun else count.new
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from_time": self.plan.from_time,
+            "to_time": self.plan.to_time,
+            "journal_since": self.plan.since,
+            "dry_run": self.dry_run,
+            "rerun": self.plan.rules[0] if self.plan.rerun else None,
+            "generation": self.generation,
+            "journal_rows": self.rows,
+            "changes": self.changes,
+            "events_inserted": self.inserted,
+            "runs_rerun": self.reruns,
+            "rules": {
+                name: {**asdict(count), "new": count.new, "runs": self.runs(name)}
+                for name, count in self.rules.items()
+            },
+        }
+
+
+_RANGE = (
+    "commit_time >= $1 AND ($2::timestamptz IS NULL OR commit_time < $2) AND table_name = ANY($3::text[])"
+)
+_COUNT_ROWS = f"SELECT count(*), coalesce(sum(changes), 0)::int8 FROM journal WHERE {_RANGE}"
+_READ_ROWS = f"""
+SELECT commit_lsn::text AS commit_lsn, xid, commit_time, protocol, relation, first_ordinal, changes, data
+FROM journal WHERE {_RANGE} ORDER BY commit_lsn, relation_oid, first_ordinal
+"""
+# The generation of a replay's --rerun: above every run of the rule, and above every rewind's rerun of it.
+_RERUN_GENERATION = """
+SELECT greatest(
+    (SELECT coalesce(max(generation), 0) FROM runs WHERE starts_with(event_key, $1 || '/')),
+    (SELECT coalesce(max(generation), 0) FROM rewinds WHERE rerun_rule = $1)) + 1
+"""
+NO_END_LSN = (1 << 64) - 1  # a --rerun applies to every change replayed
+REPLAY_BATCH_EVENTS = 5000
+READ_PREFETCH_ROWS = 8  # journal rows of up to about 1 MB each: memory stays bounded
+
+
+async def replay(
+    config: Config,
+    source_dsn: str,
+    state_dsn: str,
+    plan: ReplayPlan,
+    *,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> ReplayResult:
+    """Read the plan's journal rows, decode them as the expander does, evaluate the current rules as ingest
+    does and insert the events (existing keys insert nothing); with ``dry_run`` only count."""
+    from listener.ingest import _append_events, compile_rules
+
+    result = ReplayResult(plan, dry_run)
+    result.rules = {name: RuleCount() for name in plan.rules}
+    wanted = frozenset(plan.rules)
+    catalog = await psycopg.AsyncConnection.connect(source_dsn, autocommit=True)
+    state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=2)
+    try:
+        rules = await compile_rules(config, catalog)
+        types = TypeRegistry()
+        relations: dict[tuple[int, bytes], RelationInfo] = {}
+        rewind: RewindPlan | None = None
+        if plan.rerun and not dry_run:
+            generation = await state.pool.fetchval(_RERUN_GENERATION, plan.rules[0])
+            result.generation = int(generation)
+            rewind = RewindPlan(0, 0, NO_END_LSN, None, plan.rules[0], result.generation, plan.rules)
+        args = (plan.from_time, plan.to_time, list(plan.tables))
+        count = await state.pool.fetchrow(_COUNT_ROWS, *args)
+        assert count is not None
+        batch = EventBatch(rewind=rewind)
+
+        async def flush() -> None:
+            nonlocal batch
+            keys, names = [], []
+            for gid, ordinal in zip(batch.group, batch.ordinal, strict=True):
+                group = batch.groups[gid - 1]
+                keys.append(f"{group[0]}/{group[4]}/{ordinal}")  # rule/commit LSN/ordinal, as stored
+                names.append(group[0])
+            for name, n in Counter(names).items():
+                result.rules[name].events += n
+            if keys:
+                for name, n in await state.pool.fetch(_EXISTING, keys, names):
+                    result.rules[name].present += n
+            if not dry_run and batch.payload:
+                inserted, _, reruns = await state.insert_events(batch)
+                result.inserted += inserted
+                result.reruns += reruns
+            batch = EventBatch(rewind=rewind)
+
+        with Progress(
+            TextColumn("replaying the journal"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("changes"),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+            transient=True,
+            disable=console is None,
+        ) as progress:
+            task = progress.add_task("replay", total=int(count[1]))
+            async with state.pool.acquire() as conn, conn.transaction(readonly=True):
+                async for row in conn.cursor(_READ_ROWS, *args, prefetch=READ_PREFETCH_ROWS):
+                    info = relations.get((row["protocol"], row["relation"]))
+                    if info is None:
+                        info = await _relation(row["protocol"], row["relation"], types, catalog)
+                        relations[(row["protocol"], row["relation"])] = info
+                    by_op = rules.for_table(info.schema, info.name)
+                    for change in stored_changes(
+                        row["protocol"], info, row["data"], commit_text=row["commit_lsn"], xid=row["xid"],
+                        at=row["commit_time"], first_ordinal=row["first_ordinal"],
+                    ):  # fmt: skip
+                        matched = tuple(r for r in by_op.get(change.op, ()) if r.name in wanted)
+                        if matched:
+                            _append_events(batch, change, matched)
+                    result.rows += 1
+                    result.changes += row["changes"]
+                    progress.advance(task, row["changes"])
+                    if len(batch) >= REPLAY_BATCH_EVENTS:
+                        await flush()
+            await flush()
+    finally:
+        await state.close()
+        await catalog.close()
+    return result
+
+
+async def _relation(
+    protocol: int, relation: bytes, types: TypeRegistry, catalog: psycopg.AsyncConnection[Any]
+) -> RelationInfo:
+    """A stored Relation message's table, its user-defined types looked up in the source catalog first."""
+    msg = po.Decoder(protocol).decode(relation)
+    if isinstance(msg, po.Relation):
+        unknown = types.unknown(c.type_oid for c in msg.columns)
+        if unknown:
+            await types.resolve(catalog, unknown)
+    return decode_relation(protocol, relation, types)
+
+
+def run_replay(
+    config: Config,
+    source_dsn: str,
+    state_dsn: str,
+    plan: ReplayPlan,
+    *,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> ReplayResult:
+    return asyncio.run(replay(config, source_dsn, state_dsn, plan, dry_run=dry_run, console=console))
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+def describe(plan: ReplayPlan) -> str:
+    end = _when(plan.to_time) if plan.to_time is not None else "now"
+    return f"replay: journal changes committed from {_when(plan.from_time)} to {end}"
+
+
+def print_result(console: Console, result: ReplayResult) -> None:
+    plan = result.plan
+    rerun = plan.rules[0] if plan.rerun else None
+    table = Table(
+        title=f"{describe(plan)}: {result.changes} change(s) in {result.rows} journal row(s)",
+        title_justify="left",
+        caption="dry run: nothing was written" if result.dry_run else None,
+        caption_justify="left",
+    )
+    table.add_column("rule", overflow="fold")
+    table.add_column("events", justify="right")
+    table.add_column("already present", justify="right")
+    table.add_column("new", justify="right")
+    table.add_column("new runs", justify="right")
+    for name, count in result.rules.items():
+        runs = str(result.runs(name)) + (" (rerun)" if name == rerun else "")
+        table.add_row(Text(name), str(count.events), str(count.present), str(count.new), runs)
+    console.print(table)
+    if not result.dry_run:
+        reruns = (
+            f", {result.reruns} run(s) of rule {rerun} as generation {result.generation}" if rerun else ""
+        )
+        console.print(f"{result.inserted} new event(s){reruns}")
