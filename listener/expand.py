@@ -124,11 +124,18 @@ class Expander:
         """Expand chunks until none is left or enough runs wait.  Returns whether chunks remain."""
         while True:
             if await self.store.runs_ahead(self.ahead) >= self.ahead:
-                return await self.store.next_chunk() is not None
+                return (
+                    await self.store.next_chunk() is not None
+                    or await self.store.next_backfill_chunk() is not None
+                )
             row = await self.store.next_chunk()
+            if row is not None:
+                await self.expand(row)
+                continue
+            row = await self.store.next_backfill_chunk()
             if row is None:
                 return False
-            await self.expand(row)
+            await self.expand_backfill(row)
 
     async def expand(self, row: Any) -> int:
         """Expand one chunk row; returns the events inserted."""
@@ -142,6 +149,25 @@ class Expander:
         if inserted is not None:
             self.stats.chunks += 1
             self.stats.changes += row["changes"]
+            self.stats.events_inserted += inserted
+        return inserted or 0
+
+    async def expand_backfill(self, row: Any) -> int:
+        """Expand one ``backfill_chunks`` row (COPY text lines) into its events; returns those inserted."""
+        from listener.backfill import chunk_events, chunk_from_row
+
+        chunk, shape = chunk_from_row(row)
+        unknown = self.types.unknown(c[1] for c in shape.columns)
+        if unknown:
+            await self.resolve(unknown)
+        info = relation_info(shape.relation(), self.types)
+        events = chunk_events(
+            chunk.data, info, chunk.key_positions, None, chunk.rule, chunk.backfill_id, chunk.read_at
+        )
+        inserted = await self.store.expand_backfill_chunk(row["id"], chunk, events)
+        if inserted is not None:
+            self.stats.chunks += 1
+            self.stats.changes += chunk.rows
             self.stats.events_inserted += inserted
         return inserted or 0
 

@@ -1,0 +1,863 @@
+"""Snapshot backfill: give a rule the rows that already exist, while the live stream goes on.
+
+`listener backfill --rule R [--where SQL]` checks the request and records it (a row of ``backfills``, see
+sql/0005_backfill.sql), then wakes the running ingest through the control channel, like a rewind.  The
+ingest's backfill task (:class:`Backfills`) reads the table in primary-key order, ``chunk_rows`` rows at a
+time (keyset pagination on the whole primary key), with the watermark algorithm of DBLog and Debezium's
+incremental snapshots:
+
+1. write a non-transactional logical decoding message ``listener.backfill`` ``<id>:<n>:<session>:low``;
+2. read the chunk: ``COPY (SELECT ... WHERE key > last [AND where] ORDER BY key LIMIT n) TO STDOUT``;
+3. write ``...:high`` (flushed, so the walsender sends it at once).
+
+The reader sees both marks in stream order.  Between them it records the primary keys of the live
+changes to the table (the operations the rule listens to, and deletes); at the high mark it drops those
+rows from the chunk -- a live change delivered, or is about to deliver, a state at least as new -- and
+hands the rest to the writer, with the backfill's progress, in one state-db transaction.  A row's state in
+the chunk is therefore never older than one a workflow received before it: transactions committed before
+the low mark are visible to the chunk's snapshot, those committed after the high mark come after it in the
+stream, and those in between are exactly the ones whose keys are dropped.
+
+Rows are kept as the COPY text lines (the same text the stream sends, since the connection pins the
+stream's output settings) in ``backfill_chunks``; the expander turns them into events and runs ahead of
+the workers.  A rule that needs the row at ingest (``when:``, ``payload:``, a flow-control key) gets its
+events made at the high mark instead, in stream order.  Event keys are ``<rule>/backfill/<id>/<key>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import json
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from listener import pgoutput as po
+from listener import store as store_mod
+from listener.changes import Change, RelationInfo, TypeRegistry, relation_info
+from listener.config import Config
+from listener.errors import ListenerError
+from listener.lsn import parse_lsn
+from listener.replication import OUTPUT_SETTINGS
+from listener.store import BackfillChunk, StateStore
+
+if TYPE_CHECKING:
+    from listener.ingest import Ingest
+    from listener.rules import CompiledRule
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "listener.backfill"  # the watermark messages
+CHUNK_ROWS = 20_000  # rows per chunk (the unit of progress, and of what a crash re-reads)
+IN_FLIGHT = 2  # chunks read ahead of the one waiting to be durable (memory: this many chunks at most)
+POLL_S = 5.0  # a running ingest looks for recorded backfills this often when no NOTIFY arrives
+RETRY_S = 1.0  # after a lost connection, try the backfill again after this long
+FOLLOW_POLL_S = 0.5  # `listener backfill` looks at its row this often
+OPEN = ("pending", "running")
+LOCK_TIMEOUT_MS = 200  # the SHARE lock around a low mark waits for the table's writers at most this long
+LOCK_RETRY_MIN_S = 0.05  # ... then it tries again after this long, doubling up to LOCK_RETRY_MAX_S
+LOCK_RETRY_MAX_S = 2.0
+
+Key = tuple[bytes | None, ...]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# COPY text format (https://www.postgresql.org/docs/current/sql-copy.html, "Text Format")
+
+_ESCAPE = re.compile(rb"\\(.)", re.S)
+_UNESCAPE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+
+
+def _unescape_one(match: re.Match[bytes]) -> bytes:
+    char = match[1]
+    return _UNESCAPE.get(char, char)
+
+
+def unescape(value: bytes) -> bytes | None:
+    """A COPY text field → the value's text (None: SQL NULL).  COPY TO writes only these escapes."""
+    if value == b"\\N":
+        return None
+    if b"\\" not in value:
+        return value
+    return _ESCAPE.sub(_unescape_one, value)
+
+
+def line_values(line: bytes) -> tuple[bytes | None, ...]:
+    return tuple(unescape(f) for f in line.split(b"\t"))
+
+
+def line_key(line: bytes, positions: Sequence[int]) -> Key:
+    fields = line.split(b"\t", max(positions) + 1)
+    return tuple(unescape(fields[p]) for p in positions)
+
+
+def key_text(key: Key) -> str:
+    """The primary key in an event key: the value's text, or a JSON array of them for several columns."""
+    texts = [b.decode() if b is not None else None for b in key]
+    if len(texts) == 1:
+        return texts[0] or ""
+    return json.dumps(texts, ensure_ascii=False, separators=(",", ":"))
+
+
+def backfill_key(rule: str, backfill_id: int, key: Key) -> str:
+    """The idempotency key of a backfill event: a pure function of the backfill and the row's key."""
+    return f"{rule}/backfill/{backfill_id}/{key_text(key)}"
+
+
+def _last_line(data: bytes | bytearray) -> bytes:
+    end = len(data) - 1  # data ends with a newline
+    return bytes(data[data.rfind(b"\n", 0, end) + 1 : end])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The table, as the backfill reads it
+
+
+@dataclass(frozen=True, slots=True)
+class TableShape:
+    """A table's published columns (in order) and its primary key (in index order)."""
+
+    oid: int
+    schema: str
+    name: str
+    columns: tuple[tuple[str, int, int, str], ...]  # name, type OID, type modifier, format_type
+    key_columns: tuple[str, ...]
+
+    @property
+    def key_positions(self) -> list[int]:
+        names = [c[0] for c in self.columns]
+        return [names.index(k) for k in self.key_columns]
+
+    def relation(self) -> po.Relation:
+        keys = set(self.key_columns)
+        cols = tuple(po.Column(c[0] in keys, c[0], c[1], c[2]) for c in self.columns)
+        return po.Relation(None, self.oid, self.schema, self.name, "d", cols)
+
+
+_SHAPE = """
+SELECT c.oid::int8, n.nspname, c.relname,
+       (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+       (SELECT array_agg(a.atttypid::int8 ORDER BY a.attnum) FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+       (SELECT array_agg(a.atttypmod ORDER BY a.attnum) FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+       (SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+       (SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = c.oid AND i.indisprimary)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%s)
+"""
+
+
+def _shape(row: Sequence[Any] | None) -> TableShape | None:
+    if row is None:
+        return None
+    oid, schema, name, names, oids, mods, types, keys = row
+    columns = tuple(zip(names or (), oids or (), mods or (), types or (), strict=True))
+    return TableShape(int(oid), schema, name, columns, tuple(keys or ()))
+
+
+def _table_ref(schema: str, table: str) -> str:
+    return sql.Identifier(schema, table).as_string()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Requests (the command's side; psycopg, synchronous)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    rule: str
+    table: str  # "schema.table" as the config names it
+    where: str | None  # deparsed
+    key_columns: tuple[str, ...]
+    estimate: int | None
+
+
+def _rule_for(config: Config, name: str) -> Any:
+    rules = {rule.name: rule for rule in config.rules}
+    rule = rules.get(name)
+    where = config.source_path or "the configuration"
+    if rule is None:
+        close = difflib.get_close_matches(name, list(rules), n=1)
+        raise ListenerError(
+            f"--rule {name}: no rule named {name!r} in {where}",
+            hint=(f"did you mean {close[0]!r}? " if close else "")
+            + ("rules: " + ", ".join(rules) if rules else "the configuration has no rules"),
+        )
+    if rule.table is None:
+        source = "logical decoding messages" if rule.message is not None else "NOTIFY"
+        raise ListenerError(
+            f"rule {name} listens to {source}, not to a table: only table rules can be backfilled",
+            hint="name a rule with `table:`",
+        )
+    return rule
+
+
+_SELECT_EXTRAS = (
+    "groupClause", "havingClause", "sortClause", "limitCount", "limitOffset", "lockingClause", "windowClause",
+    "withClause", "distinctClause",
+)  # fmt: skip
+
+
+def check_where(where: str, shape: TableShape) -> str:
+    """``--where``: one boolean expression over the table's columns, parsed by PostgreSQL's parser and
+    returned as it deparses it (so nothing but that expression ever reaches the server)."""
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+    from pglast.stream import RawStream
+    from pglast.visitors import Visitor
+
+    hint = 'give one SQL boolean expression over the table\'s columns, e.g. --where "id > 1000"'
+    try:
+        statements = parse_sql(f"SELECT FROM t WHERE {where}")
+    except ParseError as exc:
+        raise ListenerError(f"--where {where!r} does not parse: {exc}", hint=hint) from None
+    stmt = statements[0].stmt if len(statements) == 1 else None
+    if (
+        not isinstance(stmt, ast.SelectStmt)
+        or stmt.whereClause is None
+        or (stmt.op is not None and stmt.op.name != "SETOP_NONE")
+        or any(getattr(stmt, part) is not None for part in _SELECT_EXTRAS)
+    ):
+        raise ListenerError(f"--where {where!r} is not a single boolean expression", hint=hint)
+    columns = [c[0] for c in shape.columns]
+    problems: list[str] = []
+
+    class Check(Visitor):
+        def visit_SubLink(self, ancestors: Any, node: Any) -> None:
+            problems.append("subqueries are not allowed")
+
+        def visit_ColumnRef(self, ancestors: Any, node: Any) -> None:
+            names = [getattr(f, "sval", None) for f in node.fields]
+            name = names[-1]
+            if len(names) > 1 or name not in columns:
+                close = difflib.get_close_matches(str(name), columns, n=1)
+                problems.append(
+                    f"{'.'.join(str(n) for n in names)} is not a column of {shape.schema}.{shape.name}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                )
+
+        def visit_ParamRef(self, ancestors: Any, node: Any) -> None:
+            problems.append("parameters ($1) are not allowed")
+
+    Check()(stmt.whereClause)
+    if problems:
+        raise ListenerError(
+            f"--where {where!r}: {problems[0]}",
+            hint=f"use the columns of {shape.schema}.{shape.name}: {', '.join(columns)}",
+        )
+    return str(RawStream()(stmt.whereClause))
+
+
+def plan(config: Config, source: psycopg.Connection[Any], rule_name: str, where: str | None) -> Request:
+    """Check a backfill request against the configuration and the catalog; refuse clearly."""
+    rule = _rule_for(config, rule_name)
+    shape = _shape(source.execute(_SHAPE, [rule.table]).fetchone())
+    if shape is None:
+        raise ListenerError(
+            f"table {rule.table} of rule {rule_name} does not exist",
+            hint=f"create {rule.table}, or correct `table:` of rule {rule_name}",
+        )
+    if not shape.key_columns:
+        raise ListenerError(
+            f"table {rule.table} has no primary key: a backfill reads a table in primary-key order, "
+            "chunk by chunk, and drops rows that live changes superseded by their key",
+            hint=f"ALTER TABLE {rule.table} ADD PRIMARY KEY (<column>);",
+        )
+    deparsed = check_where(where, shape) if where is not None else None
+    query = f"SELECT 1 FROM {_table_ref(shape.schema, shape.name)}"
+    if deparsed is not None:
+        query += f" WHERE {deparsed}"
+    try:
+        with source.transaction():
+            row = source.execute(f"EXPLAIN (FORMAT JSON) {query}").fetchone()
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc)
+        raise ListenerError(
+            f"--where {where!r}: {message}",
+            hint=f"give one boolean expression over the columns of {rule.table}: "
+            + ", ".join(c[0] for c in shape.columns),
+        ) from None
+    estimate = int(row[0][0]["Plan"]["Plan Rows"]) if row is not None else None
+    return Request(rule_name, rule.table, deparsed, shape.key_columns, estimate)
+
+
+_INSERT = """
+INSERT INTO backfills (slot_name, rule, table_name, where_sql, key_columns, rows_total, snapshot)
+VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id
+"""
+
+
+def record(config: Config, state: psycopg.Connection[Any], request: Request) -> int:
+    """Record the backfill and wake a running ingest (NOTIFY only wakes: it also polls)."""
+    with state.transaction():
+        row = state.execute(
+            _INSERT,
+            [config.slot, request.rule, request.table, request.where, list(request.key_columns),
+             request.estimate, False],
+        ).fetchone()  # fmt: skip
+        assert row is not None
+        state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(config.state_schema)])
+    return int(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRow:
+    id: int
+    rule: str
+    table_name: str
+    where_sql: str | None
+    status: str
+    snapshot: bool
+    last_key: list[str] | None
+    chunks: int
+    rows_read: int
+    rows_dropped: int
+    rows_total: int | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+    rows_unexpanded: int = 0  # rows still in backfill_chunks, not yet events
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+_COLUMNS = """
+b.id, b.rule, b.table_name, b.where_sql, b.status, b.snapshot, b.last_key, b.chunks, b.rows_read,
+b.rows_dropped, b.rows_total, b.error, b.created_at, b.started_at, b.updated_at, b.finished_at,
+coalesce((SELECT sum(c.rows) FROM backfill_chunks c WHERE c.backfill_id = b.id), 0)::int8 AS rows_unexpanded
+"""
+
+
+def list_backfills(state: psycopg.Connection[Any], slot: str, *, limit: int = 20) -> list[BackfillRow]:
+    """The open backfills and the newest finished ones, oldest first."""
+    rows = (
+        state.cursor(row_factory=dict_row)
+        .execute(
+            f"""SELECT * FROM (SELECT {_COLUMNS} FROM backfills b WHERE b.slot_name = %s
+                ORDER BY b.status IN ('pending', 'running') DESC, b.id DESC LIMIT %s) x ORDER BY id""",
+            [slot, limit],
+        )
+        .fetchall()
+    )
+    return [BackfillRow(**row) for row in rows]
+
+
+def get(state: psycopg.Connection[Any], backfill_id: int) -> BackfillRow:
+    row = (
+        state.cursor(row_factory=dict_row)
+        .execute(f"SELECT {_COLUMNS} FROM backfills b WHERE b.id = %s", [backfill_id])
+        .fetchone()
+    )
+    if row is None:
+        raise ListenerError(f"no backfill {backfill_id}", hint="`listener backfill status` lists them")
+    return BackfillRow(**row)
+
+
+def cancel(state: psycopg.Connection[Any], schema: str, backfill_id: int) -> BackfillRow:
+    """Cancel a pending or running backfill: the ingest reads no further chunk (chunks already read still
+    commit).  Its events stay; their runs are left alone (`listener cancel` cancels runs)."""
+    row = get(state, backfill_id)
+    if row.status not in OPEN:
+        raise ListenerError(f"backfill {backfill_id} is {row.status}: nothing to cancel", hint="")
+    state.execute(
+        "UPDATE backfills SET status = 'cancelled', finished_at = now(), updated_at = now()"
+        " WHERE id = %s AND status IN ('pending', 'running')",
+        [backfill_id],
+    )
+    state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(schema)])
+    return get(state, backfill_id)
+
+
+def follow(state: psycopg.Connection[Any], backfill_id: int, console: Any) -> BackfillRow:
+    """Show a progress bar (rows read, rows/s, ETA) until the backfill ends; return its row."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    row = get(state, backfill_id)
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} rows/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(
+            f"backfill {row.id} ({row.rule})", total=row.rows_total or None, rate="-", completed=0
+        )
+        started = time.monotonic()
+        first = row.rows_read
+        while True:
+            elapsed = time.monotonic() - started
+            rate = (row.rows_read - first) / elapsed if elapsed > 0.5 else 0.0
+            total = max(row.rows_total or 0, row.rows_read) or None
+            if row.status == "done":
+                total = row.rows_read
+            progress.update(task, completed=row.rows_read, total=total, rate=f"{rate:,.0f}" if rate else "-")
+            if row.status not in OPEN:
+                return row
+            time.sleep(FOLLOW_POLL_S)
+            row = get(state, backfill_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Turning chunk rows into events (at the high mark, or in the expander)
+
+
+def chunk_events(
+    lines: bytes,
+    info: RelationInfo,
+    key_positions: Sequence[int],
+    rule: CompiledRule | None,
+    rule_name: str,
+    backfill_id: int,
+    read_at: datetime,
+) -> list[tuple[str, str, str | None]]:
+    """(idempotency key, payload, run key) for each row that passes the rule's ``when:``.  The payload is
+    a CDC insert's (``new`` the row, ``old`` null), or the rule's ``payload:`` shape.  ``rule`` None: a
+    rule that needs nothing from the row (the expander's case)."""
+    from listener.ingest import raw_rows, rule_matches, run_key, shaped_payload
+
+    out: list[tuple[str, str, str | None]] = []
+    for line in lines.split(b"\n"):
+        if not line:
+            continue
+        values = line_values(line)
+        key = backfill_key(rule_name, backfill_id, tuple(values[p] for p in key_positions))
+        change = Change("read", 0, 0, "", 0, read_at, info, 0, values)
+        if rule is None:
+            out.append((key, change.payload_json(), None))
+            continue
+        new, old = raw_rows(change)
+        if rule.predicate is not None and not rule_matches(rule, change, new, old):
+            continue
+        payload = shaped_payload(rule, change, new, old) if rule.payload else change.payload_json()
+        out.append((key, payload, run_key(rule, change) if rule.gated else None))
+    return out
+
+
+def chunk_from_row(row: Any) -> tuple[BackfillChunk, TableShape]:
+    """A ``backfill_chunks`` row as the expander sees it."""
+    columns = tuple((str(c[0]), int(c[1]), -1, "") for c in json.loads(row["columns"]))
+    key_positions = list(row["key_columns"])
+    shape = TableShape(0, "", row["table_name"], columns, tuple(columns[p][0] for p in key_positions))
+    chunk = BackfillChunk(
+        backfill_id=row["backfill_id"], seq=row["seq"], rule=row["rule"], workflow=row["workflow"],
+        priority=row["priority"], gated=False, key_limit=None, ordered=False, table_name=row["table_name"],
+        columns=row["columns"], key_positions=key_positions, lsn=parse_lsn(row["lsn"]),
+        read_at=row["read_at"], last_key=[], rows_read=0, rows_dropped=0, final=False, data=row["data"],
+        rows=row["rows"],
+    )  # fmt: skip
+    return chunk, shape
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The running ingest's side
+
+
+@dataclass(slots=True)
+class Plan:
+    """An open row of ``backfills``."""
+
+    id: int
+    rule: str
+    table_name: str
+    where_sql: str | None
+    last_key: list[str] | None
+    chunks: int
+
+
+@dataclass(slots=True)
+class Window:
+    """One chunk between its watermarks: the keys of the live changes seen there, and the chunk's rows."""
+
+    token: str
+    plan: Plan
+    rule: CompiledRule
+    shape: TableShape
+    info: RelationInfo
+    ops: frozenset[str]  # live operations that supersede a chunk row
+    seq: int
+    positions: dict[int, list[int]] = field(default_factory=dict)  # relation OID -> key positions
+    seen: set[Key] = field(default_factory=set)
+    data: bytes = b""
+    rows: int = 0
+    last_key: list[str] | None = None
+    final: bool = False
+    read_at: datetime | None = None
+    durable: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str | None = None
+
+
+class BackfillFailed(ListenerError):
+    """A backfill cannot go on (it is marked failed, saying why); the ingest goes on."""
+
+
+class Backfills:
+    """Carries out recorded backfills inside a running ingest, and gives the reader its watermark hooks."""
+
+    def __init__(self, ingest: Ingest, *, chunk_rows: int | None = None) -> None:
+        self.ingest = ingest
+        config = ingest.config
+        self.chunk_rows = chunk_rows or (config.ingest.backfill_chunk_rows if config else CHUNK_ROWS)
+        self.poll_interval = POLL_S
+        self.wake = asyncio.Event()
+        self.windows: dict[str, Window] = {}  # token -> window, from before its low mark to its high mark
+        self.watched: dict[int, list[Window]] = {}  # relation OID -> windows open in the stream
+        self.session = secrets.token_hex(4)
+        self.rows_read = 0
+        self._pending: dict[tuple[int, int], Window] = {}  # chunks handed to the writer, by (id, seq)
+
+    @property
+    def store(self) -> StateStore:
+        return self.ingest.store
+
+    def reset(self) -> None:
+        """A new replication session: marks written for the old one are ignored."""
+        self.windows.clear()
+        self.watched.clear()
+        self._pending.clear()
+        self.session = secrets.token_hex(4)
+
+    # -- reader hooks (synchronous, in the reader's loop) --------------------------------------------------
+
+    def note(self, change: Change) -> None:
+        """A live change of a table with an open window: remember its key (new and old)."""
+        rel = change.relation
+        assert rel is not None
+        for window in self.watched.get(rel.oid, ()):
+            if change.op not in window.ops:
+                continue
+            positions = window.positions.get(rel.oid)
+            if positions is None:
+                positions = window.positions[rel.oid] = [rel.positions[k] for k in window.shape.key_columns]
+            for values in (change.new, change.old):
+                if values is not None:
+                    window.seen.add(tuple(values[p] for p in positions))  # type: ignore[misc]
+
+    def note_raw(self, payload: bytes, decoder: po.Decoder, relations: dict[int, RelationInfo]) -> None:
+        """The same for a change the reader keeps raw (compact storage): decode just to read its key."""
+        msg = decoder.decode(payload)
+        if isinstance(msg, po.Insert):
+            change = Change("insert", 0, 0, "", 0, _EPOCH, relations[msg.relation_oid], 0, msg.new)
+        elif isinstance(msg, po.Update):
+            change = Change("update", 0, 0, "", 0, _EPOCH, relations[msg.relation_oid], 0, msg.new, msg.old)
+        elif isinstance(msg, po.Delete):
+            change = Change("delete", 0, 0, "", 0, _EPOCH, relations[msg.relation_oid], 0, None, msg.old)
+        else:
+            return
+        self.note(change)
+
+    def mark(self, msg: po.Message) -> BackfillChunk | None:
+        """A watermark: the low one opens its window, the high one closes it and returns the chunk to
+        commit.  Marks of another session (before a restart) or another process are ignored."""
+        token, _, kind = msg.content.decode(errors="replace").rpartition(":")
+        window = self.windows.get(token)
+        if window is None:
+            return None
+        if kind == "low":
+            self.watched.setdefault(window.shape.oid, []).append(window)
+            return None
+        open_ = self.watched.get(window.shape.oid, [])
+        if window in open_:
+            open_.remove(window)
+        del self.windows[token]
+        try:
+            return self._chunk(window, msg.lsn)
+        except ListenerError as exc:  # the rule cannot be evaluated for a row: that backfill fails
+            window.error = exc.message
+            window.durable.set()
+            return None
+
+    def _chunk(self, window: Window, lsn: int) -> BackfillChunk:
+        plan, rule, data = window.plan, window.rule, window.data
+        rows, dropped = window.rows, 0
+        if window.seen and data:
+            kept = bytearray()
+            positions = window.shape.key_positions
+            for line in data.split(b"\n"):
+                if not line:
+                    continue
+                if line_key(line, positions) in window.seen:
+                    dropped += 1
+                else:
+                    kept += line
+                    kept += b"\n"
+            data, rows = bytes(kept), rows - dropped
+        assert window.read_at is not None
+        chunk = BackfillChunk(
+            backfill_id=plan.id, seq=window.seq, rule=rule.name, workflow=rule.workflow,
+            priority=rule.priority, gated=rule.gated, key_limit=rule.key_limit, ordered=rule.ordered,
+            table_name=rule.qualified_table,
+            columns=json.dumps([[c[0], c[1]] for c in window.shape.columns]),
+            key_positions=window.shape.key_positions, lsn=lsn, read_at=window.read_at,
+            last_key=window.last_key, rows_read=window.rows, rows_dropped=dropped, final=window.final,
+            data=data, rows=rows,
+        )  # fmt: skip
+        if rule.needs_values:  # in stream order, now: when:, payload:, flow-control keys
+            chunk.events = chunk_events(
+                data, window.info, chunk.key_positions, rule, rule.name, plan.id, window.read_at
+            )
+            chunk.data, chunk.rows = b"", 0
+        self._pending[(plan.id, window.seq)] = window
+        return chunk
+
+    def committed(self, chunks: Sequence[BackfillChunk]) -> None:
+        """The writer committed these chunks (and their progress)."""
+        for chunk in chunks:
+            window = self._pending.pop((chunk.backfill_id, chunk.seq), None)
+            if window is not None:
+                self.rows_read += chunk.rows_read
+                window.durable.set()
+
+    # -- the task ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Carry out open backfills one after the other, oldest first; wait for new ones (NOTIFY on the
+        control channel, and a poll).  Ends only by raising."""
+        from listener.ingest import transient
+
+        await self._start_snapshots()
+        while True:
+            self.wake.clear()
+            plan = await self._next()
+            if plan is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self.wake.wait()
+                continue
+            try:
+                await self._carry_out(plan)
+            except BackfillFailed as exc:
+                logger.error("backfill %d failed: %s", plan.id, exc.message)
+                await self._fail(plan.id, exc.message)
+            except Exception as exc:
+                if not transient(exc):
+                    logger.exception("backfill %d failed", plan.id)
+                    await self._fail(plan.id, f"{type(exc).__name__}: {exc}")
+                    continue
+                logger.warning("backfill %d interrupted (%s); trying again", plan.id, exc)
+                await asyncio.sleep(RETRY_S)
+
+    async def _start_snapshots(self) -> None:
+        """Rules with ``snapshot: true`` get one backfill, the first time this slot's ingest sees them."""
+        config = self.ingest.config
+        if config is None:
+            return
+        for rule in config.rules:
+            if rule.table is None or not getattr(rule, "snapshot", False):
+                continue
+            async with self.store.pool.acquire() as conn:
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM backfills WHERE slot_name = $1 AND rule = $2 AND snapshot",
+                    self.ingest.slot,
+                    rule.name,
+                )
+            if exists:
+                continue
+            catalog = await psycopg.AsyncConnection.connect(self.ingest.source_dsn, autocommit=True)
+            try:
+                shape = _shape(await (await catalog.execute(_SHAPE, [rule.table])).fetchone())
+            finally:
+                await catalog.close()
+            if shape is None or not shape.key_columns:
+                logger.error(
+                    "rule %s: snapshot: true needs %s to exist and have a primary key; no snapshot taken",
+                    rule.name,
+                    rule.table,
+                )
+                continue
+            await self.store.pool.execute(
+                "INSERT INTO backfills (slot_name, rule, table_name, key_columns, snapshot)"
+                " VALUES ($1, $2, $3, $4, true) ON CONFLICT (slot_name, rule) WHERE snapshot DO NOTHING",
+                self.ingest.slot,
+                rule.name,
+                rule.table,
+                list(shape.key_columns),
+            )
+            logger.warning("rule %s: initial snapshot recorded (snapshot: true)", rule.name)
+
+    async def _next(self) -> Plan | None:
+        row = await self.store.pool.fetchrow(
+            "SELECT id, rule, table_name, where_sql, last_key, chunks FROM backfills"
+            " WHERE slot_name = $1 AND status IN ('pending', 'running') ORDER BY id LIMIT 1",
+            self.ingest.slot,
+        )
+        return Plan(**dict(row)) if row is not None else None
+
+    async def _fail(self, backfill_id: int, error: str) -> None:
+        await self.store.pool.execute(
+            "UPDATE backfills SET status = 'failed', error = $2, finished_at = now(), updated_at = now()"
+            " WHERE id = $1 AND status IN ('pending', 'running')",
+            backfill_id,
+            error,
+        )
+
+    async def _status(self, backfill_id: int) -> str:
+        return str(await self.store.pool.fetchval("SELECT status FROM backfills WHERE id = $1", backfill_id))
+
+    async def _carry_out(self, plan: Plan) -> None:
+        rule = next((r for r in self.ingest.rules.rules if r.name == plan.rule and r.source == "table"), None)
+        if rule is None:
+            raise BackfillFailed(
+                f"this listener runs no table rule {plan.rule!r}; restart `listener run` with the "
+                "configuration that has it, then backfill again"
+            )
+        async with (
+            await psycopg.AsyncConnection.connect(
+                self.ingest.source_dsn, autocommit=True, options=OUTPUT_SETTINGS
+            ) as conn,
+            await psycopg.AsyncConnection.connect(self.ingest.source_dsn, autocommit=True) as marker,
+        ):
+            shape = _shape(await (await conn.execute(_SHAPE, [rule.qualified_table])).fetchone())
+            if shape is None or not shape.key_columns:
+                raise BackfillFailed(f"table {rule.qualified_table} is gone, or has no primary key any more")
+            types: TypeRegistry = self.ingest.types
+            unknown = types.unknown(c[1] for c in shape.columns)
+            if unknown:
+                await self.ingest.expander.resolve(unknown)
+            info = relation_info(shape.relation(), types)
+            flush = conn.info.server_version >= 170000  # pg_logical_emit_message(..., flush) is 17+
+            emit = (
+                "SELECT pg_logical_emit_message(false, %s, %s, true)"
+                if flush
+                else "SELECT pg_logical_emit_message(false, %s, %s)"
+            )
+            await self.store.pool.execute(
+                "UPDATE backfills SET status = 'running', started_at = coalesce(started_at, now()),"
+                " updated_at = now() WHERE id = $1 AND status = 'pending'",
+                plan.id,
+            )
+            ops = frozenset(rule.operations & {"insert", "update"}) | {"delete"}
+            last_key, seq = plan.last_key, plan.chunks
+            in_flight: deque[Window] = deque()
+            logger.info("backfill %d: reading %s for rule %s", plan.id, rule.qualified_table, rule.name)
+            while await self._status(plan.id) in OPEN:
+                while len(in_flight) >= IN_FLIGHT:
+                    await self._settle(in_flight.popleft())
+                seq += 1
+                token = f"{plan.id}:{seq}:{self.session}"
+                window = Window(token, plan, rule, shape, info, ops, seq)
+                self.windows[token] = window
+                query = self._query(shape, plan.where_sql, last_key)
+                await self._low_mark(marker, conn, shape, emit, f"{token}:low")
+                window.read_at = datetime.now(UTC)
+                data = bytearray()
+                async with conn.cursor().copy(query) as copy:
+                    async for block in copy:
+                        data += block
+                await conn.execute("COMMIT")
+                window.rows = rows = data.count(b"\n")  # a newline inside a value is escaped
+                if rows:
+                    last = line_key(_last_line(data), shape.key_positions)
+                    last_key = [b.decode() if b is not None else "" for b in last]
+                window.data, window.last_key = bytes(data), last_key
+                window.final = rows < self.chunk_rows
+                await conn.execute(emit, [PREFIX, f"{token}:high"])
+                in_flight.append(window)
+                if window.final:
+                    break
+            while in_flight:
+                await self._settle(in_flight.popleft())
+        logger.info("backfill %d: %s", plan.id, await self._status(plan.id))
+
+    async def _low_mark(
+        self,
+        marker: psycopg.AsyncConnection[Any],
+        conn: psycopg.AsyncConnection[Any],
+        shape: TableShape,
+        emit: str,
+        content: str,
+    ) -> None:
+        """Write the low mark, and open on ``conn`` a transaction whose snapshot sees exactly the table's
+        transactions that the stream delivers before the mark.
+
+        A transaction's commit record is written before it becomes visible to new snapshots (then it waits
+        for the WAL flush), so a snapshot taken just after the mark may still miss one whose commit lies
+        before it: that change would be delivered before the window opened, and the chunk would hold the
+        row's older state.  So the mark and the snapshot are taken under a SHARE lock on the table, which
+        waits for the table's writers to end and holds new ones back -- only until ``conn`` has imported
+        the snapshot (a millisecond or two), never while the chunk is read."""
+        delay = LOCK_RETRY_MIN_S
+        while True:
+            try:
+                await marker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                await marker.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+                await marker.execute(
+                    sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(shape.schema, shape.name))
+                )
+                break
+            except psycopg.errors.LockNotAvailable:
+                await marker.execute("ROLLBACK")
+                logger.info("backfill: %s is busy; trying again in %.2fs", shape.name, delay)
+                await asyncio.sleep(delay)
+                delay = min(LOCK_RETRY_MAX_S, delay * 2)
+        try:
+            cur = await marker.execute("SELECT pg_export_snapshot()")
+            row = await cur.fetchone()
+            assert row is not None
+            await marker.execute(emit, [PREFIX, content])
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            await conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(row[0])))
+        finally:
+            await marker.execute("COMMIT")
+
+    async def _settle(self, window: Window) -> None:
+        await window.durable.wait()
+        if window.error is not None:
+            raise BackfillFailed(window.error)
+
+    def _query(self, shape: TableShape, where: str | None, last_key: list[str] | None) -> sql.Composed:
+        conditions: list[sql.Composable] = []
+        if where:
+            conditions.append(sql.SQL("({})").format(sql.SQL(where)))
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_columns)
+        if last_key:
+            types = {c[0]: c[3] for c in shape.columns}
+            values = sql.SQL(", ").join(
+                sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(types[k]))
+                for k, v in zip(shape.key_columns, last_key, strict=True)
+            )
+            conditions.append(sql.SQL("({}) > ({})").format(keys, values))
+        return sql.SQL("COPY (SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}) TO STDOUT").format(
+            sql.SQL(", ").join(sql.Identifier(c[0]) for c in shape.columns),
+            sql.Identifier(shape.schema, shape.name),
+            sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true"),
+            keys,
+            sql.Literal(self.chunk_rows),
+        )
+
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
