@@ -87,6 +87,7 @@ class Result:
     ratio: float
     chunks: int
     expanded_during_backfill: int
+    clock: dict[str, float]
     expand_s: float
     expand_rows_per_s: float
     events: int
@@ -132,8 +133,8 @@ def run_copy(dsn: str) -> tuple[float, int]:
     return result
 
 
-async def run_backfill(dsn: str, config: Config) -> tuple[float, int, int, float, int, int]:
-    """(backfill seconds, chunks, expanded meanwhile, expand seconds, expanded, events)."""
+async def run_backfill(dsn: str, config: Config) -> tuple[float, int, int, dict[str, float], float, int, int]:
+    """(backfill seconds, chunks, expanded meanwhile, the task's clock, expand seconds, expanded, events)."""
     store = await StateStore.connect(dsn, schema=SCHEMA, slot=SLOT)
     ingest = Ingest.from_config(config, source_dsn=dsn, store=store)
     stop = asyncio.Event()
@@ -159,6 +160,7 @@ async def run_backfill(dsn: str, config: Config) -> tuple[float, int, int, float
         if status != "done":
             raise SystemExit(f"backfill {backfill_id} ended {status}")
         chunks = int(await store.pool.fetchval("SELECT chunks FROM backfills WHERE id = $1", backfill_id))
+        clock = asdict(ingest.backfills.clock)
         during = ingest.expander.stats.changes
         stop.set()
         await task
@@ -176,7 +178,7 @@ async def run_backfill(dsn: str, config: Config) -> tuple[float, int, int, float
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
-    return backfill_s, chunks, during, expand_s, expander.stats.changes, events
+    return backfill_s, chunks, during, clock, expand_s, expander.stats.changes, events
 
 
 def report(r: Result) -> str:
@@ -190,6 +192,10 @@ def report(r: Result) -> str:
         ("(b) backfill -> progress row done", f"{r.backfill_s:.2f} s  {r.backfill_rows_per_s:,.0f} rows/s"),
         ("    chunks (rows per chunk)", f"{r.chunks} ({r.chunk_rows:,})"),
         ("    expanded into events meanwhile", f"{r.expanded_during_backfill:,}"),
+        ("    task: lock + snapshot + low mark", f"{r.clock['low_mark_s']:.2f} s"),
+        ("    task: COPY into memory", f"{r.clock['copy_s']:.2f} s"),
+        ("    task: high mark", f"{r.clock['high_mark_s']:.2f} s"),
+        ("    task: waiting for chunks durable", f"{r.clock['waiting_s']:.2f} s"),
         ("(c) then: chunks -> events and runs", f"{r.expand_s:.2f} s  {r.expand_rows_per_s:,.0f} rows/s"),
         ("ratio b/a", f"{r.ratio:.3f}  (goal >= 0.5: {goal})"),
         ("events in queue", f"{r.events:,}"),
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print("(a) COPY TO STDOUT ...", flush=True)
         copy_s, copy_bytes = run_copy(dsn)
         print("(b) backfill, then (c) expansion ...", flush=True)
-        b_s, chunks, during, c_s, expanded, events = asyncio.run(run_backfill(dsn, config))
+        b_s, chunks, during, clock, c_s, expanded, events = asyncio.run(run_backfill(dsn, config))
         machine = benchlib.machine_facts(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:  # leave no slot pinning WAL behind
             conn.execute("SELECT pg_drop_replication_slot(%s)", [SLOT])
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio=copy_s / b_s,
         chunks=chunks,
         expanded_during_backfill=during,
+        clock=clock,
         expand_s=c_s,
         expand_rows_per_s=expanded / max(c_s, 1e-9),
         events=events,

@@ -171,6 +171,10 @@ WHERE c.oid = to_regclass(%s)
 """
 
 
+_EMIT = "SELECT pg_logical_emit_message(false, %s, %s)"
+_EMIT_FLUSHED = "SELECT pg_logical_emit_message(false, %s, %s, true)"
+
+
 def _shape(row: Sequence[Any] | None) -> TableShape | None:
     if row is None:
         return None
@@ -527,6 +531,16 @@ class Window:
     error: str | None = None
 
 
+@dataclass(slots=True)
+class BackfillClock:
+    """Where the backfill task's time went (wall clock, summed over chunks): for the benchmark."""
+
+    low_mark_s: float = 0.0  # SHARE lock, snapshot export and import, the low mark
+    copy_s: float = 0.0  # COPY of the chunk into memory
+    high_mark_s: float = 0.0
+    waiting_s: float = 0.0  # for chunks in flight to become durable (reader and writer behind)
+
+
 class BackfillFailed(ListenerError):
     """A backfill cannot go on (it is marked failed, saying why); the ingest goes on."""
 
@@ -545,6 +559,7 @@ class Backfills:
         self.session = secrets.token_hex(4)
         self.rows_read = 0
         self._pending: dict[tuple[int, int], Window] = {}  # chunks handed to the writer, by (id, seq)
+        self.clock = BackfillClock()
 
     @property
     def store(self) -> StateStore:
@@ -766,11 +781,9 @@ class Backfills:
             await self.ingest.expander.resolve(unknown)
         info = relation_info(shape.relation(), types)
         flush = marker.info.server_version >= 170000  # pg_logical_emit_message(..., flush) is 17+
-        emit = (
-            "SELECT pg_logical_emit_message(false, %s, %s, true)"
-            if flush
-            else "SELECT pg_logical_emit_message(false, %s, %s)"
-        )
+        # The walsender sends only flushed WAL: without the flush (17+) the mark would wait for the WAL
+        # writer (wal_writer_delay), or for some other commit.
+        emit = _EMIT_FLUSHED if flush else _EMIT
         await self.store.pool.execute(
             "UPDATE backfills SET status = 'running', started_at = coalesce(started_at, now()),"
             " updated_at = now() WHERE id = $1 AND status = 'pending'",
@@ -780,15 +793,21 @@ class Backfills:
         last_key, seq = plan.last_key, plan.chunks
         in_flight: deque[Window] = deque()
         logger.info("backfill %d: reading %s for rule %s", plan.id, rule.qualified_table, rule.name)
+        clock = self.clock
         while await self._status(plan.id) in OPEN:
+            began = time.perf_counter()
             while len(in_flight) >= IN_FLIGHT:
                 await self._settle(in_flight.popleft())
+            marked = time.perf_counter()
+            clock.waiting_s += marked - began
             seq += 1
             token = f"{plan.id}:{seq}:{self.session}"
             window = Window(token, plan, rule, shape, info, ops, seq)
             self.windows[token] = window
             query = self._query(shape, plan.where_sql, last_key).as_string(marker)
-            await self._low_mark(marker, conn, shape, emit, f"{token}:low")
+            await self._low_mark(marker, conn, shape, f"{token}:low")
+            copied = time.perf_counter()
+            clock.low_mark_s += copied - marked
             window.read_at = datetime.now(UTC)
             data = bytearray()
 
@@ -803,19 +822,23 @@ class Backfills:
                 last_key = [b.decode() if b is not None else "" for b in last]
             window.data, window.last_key = bytes(data), last_key
             window.final = rows < self.chunk_rows
+            high = time.perf_counter()
+            clock.copy_s += high - copied
             await marker.execute(emit, [PREFIX, f"{token}:high"])
+            clock.high_mark_s += time.perf_counter() - high
             in_flight.append(window)
             if window.final:
                 break
+        began = time.perf_counter()
         while in_flight:
             await self._settle(in_flight.popleft())
+        clock.waiting_s += time.perf_counter() - began
 
     async def _low_mark(
         self,
         marker: psycopg.AsyncConnection[Any],
         conn: asyncpg.Connection,
         shape: TableShape,
-        emit: str,
         content: str,
     ) -> None:
         """Write the low mark, and open on ``conn`` a transaction whose snapshot sees exactly the table's
@@ -828,13 +851,12 @@ class Backfills:
         waits for the table's writers to end and holds new ones back -- only until ``conn`` has imported
         the snapshot (a millisecond or two), never while the chunk is read."""
         delay = LOCK_RETRY_MIN_S
+        lock = sql.SQL(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = {}; LOCK TABLE {} IN SHARE MODE"
+        ).format(sql.Literal(LOCK_TIMEOUT_MS), sql.Identifier(shape.schema, shape.name))
         while True:
             try:
-                await marker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                await marker.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
-                await marker.execute(
-                    sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(shape.schema, shape.name))
-                )
+                await marker.execute(lock)  # one round trip: the lock is held as briefly as it can be
                 break
             except psycopg.errors.LockNotAvailable:
                 await marker.execute("ROLLBACK")
@@ -842,12 +864,14 @@ class Backfills:
                 await asyncio.sleep(delay)
                 delay = min(LOCK_RETRY_MAX_S, delay * 2)
         try:
-            cur = await marker.execute("SELECT pg_export_snapshot()")
+            # the snapshot is the statement's (taken first); the mark is not flushed: the high mark's
+            # flush carries it to the walsender
+            cur = await marker.execute("SELECT pg_export_snapshot(), " + _EMIT.removeprefix("SELECT "),
+                                       [PREFIX, content])  # fmt: skip
             row = await cur.fetchone()
             assert row is not None
-            await marker.execute(emit, [PREFIX, content])
-            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            await conn.execute(f"SET TRANSACTION SNAPSHOT '{row[0]}'")  # the server's own id: [0-9A-F-]
+            # the snapshot's id is the server's own ([0-9A-F-]), safe to write into the statement
+            await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{row[0]}'")
         finally:
             await marker.execute("COMMIT")
 

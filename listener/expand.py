@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 EXPAND_POLL_S = 0.25  # while held back by `ahead`: how often to look whether the workers caught up
 IDLE_POLL_S = 5.0  # with no chunk known: a fallback in case a wake-up was missed
+RENDER_SLICE = 2000  # backfill rows rendered between two turns of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +162,14 @@ class Expander:
         if unknown:
             await self.resolve(unknown)
         info = relation_info(shape.relation(), self.types)
-        events = chunk_events(
-            chunk.data, info, chunk.key_positions, None, chunk.rule, chunk.backfill_id, chunk.read_at
-        )
+        lines = bytes(chunk.data).split(b"\n")
+        events: list[tuple[str, str, str | None]] = []
+        for start in range(0, len(lines), RENDER_SLICE):
+            piece = b"\n".join(lines[start : start + RENDER_SLICE])
+            events += chunk_events(
+                piece, info, chunk.key_positions, None, chunk.rule, chunk.backfill_id, chunk.read_at
+            )
+            await asyncio.sleep(0)  # let the ingest's other tasks run: a backfill's next chunk, the reader
         inserted = await self.store.expand_backfill_chunk(row["id"], chunk, events)
         if inserted is not None:
             self.stats.chunks += 1
