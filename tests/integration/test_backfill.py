@@ -258,3 +258,28 @@ def test_refusals_name_the_fix(
     assert message in result.output and fix in result.output
     row = sql.execute("SELECT count(*) FROM listener.backfills").fetchone()
     assert row == (0,)
+
+
+async def test_snapshot_true_backfills_a_new_rule_once(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    sql.execute("INSERT INTO items SELECT g FROM generate_series(1, 250) g")
+    config = write_config(tmp_path / "l.yaml", [{**ROWS, "snapshot": True}])
+    async with running_ingest(dsn, config):
+        await _wait_for(
+            lambda: sql.execute("SELECT count(*) FROM listener.backfills").fetchone() == (1,), "it"
+        )
+        row = sql.execute("SELECT id, snapshot FROM listener.backfills").fetchone()
+        assert row is not None and row[1] is True
+        await wait_done(sql, int(str(row[0])))
+    async with running_ingest(dsn, config) as run:  # the second start: no second snapshot
+        await asyncio.sleep(0.3)
+        await wait_caught_up(run, dsn)
+    assert sql.execute("SELECT count(*) FROM listener.backfills").fetchone() == (1,)
+    assert sorted(e["payload"]["new"]["id"] for e in read_events(dsn)) == list(range(1, 251))
+
+
+def test_snapshot_is_for_table_rules_only(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="snapshot: only applies to table rules"):
+        write_config(
+            tmp_path / "l.yaml", [{"name": "m", "message": "m", "workflow": "m:f", "snapshot": True}]
+        )
