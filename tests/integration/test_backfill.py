@@ -283,3 +283,15 @@ def test_snapshot_is_for_table_rules_only(tmp_path: Path) -> None:
         write_config(
             tmp_path / "l.yaml", [{"name": "m", "message": "m", "workflow": "m:f", "snapshot": True}]
         )
+
+
+async def test_the_command_follows_the_backfill_to_its_end(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    sql.execute("INSERT INTO items SELECT g FROM generate_series(1, 450) g")
+    config = write_config(tmp_path / "l.yaml", [ROWS])
+    async with running_ingest(dsn, config):
+        result = await acli(dsn, config, "backfill", "--rule", "rows", "--where", "id > 50")
+    assert result.exit_code == 0, result.output
+    assert "backfill 1: rule rows, table public.items where id > 50" in result.stderr
+    assert "backfill 1 done: 400 row(s) read, 0 superseded by live changes" in result.stderr
+    assert result.stdout.strip() == "1"
