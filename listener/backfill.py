@@ -69,6 +69,7 @@ OPEN = ("pending", "running")
 LOCK_TIMEOUT_MS = 200  # the SHARE lock around a low mark waits for the table's writers at most this long
 LOCK_RETRY_MIN_S = 0.05  # ... then it tries again after this long, doubling up to LOCK_RETRY_MAX_S
 LOCK_RETRY_MAX_S = 2.0
+CANCEL_CHECK_S = 1.0  # a running backfill looks at its status this often (and when NOTIFY wakes it)
 
 Key = tuple[bytes | None, ...]
 # What the replication connection pins (listener.replication.OUTPUT_SETTINGS), so that COPY writes each
@@ -172,7 +173,15 @@ WHERE c.oid = to_regclass(%s)
 
 
 _EMIT = "SELECT pg_logical_emit_message(false, %s, %s)"
-_EMIT_FLUSHED = "SELECT pg_logical_emit_message(false, %s, %s, true)"
+
+
+def _high_mark(content: str, *, flush: bool) -> str:
+    """The high mark, ending the chunk's transaction in the same round trip.  ``content`` is our own token
+    ([0-9a-z:]), so it can be written into the statement."""
+    assert re.fullmatch(r"[0-9a-z:]+", content)
+    return (
+        f"SELECT pg_logical_emit_message(false, '{PREFIX}', '{content}'{', true' if flush else ''}); COMMIT"
+    )
 
 
 def _shape(row: Sequence[Any] | None) -> TableShape | None:
@@ -783,7 +792,6 @@ class Backfills:
         flush = marker.info.server_version >= 170000  # pg_logical_emit_message(..., flush) is 17+
         # The walsender sends only flushed WAL: without the flush (17+) the mark would wait for the WAL
         # writer (wal_writer_delay), or for some other commit.
-        emit = _EMIT_FLUSHED if flush else _EMIT
         await self.store.pool.execute(
             "UPDATE backfills SET status = 'running', started_at = coalesce(started_at, now()),"
             " updated_at = now() WHERE id = $1 AND status = 'pending'",
@@ -794,7 +802,14 @@ class Backfills:
         in_flight: deque[Window] = deque()
         logger.info("backfill %d: reading %s for rule %s", plan.id, rule.qualified_table, rule.name)
         clock = self.clock
-        while await self._status(plan.id) in OPEN:
+        checked = time.monotonic()
+        while True:
+            # cancelled?  Looked at when the control channel spoke, and at least every CANCEL_CHECK_S
+            if self.wake.is_set() or time.monotonic() - checked >= CANCEL_CHECK_S:
+                self.wake.clear()
+                checked = time.monotonic()
+                if await self._status(plan.id) not in OPEN:
+                    break
             began = time.perf_counter()
             while len(in_flight) >= IN_FLIGHT:
                 await self._settle(in_flight.popleft())
@@ -814,8 +829,8 @@ class Backfills:
             async def sink(block: bytes, data: bytearray = data) -> None:
                 data.extend(block)
 
-            await conn.copy_from_query(query, output=sink)
-            await conn.execute("COMMIT")
+            # the SHARE lock goes while the chunk is read: the snapshot is imported
+            await asyncio.gather(marker.execute("COMMIT"), conn.copy_from_query(query, output=sink))
             window.rows = rows = data.count(b"\n")  # a newline inside a value is escaped
             if rows:
                 last = line_key(_last_line(data), shape.key_positions)
@@ -824,7 +839,7 @@ class Backfills:
             window.final = rows < self.chunk_rows
             high = time.perf_counter()
             clock.copy_s += high - copied
-            await marker.execute(emit, [PREFIX, f"{token}:high"])
+            await conn.execute(_high_mark(f"{token}:high", flush=flush))
             clock.high_mark_s += time.perf_counter() - high
             in_flight.append(window)
             if window.final:
@@ -872,8 +887,10 @@ class Backfills:
             assert row is not None
             # the snapshot's id is the server's own ([0-9A-F-]), safe to write into the statement
             await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{row[0]}'")
-        finally:
-            await marker.execute("COMMIT")
+        except BaseException:
+            await asyncio.shield(marker.execute("ROLLBACK"))
+            raise
+        # the caller ends the marker's transaction (releasing the lock) while it starts reading
 
     async def _settle(self, window: Window) -> None:
         await window.durable.wait()

@@ -161,7 +161,9 @@ async def test_concurrent_updates_and_deletes_deliver_each_rows_latest_state_onc
         thread.start()
         try:
             await asyncio.sleep(0.2)
-            backfill_id = await asyncio.to_thread(start, dsn, config, "--rule", "rows")
+            # each row read takes 0.2 ms, so that live changes land inside the chunks' windows
+            slow = "pg_sleep(0.0002)::text = ''"
+            backfill_id = await asyncio.to_thread(start, dsn, config, "--rule", "rows", "--where", slow)
             await _wait_for(lambda: backfill_row(sql, backfill_id)["status"] == "done", "backfill", WAIT_S)
         finally:
             stop.set()
@@ -196,7 +198,6 @@ async def test_concurrent_updates_and_deletes_deliver_each_rows_latest_state_onc
         )
     row = backfill_row(sql, backfill_id)
     assert row["rows_dropped"] == row["rows_read"] - len(backfilled) > 0  # the windows did drop rows
-    print("dropped", row["rows_dropped"], "writes", writes)
 
 
 async def test_cancel_and_status(dsn: str, sql: Conn, tmp_path: Path) -> None:
