@@ -39,7 +39,9 @@ from typing import Any
 
 import psycopg
 
-from listener import backfill, setup
+from listener import backfill_requests as backfill
+from listener import setup
+from listener.backfill import OPEN
 from listener.config import Config, parse_config
 from listener.expand import Expander
 from listener.ingest import Ingest
@@ -151,7 +153,7 @@ async def run_backfill(dsn: str, config: Config) -> tuple[float, int, int, dict[
             backfill_id = backfill.record(config, state, request)
         while True:
             status = await store.pool.fetchval("SELECT status FROM backfills WHERE id = $1", backfill_id)
-            if status not in backfill.OPEN:
+            if status not in OPEN:
                 break
             if task.done():
                 task.result()

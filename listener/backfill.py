@@ -1,7 +1,8 @@
 """Snapshot backfill: give a rule the rows that already exist, while the live stream goes on.
 
 `listener backfill --rule R [--where SQL]` checks the request and records it (a row of ``backfills``, see
-sql/0005_backfill.sql), then wakes the running ingest through the control channel, like a rewind.  The
+sql/0005_backfill.sql; :mod:`listener.backfill_requests`), then wakes the running ingest through the
+control channel, like a rewind.  The
 ingest's backfill task (:class:`Backfills`) reads the table in primary-key order, ``chunk_rows`` rows at a
 time (keyset pagination on the whole primary key), with the watermark algorithm of DBLog and Debezium's
 incremental snapshots:
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import json
 import logging
 import re
@@ -43,12 +43,9 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from listener import pgoutput as po
-from listener import store as store_mod
 from listener.changes import Change, RelationInfo, TypeRegistry, relation_info
-from listener.config import Config
 from listener.errors import ListenerError
 from listener.lsn import parse_lsn
 from listener.store import BackfillChunk, StateStore, asyncpg_params
@@ -64,7 +61,6 @@ CHUNK_ROWS = 20_000  # rows per chunk (the unit of progress, and of what a crash
 IN_FLIGHT = 2  # chunks read ahead of the one waiting to be durable (memory: this many chunks at most)
 POLL_S = 5.0  # a running ingest looks for recorded backfills this often when no NOTIFY arrives
 RETRY_S = 1.0  # after a lost connection, try the backfill again after this long
-FOLLOW_POLL_S = 0.5  # `listener backfill` looks at its row this often
 OPEN = ("pending", "running")
 LOCK_TIMEOUT_MS = 200  # the SHARE lock around a low mark waits for the table's writers at most this long
 LOCK_RETRY_MIN_S = 0.05  # ... then it tries again after this long, doubling up to LOCK_RETRY_MAX_S
@@ -153,7 +149,7 @@ class TableShape:
         return po.Relation(None, self.oid, self.schema, self.name, "d", cols)
 
 
-_SHAPE = """
+SHAPE = """
 SELECT c.oid::int8, n.nspname, c.relname,
        (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
@@ -184,271 +180,12 @@ def _high_mark(content: str, *, flush: bool) -> str:
     )
 
 
-def _shape(row: Sequence[Any] | None) -> TableShape | None:
+def table_shape(row: Sequence[Any] | None) -> TableShape | None:
     if row is None:
         return None
     oid, schema, name, names, oids, mods, types, keys = row
     columns = tuple(zip(names or (), oids or (), mods or (), types or (), strict=True))
     return TableShape(int(oid), schema, name, columns, tuple(keys or ()))
-
-
-def _table_ref(schema: str, table: str) -> str:
-    return sql.Identifier(schema, table).as_string()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Requests (the command's side; psycopg, synchronous)
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    rule: str
-    table: str  # "schema.table" as the config names it
-    where: str | None  # deparsed
-    key_columns: tuple[str, ...]
-    estimate: int | None
-
-
-def _rule_for(config: Config, name: str) -> Any:
-    rules = {rule.name: rule for rule in config.rules}
-    rule = rules.get(name)
-    where = config.source_path or "the configuration"
-    if rule is None:
-        close = difflib.get_close_matches(name, list(rules), n=1)
-        raise ListenerError(
-            f"--rule {name}: no rule named {name!r} in {where}",
-            hint=(f"did you mean {close[0]!r}? " if close else "")
-            + ("rules: " + ", ".join(rules) if rules else "the configuration has no rules"),
-        )
-    if rule.table is None:
-        source = "logical decoding messages" if rule.message is not None else "NOTIFY"
-        raise ListenerError(
-            f"rule {name} listens to {source}, not to a table: only table rules can be backfilled",
-            hint="name a rule with `table:`",
-        )
-    return rule
-
-
-_SELECT_EXTRAS = (
-    "groupClause", "havingClause", "sortClause", "limitCount", "limitOffset", "lockingClause", "windowClause",
-    "withClause", "distinctClause",
-)  # fmt: skip
-
-
-def check_where(where: str, shape: TableShape) -> str:
-    """``--where``: one boolean expression over the table's columns, parsed by PostgreSQL's parser and
-    returned as it deparses it (so nothing but that expression ever reaches the server)."""
-    from pglast import ast, parse_sql
-    from pglast.parser import ParseError
-    from pglast.stream import RawStream
-    from pglast.visitors import Visitor
-
-    hint = 'give one SQL boolean expression over the table\'s columns, e.g. --where "id > 1000"'
-    try:
-        statements = parse_sql(f"SELECT FROM t WHERE {where}")
-    except ParseError as exc:
-        raise ListenerError(f"--where {where!r} does not parse: {exc}", hint=hint) from None
-    stmt = statements[0].stmt if len(statements) == 1 else None
-    if (
-        not isinstance(stmt, ast.SelectStmt)
-        or stmt.whereClause is None
-        or (stmt.op is not None and stmt.op.name != "SETOP_NONE")
-        or any(getattr(stmt, part) is not None for part in _SELECT_EXTRAS)
-    ):
-        raise ListenerError(f"--where {where!r} is not a single boolean expression", hint=hint)
-    columns = [c[0] for c in shape.columns]
-    problems: list[str] = []
-
-    class Check(Visitor):
-        def visit_SubLink(self, ancestors: Any, node: Any) -> None:
-            problems.append("subqueries are not allowed")
-
-        def visit_ColumnRef(self, ancestors: Any, node: Any) -> None:
-            names = [getattr(f, "sval", None) for f in node.fields]
-            name = names[-1]
-            if len(names) > 1 or name not in columns:
-                close = difflib.get_close_matches(str(name), columns, n=1)
-                problems.append(
-                    f"{'.'.join(str(n) for n in names)} is not a column of {shape.schema}.{shape.name}"
-                    + (f" (did you mean {close[0]!r}?)" if close else "")
-                )
-
-        def visit_ParamRef(self, ancestors: Any, node: Any) -> None:
-            problems.append("parameters ($1) are not allowed")
-
-    Check()(stmt.whereClause)
-    if problems:
-        raise ListenerError(
-            f"--where {where!r}: {problems[0]}",
-            hint=f"use the columns of {shape.schema}.{shape.name}: {', '.join(columns)}",
-        )
-    return str(RawStream()(stmt.whereClause))
-
-
-def plan(config: Config, source: psycopg.Connection[Any], rule_name: str, where: str | None) -> Request:
-    """Check a backfill request against the configuration and the catalog; refuse clearly."""
-    rule = _rule_for(config, rule_name)
-    shape = _shape(source.execute(_SHAPE, [rule.table]).fetchone())
-    if shape is None:
-        raise ListenerError(
-            f"table {rule.table} of rule {rule_name} does not exist",
-            hint=f"create {rule.table}, or correct `table:` of rule {rule_name}",
-        )
-    if not shape.key_columns:
-        raise ListenerError(
-            f"table {rule.table} has no primary key: a backfill reads a table in primary-key order, "
-            "chunk by chunk, and drops rows that live changes superseded by their key",
-            hint=f"ALTER TABLE {rule.table} ADD PRIMARY KEY (<column>);",
-        )
-    deparsed = check_where(where, shape) if where is not None else None
-    query = f"SELECT 1 FROM {_table_ref(shape.schema, shape.name)}"
-    if deparsed is not None:
-        query += f" WHERE {deparsed}"
-    try:
-        with source.transaction():
-            row = source.execute(f"EXPLAIN (FORMAT JSON) {query}").fetchone()
-    except psycopg.Error as exc:
-        message = exc.diag.message_primary or str(exc)
-        raise ListenerError(
-            f"--where {where!r}: {message}",
-            hint=f"give one boolean expression over the columns of {rule.table}: "
-            + ", ".join(c[0] for c in shape.columns),
-        ) from None
-    estimate = int(row[0][0]["Plan"]["Plan Rows"]) if row is not None else None
-    return Request(rule_name, rule.table, deparsed, shape.key_columns, estimate)
-
-
-_INSERT = """
-INSERT INTO backfills (slot_name, rule, table_name, where_sql, key_columns, rows_total, snapshot)
-VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id
-"""
-
-
-def record(config: Config, state: psycopg.Connection[Any], request: Request) -> int:
-    """Record the backfill and wake a running ingest (NOTIFY only wakes: it also polls)."""
-    with state.transaction():
-        row = state.execute(
-            _INSERT,
-            [config.slot, request.rule, request.table, request.where, list(request.key_columns),
-             request.estimate, False],
-        ).fetchone()  # fmt: skip
-        assert row is not None
-        state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(config.state_schema)])
-    return int(row[0])
-
-
-@dataclass(frozen=True, slots=True)
-class BackfillRow:
-    id: int
-    rule: str
-    table_name: str
-    where_sql: str | None
-    status: str
-    snapshot: bool
-    last_key: list[str] | None
-    chunks: int
-    rows_read: int
-    rows_dropped: int
-    rows_total: int | None
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    updated_at: datetime
-    finished_at: datetime | None
-    rows_unexpanded: int = 0  # rows still in backfill_chunks, not yet events
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in self.__slots__:
-            value = getattr(self, name)
-            out[name] = value.isoformat() if isinstance(value, datetime) else value
-        return out
-
-
-_COLUMNS = """
-b.id, b.rule, b.table_name, b.where_sql, b.status, b.snapshot, b.last_key, b.chunks, b.rows_read,
-b.rows_dropped, b.rows_total, b.error, b.created_at, b.started_at, b.updated_at, b.finished_at,
-coalesce((SELECT sum(c.rows) FROM backfill_chunks c WHERE c.backfill_id = b.id), 0)::int8 AS rows_unexpanded
-"""
-
-
-def list_backfills(state: psycopg.Connection[Any], slot: str, *, limit: int = 20) -> list[BackfillRow]:
-    """The open backfills and the newest finished ones, oldest first."""
-    rows = (
-        state.cursor(row_factory=dict_row)
-        .execute(
-            f"""SELECT * FROM (SELECT {_COLUMNS} FROM backfills b WHERE b.slot_name = %s
-                ORDER BY b.status IN ('pending', 'running') DESC, b.id DESC LIMIT %s) x ORDER BY id""",
-            [slot, limit],
-        )
-        .fetchall()
-    )
-    return [BackfillRow(**row) for row in rows]
-
-
-def get(state: psycopg.Connection[Any], backfill_id: int) -> BackfillRow:
-    row = (
-        state.cursor(row_factory=dict_row)
-        .execute(f"SELECT {_COLUMNS} FROM backfills b WHERE b.id = %s", [backfill_id])
-        .fetchone()
-    )
-    if row is None:
-        raise ListenerError(f"no backfill {backfill_id}", hint="`listener backfill status` lists them")
-    return BackfillRow(**row)
-
-
-def cancel(state: psycopg.Connection[Any], schema: str, backfill_id: int) -> BackfillRow:
-    """Cancel a pending or running backfill: the ingest reads no further chunk (chunks already read still
-    commit).  Its events stay; their runs are left alone (`listener cancel` cancels runs)."""
-    row = get(state, backfill_id)
-    if row.status not in OPEN:
-        raise ListenerError(f"backfill {backfill_id} is {row.status}: nothing to cancel", hint="")
-    state.execute(
-        "UPDATE backfills SET status = 'cancelled', finished_at = now(), updated_at = now()"
-        " WHERE id = %s AND status IN ('pending', 'running')",
-        [backfill_id],
-    )
-    state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(schema)])
-    return get(state, backfill_id)
-
-
-def follow(state: psycopg.Connection[Any], backfill_id: int, console: Any) -> BackfillRow:
-    """Show a progress bar (rows read, rows/s, ETA) until the backfill ends; return its row."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    row = get(state, backfill_id)
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]} rows/s"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(
-            f"backfill {row.id} ({row.rule})", total=row.rows_total or None, rate="-", completed=0
-        )
-        started = time.monotonic()
-        first = row.rows_read
-        while True:
-            elapsed = time.monotonic() - started
-            rate = (row.rows_read - first) / elapsed if elapsed > 0.5 else 0.0
-            total = max(row.rows_total or 0, row.rows_read) or None
-            if row.status == "done":
-                total = row.rows_read
-            progress.update(task, completed=row.rows_read, total=total, rate=f"{rate:,.0f}" if rate else "-")
-            if row.status not in OPEN:
-                return row
-            time.sleep(FOLLOW_POLL_S)
-            row = get(state, backfill_id)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -719,7 +456,7 @@ class Backfills:
                 continue
             catalog = await psycopg.AsyncConnection.connect(self.ingest.source_dsn, autocommit=True)
             try:
-                shape = _shape(await (await catalog.execute(_SHAPE, [rule.table])).fetchone())
+                shape = table_shape(await (await catalog.execute(SHAPE, [rule.table])).fetchone())
             finally:
                 await catalog.close()
             if shape is None or not shape.key_columns:
@@ -781,7 +518,7 @@ class Backfills:
     async def _read_chunks(
         self, plan: Plan, rule: CompiledRule, marker: psycopg.AsyncConnection[Any], conn: asyncpg.Connection
     ) -> None:
-        shape = _shape(await (await marker.execute(_SHAPE, [rule.qualified_table])).fetchone())
+        shape = table_shape(await (await marker.execute(SHAPE, [rule.qualified_table])).fetchone())
         if shape is None or not shape.key_columns:
             raise BackfillFailed(f"table {rule.qualified_table} is gone, or has no primary key any more")
         types: TypeRegistry = self.ingest.types

@@ -435,7 +435,7 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
     """
     if ctx.invoked_subcommand is not None:
         return
-    from listener import backfill as bf
+    from listener import backfill_requests as bf
 
     opts: Options = ctx.obj
     if rule is None:
@@ -495,7 +495,7 @@ def backfill_status(opts: Options, as_json: bool) -> None:
     """The open backfills and the last finished ones, with their progress."""
     from rich.table import Table
 
-    from listener import backfill as bf
+    from listener import backfill_requests as bf
 
     config = _load(opts, required=False)
     with (
@@ -525,7 +525,7 @@ def backfill_status(opts: Options, as_json: bool) -> None:
 @click.pass_obj
 def backfill_cancel(opts: Options, backfill_id: int) -> None:
     """Stop a backfill: no further chunk is read (events already made stay)."""
-    from listener import backfill as bf
+    from listener import backfill_requests as bf
 
     config = _load(opts, required=False)
     with (
