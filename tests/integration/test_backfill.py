@@ -296,3 +296,21 @@ async def test_the_command_follows_the_backfill_to_its_end(dsn: str, sql: Conn, 
     assert "backfill 1: rule rows, table public.items where id > 50" in result.stderr
     assert "backfill 1 done: 400 row(s) read, 0 superseded by live changes" in result.stderr
     assert result.stdout.strip() == "1"
+
+
+async def test_cancel_stops_a_running_backfill(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    sql.execute("INSERT INTO items SELECT g FROM generate_series(1, 5000) g")
+    config = write_config(tmp_path / "l.yaml", [ROWS])
+    async with running_ingest(dsn, config):
+        slow = "pg_sleep(0.0005)::text = ''"  # 50 ms a chunk of 100 rows
+        backfill_id = await asyncio.to_thread(start, dsn, config, "--rule", "rows", "--where", slow)
+        await _wait_for(lambda: backfill_row(sql, backfill_id)["rows_read"] > 0, "the first chunk")
+        result = await acli(dsn, config, "backfill", "cancel", str(backfill_id))
+        assert result.exit_code == 0, result.output
+        await asyncio.sleep(0.5)  # chunks in flight commit; no further one is read
+        read = backfill_row(sql, backfill_id)["rows_read"]
+        await asyncio.sleep(0.5)
+        row = backfill_row(sql, backfill_id)
+    assert row["status"] == "cancelled" and row["rows_read"] == read < 5000
+    assert len(read_events(dsn)) <= read
