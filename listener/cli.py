@@ -319,7 +319,8 @@ def status(opts: Options, as_json: bool) -> None:
       retain {duration, size} or null, rewindable {from_lsn, from_time, to_lsn} or null,
       runs {pending, running, dead}, rewinds [{id, from_lsn, up_to, position, rerun_rule,
       generation, events_inserted, runs_rerun, created_at, started_at, finished_at, error}],
-      warnings [text]
+      backfills [{id, rule, table_name, where_sql, status, rows_read, rows_dropped, rows_total,
+      ...} as `listener backfill status --json`], warnings [text]
     """
     from listener import status as status_mod
 

@@ -223,6 +223,15 @@ async def test_cancel_and_status(dsn: str, sql: Conn, tmp_path: Path) -> None:
         table = await acli(dsn, config, "backfill", "status")
     assert table.exit_code == 0 and "cancelled" in table.stdout and "done" in table.stdout
     assert sorted(e["payload"]["new"]["id"] for e in read_events(dsn)) == list(range(1, 121))
+    overall = await acli(dsn, config, "status", "--json")  # `listener status` lists them too
+    assert overall.exit_code == 0, overall.output
+    found = json.loads(overall.stdout)["backfills"]
+    assert [(b["id"], b["status"], b["rows_read"]) for b in found] == [
+        (backfill_id, "cancelled", 0),
+        (second, "done", 120),
+    ]
+    shown = await acli(dsn, config, "status")
+    assert "backfills" in shown.stdout and "120 of ~" in shown.stdout
 
 
 @pytest.mark.parametrize(
