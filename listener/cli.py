@@ -320,7 +320,8 @@ def status(opts: Options, as_json: bool) -> None:
       journal {keep, since, oldest_commit_time, bytes} or null,
       runs {pending, running, dead}, rewinds [{id, from_lsn, up_to, position, rerun_rule,
       generation, events_inserted, runs_rerun, created_at, started_at, finished_at, error}],
-      warnings [text]
+      backfills [{id, rule, table_name, where_sql, status, rows_read, rows_dropped, rows_total,
+      ...} as `listener backfill status --json`], warnings [text]
     """
     from listener import status as status_mod
 
@@ -413,6 +414,128 @@ def rewind(
             rw.print_finished(err_console, row)
             if row.error:
                 sys.exit(1)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--rule", metavar="RULE", help="The table rule whose workflow gets the table's rows.")
+@click.option(
+    "--where", metavar="SQL", help="Only rows where this boolean expression over the columns holds."
+)
+@click.option("--detach", is_flag=True, help="Record it and print its id; do not show the progress.")
+@click.pass_context
+def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bool) -> None:
+    """Give a rule the rows its table holds now, while the live stream goes on.
+
+    The running `listener run` reads the table in primary-key order, chunk by chunk, and drops a row that
+    a live change superseded meanwhile, so a workflow never gets a row state older than one it already
+    got.  Each row makes one event (op "read"), keyed RULE/backfill/ID/KEY.  The command records the
+    backfill and shows its progress; Ctrl-C stops watching, not the backfill.
+
+    \b
+    listener backfill status        the backfills and their progress (--json)
+    listener backfill cancel ID     read no further chunk
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from listener import backfill_requests as bf
+
+    opts: Options = ctx.obj
+    if rule is None:
+        raise ListenerError(
+            "which rule? give --rule RULE",
+            hint="e.g. listener backfill --rule onboard_user --where 'id > 100'",
+        )
+    config = _load(opts)
+    with (
+        _databases(opts, config) as (dsn, state_dsn),
+        setup.connect(dsn) as source,
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        request = bf.plan(config, source, rule, where)
+        from listener import store
+
+        store.migrate(state, config.state_schema)  # a service not restarted since an upgrade lacks the table
+        backfill_id = bf.record(config, state, request)
+        estimate = f", about {request.estimate:,} row(s)" if request.estimate is not None else ""
+        err_console.print(
+            f"backfill {backfill_id}: rule {rule}, table {request.table}"
+            + (f" where {request.where}" if request.where else "")
+            + estimate,
+            highlight=False,
+        )
+        click.echo(backfill_id)
+        if detach:
+            return
+        row = source.execute(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", [config.slot]
+        ).fetchone()
+        if row is None or row[0] is None:
+            err_console.print("`listener run` is not running: it starts the backfill when it starts")
+        try:
+            done = bf.follow(state, backfill_id, err_console)
+        except KeyboardInterrupt:
+            err_console.print(
+                f"backfill {backfill_id} goes on in `listener run`; `listener backfill status` shows it, "
+                f"`listener backfill cancel {backfill_id}` stops it",
+                highlight=False,
+            )
+            return
+        if done.status != "done":
+            err_console.print(f"[red]backfill {backfill_id} {done.status}: {done.error or ''}[/red]")
+            sys.exit(1)
+        err_console.print(
+            f"backfill {backfill_id} done: {done.rows_read:,} row(s) read, {done.rows_dropped:,} superseded "
+            "by live changes",
+            highlight=False,
+        )
+
+
+@backfill.command("status")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts.")
+@click.pass_obj
+def backfill_status(opts: Options, as_json: bool) -> None:
+    """The open backfills and the last finished ones, with their progress."""
+    from rich.table import Table
+
+    from listener import backfill_requests as bf
+
+    config = _load(opts, required=False)
+    with (
+        _databases(opts, config) as (_, state_dsn),
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        found = bf.list_backfills(state, config.slot)
+    if as_json:
+        for row in found:
+            click.echo(runs_mod.dumps(row.to_json()))
+        return
+    table = Table(title="backfills", title_justify="left")
+    for column in ("id", "rule", "where", "status", "rows read", "of about", "superseded", "to expand",
+                   "last key", "error"):  # fmt: skip
+        table.add_column(column, overflow="fold")
+    for row in found:
+        table.add_row(
+            str(row.id), row.rule, row.where_sql or "", row.status, f"{row.rows_read:,}",
+            f"{row.rows_total:,}" if row.rows_total is not None else "", f"{row.rows_dropped:,}",
+            f"{row.rows_unexpanded:,}", ",".join(row.last_key or []), row.error or "",
+        )  # fmt: skip
+    runs_mod.stdout_console().print(table)
+
+
+@backfill.command("cancel")
+@click.argument("backfill_id", metavar="ID", type=int)
+@click.pass_obj
+def backfill_cancel(opts: Options, backfill_id: int) -> None:
+    """Stop a backfill: no further chunk is read (events already made stay)."""
+    from listener import backfill_requests as bf
+
+    config = _load(opts, required=False)
+    with (
+        _databases(opts, config) as (_, state_dsn),
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        row = bf.cancel(state, config.state_schema, backfill_id)
+    click.echo(f"cancelled backfill {row.id} after {row.rows_read:,} row(s)")
 
 
 @main.command()

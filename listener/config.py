@@ -41,6 +41,7 @@ STATUS_INTERVAL_S = 10.0
 COMPACT_AFTER = 2000
 COMPACT_CHUNK_CHANGES = 20000
 EXPAND_AHEAD = 20000
+BACKFILL_CHUNK_ROWS = 20000  # rows a backfill reads between two watermarks
 WORKER_CONCURRENCY = 16
 POLL_INTERVAL_S = 5.0
 LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
@@ -373,6 +374,8 @@ class IngestSettings(BaseModel):
     compact_after: int = Field(default=COMPACT_AFTER, ge=0, strict=True)
     compact_chunk_changes: int = Field(default=COMPACT_CHUNK_CHANGES, ge=1, strict=True)
     expand_ahead: int = Field(default=EXPAND_AHEAD, ge=1, strict=True)
+    # snapshot backfill (`listener backfill`): rows per chunk read between two watermarks
+    backfill_chunk_rows: int = Field(default=BACKFILL_CHUNK_ROWS, ge=1, strict=True)
 
 
 class WorkerSettings(BaseModel):
@@ -469,6 +472,8 @@ class Rule(BaseModel):
     key: Annotated[str | None, AfterValidator(_check_key_template)] = None
     key_concurrency: int | None = Field(default=None, ge=1, strict=True)  # running runs per key, at most
     ordered: bool = False  # runs of one key start in commit order, one after the other
+    # Table rules only: the first `listener run` that has this rule backfills the table's rows, once.
+    snapshot: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> Rule:
@@ -494,6 +499,12 @@ class Rule(BaseModel):
                     f"{', '.join(table_only)} only apply to table rules, not to a {source} rule",
                     f"remove {', '.join(table_only)}; a {source} rule's event carries the {source}'s payload",
                 )
+        if self.snapshot and self.table is None:
+            raise _custom(
+                "table_only",
+                "snapshot: only applies to table rules",
+                "remove `snapshot:`, or give the rule a `table:`",
+            )
         if self.changed is not None and self.on is not None and "update" not in self.on:
             raise _custom(
                 "changed_without_update",

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 EXPAND_POLL_S = 0.25  # while held back by `ahead`: how often to look whether the workers caught up
 IDLE_POLL_S = 5.0  # with no chunk known: a fallback in case a wake-up was missed
+RENDER_SLICE = 2000  # backfill rows rendered between two turns of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +150,18 @@ class Expander:
         """Expand chunks until none is left or enough runs wait.  Returns whether chunks remain."""
         while True:
             if await self.store.runs_ahead(self.ahead) >= self.ahead:
-                return await self.store.next_chunk() is not None
+                return (
+                    await self.store.next_chunk() is not None
+                    or await self.store.next_backfill_chunk() is not None
+                )
             row = await self.store.next_chunk()
+            if row is not None:
+                await self.expand(row)
+                continue
+            row = await self.store.next_backfill_chunk()
             if row is None:
                 return False
-            await self.expand(row)
+            await self.expand_backfill(row)
 
     async def expand(self, row: Any) -> int:
         """Expand one chunk row; returns the events inserted."""
@@ -167,6 +175,30 @@ class Expander:
         if inserted is not None:
             self.stats.chunks += 1
             self.stats.changes += row["changes"]
+            self.stats.events_inserted += inserted
+        return inserted or 0
+
+    async def expand_backfill(self, row: Any) -> int:
+        """Expand one ``backfill_chunks`` row (COPY text lines) into its events; returns those inserted."""
+        from listener.backfill import chunk_events, chunk_from_row
+
+        chunk, shape = chunk_from_row(row)
+        unknown = self.types.unknown(c[1] for c in shape.columns)
+        if unknown:
+            await self.resolve(unknown)
+        info = relation_info(shape.relation(), self.types)
+        lines = bytes(chunk.data).split(b"\n")
+        events: list[tuple[str, str, str | None]] = []
+        for start in range(0, len(lines), RENDER_SLICE):
+            piece = b"\n".join(lines[start : start + RENDER_SLICE])
+            events += chunk_events(
+                piece, info, chunk.key_positions, None, chunk.rule, chunk.backfill_id, chunk.read_at
+            )
+            await asyncio.sleep(0)  # let the ingest's other tasks run: a backfill's next chunk, the reader
+        inserted = await self.store.expand_backfill_chunk(row["id"], chunk, events)
+        if inserted is not None:
+            self.stats.chunks += 1
+            self.stats.changes += chunk.rows
             self.stats.events_inserted += inserted
         return inserted or 0
 

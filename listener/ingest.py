@@ -38,6 +38,8 @@ import asyncpg
 import psycopg
 
 from listener import pgoutput as po
+from listener.backfill import PREFIX as BACKFILL_PREFIX
+from listener.backfill import Backfills
 from listener.catalog import read_tables_async
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
 from listener.config import Config
@@ -177,6 +179,7 @@ class Ingest:
         self.stats = IngestStats()
         self.types = TypeRegistry()
         self.expander = Expander(store, self.types, self._resolve_types, ahead=expand_ahead)
+        self.backfills = Backfills(self)  # snapshot backfills: a task per session, hooks in the reader
         self.durable_lsn = 0
         self.streaming = asyncio.Event()  # set once a session is streaming
         self._session: ReplicationSession | None = None
@@ -266,6 +269,7 @@ class Ingest:
         self.streaming.clear()
         self._restart.clear()
         self.rewind = None
+        self.backfills.reset()
         checkpoint = await self.store.read_checkpoint() or 0
         await self.store.start_journal(enabled=self.journal is not None)
         self.durable_lsn = checkpoint
@@ -329,14 +333,16 @@ class Ingest:
             stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
             restarter = asyncio.create_task(self._restart.wait(), name="ingest-restart")
             expander = asyncio.create_task(self.expander.run(), name="ingest-expander")
-            tasks += [writer, reader, stopper, restarter, expander]
+            backfill = asyncio.create_task(self.backfills.run(), name="ingest-backfill")
+            tasks += [writer, reader, stopper, restarter, expander, backfill]
             if self.rules.channels:
                 tasks.append(asyncio.create_task(self._listen(queue), name="ingest-notify"))
             done, _ = await asyncio.wait(
-                {writer, reader, stopper, restarter, expander}, return_when=asyncio.FIRST_COMPLETED
+                {writer, reader, stopper, restarter, expander, backfill}, return_when=asyncio.FIRST_COMPLETED
             )
-            if expander in done:
-                expander.result()  # it only ends by raising
+            for background in (expander, backfill):
+                if background in done:
+                    background.result()  # it only ends by raising
             if stopper in done or reader in done or restarter in done:
                 # Stop reading; let the writer commit what is queued (a clean stop loses no work), then
                 # report the final flush position.
@@ -400,6 +406,7 @@ class Ingest:
 
         def on_notify(*_: object) -> None:
             changed.set()
+            self.backfills.wake.set()  # the control channel also announces backfills
 
         try:
             while not stop.is_set():
@@ -491,7 +498,9 @@ class Ingest:
             inserted = await self.store.write_batch(batch)
             self.stats.batches += 1
             self.stats.events_inserted += inserted
-            if batch.chunks:
+            if batch.backfill:
+                self.backfills.committed(batch.backfill)
+            if batch.chunks or batch.backfill:
                 self.expander.wake.set()
             if history_due:
                 self._history_at = time.monotonic()
@@ -552,6 +561,7 @@ class Ingest:
         chunks: dict[int, RawChunk] = {}  # their open chunks
         fast = False  # whether row changes may bypass the decoder: skipping, or raw tables exist
         message_ordinals: dict[str, int] = {}  # prefix -> messages with it in the open transaction
+        watched = self.backfills.watched  # tables with an open backfill window: their keys are noted
 
         async def submit() -> None:
             nonlocal batch, events, batch_started, submitted_checkpoint
@@ -617,6 +627,8 @@ class Ingest:
                     elif chunk is not None:
                         assembler.next_ordinal(oid)
                     if chunk is not None:
+                        if oid in watched:
+                            self.backfills.note_raw(bytes(payload), decoder, assembler.relations)
                         data = chunk.data
                         data += _pack_head(lsn, len(payload))
                         data += payload
@@ -639,6 +651,12 @@ class Ingest:
                             if self._apply_reload(msg.content.decode(errors="replace"), msg.lsn):
                                 rules_by_oid.clear()
                                 compact_by_oid.clear()
+                            continue
+                        if msg.prefix == BACKFILL_PREFIX and not msg.transactional:
+                            backfilled = self.backfills.mark(msg)
+                            if backfilled is not None:  # a high watermark: its chunk commits now
+                                batch.backfill.append(backfilled)
+                                await submit()
                             continue
                         matched_messages = self.rules.message_rules(msg.prefix)
                         if matched_messages and not skipping and msg.lsn >= resume_lsn:
@@ -666,6 +684,8 @@ class Ingest:
                         continue
                     stats.changes += 1
                     oid = item.relation.oid  # type: ignore[union-attr]
+                    if oid in watched:
+                        self.backfills.note(item)
                     by_op = rules_by_oid.get(oid)
                     if by_op is None:
                         rel = item.relation
@@ -881,6 +901,7 @@ def _has_work(batch: EventBatch) -> bool:
         or batch.checkpoint is not None
         or batch.rewind_position is not None
         or batch.rewind_done
+        or batch.backfill
     )
 
 

@@ -41,6 +41,7 @@ class Status:
     journal: dict[str, Any] | None  # keep, since, oldest_commit_time, bytes (None: off and empty)
     runs: dict[str, int]
     rewinds: list[dict[str, Any]] = field(default_factory=list)
+    backfills: list[dict[str, Any]] = field(default_factory=list)  # see `listener backfill status`
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -97,6 +98,13 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
     ).fetchall():
         status.runs[name] = int(count)
     status.rewinds = [asdict(row) for row in rw.rewinds(state, config.slot)]
+    row = state.execute("SELECT to_regclass('backfills')").fetchone()
+    if row is not None and row[0] is not None:  # a schema not migrated yet has none
+        from listener import backfill_requests
+
+        status.backfills = [
+            b.to_json() for b in backfill_requests.list_backfills(state, config.slot, limit=5)
+        ]
     return status
 
 
@@ -196,6 +204,17 @@ def print_status(console: Console, s: Status) -> None:
                 str(w["runs_rerun"]),
                 state,
             )
+        console.print(table)
+    if s.backfills:
+        table = Table(title="backfills (`listener backfill status`)", title_justify="left")
+        for column in ("id", "rule", "status", "rows read", "superseded", "to expand"):
+            table.add_column(column, overflow="fold")
+        for b in s.backfills:
+            total = f" of ~{b['rows_total']:,}" if b["rows_total"] is not None else ""
+            table.add_row(
+                str(b["id"]), Text(b["rule"]), Text(b["status"]), f"{b['rows_read']:,}{total}",
+                f"{b['rows_dropped']:,}", f"{b['rows_unexpanded']:,}",
+            )  # fmt: skip
         console.print(table)
     for warning in s.warnings:
         console.print(Text(f"warning: {warning}", "yellow"))

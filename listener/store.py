@@ -204,6 +204,8 @@ class EventBatch:
     rewind: RewindPlan | None = None
     rewind_position: int | None = None
     rewind_done: bool = False
+    # Backfill chunks that reached their high watermark in this batch (see listener/backfill.py)
+    backfill: list[BackfillChunk] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.payload)
@@ -258,6 +260,34 @@ class RawChunk:
     rules: str  # JSON: {"insert": [[rule, workflow], ...], ...}
     data: bytearray = field(default_factory=bytearray)
     changes: int = 0
+
+
+@dataclass(slots=True)
+class BackfillChunk:
+    """One chunk of a backfill at its high watermark: the rows that survived its window, and the progress
+    it makes (committed together: see sql/0005_backfill.sql).  The rows are either raw COPY text lines
+    (``data``, for the expander) or, for a rule that needs the row at ingest, ready ``events``."""
+
+    backfill_id: int
+    seq: int
+    rule: str
+    workflow: str
+    priority: int
+    gated: bool
+    key_limit: int | None
+    ordered: bool
+    table_name: str
+    columns: str  # JSON: [[name, type OID], ...]
+    key_positions: list[int]
+    lsn: int  # the high watermark
+    read_at: datetime
+    last_key: list[str] | None  # None: the table was empty
+    rows_read: int
+    rows_dropped: int
+    final: bool  # the last chunk: the backfill is done when it commits
+    data: bytes = b""  # the surviving rows as COPY text lines
+    rows: int = 0  # how many lines ``data`` holds
+    events: list[tuple[str, str, str | None]] | None = None  # (idempotency key, payload, run key)
 
 
 class RunPolicy(Protocol):
@@ -349,6 +379,48 @@ INSERT INTO event_chunks (commit_lsn, relation_oid, first_ordinal, changes, xid,
 VALUES ($1::text::pg_lsn, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)
 ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
 RETURNING changes
+"""
+
+_INSERT_BACKFILL_CHUNK = """
+INSERT INTO backfill_chunks (backfill_id, seq, rule, workflow, priority, table_name, columns, key_columns,
+                             lsn, read_at, rows, data)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9::text::pg_lsn, $10, $11, $12)
+ON CONFLICT (backfill_id, seq) DO NOTHING
+RETURNING rows
+"""
+
+# Backfill events ($1 keys, $2 payloads, $3 run keys) of one rule, each with its run; duplicates skipped.
+_INSERT_BACKFILL_EVENTS = """
+WITH src AS (
+    SELECT k AS key, p::jsonb AS payload, rk FROM unnest($1::text[], $2::text[], $3::text[]) AS u(k, p, rk)
+), ev AS (
+    INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_time, payload)
+    SELECT key, 'backfill', $4, $5, 'read', $6, $7::text::pg_lsn, $8, payload FROM src
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING idempotency_key
+), runs_made AS (
+    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
+    SELECT src.key, src.key, $5, $9, src.rk, $10, $11, $12 FROM src JOIN ev ON ev.idempotency_key = src.key
+    RETURNING 1
+)
+SELECT count(*) FROM runs_made
+"""
+
+# A chunk's progress; `chunks < seq` makes a chunk committed twice count once.  A cancelled backfill keeps
+# its status (chunks in flight when it was cancelled still commit).
+_ADVANCE_BACKFILL = """
+UPDATE backfills SET last_key = $2, chunks = $3, rows_read = rows_read + $4, rows_dropped = rows_dropped + $5,
+       status = CASE WHEN status IN ('pending', 'running') THEN CASE WHEN $6 THEN 'done' ELSE 'running' END
+                     ELSE status END,
+       finished_at = CASE WHEN $6 THEN coalesce(finished_at, now()) ELSE finished_at END,
+       updated_at = now()
+WHERE id = $1 AND chunks < $3
+"""
+
+_NEXT_BACKFILL_CHUNK = """
+SELECT id, backfill_id, seq, rule, workflow, priority, table_name, columns::text AS columns, key_columns,
+       lsn::text AS lsn, read_at, rows, data
+FROM backfill_chunks ORDER BY id LIMIT 1
 """
 
 _RUNS_AHEAD = """
@@ -487,6 +559,8 @@ class StateStore:
                     bytes(chunk.data),
                 )
                 inserted += stored or 0
+            for part in batch.backfill:
+                inserted += await self._write_backfill_chunk(conn, part)
             rewind = batch.rewind
             if rewind is not None and (
                 batch.rewind_position is not None or batch.rewind_done or rewound or reruns
@@ -645,3 +719,84 @@ class StateStore:
             if deleted is None:
                 return None
             return (await self._insert_events(conn, batch))[0]
+
+    # -- backfills ----------------------------------------------------------------------------------------
+
+    async def _write_backfill_chunk(
+        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, chunk: BackfillChunk
+    ) -> int:
+        """A chunk's rows (raw, or as events with runs) and its progress; returns the events it counts."""
+        advanced = await conn.execute(
+            _ADVANCE_BACKFILL,
+            chunk.backfill_id,
+            chunk.last_key,
+            chunk.seq,
+            chunk.rows_read,
+            chunk.rows_dropped,
+            chunk.final,
+        )
+        if advanced == "UPDATE 0":
+            return 0  # committed before (a redelivered high watermark cannot happen, but be safe)
+        if chunk.events is not None:
+            return await self.insert_backfill_events(conn, chunk, chunk.events)
+        if not chunk.rows:
+            return 0
+        stored = await conn.fetchval(
+            _INSERT_BACKFILL_CHUNK,
+            chunk.backfill_id,
+            chunk.seq,
+            chunk.rule,
+            chunk.workflow,
+            chunk.priority,
+            chunk.table_name,
+            chunk.columns,
+            chunk.key_positions,
+            format_lsn(chunk.lsn),
+            chunk.read_at,
+            chunk.rows,
+            chunk.data,
+        )
+        return int(stored or 0)
+
+    async def insert_backfill_events(
+        self,
+        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        chunk: BackfillChunk,
+        events: list[tuple[str, str, str | None]],
+    ) -> int:
+        """Insert backfill events and their runs (duplicates skipped); wake the workers."""
+        if not events:
+            return 0
+        keys, payloads, run_keys = (list(column) for column in zip(*events, strict=True))
+        inserted = await conn.fetchval(
+            _INSERT_BACKFILL_EVENTS,
+            keys,
+            payloads,
+            run_keys,
+            chunk.rule,
+            chunk.workflow,
+            chunk.table_name,
+            format_lsn(chunk.lsn),
+            chunk.read_at,
+            chunk.gated,
+            chunk.key_limit,
+            chunk.ordered,
+            chunk.priority,
+        )
+        if inserted:
+            await conn.execute("SELECT pg_notify($1, '')", self.channel)
+        return int(inserted)
+
+    async def next_backfill_chunk(self) -> asyncpg.Record | None:
+        """The oldest stored backfill chunk."""
+        return await self.pool.fetchrow(_NEXT_BACKFILL_CHUNK)
+
+    async def expand_backfill_chunk(
+        self, chunk_id: int, chunk: BackfillChunk, events: list[tuple[str, str, str | None]]
+    ) -> int | None:
+        """Insert a backfill chunk's events and delete the chunk, in one transaction (None: it was gone)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval("DELETE FROM backfill_chunks WHERE id = $1 RETURNING 1", chunk_id)
+            if deleted is None:
+                return None
+            return await self.insert_backfill_events(conn, chunk, events)

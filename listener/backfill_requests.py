@@ -1,0 +1,281 @@
+"""`listener backfill`: the command's side of a backfill (see :mod:`listener.backfill` for the ingest's).
+
+It checks a request against the configuration and the catalog (the rule, the table's primary key, the
+``--where`` expression, parsed by PostgreSQL's parser), records it as a row of ``backfills`` and wakes the
+running ingest through the control channel, then follows the row with a progress bar.  ``status`` lists
+the backfills, ``cancel`` ends one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from listener import store as store_mod
+from listener.backfill import OPEN, SHAPE, TableShape, table_shape
+from listener.config import Config
+from listener.errors import ListenerError
+
+FOLLOW_POLL_S = 0.5  # `listener backfill` looks at its row this often
+
+
+def _table_ref(schema: str, table: str) -> str:
+    return sql.Identifier(schema, table).as_string()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    rule: str
+    table: str  # "schema.table" as the config names it
+    where: str | None  # deparsed
+    key_columns: tuple[str, ...]
+    estimate: int | None
+
+
+def _rule_for(config: Config, name: str) -> Any:
+    rules = {rule.name: rule for rule in config.rules}
+    rule = rules.get(name)
+    where = config.source_path or "the configuration"
+    if rule is None:
+        close = difflib.get_close_matches(name, list(rules), n=1)
+        raise ListenerError(
+            f"--rule {name}: no rule named {name!r} in {where}",
+            hint=(f"did you mean {close[0]!r}? " if close else "")
+            + ("rules: " + ", ".join(rules) if rules else "the configuration has no rules"),
+        )
+    if rule.table is None:
+        source = "logical decoding messages" if rule.message is not None else "NOTIFY"
+        raise ListenerError(
+            f"rule {name} listens to {source}, not to a table: only table rules can be backfilled",
+            hint="name a rule with `table:`",
+        )
+    return rule
+
+
+_SELECT_EXTRAS = (
+    "groupClause", "havingClause", "sortClause", "limitCount", "limitOffset", "lockingClause", "windowClause",
+    "withClause", "distinctClause",
+)  # fmt: skip
+
+
+def check_where(where: str, shape: TableShape) -> str:
+    """``--where``: one boolean expression over the table's columns, parsed by PostgreSQL's parser and
+    returned as it deparses it (so nothing but that expression ever reaches the server)."""
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+    from pglast.stream import RawStream
+    from pglast.visitors import Visitor
+
+    hint = 'give one SQL boolean expression over the table\'s columns, e.g. --where "id > 1000"'
+    try:
+        statements = parse_sql(f"SELECT FROM t WHERE {where}")
+    except ParseError as exc:
+        raise ListenerError(f"--where {where!r} does not parse: {exc}", hint=hint) from None
+    stmt = statements[0].stmt if len(statements) == 1 else None
+    if (
+        not isinstance(stmt, ast.SelectStmt)
+        or stmt.whereClause is None
+        or (stmt.op is not None and stmt.op.name != "SETOP_NONE")
+        or any(getattr(stmt, part) is not None for part in _SELECT_EXTRAS)
+    ):
+        raise ListenerError(f"--where {where!r} is not a single boolean expression", hint=hint)
+    columns = [c[0] for c in shape.columns]
+    problems: list[str] = []
+
+    class Check(Visitor):
+        def visit_SubLink(self, ancestors: Any, node: Any) -> None:
+            problems.append("subqueries are not allowed")
+
+        def visit_ColumnRef(self, ancestors: Any, node: Any) -> None:
+            names = [getattr(f, "sval", None) for f in node.fields]
+            name = names[-1]
+            if len(names) > 1 or name not in columns:
+                close = difflib.get_close_matches(str(name), columns, n=1)
+                problems.append(
+                    f"{'.'.join(str(n) for n in names)} is not a column of {shape.schema}.{shape.name}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                )
+
+        def visit_ParamRef(self, ancestors: Any, node: Any) -> None:
+            problems.append("parameters ($1) are not allowed")
+
+    Check()(stmt.whereClause)
+    if problems:
+        raise ListenerError(
+            f"--where {where!r}: {problems[0]}",
+            hint=f"use the columns of {shape.schema}.{shape.name}: {', '.join(columns)}",
+        )
+    return str(RawStream()(stmt.whereClause))
+
+
+def plan(config: Config, source: psycopg.Connection[Any], rule_name: str, where: str | None) -> Request:
+    """Check a backfill request against the configuration and the catalog; refuse clearly."""
+    rule = _rule_for(config, rule_name)
+    shape = table_shape(source.execute(SHAPE, [rule.table]).fetchone())
+    if shape is None:
+        raise ListenerError(
+            f"table {rule.table} of rule {rule_name} does not exist",
+            hint=f"create {rule.table}, or correct `table:` of rule {rule_name}",
+        )
+    if not shape.key_columns:
+        raise ListenerError(
+            f"table {rule.table} has no primary key: a backfill reads a table in primary-key order, "
+            "chunk by chunk, and drops rows that live changes superseded by their key",
+            hint=f"ALTER TABLE {rule.table} ADD PRIMARY KEY (<column>);",
+        )
+    deparsed = check_where(where, shape) if where is not None else None
+    query = f"SELECT 1 FROM {_table_ref(shape.schema, shape.name)}"
+    if deparsed is not None:
+        query += f" WHERE {deparsed}"
+    try:
+        with source.transaction():
+            row = source.execute(f"EXPLAIN (FORMAT JSON) {query}").fetchone()
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc)
+        raise ListenerError(
+            f"--where {where!r}: {message}",
+            hint=f"give one boolean expression over the columns of {rule.table}: "
+            + ", ".join(c[0] for c in shape.columns),
+        ) from None
+    estimate = int(row[0][0]["Plan"]["Plan Rows"]) if row is not None else None
+    return Request(rule_name, rule.table, deparsed, shape.key_columns, estimate)
+
+
+_INSERT = """
+INSERT INTO backfills (slot_name, rule, table_name, where_sql, key_columns, rows_total, snapshot)
+VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id
+"""
+
+
+def record(config: Config, state: psycopg.Connection[Any], request: Request) -> int:
+    """Record the backfill and wake a running ingest (NOTIFY only wakes: it also polls)."""
+    with state.transaction():
+        row = state.execute(
+            _INSERT,
+            [config.slot, request.rule, request.table, request.where, list(request.key_columns),
+             request.estimate, False],
+        ).fetchone()  # fmt: skip
+        assert row is not None
+        state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(config.state_schema)])
+    return int(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRow:
+    id: int
+    rule: str
+    table_name: str
+    where_sql: str | None
+    status: str
+    snapshot: bool
+    last_key: list[str] | None
+    chunks: int
+    rows_read: int
+    rows_dropped: int
+    rows_total: int | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+    rows_unexpanded: int = 0  # rows still in backfill_chunks, not yet events
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+_COLUMNS = """
+b.id, b.rule, b.table_name, b.where_sql, b.status, b.snapshot, b.last_key, b.chunks, b.rows_read,
+b.rows_dropped, b.rows_total, b.error, b.created_at, b.started_at, b.updated_at, b.finished_at,
+coalesce((SELECT sum(c.rows) FROM backfill_chunks c WHERE c.backfill_id = b.id), 0)::int8 AS rows_unexpanded
+"""
+
+
+def list_backfills(state: psycopg.Connection[Any], slot: str, *, limit: int = 20) -> list[BackfillRow]:
+    """The open backfills and the newest finished ones, oldest first."""
+    rows = (
+        state.cursor(row_factory=dict_row)
+        .execute(
+            f"""SELECT * FROM (SELECT {_COLUMNS} FROM backfills b WHERE b.slot_name = %s
+                ORDER BY b.status IN ('pending', 'running') DESC, b.id DESC LIMIT %s) x ORDER BY id""",
+            [slot, limit],
+        )
+        .fetchall()
+    )
+    return [BackfillRow(**row) for row in rows]
+
+
+def get(state: psycopg.Connection[Any], backfill_id: int) -> BackfillRow:
+    row = (
+        state.cursor(row_factory=dict_row)
+        .execute(f"SELECT {_COLUMNS} FROM backfills b WHERE b.id = %s", [backfill_id])
+        .fetchone()
+    )
+    if row is None:
+        raise ListenerError(f"no backfill {backfill_id}", hint="`listener backfill status` lists them")
+    return BackfillRow(**row)
+
+
+def cancel(state: psycopg.Connection[Any], schema: str, backfill_id: int) -> BackfillRow:
+    """Cancel a pending or running backfill: the ingest reads no further chunk (chunks already read still
+    commit).  Its events stay; their runs are left alone (`listener cancel` cancels runs)."""
+    row = get(state, backfill_id)
+    if row.status not in OPEN:
+        raise ListenerError(f"backfill {backfill_id} is {row.status}: nothing to cancel", hint="")
+    state.execute(
+        "UPDATE backfills SET status = 'cancelled', finished_at = now(), updated_at = now()"
+        " WHERE id = %s AND status IN ('pending', 'running')",
+        [backfill_id],
+    )
+    state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(schema)])
+    return get(state, backfill_id)
+
+
+def follow(state: psycopg.Connection[Any], backfill_id: int, console: Any) -> BackfillRow:
+    """Show a progress bar (rows read, rows/s, ETA) until the backfill ends; return its row."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    row = get(state, backfill_id)
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} rows/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(
+            f"backfill {row.id} ({row.rule})", total=row.rows_total or None, rate="-", completed=0
+        )
+        started = time.monotonic()
+        first = row.rows_read
+        while True:
+            elapsed = time.monotonic() - started
+            rate = (row.rows_read - first) / elapsed if elapsed > 0.5 else 0.0
+            total = max(row.rows_total or 0, row.rows_read) or None
+            if row.status == "done":
+                total = row.rows_read
+            progress.update(task, completed=row.rows_read, total=total, rate=f"{rate:,.0f}" if rate else "-")
+            if row.status not in OPEN:
+                return row
+            time.sleep(FOLLOW_POLL_S)
+            row = get(state, backfill_id)
