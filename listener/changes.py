@@ -500,6 +500,11 @@ class Assembler:
         """The ordinal the next change of table ``oid`` in the open transaction will get."""
         return self._ordinals.get(oid, 0)
 
+    def set_next_ordinal(self, oid: int, ordinal: int) -> None:
+        """The next change of table ``oid`` in the open transaction takes ``ordinal`` (changes counted
+        elsewhere, e.g. kept raw in a compact chunk)."""
+        self._ordinals[oid] = ordinal
+
     def next_ordinal(self, oid: int) -> int:
         """The ordinal of the next change of table ``oid`` in the open transaction."""
         n = self._ordinals.get(oid, 0)

@@ -144,6 +144,10 @@ class Expander:
         self.resolve = resolve
         self.ahead = ahead
         self.wake = asyncio.Event()  # set by ingest after it stored chunks
+        # Cleared by ingest in the middle of a bulk transaction: on a small machine expanding would
+        # compete for the CPU with the stream it has to keep up with.
+        self.free = asyncio.Event()
+        self.free.set()
         self.stats = ExpandStats()
 
     async def expand_available(self) -> bool:
@@ -206,6 +210,7 @@ class Expander:
         """Expand forever: right after ingest stores chunks, and while held back, every EXPAND_POLL_S."""
         while True:
             self.wake.clear()
+            await self.free.wait()  # not while ingest streams a bulk transaction: leave it the CPU
             backlog = await self.expand_available()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(EXPAND_POLL_S if backlog else IDLE_POLL_S):

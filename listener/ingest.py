@@ -366,6 +366,7 @@ class Ingest:
             if self._catalog is not None:
                 await self._catalog.close()
             self._session = None
+            self.expander.free.set()  # a bulk transaction cut short by a lost session holds nothing
 
     # -- rewinds -----------------------------------------------------------------------------------------
 
@@ -563,6 +564,12 @@ class Ingest:
         message_ordinals: dict[str, int] = {}  # prefix -> messages with it in the open transaction
         watched = self.backfills.watched  # tables with an open backfill window: their keys are noted
 
+        def close_chunk(oid: int) -> None:
+            """End the open chunk of ``oid``: into the batch, the assembler's ordinal count after it."""
+            chunk = chunks.pop(oid)
+            batch.chunks.append(chunk)
+            assembler.set_next_ordinal(oid, chunk.first_ordinal + chunk.changes)
+
         async def submit() -> None:
             nonlocal batch, events, batch_started, submitted_checkpoint
             if batch.checkpoint is not None:
@@ -621,11 +628,11 @@ class Ingest:
                             raw_oids.discard(oid)
                             fast = skipping or bool(raw_oids)
                         else:
+                            # the chunk's changes take consecutive ordinals from here: the assembler's
+                            # count is brought up to date when the chunk closes (close_chunk)
                             chunk = chunks[oid] = self._new_chunk(
                                 assembler, oid, assembler.next_ordinal(oid), raw_relations[oid], plan
                             )
-                    elif chunk is not None:
-                        assembler.next_ordinal(oid)
                     if chunk is not None:
                         if oid in watched:
                             self.backfills.note_raw(bytes(payload), decoder, assembler.relations)
@@ -635,7 +642,7 @@ class Ingest:
                         chunk.changes += 1
                         stats.changes += 1
                         if chunk.changes >= chunk_changes:
-                            batch.chunks.append(chunks.pop(oid))
+                            close_chunk(oid)
                             await submit()
                         continue
                 try:
@@ -643,6 +650,9 @@ class Ingest:
                 except ProtocolError as exc:
                     # never skipped: the service stops, naming the message; nothing is acknowledged
                     raise exc.at_lsn(lsn) from exc
+                if chunks and type(msg) is po.Truncate:
+                    for open_oid in list(chunks):  # its ordinals follow the chunks' changes
+                        close_chunk(open_oid)
                 item = feed(lsn, msg)
                 if item is None:
                     if type(msg) is po.Message:
@@ -675,7 +685,7 @@ class Ingest:
                         compact_by_oid.pop(msg.oid, None)
                         raw_relations[msg.oid] = bytes(payload)
                         if msg.oid in chunks:  # the table changed shape: later changes go in a new chunk
-                            batch.chunks.append(chunks.pop(msg.oid))
+                            close_chunk(msg.oid)
                         if journal is not None and (ended := journal.close(msg.oid)) is not None:
                             batch.journal.append(ended)  # and in a new journal row
                     continue
@@ -704,6 +714,7 @@ class Ingest:
                                 if seen >= compact_after and self._compactable(item, compact_by_oid):
                                     raw_oids.add(oid)
                                     fast = True
+                                    self.expander.free.clear()
                     if len(events) >= self.batch_events:
                         await submit()
                 elif type(item) is TxnBegin:
@@ -741,6 +752,7 @@ class Ingest:
                         batch.journal += journal.take()
                     raw_oids.clear()
                     txn_events.clear()
+                    self.expander.free.set()
                     message_ordinals.clear()
                     skipping = rewinding = fast = False
             if (

@@ -55,6 +55,8 @@ def bulk_transaction(sql: Conn) -> None:
         # a Relation message in the middle of the transaction: the open chunk ends, a new one follows
         sql.execute("ALTER TABLE items ADD COLUMN extra int DEFAULT 7")
         sql.execute("INSERT INTO items (id, v) SELECT g, 'late' FROM generate_series(1001, 1100) g")
+        # a truncate after raw changes of the same table: its ordinal counts them (100)
+        sql.execute("TRUNCATE other")
 
 
 def comparable(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -70,7 +72,7 @@ async def test_compact_chunks_expand_into_the_events_of_the_direct_path(dsn: str
         "CREATE TABLE items (id int PRIMARY KEY, v text, amount numeric, doc jsonb, nums int[], big text)"
     )
     sql.execute("CREATE TABLE other (id int PRIMARY KEY)")
-    other = {"name": "other_rows", "table": "other", "on": ["insert"], "workflow": "m:h"}
+    other = {"name": "other_rows", "table": "other", "on": ["insert", "truncate"], "workflow": "m:h"}
     direct = make_config([*rules(), other], slot="direct", state_schema="direct", ingest={"compact_after": 0})
     chunked = make_config([*rules(), other], slot="chunked", state_schema="chunked", ingest=compact())
     await asyncio.to_thread(setup.init, direct, dsn, dsn)
@@ -83,7 +85,9 @@ async def test_compact_chunks_expand_into_the_events_of_the_direct_path(dsn: str
         assert d.ingest.expander.stats.chunks == 0
     expected, got = events(dsn, "direct"), events(dsn, "chunked")
     # inserts twice (two rules), updates, deletes, other, the inserts after the ALTER twice
-    assert len(expected) == 300 + 300 + 250 + 100 + 100 + 200
+    assert len(expected) == 300 + 300 + 250 + 100 + 100 + 200 + 1
+    (cut,) = [e for e in got if e["op"] == "truncate"]
+    assert cut["idempotency_key"].endswith("/100")
     assert [
         e["payload"]["new"]["extra"] for e in got if e["payload"]["new"] and e["payload"]["new"]["id"] > 1000
     ] == [7] * 200
