@@ -5,33 +5,38 @@ A rule's ``when:`` is a SQL expression over ``new.<col>`` and ``old.<col>`` (a b
 column and type against the table at load time, and compiles it into nested Python closures; evaluation
 never sends the text to a database and never walks the syntax tree again.
 
-What "PostgreSQL's semantics" means here, and where it was checked (tests/integration/
-test_predicate_conformance.py runs generated expressions through a real server and this module):
+What "PostgreSQL's semantics" means here (tests/integration/test_predicate_conformance.py runs generated
+expressions through a real server and this module and compares results and SQLSTATEs):
 
 * three-valued logic; strict operators evaluate all their arguments, then return NULL on a NULL input;
   AND/OR/CASE/COALESCE are lazy, left to right;
 * constant subexpressions are folded at load time under the planner's rules (``eval_const_expressions``):
-  a constant that always fails (``1/0``) is a load-time error, as it is a plan-time error in PostgreSQL;
+  a constant that always fails (``1/0``) is a load-time error, as it is a plan-time error in PostgreSQL,
+  unless the planner would never reach it (``false AND 1/0 = 1``);
 * operator resolution: unknown-typed literals take the other operand's type (``new.amount > '10.5'``),
-  numeric promotion int2 < int4 < int8 < numeric < float8, ``IN`` lists and CASE/COALESCE use
-  ``select_common_type``; int overflow, division by zero and invalid input raise :class:`EvaluationError`
-  carrying PostgreSQL's SQLSTATE;
+  numeric promotion int2 < int4 < int8 < numeric < float8; ``IN`` lists, CASE and COALESCE use
+  ``select_common_type``; integer overflow, division by zero and invalid input raise
+  :class:`EvaluationError` carrying PostgreSQL's SQLSTATE;
 * numeric arithmetic is exact with PostgreSQL's result scales (``select_div_scale`` for division);
-  float8 output and text casts follow ``float8out`` (shortest round-trip digits);
-* text ordering is code-point order, which is PostgreSQL's only under the "C" collation: under any other
-  database collation an ordering comparison needs an explicit ``COLLATE "C"``;
-* timestamps are evaluated with ``TimeZone = 'UTC'``; ``now()`` is the ``now`` argument.
+  numeric NaN and +-Infinity, float8 NaN, +-Infinity and -0 behave as in PostgreSQL (NaN equals NaN and
+  sorts above everything); float8/float4 text follows ``float8out``/``float4out`` (shortest digits);
+* text ordering is code-point order, which is PostgreSQL's only under the "C" collation: under another
+  database collation an ordering comparison (and lower/upper/ILIKE) needs an explicit ``COLLATE "C"``;
+* the session is fixed at ``TimeZone = 'UTC'``, ``DateStyle = ISO``, ``IntervalStyle = postgres``;
+  ``now()``/``current_timestamp`` is the ``now`` argument (the change's commit time).
 
 Values arrive as PostgreSQL text (pgoutput).  They are loaded lazily, only for referenced columns, with
 psycopg's loaders chosen by type OID.  Two exceptions, both because psycopg's loader would lose meaning:
 ``interval`` (psycopg folds months into 30-day timedeltas, PostgreSQL adds calendar months) and jsonb
 numbers (loaded as :class:`~decimal.Decimal`, not float, so ``->>`` and equality match).
 
-Deliberately not supported (refused at load time with a hint, or an :class:`EvaluationError` at run time
-naming the limitation): dates outside years 1-9999 and infinite dates/timestamps/intervals (Python's
-datetime cannot hold them), date/time input other than ISO 8601 (``'2024-01-31 12:00:00+02'``), time
-zones other than UTC offsets, jsonb ordering, arrays, regular expressions, and
-the ``json`` type's operators (cast to ``jsonb``).
+Deliberately not supported, refused at load time with a hint (or an :class:`EvaluationError` whose
+``sqlstate`` is None at run time, never a guessed answer): dates and timestamps outside years 1-9999 and
+infinite ones (Python's datetime cannot hold them), infinite intervals, date/time text other than ISO 8601
+(``'2024-01-31 12:00:00+02'``; PostgreSQL reads many more forms), time zone names other than UTC, the
+``time`` types, jsonb ordering, arrays, regular expressions, ``LIKE`` on character(n), enum ordering
+(the declared order is not known here; enum labels are not validated either), and the ``json`` type's
+operators (cast to ``jsonb``).
 """
 
 from __future__ import annotations
@@ -130,11 +135,11 @@ def _caret(text: str, position: int) -> str:
 NUMERIC_OUT_OF_RANGE: Final = "22003"
 DIVISION_BY_ZERO: Final = "22012"
 INVALID_TEXT: Final = "22P02"
-INVALID_DATETIME: Final = "22007"
 DATETIME_OVERFLOW: Final = "22008"
 INVALID_PARAMETER: Final = "22023"
 INVALID_ESCAPE: Final = "22025"
 INTERVAL_FIELD_OVERFLOW: Final = "22015"
+UNTRANSLATABLE: Final = "22P05"
 NOT_SUPPORTED: Final = "0A000"
 
 
@@ -280,7 +285,6 @@ class _JsonNull:
 JSON_NULL: Final = _JsonNull()
 
 USECS_PER_DAY: Final = 86_400_000_000
-_EPOCH_DATE: Final = date(1970, 1, 1)
 
 # exact decimal arithmetic: add/subtract/multiply never round with this much precision
 _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_HALF_UP)
@@ -325,7 +329,7 @@ def _float4_text(x: float) -> str:
     if math.isfinite(x) and x != 0:
         for digits in range(1, 10):
             s = f"{x:.{digits}g}"
-            if _round_f4(float(s)) == x:
+            if _exact_to_f4(Fraction(Decimal(s))) == x:  # what strtof would read back
                 return _float_text(x, s, 6)
     return _float_text(x, repr(x), 6)
 
@@ -356,15 +360,10 @@ FLT_MAX: Final = 3.4028234663852886e38
 
 def _round_f4(x: float) -> float:
     """A float8 rounded to float4 (one rounding: exact for results of float4 arithmetic)."""
-    if math.isinf(x) or x != x:
-        return x
-    if abs(x) > FLT_MAX:
-        # beyond the largest float4, but it may still round down to it
-        try:
-            return float(_F4.unpack(_F4.pack(x))[0])
-        except OverflowError:
-            return math.copysign(math.inf, x)
-    return float(_F4.unpack(_F4.pack(x))[0])
+    try:
+        return float(_F4.unpack(_F4.pack(x))[0])
+    except OverflowError:  # beyond the largest float4 even after rounding
+        return math.copysign(math.inf, x)
 
 
 def _exact_to_f4(q: Fraction) -> float:
@@ -473,10 +472,8 @@ def _parse_int(s: str) -> int | None:
     sign, body = m.groups()
     body = body.replace("_", "")
     base = {"x": 16, "o": 8, "b": 2}.get(body[1:2].lower(), 10) if len(body) > 1 and body[0] == "0" else 10
-    if base == 10 and len(body) > 4000:
-        value = 10**4000  # out of range for every integer type (and int() refuses more digits)
-    else:
-        value = int(body[2:] if base != 10 else body, base)
+    # more than 4000 digits: out of range for every integer type (and int() refuses to read them)
+    value = 10**4000 if base == 10 and len(body) > 4000 else int(body[2:] if base != 10 else body, base)
     return -value if sign == "-" else value
 
 
@@ -685,8 +682,9 @@ _IV_TOKEN = re.compile(
     r"|(?P<word>@|ago\b))",
     re.IGNORECASE,
 )
-_MICROS: Final = {"microsecond": 1, "millisecond": 1000, "second": 1_000_000, "minute": 60_000_000,
-                  "hour": 3_600_000_000}  # fmt: skip
+_MICROS: Final = {
+    "microsecond": 1, "millisecond": 1000, "second": 1_000_000, "minute": 60_000_000, "hour": 3_600_000_000,
+}  # fmt: skip
 _YEARS: Final = {"year": 1, "decade": 10, "century": 100, "millennium": 1000}
 
 
@@ -807,14 +805,16 @@ _decode_json = json.JSONDecoder(
 ).decode
 
 
-def _check_json_strings(v: Any) -> None:
-    """jsonb refuses \\u0000 and lone surrogates, which Python's decoder accepts."""
+def _check_json_strings(v: Any, *, nul_ok: bool = False) -> None:
+    """PostgreSQL refuses lone surrogates, and jsonb refuses \\u0000, which Python's decoder accepts."""
     stack = [v]
     while stack:
         x = stack.pop()
         if isinstance(x, str):
-            if "\x00" in x or any("\ud800" <= c <= "\udfff" for c in x):
-                raise _JsonInputError("unsupported Unicode escape sequence")
+            if any("\ud800" <= c <= "\udfff" for c in x):
+                raise _JsonInputError("a Unicode surrogate must come in a pair")
+            if not nul_ok and "\x00" in x:
+                raise EvaluationError("unsupported Unicode escape sequence", UNTRANSLATABLE)
         elif isinstance(x, list):
             stack.extend(x)
         elif isinstance(x, dict):
@@ -822,17 +822,17 @@ def _check_json_strings(v: Any) -> None:
             stack.extend(x.values())
 
 
-def _jsonb_in(s: str) -> Any:
+def _jsonb_in(s: str, *, nul_ok: bool = False) -> Any:
     try:
         value = _decode_json(s)
-        _check_json_strings(value)
+        _check_json_strings(value, nul_ok=nul_ok)
     except (ValueError, RecursionError) as exc:
         raise EvaluationError(f"invalid input syntax for type json: {exc}", INVALID_TEXT) from None
     return JSON_NULL if value is None else value
 
 
 def _json_in(s: str) -> str:
-    _jsonb_in(s)  # validates; json keeps its text
+    _jsonb_in(s, nul_ok=True)  # validates; json keeps its text (and may hold \\u0000)
     return s
 
 
@@ -917,7 +917,7 @@ def output_function(t: PgType) -> Callable[[Any], str]:
     if name == "timestamptz":
         return _tstz_text
     if name == "interval":
-        return _interval_text  # type: ignore[return-value]
+        return _interval_text
     if name == "uuid":
         return str
     if name == "jsonb":
@@ -1399,6 +1399,16 @@ def jsonb_element(a: Any, index: int) -> Any:
 _MISSING: Final = object()
 
 
+def jsonb_concat(a: Any, b: Any) -> Any:
+    """``jsonb || jsonb``: objects merge (the right side wins), anything else concatenates as arrays (a
+    non-array becomes a one-element array)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {**a, **b}
+    left = a if isinstance(a, list) else [None if a is JSON_NULL else a]
+    right = b if isinstance(b, list) else [None if b is JSON_NULL else b]
+    return left + right
+
+
 def jsonb_as_text(v: Any) -> str | None:
     """The text ``->>`` returns: a string unquoted, JSON null as SQL NULL, anything else as jsonb text."""
     if v is JSON_NULL or v is None:
@@ -1664,7 +1674,8 @@ def cast_info(src: PgType, dst: PgType) -> CastInfo | None:
         if inner is None:
             return None
         typmod = _numeric_typmod(dst.typmod)
-        return CastInfo(lambda v: typmod(inner.fn(v)), inner.stable, inner.io)
+        inner_fn = inner.fn
+        return CastInfo(lambda v: typmod(inner_fn(v)), inner.stable, inner.io)
     if d == "varchar" and dst.typmod:
         inner = cast_info(src, TEXT)
         if inner is None:
@@ -1816,6 +1827,14 @@ _SUPPORTED_FUNCTIONS: Final = (
     "current_timestamp, current_date, localtimestamp"
 )
 _COMPARISONS: Final = frozenset({"=", "<>", "<", "<=", ">", ">="})
+_BETWEEN: Final = frozenset(
+    {
+        A_Expr_Kind.AEXPR_BETWEEN,
+        A_Expr_Kind.AEXPR_NOT_BETWEEN,
+        A_Expr_Kind.AEXPR_BETWEEN_SYM,
+        A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM,
+    }
+)
 _ARITHMETIC: Final = frozenset({"+", "-", "*", "/", "%"})
 _JSON_OPS: Final = frozenset({"->", "->>", "@>", "<@", "?"})
 _OP_HINTS: Final = {
@@ -1976,7 +1995,7 @@ def _utc_now(n: Any, o: Any, t: datetime) -> datetime:
 
 
 def _json_loads_pg(data: Any) -> Any:
-    return _decode_pg_json(data.decode() if isinstance(data, (bytes, bytearray, memoryview)) else data)
+    return _decode_pg_json(bytes(data).decode() if isinstance(data, (bytes, bytearray, memoryview)) else data)
 
 
 # jsonb text from the server: numbers as Decimal (PostgreSQL's numeric), never NaN/Infinity
@@ -1988,7 +2007,7 @@ _TEXT_LOAD = _TRANSFORMER.get_loader(25, pq.Format.TEXT).load
 
 
 def _as_text(raw: Any) -> str:
-    return raw if raw.__class__ is str else _TEXT_LOAD(raw)  # type: ignore[no-any-return]
+    return raw if raw.__class__ is str else _TEXT_LOAD(raw)
 
 
 def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
@@ -2005,8 +2024,8 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
             try:
                 return _interval_in(_as_text(raw))
             except EvaluationError as exc:
-                raise _unsupported(f"{where}: cannot read interval {_as_text(raw)!r} ({exc.message}); "
-                                   "listener reads IntervalStyle 'postgres'") from None  # fmt: skip
+                message = f"{where}: cannot read interval {_as_text(raw)!r} ({exc.message})"
+                raise _unsupported(message + "; listener reads IntervalStyle 'postgres'") from None
 
         return load_interval
     load = _TRANSFORMER.get_loader(t.oid, pq.Format.TEXT).load
@@ -2021,6 +2040,14 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
             ) from None
         return JSON_NULL if jsonb and v is None else v
 
+    if name == "float4":
+        # psycopg reads '0.1' as the double 0.1; the column holds the float4 nearest 0.1, which is what
+        # PostgreSQL compares (0.1::float4 <> 0.1)
+        def load_float4(raw: Any) -> float:
+            v: float = load_value(raw)
+            return _exact_to_f4(Fraction(Decimal(_as_text(raw)))) if math.isfinite(v) else v
+
+        return load_float4
     return load_value
 
 
@@ -2099,13 +2126,32 @@ class _Compiler:
             pos = self.position(node)
             return self.text[pos : pos + 30] if pos is not None else self.text
 
-    def error(self, message: str, node: Any, hint: str | None = None) -> PredicateError:
-        return PredicateError(
-            message, text=self.text, fragment=self.fragment(node), position=self.position(node), hint=hint
+    def error(
+        self,
+        message: str,
+        node: Any,
+        hint: str | None = None,
+        *,
+        sqlstate: str | None = None,
+        limitation: bool = False,
+    ) -> PredicateError:
+        """``sqlstate``: the error PostgreSQL raises for the same expression; ``limitation``: PostgreSQL
+        would evaluate it, listener will not (or not exactly)."""
+        error = PredicateError(
+            message,
+            text=self.text,
+            fragment=self.fragment(node),
+            position=self.position(node),
+            hint=hint,
+            sqlstate=sqlstate,
         )
+        error.limitation = limitation
+        return error
 
     def refuse(self, what: str, node: Any, hint: str) -> PredicateError:
-        return self.error(f"{what} is not supported in a predicate: {self.fragment(node)}", node, hint)
+        return self.error(
+            f"{what} is not supported in a predicate: {self.fragment(node)}", node, hint, limitation=True
+        )
 
     # -- building blocks
 
@@ -2128,8 +2174,15 @@ class _Compiler:
         # an argument's reason comes first: it names the innermost cause (now(), old.x)
         stable = next((a.stable for a in args if a.stable), None) or stable
         no_filter = next((a.no_filter for a in args if a.no_filter), None) or no_filter or stable
-        e = _E(t, fn, node, has_var=any(a.has_var for a in args), stable=stable, no_filter=no_filter,
-               collation=collation)  # fmt: skip
+        e = _E(
+            t,
+            fn,
+            node,
+            has_var=any(a.has_var for a in args),
+            stable=stable,
+            no_filter=no_filter,
+            collation=collation,
+        )
         failing = None if lazy else next((a for a in args if a.error is not None), None)
         if failing is not None:
             e.const, e.error, e.fn, e.error_node = True, failing.error, failing.fn, failing.error_node
@@ -2149,7 +2202,9 @@ class _Compiler:
     def constant(self, t: PgType, value: Any, node: Any, args: Sequence[_E] = (), **kw: Any) -> _E:
         """A folded result: a constant that keeps its arguments' flags (row filter, references)."""
         e = self.derive(t, _const_fn(value), node, args, fold=False, lazy=True, **kw)
-        e.const, e.value, e.error = True, value, None
+        # a constant is immutable whatever it was made of (the planner dropped the rest); what a row
+        # filter may contain is judged before simplification, so no_filter stays
+        e.const, e.value, e.error, e.stable = True, value, None, None
         return e
 
     def strict(self, impl: Callable[..., Any], args: Sequence[_E], t: PgType, node: Any, **kw: Any) -> _E:
@@ -2182,6 +2237,8 @@ class _Compiler:
     def literal_as(self, e: _E, target: PgType, node: Any | None = None) -> _E:
         """An unknown-typed literal takes a type: the type's input function reads it now (parse time)."""
         node = e.node if node is None else node
+        if target.name in ("other", "unknown"):
+            raise self.unevaluated(target, e.node)
         if e.value is None:
             return _E(target, _const_fn(None), node, const=True)
         try:
@@ -2193,10 +2250,25 @@ class _Compiler:
                 error = self.error(f"{self.fragment(e.node)}: {exc.message}", e.node, exc.hint or hint)
                 error.limitation = True
                 raise error from None
-            error = self.error(f"{self.fragment(e.node)} is not a valid {target.label}: {exc.message}", e.node, hint)
+            error = self.error(
+                f"{self.fragment(e.node)} is not a valid {target.label}: {exc.message}", e.node, hint
+            )
             error.sqlstate = exc.sqlstate
             raise error from None
         return _E(target, _const_fn(value), node, const=True, value=value, collation=e.collation)
+
+    def evaluable(self, *args: _E) -> None:
+        for a in args:
+            if a.type.name == "other":
+                raise self.unevaluated(a.type, a.node)
+
+    def unevaluated(self, t: PgType, node: Any) -> PredicateError:
+        return self.error(
+            f"listener does not evaluate values of type {t.label}: {self.fragment(node)}",
+            node,
+            "test it with IS [NOT] NULL, or compare its text form: (new.<column>)::text = '...'",
+            limitation=True,
+        )
 
     def coerce(self, e: _E, target: PgType) -> _E:
         """Implicit conversion of an operator argument to ``target``."""
@@ -2212,6 +2284,7 @@ class _Compiler:
                 f"{self.fragment(e.node)} is {e.type.label}, which does not convert to {target.label}",
                 e.node,
                 f"cast it explicitly, e.g. ({self.fragment(e.node)})::{target.label}",
+                sqlstate="42804",
             )
         return self.apply_cast(e, target, info, e.node)
 
@@ -2243,9 +2316,11 @@ class _Compiler:
                 if not required:
                     return None
                 raise self.error(
-                    f"{what} types {ptype.label} and {ntype.label} cannot be matched: {self.fragment(e.node)}",
+                    f"{what} types {ptype.label} and {ntype.label} cannot be matched: "
+                    f"{self.fragment(e.node)}",
                     e.node,
                     f"cast the values to one type, e.g. ({self.fragment(e.node)})::{ptype.label}",
+                    sqlstate="42804",
                 )
             if (
                 not ptype.preferred
@@ -2258,9 +2333,11 @@ class _Compiler:
                 if not required:
                     return None
                 raise self.error(
-                    f"{what} types {ptype.label} and {e.type.label} cannot be matched: {self.fragment(e.node)}",
+                    f"{what} types {ptype.label} and {e.type.label} cannot be matched: "
+                    f"{self.fragment(e.node)}",
                     e.node,
                     f"cast the values to one type, e.g. ({self.fragment(e.node)})::{ptype.label}",
+                    sqlstate="42804",
                 )
         return ptype
 
@@ -2273,6 +2350,7 @@ class _Compiler:
             f"argument of {context} must be type boolean, not type {e.type.label}: {self.fragment(e.node)}",
             e.node,
             "compare it to something, e.g. " + _compare_example(self.fragment(e.node), e.type),
+            sqlstate="42804",
         )
 
     # -- dispatch
@@ -2318,7 +2396,7 @@ class _Compiler:
             raise self.refuse("a row constructor", node, "compare the columns one by one")
         raise self.refuse(type(node).__name__, node, "use comparisons, AND/OR/NOT, IN, LIKE, CASE, casts")
 
-    def a_const(self, node: ast.A_Const) -> _E:
+    def a_const(self, node: Any) -> _E:
         if node.isnull:
             return _E(UNKNOWN, _const_fn(None), node, const=True)
         v = node.val
@@ -2340,7 +2418,7 @@ class _Compiler:
             return _E(UNKNOWN, _const_fn(s), node, const=True, value=s, literal=s)
         raise self.refuse("a bit string", node, "compare integers or text instead")
 
-    def column(self, node: ast.ColumnRef) -> _E:
+    def column(self, node: Any) -> _E:
         names: list[str] = []
         for f in node.fields:
             if isinstance(f, ast.A_Star):
@@ -2356,6 +2434,7 @@ class _Compiler:
                 "<column> (meaning new.<column>)",
                 node,
                 f"write new.{names[-1]} or old.{names[-1]}",
+                sqlstate="42P01",
             )
         t = self.column_types.get(name)
         if t is None:
@@ -2367,8 +2446,11 @@ class _Compiler:
             )
             raise self.error(f'unknown column "{name}" in {self.fragment(node)}', node, hint)
         if t.category == "C":
-            raise self.refuse(f"the composite column {side}.{name} ({t.label})", node,
-                              f"compare it as text: {side}.{name}::text = '...'")  # fmt: skip
+            raise self.refuse(
+                f"the composite column {side}.{name} ({t.label})",
+                node,
+                "test the table's other columns, or the composite's fields in the workflow",
+            )
         key = (side, name)
         self.references.add(key)
         cached = self._columns.get(key)
@@ -2386,12 +2468,16 @@ class _Compiler:
 
     # -- operators
 
-    def a_expr(self, node: ast.A_Expr) -> _E:
+    def a_expr(self, node: Any) -> _E:
         kind = node.kind
         if kind == A_Expr_Kind.AEXPR_OP:
             op = self.op_name(node)
             if node.lexpr is None:
                 return self.unary(op, self.expr(node.rexpr), node)
+            if op not in _COMPARISONS | _ARITHMETIC | _JSON_OPS | {"||"}:
+                raise self.refuse(
+                    f"the operator {op}", node, _OP_HINTS.get(op, "see the supported operators")
+                )
             left, right = self.expr(node.lexpr), self.expr(node.rexpr)
             if op in _COMPARISONS:
                 return self.comparison(op, left, right, node)
@@ -2411,10 +2497,7 @@ class _Compiler:
         if kind in (A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE):
             op = self.op_name(node)
             return self.like(node, kind == A_Expr_Kind.AEXPR_ILIKE, op.startswith("!"))
-        if kind in (
-            A_Expr_Kind.AEXPR_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_BETWEEN_SYM,
-            A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM,
-        ):  # fmt: skip
+        if kind in _BETWEEN:
             return self.between(node, kind)
         if kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
             raise self.refuse("ANY/ALL over an array", node, "write x IN (a, b, c)")
@@ -2422,7 +2505,7 @@ class _Compiler:
             raise self.refuse("SIMILAR TO", node, "use LIKE")
         raise self.refuse(str(kind), node, "use comparisons, IN, LIKE or BETWEEN")
 
-    def op_name(self, node: ast.A_Expr) -> str:
+    def op_name(self, node: Any) -> str:
         names = [str(n.sval) for n in node.name]
         if len(names) == 2 and names[0] == "pg_catalog":
             return names[1]
@@ -2437,6 +2520,7 @@ class _Compiler:
                     f"{self.fragment(node)} compares with NULL, which is never true (the result is NULL)",
                     node,
                     "test for NULL with IS NULL / IS NOT NULL, or use IS [NOT] DISTINCT FROM",
+                    limitation=True,
                 )
         left, right, cmp = self.resolve_comparison(op, left, right, node)
         return self.strict(cmp, [left, right], BOOL, node)
@@ -2445,6 +2529,7 @@ class _Compiler:
         self, op: str, left: _E, right: _E, node: Any
     ) -> tuple[_E, _E, Callable[[Any, Any], bool]]:
         """Operator resolution for = <> < <= > >=: both sides converted to one type, and its comparator."""
+        self.evaluable(left, right)
         lt, rt = left.type.name, right.type.name
         if lt == "unknown" and rt == "unknown":
             left, right = self.literal_as(left, TEXT), self.literal_as(right, TEXT)
@@ -2470,8 +2555,8 @@ class _Compiler:
             if lt != rt:
                 target = left.type if _DT_RANK[lt] > _DT_RANK[rt] else right.type
                 stable = (
-                    f"{self.fragment(node)} compares {left.type.label} with {right.type.label}, which depends "
-                    "on the session time zone"
+                    f"{self.fragment(node)} compares {left.type.label} with {right.type.label}, which "
+                    "depends on the session time zone"
                     if target.name == "timestamptz"
                     else None
                 )
@@ -2486,22 +2571,25 @@ class _Compiler:
         if lt == rt == "jsonb":
             if ordering:
                 raise self.refuse(
-                    "ordering jsonb values", node,
+                    "ordering jsonb values",
+                    node,
                     "compare extracted values, e.g. (new.data ->> 'n')::numeric > 5",
-                )  # fmt: skip
+                )
             return left, right, jsonb_eq if op == "=" else _jsonb_ne
         if lt == rt == "enum" and left.type.oid == right.type.oid:
             if ordering:
                 raise self.refuse(
-                    f"ordering the enum {left.type.label}", node,
+                    f"ordering the enum {left.type.label}",
+                    node,
                     "compare with = or IN (listener does not know the enum's declared order)",
-                )  # fmt: skip
+                )
             return left, right, _PLAIN_CMP[op]
         if "json" in (lt, rt):
             raise self.error(
                 f"could not identify an equality operator for type json: {self.fragment(node)}",
                 node,
                 "cast to jsonb, e.g. new.payload::jsonb = '{\"a\": 1}'",
+                sqlstate="42883",
             )
         raise self.mismatch(op, left, right, node)
 
@@ -2517,6 +2605,7 @@ class _Compiler:
             f"operator does not exist: {left.type.label} {op} {right.type.label}, in {self.fragment(node)}",
             node,
             hint,
+            sqlstate="42883",
         )
 
     def check_text_order(self, left: _E, right: _E, node: Any) -> None:
@@ -2529,6 +2618,7 @@ class _Compiler:
             node,
             f'add COLLATE "C" to one side, e.g. {self.fragment(left.node)} COLLATE "C" ... — that is then '
             "the order in both PostgreSQL and listener",
+            limitation=True,
         )
 
     def check_ctype(self, args: Sequence[_E], node: Any, what: str) -> None:
@@ -2540,15 +2630,18 @@ class _Compiler:
             node,
             'add COLLATE "C" to the text (ASCII letters only are folded then, in PostgreSQL and listener), '
             f'e.g. lower({self.fragment(args[0].node)} COLLATE "C")',
+            limitation=True,
         )
 
     def arithmetic(self, op: str, left: _E, right: _E, node: Any) -> _E:
+        self.evaluable(left, right)
         lt, rt = left.type.name, right.type.name
         if lt == "unknown" and rt == "unknown":
             raise self.error(
                 f"operator is not unique: unknown {op} unknown, in {self.fragment(node)}",
                 node,
                 f"cast a literal, e.g. {self.fragment(left.node)}::numeric",
+                sqlstate="42725",
             )
         if lt == "unknown" or rt == "unknown":
             known = right.type if lt == "unknown" else left.type
@@ -2565,7 +2658,7 @@ class _Compiler:
                 target = FLOAT4 if lt == rt == "float4" else FLOAT8
                 ops = float_ops(target.name == "float4")
             elif "numeric" in (lt, rt):
-                target, ops = NUMERIC, _NUM_OPS
+                target, ops = NUMERIC, _NUM_OPS  # type: ignore[assignment]
             else:
                 target = left.type if _INT_RANK[lt] >= _INT_RANK[rt] else right.type
                 return self.strict(int_ops(target.name)[op], [left, right], target, node)
@@ -2593,6 +2686,7 @@ class _Compiler:
             f"operator is not unique: {spelled}, in {self.fragment(node)}",
             node,
             "cast the literal, e.g. interval '1 day' or 7::integer",
+            sqlstate="42725",
         )
 
     def datetime_operator(
@@ -2620,8 +2714,11 @@ class _Compiler:
         if lt == rt == "interval" and op in "+-":
             return (interval_add if op == "+" else interval_sub), INTERVAL, False
         if "interval" in (lt, rt) and op in "*/":
-            raise self.refuse("multiplying or dividing an interval", node,
-                              "write the interval you mean, e.g. interval '36 hours'")  # fmt: skip
+            raise self.refuse(
+                "multiplying or dividing an interval",
+                node,
+                "write the interval you mean, e.g. interval '36 hours'",
+            )
         raise self.mismatch(op, left, right, node)
 
     def unary(self, op: str, arg: _E, node: Any) -> _E:
@@ -2638,17 +2735,27 @@ class _Compiler:
         elif op == "+" and t in _NUM_RANK:
             return arg
         if t == "unknown":
-            raise self.error(f"operator is not unique: {op} unknown, in {self.fragment(node)}", node,
-                             f"cast the literal, e.g. {op}{self.fragment(arg.node)}::numeric")  # fmt: skip
+            raise self.error(
+                f"operator is not unique: {op} unknown, in {self.fragment(node)}",
+                node,
+                f"cast the literal, e.g. {op}{self.fragment(arg.node)}::numeric",
+                sqlstate="42725",
+            )
         if op in ("-", "+"):
-            raise self.error(f"operator does not exist: {op} {arg.type.label}, in {self.fragment(node)}",
-                             node, "apply it to a number or an interval")  # fmt: skip
+            raise self.error(
+                f"operator does not exist: {op} {arg.type.label}, in {self.fragment(node)}",
+                node,
+                "apply it to a number or an interval",
+                sqlstate="42883",
+            )
         raise self.refuse(f"the prefix operator {op}", node, _OP_HINTS.get(op, "see the supported operators"))
 
     def concat(self, left: _E, right: _E, node: Any) -> _E:
         lt, rt = left.type.name, right.type.name
         if "jsonb" in (lt, rt) and (lt == rt or "unknown" in (lt, rt)):
-            raise self.refuse("jsonb concatenation", node, "compare jsonb values with @> or ->/->>")
+            # jsonb || jsonb (an unknown literal is read as jsonb); jsonb || text is text concatenation
+            left, right = self.coerce(left, JSONB), self.coerce(right, JSONB)
+            return self.strict(jsonb_concat, [left, right], JSONB, node)
         if lt == "unknown":
             left = self.literal_as(left, TEXT)
         if rt == "unknown":
@@ -2656,7 +2763,7 @@ class _Compiler:
         lt, rt = left.type.name, right.type.name
         if lt not in TEXTLIKE and rt not in TEXTLIKE:
             raise self.mismatch("||", left, right, node)
-        stable = None
+        no_filter = None
         args = []
         for side in (left, right):
             if side.type.name in TEXTLIKE:
@@ -2664,11 +2771,15 @@ class _Compiler:
                 continue
             if side.type.category == "A" or side.type.name == "other":
                 raise self.refuse(f"concatenating {side.type.label}", node, "cast it to text first")
-            out = output_function(side.type)
-            stable = f"{self.fragment(node)} converts {side.type.label} to text (stable in PostgreSQL)"
-            args.append(self.strict(out, [side], TEXT, side.node, no_filter=stable))
+            # textanycat/anytextcat are `$1 || $2::text`: the cast to text (bool gives 'true', not 't').
+            # The planner inlines them, so only the cast's own volatility decides what it folds; the
+            # functions themselves are stable, which a publication row filter refuses.
+            info = cast_info(side.type, TEXT)
+            assert info is not None
+            no_filter = f"{self.fragment(node)} converts {side.type.label} to text (stable in PostgreSQL)"
+            args.append(self.apply_cast(side, TEXT, info, side.node))
         collation = left.collation or right.collation
-        return self.strict(operator.add, args, TEXT, node, stable=stable, collation=collation)
+        return self.strict(operator.add, args, TEXT, node, no_filter=no_filter, collation=collation)
 
     def json_op(self, op: str, left: _E, right: _E, node: Any) -> _E:
         if op == "<@":
@@ -2677,11 +2788,15 @@ class _Compiler:
         if op == "@>" and lt == "unknown" and rt == "jsonb":
             left, lt = self.literal_as(left, JSONB), "jsonb"
         if lt == "json":
-            raise self.refuse(f"the json operator {op}", node,
-                              f"cast to jsonb: ({self.fragment(left.node)})::jsonb {op} {self.fragment(right.node)}")  # fmt: skip
+            cast = f"({self.fragment(left.node)})::jsonb {op} {self.fragment(right.node)}"
+            raise self.refuse(f"the json operator {op}", node, f"cast to jsonb: {cast}")
         if lt == "unknown":
-            raise self.error(f"operator is not unique: unknown {op} ..., in {self.fragment(node)}", node,
-                             f"cast the literal: {self.fragment(left.node)}::jsonb")  # fmt: skip
+            raise self.error(
+                f"operator is not unique: unknown {op} ..., in {self.fragment(node)}",
+                node,
+                f"cast the literal: {self.fragment(left.node)}::jsonb",
+                sqlstate="42725",
+            )
         if lt != "jsonb":
             raise self.mismatch(op, left, right, node)
         if op in ("->", "->>"):
@@ -2709,7 +2824,7 @@ class _Compiler:
             raise self.mismatch(op, left, right, node)
         return self.strict(jsonb_exists, [left, right], BOOL, node)
 
-    def distinct(self, node: ast.A_Expr, distinct: bool) -> _E:
+    def distinct(self, node: Any, distinct: bool) -> _E:
         left, right, cmp = self.resolve_comparison("=", self.expr(node.lexpr), self.expr(node.rexpr), node)
         fa, fb = left.fn, right.fn
 
@@ -2740,7 +2855,7 @@ class _Compiler:
             fn = lambda n, o, t: not is_distinct(n, o, t)  # noqa: E731
         return self.derive(BOOL, fn, node, [left, right])
 
-    def nullif(self, node: ast.A_Expr) -> _E:
+    def nullif(self, node: Any) -> _E:
         left, right, cmp = self.resolve_comparison("=", self.expr(node.lexpr), self.expr(node.rexpr), node)
         fa, fb = left.fn, right.fn
 
@@ -2753,7 +2868,7 @@ class _Compiler:
 
         return self.derive(left.type, nullif, node, [left, right], collation=left.collation)
 
-    def in_list(self, node: ast.A_Expr, negated: bool) -> _E:
+    def in_list(self, node: Any, negated: bool) -> _E:
         """IN: constant items become one ``= ANY(array)`` over their common type (evaluated eagerly);
         items that read columns become a lazy OR chain after it (transformAExprIn)."""
         lhs = self.expr(node.lexpr)
@@ -2768,7 +2883,16 @@ class _Compiler:
                 l2 = self.coerce(lhs, common)
                 arr = [self.coerce(i, common) for i in nonvars]
                 _, _, cmp = self.resolve_comparison(op, l2, arr[0], node)
-                parts.append(self.scalar_array(l2, arr, cmp, not negated, node))
+                array_op = self.scalar_array(l2, arr, cmp, not negated, node)
+                first = next((e.type for e in (lhs, *nonvars) if e.type.name != "unknown"), TEXT)
+                if first.name == "varchar" and array_op.no_filter is None:
+                    # PostgreSQL's common type is then varchar, and comparing a varchar[] with text's =
+                    # takes an ArrayCoerceExpr, which a publication row filter refuses
+                    array_op.no_filter = (
+                        f"{self.fragment(node)} compares character varying values as a text array, which "
+                        f"PostgreSQL refuses in a row filter; write {self.fragment(lhs.node)}::text IN (...)"
+                    )
+                parts.append(array_op)
                 rest = [i for i in items if i.has_var]
         for item in rest:
             if item.is_null and item.type.name == "unknown":
@@ -2826,13 +2950,13 @@ class _Compiler:
             fn = scalar_array_op
         return self.derive(BOOL, fn, node, [lhs, *items])
 
-    def like(self, node: ast.A_Expr, ilike: bool, negated: bool) -> _E:
+    def like(self, node: Any, ilike: bool, negated: bool) -> _E:
         left = self.expr(node.lexpr)
-        pattern_node = node.rexpr
-        if isinstance(pattern_node, ast.FuncCall) and [str(n.sval) for n in pattern_node.funcname] == [
-            "pg_catalog",
-            "like_escape",
-        ]:
+        pattern_node: Any = node.rexpr
+        escape_call = isinstance(pattern_node, ast.FuncCall) and [
+            str(n.sval) for n in pattern_node.funcname or ()
+        ] == ["pg_catalog", "like_escape"]
+        if escape_call:
             pattern = self.text_arg(self.expr(pattern_node.args[0]), "LIKE", node)
             escape = self.text_arg(self.expr(pattern_node.args[1]), "ESCAPE", node)
             pattern = self.strict(like_escape, [pattern, escape], TEXT, pattern_node)
@@ -2840,8 +2964,12 @@ class _Compiler:
             pattern = self.expr(pattern_node)
         for side in (left, pattern):
             if side.is_null and side.type.name == "unknown":
-                raise self.error(f"{self.fragment(node)} compares with NULL, which is never true", node,
-                                 "test for NULL with IS NULL / IS NOT NULL")  # fmt: skip
+                raise self.error(
+                    f"{self.fragment(node)} compares with NULL, which is never true",
+                    node,
+                    "test for NULL with IS NULL / IS NOT NULL",
+                    limitation=True,
+                )
         if left.type.name == "bpchar":
             raise self.refuse(
                 "LIKE on character(n)", node, f"cast it: {self.fragment(left.node)}::text LIKE ..."
@@ -2877,29 +3005,29 @@ class _Compiler:
             f"{context} needs text, not {e.type.label}: {self.fragment(e.node)}",
             node,
             f"cast it: {self.fragment(e.node)}::text",
+            sqlstate="42883",
         )
 
-    def between(self, node: ast.A_Expr, kind: Any) -> _E:
-        value = self.expr(node.lexpr)
-        low, high = (self.expr(x) for x in node.rexpr)
+    def between(self, node: Any, kind: Any) -> _E:
+        """transformAExprBetween: ``a >= x AND a <= y``; NOT: ``a < x OR a > y``; SYMMETRIC: either order.
+        Each comparison is resolved before the next bound is looked at, as PostgreSQL does."""
         negated = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
         symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
-
-        # transformAExprBetween: a >= x AND a <= y; NOT: a < x OR a > y; SYMMETRIC: both orders
-        def test(lo: _E, hi: _E) -> _E:
-            if negated:
-                return self.combine(False, [self.comparison("<", value, lo, node),
-                                            self.comparison(">", value, hi, node)], node)  # fmt: skip
-            return self.combine(True, [self.comparison(">=", value, lo, node),
-                                       self.comparison("<=", value, hi, node)], node)  # fmt: skip
-
+        low_op, high_op = ("<", ">") if negated else (">=", "<=")
+        value = self.expr(node.lexpr)
+        low = self.expr(node.rexpr[0])
+        above_low = self.comparison(low_op, value, low, node)
+        high = self.expr(node.rexpr[1])
+        below_high = self.comparison(high_op, value, high, node)
+        test = self.combine(not negated, [above_low, below_high], node)
         if not symmetric:
-            return test(low, high)
-        return self.combine(negated, [test(low, high), test(high, low)], node)
+            return test
+        swapped = [self.comparison(low_op, value, high, node), self.comparison(high_op, value, low, node)]
+        return self.combine(negated, [test, self.combine(not negated, swapped, node)], node)
 
     # -- boolean structure
 
-    def bool_expr(self, node: ast.BoolExpr) -> _E:
+    def bool_expr(self, node: Any) -> _E:
         if node.boolop == BoolExprType.NOT_EXPR:
             arg = self.boolean(self.expr(node.args[0]), "NOT", node)
             return self.strict(operator.not_, [arg], BOOL, node)
@@ -2932,7 +3060,7 @@ class _Compiler:
         fns = [a.fn for a in kept]
         return self.derive(BOOL, _and_fn(fns) if is_and else _or_fn(fns), node, args, fold=False, lazy=True)
 
-    def null_test(self, node: ast.NullTest) -> _E:
+    def null_test(self, node: Any) -> _E:
         arg = self.expr(node.arg)
         if arg.type.name == "unknown" and not arg.is_null:
             arg = self.literal_as(arg, TEXT)
@@ -2943,7 +3071,7 @@ class _Compiler:
             fn = lambda n, o, t: fa(n, o, t) is not None  # noqa: E731
         return self.derive(BOOL, fn, node, [arg])
 
-    def boolean_test(self, node: ast.BooleanTest) -> _E:
+    def boolean_test(self, node: Any) -> _E:
         kind = node.booltesttype
         label = {
             BoolTestType.IS_TRUE: "IS TRUE", BoolTestType.IS_NOT_TRUE: "IS NOT TRUE",
@@ -2962,7 +3090,7 @@ class _Compiler:
         }
         return self.derive(BOOL, tests[kind], node, [arg])
 
-    def coalesce(self, node: ast.CoalesceExpr) -> _E:
+    def coalesce(self, node: Any) -> _E:
         args = [self.expr(a) for a in node.args]
         t = self.common_type(args, "COALESCE", node)
         assert t is not None
@@ -2995,7 +3123,7 @@ class _Compiler:
 
         return self.derive(t, coalesce, node, args, collation=collation, fold=False, lazy=True)
 
-    def case(self, node: ast.CaseExpr) -> _E:
+    def case(self, node: Any) -> _E:
         arg = self.expr(node.arg) if node.arg is not None else None
         arms: list[tuple[_E, _E]] = []
         for when in node.args:
@@ -3043,15 +3171,19 @@ class _Compiler:
 
         return self.derive(t, case, node, everything, fold=False, lazy=True)
 
-    def collate(self, node: ast.CollateClause) -> _E:
+    def collate(self, node: Any) -> _E:
         e = self.expr(node.arg)
         names = [str(n.sval) for n in node.collname]
         name = names[-1]
         if e.type.name == "unknown":
             e = self.literal_as(e, TEXT)
         if e.type.name not in TEXTLIKE:
-            raise self.error(f"collations are not supported by type {e.type.label}: {self.fragment(node)}",
-                             node, "apply COLLATE to text")  # fmt: skip
+            raise self.error(
+                f"collations are not supported by type {e.type.label}: {self.fragment(node)}",
+                node,
+                "apply COLLATE to text",
+                sqlstate="42804",
+            )
         if (
             len(names) > 2
             or (len(names) == 2 and names[0] != "pg_catalog")
@@ -3062,10 +3194,11 @@ class _Compiler:
                 'PostgreSQL\'s order only under "C"',
                 node,
                 'use COLLATE "C"',
+                limitation=True,
             )
         return replace(e, collation="C" if name != "default" else None)
 
-    def type_cast(self, node: ast.TypeCast) -> _E:
+    def type_cast(self, node: Any) -> _E:
         target = self.type_name(node.typeName)
         arg = node.arg
         if isinstance(arg, ast.A_Const) and (arg.isnull or isinstance(arg.val, ast.String)):
@@ -3078,11 +3211,15 @@ class _Compiler:
             hint = "cast through text only if you mean its text form: (...)::text"
             if e.type.name == "other":
                 hint = f"listener does not evaluate {e.type.label}; compare {self.fragment(e.node)}::text"
-            raise self.error(f"cannot cast type {e.type.label} to {target.label}: {self.fragment(node)}",
-                             node, hint)  # fmt: skip
+            raise self.error(
+                f"cannot cast type {e.type.label} to {target.label}: {self.fragment(node)}",
+                node,
+                hint,
+                sqlstate="42846",
+            )
         return self.apply_cast(e, target, info, node)
 
-    def type_name(self, tn: ast.TypeName) -> PgType:
+    def type_name(self, tn: Any) -> PgType:
         names = [str(n.sval) for n in tn.names]
         if tn.arrayBounds:
             raise self.refuse("an array type", tn, "compare scalar values")
@@ -3102,7 +3239,7 @@ class _Compiler:
         for m in tn.typmods or ():
             if not (isinstance(m, ast.A_Const) and isinstance(m.val, ast.Integer)):
                 raise self.refuse("this type modifier", tn, f"write {base} or {base}(n)")
-            mods.append(int(m.val.ival))
+            mods.append(int(m.val.ival or 0))
         if not mods:
             return t
         if t.name == "numeric" and len(mods) <= 2 and 1 <= mods[0] <= 1000:
@@ -3112,7 +3249,7 @@ class _Compiler:
             return PgType("varchar", f"character varying({mods[0]})", "S", typmod=(mods[0],), oid=t.oid)
         raise self.refuse(f"type modifiers on {t.label}", tn, f"write plain {base}")
 
-    def func_call(self, node: ast.FuncCall) -> _E:
+    def func_call(self, node: Any) -> _E:
         names = [str(n.sval) for n in node.funcname]
         name = names[-1]
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
@@ -3126,10 +3263,14 @@ class _Compiler:
                 f"aggregate functions are not allowed in a predicate: {self.fragment(node)}",
                 node,
                 "a predicate sees one changed row; compare its columns (aggregate in the workflow instead)",
+                limitation=True,
             )
         if name in _VOLATILE:
-            raise self.refuse(f"the volatile function {name}()", node,
-                              "a predicate must give the same answer when replayed; use now() for the commit time")  # fmt: skip
+            raise self.refuse(
+                f"the volatile function {name}()",
+                node,
+                "a predicate must give the same answer when replayed; use now() for the commit time",
+            )
         if node.func_variadic:
             raise self.refuse("VARIADIC", node, "pass the arguments one by one")
         args = [self.expr(a) for a in node.args or ()]
@@ -3138,13 +3279,18 @@ class _Compiler:
         if name in ("lower", "upper") and len(args) == 1:
             arg = self.text_arg(args[0], f"{name}()", node)
             self.check_ctype([arg], node, f"{name}()")
-            return self.strict(ascii_lower if name == "lower" else ascii_upper, [arg], TEXT, node,
-                               collation=arg.collation)  # fmt: skip
+            return self.strict(
+                ascii_lower if name == "lower" else ascii_upper, [arg], TEXT, node, collation=arg.collation
+            )
         if name in ("length", "char_length", "character_length") and len(args) == 1:
             arg = args[0]
             if arg.type.name not in (*TEXTLIKE, "unknown"):
-                raise self.error(f"function {name}({arg.type.label}) does not exist: {self.fragment(node)}",
-                                 node, f"cast it: {name}({self.fragment(arg.node)}::text)")  # fmt: skip
+                raise self.error(
+                    f"function {name}({arg.type.label}) does not exist: {self.fragment(node)}",
+                    node,
+                    f"cast it: {name}({self.fragment(arg.node)}::text)",
+                    sqlstate="42883",
+                )
             return self.strict(len, [self.text_arg(arg, name, node)], INT4, node)
         if name in ("btrim", "ltrim", "rtrim") and len(args) in (1, 2):
             texts = [self.text_arg(a, f"{name}()", node) for a in args]
@@ -3165,10 +3311,15 @@ class _Compiler:
 
     def now(self, node: Any) -> _E:
         self.uses_now = True
-        return _E(TIMESTAMPTZ, _utc_now, node, stable="now() is the commit time, not immutable",
-                  no_filter="now() is not immutable; a publication row filter cannot use it")  # fmt: skip
+        return _E(
+            TIMESTAMPTZ,
+            _utc_now,
+            node,
+            stable="now() is the commit time, not immutable",
+            no_filter="now() is not immutable; a publication row filter cannot use it",
+        )
 
-    def sql_value_function(self, node: ast.SQLValueFunction) -> _E:
+    def sql_value_function(self, node: Any) -> _E:
         Op = SVF
         if node.op == Op.SVFOP_CURRENT_TIMESTAMP:
             return self.now(node)
@@ -3262,6 +3413,7 @@ def _parse(text: str) -> tuple[Any, dict[int, int]]:
             fragment=text[pos : pos + 20] if pos is not None else None,
             position=pos,
             hint="write one SQL boolean expression, e.g. new.status = 'paid' AND old.status <> 'paid'",
+            sqlstate="42601",
         ) from None
     single = (
         len(statements) == 1
@@ -3276,7 +3428,8 @@ def _parse(text: str) -> tuple[Any, dict[int, int]]:
             position=0,
             hint="remove semicolons, FROM/WHERE/UNION clauses; write only the condition",
         )
-    target = statements[0].stmt.targetList[0]
+    stmt: Any = statements[0].stmt
+    target = stmt.targetList[0]
     locations: dict[int, int] = {}
     tree = json.loads(parse_sql_json(full))
     js_target = tree["stmts"][0]["stmt"]["SelectStmt"]["targetList"][0]
@@ -3286,10 +3439,20 @@ def _parse(text: str) -> tuple[Any, dict[int, int]]:
 
 def _is_bare_select(stmt: ast.SelectStmt) -> bool:
     clauses = (
-        stmt.distinctClause, stmt.intoClause, stmt.fromClause, stmt.whereClause, stmt.groupClause,
-        stmt.havingClause, stmt.windowClause, stmt.valuesLists, stmt.sortClause, stmt.limitOffset,
-        stmt.limitCount, stmt.lockingClause, stmt.withClause,
-    )  # fmt: skip
+        stmt.distinctClause,
+        stmt.intoClause,
+        stmt.fromClause,
+        stmt.whereClause,
+        stmt.groupClause,
+        stmt.havingClause,
+        stmt.windowClause,
+        stmt.valuesLists,
+        stmt.sortClause,
+        stmt.limitOffset,
+        stmt.limitCount,
+        stmt.lockingClause,
+        stmt.withClause,
+    )
     if any(c for c in clauses) or stmt.op not in (SetOperation.SETOP_NONE, 0, None):
         return False
     targets = stmt.targetList or ()
@@ -3302,7 +3465,7 @@ def _is_bare_select(stmt: ast.SelectStmt) -> bool:
 class Predicate:
     """A compiled ``when:`` expression.  Pure and synchronous; safe to share between threads."""
 
-    __slots__ = ("_filter", "_fn", "references", "result_type", "text", "uses_now")
+    __slots__ = ("_filter", "_fn", "references", "text", "uses_now")
 
     def __init__(
         self,
@@ -3389,7 +3552,7 @@ def _bare_columns(node: Any) -> None:
     if not isinstance(node, ast.Node):
         return
     if isinstance(node, ast.ColumnRef):
-        fields = node.fields
+        fields: Any = node.fields
         if len(fields) == 2 and isinstance(fields[0], ast.String) and fields[0].sval == "new":
             node.fields = fields[1:]
         return
@@ -3398,7 +3561,8 @@ def _bare_columns(node: Any) -> None:
 
 
 def _deparse_filter(text: str) -> str:
-    expr = parse_sql(SELECT_PREFIX + text)[0].stmt.targetList[0].val
+    stmt: Any = parse_sql(SELECT_PREFIX + text)[0].stmt
+    expr = stmt.targetList[0].val
     _bare_columns(expr)
     return str(RawStream()(expr))
 
