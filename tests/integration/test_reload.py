@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -142,6 +143,20 @@ def test_listener_reload_asks_the_running_service(dsn: str, sql: Conn, tmp_path:
             threading.Event().wait(0.1)
         assert {e["rule"] for e in events(dsn)} == {"a", "b"}
         assert all(parse_lsn(e["commit_lsn"]) > lsn for e in events(dsn))
+        # SIGHUP does the same (answering in the log, not to a command)
+        write_config(path, RULE_A, RULE_B, {**RULE_A, "name": "c"})
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(300):
+            if "reload (SIGHUP): ok" in (tmp_path / "run.log").read_text():
+                break
+            threading.Event().wait(0.1)
+        assert "reload (SIGHUP): ok" in (tmp_path / "run.log").read_text()
+        sql.execute("INSERT INTO items VALUES (2, 4)")
+        for _ in range(300):
+            if "c" in {e["rule"] for e in events(dsn)}:
+                break
+            threading.Event().wait(0.1)
+        assert sorted(e["payload"]["new"]["id"] for e in events(dsn) if e["rule"] == "c") == [2]
     finally:
         proc.terminate()
         proc.wait(30)
