@@ -23,7 +23,6 @@ import contextlib
 import difflib
 import logging
 import struct
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +38,7 @@ from listener.changes import Assembler, RelationInfo, TypeRegistry
 from listener.config import Config
 from listener.errors import ListenerError
 from listener.expand import decode_relation, stored_changes
-from listener.rewind import _EXISTING, Conn, RuleCount
+from listener.rewind import Conn, RuleCount, tally
 from listener.store import EventBatch, RawChunk, RewindPlan, StateStore
 
 logger = logging.getLogger(__name__)
@@ -317,16 +316,7 @@ async def replay(
 
         async def flush() -> None:
             nonlocal batch
-            keys, names = [], []
-            for gid, ordinal in zip(batch.group, batch.ordinal, strict=True):
-                group = batch.groups[gid - 1]
-                keys.append(f"{group[0]}/{group[4]}/{ordinal}")  # rule/commit LSN/ordinal, as stored
-                names.append(group[0])
-            for name, n in Counter(names).items():
-                result.rules[name].events += n
-            if keys:
-                for name, n in await state.pool.fetch(_EXISTING, keys, names):
-                    result.rules[name].present += n
+            await tally(state, batch, result.rules)
             if not dry_run and batch.payload:
                 inserted, _, reruns = await state.insert_events(batch)
                 result.inserted += inserted

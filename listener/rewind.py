@@ -491,6 +491,20 @@ WHERE EXISTS (SELECT 1 FROM events WHERE idempotency_key = u.k) GROUP BY u.r
 """
 
 
+async def tally(state: store.StateStore, batch: store.EventBatch, counts: dict[str, RuleCount]) -> None:
+    """Count a batch's events per rule, and those whose keys are already in the queue (dry runs)."""
+    keys, rules = [], []
+    for gid, ordinal in zip(batch.group, batch.ordinal, strict=True):
+        group = batch.groups[gid - 1]
+        keys.append(f"{group[0]}/{group[4]}/{ordinal}")  # rule/commit LSN/ordinal, as stored
+        rules.append(group[0])
+    for rule, n in Counter(rules).items():
+        counts[rule].events += n
+    if keys:
+        for rule, n in await state.pool.fetch(_EXISTING, keys, rules):
+            counts[rule].present += n
+
+
 async def dry_run(config: Config, source_dsn: str, state_dsn: str, target: Target) -> DryRun:
     """Re-read the target's range on a temporary copy of the slot; count, per rule, the events it holds
     and those already present.  Writes nothing; the slot and a running ingest are not touched."""
@@ -504,16 +518,7 @@ async def dry_run(config: Config, source_dsn: str, state_dsn: str, target: Targe
         ingest = Ingest.from_config(config, source_dsn=source_dsn, store=state)
 
         async def count(batch: EventBatch) -> None:
-            keys, rules = [], []
-            for gid, ordinal in zip(batch.group, batch.ordinal, strict=True):
-                group = batch.groups[gid - 1]
-                keys.append(f"{group[0]}/{group[4]}/{ordinal}")  # rule/commit LSN/ordinal, as stored
-                rules.append(group[0])
-            for rule, n in Counter(rules).items():
-                result.rules[rule].events += n
-            if keys:
-                for rule, n in await state.pool.fetch(_EXISTING, keys, rules):
-                    result.rules[rule].present += n
+            await tally(state, batch, result.rules)
 
         plan_ = RewindPlan(0, target.from_lsn, target.up_to, None, target.rerun_rule, None, ())
         await ingest.count_rewind(plan_, count)
