@@ -711,7 +711,8 @@ class Ingest:
                             _append_events(batch, item, matched)
                             if compact_after and not rewinding:  # a rewind re-reads event by event (reruns)
                                 seen = txn_events[oid] = txn_events.get(oid, 0) + 1
-                                if seen >= compact_after and self._compactable(item, compact_by_oid):
+                                compact = seen >= compact_after
+                                if compact and self._chunk_rules(assembler, oid, compact_by_oid) is not None:
                                     raw_oids.add(oid)
                                     fast = True
                                     self.expander.free.clear()
@@ -846,13 +847,6 @@ class Ingest:
             rel = assembler.relations.get(oid)
             cache[oid] = self.rules.compact_rules(rel.schema, rel.name) if rel is not None else None
         return cache[oid]
-
-    def _compactable(self, change: Change, cache: dict[int, str | None]) -> bool:
-        rel = change.relation
-        assert rel is not None
-        if rel.oid not in cache:
-            cache[rel.oid] = self.rules.compact_rules(rel.schema, rel.name)
-        return cache[rel.oid] is not None
 
     def _new_chunk(
         self, assembler: Assembler, oid: int, ordinal: int, relation: bytes, rules: str | None
