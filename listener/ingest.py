@@ -56,7 +56,7 @@ from listener.journal import JournalBuffer, JournalPolicy, prune_forever
 from listener.lsn import format_lsn, parse_lsn
 from listener.predicate import EvaluationError, MissingValue
 from listener.replication import ReplicationEnded, ReplicationSession
-from listener.rules import CompiledRule, RuleSet
+from listener.rules import CompiledRule, RuleSet, changed_matches
 from listener.store import (
     EventBatch,
     RawChunk,
@@ -1009,21 +1009,11 @@ def rule_matches(rule: CompiledRule, change: Change, new: Row | None, old: Row |
     """Whether ``change`` passes the rule's ``changed:`` and ``when:``; a value the rule needs but the
     server did not send raises :class:`RuleEvaluationError` (never a guess)."""
     if rule.changed and change.op == "update":
-        assert new is not None and change.new is not None and change.relation is not None
-        differs = False
-        positions = change.relation.positions
-        for column in rule.changed:
-            if change.new[positions[column]] is po.UNCHANGED_TOAST:
-                continue  # an unchanged TOAST value is unchanged
-            if old is None or column not in old:
-                raise RuleEvaluationError(
-                    rule, change, f"changed: needs the old value of {column!r}", _FULL_HINT
-                )
-            if new.get(column) != old[column]:
-                differs = True
-                break
-        if not differs:
-            return False
+        try:
+            if not changed_matches(rule, new, old):
+                return False
+        except MissingValue as exc:
+            raise RuleEvaluationError(rule, change, f"changed: needs {exc}", _FULL_HINT) from exc
     if rule.predicate is None:
         return True
     try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from listener.catalog import TableInfo
 from listener.config import Config, Rule, WorkflowLimit, key_fields
 from listener.errors import ConfigError
-from listener.predicate import PredicateError
+from listener.predicate import MissingValue, PredicateError
 
 if TYPE_CHECKING:
     from listener.predicate import Predicate
@@ -186,6 +186,22 @@ def _check_old_values(
 
 def _predicate_hint(exc: PredicateError) -> str:
     return exc.hint or "see README 'Rule predicates' for what `when:` supports"
+
+
+def changed_matches(
+    rule: CompiledRule, new: Mapping[str, bytes | None] | None, old: Mapping[str, bytes | None] | None
+) -> bool:
+    """An update passes ``changed:`` when one of its columns has a new value.  The rows map column names
+    to the values the server sent: a column missing from ``new`` was not sent (an unchanged TOAST value)
+    and counts as unchanged; one missing from ``old`` raises :class:`MissingValue` (never a guess)."""
+    for column in rule.changed:
+        if new is None or column not in new:
+            continue
+        if old is None or column not in old:
+            raise MissingValue("old", column)
+        if new[column] != old[column]:
+            return True
+    return False
 
 
 class RuleSet:

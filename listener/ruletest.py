@@ -18,7 +18,7 @@ from listener.catalog import TableInfo, read_tables
 from listener.config import Config
 from listener.errors import ConfigError
 from listener.predicate import EvaluationError, MissingValue
-from listener.rules import CompiledRule, compile_rule
+from listener.rules import CompiledRule, changed_matches, compile_rule
 from listener.setup import connect
 
 
@@ -111,11 +111,13 @@ def evaluate(
             rule.name, op, False, f"`on:` has {', '.join(sorted(rule.operations))}, not {op}"
         )
     if rule.changed and op == "update":
-        if old is None:
-            return RuleTestResult(rule.name, op, False, "changed: needs --old")
-        moved = [c for c in rule.changed if c in old and (new or {}).get(c, old[c]) != old[c]]
-        if not moved:
-            return RuleTestResult(rule.name, op, False, f"changed: none of {', '.join(rule.changed)} changed")
+        try:
+            if not changed_matches(rule, new, old):
+                return RuleTestResult(
+                    rule.name, op, False, f"changed: none of {', '.join(rule.changed)} changed"
+                )
+        except MissingValue as exc:
+            return RuleTestResult(rule.name, op, False, f"changed: needs {exc}; add it to the sample")
     if rule.predicate is not None:
         try:
             result = rule.predicate.evaluate(new, old, datetime.now(UTC))

@@ -7,7 +7,8 @@ import pytest
 from listener.config import parse_config
 from listener.errors import ListenerError
 from listener.lsn import format_lsn, parse_lsn
-from listener.rules import RuleSet
+from listener.predicate import MissingValue
+from listener.rules import CompiledRule, RuleSet, changed_matches
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,14 @@ def test_tables_and_operations_for_the_publication() -> None:
     assert rules.operations == {"insert", "update", "delete", "truncate"}
     assert rules.operations_for("public", "users") == {"insert", "update"}
     assert rules.operations_for("nowhere", "x") == frozenset()
+
+
+def test_changed_counts_an_unsent_value_as_unchanged_and_never_guesses_a_missing_old_one() -> None:
+    rule = CompiledRule("r", "public", "t", frozenset({"update"}), "m:f", changed=("status", "body"))
+    assert changed_matches(rule, {"status": b"b", "body": b"x"}, {"status": b"a", "body": b"x"})
+    assert not changed_matches(rule, {"status": b"a", "body": b"x"}, {"status": b"a", "body": b"x"})
+    assert not changed_matches(rule, {"status": b"a"}, {"status": b"a"})  # body not sent: unchanged TOAST
+    assert changed_matches(rule, {"status": None}, {"status": b"a"})  # to NULL is a change
+    with pytest.raises(MissingValue) as caught:
+        changed_matches(rule, {"status": b"b"}, {"id": b"1"})  # only the key's old value was sent
+    assert (caught.value.side, caught.value.column) == ("old", "status")
