@@ -114,11 +114,7 @@ def decode_chunk(row: Any, types: TypeRegistry) -> EventBatch:
             op, lsn, ordinal = change.op, change.lsn, change.ordinal
             payload = change.payload_json()
             for policy in matched:
-                batch.group.append(batch.group_id(policy, op, table, commit_text, xid, at))
-                batch.lsn.append(lsn)
-                batch.ordinal.append(ordinal)
-                batch.payload.append(payload)
-                batch.key.append(None)
+                batch.add(batch.group_id(policy, op, table, commit_text, xid, at), lsn, ordinal, payload)
     if count != row["changes"]:
         raise ProtocolError(
             f"event chunk {row['id']} holds {count} changes, not {row['changes']}", offset=len(row["data"])

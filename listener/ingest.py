@@ -958,13 +958,13 @@ def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRul
             if whole is None:
                 whole = change.payload_json()
             payload = whole
-        batch.group.append(
-            batch.group_id(rule, change.op, rel.qualified, commit, change.xid, change.commit_time)
+        batch.add(
+            batch.group_id(rule, change.op, rel.qualified, commit, change.xid, change.commit_time),
+            change.lsn,
+            change.ordinal,
+            payload,
+            run_key(rule, change) if rule.gated else None,
         )
-        batch.lsn.append(change.lsn)
-        batch.ordinal.append(change.ordinal)
-        batch.payload.append(payload)
-        batch.key.append(run_key(rule, change) if rule.gated else None)
 
 
 Row = dict[str, bytes | None]
@@ -1065,10 +1065,7 @@ def _append_message_events(
         content = msg.content.decode()
     except UnicodeDecodeError:
         content = "\\x" + msg.content.hex()
-    try:
-        data = json.loads(content)
-    except ValueError:
-        data = None
+    data = _json_or_none(content)
     payload = _dumps(
         {"data": data, "content": content, "prefix": msg.prefix, "transactional": msg.transactional}
     )
@@ -1076,27 +1073,24 @@ def _append_message_events(
     xid = begin.xid if begin is not None else msg.xid
     at = begin.commit_time if begin is not None else None
     for rule in matched:
-        batch.group.append(batch.group_id(rule, "message", None, commit, xid, at))
-        batch.lsn.append(msg.lsn)
-        batch.ordinal.append(ordinal)
-        batch.payload.append(payload)
-        batch.key.append(None)
+        batch.add(batch.group_id(rule, "message", None, commit, xid, at), msg.lsn, ordinal, payload)
+
+
+def _json_or_none(content: str) -> Any:
+    """A message's or a NOTIFY's content as JSON, for ``ctx.event.data``; None when it is not JSON."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
 
 
 def _append_notify_events(
     batch: EventBatch, channel: str, content: str, pid: int, session: str, ordinal: int, rules: RuleSet
 ) -> None:
-    try:
-        data = json.loads(content)
-    except ValueError:
-        data = None
+    data = _json_or_none(content)
     payload = _dumps({"data": data, "content": content, "channel": channel, "pid": pid})
     for rule in rules.channels.get(channel, ()):
-        batch.group.append(batch.group_id(rule, "notify", None, session, None, None))
-        batch.lsn.append(0)
-        batch.ordinal.append(ordinal)
-        batch.payload.append(payload)
-        batch.key.append(None)
+        batch.add(batch.group_id(rule, "notify", None, session, None, None), 0, ordinal, payload)
 
 
 class RuleEvaluationError(ListenerError):
@@ -1124,11 +1118,9 @@ def _append_truncate_events(batch: EventBatch, change: Change, rules: RuleSet) -
     for rel, ordinal in change.truncated:
         for rule in rules.match(rel.schema, rel.name, "truncate"):
             gid = batch.group_id(rule, "truncate", rel.qualified, commit, change.xid, change.commit_time)
-            batch.group.append(gid)
-            batch.lsn.append(change.lsn)
-            batch.ordinal.append(ordinal)
-            batch.payload.append(payload)
-            batch.key.append(f"{rule.name}:{rel.qualified}" if rule.gated else None)
+            batch.add(
+                gid, change.lsn, ordinal, payload, f"{rule.name}:{rel.qualified}" if rule.gated else None
+            )
 
 
 __all__ = ["EventBatch", "Ingest", "IngestStats", "ListenerError", "event_key"]

@@ -210,6 +210,14 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.payload)
 
+    def add(self, group: int, lsn: int, ordinal: int, payload: str, key: str | None = None) -> None:
+        """One event: its group (see ``group_id``), the change's LSN and ordinal, payload and run key."""
+        self.group.append(group)
+        self.lsn.append(lsn)
+        self.ordinal.append(ordinal)
+        self.payload.append(payload)
+        self.key.append(key)
+
     def group_id(
         self,
         rule: RunPolicy,
