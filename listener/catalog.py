@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from listener.config import Rule
 from listener.predicate import ColumnType
 
 _COLUMNS = """
@@ -76,6 +77,11 @@ def _collation(row: tuple[Any, ...] | None) -> str:
     if (provider == "c" and collate in ("C", "POSIX")) or (provider == "b" and locale in ("C", "C.UTF-8")):
         return "C"
     return name
+
+
+def rule_tables(rules: Iterable[Rule]) -> list[str]:
+    """The distinct tables of the table rules, in first-mention order."""
+    return list(dict.fromkeys(r.table for r in rules if r.table is not None))
 
 
 def read_tables(

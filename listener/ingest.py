@@ -40,7 +40,7 @@ import psycopg
 from listener import pgoutput as po
 from listener.backfill import PREFIX as BACKFILL_PREFIX
 from listener.backfill import Backfills
-from listener.catalog import read_tables_async
+from listener.catalog import read_tables_async, rule_tables
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
 from listener.config import Config
 from listener.errors import (
@@ -885,8 +885,7 @@ class Ingest:
 
 async def compile_rules(config: Config, catalog: psycopg.AsyncConnection[Any]) -> RuleSet:
     """The rules of ``config``, checked against their tables' columns in the source catalog."""
-    names = [rule.table for rule in config.rules if rule.table is not None]
-    tables, collation = await read_tables_async(catalog, dict.fromkeys(names))
+    tables, collation = await read_tables_async(catalog, rule_tables(config.rules))
     return RuleSet.from_config(config, tables, collation)
 
 

@@ -28,7 +28,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from listener import pushdown, store
-from listener.catalog import TableInfo, read_tables
+from listener.catalog import TableInfo, read_tables, rule_tables
 from listener.config import Config, qualified_name
 from listener.errors import ConfigError, DatabaseError, PrerequisiteError, SlotInUseError
 from listener.pushdown import PublicationPlan, Refusal, TablePlan, describe_rule, publish_list
@@ -93,7 +93,7 @@ class Pushdown:
 
 def read_catalog(conn: Conn, config: Config) -> tuple[dict[str, TableInfo | None], str]:
     """Catalog info of every rule table (None: no such table) and the database's collation."""
-    return read_tables(conn, dict.fromkeys(r.table for r in config.rules if r.table is not None))
+    return read_tables(conn, rule_tables(config.rules))
 
 
 def compile_rules(conn: Conn, config: Config) -> tuple[RuleSet, dict[str, TableInfo | None]]:
@@ -594,7 +594,7 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
 def _compile_union(conn: Conn, config: Config, keep: Config) -> tuple[RuleSet, dict[str, TableInfo | None]]:
     """The rules of both configs, for a publication that serves both."""
     both = [*config.rules, *keep.rules]
-    tables, collation = read_tables(conn, dict.fromkeys(r.table for r in both if r.table is not None))
+    tables, collation = read_tables(conn, rule_tables(both))
     rules = RuleSet(both, [*config.limits, *keep.limits], tables=tables, collation=collation)
     return rules, tables
 
