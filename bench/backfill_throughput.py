@@ -32,7 +32,6 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,6 @@ from listener import backfill_requests as backfill
 from listener import setup
 from listener.backfill import OPEN
 from listener.config import Config, parse_config
-from listener.expand import Expander
 from listener.ingest import Ingest
 from listener.store import StateStore
 
@@ -166,21 +164,13 @@ async def run_backfill(dsn: str, config: Config) -> tuple[float, int, int, dict[
         during = ingest.expander.stats.changes
         stop.set()
         await task
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as catalog:
-
-            async def resolve(oids: Sequence[int]) -> None:
-                await ingest.types.resolve(catalog, oids)
-
-            expander = Expander(store, ingest.types, resolve, ahead=2**62)
-            began = time.perf_counter()
-            await expander.expand_available()
-            expand_s = time.perf_counter() - began
+        expand_s, expanded = await benchlib.expand_all(dsn, store, ingest.types)
         events = int(await store.pool.fetchval("SELECT count(*) FROM events WHERE op = 'read'"))
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
-    return backfill_s, chunks, during, clock, expand_s, expander.stats.changes, events
+    return backfill_s, chunks, during, clock, expand_s, expanded, events
 
 
 def report(r: Result) -> str:

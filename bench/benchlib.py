@@ -7,14 +7,18 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 
+from listener.changes import TypeRegistry
 from listener.embedded import EmbeddedPostgres
+from listener.expand import Expander
+from listener.store import StateStore
 
 
 @contextlib.contextmanager
@@ -62,3 +66,17 @@ def machine_facts(dsn: str, settings: tuple[str, ...] = ("fsync", "synchronous_c
         "postgresql": version[0],
         **{name: row[0] if row else None for name, row in values.items()},
     }
+
+
+async def expand_all(dsn: str, store: StateStore, types: TypeRegistry) -> tuple[float, int]:
+    """Expand every stored chunk into events and runs, as if workers kept up (no `expand_ahead` bound):
+    (seconds, changes expanded).  User types are resolved in the source database ``dsn``."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as catalog:
+
+        async def resolve(oids: Sequence[int]) -> None:
+            await types.resolve(catalog, oids)
+
+        expander = Expander(store, types, resolve, ahead=2**62)
+        began = time.perf_counter()
+        await expander.expand_available()
+        return time.perf_counter() - began, expander.stats.changes

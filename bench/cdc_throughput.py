@@ -52,7 +52,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,6 @@ import listener.ingest as ingest_module
 from listener import setup
 from listener.config import Config, parse_config
 from listener.embedded import bin_dir
-from listener.expand import Expander
 from listener.ingest import Ingest
 from listener.lsn import format_lsn, parse_lsn
 from listener.replication import READ_BATCH_MESSAGES, ReplicationSession
@@ -187,15 +185,7 @@ async def _child_ingest(dsn: str, state_dsn: str, until: int, timeout: float) ->
             raise SystemExit(f"listener stopped before its checkpoint reached {format_lsn(until)}")
         # (c) what is left in compact chunks, expanded into events and runs as if workers kept up
         in_chunks = await store.pool.fetchval("SELECT coalesce(sum(changes), 0) FROM event_chunks")
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as catalog:
-
-            async def resolve(oids: Sequence[int]) -> None:
-                await ingest.types.resolve(catalog, oids)
-
-            expander = Expander(store, ingest.types, resolve, ahead=2**62)
-            began = time.perf_counter()
-            await expander.expand_available()
-            expand_s = time.perf_counter() - began
+        expand_s, expanded = await benchlib.expand_all(dsn, store, ingest.types)
     finally:
         await store.close()
     first = _Clock.first_message
@@ -208,7 +198,7 @@ async def _child_ingest(dsn: str, state_dsn: str, until: int, timeout: float) ->
         "clean_stop_s": stopped - marks["done"],
         "in_chunks_at_durable": int(in_chunks),
         "expand_s": expand_s,
-        "expanded_changes": expander.stats.changes,
+        "expanded_changes": expanded,
         "expanded_during_ingest": ingest.expander.stats.changes,
         "socket_wait_s": _Clock.socket_wait_s,
         "write_batch_s": _Clock.write_s,
