@@ -847,6 +847,9 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
     elif kind in ("greater_than", "greater_than_equal"):
         bound = f"more than {_show(ctx['gt'])}" if kind == "greater_than" else f"at least {_show(ctx['ge'])}"
         what, hint = f"must be {bound}, got {_show(value)}", _field_example(loc)
+    elif kind in ("less_than", "less_than_equal"):
+        bound = f"less than {_show(ctx['lt'])}" if kind == "less_than" else f"at most {_show(ctx['le'])}"
+        what, hint = f"must be {bound}, got {_show(value)}", _field_example(loc)
     elif kind == "string_type":
         what = f"expected text, got {_show(value)}"
         hint = "quote the value: YAML reads unquoted numbers, true/false, null and dates as such"

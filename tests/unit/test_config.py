@@ -490,3 +490,69 @@ def test_journal_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, mes
     assert error.line == 2 + ("\n  " in text)
     assert message in str(error)
     assert error.hint is not None and hint in error.hint
+
+
+@pytest.mark.parametrize(
+    ("body", "bad_line", "says", "fix"),
+    [
+        (
+            "    table: t\n    message: orders\n    on: [insert]\n",
+            "name: r",
+            "rule has table and message: pick one",
+            "exactly one of `table: public.users`, `message: <prefix>` or `channel: <name>`",
+        ),
+        ("    table: t\n", "name: r", "a table rule needs `on:`", "on: [insert, update]"),
+        (
+            "    message: orders\n    when: new.x > 1\n",
+            "name: r",
+            "when only apply to table rules, not to a message rule",
+            "remove when",
+        ),
+        (
+            "    channel: hooks\n    payload: [id]\n",
+            "name: r",
+            "payload only apply to table rules, not to a channel rule",
+            "remove payload",
+        ),
+        (
+            "    table: t\n    on: [insert]\n    changed: [status]\n",
+            "name: r",
+            "`changed:` applies to updates, but `on:` has no update",
+            "add update to `on:`",
+        ),
+        (
+            "    table: t\n    on: [insert]\n    payload: {was: older.status}\n",
+            "payload:",
+            "'older.status' is not new.<column> or old.<column>",
+            "payload: {ticket: new.id",
+        ),
+        (
+            "    table: t\n    on: [insert]\n    payload: []\n",
+            "payload:",
+            "lists no column",
+            "payload: [id, status]",
+        ),
+        (
+            "    table: t\n    on: [update]\n    changed: []\n",
+            "changed:",
+            "lists no column",
+            "changed: [status",
+        ),
+        (
+            "    table: t\n    on: [insert]\n    priority: 5000\n",
+            "priority:",
+            "must be at most 1000, got 5000",
+            "priority: 0",
+        ),
+        ("    channel: ''\n", "channel:", "is not a valid channel name", "channel: orders"),
+    ],
+)
+def test_rule_language_mistakes_point_at_the_line_and_say_the_fix(
+    tmp_path: Path, body: str, bad_line: str, says: str, fix: str
+) -> None:
+    text = "rules:\n  - name: r\n    workflow: m:f\n" + body
+    error = load_error(tmp_path, text)
+    assert error.rule == "r"
+    assert error.line == line_of(text, bad_line)
+    assert says in str(error)
+    assert error.hint is not None and fix in error.hint
