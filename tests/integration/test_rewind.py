@@ -169,24 +169,41 @@ async def test_the_window_by_size_and_by_duration_moves_the_confirmed_position(
                 [i * 10 + 1, i * 10 + 10],
             )
             await wait_caught_up(run, dsn)
-        await asyncio.sleep(0.3)
-        confirmed, cp = slot_flush(items), checkpoint(items)
+        # the pruned history begins where the writer confirmed; wait for the status update to say so
+        confirmed = await wait_slot_flush(items, oldest_history(items))
+        cp = checkpoint(items)
     assert start < confirmed < cp and size / 2 < cp - confirmed <= size  # kept, but no more than the cap
-    oldest = items.execute("SELECT min(lsn)::text FROM listener.lsn_history").fetchone()
-    assert oldest is not None and parse_lsn(str(oldest[0])) == confirmed  # older history pruned
+    assert oldest_history(items) == confirmed  # older history pruned
 
-    config = write_config(tmp_path / "b.yaml", [AUDIT], retain={"duration": "1s"})
+    # By duration, with no wall clock in the outcome: the window is an hour, and what was recorded before
+    # 5002 is made two hours old, so the writer lets go of exactly that and keeps 5002 (however slow the
+    # machine is, 5002 is not an hour old).
+    config = write_config(tmp_path / "b.yaml", [AUDIT], retain={"duration": "1h"})
     async with running_ingest(dsn, config) as run:
         before = slot_flush(items)
         insert(items, 5001)
         await wait_caught_up(run, dsn)
         middle = checkpoint(items)
-        await asyncio.sleep(1.5)
+        items.execute("UPDATE listener.lsn_history SET commit_time = commit_time - interval '2 hours'")
         insert(items, 5002)
         await wait_caught_up(run, dsn)
-        await asyncio.sleep(0.3)
-        confirmed = slot_flush(items)
-    assert before <= confirmed and middle <= confirmed < checkpoint(items)  # older than 1s: let go
+        confirmed = await wait_slot_flush(items, middle)
+    assert before <= confirmed and middle == confirmed < checkpoint(items)  # older than 1h: let go
+
+
+def oldest_history(sql: Conn) -> int:
+    row = sql.execute("SELECT min(lsn)::text FROM listener.lsn_history").fetchone()
+    assert row is not None and row[0] is not None
+    return parse_lsn(str(row[0]))
+
+
+async def wait_slot_flush(sql: Conn, lsn: int) -> int:
+    """The slot's confirmed position once the server has been told ``lsn`` (status updates are batched)."""
+    deadline = time.monotonic() + WAIT_S
+    while (flushed := slot_flush(sql)) < lsn:
+        assert time.monotonic() < deadline, f"the slot stays at {format_lsn(flushed)} < {format_lsn(lsn)}"
+        await asyncio.sleep(0.05)
+    return flushed
 
 
 async def test_the_confirmed_position_honours_duration_size_and_unfinished_rewinds(
