@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import asyncpg
 
-from listener.store import asyncpg_params
+from listener.conninfo import asyncpg_params
 from listener.workflow import Context
 
 DSN_ENV = "LISTENER_BENCH_DSN"  # the database of the PgQueuer / Procrastinate worker processes

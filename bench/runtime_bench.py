@@ -74,7 +74,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import listener
 from listener import store
-from listener.store import asyncpg_params
+from listener.conninfo import asyncpg_params
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))

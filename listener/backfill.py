@@ -46,9 +46,10 @@ from psycopg import sql
 
 from listener import pgoutput as po
 from listener.changes import Change, RelationInfo, TypeRegistry, relation_info
+from listener.conninfo import asyncpg_params, connect_async
 from listener.errors import ListenerError
 from listener.lsn import parse_lsn
-from listener.store import BackfillChunk, StateStore, asyncpg_params
+from listener.store import BackfillChunk, StateStore
 
 if TYPE_CHECKING:
     from listener.ingest import Ingest
@@ -68,13 +69,6 @@ LOCK_RETRY_MAX_S = 2.0
 CANCEL_CHECK_S = 1.0  # a running backfill looks at its status this often (and when NOTIFY wakes it)
 
 Key = tuple[bytes | None, ...]
-# What the replication connection pins (listener.replication.OUTPUT_SETTINGS), so that COPY writes each
-# value as the stream sends it.
-OUTPUT_GUCS = {
-    "extra_float_digits": "3", "bytea_output": "hex", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
-    "TimeZone": "UTC",
-}  # fmt: skip
-
 
 # ---------------------------------------------------------------------------------------------------------
 # COPY text format (https://www.postgresql.org/docs/current/sql-copy.html, "Text Format")
@@ -454,7 +448,7 @@ class Backfills:
                 )
             if exists:
                 continue
-            catalog = await psycopg.AsyncConnection.connect(self.ingest.source_dsn, autocommit=True)
+            catalog = await connect_async(self.ingest.source_dsn)
             try:
                 shape = table_shape(await (await catalog.execute(SHAPE, [rule.table])).fetchone())
             finally:
@@ -505,11 +499,9 @@ class Backfills:
         # The chunks are read with asyncpg: its COPY OUT hands over buffers, where psycopg's async COPY
         # yields row by row (about 4x slower in Python for a million rows).  It runs with the stream's
         # output settings, so COPY writes the same text for each value as pgoutput does.
-        conn = await asyncpg.connect(**asyncpg_params(self.ingest.source_dsn), server_settings=OUTPUT_GUCS)
+        conn = await asyncpg.connect(**asyncpg_params(self.ingest.source_dsn))
         try:
-            async with await psycopg.AsyncConnection.connect(
-                self.ingest.source_dsn, autocommit=True
-            ) as marker:
+            async with await connect_async(self.ingest.source_dsn) as marker:
                 await self._read_chunks(plan, rule, marker, conn)
         finally:
             await conn.close()

@@ -43,6 +43,7 @@ from listener.backfill import Backfills
 from listener.catalog import read_tables_async, rule_tables
 from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
 from listener.config import Config
+from listener.conninfo import asyncpg_params, connect_async
 from listener.errors import (
     ConfigError,
     DatabaseError,
@@ -63,7 +64,6 @@ from listener.store import (
     Retention,
     RewindPlan,
     StateStore,
-    asyncpg_params,
     control_channel,
 )
 
@@ -276,7 +276,7 @@ class Ingest:
         self.stats.checkpoint = checkpoint
         session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
         self._session = session
-        self._catalog = await psycopg.AsyncConnection.connect(self.source_dsn, autocommit=True)
+        self._catalog = await connect_async(self.source_dsn)
         await self._compile_rules()
         queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
         tasks: list[asyncio.Task[Any]] = []
@@ -446,7 +446,7 @@ class Ingest:
         connection and dropped with it: the slot itself, and a running ingest on it, are not touched."""
         copy = f"{self.slot[:40]}_dry_{secrets.token_hex(4)}"
         session = await ReplicationSession.connect(self.source_dsn, slot=copy)
-        self._catalog = await psycopg.AsyncConnection.connect(self.source_dsn, autocommit=True)
+        self._catalog = await connect_async(self.source_dsn)
         queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
         reader: asyncio.Task[None] | None = None
         try:

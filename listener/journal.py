@@ -36,6 +36,7 @@ from rich.text import Text
 from listener import pgoutput as po
 from listener.changes import Assembler, RelationInfo, TypeRegistry
 from listener.config import Config
+from listener.conninfo import connect_async
 from listener.errors import ListenerError
 from listener.expand import decode_relation, stored_changes
 from listener.rewind import Conn, RuleCount, tally
@@ -298,7 +299,7 @@ async def replay(
     result = ReplayResult(plan, dry_run)
     result.rules = {name: RuleCount() for name in plan.rules}
     wanted = frozenset(plan.rules)
-    catalog = await psycopg.AsyncConnection.connect(source_dsn, autocommit=True)
+    catalog = await connect_async(source_dsn)
     state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=2)
     try:
         rules = await compile_rules(config, catalog)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import struct
 import time
 from collections.abc import Sequence
@@ -24,8 +23,8 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict
 
+from listener.conninfo import connect_async
 from listener.errors import DatabaseError, PrerequisiteError, ProtocolError, SlotInUseError
 from listener.lsn import format_lsn, parse_lsn
 
@@ -36,10 +35,6 @@ STATUS_INTERVAL_S = 10.0
 # confirmed_flush_lsn close to what is durable without one message per batch).
 FLUSH_REPORT_DELAY_S = 0.05
 READ_BATCH_MESSAGES = 2048
-OUTPUT_SETTINGS = (
-    "-c extra_float_digits=3 -c bytea_output=hex -c datestyle=ISO,YMD"
-    " -c intervalstyle=postgres -c timezone=UTC"
-)
 
 _PG_EPOCH_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
@@ -151,24 +146,17 @@ class ReplicationSession:
 
     @classmethod
     async def connect(cls, dsn: str, *, slot: str) -> ReplicationSession:
-        # The walsender prints values with the session's output settings; pin them so a database's own
-        # settings (extra_float_digits = 0, DateStyle = German, bytea_output = escape...) cannot change
-        # what values we decode.  Appended to any options already in the DSN or PGOPTIONS.
-        given = conninfo_to_dict(dsn).get("options")
-        options = " ".join(filter(None, [str(given) if given else None, os.environ.get("PGOPTIONS")]))
+        # The walsender prints values with the session's output settings: connect_async pins them, so a
+        # database's own settings (extra_float_digits = 0, DateStyle = German, bytea_output = escape...)
+        # cannot change what values we decode.
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                dsn,
-                replication="database",
-                autocommit=True,
-                options=f"{options} {OUTPUT_SETTINGS}".strip(),
-            )
-        except psycopg.OperationalError as exc:
+            conn = await connect_async(dsn, what="the database for replication", replication="database")
+        except DatabaseError as exc:
             raise DatabaseError(
-                f"cannot open a replication connection: {str(exc).strip()}",
+                exc.message,
                 hint="check the DSN (--dsn / LISTENER_DSN) and that the role has the REPLICATION attribute "
                 "and a pg_hba.conf entry allowing it",
-            ) from exc
+            ) from exc.__cause__
         return cls(conn, slot=slot)
 
     async def create_slot(self, *, temporary: bool = False) -> int:

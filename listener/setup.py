@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener import pushdown, store
+from listener import conninfo, pushdown, store
 from listener.catalog import TableInfo, read_tables, rule_tables
 from listener.config import Config, qualified_name
 from listener.errors import ConfigError, DatabaseError, PrerequisiteError, SlotInUseError
@@ -38,17 +38,14 @@ logger = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
+CONNECT_TIMEOUT_S = 10  # unless the DSN says otherwise
 PROBE_LOCK_TIMEOUT_MS = 10_000  # trying a row filter locks its table briefly; wait at most this long
 # The constants of a row filter are parsed once, when the publication is created, under that session's
 # settings: `at > '2024-01-01'` would otherwise mean midnight in the session's time zone, while
-# listener.predicate evaluates it in UTC.  Filters are also printed (pg_get_expr) under them, and built-in
-# names resolve in pg_catalog only.
-FILTER_SETTINGS = (
-    "SET LOCAL TimeZone = 'UTC'",
-    "SET LOCAL DateStyle = 'ISO, YMD'",
-    "SET LOCAL IntervalStyle = 'postgres'",
-    "SET LOCAL search_path = pg_catalog, pg_temp",
-)
+# listener.predicate evaluates it in UTC, and 'a\b' a backspace with standard_conforming_strings off.
+# Every session pins those (listener.conninfo.SESSION_SETTINGS); filters are also printed (pg_get_expr)
+# under them.  Built-in names resolve in pg_catalog only.
+FILTER_SETTINGS = ("SET LOCAL search_path = pg_catalog, pg_temp",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +59,8 @@ class CheckResult:
 
 @contextmanager
 def connect(dsn: str, *, what: str = "the database") -> Iterator[Conn]:
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(
-            f"cannot connect to {what}: {str(exc).strip()}",
-            hint="check the DSN (--dsn, LISTENER_DSN or `dsn:` in the config file); "
-            "e.g. postgresql://user@host:5432/dbname",
-        ) from exc
+    """An autocommit connection with listener's session settings (:mod:`listener.conninfo`)."""
+    conn = conninfo.connect(dsn, what=what, connect_timeout=CONNECT_TIMEOUT_S)
     try:
         yield conn
     finally:

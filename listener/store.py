@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import asyncpg
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
+from listener.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.errors import DatabaseError
 from listener.lsn import format_lsn, parse_lsn
 
@@ -90,30 +90,6 @@ def schema_version(conn: psycopg.Connection[tuple[object, ...]], schema: str) ->
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def asyncpg_params(dsn: str) -> dict[str, Any]:
-    """asyncpg accepts only URIs; translate any libpq conninfo (``host=... dbname=...`` or a URI) into its
-    keyword arguments, so one DSN works for both drivers.  Unset values fall back to PG* variables."""
-    try:
-        info = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise DatabaseError(
-            f"invalid DSN {dsn!r}: {exc}", hint="e.g. postgresql://user@host:5432/db"
-        ) from exc
-    names = {"host": "host", "port": "port", "user": "user", "password": "password", "dbname": "database",
-             "passfile": "passfile", "sslmode": "ssl", "connect_timeout": "timeout"}  # fmt: skip
-    params: dict[str, Any] = {}
-    for key, value in info.items():
-        if key not in names or value is None:
-            continue
-        if key == "port":
-            params["port"] = int(str(value).split(",")[0])
-        elif key == "connect_timeout":
-            params["timeout"] = float(str(value))
-        else:
-            params[names[key]] = value
-    return params
 
 
 def notify_channel(schema: str) -> str:
@@ -523,9 +499,8 @@ class StateStore:
     @classmethod
     async def connect(cls, dsn: str, *, schema: str, slot: str, max_size: int = 4) -> StateStore:
         try:
-            pool = await asyncpg.create_pool(
-                min_size=1, max_size=max_size, server_settings={"search_path": schema}, **asyncpg_params(dsn)
-            )
+            params = asyncpg_params(dsn, {**SESSION_SETTINGS, "search_path": schema})
+            pool = await asyncpg.create_pool(min_size=1, max_size=max_size, **params)
         except (OSError, asyncpg.PostgresError) as exc:
             raise DatabaseError(
                 f"cannot connect to the state database: {exc}", hint="check --state-dsn / LISTENER_STATE_DSN"

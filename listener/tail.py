@@ -14,13 +14,13 @@ import os
 import sys
 from typing import TextIO
 
-import psycopg
 from psycopg import sql
 
 from listener import pgoutput as po
 from listener import setup
 from listener.changes import Assembler, Change, TxnCommit, TypeRegistry, change_json
 from listener.config import MAX_IDENTIFIER_BYTES, Config
+from listener.conninfo import connect_async
 from listener.replication import ReplicationSession
 from listener.rules import RuleSet
 
@@ -62,7 +62,7 @@ async def tail(
             decoder = po.Decoder(session.protocol_version)
             types = TypeRegistry()
             assembler = Assembler(types)
-            catalog = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            catalog = await connect_async(dsn)
             async with catalog:
                 while not stop.is_set() and (max_changes is None or printed < max_changes):
                     read = asyncio.create_task(session.read())

@@ -33,8 +33,9 @@ import asyncpg
 
 from listener import workflow as wf
 from listener.config import WorkflowLimit
+from listener.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.errors import ConfigError
-from listener.store import asyncpg_params, notify_channel
+from listener.store import notify_channel
 
 logger = logging.getLogger(__name__)
 
@@ -197,12 +198,13 @@ class Worker:
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
 
     async def run(self, stop: asyncio.Event) -> None:
-        params = {"server_settings": {"search_path": self.schema}, **asyncpg_params(self.dsn)}
+        params = asyncpg_params(self.dsn, {**SESSION_SETTINGS, "search_path": self.schema})
         # The worker's own queries run on connections it never hands to user code, so they need no
         # reset between uses (asyncpg's default costs a round trip per release).  Workflow code gets
-        # its steps' connections from a pool that does reset them.
+        # its steps' connections from a pool that does reset them, with the database's own settings.
         pool = await asyncpg.create_pool(min_size=2, max_size=4, reset=_keep_session, **params)
-        user_pool = await asyncpg.create_pool(min_size=1, max_size=max(2, self.concurrency), **params)
+        user_params = asyncpg_params(self.dsn, {"search_path": self.schema})
+        user_pool = await asyncpg.create_pool(min_size=1, max_size=max(2, self.concurrency), **user_params)
         assert pool is not None and user_pool is not None
         listen_conn = await pool.acquire()
         await listen_conn.add_listener(notify_channel(self.schema), self._on_notify)

@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from listener import store, worker
 from listener.cli import main
+from listener.conninfo import asyncpg_params
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -494,7 +495,7 @@ async def test_cancel_running_fences_its_worker(state: State) -> None:
     ).fetchone()
     assert attempt == ("cancelled", True)
     # the worker still executing attempt 1 can neither complete nor fail it now
-    conn = await asyncpg.connect(server_settings={"search_path": SCHEMA}, **store.asyncpg_params(state.dsn))
+    conn = await asyncpg.connect(**asyncpg_params(state.dsn, {"search_path": SCHEMA}))
     try:
         assert await conn.fetch(worker._DONE, [RUNNING], [1]) == []
         assert await conn.fetchval(worker._FAILED, RUNNING, 1, 5, 0.0, "boom", "tb") is None
