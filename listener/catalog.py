@@ -38,10 +38,25 @@ WHERE c.oid = to_regclass(%s)
 ORDER BY a.attnum
 """
 
-_COLLATION = """
+# The default collation's provider and locale: pg_database.datlocale is 17+ (daticulocale in 15-16, which
+# added ICU as a database default); 14 knows only libc, so its provider is 'c' and its locale datcollate.
+_COLLATION_17 = """
 SELECT datlocprovider::text, datcollate, coalesce(datlocale, '')
 FROM pg_database WHERE datname = current_database()
 """
+_COLLATION_15 = """
+SELECT datlocprovider::text, datcollate, coalesce(daticulocale, '')
+FROM pg_database WHERE datname = current_database()
+"""
+_COLLATION_14 = """
+SELECT 'c', datcollate, '' FROM pg_database WHERE datname = current_database()
+"""
+
+
+def _collation_query(server_version: int) -> str:
+    if server_version >= 170000:
+        return _COLLATION_17
+    return _COLLATION_15 if server_version >= 150000 else _COLLATION_14
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +106,7 @@ def read_tables(
     out: dict[str, TableInfo | None] = {}
     for table in tables:
         out[table] = _table_info(table, conn.execute(_COLUMNS, [table]).fetchall())
-    return out, _collation(conn.execute(_COLLATION).fetchone())
+    return out, _collation(conn.execute(_collation_query(conn.info.server_version)).fetchone())
 
 
 async def read_tables_async(
@@ -102,5 +117,5 @@ async def read_tables_async(
     for table in tables:
         cur = await conn.execute(_COLUMNS, [table])
         out[table] = _table_info(table, await cur.fetchall())
-    cur = await conn.execute(_COLLATION)
+    cur = await conn.execute(_collation_query(conn.info.server_version))
     return out, _collation(await cur.fetchone())

