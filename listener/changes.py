@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -104,18 +105,101 @@ def _all_finite(value: Any) -> bool:
     return True
 
 
+class JsonText(str):
+    """A json/jsonb value carried as its PostgreSQL text, not as JSON: it nests deeper than
+    :data:`MAX_JSON_DEPTH`, or holds a number beyond float range.  Events list such values in
+    ``as_text``."""
+
+    __slots__ = ()
+
+
+# Python's json module (and psycopg's and asyncpg's json loaders with it) recurses once per level and
+# raises RecursionError near 1,000 levels, while PostgreSQL accepts thousands: deeper values stay text.
+MAX_JSON_DEPTH = 256
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_STRING_BYTES = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str | bytes) -> int:
+    """How deep JSON text nests (0 for a scalar); brackets inside strings do not count."""
+    if isinstance(text, bytes):
+        text = _JSON_STRING_BYTES.sub(b"", text).decode("utf-8", "replace")
+    else:
+        text = _JSON_STRING.sub("", text)
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(text):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def json_too_deep(text: str | bytes) -> bool:
+    """Whether JSON text nests deeper than :data:`MAX_JSON_DEPTH` (cheap unless it has that many
+    brackets at all)."""
+    if isinstance(text, bytes):
+        brackets = text.count(b"[") + text.count(b"{")
+    else:
+        brackets = text.count("[") + text.count("{")
+    return brackets > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH
+
+
+def _overflows(data: str | bytes, value: Any) -> bool:
+    """A number beyond float range (``1e400`` is valid in PostgreSQL's json) loads as ``inf``, which has
+    no JSON form.  Only an exponent or a number of 309+ digits overflows: skip the walk otherwise."""
+    if isinstance(data, bytes):
+        maybe = len(data) > 308 or b"e" in data or b"E" in data
+    else:
+        maybe = len(data) > 308 or "e" in data or "E" in data
+    return maybe and not _all_finite(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's decoder accepts NaN and Infinity; JSON does not
+
+
+_decode_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
+def json_or_text(content: str) -> tuple[JsonValue, bool]:
+    """Text that may be JSON (a message's or a NOTIFY's content) as ``(value, as_text)``: the parsed
+    value; or the text itself with ``as_text`` when it is JSON Python cannot carry (too deep, a number
+    beyond float range); or None when it is not JSON."""
+    if json_too_deep(content):
+        return content, True
+    try:
+        value = _decode_json(content)
+    except ValueError:
+        return None, False
+    if _overflows(content, value):
+        return content, True
+    return value, False
+
+
 def _json_or_text(load: Load) -> Render:
-    """json/jsonb as JSON, unless a number in it overflows a float (``1e400`` is valid in PostgreSQL's
-    json): Python would make it ``inf``, which has no JSON form, so such a value stays text."""
+    """json/jsonb as JSON, unless it nests too deep or a number in it overflows a float: then its text,
+    as a :class:`JsonText`."""
 
     def render(data: bytes) -> JsonValue:
+        if json_too_deep(data):
+            return JsonText(data.decode())
         value = load(data)
-        # only an exponent or a number of 309+ digits overflows; skip the walk for everything else
-        if (len(data) > 308 or b"e" in data or b"E" in data) and not _all_finite(value):
-            return data.decode()
-        return value
+        return JsonText(data.decode()) if _overflows(data, value) else value
 
     return render
+
+
+def carried_as_text(value: JsonValue) -> bool:
+    """Whether a rendered value (or an element of a rendered array) is json carried as text."""
+    if isinstance(value, list):
+        return any(carried_as_text(v) for v in value)
+    return isinstance(value, JsonText)
 
 
 def _sanitize_floats(value: JsonValue) -> JsonValue:
@@ -202,6 +286,11 @@ class TypeRegistry:
         shape = self.shape(oid)
         return self.transformer.get_loader(shape.load_oid, pq.Format.TEXT).load
 
+    def is_json(self, oid: int) -> bool:
+        """Whether values of this type are json/jsonb, or arrays of them (which may be carried as text)."""
+        shape = self.shape(oid)
+        return shape.load_oid in _JSON_OIDS or shape.element_oid in _JSON_OIDS
+
     def renderer(self, oid: int) -> Render:
         """How a text value of this type becomes a JSON value (see the module docstring)."""
         shape = self.shape(oid)
@@ -239,6 +328,7 @@ class ColumnInfo:
     load: Load  # server text -> typed Python value
     fragment: Fragment  # server text -> JSON text (same value as render, serialized)
     key: str  # '"name":', the JSON object key prefix
+    json: bool = False  # json/jsonb or an array of them: a value may be carried as text (JsonText)
 
 
 _encode_str = json.encoder.encode_basestring
@@ -290,6 +380,7 @@ class RelationInfo:
     qualified: str  # "schema.name", made once: it goes into every event of the table
     fragments: tuple[tuple[str, Fragment, bool], ...]  # per column: JSON key prefix, fragment, is_key
     positions: dict[str, int] = field(default_factory=dict)  # column name -> index in a tuple
+    has_json: bool = False  # a json/jsonb column: payloads may list values carried as text
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -302,7 +393,9 @@ def relation_info(msg: po.Relation, types: TypeRegistry) -> RelationInfo:
         render = types.renderer(c.type_oid)
         fragment = fragment_for(render, c.type_oid, types)
         load = types.loader(c.type_oid)
-        columns.append(ColumnInfo(c.name, c.type_oid, c.is_key, render, load, fragment, _dumps(c.name) + ":"))
+        key = _dumps(c.name) + ":"
+        is_json = types.is_json(c.type_oid)
+        columns.append(ColumnInfo(c.name, c.type_oid, c.is_key, render, load, fragment, key, is_json))
     qualified = f"{msg.namespace}.{msg.name}"
     fragments = tuple((c.key, c.fragment, c.is_key) for c in columns)
     positions = {c.name: i for i, c in enumerate(columns)}
@@ -315,6 +408,7 @@ def relation_info(msg: po.Relation, types: TypeRegistry) -> RelationInfo:
         qualified,
         fragments,
         positions,
+        any(c.json for c in columns),
     )
 
 
@@ -354,8 +448,9 @@ class Change:
                 out[col.name] = "\\x" + value.data.hex()  # type: ignore[union-attr]
         return out
 
-    def _tuple_fragment(self, values: po.TupleData, *, key_only: bool) -> str:
-        """JSON text of a tuple, column by column; the same values as :meth:`_tuple_json`.
+    def _tuple_fragment(self, values: po.TupleData, *, key_only: bool, as_text: set[str]) -> str:
+        """JSON text of a tuple, column by column; the same values as :meth:`_tuple_json`.  The names of
+        json columns carried as text are added to ``as_text``.
 
         The hot path of ingest (every event's payload): one comprehension over precomputed
         (key, fragment) pairs."""
@@ -369,7 +464,19 @@ class Change:
                 lsn=self.lsn,
             )
         unchanged = po.UNCHANGED_TOAST
-        if key_only:
+        if rel.has_json:
+            parts = []
+            for col, v in zip(rel.columns, values, strict=False):  # lengths checked above
+                if v is unchanged or (key_only and not col.is_key):
+                    continue
+                if col.json and v.__class__ is bytes:
+                    rendered = col.render(v)
+                    if carried_as_text(rendered):
+                        as_text.add(col.name)
+                    parts.append(col.key + _dumps(rendered))
+                else:
+                    parts.append(col.key + _fragment(col.fragment, v))
+        elif key_only:
             parts = [
                 k + _fragment(f, v)
                 for (k, f, is_key), v in zip(cols, values, strict=False)  # lengths checked above
@@ -385,11 +492,28 @@ class Change:
 
     def payload_json(self) -> str:
         """``{"new": .., "old": .., "unchanged_toast": [..]}`` as JSON text: the queue's event payload."""
-        new = "null" if self.new is None else self._tuple_fragment(self.new, key_only=False)
+        as_text: set[str] = set()
+        tuple_fragment = self._tuple_fragment
+        new = "null" if self.new is None else tuple_fragment(self.new, key_only=False, as_text=as_text)
         key_only = self.old_kind == "K"
-        old = "null" if self.old is None else self._tuple_fragment(self.old, key_only=key_only)
+        old = "null" if self.old is None else tuple_fragment(self.old, key_only=key_only, as_text=as_text)
         toast = _dumps(self.unchanged_toast()) if self.op == "update" else "[]"
-        return '{"new":' + new + ',"old":' + old + ',"unchanged_toast":' + toast + "}"
+        payload = '{"new":' + new + ',"old":' + old + ',"unchanged_toast":' + toast
+        if as_text:
+            assert self.relation is not None
+            payload += ',"as_text":' + _dumps([c.name for c in self.relation.columns if c.name in as_text])
+        return payload + "}"
+
+    def as_text(self, new: dict[str, JsonValue] | None, old: dict[str, JsonValue] | None) -> list[str]:
+        """The json columns of rendered rows whose values are carried as text, in column order."""
+        rel = self.relation
+        if rel is None or not rel.has_json:
+            return []
+        return [
+            c.name
+            for c in rel.columns
+            if c.json and any(row and carried_as_text(row.get(c.name)) for row in (new, old))
+        ]
 
     def new_json(self) -> dict[str, JsonValue] | None:
         return self._tuple_json(self.new, key_only=False) if self.new is not None else None
@@ -560,11 +684,9 @@ def change_json(change: Change) -> dict[str, JsonValue]:
             unchanged_toast=[],
         )
         return base
-    base.update(
-        table=change.table,
-        op=change.op,
-        new=change.new_json(),
-        old=change.old_json(),
-        unchanged_toast=change.unchanged_toast(),
-    )
+    new, old = change.new_json(), change.old_json()
+    base.update(table=change.table, op=change.op, new=new, old=old, unchanged_toast=change.unchanged_toast())
+    as_text = change.as_text(new, old)
+    if as_text:
+        base["as_text"] = as_text
     return base

@@ -41,7 +41,15 @@ from listener import pgoutput as po
 from listener.backfill import PREFIX as BACKFILL_PREFIX
 from listener.backfill import Backfills
 from listener.catalog import read_tables_async, rule_tables
-from listener.changes import Assembler, Change, TxnBegin, TxnCommit, TypeRegistry
+from listener.changes import (
+    Assembler,
+    Change,
+    TxnBegin,
+    TxnCommit,
+    TypeRegistry,
+    carried_as_text,
+    json_or_text,
+)
 from listener.config import Config
 from listener.conninfo import asyncpg_params, connect_async
 from listener.errors import (
@@ -1039,6 +1047,7 @@ def shaped_payload(rule: CompiledRule, change: Change, new: Row | None, old: Row
     assert rel is not None
     data: dict[str, Any] = {}
     missing: list[str] = []
+    as_text: list[str] = []
     for out, side, column in rule.payload:
         row = new if side == "new" else old
         if row is None:
@@ -1048,6 +1057,10 @@ def shaped_payload(rule: CompiledRule, change: Change, new: Row | None, old: Row
         else:
             value = row[column]
             data[out] = None if value is None else rel.columns[rel.positions[column]].render(value)
+            if carried_as_text(data[out]):
+                as_text.append(out)
+    if as_text:
+        return _dumps({"data": data, "unchanged_toast": missing, "as_text": as_text})
     return _dumps({"data": data, "unchanged_toast": missing})
 
 
@@ -1064,10 +1077,8 @@ def _append_message_events(
         content = msg.content.decode()
     except UnicodeDecodeError:
         content = "\\x" + msg.content.hex()
-    data = _json_or_none(content)
-    payload = _dumps(
-        {"data": data, "content": content, "prefix": msg.prefix, "transactional": msg.transactional}
-    )
+    fields = {"content": content, "prefix": msg.prefix, "transactional": msg.transactional}
+    payload = _dumps({**_content_data(content), **fields})
     commit = format_lsn(begin.final_lsn if begin is not None else msg.lsn)
     xid = begin.xid if begin is not None else msg.xid
     at = begin.commit_time if begin is not None else None
@@ -1075,19 +1086,17 @@ def _append_message_events(
         batch.add(batch.group_id(rule, "message", None, commit, xid, at), msg.lsn, ordinal, payload)
 
 
-def _json_or_none(content: str) -> Any:
-    """A message's or a NOTIFY's content as JSON, for ``ctx.event.data``; None when it is not JSON."""
-    try:
-        return json.loads(content)
-    except ValueError:
-        return None
+def _content_data(content: str) -> dict[str, Any]:
+    """A message's or a NOTIFY's content as JSON, for ``ctx.event.data``: None when it is not JSON; the
+    text itself, listed in ``as_text``, when it is JSON Python cannot carry (too deep, a huge number)."""
+    data, as_text = json_or_text(content)
+    return {"data": data, "as_text": ["data"]} if as_text else {"data": data}
 
 
 def _append_notify_events(
     batch: EventBatch, channel: str, content: str, pid: int, session: str, ordinal: int, rules: RuleSet
 ) -> None:
-    data = _json_or_none(content)
-    payload = _dumps({"data": data, "content": content, "channel": channel, "pid": pid})
+    payload = _dumps({**_content_data(content), "content": content, "channel": channel, "pid": pid})
     for rule in rules.channels.get(channel, ()):
         batch.add(batch.group_id(rule, "notify", None, session, None, None), 0, ordinal, payload)
 

@@ -48,6 +48,8 @@ import math
 import operator
 import re
 import struct
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -826,7 +828,7 @@ def _jsonb_in(s: str, *, nul_ok: bool = False) -> Any:
     try:
         value = _decode_json(s)
         _check_json_strings(value, nul_ok=nul_ok)
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:  # a RecursionError goes on to Predicate.evaluate (see _evaluate_deep)
         raise EvaluationError(f"invalid input syntax for type json: {exc}", INVALID_TEXT) from None
     return JSON_NULL if value is None else value
 
@@ -2034,6 +2036,8 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
     def load_value(raw: Any) -> Any:
         try:
             v = load(raw.encode() if raw.__class__ is str else raw)
+        except RecursionError:
+            raise  # deep jsonb: evaluated again with a deeper stack (see _evaluate_deep)
         except Exception as exc:
             raise _unsupported(
                 f"{where}: the {t.label} value {_as_text(raw)!r} cannot be read: {exc}"
@@ -3492,7 +3496,10 @@ class Predicate:
         ``new``/``old`` map column names to PostgreSQL text output (or None for NULL); a side that is None
         makes its columns NULL; a referenced column missing from a mapping raises :class:`MissingValue`.
         ``now`` is what ``now()`` returns (the change's commit time; naive means UTC)."""
-        return self._fn(new, old, now)  # type: ignore[no-any-return]
+        try:
+            return self._fn(new, old, now)  # type: ignore[no-any-return]
+        except RecursionError:
+            return _evaluate_deep(self._fn, new, old, now)  # type: ignore[no-any-return]
 
     def matches(
         self,
@@ -3501,7 +3508,7 @@ class Predicate:
         now: datetime,
     ) -> bool:
         """True only when the predicate is true (NULL and false do not match), as in a WHERE clause."""
-        return self._fn(new, old, now) is True
+        return self.evaluate(new, old, now) is True
 
     def row_filter(self) -> tuple[str | None, str]:
         """``(sql, reason)``: the predicate as a PostgreSQL 15+ publication row filter over bare column
@@ -3515,6 +3522,48 @@ class Predicate:
 
     def __repr__(self) -> str:
         return f"Predicate({self.text!r})"
+
+
+# jsonb nests up to about 20,000 levels under PostgreSQL's default max_stack_depth (2MB), beyond what
+# Python's recursion limit lets json, psycopg's loader and the jsonb functions here read.  Such a change is
+# evaluated once more in a thread whose stack and recursion limit fit DEEP_JSON_LEVELS levels (measured:
+# under 700 bytes of C stack per level; the stack is virtual memory, touched only as deep as used).
+DEEP_JSON_LEVELS = 100_000
+_DEEP_RECURSION_LIMIT = 4 * DEEP_JSON_LEVELS
+_DEEP_STACK_BYTES = 512 << 20
+_deep_lock = threading.Lock()
+
+
+def _evaluate_deep(fn: Fn, *args: Any) -> Any:
+    """``fn(*args)`` in a thread with room for DEEP_JSON_LEVELS levels of jsonb; the same result (or
+    error) as PostgreSQL's, only slower."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:  # handed back to the caller's thread
+            outcome.append((False, exc))
+
+    with _deep_lock:
+        limit, size = sys.getrecursionlimit(), threading.stack_size()
+        sys.setrecursionlimit(max(limit, _DEEP_RECURSION_LIMIT))
+        try:
+            threading.stack_size(_DEEP_STACK_BYTES)
+            try:
+                thread = threading.Thread(target=run, name="listener-deep-jsonb")
+                thread.start()
+            finally:
+                threading.stack_size(size)
+            thread.join()
+        finally:
+            sys.setrecursionlimit(limit)
+    ok, value = outcome[0]
+    if ok:
+        return value
+    if isinstance(value, RecursionError):
+        raise _unsupported(f"a jsonb value nests deeper than the {DEEP_JSON_LEVELS} levels listener reads")
+    raise value
 
 
 def compile_predicate(text: str, columns: Mapping[str, ColumnType], *, collation: str = "C") -> Predicate:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
+from listener.changes import json_too_deep
 from listener.errors import ConfigError, ListenerError
 
 Workflow = Callable[["Context"], Awaitable[Any] | Any]
@@ -109,10 +110,15 @@ class Event:
     key: str | None = None  # the flow-control key of a gated run ("rule:value"), else None
     # what `payload:` picked (table rules), or a message's / NOTIFY's content parsed as JSON
     data: Any = None
+    # values carried as their PostgreSQL text instead of JSON (json nested deeper than Python's json
+    # module can read, a number beyond float range): column names, payload names, or "data"
+    as_text: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> Event:
-        payload = json.loads(row["payload"])
+        text = row["payload"]
+        # ingest carries deep values as text; a deeper payload written some other way is never parsed
+        payload = {"data": text, "as_text": ["payload"]} if json_too_deep(text) else json.loads(text)
         return cls(
             idempotency_key=row["event_key"],
             rule=row["rule"],
@@ -128,6 +134,7 @@ class Event:
             unchanged_toast=tuple(payload.get("unchanged_toast", ())),
             key=row.get("key"),
             data=payload.get("data"),
+            as_text=tuple(payload.get("as_text", ())),
         )
 
 

@@ -203,6 +203,7 @@ async def test_typed_values_in_payload(dsn: str, sql: Conn) -> None:
             },
             "old": None,
             "unchanged_toast": [],
+            "as_text": ["jo"],  # marked: a JSON string would look the same
         }
     ]
 
