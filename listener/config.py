@@ -46,6 +46,7 @@ WORKER_CONCURRENCY = 16
 POLL_INTERVAL_S = 5.0
 LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
 GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
+RUN_TIMEOUT_S = 3600.0  # a run's timeout when its workflow sets none (@workflow(timeout=...))
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated, we refuse them
 RETAIN_WARN_BYTES = 10 * 1024**3  # `listener status` warns above this much WAL held by the slot (no `size`)
 
@@ -387,6 +388,7 @@ class WorkerSettings(BaseModel):
     poll_interval_s: float = Field(default=POLL_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
     lease_s: float = Field(default=LEASE_S, gt=0, strict=True, allow_inf_nan=False)
     grace_s: float = Field(default=GRACE_S, ge=0, strict=True, allow_inf_nan=False)
+    run_timeout_s: float = Field(default=RUN_TIMEOUT_S, gt=0, strict=True, allow_inf_nan=False)
 
 
 class RetainSettings(BaseModel):

@@ -167,6 +167,7 @@ def make_worker(
         poll_interval=config.worker.poll_interval_s,
         lease_seconds=config.worker.lease_s,
         grace_seconds=config.worker.grace_s,
+        run_timeout=config.worker.run_timeout_s,
         on_start=on_start,
         limits=config.limits,
         gating=any(rule.gated for rule in config.rules),

@@ -5,9 +5,10 @@
 * A claimed run holds a lease (``lease_expires``) renewed by a heartbeat.  A run whose worker died is
   put back to pending when its lease expires and claimed again, with ``attempt`` incremented: the
   attempt is the fencing token every write of a worker names, so a worker that lost its lease can never
-  overwrite a newer attempt (invariant 5).
+  overwrite a newer attempt (invariant 5).  The lost attempt counts as a failed one.
 * A failed attempt is retried with exponential backoff and jitter; after the workflow's last attempt the
-  run is ``dead``, keeping the error and traceback.  A workflow's exception never stops the worker.
+  run is ``dead``, keeping the error and traceback.  Whatever a workflow raises (even ``SystemExit`` or
+  its own ``CancelledError``) is a failed attempt, never a stop of the worker; every run has a timeout.
 * Workers wake on NOTIFY from ingest and fall back to a slow poll: a lost notification costs latency,
   never a run (invariant 7).
 * Stopping (SIGTERM) stops claiming, lets running workflows finish within a grace period, then releases
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from listener import workflow as wf
-from listener.config import WorkflowLimit
+from listener.config import RUN_TIMEOUT_S, WorkflowLimit
 from listener.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.errors import ConfigError
 from listener.store import notify_channel
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 CLAIM_BATCH = 64
 LEASE_SECONDS = 30.0
 GRACE_SECONDS = 30.0
+ERROR_CHARS = 2_000  # a failure's stored error text, at most
+TRACEBACK_CHARS = 20_000  # and its stored traceback
 POLL_SECONDS = 5.0
 
 _CLAIM_TAIL = """
@@ -142,15 +145,32 @@ UPDATE runs SET lease_expires = now() + make_interval(secs => $3)
 WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
 """
 # A lease that expired belongs to a dead (or stalled) worker: its run goes back to pending; the next
-# claim increments the attempt, which fences the old worker out.
+# claim increments the attempt, which fences the old worker out.  The lost attempt counts as a failure, so
+# a run that kills its worker every time (out of memory, a crash in native code) ends dead after its
+# workflow's max_attempts (checked at the next claim, see Worker._execute) instead of running for ever.
 _RECLAIM = """
 WITH r AS (
-    UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires = NULL
+    UPDATE runs
+    SET status = 'pending', failures = failures + 1, lease_owner = NULL, lease_expires = NULL,
+        traceback = NULL,
+        last_error = format('lease expired: worker %s stopped renewing attempt %s', lease_owner, attempt)
     WHERE status = 'running' AND lease_expires < now()
-    RETURNING id, attempt
+    RETURNING id, attempt, last_error
 )
-UPDATE attempts a SET finished_at = now(), outcome = 'lease expired'
+UPDATE attempts a SET finished_at = now(), outcome = 'lease expired', error = r.last_error
 FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
+"""
+# A claimed run whose earlier attempts already used up its workflow's max_attempts: dead without running,
+# keeping the last error (fenced like a failure).
+_DEAD_AT_CLAIM = """
+WITH r AS (
+    UPDATE runs SET status = 'dead', finished_at = now(), lease_owner = NULL, lease_expires = NULL
+    WHERE id = $1 AND attempt = $2 AND status = 'running'
+    RETURNING id, last_error
+)
+UPDATE attempts a SET finished_at = now(), outcome = 'dead', error = 'not run: ' || coalesce(r.last_error, '')
+FROM r WHERE a.run_id = r.id AND a.attempt = $2
+RETURNING r.last_error
 """
 
 
@@ -176,6 +196,7 @@ class Worker:
         poll_interval: float = POLL_SECONDS,
         lease_seconds: float = LEASE_SECONDS,
         grace_seconds: float = GRACE_SECONDS,
+        run_timeout: float = RUN_TIMEOUT_S,
         on_start: Callable[[wf.Event], None] | None = None,
         limits: Iterable[WorkflowLimit] = (),
         gating: bool = True,
@@ -186,6 +207,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self.grace_seconds = grace_seconds
+        self.run_timeout = run_timeout
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFFFF:x}"
         self.on_start = on_start
         self.limits = {limit.workflow: limit for limit in limits}
@@ -359,32 +381,50 @@ class Worker:
 
     async def _execute(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, row: asyncpg.Record) -> None:
         run_id, attempt = row["id"], row["attempt"]
-        event = wf.Event.from_row(row)
-        ctx = wf.Context(event, run_id=run_id, attempt=attempt, pool=user_pool, recorded=_json(row["steps"]))
         policy = wf.Policy()
+        timeout: float | None = self.run_timeout
+        failure: BaseException
         try:
+            event = wf.Event.from_row(row)
+            ctx = wf.Context(
+                event, run_id=run_id, attempt=attempt, pool=user_pool, recorded=_json(row["steps"])
+            )
             fn = wf.resolve(event.workflow, rule=event.rule)
             policy = wf.policy_of(fn)
+            timeout = self.run_timeout if policy.timeout is None else policy.timeout
+            if row["failures"] >= policy.max_attempts:  # earlier attempts were lost with their worker
+                await self._dead_at_claim(pool, run_id, attempt, row["failures"])
+                return
             if self.on_start is not None:
                 self.on_start(event)
-            async with asyncio.timeout(policy.timeout):
+            async with asyncio.timeout(timeout):
                 await wf.call(fn, ctx)
-        except asyncio.CancelledError:
-            raise  # shutdown: the lease is released by _shutdown
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker's own shutdown: the lease is released by _shutdown
+            failure = exc  # raised by the workflow's code itself: a failed attempt like any other
         except wf.Fenced as exc:
             self.stats.fenced += 1
             logger.warning("%s", exc)
             return
-        except Exception as exc:  # a workflow's error is data, never a crash of the worker
-            await self._fail(pool, run_id, attempt, row["failures"], exc, policy)
-            return
-        if not await self._complete(run_id, attempt):
-            self.stats.fenced += 1
-            logger.warning(
-                "run %s attempt %d finished after losing its lease: completion refused", run_id, attempt
-            )
+        except BaseException as exc:  # whatever user code raises (even SystemExit) is data
+            failure = exc
         else:
-            self.stats.done += 1
+            if not await self._complete(run_id, attempt):
+                self.stats.fenced += 1
+                logger.warning(
+                    "run %s attempt %d finished after losing its lease: completion refused", run_id, attempt
+                )
+            else:
+                self.stats.done += 1
+            return
+        await self._fail(pool, run_id, attempt, row["failures"], failure, policy, timeout)
+
+    async def _dead_at_claim(self, pool: asyncpg.Pool, run_id: str, attempt: int, failures: int) -> None:
+        error = await pool.fetchval(_DEAD_AT_CLAIM, run_id, attempt)
+        self.stats.dead += 1
+        logger.error("run %s is dead after %d attempt(s): %s", run_id, failures, error)
 
     async def _fail(
         self,
@@ -394,18 +434,30 @@ class Worker:
         failures: int,
         exc: BaseException,
         policy: wf.Policy,
+        timeout: float | None,
     ) -> None:
         # A workflow that does not import, or a step whose result cannot be recorded, fails the same way
         # on every retry: dead at once.
         max_attempts = 0 if isinstance(exc, (ConfigError, wf.StepError)) else policy.max_attempts
         if isinstance(exc, TimeoutError):
-            error = f"TimeoutError: run exceeded its timeout of {policy.timeout}s"
+            error = f"TimeoutError: run exceeded its timeout of {timeout}s"
         else:
-            error = f"{type(exc).__name__}: {exc}"
-        detail = "".join(traceback.format_exception(exc))
-        status = await pool.fetchval(
-            _FAILED, run_id, attempt, max_attempts, policy.backoff(failures + 1), error, detail
-        )
+            error = describe(exc)
+        try:
+            detail = "".join(traceback.format_exception(exc))
+        except Exception as format_exc:  # a traceback that cannot be rendered
+            detail = f"(the traceback could not be rendered: {describe(format_exc)})"
+        error, detail = storable(error, ERROR_CHARS), storable(detail, TRACEBACK_CHARS)
+        try:
+            status = await pool.fetchval(
+                _FAILED, run_id, attempt, max_attempts, policy.backoff(failures + 1), error, detail
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as db_exc:
+            # the lease will expire and count as this failed attempt
+            logger.error(
+                "run %s attempt %d failed (%s) and could not be recorded: %s", run_id, attempt, error, db_exc
+            )
+            return
         if status is None:
             self.stats.fenced += 1
         elif status == "dead":
@@ -414,6 +466,26 @@ class Worker:
         else:
             self.stats.failed += 1
             logger.warning("run %s attempt %d failed (will retry): %s", run_id, attempt, error)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception from user code, even when its ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except BaseException as str_exc:  # user code again
+        text = f"<str() of the exception raised {type(str_exc).__name__}>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def storable(text: str, limit: int) -> str:
+    """Text PostgreSQL can store: no NUL, valid UTF-8 (lone surrogates escaped), at most ``limit``
+    characters (the middle is cut: a traceback's start and its last lines both matter)."""
+    text = text.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    room = limit - 40  # what the marker takes, at most
+    head, tail = text[: room // 2], text[len(text) - (room - room // 2) :]
+    return f"{head}\n[... {len(text) - room} characters cut ...]\n{tail}"
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

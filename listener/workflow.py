@@ -29,6 +29,7 @@ import importlib
 import inspect
 import json
 import random
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -227,9 +228,7 @@ class Context:
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    result = fn(*args, **kwargs)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    result = await call(fn, *args, **kwargs)
                 try:
                     encoded = json.dumps(result, allow_nan=False)
                 except (TypeError, ValueError) as exc:
@@ -317,8 +316,45 @@ def resolve(reference: str, *, rule: str | None = None) -> Workflow:
     return fn  # type: ignore[no-any-return]
 
 
-async def call(fn: Workflow, ctx: Context) -> Any:
-    result = fn(ctx)
-    if inspect.isawaitable(result):
+async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a workflow or a step's function: an ``async`` one on the event loop, a plain one in a thread of
+    its own, so a blocking call (a synchronous SDK, ``time.sleep``) stalls neither the other runs nor the
+    heartbeat that keeps their leases."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    result = await in_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(result):  # a plain function that returned a coroutine (a wrapper, a lambda)
         return await result
     return result
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a new daemon thread (with this context's variables), awaited.
+
+    Not ``asyncio.to_thread``: a timed-out or shut-down run cannot stop its thread, and that thread would
+    then hold one of the default executor's few slots for as long as it runs, and block the process's exit.
+    A daemon thread of its own does neither."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if done.done():  # abandoned: the run timed out or was cancelled meanwhile
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+
+    def target() -> None:
+        try:
+            result, exc = context.run(fn, *args, **kwargs), None
+        except BaseException as raised:  # whatever it raises is the run's failure, in the loop's thread
+            result, exc = None, raised
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(
+        target=target, name=f"listener {getattr(fn, '__qualname__', fn)!s:.60}", daemon=True
+    ).start()
+    return await done

@@ -128,3 +128,11 @@ def sql(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to the test database, for setting up tables and writing rows."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def calls_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A file the sample workflows append each real call of a step to (LISTENER_TEST_CALLS)."""
+    path = str(tmp_path / "calls.txt")
+    monkeypatch.setenv("LISTENER_TEST_CALLS", path)
+    return path

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
+import threading
 
 from listener.workflow import Context, workflow
 
@@ -150,3 +153,83 @@ async def step_retries(ctx: Context) -> None:
 @workflow(max_attempts=1)
 async def step_timeout(ctx: Context) -> None:
     await ctx.step("hang", asyncio.sleep, 30, timeout=0.2)
+
+
+# Workflows that fail in ways a worker must survive and record (issue 9, point 8).
+
+
+@workflow(max_attempts=2, backoff_base=0.01)
+async def nul_in_error(ctx: Context) -> None:
+    """An error text PostgreSQL cannot store as is: a NUL byte, a lone surrogate, and far too long."""
+    raise ValueError("bad \x00 byte, bad \udcff char, " + "x" * 200_000)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of this exception fails")
+
+
+@workflow(max_attempts=2, backoff_base=0.01)
+async def unprintable_error(ctx: Context) -> None:
+    raise Unprintable()
+
+
+@workflow(max_attempts=2, backoff_base=0.01)
+async def raises_cancelled(ctx: Context) -> None:
+    """User code raising CancelledError (e.g. from a task it cancelled): not the worker's shutdown."""
+    raise asyncio.CancelledError()
+
+
+@workflow(max_attempts=2, backoff_base=0.01)
+async def exits(ctx: Context) -> None:
+    sys.exit(3)
+
+
+# a threading.Event: the plain functions below wait on it in a worker thread
+PLAIN_GATE = threading.Event()
+
+
+@workflow(max_attempts=1)
+def blocking(ctx: Context) -> str:
+    """A plain (not async) workflow that blocks, as a synchronous SDK call would."""
+    _record_call("blocking", ctx.run_id)
+    if not PLAIN_GATE.wait(15):
+        raise RuntimeError("the gate was never opened: the event loop was blocked")
+    return "released"
+
+
+def _blocking_call(run_id: str) -> str:
+    _record_call("blocking", run_id)
+    if not PLAIN_GATE.wait(15):
+        raise RuntimeError("the gate was never opened: the event loop was blocked")
+    return "released"
+
+
+@workflow(max_attempts=1)
+async def blocking_step(ctx: Context) -> None:
+    """An async workflow whose step is a plain function that blocks."""
+    await ctx.step("call", _blocking_call, ctx.run_id)
+
+
+@workflow(max_attempts=1)
+async def hangs(ctx: Context) -> None:
+    """No timeout of its own: the worker's default run timeout ends it."""
+    await asyncio.sleep(3600)
+
+
+@workflow(max_attempts=1)
+def hangs_plain(ctx: Context) -> None:
+    PLAIN_GATE.wait(60)
+
+
+@workflow(max_attempts=1, timeout=60)
+async def patient(ctx: Context) -> None:
+    """Its own timeout is longer than the worker's default: it wins."""
+    await asyncio.sleep(0.5)
+
+
+@workflow(max_attempts=2)
+async def kills_its_worker(ctx: Context) -> None:
+    """The worker process dies in the middle of the run, every time (an OOM kill, a segfault)."""
+    _record_call("kill", ctx.run_id)
+    os.kill(os.getpid(), signal.SIGKILL)

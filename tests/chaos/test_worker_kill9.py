@@ -74,11 +74,41 @@ def test_kill_9_mid_workflow_resumes_elsewhere_without_repeating_a_step(
     assert calls(str(calls_file)) == ["llm run-1"]  # the LLM step ran once, in the killed worker
     assert effects(sql) == [("run-1", "summary of doc", "run-1:save")]
     row = run_row(sql, "run-1")
-    assert (row["status"], row["attempt"], row["failures"]) == ("done", 2, 0)
+    assert (row["status"], row["attempt"], row["failures"]) == ("done", 2, 1)  # the lost attempt counts
     outcomes = sql.execute(
         "SELECT attempt, outcome FROM listener.attempts WHERE run_id = 'run-1' ORDER BY 1"
     ).fetchall()
     assert outcomes == [(1, "lease expired"), (2, "done")]
+
+
+def test_a_run_whose_worker_keeps_dying_ends_dead_after_its_attempts(
+    dsn: str, sql: Conn, tmp_path: Path
+) -> None:
+    """The workflow kills its worker process every time (think OOM killer): each expired lease counts as an
+    attempt, so the run ends dead after @workflow(max_attempts=2) instead of killing workers for ever."""
+    prepare(sql)
+    config = tmp_path / "listener.yaml"
+    config.write_text(CONFIG.format(lease=1, grace=1).replace("two_steps", "kills_its_worker"))
+    log, calls_file = tmp_path / "workers.log", tmp_path / "calls.txt"
+    enqueue(sql, "doomed", "tests.sample_workflows:kills_its_worker")
+    for _ in range(4):  # more restarts than attempts: a supervisor restarting the worker
+        worker = start_worker(dsn, config, log, {"LISTENER_TEST_CALLS": str(calls_file)})
+        try:
+            wait(
+                lambda w=worker: w.poll() is not None or run_row(sql, "doomed")["status"] == "dead",
+                "a claim",
+                log,
+            )
+        finally:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                assert worker.wait(30) == 0, log.read_text()[-3000:]
+        if run_row(sql, "doomed")["status"] == "dead":
+            break
+    row = run_row(sql, "doomed")
+    assert (row["status"], row["failures"]) == ("dead", 2), log.read_text()[-3000:]
+    assert "lease expired" in row["last_error"]
+    assert calls(str(calls_file)) == ["kill doomed", "kill doomed"]  # ran (and killed) exactly twice
 
 
 def test_sigterm_releases_unfinished_runs_after_the_grace_period(dsn: str, sql: Conn, tmp_path: Path) -> None:

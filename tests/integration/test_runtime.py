@@ -4,10 +4,8 @@ effects, retries, dead runs, timeouts, and fencing of a worker that lost its lea
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests import sample_workflows
 from tests.runtime_support import (
@@ -23,13 +21,6 @@ from tests.runtime_support import (
 
 Conn = psycopg.Connection[tuple[object, ...]]
 WF = "tests.sample_workflows"
-
-
-@pytest.fixture
-def calls_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    path = str(tmp_path / "calls.txt")
-    monkeypatch.setenv("LISTENER_TEST_CALLS", path)
-    return path
 
 
 async def test_two_steps_run_once_and_the_write_commits_with_its_step(
