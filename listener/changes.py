@@ -50,6 +50,9 @@ _JSON_NATIVE_ELEMENTS = _INT_OIDS | _BOOL_OIDS | _FLOAT_OIDS | _JSON_OIDS | _TEX
 _TYPED_ELEMENTS = _JSON_NATIVE_ELEMENTS | {BYTEA_OID}
 
 JsonValue = Any
+# what psycopg's loaders and json raise for text that is not a value of its type (UnicodeDecodeError is a
+# ValueError); malformed server bytes, reported as ProtocolError
+_BAD_VALUE = (ValueError, psycopg.DataError)
 Render = Callable[[bytes], JsonValue]
 Fragment = Callable[[bytes], str]
 Load = Callable[[bytes], Any]
@@ -312,8 +315,10 @@ class TypeRegistry:
             return _bytea_hex(self.transformer.get_loader(BYTEA_OID, pq.Format.TEXT).load)
         if base in _JSON_OIDS:
             return _json_or_text(self.transformer.get_loader(base, pq.Format.TEXT).load)
-        if base in _INT_OIDS or base in _BOOL_OIDS:
-            return self.transformer.get_loader(base, pq.Format.TEXT).load
+        if base in _BOOL_OIDS:
+            return _bool
+        if base in _INT_OIDS:
+            return _int
         if base in _FLOAT_OIDS:
             return _finite_or_text(self.transformer.get_loader(base, pq.Format.TEXT).load)
         return _text
@@ -336,16 +341,34 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=F
 
 
 def _bool_fragment(data: bytes) -> str:
-    return "true" if data == b"t" else "false"
+    if data == b"t":
+        return "true"
+    if data == b"f":
+        return "false"
+    raise ValueError(f"{data!r} is not a boolean ('t' or 'f')")
+
+
+def _int(data: bytes) -> int:
+    return int(_int_fragment(data))
+
+
+def _bool(data: bytes) -> bool:
+    return _bool_fragment(data) == "true"
 
 
 def _text_fragment(data: bytes) -> str:
     return _encode_str(data.decode())
 
 
+_NEGATIVE_INT = re.compile(rb"-[1-9][0-9]*").fullmatch
+
+
 def _int_fragment(data: bytes) -> str:
-    # PostgreSQL prints integers as an optional '-' and digits: that text is already the JSON number.
-    return data.decode()
+    # PostgreSQL prints integers as an optional '-' and digits, no leading zero: already the JSON number.
+    # Checked all the same: bytes copied into the payload must never make it invalid JSON.
+    if (data.isdigit() and (data[0] != 0x30 or len(data) == 1)) or _NEGATIVE_INT(data):
+        return data.decode()
+    raise ValueError(f"{data!r} is not an integer")
 
 
 def _fragment(fragment: Fragment, value: po.Value) -> str:
@@ -491,7 +514,15 @@ class Change:
         return "{" + ",".join(parts) + "}"
 
     def payload_json(self) -> str:
-        """``{"new": .., "old": .., "unchanged_toast": [..]}`` as JSON text: the queue's event payload."""
+        """``{"new": .., "old": .., "unchanged_toast": [..]}`` as JSON text: the queue's event payload.
+
+        A value that is not its type's text raises :class:`ProtocolError` naming its offset."""
+        try:
+            return self._payload_json()
+        except _BAD_VALUE as exc:
+            raise self._bad_value(exc) from None
+
+    def _payload_json(self) -> str:
         as_text: set[str] = set()
         tuple_fragment = self._tuple_fragment
         new = "null" if self.new is None else tuple_fragment(self.new, key_only=False, as_text=as_text)
@@ -516,12 +547,53 @@ class Change:
         ]
 
     def new_json(self) -> dict[str, JsonValue] | None:
-        return self._tuple_json(self.new, key_only=False) if self.new is not None else None
+        if self.new is None:
+            return None
+        try:
+            return self._tuple_json(self.new, key_only=False)
+        except _BAD_VALUE as exc:
+            raise self._bad_value(exc) from None
 
     def old_json(self) -> dict[str, JsonValue] | None:
         if self.old is None:
             return None
-        return self._tuple_json(self.old, key_only=self.old_kind == "K")
+        try:
+            return self._tuple_json(self.old, key_only=self.old_kind == "K")
+        except _BAD_VALUE as exc:
+            raise self._bad_value(exc) from None
+
+    def _bad_value(self, exc: Exception) -> ProtocolError:
+        """The value that could not be rendered, found again column by column, with its offset in the
+        change's message (type byte, relation OID, then each tuple: marker, Int16 count, and per
+        column a kind byte, and for a value an Int32 length and the bytes)."""
+        rel = self.relation
+        assert rel is not None
+        sides = {"insert": ("new",), "update": ("old", "new"), "delete": ("old",)}.get(self.op, ())
+        pos = 5
+        for side in sides:
+            values = self.new if side == "new" else self.old
+            if values is None:
+                continue
+            pos += 3
+            for col, value in zip(rel.columns, values, strict=False):
+                if value is None or value is po.UNCHANGED_TOAST:
+                    pos += 1
+                    continue
+                data = value if isinstance(value, bytes) else value.data  # type: ignore[union-attr]
+                try:
+                    if isinstance(value, bytes):
+                        _dumps(col.render(value))
+                        col.fragment(value)
+                except _BAD_VALUE as found:
+                    type_name = getattr(postgres.types.get(col.type_oid), "name", f"OID {col.type_oid}")
+                    return ProtocolError(
+                        f"{side} value of column {col.name!r} of {rel.qualified} is not {type_name} text"
+                        f" ({data[:40]!r}: {found})",
+                        offset=pos + 5,
+                        lsn=self.lsn,
+                    )
+                pos += 5 + len(data)
+        return ProtocolError(f"a value of {rel.qualified} cannot be rendered: {exc}", offset=0, lsn=self.lsn)
 
     def unchanged_toast(self) -> list[str]:
         if self.new is None or self.relation is None:
@@ -658,6 +730,8 @@ class Assembler:
 
     def _truncate(self, lsn: int, msg: po.Truncate) -> Change:
         begin = self._txn(lsn)
+        if not msg.relation_oids:
+            raise ProtocolError("Truncate of no relation", offset=1, lsn=lsn)
         tables = tuple((self._lookup(oid, lsn), self.next_ordinal(oid)) for oid in msg.relation_oids)
         first, ordinal = tables[0]
         return Change(
