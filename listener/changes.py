@@ -110,8 +110,8 @@ def _all_finite(value: Any) -> bool:
 
 class JsonText(str):
     """A json/jsonb value carried as its PostgreSQL text, not as JSON: it nests deeper than
-    :data:`MAX_JSON_DEPTH`, or holds a number beyond float range.  Events list such values in
-    ``as_text``."""
+    :data:`MAX_JSON_DEPTH`, holds a number beyond float range, or (json, message content) holds
+    ``\\u0000``, which the queue's jsonb refuses.  Events list such values in ``as_text``."""
 
     __slots__ = ()
 
@@ -174,7 +174,7 @@ def json_or_text(content: str) -> tuple[JsonValue, bool]:
     """Text that may be JSON (a message's or a NOTIFY's content) as ``(value, as_text)``: the parsed
     value; or the text itself with ``as_text`` when it is JSON Python cannot carry (too deep, a number
     beyond float range); or None when it is not JSON."""
-    if json_too_deep(content):
+    if json_too_deep(content) or "\\u0000" in content:
         return content, True
     try:
         value = _decode_json(content)
@@ -190,7 +190,7 @@ def _json_or_text(load: Load) -> Render:
     as a :class:`JsonText`."""
 
     def render(data: bytes) -> JsonValue:
-        if json_too_deep(data):
+        if json_too_deep(data) or b"\\u0000" in data:
             return JsonText(data.decode())
         value = load(data)
         return JsonText(data.decode()) if _overflows(data, value) else value

@@ -1073,10 +1073,7 @@ def _append_message_events(
 ) -> None:
     """Events of a logical decoding message.  Transactional: keyed by the commit LSN and the message's
     ordinal among its prefix's in the transaction; otherwise by the message's own LSN."""
-    try:
-        content = msg.content.decode()
-    except UnicodeDecodeError:
-        content = "\\x" + msg.content.hex()
+    content = _message_text(msg.content)
     fields = {"content": content, "prefix": msg.prefix, "transactional": msg.transactional}
     payload = _dumps({**_content_data(content), **fields})
     commit = format_lsn(begin.final_lsn if begin is not None else msg.lsn)
@@ -1084,6 +1081,15 @@ def _append_message_events(
     at = begin.commit_time if begin is not None else None
     for rule in matched:
         batch.add(batch.group_id(rule, "message", None, commit, xid, at), msg.lsn, ordinal, payload)
+
+
+def _message_text(content: bytes) -> str:
+    """A message's content as text, or as ``\\x`` hex when it is not text: not UTF-8, or holding NUL
+    (which no PostgreSQL text holds, and the queue's jsonb refuses)."""
+    if b"\0" not in content:
+        with contextlib.suppress(UnicodeDecodeError):
+            return content.decode()
+    return "\\x" + content.hex()
 
 
 def _content_data(content: str) -> dict[str, Any]:

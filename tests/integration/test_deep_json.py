@@ -112,7 +112,29 @@ async def test_a_deep_notify_is_carried_as_text_and_notify_ingest_goes_on(dsn: s
     async with running_ingest(dsn, config):
         await asyncio.sleep(0.3)  # LISTEN is issued as the session starts
         sql.execute("SELECT pg_notify('hooks', repeat('[',1500)||repeat(']',1500))")
+        sql.execute("SELECT pg_notify('hooks', %s)", ['{"nul": "\\u0000"}'])
         sql.execute("NOTIFY hooks, '{\"after\": 1}'")
-        await _wait_for(lambda: len(payloads(dsn)) >= 2, "two NOTIFY events")
+        await _wait_for(lambda: len(payloads(dsn)) >= 3, "three NOTIFY events")
     got = [(p["data"], p.get("as_text")) for _, p in payloads(dsn)]
-    assert got == [("[" * 1500 + "]" * 1500, ["data"]), ({"after": 1}, None)]
+    deep = "[" * 1500 + "]" * 1500
+    assert got == [(deep, ["data"]), ('{"nul": "\\u0000"}', ["data"]), ({"after": 1}, None)]
+
+
+async def test_nul_in_json_text_and_message_bytes_is_carried(dsn: str, sql: Conn) -> None:
+    """jsonb refuses \\u0000 (the queue's payload is jsonb), json and message bytes do not."""
+    sql.execute("CREATE TABLE docs (id int PRIMARY KEY, raw json)")
+    config = make_config([rule(name="rows", table="docs", on=["insert"]), rule(name="m", message="nul")])
+    async with running_ingest(dsn, config) as run:
+        sql.execute("INSERT INTO docs VALUES (1, %s)", ['{"a": "\\u0000"}'])
+        sql.execute("SELECT pg_logical_emit_message(true, 'nul', %s::text)", ['{"a": "\\u0000"}'])
+        sql.execute("SELECT pg_logical_emit_message(true, 'nul', '\\x6100'::bytea)")
+        await wait_caught_up(run, dsn)
+    got = [p for _, p in payloads(dsn)]
+    assert got[0] == {
+        "new": {"id": 1, "raw": '{"a": "\\u0000"}'},
+        "old": None,
+        "unchanged_toast": [],
+        "as_text": ["raw"],
+    }
+    assert (got[1]["data"], got[1]["as_text"]) == ('{"a": "\\u0000"}', ["data"])
+    assert (got[2]["data"], got[2]["content"]) == (None, "\\x6100")  # like any content that is not text

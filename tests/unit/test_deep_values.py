@@ -32,6 +32,7 @@ def test_json_or_text() -> None:
     assert json_or_text("Infinity") == (None, False)
     assert json_or_text("nope") == (None, False)
     assert json_or_text('{"a": 1}') == ({"a": 1}, False)
+    assert json_or_text('["\\u0000"]') == ('["\\u0000"]', True)  # the queue's jsonb refuses it
 
 
 def test_deep_json_columns_render_as_text() -> None:
