@@ -132,9 +132,9 @@ class _TimedSession(ReplicationSession):
     """The real session; notes when the first XLogData payload arrived and how long it waited for more."""
 
     async def read(
-        self, max_messages: int = READ_BATCH_MESSAGES, *, block: bool = True
+        self, max_messages: int = READ_BATCH_MESSAGES, *, block: bool = True, wait_s: float | None = None
     ) -> list[tuple[int, memoryview]]:
-        out = await super().read(max_messages, block=block)
+        out = await super().read(max_messages, block=block, wait_s=wait_s)
         if out and _Clock.first_message is None:
             _Clock.first_message = time.perf_counter()
         return out

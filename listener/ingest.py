@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -81,9 +82,11 @@ WRITE_QUEUE_BATCHES = 2
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 30.0
 SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender a moment longer
-# While no rule table changes, the checkpoint follows the server's position at most this often: each
-# checkpoint write is WAL itself (when the state database is the source), which would otherwise feed a
-# keepalive-write loop.
+# A checkpoint that no event needs -- the server's position while idle, or the end of a transaction that
+# made no event (PostgreSQL 14 streams an empty Begin/Commit for every transaction in the database, 15+ one
+# for changes that no rule matches) -- is written at most this often; in between it waits for the next
+# batch that has events.  Each such write is WAL itself (when the state database is the source), which would
+# otherwise feed a loop of one write per transaction.
 IDLE_CHECKPOINT_INTERVAL_S = 10.0
 # With a retention window: at most one lsn_history row per this many seconds (the precision of
 # `listener rewind --to-time`, and how often the confirmed position can move).
@@ -555,7 +558,11 @@ class Ingest:
         batch_started = time.monotonic()
         submitted_checkpoint = resume_lsn
         skipping = False
-        last_idle_checkpoint = time.monotonic()
+        # checkpoints that no event needs wait (see IDLE_CHECKPOINT_INTERVAL_S): when a checkpoint was last
+        # submitted, and the end and commit time of the newest transaction since then that made no event
+        last_checkpoint = time.monotonic()
+        deferred: tuple[int, datetime] | None = None
+        txn_submitted = False  # part of the open transaction went out in an earlier batch
         stats = self.stats
         events = batch.payload  # its length is the batch's size
         # compact storage of bulk transactions (see sql/0002_event_chunks.sql)
@@ -579,9 +586,15 @@ class Ingest:
             assembler.set_next_ordinal(oid, chunk.first_ordinal + chunk.changes)
 
         async def submit() -> None:
-            nonlocal batch, events, batch_started, submitted_checkpoint
+            nonlocal batch, events, batch_started, submitted_checkpoint, deferred, txn_submitted
+            nonlocal last_checkpoint
+            if batch.checkpoint is None and deferred is not None and _has_content(batch):
+                batch.checkpoint, batch.checkpoint_time = deferred  # it rides with a batch that is written
             if batch.checkpoint is not None:
                 submitted_checkpoint = batch.checkpoint
+                last_checkpoint = time.monotonic()
+                deferred = None
+            txn_submitted = assembler.in_transaction
             await queue.put(batch)
             batch = EventBatch(rewind=rewind if rewind_end else None)
             events = batch.payload
@@ -591,7 +604,10 @@ class Ingest:
             # With a batch ready to go, only look at what is already buffered: once libpq's buffer is
             # drained the batch is submitted, never held until the next message or status timeout.
             ready = _has_work(batch) and not assembler.in_transaction
-            messages = await session.read(block=not ready)
+            wait_s = None  # a deferred checkpoint falls due at the end of the interval: wake up then
+            if deferred is not None and not assembler.in_transaction:
+                wait_s = max(last_checkpoint + self.idle_checkpoint_interval - time.monotonic(), 0.0)
+            messages = await session.read(block=not ready, wait_s=wait_s)
             if not messages:
                 if ready:
                     await submit()
@@ -607,11 +623,13 @@ class Ingest:
                     # position was sent and handled; let the checkpoint follow it (otherwise the slot
                     # pins WAL forever), but not too often (see IDLE_CHECKPOINT_INTERVAL_S).
                     not assembler.in_transaction
-                    and session.keepalive_lsn > submitted_checkpoint
-                    and time.monotonic() - last_idle_checkpoint >= self.idle_checkpoint_interval
+                    and (deferred is not None or session.keepalive_lsn > submitted_checkpoint)
+                    and time.monotonic() - last_checkpoint >= self.idle_checkpoint_interval
                 ):
-                    batch.checkpoint = session.keepalive_lsn
-                    last_idle_checkpoint = time.monotonic()
+                    if deferred is not None and deferred[0] >= session.keepalive_lsn:
+                        batch.checkpoint, batch.checkpoint_time = deferred
+                    else:
+                        batch.checkpoint = session.keepalive_lsn
                     await submit()
                 continue
             for lsn, payload in messages:
@@ -739,6 +757,7 @@ class Ingest:
                         # Already durable before a restart: its commit LSN lies below the checkpoint.
                         rewinding, skipping = False, item.commit_lsn < resume_lsn
                     fast = skipping
+                    txn_submitted = False
                 elif type(item) is TxnCommit:
                     if rewinding:
                         stats.rewound += 1
@@ -752,8 +771,16 @@ class Ingest:
                                 return
                     elif not skipping:
                         stats.transactions += 1
-                        batch.checkpoint = item.end_lsn
-                        batch.checkpoint_time = item.commit_time
+                        if (
+                            txn_submitted
+                            or _has_content(batch)
+                            # it made no event, but no checkpoint was written for a while: move on
+                            or time.monotonic() - last_checkpoint >= self.idle_checkpoint_interval
+                        ):
+                            batch.checkpoint = item.end_lsn
+                            batch.checkpoint_time = item.commit_time
+                        else:
+                            deferred = (item.end_lsn, item.commit_time)
                     if chunks:
                         batch.chunks.extend(chunks.values())
                         chunks.clear()
@@ -907,11 +934,15 @@ def _moved_past(confirmed: int, rewind: RewindPlan) -> str:
 
 def _has_work(batch: EventBatch) -> bool:
     """Whether a batch holds anything to commit: events, a checkpoint, or a rewind's progress."""
+    return batch.checkpoint is not None or _has_content(batch)
+
+
+def _has_content(batch: EventBatch) -> bool:
+    """Whether a batch holds anything to commit besides a checkpoint."""
     return bool(
         batch.payload
         or batch.chunks
         or batch.journal
-        or batch.checkpoint is not None
         or batch.rewind_position is not None
         or batch.rewind_done
         or batch.backfill

@@ -270,16 +270,18 @@ class ReplicationSession:
                 self._waiter.set_result(None)
 
     async def read(
-        self, max_messages: int = READ_BATCH_MESSAGES, *, block: bool = True
+        self, max_messages: int = READ_BATCH_MESSAGES, *, block: bool = True, wait_s: float | None = None
     ) -> list[tuple[int, memoryview]]:
         """Return the next XLogData payloads as (data_start LSN, payload).
 
         When nothing is buffered: with ``block``, wait for data (returning an empty list when a keepalive
-        arrived or a status update fell due meanwhile); without, return at once.  Afterwards ``drained``
+        arrived, a status update fell due or ``wait_s`` seconds passed meanwhile); without, return at once.
+        Afterwards ``drained``
         tells whether libpq's buffer was emptied (False: ``max_messages`` were returned and more may be
         waiting).  Keepalives are answered here.
         """
         out: list[tuple[int, memoryview]] = []
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         pgconn = self.pgconn
         get = pgconn.get_copy_data
         self.drained = False
@@ -311,7 +313,10 @@ class ReplicationSession:
                 if out or not block:
                     break
                 await self._maybe_send_status()
-                if await self._wait_readable(self._time_to_next_status()):
+                timeout = self._time_to_next_status()
+                if deadline is not None:
+                    timeout = min(timeout, max(deadline - time.monotonic(), 0.0))
+                if await self._wait_readable(timeout):
                     self._consume_input()
                 else:
                     return out
