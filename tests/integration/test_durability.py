@@ -142,12 +142,13 @@ async def test_flush_never_passes_what_is_durable(dsn: str, sql: Conn) -> None:
                 FOR EACH ROW EXECUTE FUNCTION listener.refuse();
             """
         )
+        # (on PostgreSQL 14 the DDL above arrives as an empty transaction: the checkpoint may pass it)
+        before_refused = parse_lsn(str(sql.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]))  # type: ignore[index]
         sql.execute("INSERT INTO items VALUES (2, 'refused at first')")
-        refused_commit = parse_lsn(str(sql.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]))  # type: ignore[index]
         await asyncio.sleep(1.5)  # ingest tries, fails, reconnects, tries again...
         assert run.ingest.stats.reconnects >= 1
-        assert stored_checkpoint(sql) == good
-        assert slot_flush(sql) <= good < refused_commit
+        assert good <= stored_checkpoint(sql) <= before_refused
+        assert slot_flush(sql) <= stored_checkpoint(sql)
         sql.execute("DROP TRIGGER refuse ON listener.events")
         await wait_caught_up(run, dsn)
     assert ids(events(dsn)) == [1, 2]
