@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from listener.config import Rule
+from listener.config import Rule, split_table
 from listener.predicate import ColumnType
 
 _COLUMNS = """
@@ -34,7 +34,8 @@ LEFT JOIN LATERAL (
       AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
     LIMIT 1
 ) ri ON true
-WHERE c.oid = to_regclass(%s)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s  -- not to_regclass: it needs USAGE on the schema
 ORDER BY a.attnum
 """
 
@@ -105,7 +106,7 @@ def read_tables(
     """Each table's info (None: no such table) and the database's collation."""
     out: dict[str, TableInfo | None] = {}
     for table in tables:
-        out[table] = _table_info(table, conn.execute(_COLUMNS, [table]).fetchall())
+        out[table] = _table_info(table, conn.execute(_COLUMNS, split_table(table)).fetchall())
     return out, _collation(conn.execute(_collation_query(conn.info.server_version)).fetchone())
 
 
@@ -115,7 +116,7 @@ async def read_tables_async(
     """:func:`read_tables` over an async connection."""
     out: dict[str, TableInfo | None] = {}
     for table in tables:
-        cur = await conn.execute(_COLUMNS, [table])
+        cur = await conn.execute(_COLUMNS, split_table(table))
         out[table] = _table_info(table, await cur.fetchall())
     cur = await conn.execute(_collation_query(conn.info.server_version))
     return out, _collation(await cur.fetchone())

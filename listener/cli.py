@@ -145,8 +145,8 @@ def check(opts: Options) -> None:
         mark = "[yellow]![/]" if r.ok and r.warning else ("[green]✓[/]" if r.ok else "[red]✗[/]")
         # names, rule texts and SQL are not markup: `when: new.tags[1] = 'x'` prints as written
         out.print(f"{mark} {escape(r.name)}: {escape(r.detail)}")
-        if r.fix:
-            out.print(f"    fix: {escape(r.fix)}")
+        if r.fix:  # several statements: one a line, aligned
+            out.print("    fix: " + escape(r.fix).replace("\n", "\n         "))
     failed = [r for r in results if not r.ok and r.fix != "listener init"]
     needs_init = [r for r in results if not r.ok and r.fix == "listener init"]
     if failed:

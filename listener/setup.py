@@ -249,10 +249,35 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
                     "state schema",
                     False,
                     f"state schema {config.state_schema} is {have}, listener needs version {latest}",
-                    "listener init",
+                    _state_schema_fix(conn, config.state_schema),
                 )
             )
     return results
+
+
+_SCHEMA_ACCESS = """
+SELECT current_user, current_database(), n.oid IS NOT NULL,
+       coalesce(has_schema_privilege(n.oid, 'CREATE') AND has_schema_privilege(n.oid, 'USAGE'), false),
+       has_database_privilege(current_database(), 'CREATE')
+FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = %s
+"""
+
+
+def _state_schema_fix(conn: Conn, schema: str) -> str:
+    """`listener init` when the role may create (or add to) the state schema, else the SQL a DBA runs:
+    listener needs its own schema, never rights on the application's."""
+    row = conn.execute(_SCHEMA_ACCESS, [schema]).fetchone()
+    assert row is not None
+    role, database, exists, may_add, may_create = row
+    who, ident = sql.Identifier(role).as_string(conn), sql.Identifier(schema).as_string(conn)
+    if exists and not may_add:
+        return f"GRANT USAGE, CREATE ON SCHEMA {ident} TO {who};  -- then `listener init`"
+    if not exists and not may_create:
+        return (
+            f"CREATE SCHEMA {ident} AUTHORIZATION {who};  -- then `listener init`; or give listener its own "
+            f"state database (`state_dsn:`), since role {role} lacks CREATE on database {database}"
+        )
+    return "listener init"
 
 
 def _check_rules(conn: Conn, config: Config) -> tuple[list[CheckResult], Pushdown]:
@@ -361,7 +386,7 @@ def _check_tables(conn: Conn, config: Config, rules: RuleSet, planned: Pushdown)
             """
             SELECT c.relkind::text, c.relreplident::text,
                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                   pg_has_role(c.relowner, 'USAGE')
+                   has_schema_privilege(n.oid, 'USAGE'), has_table_privilege(c.oid, 'SELECT'), current_user
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = %s AND c.relname = %s
             """,
@@ -382,7 +407,7 @@ def _check_tables(conn: Conn, config: Config, rules: RuleSet, planned: Pushdown)
                 )
             )
             continue
-        relkind, ident, has_pk, owner = row
+        relkind, ident, has_pk, usage, select, role = row
         if relkind not in ("r", "p"):
             out.append(
                 CheckResult(
@@ -423,15 +448,20 @@ def _check_tables(conn: Conn, config: Config, rules: RuleSet, planned: Pushdown)
                     warning=True,
                 )
             )
-        if not owner:
+        if not (usage and select):
+            # Publishing the table needs its owner (see the publication's line); listener itself only
+            # reads it: the catalog, and the rows for `listener backfill`.
+            who = sql.Identifier(role).as_string(conn)
+            grants = [f"GRANT USAGE ON SCHEMA {sql.Identifier(schema).as_string(conn)} TO {who};"]
+            grants = grants if not usage else []
+            if not select:
+                grants.append(f"GRANT SELECT ON {sql.Identifier(schema, table).as_string(conn)} TO {who};")
             problems.append(
                 CheckResult(
-                    f"table {name}",
-                    False,
-                    f"the current role does not own {name}; adding it to a publication requires ownership",
-                    f"run `listener init` as the owner, or ALTER TABLE {name} OWNER TO <this role>;",
+                    f"table {name}", False, f"role {role} may not read {name} (listener needs SELECT)",
+                    "\n".join(grants),
                 )
-            )
+            )  # fmt: skip
         out.extend(problems or [CheckResult(f"table {name}", True, f"{name} exists")])
     return out
 
@@ -515,11 +545,40 @@ def _check_publications(conn: Conn, rules: RuleSet, planned: Pushdown) -> list[C
 def _check_publication(
     conn: Conn, label: str, name: str, tables: Sequence[TablePlan], publish: str, planned: Pushdown
 ) -> CheckResult:
+    problems = _publication_problems(conn, name, tables, publish, planned)
+    access = _publication_access(conn, name, tables)
+    if problems is None:
+        if access.ours:
+            return CheckResult(label, True, f"publication {name!r} will be created by init", warning=True)
+        if not tables and name != planned.plan.publication:
+            return CheckResult(label, True, f"publication {name!r} is not needed: no table has a row filter")
+        return CheckResult(
+            label,
+            False,
+            f"publication {name!r} does not exist, and {access.why_not}",
+            _statements_text(conn, name, tables, publish, exists=False),
+        )
+    if problems:
+        detail = f"publication {name!r}: " + "; ".join(problems)
+        if access.ours:
+            return CheckResult(label, False, detail, "listener init")
+        fix = _statements_text(conn, name, tables, publish, exists=True)
+        return CheckResult(label, False, f"{detail}; {access.why_not}", fix)
+    return CheckResult(
+        label, True, f"publication {name!r} matches the rules: {len(tables)} table(s), {publish}"
+    )
+
+
+def _publication_problems(
+    conn: Conn, name: str, tables: Sequence[TablePlan], publish: str, planned: Pushdown
+) -> list[str] | None:
+    """How publication ``name`` differs from ``tables`` and ``publish`` (empty: it matches; None: there is
+    no such publication)."""
     row = conn.execute(
         "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = %s", [name]
     ).fetchone()
     if row is None:
-        return CheckResult(label, True, f"publication {name!r} will be created by init", warning=True)
+        return None
     problems: list[str] = []
     have = _publication_tables(conn, name)
     wanted = {t.name for t in tables}
@@ -546,11 +605,83 @@ def _check_publication(
                 problems.append(
                     f"{t.name} publishes {_columns(have_list)} (the rules need {_columns(t.columns)})"
                 )
-    if problems:
-        return CheckResult(label, False, f"publication {name!r}: " + "; ".join(problems), "listener init")
-    return CheckResult(
-        label, True, f"publication {name!r} matches the rules: {len(tables)} table(s), {publish}"
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationAccess:
+    """Whether the current role may create (or alter) a publication of some tables, and if not, why."""
+
+    ours: bool
+    why_not: str = ""
+
+
+_ACCESS = """
+SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+       (SELECT pg_has_role(pubowner, 'USAGE') FROM pg_publication WHERE pubname = %(name)s),
+       (SELECT pubowner::regrole::text FROM pg_publication WHERE pubname = %(name)s),
+       ARRAY(SELECT format('%%s.%%s', n.nspname, c.relname)
+             FROM unnest(%(schemas)s::text[], %(tables)s::text[]) AS w (schema, name)
+             JOIN pg_namespace n ON n.nspname = w.schema
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.name
+             WHERE NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1)
+"""
+
+
+def _publication_access(conn: Conn, name: str, tables: Sequence[TablePlan]) -> PublicationAccess:
+    """Creating a publication needs CREATE on the database; altering one, owning it; both, owning every
+    table put in it (https://www.postgresql.org/docs/current/sql-createpublication.html)."""
+    row = conn.execute(
+        _ACCESS, {"name": name, "schemas": [t.schema for t in tables], "tables": [t.table for t in tables]}
+    ).fetchone()
+    assert row is not None
+    role, database, may_create, owns, owner, not_owned = row
+    reasons = []
+    if owner is None and not may_create:
+        reasons.append(f"lacks CREATE on database {database}")
+    if owner is not None and not owns:
+        reasons.append(f"does not own it (its owner is {owner})")
+    if not_owned:
+        reasons.append(f"does not own {', '.join(not_owned)}")
+    if not reasons:
+        return PublicationAccess(True)
+    return PublicationAccess(
+        False,
+        f"listener may not {'alter' if owner else 'create'} it: role {role} {' and '.join(reasons)}; "
+        "run the SQL below as the owner of the tables (or a superuser); listener only verifies it",
     )
+
+
+def publication_statements(
+    conn: Conn, name: str, tables: Sequence[TablePlan], publish: str, *, exists: bool
+) -> list[sql.Composed]:
+    """The SQL that makes publication ``name`` hold exactly ``tables`` and publish ``publish``."""
+    ident = sql.Identifier(name)
+    items = sql.SQL(", ").join(_table_item(t.schema, t.table, t.columns, t.row_filter) for t in tables)
+    with_publish = sql.SQL("WITH (publish = {})").format(sql.Literal(publish))
+    if not exists:
+        if tables:
+            return [sql.SQL("CREATE PUBLICATION {} FOR TABLE {} {}").format(ident, items, with_publish)]
+        return [sql.SQL("CREATE PUBLICATION {} {}").format(ident, with_publish)]
+    if tables:
+        statements = [sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(ident, items)]
+    else:
+        statements = [
+            sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(ident, sql.Identifier(s, t))
+            for s, t in conn.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [name]
+            ).fetchall()
+        ]
+    statements.append(sql.SQL("ALTER PUBLICATION {} SET (publish = {})").format(ident, sql.Literal(publish)))
+    return statements
+
+
+def _statements_text(
+    conn: Conn, name: str, tables: Sequence[TablePlan], publish: str, *, exists: bool
+) -> str:
+    """:func:`publication_statements` as lines a DBA can paste into psql."""
+    statements = publication_statements(conn, name, tables, publish, exists=exists)
+    return "\n".join(f"{statement.as_string(conn)};" for statement in statements)
 
 
 def _columns(columns: Sequence[str] | None) -> str:
@@ -567,17 +698,27 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
     The rules are compiled against the catalog first: a bad rule (``ConfigError``) changes nothing.
     ``keep``: a config whose rules still apply for a while (a reload before its marker): the publications
     then carry what either set of rules needs.  A reload is safe as: init(new, keep=old), write the
-    marker, init(new) -- the narrowing lands in the WAL after the marker, where only the new rules match."""
+    marker, init(new) -- the narrowing lands in the WAL after the marker, where only the new rules match.
+    A publication listener does not own is never altered: it must match ``config``'s rules (with
+    ``keep`` too, so that a reload is refused before its marker), else ``PrerequisiteError`` gives the SQL
+    that fixes it."""
     done: list[str] = []
     with connect(source_dsn) as source:
         rules, tables = compile_rules(source, config)
+        exact = wide = plan_pushdown(source, config, rules, tables)
         if keep is not None:
             rules, tables = _compile_union(source, config, keep)
-        plan = plan_pushdown(source, config, rules, tables).plan
+            wide = plan_pushdown(source, config, rules, tables)
         with connect(state_dsn, what="the state database") as conn:
-            for m in store.migrate(conn, config.state_schema):
-                done.append(f"applied migration {m.version:04d}_{m.name}")
-        done.extend(ensure_publications(source, plan))
+            try:
+                for m in store.migrate(conn, config.state_schema):
+                    done.append(f"applied migration {m.version:04d}_{m.name}")
+            except pgerrors.InsufficientPrivilege as exc:
+                raise PrerequisiteError(
+                    f"cannot create the state schema {config.state_schema}: {exc.diag.message_primary}",
+                    hint=_state_schema_fix(conn, config.state_schema),
+                ) from exc
+        done.extend(ensure_publications(source, wide, exact=exact))
         done.extend(ensure_slot(source, config.slot))
     return done
 
@@ -590,15 +731,53 @@ def _compile_union(conn: Conn, config: Config, keep: Config) -> tuple[RuleSet, d
     return rules, tables
 
 
-def ensure_publications(conn: Conn, plan: PublicationPlan) -> list[str]:
-    """Create or correct both publications of ``plan`` in one transaction: a table moving from one to
-    the other is never in both, nor in neither, at any point of the WAL."""
+def ensure_publications(conn: Conn, planned: Pushdown, *, exact: Pushdown | None = None) -> list[str]:
+    """Create or correct both publications of ``planned`` in one transaction: a table moving from one to
+    the other is never in both, nor in neither, at any point of the WAL.  One listener may not alter must
+    match ``exact`` (default: ``planned``)."""
+    exact = exact or planned
+    plan, strict = planned.plan, exact.plan
+    wanted = [
+        (plan.publication, plan.main_tables, plan.main_publish, strict.main_tables, strict.main_publish)
+    ]
+    if plan.filtered is not None:
+        wanted.append(
+            (plan.filtered, plan.filtered_tables, plan.filtered_publish, strict.filtered_tables,
+             strict.filtered_publish)
+        )  # fmt: skip
+    done: list[str] = []
     with _publication_errors(), conn.transaction():
         _pin_filter_settings(conn)
-        done = [_set_publication(conn, plan.publication, plan.main_tables, plan.main_publish)]
-        if plan.filtered is not None:
-            done.append(_set_publication(conn, plan.filtered, plan.filtered_tables, plan.filtered_publish))
+        for name, tables, publish, exact_tables, exact_publish in wanted:
+            access = _publication_access(conn, name, tables)
+            if access.ours:
+                line = _set_publication(conn, name, tables, publish, planned)
+            else:
+                line = _verify_publication(conn, name, exact_tables, exact_publish, exact, access)
+            done.extend([line] if line else [])
     return done
+
+
+def _verify_publication(
+    conn: Conn,
+    name: str,
+    tables: Sequence[TablePlan],
+    publish: str,
+    planned: Pushdown,
+    access: PublicationAccess,
+) -> str | None:
+    """A publication listener may not create or alter: None when it matches (or, empty, is not needed),
+    else ``PrerequisiteError`` with the SQL that makes it match."""
+    problems = _publication_problems(conn, name, tables, publish, planned)
+    if problems is None and not tables and name != planned.plan.publication:
+        return None  # the filtered publication, while no table has a row filter
+    if problems == []:
+        return None
+    what = "does not exist" if problems is None else "does not match the rules: " + "; ".join(problems)
+    raise PrerequisiteError(
+        f"publication {name!r} {what}; {access.why_not}",
+        hint=_statements_text(conn, name, tables, publish, exists=problems is not None),
+    )
 
 
 def ensure_publication(conn: Conn, publication: str, rules: RuleSet, *, all_ops: bool = False) -> list[str]:
@@ -606,12 +785,23 @@ def ensure_publication(conn: Conn, publication: str, rules: RuleSet, *, all_ops:
     tables = [TablePlan(s, t, rules.operations_for(s, t)) for s, t in rules.tables]
     publish = publish_list(OPERATIONS if all_ops else rules.operations)
     with _publication_errors(), conn.transaction():
-        return [_set_publication(conn, publication, tables, publish)]
+        line = _set_publication(conn, publication, tables, publish, None)
+        return [line] if line else []
 
 
-def _set_publication(conn: Conn, publication: str, tables: Sequence[TablePlan], publish: str) -> str:
-    name = sql.Identifier(publication)
-    items = sql.SQL(", ").join(_table_item(t.schema, t.table, t.columns, t.row_filter) for t in tables)
+def _set_publication(
+    conn: Conn, publication: str, tables: Sequence[TablePlan], publish: str, planned: Pushdown | None
+) -> str | None:
+    """Create or alter ``publication`` (ours) to hold ``tables``; None when it already does (compared with
+    ``planned``'s printed filters; never compared without it)."""
+    problems = _publication_problems(conn, publication, tables, publish, planned) if planned else None
+    if problems == []:
+        return None
+    exists = problems is not None or bool(
+        conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone()
+    )
+    for statement in publication_statements(conn, publication, tables, publish, exists=exists):
+        conn.execute(statement)
     pushed = "; ".join(
         t.name
         + (f" ({', '.join(t.columns)})" if t.columns is not None else "")
@@ -620,26 +810,8 @@ def _set_publication(conn: Conn, publication: str, tables: Sequence[TablePlan], 
         if t.columns is not None or t.row_filter is not None
     )
     details = f": {pushed}" if pushed else ""
-    if not conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone():
-        if tables:
-            conn.execute(
-                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
-                    name, items, sql.Literal(publish)
-                )
-            )
-        else:
-            conn.execute(
-                sql.SQL("CREATE PUBLICATION {} WITH (publish = {})").format(name, sql.Literal(publish))
-            )
+    if not exists:
         return f"created publication {publication} ({publish}) for {len(tables)} table(s){details}"
-    if tables:
-        conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, items))
-    else:
-        for s, t in conn.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [publication]
-        ).fetchall():
-            conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(name, sql.Identifier(s, t)))
-    conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish = {})").format(name, sql.Literal(publish)))
     return f"publication {publication} set to {len(tables)} table(s) ({publish}){details}"
 
 
@@ -654,8 +826,8 @@ def _publication_errors() -> Iterator[None]:
         ) from exc
     except pgerrors.InsufficientPrivilege as exc:
         raise PrerequisiteError(
-            f"cannot create the publication: {exc.diag.message_primary}",
-            hint="run `listener init` as the owner of the rule tables with CREATE on the database",
+            f"cannot create or alter the publication: {exc.diag.message_primary}",
+            hint="`listener check` prints the SQL to run as the owner of the rule tables",
         ) from exc
 
 
@@ -700,9 +872,22 @@ def drop(config: Config, source_dsn: str) -> list[str]:
             conn.execute("SELECT pg_drop_replication_slot(%s)", [config.slot])
             done.append(f"dropped replication slot {config.slot}")
         for publication in (config.publication, pushdown.filtered_publication(config.publication)):
-            if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone():
-                conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
+            row = conn.execute(
+                "SELECT pg_has_role(pubowner, 'USAGE'), pubowner::regrole::text FROM pg_publication"
+                " WHERE pubname = %s",
+                [publication],
+            ).fetchone()
+            if row is None:
+                continue
+            statement = sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication))
+            if row[0]:
+                conn.execute(statement)
                 done.append(f"dropped publication {publication}")
+            else:
+                done.append(
+                    f"left publication {publication}: its owner is {row[1]}, who may remove it with "
+                    f"{statement.as_string(conn)};"
+                )
     return done
 
 

@@ -52,7 +52,10 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[M
     with conn.transaction():
         # Serialise concurrent `init`s on the same schema; released at commit.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('listener.migrate.' || %s))", [schema])
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists: a role
+        # that owns its schema, made for it by a DBA, may lack it.
+        if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone():
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("

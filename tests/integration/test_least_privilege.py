@@ -1,0 +1,164 @@
+"""listener as a role with only LOGIN REPLICATION, SELECT on the rule tables and a state schema it owns:
+`check` prints the SQL a DBA runs (never a change of table ownership), `init` verifies the publications the
+DBA made and never alters what it does not own, and ingest runs end to end."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from listener import setup
+from listener.errors import PrerequisiteError
+from tests.support import events, make_config, running_ingest, wait_caught_up
+
+Conn = psycopg.Connection[tuple[object, ...]]
+RULES = [
+    {"name": "new_order", "table": "shop.orders", "on": "insert", "workflow": "w:f"},
+    {"name": "paid", "table": "shop.orders", "on": "update", "workflow": "w:f", "when": "new.paid"},
+    {"name": "new_user", "table": "shop.users", "on": "insert", "workflow": "w:f"},
+]
+
+
+@pytest.fixture
+def role(dsn: str, sql: Conn) -> Iterator[str]:
+    """A role with LOGIN REPLICATION and nothing else, and a DSN for it (the test server trusts 127.0.0.1);
+    dropped afterwards with what it owns in the test database."""
+    name = f"lp_{uuid.uuid4().hex[:10]}"
+    sql.execute(pgsql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(pgsql.Identifier(name)))
+    sql.execute("CREATE SCHEMA shop")
+    sql.execute("CREATE TABLE shop.orders (id int PRIMARY KEY, paid bool NOT NULL DEFAULT false)")
+    sql.execute("CREATE TABLE shop.users (id int PRIMARY KEY, email text)")
+    try:
+        yield make_conninfo(dsn, user=name)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [name])
+            conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(pgsql.Identifier(name)))
+            conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
+
+
+def failures(results: list[setup.CheckResult]) -> dict[str, setup.CheckResult]:
+    return {r.name: r for r in results if not r.ok}
+
+
+async def test_a_dba_runs_what_check_prints_then_listener_runs_without_owning_anything(
+    dsn: str, sql: Conn, role: str
+) -> None:
+    config = make_config(RULES)
+    name = str(conninfo_to_dict(role)["user"])
+    failed = failures(setup.check(config, role, role))
+    fixes = [r.fix for r in failed.values()]
+    assert all(fix is not None and "OWNER TO" not in fix for fix in fixes), fixes
+    assert set(failed) == {"table shop.orders", "table shop.users", "publication", "state schema"}
+    assert failed["table shop.orders"].fix == (
+        f'GRANT USAGE ON SCHEMA "shop" TO "{name}";\nGRANT SELECT ON "shop"."orders" TO "{name}";'
+    )
+    assert failed["publication"].fix == (
+        'CREATE PUBLICATION "listener_test" FOR TABLE "shop"."orders", "shop"."users"'
+        " WITH (publish = 'insert, update');"
+    )
+    assert failed["state schema"].fix is not None
+    assert failed["state schema"].fix.startswith(f'CREATE SCHEMA "listener" AUTHORIZATION "{name}";')
+    with pytest.raises(PrerequisiteError) as refused:  # what init says before the DBA ran anything
+        setup.init(config, role, role)
+    assert "CREATE SCHEMA" in str(refused.value)
+
+    for fix in dict.fromkeys(fixes):  # the DBA, as a superuser
+        assert fix is not None
+        sql.execute(fix.encode())
+    left = failures(setup.check(config, role, role))
+    assert set(left) == {"state schema"} and left["state schema"].fix == "listener init"
+
+    owner_before = sql.execute("SELECT pubowner::regrole::text FROM pg_publication").fetchall()
+    async with running_ingest(role, config) as run:  # runs `init` as the role first
+        sql.execute("INSERT INTO shop.orders VALUES (1, false), (2, false)")
+        sql.execute("UPDATE shop.orders SET paid = true WHERE id = 2")
+        sql.execute("INSERT INTO shop.users VALUES (7, 'a@example.com')")
+        await wait_caught_up(run, dsn)
+    assert [(e["rule"], e["payload"]["new"]["id"]) for e in events(dsn)] == [
+        ("new_order", 1),
+        ("new_order", 2),
+        ("paid", 2),
+        ("new_user", 7),
+    ]
+    assert sql.execute("SELECT pubowner::regrole::text FROM pg_publication").fetchall() == owner_before
+
+
+def test_a_publication_that_does_not_match_and_is_not_ours_is_named_with_the_sql_to_fix_it(
+    dsn: str, sql: Conn, role: str
+) -> None:
+    config = make_config(RULES)
+    name = str(conninfo_to_dict(role)["user"])
+    sql.execute(pgsql.SQL("CREATE SCHEMA listener AUTHORIZATION {}").format(pgsql.Identifier(name)))
+    sql.execute(pgsql.SQL("GRANT USAGE ON SCHEMA shop TO {}").format(pgsql.Identifier(name)))
+    sql.execute(pgsql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {}").format(pgsql.Identifier(name)))
+    # the DBA's publication misses a table and publishes deletes no rule asks for
+    sql.execute("CREATE PUBLICATION listener_test FOR TABLE shop.orders")
+    with pytest.raises(PrerequisiteError) as refused:
+        setup.init(config, role, role)
+    message = str(refused.value)
+    assert "publication 'listener_test'" in message and "shop.users" in message
+    want = (
+        'ALTER PUBLICATION "listener_test" SET TABLE "shop"."orders", "shop"."users";\n'
+        "ALTER PUBLICATION \"listener_test\" SET (publish = 'insert, update');"
+    )
+    assert want in message
+    result = failures(setup.check(config, role, role))["publication"]
+    assert result.fix == want
+    assert sql.execute("SELECT count(*) FROM pg_publication_tables").fetchone() == (1,)  # left alone
+    sql.execute(want.encode())
+    assert failures(setup.check(config, role, role)) == {}
+    assert setup.init(config, role, role) == ["created replication slot listener_test"]
+
+
+def test_init_in_an_existing_schema_needs_no_create_on_the_database(dsn: str, sql: Conn, role: str) -> None:
+    name = str(conninfo_to_dict(role)["user"])
+    sql.execute(pgsql.SQL("CREATE SCHEMA listener AUTHORIZATION {}").format(pgsql.Identifier(name)))
+    sql.execute("CREATE PUBLICATION listener_test WITH (publish = 'insert')")  # no rule table yet
+    config = make_config([])
+    done = setup.init(config, role, role)
+    assert "applied migration 0001_initial" in done
+    assert setup.init(config, role, role) == []  # twice: nothing to do, and nothing refused
+
+
+def test_drop_leaves_a_publication_it_does_not_own(dsn: str, sql: Conn, role: str) -> None:
+    sql.execute("CREATE PUBLICATION listener_test FOR TABLE shop.orders")
+    done = setup.drop(make_config(RULES), role)
+    assert any("DROP PUBLICATION" in line and "listener_test" in line for line in done)
+    assert sql.execute("SELECT count(*) FROM pg_publication").fetchone() == (1,)
+
+
+async def test_a_reload_the_dbas_publication_does_not_serve_is_refused_before_its_marker(
+    dsn: str, sql: Conn, role: str
+) -> None:
+    name = str(conninfo_to_dict(role)["user"])
+    who = pgsql.Identifier(name)
+    sql.execute(pgsql.SQL("CREATE SCHEMA listener AUTHORIZATION {}").format(who))
+    sql.execute(pgsql.SQL("GRANT USAGE ON SCHEMA shop TO {}").format(who))
+    sql.execute(pgsql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA shop TO {}").format(who))
+    sql.execute("CREATE PUBLICATION listener_test FOR TABLE shop.orders WITH (publish = 'insert')")
+    old = make_config(RULES[:1])
+    new = make_config([RULES[0], RULES[2]])
+    async with running_ingest(role, old) as run:
+        with pytest.raises(PrerequisiteError) as refused:
+            await run.ingest.reload(new)
+        fix = 'ALTER PUBLICATION "listener_test" SET TABLE "shop"."orders", "shop"."users";'
+        assert fix in str(refused.value)
+        sql.execute("INSERT INTO shop.users VALUES (1, 'x')")
+        sql.execute("INSERT INTO shop.orders VALUES (1)")
+        await wait_caught_up(run, dsn)
+        assert run.ingest.reloads == []  # the old rules go on
+        sql.execute(fix)  # the DBA
+        lsn = await run.ingest.reload(new)
+        sql.execute("INSERT INTO shop.users VALUES (2, 'y')")
+        await wait_caught_up(run, dsn)
+        assert run.ingest.reloads == [lsn]
+    assert [(e["rule"], e["payload"]["new"]["id"]) for e in events(dsn)] == [
+        ("new_order", 1),
+        ("new_user", 2),
+    ]
