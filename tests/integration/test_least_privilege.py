@@ -26,15 +26,20 @@ RULES = [
 
 @pytest.fixture
 def role(dsn: str, sql: Conn) -> Iterator[str]:
-    """A role with LOGIN REPLICATION and nothing else, and a DSN for it (the test server trusts 127.0.0.1);
-    dropped afterwards with what it owns in the test database."""
+    """A role with LOGIN REPLICATION (and a password) and nothing else, and a DSN for it; dropped
+    afterwards with what it owns in the test database."""
     name = f"lp_{uuid.uuid4().hex[:10]}"
-    sql.execute(pgsql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(pgsql.Identifier(name)))
+    password = uuid.uuid4().hex
+    sql.execute(
+        pgsql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(
+            pgsql.Identifier(name), pgsql.Literal(password)
+        )
+    )
     sql.execute("CREATE SCHEMA shop")
     sql.execute("CREATE TABLE shop.orders (id int PRIMARY KEY, paid bool NOT NULL DEFAULT false)")
     sql.execute("CREATE TABLE shop.users (id int PRIMARY KEY, email text)")
     try:
-        yield make_conninfo(dsn, user=name)
+        yield make_conninfo(dsn, user=name, password=password)
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [name])
