@@ -25,7 +25,7 @@ from listener import runs as runs_mod
 from listener import setup
 from listener.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
 from listener.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres
-from listener.errors import ListenerError
+from listener.errors import DatabaseError, ListenerError, ProtocolError
 
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -36,6 +36,7 @@ class Options:
     dsn: str | None
     state_dsn: str | None
     data_dir: str
+    verbose: int = 0
 
 
 @contextlib.contextmanager
@@ -69,20 +70,93 @@ def _load(opts: Options, *, required: bool = True) -> Config:
     return load_config(path)
 
 
+# Exit codes (README "Exit codes"): a script can tell a failed check from a crash.
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # `check` found problems, `rules test` did not match
+EXIT_USAGE = 2  # a usage or configuration error (click's own usage errors exit 2 too)
+EXIT_RUNTIME = 3  # a runtime failure: a database or protocol error, or a bug (traceback)
+
+
 def _fail(exc: ListenerError) -> None:
     err_console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
     if exc.hint:
         err_console.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False)
-    sys.exit(2)
+    sys.exit(EXIT_RUNTIME if isinstance(exc, DatabaseError | ProtocolError) else EXIT_USAGE)
+
+
+def _set_verbosity(verbose: int) -> None:
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
+def _late_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command (`listener tail --config x.yaml`): it wins."""
+    if value is None or value == 0 or param.name is None:
+        return
+    opts = ctx.find_object(Options)
+    if opts is None:
+        return
+    if param.name == "verbose":
+        opts.verbose += value
+        _set_verbosity(opts.verbose)
+    else:
+        setattr(opts, param.name, value)
+
+
+def _late(*decls: str, help: str, count: bool = False) -> click.Option:
+    return click.Option(
+        list(decls),
+        help=help,
+        count=count,
+        callback=_late_global,
+        expose_value=False,
+        is_eager=True,
+        show_default=False,
+    )
+
+
+def _global_options() -> list[click.Option]:
+    """The global options once more, for every command: accepted before or after the command's name."""
+    return [
+        _late("-c", "--config", "config_path", help="Config file (as before the command)."),
+        _late("--dsn", help="Database to watch (as before the command)."),
+        _late("--state-dsn", help="State database (as before the command)."),
+        _late("--data-dir", help="Embedded server's data directory (as before the command)."),
+        _late("-v", "--verbose", count=True, help="More logging (as before the command)."),
+    ]
+
+
+class _Command(click.Command):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options())
 
 
 class _Group(click.Group):
+    command_class = _Command
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except ListenerError as exc:
             _fail(exc)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception:
+            # A bug, not something the user did: the traceback, and the runtime failure's exit code.
+            err_console.print_exception()
+            sys.exit(EXIT_RUNTIME)
         return None
+
+
+class _SubGroup(_Group):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_options())
+
+
+_Group.group_class = _SubGroup
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -114,6 +188,7 @@ class _Group(click.Group):
     help="Data directory of the embedded server, used when no DSN is given.",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="listener", message="listener %(version)s")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -123,21 +198,50 @@ def main(
     data_dir: str,
     verbose: int,
 ) -> None:
-    """listener: PostgreSQL row changes → durable, exactly-once workflow runs."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    ctx.obj = Options(config_path, dsn, state_dsn, data_dir)
+    """listener: PostgreSQL row changes → durable, exactly-once workflow runs.
+
+    The options above are accepted after the command's name too (`listener tail -c x.yaml`).
+
+    \b
+    Exit codes: 0 ok; 1 problems found (`check`) or no match (`rules test`);
+    2 a usage or configuration error; 3 a runtime failure (database, protocol, a bug).
+    """
+    _set_verbosity(verbose)
+    ctx.obj = Options(config_path, dsn, state_dsn, data_dir, verbose)
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts (see above).")
 @click.pass_obj
-def check(opts: Options) -> None:
-    """Validate the config and check the database prerequisites; print the fix for each failure."""
+def check(opts: Options, as_json: bool) -> None:
+    """Validate the config and check the database prerequisites; print the fix for each failure.
+
+    Exits 0 when ready (perhaps after `listener init`), 1 when a check failed.
+
+    \b
+    --json writes one JSON object: config (the file), rules (their number), ok (no failed check),
+      needs_init, checks [{name, ok, warning, detail, fix}]
+    """
     config = _load(opts)
     with _databases(opts, config) as (dsn, state_dsn):
         results = setup.check(config, dsn, state_dsn)
+    failed = [r for r in results if not r.ok and r.fix != "listener init"]
+    needs_init = [r for r in results if not r.ok and r.fix == "listener init"]
+    if as_json:
+        doc = {
+            "config": config.source_path,
+            "rules": len(config.rules),
+            "ok": not failed,
+            "needs_init": bool(needs_init),
+            "checks": [
+                {"name": r.name, "ok": r.ok, "warning": r.warning, "detail": r.detail, "fix": r.fix}
+                for r in results
+            ],
+        }
+        click.echo(json.dumps(doc))
+        if failed:
+            sys.exit(EXIT_PROBLEMS)
+        return
     # One line per check and the fix on a line of its own, never wrapped: people copy the SQL.
     out = Console(soft_wrap=True, highlight=False)
     out.print(f"[bold]listener check[/bold]: {len(config.rules)} rule(s), {config.source_path or 'no file'}")
@@ -147,11 +251,9 @@ def check(opts: Options) -> None:
         out.print(f"{mark} {escape(r.name)}: {escape(r.detail)}")
         if r.fix:  # several statements: one a line, aligned
             out.print("    fix: " + escape(r.fix).replace("\n", "\n         "))
-    failed = [r for r in results if not r.ok and r.fix != "listener init"]
-    needs_init = [r for r in results if not r.ok and r.fix == "listener init"]
     if failed:
         err_console.print(f"[red]{len(failed)} problem(s): apply the fixes above[/red]")
-        sys.exit(1)
+        sys.exit(EXIT_PROBLEMS)
     if needs_init:
         err_console.print("[yellow]ready: run `listener init` (or `listener run`, which does it)[/yellow]")
 
@@ -413,7 +515,7 @@ def rewind(
             row = rw.wait_finished(state, recorded.id)
             rw.print_finished(err_console, row)
             if row.error:
-                sys.exit(1)
+                sys.exit(EXIT_RUNTIME)
 
 
 @main.group(invoke_without_command=True)
@@ -482,7 +584,7 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
             return
         if done.status != "done":
             err_console.print(f"[red]backfill {backfill_id} {done.status}: {done.error or ''}[/red]")
-            sys.exit(1)
+            sys.exit(EXIT_RUNTIME)
         err_console.print(
             f"backfill {backfill_id} done: {done.rows_read:,} row(s) read, {done.rows_dropped:,} superseded "
             "by live changes",
@@ -674,11 +776,11 @@ def reload(opts: Options, timeout: float) -> None:
                 click.echo(f"reloaded: the new rules apply from LSN {answer[3:]}")
                 return
             err_console.print(f"[red]{answer}[/red]")
-            sys.exit(1)
+            sys.exit(EXIT_USAGE)
     err_console.print(
         f"[red]no answer within {timeout:g}s: is `listener run` running against this state database?[/red]"
     )
-    sys.exit(1)
+    sys.exit(EXIT_RUNTIME)
 
 
 @main.group()
@@ -716,7 +818,7 @@ def rules_test(opts: Options, rule: str, new: str | None, old: str | None, op: s
         click.echo(json.dumps(result.event, indent=2))
     else:
         click.echo(f"rule {result.rule}: {result.op} does not match: {result.reason}")
-        sys.exit(1)
+        sys.exit(EXIT_PROBLEMS)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from listener import setup, store
-from listener.errors import DatabaseError, ListenerError
+from listener.errors import DatabaseError, ListenerError, PrerequisiteError
 
 STATUSES = ("pending", "running", "done", "dead", "cancelled")
 LIST_LIMIT = 50  # runs listed by default
@@ -270,7 +270,7 @@ def connect(dsn: str, schema: str) -> Iterator[Conn]:
     """An autocommit connection to the state database with ``schema`` on the search path."""
     with setup.connect(dsn, what="the state database") as conn:
         if store.schema_version(conn, schema) is None:
-            raise DatabaseError(
+            raise PrerequisiteError(
                 f"the state schema {schema!r} does not exist in the state database: nothing has run yet",
                 hint="`listener init` (or `listener run`) creates it; check --state-dsn and `state_schema:`",
             )

@@ -124,7 +124,7 @@ def test_listener_reload_asks_the_running_service(dsn: str, sql: Conn, tmp_path:
         refused = subprocess.run(
             [sys.executable, "-m", "listener", "reload"], cwd=ROOT, env=env, capture_output=True, text=True
         )
-        assert refused.returncode == 1
+        assert refused.returncode == 2  # a configuration error: the new rules were refused
         assert "refused" in refused.stderr and 'unknown column "nn"' in refused.stderr
         write_config(path, RULE_A, RULE_B)
         done = subprocess.run(

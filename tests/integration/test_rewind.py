@@ -430,7 +430,7 @@ async def test_a_rewind_asking_for_rules_the_listener_does_not_run_fails_clearly
         insert(items, 1)
         await wait_caught_up(run, dsn)
         result = await acli(dsn, config_b, "rewind", "--to-lsn", oldest_rewindable(items), "--wait")
-        assert result.exit_code == 1
+        assert result.exit_code == 3  # the recorded rewind failed in the service: a runtime failure
         assert "does not run rule(s) notify" in result.stderr and "restart `listener run`" in result.stderr
     assert [e["rule"] for e in events(dsn)] == ["audit"]
 

@@ -198,6 +198,6 @@ def test_cli_wrong_dsn_exits_with_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "listener.yaml"
     config.write_text("rules: []\n")
     proc = _cli("--dsn", "postgresql://nobody@127.0.0.1:1/nowhere", "-c", str(config), "check")
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # a runtime failure (the database cannot be reached), not a failed check
     assert "cannot connect to the database" in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
