@@ -23,7 +23,8 @@ SELECT a.attname,
                    CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END) AS type_name,
        coalesce(bt.typcategory, t.typcategory)::text AS category,
        a.attnum = ANY (coalesce(ri.indkey::int2[], '{}')) AS is_key,
-       c.relreplident::text AS identity
+       c.relreplident::text AS identity,
+       rk.columns AS row_key
 FROM pg_class c
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 JOIN pg_type t ON t.oid = a.atttypid
@@ -34,6 +35,26 @@ LEFT JOIN LATERAL (
       AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
     LIMIT 1
 ) ri ON true
+LEFT JOIN LATERAL (
+    -- the row's key for flow control (see TableInfo.row_key): the replica identity index with USING INDEX;
+    -- else the primary key, else the narrowest unique index whose key columns are all plain NOT NULL
+    -- columns (not partial, no expression)
+    SELECT ARRAY(
+        SELECT ka.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+        JOIN pg_attribute ka ON ka.attrelid = i.indrelid AND ka.attnum = k.attnum
+        WHERE k.n <= i.indnkeyatts ORDER BY k.n
+    ) AS columns
+    FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+      AND (c.relreplident <> 'i' OR i.indisreplident)
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+          LEFT JOIN pg_attribute ka ON ka.attrelid = i.indrelid AND ka.attnum = k.attnum
+          WHERE k.n <= i.indnkeyatts AND NOT coalesce(ka.attnotnull, false)
+      )
+    ORDER BY i.indisprimary DESC, i.indnkeyatts, ic.relname
+    LIMIT 1
+) rk ON true
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s  -- not to_regclass: it needs USAGE on the schema
 ORDER BY a.attnum
@@ -67,7 +88,13 @@ class TableInfo:
     name: str  # as written in the config, "schema.table"
     columns: Mapping[str, ColumnType]
     identity: str  # 'd' default, 'f' full, 'i' index, 'n' nothing
-    key_columns: tuple[str, ...]
+    key_columns: tuple[str, ...]  # the replica identity's columns (none for FULL and NOTHING)
+    # What identifies a row, for the default flow-control key of `ordered:` / `key_concurrency:`: the
+    # replica identity index with USING INDEX (a delete carries only its columns), else the primary key,
+    # else the narrowest unique index over NOT NULL columns, not partial, without expressions.  Never the
+    # columns of REPLICA IDENTITY FULL (all of them: every change of a row would have a key of its own).
+    # () when the table has none.
+    row_key: tuple[str, ...] = ()
 
     @property
     def full_old_row(self) -> bool:
@@ -80,7 +107,7 @@ def _table_info(name: str, rows: list[tuple[Any, ...]]) -> TableInfo | None:
         return None
     columns = {str(r[0]): ColumnType(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows}
     keys = tuple(str(r[0]) for r in rows if r[4])
-    return TableInfo(name, columns, str(rows[0][5]), keys)
+    return TableInfo(name, columns, str(rows[0][5]), keys, tuple(rows[0][6] or ()))
 
 
 def _collation(row: tuple[Any, ...] | None) -> str:

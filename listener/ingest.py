@@ -962,8 +962,9 @@ async def _first(*waits: Awaitable[Any]) -> None:
 
 def run_key(rule: CompiledRule, change: Change) -> str | None:
     """The flow-control key of a gated rule's run: its key template filled from the row, or by default
-    the row's primary key (the replica identity columns: from the new row, or the old key of a delete).
-    Scoped by rule.  None when the row has no such values (then the run is limited by workflow only)."""
+    the row's key (the primary key, see ``TableInfo.row_key``: from the new row, or the old row of a
+    delete), the same for a live change and a backfill read.  Scoped by rule.  None when the row has no
+    such values (then the run is limited by workflow only)."""
     if rule.key_fields:
         rows = {"new": change.new_json() or {}, "old": change.old_json() or {}}
         parts = [rows[side].get(column) for side, column in rule.key_fields]
@@ -971,7 +972,7 @@ def run_key(rule: CompiledRule, change: Change) -> str | None:
         rel = change.relation
         assert rel is not None
         row = (change.new_json() if change.op != "delete" else change.old_json()) or {}
-        parts = [row.get(column) for column in rel.key_columns]
+        parts = [row.get(column) for column in rule.key_columns or rel.key_columns]
     if not parts or all(part is None for part in parts):
         return None
     return rule.name + ":" + "|".join("" if part is None else str(part) for part in parts)

@@ -255,22 +255,17 @@ def _plan_columns(
             own[r.name] = "no `payload:`: the workflow gets whole rows"
             blockers.append(f"rule {r.name} on the same table has no `payload:` and needs whole rows")
     published_ops = plan.operations if plan.filtered else main_ops
-    if info.full_old_row:
-        if published_ops & {"update", "delete"}:
-            blockers.insert(
-                0,
-                f"{plan.name} has REPLICA IDENTITY FULL and is published for update/delete: "
-                "every column is part of the identity",
-            )
-        for r in row_rules:
-            if r.gated and not r.key_fields:
-                blockers.append(
-                    f"rule {r.name}'s flow-control key is the whole row (REPLICA IDENTITY FULL, no `key:`)"
-                )
+    if info.full_old_row and published_ops & {"update", "delete"}:
+        blockers.insert(
+            0,
+            f"{plan.name} has REPLICA IDENTITY FULL and is published for update/delete: "
+            "every column is part of the identity",
+        )
     wanted = set(info.key_columns)
     for r in row_rules:
         wanted.update(column for _, _, column in r.payload)
         wanted.update(column for _, column in r.key_fields)
+        wanted.update(r.key_columns if r.gated and not r.key_fields else ())  # the default key
         wanted.update(r.changed)
         if r.predicate is not None:
             wanted.update(column for _, column in r.predicate.references)

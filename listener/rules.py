@@ -41,6 +41,9 @@ class CompiledRule:
     key_limit: int | None = None
     ordered: bool = False
     key_fields: tuple[tuple[str, str], ...] = ()  # ("new" | "old", column) of the key template; () = PK
+    # without a key template: the columns of the default key, the table's row key (TableInfo.row_key);
+    # () when unknown (no catalog), then the replica identity columns the server sends are used
+    key_columns: tuple[str, ...] = ()
     priority: int = 0
     predicate: Predicate | None = None  # when:
     changed: tuple[str, ...] = ()  # changed: (updates match only if one of these changed)
@@ -106,6 +109,8 @@ def compile_rule(
             locate, name, "table", f"table {rule.table} does not exist, so `when:`/`changed:`/`payload:` "
             "cannot be checked", f"create {rule.table}, or fix `table:`"
         )  # fmt: skip
+    if table is not None and rule.gated and not rule.key:
+        _check_row_key(rule, table, locate)
     predicate = None
     if rule.when is not None:
         assert table is not None
@@ -147,10 +152,30 @@ def compile_rule(
         key_limit=rule.key_concurrency if not rule.ordered else 1,
         ordered=rule.ordered,
         key_fields=tuple(key_fields(rule.key)) if rule.key else (),
+        key_columns=table.row_key if table is not None and not rule.key else (),
         priority=rule.priority,
         predicate=predicate,
         changed=tuple(rule.changed or ()),
         payload=tuple(payload),
+    )
+
+
+def _check_row_key(rule: Rule, table: TableInfo, locate: Locate | None) -> None:
+    """``ordered:`` / ``key_concurrency:`` without ``key:`` key runs by the row's primary key: a table with
+    none (nor a unique index that identifies a row) cannot be keyed -- refused, with the fix.  (Never by
+    REPLICA IDENTITY FULL's columns: every change of a row would have a key of its own.)"""
+    if table.row_key:
+        return
+    setting = "ordered" if rule.ordered else "key_concurrency"
+    first = next(iter(table.columns), "id")
+    raise _error(
+        locate,
+        rule.name,
+        setting,
+        f"{setting}: runs are keyed by the row's primary key by default, but {table.name} has no primary key "
+        "(nor a unique index over NOT NULL columns without WHERE or expressions)",
+        f"ALTER TABLE {table.name} ADD PRIMARY KEY (...); "
+        f'or give the rule a key, e.g. key: "{{new.{first}}}"',
     )
 
 

@@ -28,7 +28,7 @@ ORDERS_COLUMNS = {"id": INT4, "amount": INT4, "status": TEXT, "note": TEXT, "at"
 
 def table(name: str, identity: str = "d", keys: tuple[str, ...] = ("id",)) -> TableInfo:
     columns = {c: ColumnType(c, oid, label, cat) for c, (oid, label, cat) in ORDERS_COLUMNS.items()}
-    return TableInfo(name, columns, identity, keys if identity != "f" else ())
+    return TableInfo(name, columns, identity, keys if identity != "f" else (), row_key=keys)
 
 
 def plan(
@@ -169,10 +169,9 @@ def test_no_column_list_for_replica_identity_full_published_for_updates() -> Non
     # insert-only and filtered: allowed
     p, _ = plan([rule("a", payload=["status"], when="new.amount > 1")], tables=full)
     assert p.tables[0].columns == ("amount", "status")
-    # but a default flow-control key is the whole row there
+    # a default flow-control key is the primary key there too (never the whole row): it is published
     p, _ = plan([rule("a", payload=["status"], when="new.amount > 1", ordered=True)], tables=full)
-    assert p.tables[0].columns is None
-    assert "flow-control key is the whole row" in (p.tables[0].columns_reason("a") or "")
+    assert p.tables[0].columns == ("id", "amount", "status")
 
 
 def test_a_full_table_is_published_for_updates_when_another_table_is() -> None:
