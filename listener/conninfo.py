@@ -234,7 +234,10 @@ def ssl_context(p: Mapping[str, str]) -> ssl.SSLContext:
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
     else:
         ctx.verify_mode = ssl.CERT_NONE
+    # libpq goes on without a client certificate whose file does not exist (sslcertmode=require aside).
     cert = p.get("sslcert") or _default_file("postgresql.crt")
+    if cert is not None and not os.path.exists(cert) and p.get("sslcertmode") != "require":
+        cert = None
     if cert is not None and p.get("sslcertmode") != "disable":
         key = p.get("sslkey") or _default_file("postgresql.key")
         password = p.get("sslpassword", "")
