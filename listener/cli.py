@@ -773,7 +773,10 @@ def reload(opts: Options, timeout: float) -> None:
             if origin != token:
                 continue
             if answer.startswith("ok "):
-                click.echo(f"reloaded: the new rules apply from LSN {answer[3:]}")
+                lsn, _, count = answer[3:].partition(" ")
+                click.echo(f"reloaded: the new rules apply from LSN {lsn}")
+                if count:
+                    click.echo(count)
                 return
             err_console.print(f"[red]{answer}[/red]")
             sys.exit(EXIT_USAGE)

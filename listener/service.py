@@ -13,6 +13,8 @@ import logging
 import signal
 from collections.abc import Callable
 
+import asyncpg
+
 from listener import setup, store
 from listener import workflow as wf
 from listener.config import Config, load_config
@@ -106,7 +108,11 @@ async def _reloader(
     reply channel): re-read the config file; an invalid one is refused and the old rules keep running."""
     request, reply = control_channels(config.state_schema)
     conn = await store.pool.acquire()
-    await conn.add_listener(request, lambda _c, _pid, _ch, payload: requests.put_nowait(payload or "reload"))
+
+    def on_request(*args: object) -> None:  # (connection, pid, channel, payload)
+        requests.put_nowait(str(args[3]) or "reload")
+
+    await conn.add_listener(request, on_request)
     try:
         while not stop.is_set():
             getter = asyncio.ensure_future(requests.get())
@@ -122,7 +128,11 @@ async def _reloader(
             if origin != "SIGHUP":
                 await conn.execute("SELECT pg_notify($1, $2)", reply, f"{origin} {answer}"[:7900])
     finally:
-        await store.pool.release(conn)  # the pool's reset drops the listener (UNLISTEN *)
+        # Unlisten before the connection goes back: asyncpg warns about a released connection that still
+        # has a listener (InterfaceWarning, on every exit); a broken connection is dropped by the pool.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.remove_listener(request, on_request)
+        await store.pool.release(conn)
 
 
 async def _reload_once(ingest: Ingest, path: str | None, state_dsn: str) -> str:

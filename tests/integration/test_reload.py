@@ -131,8 +131,9 @@ def test_listener_reload_asks_the_running_service(dsn: str, sql: Conn, tmp_path:
             [sys.executable, "-m", "listener", "reload"], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith("reloaded: the new rules apply from LSN ")
-        lsn = parse_lsn(done.stdout.split()[-3])
+        answer, count = done.stdout.splitlines()  # the LSN, then the rule count on a line of its own
+        assert answer.startswith("reloaded: the new rules apply from LSN ") and count == "2 rule(s)"
+        lsn = parse_lsn(answer.split()[-1])
         sql.execute("INSERT INTO items VALUES (1, 2)")
         target = sql.execute("SELECT (pg_current_wal_lsn() - '0/0')::int8").fetchone()
         assert target is not None
@@ -161,4 +162,7 @@ def test_listener_reload_asks_the_running_service(dsn: str, sql: Conn, tmp_path:
         proc.terminate()
         proc.wait(30)
         log.close()
+    assert proc.returncode == 0
+    # a quiet, clean shutdown: no asyncpg warning about the reloader's connection going back to the pool
+    assert "Warning" not in (tmp_path / "run.log").read_text()
     assert service.control_channels("listener") == ("listener_control", "listener_control_reply")
