@@ -17,6 +17,9 @@ test_pushdown.py):
   ``when:`` (a rule without one wants every row).
 * A table is in exactly one of the two publications: in two, PostgreSQL ORs their filters (none wins)
   and refuses differing column lists.
+* PostgreSQL 14 has neither row filters nor column lists, but the second publication still keeps the
+  tables whose rules listen only to insert (and truncate) out of the main one's update/delete: a table
+  without a primary key watched for inserts would otherwise refuse the application's UPDATEs.
 * A column list is the union of what the rules use (``payload:``, ``when:``, ``key:``, ``changed:``) plus
   the replica identity (PostgreSQL requires it where updates/deletes are published; it is also the default
   flow-control key), and only when every rule of the table names its columns.  Never for a REPLICA
@@ -69,6 +72,7 @@ class TablePlan:
     row_filter: str | None = None  # the OR of its rules' filters, over bare column names
     rule_filters: tuple[tuple[str, str], ...] = ()  # (rule, its own part of the OR)
     columns: tuple[str, ...] | None = None  # the column list, in table order; None: all columns
+    insert_only: bool = False  # in the second publication without a row filter (PostgreSQL 14)
     filter_reasons: tuple[tuple[str, str], ...] = ()  # (rule, why no row filter)
     columns_reasons: tuple[tuple[str, str], ...] = ()  # (rule, why no column list)
 
@@ -78,8 +82,9 @@ class TablePlan:
 
     @property
     def filtered(self) -> bool:
-        """Whether the table belongs to the filtered publication (it has a row filter)."""
-        return self.row_filter is not None
+        """Whether the table belongs to the filtered publication (it has a row filter, or on PostgreSQL 14
+        its rules listen only to insert)."""
+        return self.row_filter is not None or self.insert_only
 
     def filter_reason(self, rule: str) -> str | None:
         return dict(self.filter_reasons).get(rule)
@@ -93,7 +98,7 @@ class TablePlan:
 
 @dataclass(frozen=True, slots=True)
 class PublicationPlan:
-    """Both publications: ``publication`` (the config's) and ``filtered`` (None below PostgreSQL 15)."""
+    """Both publications: ``publication`` (the config's) and ``filtered``, the insert-only one."""
 
     publication: str
     filtered: str | None
@@ -157,10 +162,13 @@ def plan_publications(
         why = (
             f"PostgreSQL {server_major(server_version)} has no publication row filters or column lists (15+)"
         )
-        plain = tuple(
-            TablePlan(schema, name, rules.operations_for(schema, name)) for schema, name in rules.tables
-        )
-        return PublicationPlan(publication, None, server_version, plain, unsupported=why)
+        plain = []
+        for schema, name in rules.tables:
+            operations = rules.operations_for(schema, name)
+            insert_only = "insert" in operations and operations <= FILTERED_OPERATIONS
+            plain.append(TablePlan(schema, name, operations, insert_only=insert_only))
+        filtered = filtered_publication(publication)
+        return PublicationPlan(publication, filtered, server_version, tuple(plain), unsupported=why)
     refused = refused or {}
     filters = [
         _plan_filter(schema, name, _table_rules(rules, schema, name), tables, refused.get((schema, name)))

@@ -897,11 +897,9 @@ SKIPS_MISSING_PUBLICATIONS = 180000
 
 
 async def streamed_publications(conn: psycopg.AsyncConnection[Any], publication: str) -> list[str]:
-    """The publications ingest streams: ``publication`` and, from PostgreSQL 15, the filtered one (always
-    from 18, so one created later is picked up; before 18 only when it exists, which `init` ensures)."""
+    """The publications ingest streams: ``publication`` and the filtered (insert-only) one (always from 18,
+    so one created later is picked up; before 18 only when it exists, which `init` ensures)."""
     version = conn.info.server_version
-    if version < pushdown.MIN_SERVER_VERSION:
-        return [publication]
     filtered = pushdown.filtered_publication(publication)
     if version < SKIPS_MISSING_PUBLICATIONS:
         cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [filtered])

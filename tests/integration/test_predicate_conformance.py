@@ -123,7 +123,11 @@ def intervals(draw: st.DrawFn) -> str:
     months = draw(st.integers(-1200, 1200))
     days = draw(st.integers(-1000, 1000))
     micros = draw(st.one_of(st.integers(-(10**12), 10**12), st.sampled_from([0, 1, -1, 86_400_000_000])))
-    return f"{months} mons {days} days {micros} microseconds"
+    # as hours:minutes:seconds: PostgreSQL 14 reads at most 2^31-1 in a "microseconds" field
+    seconds, fraction = divmod(abs(micros), 1_000_000)
+    sign = "-" if micros < 0 else ""
+    time = f"{sign}{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{fraction:06d}"
+    return f"{months} mons {days} days {time}"
 
 
 json_numbers = st.sampled_from(["0", "1", "-1", "1.10", "1e2", "1E-2", "2.5", "12345678901234567890", "-0.0"])
@@ -593,10 +597,14 @@ def test_row_filters_are_accepted_and_keep_the_matching_rows(
         assert reason
         return
     assert "new." not in sql_filter and "old." not in sql_filter
-    table.execute(
-        f"CREATE PUBLICATION conformance FOR TABLE t WHERE ({sql_filter}) WITH (publish = 'insert')"
-    )
-    table.execute("DROP PUBLICATION conformance")
+    create = f"CREATE PUBLICATION conformance FOR TABLE t WHERE ({sql_filter}) WITH (publish = 'insert')"
+    if table.info.server_version < 150000:
+        # 14 has no row filters (listener pushes none down there); the filter's meaning is compared below
+        with pytest.raises(psycopg.errors.SyntaxError):
+            table.execute(create)
+    else:
+        table.execute(create)
+        table.execute("DROP PUBLICATION conformance")
     rows_text = store(table, first, second)
     expected = filter_outcomes(table, sql_filter)
     got: list[Outcome] = []
