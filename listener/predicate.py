@@ -25,14 +25,17 @@ expressions through a real server and this module and compares results and SQLST
 * the session is fixed at ``TimeZone = 'UTC'``, ``DateStyle = ISO``, ``IntervalStyle = postgres``;
   ``now()``/``current_timestamp`` is the ``now`` argument (the change's commit time).
 
+Dates and timestamps are held as PostgreSQL holds them (days / microseconds since 2000-01-01, the
+infinities at the ends of the integer range), so infinities, BC and years past 9999 compare, add and
+print as in PostgreSQL (see ``date2j``).
+
 Values arrive as PostgreSQL text (pgoutput).  They are loaded lazily, only for referenced columns, with
 psycopg's loaders chosen by type OID.  Two exceptions, both because psycopg's loader would lose meaning:
 ``interval`` (psycopg folds months into 30-day timedeltas, PostgreSQL adds calendar months) and jsonb
 numbers (loaded as :class:`~decimal.Decimal`, not float, so ``->>`` and equality match).
 
 Deliberately not supported, refused at load time with a hint (or an :class:`EvaluationError` whose
-``sqlstate`` is None at run time, never a guessed answer): dates and timestamps outside years 1-9999 and
-infinite ones (Python's datetime cannot hold them), infinite intervals, date/time text other than ISO 8601
+``sqlstate`` is None at run time, never a guessed answer): date/time text other than ISO 8601
 (``'2024-01-31 12:00:00+02'``; PostgreSQL reads many more forms), time zone names other than UTC, the
 ``time`` types, jsonb ordering, arrays, regular expressions, ``LIKE`` on character(n), enum ordering
 (the declared order is not known here; enum labels are not validated either), and the ``json`` type's
@@ -41,7 +44,6 @@ operators (cast to ``jsonb``).
 
 from __future__ import annotations
 
-import calendar
 import difflib
 import json
 import math
@@ -108,7 +110,7 @@ class EvaluationError(ListenerError):
     """Raised while evaluating, where PostgreSQL would raise (``sqlstate`` is its SQLSTATE).
 
     ``sqlstate`` is None when the failure is a limit of listener rather than an error PostgreSQL would
-    raise (a timestamp outside years 1-9999, a date format listener does not parse)."""
+    raise (a date format listener does not parse)."""
 
     def __init__(self, message: str, sqlstate: str | None, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -275,6 +277,11 @@ class Interval(NamedTuple):
     micros: int
 
 
+# PostgreSQL 17+'s infinite intervals: every field at its minimum / maximum
+INTERVAL_NOBEGIN: Final = Interval(-(2**31), -(2**31), -(2**63))
+INTERVAL_NOEND: Final = Interval(2**31 - 1, 2**31 - 1, 2**63 - 1)
+
+
 class _JsonNull:
     """JSON ``null`` as a whole jsonb value (inside containers it stays None); SQL NULL is None."""
 
@@ -384,23 +391,131 @@ def _exact_to_f4(q: Fraction) -> float:
     return -value if negative else value
 
 
-def _ts_text(d: datetime) -> str:
-    s = f"{d.year:04d}-{d.month:02d}-{d.day:02d} {d.hour:02d}:{d.minute:02d}:{d.second:02d}"
-    if d.microsecond:
-        s += f".{d.microsecond:06d}".rstrip("0")
-    return s
+# ------------------------------------------------------------ dates and timestamps as PostgreSQL stores them
+# date: days since 2000-01-01; timestamp and timestamptz: microseconds since 2000-01-01 00:00 (UTC for
+# timestamptz; the session zone is UTC, so the two share one value).  Plain ints: ordering, equality and
+# the infinities (the ends of int32 / int64, as in PostgreSQL) need no special case; BC and years past
+# 9999 (Python's datetime holds neither) are ordinary values.  datatype/timestamp.h, utils/adt/datetime.c.
+POSTGRES_EPOCH_JDATE: Final = 2451545
+DATEVAL_NOBEGIN: Final = -(2**31)
+DATEVAL_NOEND: Final = 2**31 - 1
+DT_NOBEGIN: Final = -(2**63)
+DT_NOEND: Final = 2**63 - 1
+_DATE_MIN: Final = 0 - POSTGRES_EPOCH_JDATE  # 4714-11-24 BC
+_DATE_END: Final = 2147483494 - POSTGRES_EPOCH_JDATE  # 5874898-01-01
+_TIMESTAMP_END_DAYS: Final = 109203528 - POSTGRES_EPOCH_JDATE  # 294277-01-01
+MIN_TIMESTAMP: Final = -211813488000000000
+END_TIMESTAMP: Final = 9223371331200000000
+_PG_EPOCH: Final = datetime(2000, 1, 1)
+_PG_EPOCH_TZ: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_ORDINAL: Final = _PG_EPOCH.toordinal()
+_ONE_USEC: Final = timedelta(microseconds=1)
 
 
-def _tstz_text(d: datetime) -> str:
-    return _ts_text(d) + "+00"
+def date2j(year: int, month: int, day: int) -> int:
+    """Julian day of a proleptic Gregorian date; ``year`` 0 is 1 BC (datetime.c)."""
+    if month > 2:
+        month += 1
+        year += 4800
+    else:
+        month += 13
+        year += 4799
+    century = year // 100
+    julian = year * 365 - 32167
+    julian += year // 4 - century + century // 4
+    return julian + 7834 * month // 256 + day
 
 
-def _date_text(d: date) -> str:
-    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+def j2date(jd: int) -> tuple[int, int, int]:
+    """(year, month, day) of a Julian day (datetime.c); year 0 is 1 BC."""
+    julian = jd + 32044
+    quad = julian // 146097
+    extra = (julian - quad * 146097) * 4 + 3
+    julian += 60 + quad * 3 + extra // 146097
+    quad = julian // 1461
+    julian -= quad * 1461
+    y = julian * 4 // 1461
+    julian = ((julian + 305) % 365 if y != 0 else (julian + 306) % 366) + 123
+    y += quad * 4
+    quad = julian * 2141 // 65536
+    return y - 4800, (quad + 10) % 12 + 1, julian - 7834 * quad // 256
+
+
+def _valid_date(d: int) -> bool:
+    return _DATE_MIN <= d < _DATE_END
+
+
+def _valid_timestamp(t: int) -> bool:
+    return MIN_TIMESTAMP <= t < END_TIMESTAMP
+
+
+def _date_out_of_range() -> EvaluationError:
+    return EvaluationError("date out of range", DATETIME_OVERFLOW)
+
+
+def _ts_out_of_range() -> EvaluationError:
+    return EvaluationError("timestamp out of range", DATETIME_OVERFLOW)
+
+
+def date_of(d: date) -> int:
+    """A Python date as the evaluator's date value."""
+    return d.toordinal() - _PG_EPOCH_ORDINAL
+
+
+def timestamp_of(d: datetime) -> int:
+    """A Python datetime (naive: as is; aware: in UTC) as the evaluator's timestamp value."""
+    return (d - (_PG_EPOCH if d.tzinfo is None else _PG_EPOCH_TZ)) // _ONE_USEC
+
+
+def _year_text(year: int) -> tuple[str, str]:
+    """EncodeDateOnly's year: year 0 is 1 BC; at least four digits."""
+    return (f"{year:04d}", "") if year > 0 else (f"{1 - year:04d}", " BC")
+
+
+def _date_text(d: int) -> str:
+    if d == DATEVAL_NOBEGIN:
+        return "-infinity"
+    if d == DATEVAL_NOEND:
+        return "infinity"
+    year, month, day = j2date(d + POSTGRES_EPOCH_JDATE)
+    y, bc = _year_text(year)
+    return f"{y}-{month:02d}-{day:02d}{bc}"
+
+
+def _timestamp_parts(t: int, zone: str) -> str:
+    if t == DT_NOBEGIN:
+        return "-infinity"
+    if t == DT_NOEND:
+        return "infinity"
+    days, micros = divmod(t, USECS_PER_DAY)  # floor: the time of day is never negative
+    year, month, day = j2date(days + POSTGRES_EPOCH_JDATE)
+    seconds, usec = divmod(micros, 1_000_000)
+    minutes, sec = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    y, bc = _year_text(year)
+    s = f"{y}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{sec:02d}"
+    if usec:
+        s += f".{usec:06d}".rstrip("0")
+    return s + zone + bc
+
+
+def _ts_text(t: int) -> str:
+    return _timestamp_parts(t, "")
+
+
+def _tstz_text(t: int) -> str:
+    return _timestamp_parts(t, "+00")
+
+
+_INFINITIES: Final = {"infinity": 1, "+infinity": 1, "-infinity": -1}
 
 
 def _interval_text(iv: Interval) -> str:
     """EncodeInterval, IntervalStyle 'postgres' (the default)."""
+    if iv == INTERVAL_NOBEGIN:
+        return "-infinity"
+    if iv == INTERVAL_NOEND:
+        return "infinity"
     months, days, micros = iv
     year = int(months / 12)  # C division truncates toward zero
     mon = months - year * 12
@@ -611,32 +726,62 @@ def _uuid_in(s: str) -> UUID:
 
 
 _DT_RE = re.compile(
-    r"[ \t\n\r\v\f]*([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})"
+    r"[ \t\n\r\v\f]*([0-9]{4,})-([0-9]{1,2})-([0-9]{1,2})"
     r"(?:(?:[Tt]|[ \t\n\r\v\f]+)([0-9]{1,2}):([0-9]{1,2})(?::([0-9]{1,2})(?:\.([0-9]*))?)?"
     r"[ \t\n\r\v\f]*(?:([zZ]|UTC|utc|GMT|gmt)|([+-])([0-9]{1,2})(?::?([0-9]{2}))?(?::?([0-9]{2}))?)?)?"
+    r"(?:[ \t\n\r\v\f]+((?i:bc|ad)))?"
     r"[ \t\n\r\v\f]*\Z"
 )
+_DAYS_IN_MONTH: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def _datetime_in(s: str, type_name: str) -> Any:
-    """ISO 8601 date/time input (the subset listener supports of PostgreSQL's datetime parser).
+def _days_in_month(year: int, month: int) -> int:
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)  # year 0 (1 BC) is a leap year
+    return _DAYS_IN_MONTH[month - 1] + (1 if month == 2 and leap else 0)
 
-    Returns a date for 'date', a naive datetime for 'timestamp' (a zone in the text is ignored, as
-    PostgreSQL does), an aware UTC datetime for 'timestamptz' (no zone means UTC, the session zone)."""
+
+def _valid_julian(year: int, month: int) -> bool:
+    """IS_VALID_JULIAN: from 4714-11 BC (year -4713) to 5874898-06 (exclusive), by month."""
+    return (year > -4713 or (year == -4713 and month >= 11)) and (
+        year < 5874898 or (year == 5874898 and month < 6)
+    )
+
+
+def _datetime_in(s: str, type_name: str) -> int:
+    """ISO 8601 date/time input (the subset listener supports of PostgreSQL's datetime parser), with
+    ``infinity``, ``-infinity``, ``epoch``, ``BC`` and years past 9999 up to PostgreSQL's limits.
+
+    Returns the value as PostgreSQL stores it: days for 'date', microseconds for 'timestamp' (a zone in
+    the text is ignored, as PostgreSQL does) and 'timestamptz' (in UTC; no zone means UTC, the session
+    zone)."""
     label = _LABELS[type_name]
-    if s.strip(_WS).lower() == "epoch" and type_name != "date":
-        epoch = datetime(1970, 1, 1)
-        return epoch.replace(tzinfo=UTC) if type_name == "timestamptz" else epoch
+    word = s.strip(_WS).lower()
+    if word in _INFINITIES:
+        later = _INFINITIES[word] > 0
+        if type_name == "date":
+            return DATEVAL_NOEND if later else DATEVAL_NOBEGIN
+        return DT_NOEND if later else DT_NOBEGIN
+    if word == "epoch":
+        return date_of(date(1970, 1, 1)) if type_name == "date" else timestamp_of(datetime(1970, 1, 1))
     m = _DT_RE.match(s)
     if m is None:
         raise _unread(label, s)
-    year, month, day, hour, minute, second, frac, utc, zsign, zh, zm, zs = m.groups()
+    year, month, day, hour, minute, second, frac, utc, zsign, zh, zm, zs, era = m.groups()
     y, mo, d = int(year), int(month), int(day)
-    if y == 0 or not 1 <= mo <= 12 or not 1 <= d <= calendar.monthrange(max(y, 1), mo)[1]:
+    if y == 0:  # there is no year 0 in AD/BC notation
         raise EvaluationError(f'date/time field value out of range: "{s}"', DATETIME_OVERFLOW)
-    day_value = date(y, mo, d)
+    if era is not None and era.lower() == "bc":
+        y = 1 - y  # 1 BC is year 0
+    if not 1 <= mo <= 12 or not 1 <= d <= _days_in_month(y, mo):
+        raise EvaluationError(f'date/time field value out of range: "{s}"', DATETIME_OVERFLOW)
+    what = "date" if type_name == "date" else "timestamp"
+    if not _valid_julian(y, mo):
+        raise EvaluationError(f'{what} out of range: "{s}"', DATETIME_OVERFLOW)
+    days = date2j(y, mo, d) - POSTGRES_EPOCH_JDATE
     if type_name == "date":
-        return day_value
+        if not _valid_date(days):
+            raise EvaluationError(f'date out of range: "{s}"', DATETIME_OVERFLOW)
+        return days
     h = int(hour or 0)
     mi = int(minute or 0)
     sec = int(second or 0)
@@ -650,13 +795,12 @@ def _datetime_in(s: str, type_name: str) -> Any:
         if zhv > 15 or zmv > 59 or zsv > 59:
             raise EvaluationError(f'time zone displacement out of range: "{s}"', DATETIME_OVERFLOW)
         offset = (zhv * 3600 + zmv * 60 + zsv) * (-1 if zsign == "-" else 1)
-    try:
-        value = datetime(y, mo, d) + timedelta(hours=h, minutes=mi, seconds=sec, microseconds=usec)
-        if type_name == "timestamptz":
-            value = (value - timedelta(seconds=offset)).replace(tzinfo=UTC)
-    except OverflowError:
-        raise _unsupported(f'{label} "{s}" is outside the years 1-9999 listener supports') from None
-    del utc, day_value
+    value = days * USECS_PER_DAY + ((h * 60 + mi) * 60 + sec) * 1_000_000 + usec
+    if type_name == "timestamptz":
+        value -= offset * 1_000_000
+    if not _valid_timestamp(value):
+        raise EvaluationError(f'timestamp out of range: "{s}"', DATETIME_OVERFLOW)
+    del utc
     return value
 
 
@@ -699,8 +843,8 @@ def _interval_in(s: str) -> Interval:
     fractional units; a bare number is seconds, or days before a clock.  That covers IntervalStyle
     'postgres' output; ISO 8601 and SQL-standard forms are not read."""
     body = s.strip(_WS)
-    if body.lower() in ("infinity", "-infinity", "+infinity"):
-        raise _unsupported(f'interval "{s}" is not supported by listener')
+    if body.lower() in _INFINITIES:
+        return INTERVAL_NOEND if _INFINITIES[body.lower()] > 0 else INTERVAL_NOBEGIN
     tokens: list[re.Match[str]] = []
     pos = 0
     ago = False
@@ -1146,92 +1290,130 @@ def float_ops(single: bool) -> dict[str, Callable[..., float]]:
 # ---------------------------------------------------------------------------- dates, times, intervals
 
 
-def _dt_overflow() -> EvaluationError:
-    return _unsupported("timestamp out of the range listener supports (years 1-9999)")
+def _checked_timestamp(t: int) -> int:
+    if not _valid_timestamp(t):
+        raise _ts_out_of_range()
+    return t
 
 
-def add_interval(ts: datetime, iv: Interval) -> datetime:
-    """timestamp[tz] + interval: calendar months first (clamping the day), then days, then time."""
+def add_interval(ts: int, iv: Interval) -> int:
+    """timestamp[tz] + interval (timestamp_pl_interval): calendar months first (clamping the day), then
+    days, then time, each step checked against the timestamp range.  An infinite timestamp stays; an
+    infinite interval makes the timestamp infinite (the opposite infinity is out of range)."""
+    if iv in (INTERVAL_NOBEGIN, INTERVAL_NOEND):
+        if ts == (DT_NOEND if iv == INTERVAL_NOBEGIN else DT_NOBEGIN):
+            raise _ts_out_of_range()
+        return DT_NOBEGIN if iv == INTERVAL_NOBEGIN else DT_NOEND
+    if ts in (DT_NOBEGIN, DT_NOEND):
+        return ts
     months, days, micros = iv
-    try:
-        if months:
-            total = ts.year * 12 + ts.month - 1 + months
-            year, month0 = divmod(total, 12)
-            if not 1 <= year <= 9999:
-                raise _dt_overflow()
-            day = min(ts.day, calendar.monthrange(year, month0 + 1)[1])
-            ts = ts.replace(year=year, month=month0 + 1, day=day)
-        if days:
-            ts = ts + timedelta(days=days)
-        if micros:
-            ts = ts + timedelta(microseconds=micros)
-    except OverflowError:
-        raise _dt_overflow() from None
+    if months:
+        day_number, time = divmod(ts, USECS_PER_DAY)
+        year, month, day = j2date(day_number + POSTGRES_EPOCH_JDATE)
+        year, month0 = divmod(year * 12 + month - 1 + months, 12)
+        if not _valid_julian(year, month0 + 1):
+            raise _ts_out_of_range()
+        day = min(day, _days_in_month(year, month0 + 1))
+        ts = _checked_timestamp((date2j(year, month0 + 1, day) - POSTGRES_EPOCH_JDATE) * USECS_PER_DAY + time)
+    if days:
+        ts = _checked_timestamp(ts + days * USECS_PER_DAY)
+    if micros:
+        ts = _checked_timestamp(ts + micros)
     return ts
 
 
+def _infinite_interval(iv: Interval) -> bool:
+    return iv in (INTERVAL_NOBEGIN, INTERVAL_NOEND)
+
+
 def interval_neg(iv: Interval) -> Interval:
+    if _infinite_interval(iv):
+        return INTERVAL_NOEND if iv == INTERVAL_NOBEGIN else INTERVAL_NOBEGIN
     return _interval_checked(-iv.months, -iv.days, -iv.micros)
 
 
-def sub_interval(ts: datetime, iv: Interval) -> datetime:
-    return add_interval(ts, Interval(-iv.months, -iv.days, -iv.micros))
+def sub_interval(ts: int, iv: Interval) -> int:
+    return add_interval(ts, interval_neg(iv))  # timestamp_mi_interval
 
 
 def interval_add(a: Interval, b: Interval) -> Interval:
+    if _infinite_interval(a) or _infinite_interval(b):  # interval_pl: opposite infinities are an error
+        if _infinite_interval(a) and _infinite_interval(b) and a != b:
+            raise EvaluationError("interval out of range", DATETIME_OVERFLOW)
+        return a if _infinite_interval(a) else b
     return _interval_checked(a.months + b.months, a.days + b.days, a.micros + b.micros)
 
 
 def interval_sub(a: Interval, b: Interval) -> Interval:
+    if _infinite_interval(a) or _infinite_interval(b):  # interval_mi: equal infinities are an error
+        if a == b:
+            raise EvaluationError("interval out of range", DATETIME_OVERFLOW)
+        return a if _infinite_interval(a) else interval_neg(b)
     return _interval_checked(a.months - b.months, a.days - b.days, a.micros - b.micros)
 
 
-def ts_diff(a: datetime, b: datetime) -> Interval:
+def ts_diff(a: int, b: int) -> Interval:
     """timestamp - timestamp: microseconds, then justify_hours (whole days out, same sign)."""
-    delta = a - b
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if a in (DT_NOBEGIN, DT_NOEND) or b in (DT_NOBEGIN, DT_NOEND):  # timestamp_mi
+        if a == b:
+            raise EvaluationError("interval out of range", DATETIME_OVERFLOW)
+        return INTERVAL_NOBEGIN if a == DT_NOBEGIN or b == DT_NOEND else INTERVAL_NOEND
+    micros = a - b
+    if not -(2**63) <= micros < 2**63:
+        raise EvaluationError("interval out of range", DATETIME_OVERFLOW)
     days = abs(micros) // USECS_PER_DAY * (1 if micros >= 0 else -1)  # TMODULO truncates toward zero
     micros -= days * USECS_PER_DAY
     return _interval_checked(0, days, micros)
 
 
-def _date_plus_days(d: date, n: int) -> date:
-    try:
-        return d + timedelta(days=n)
-    except OverflowError:
-        raise _unsupported("date out of the range listener supports (years 1-9999)") from None
+def _date_plus_days(d: int, n: int) -> int:
+    if d in (DATEVAL_NOBEGIN, DATEVAL_NOEND):
+        return d
+    result = d + n
+    if not _valid_date(result):
+        raise _date_out_of_range()
+    return result
 
 
-def date_pli(d: date, n: int) -> date:
+def date_pli(d: int, n: int) -> int:
     return _date_plus_days(d, n)
 
 
-def date_mii(d: date, n: int) -> date:
+def date_mii(d: int, n: int) -> int:
     return _date_plus_days(d, -n)
 
 
-def date_mi(a: date, b: date) -> int:
-    return (a - b).days
+def date_mi(a: int, b: int) -> int:
+    if a in (DATEVAL_NOBEGIN, DATEVAL_NOEND) or b in (DATEVAL_NOBEGIN, DATEVAL_NOEND):
+        raise EvaluationError("cannot subtract infinite dates", DATETIME_OVERFLOW)
+    return a - b
 
 
-def _date_ts(d: date) -> datetime:
-    return datetime(d.year, d.month, d.day)
+def _date_ts(d: int) -> int:
+    """date2timestamp: the infinities map to the timestamp's; a date past 294276 AD does not convert."""
+    if d == DATEVAL_NOBEGIN:
+        return DT_NOBEGIN
+    if d == DATEVAL_NOEND:
+        return DT_NOEND
+    if d >= _TIMESTAMP_END_DAYS:
+        raise EvaluationError("date out of range for timestamp", DATETIME_OVERFLOW)
+    return d * USECS_PER_DAY
 
 
-def _date_tstz(d: date) -> datetime:
-    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+def _date_ts_compared(d: int) -> int:
+    """date2timestamp_opt_overflow, as date-vs-timestamp comparisons use it: a date past the timestamp
+    range is later than every finite timestamp and earlier than infinity, never an error."""
+    if DATEVAL_NOBEGIN < d < DATEVAL_NOEND and d >= _TIMESTAMP_END_DAYS:
+        return END_TIMESTAMP
+    return _date_ts(d)
 
 
-def _ts_tstz(d: datetime) -> datetime:
-    return d.replace(tzinfo=UTC)
-
-
-def _tstz_ts(d: datetime) -> datetime:
-    return d.replace(tzinfo=None)
-
-
-def _ts_date(d: datetime) -> date:
-    return d.date()
+def _ts_date(t: int) -> int:
+    if t == DT_NOBEGIN:
+        return DATEVAL_NOBEGIN
+    if t == DT_NOEND:
+        return DATEVAL_NOEND
+    return t // USECS_PER_DAY  # the day it falls in (floor)
 
 
 def interval_key(iv: Interval) -> int:
@@ -1722,10 +1904,11 @@ def cast_info(src: PgType, dst: PgType) -> CastInfo | None:
     return None
 
 
+# the session time zone is UTC: timestamp and timestamptz hold the same microseconds
 _DT_CASTS: Final[dict[tuple[str, str], Callable[[Any], Any]]] = {
-    ("date", "timestamp"): _date_ts, ("date", "timestamptz"): _date_tstz,
-    ("timestamp", "date"): _ts_date, ("timestamp", "timestamptz"): _ts_tstz,
-    ("timestamptz", "date"): _ts_date, ("timestamptz", "timestamp"): _tstz_ts,
+    ("date", "timestamp"): _date_ts, ("date", "timestamptz"): _date_ts,
+    ("timestamp", "date"): _ts_date, ("timestamp", "timestamptz"): _identity,
+    ("timestamptz", "date"): _ts_date, ("timestamptz", "timestamp"): _identity,
 }  # fmt: skip
 
 
@@ -1988,12 +2171,10 @@ def _or_fn(fns: Sequence[Fn]) -> Fn:
     return or_n
 
 
-def _utc_now(n: Any, o: Any, t: datetime) -> datetime:
+def _utc_now(n: Any, o: Any, t: datetime) -> int:
     if t is None:
         raise EvaluationError("now() needs the change's commit time", None)
-    if t.tzinfo is None:
-        return t.replace(tzinfo=UTC)
-    return t if t.tzinfo is UTC else t.astimezone(UTC)
+    return timestamp_of(t)  # naive means UTC
 
 
 def _json_loads_pg(data: Any) -> Any:
@@ -2020,6 +2201,8 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
         return _as_text
     if name == "bpchar":
         return lambda raw: _as_text(raw).rstrip(" ")
+    if name in ("date", "timestamp", "timestamptz"):
+        return _datetime_loader(t, where)
     if name == "interval":
 
         def load_interval(raw: Any) -> Interval:
@@ -2053,6 +2236,30 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
 
         return load_float4
     return load_value
+
+
+def _datetime_loader(t: PgType, where: str) -> Callable[[Any], int]:
+    """date/timestamp/timestamptz text -> days or microseconds since 2000-01-01 (see ``date2j``).
+
+    psycopg's loader reads the common case fast; it refuses what Python's datetime cannot hold
+    (``infinity``, BC, years past 9999: psycopg's docs, "Handling infinity date", suggest a custom
+    loader), and PostgreSQL's text of those is read by :func:`_datetime_in`."""
+    name = t.name
+    fast = _TRANSFORMER.get_loader(t.oid, pq.Format.TEXT).load
+    convert: Callable[[Any], int] = date_of if name == "date" else timestamp_of
+
+    def load_datetime(raw: Any) -> int:
+        try:
+            return convert(fast(raw.encode() if raw.__class__ is str else raw))
+        except (psycopg.DataError, ValueError, OverflowError):
+            text = _as_text(raw)
+        try:
+            return _datetime_in(text, name)
+        except EvaluationError as exc:
+            message = f"{where}: the {t.label} value {text!r} cannot be read: {exc.message}"
+            raise _unsupported(message) from None
+
+    return load_datetime
 
 
 _CHEAP_LOADS: Final = frozenset({"text", "varchar", "enum", "other", "json", "bpchar", "bool", *INT_TYPES})
@@ -2273,6 +2480,13 @@ class _Compiler:
             "test it with IS [NOT] NULL, or compare its text form: (new.<column>)::text = '...'",
             limitation=True,
         )
+
+    def compared_as(self, e: _E, target: PgType, node: Any) -> _E:
+        """A date/time operand of a cross-type comparison: a date compared with a timestamp converts
+        without failing (date_cmp_timestamp), the rest as an implicit cast."""
+        if e.type.name == "date" and target.name != "date":
+            return self.strict(_date_ts_compared, [e], target, node)
+        return self.coerce(e, target)
 
     def coerce(self, e: _E, target: PgType) -> _E:
         """Implicit conversion of an operator argument to ``target``."""
@@ -2564,7 +2778,7 @@ class _Compiler:
                     if target.name == "timestamptz"
                     else None
                 )
-                left, right = self.coerce(left, target), self.coerce(right, target)
+                left, right = self.compared_as(left, target, node), self.compared_as(right, target, node)
                 if stable:
                     left = _flag(left, stable)
             return left, right, _PLAIN_CMP[op]
@@ -3329,10 +3543,10 @@ class _Compiler:
             return self.now(node)
         if node.op == Op.SVFOP_CURRENT_DATE:
             now = self.now(node)
-            return self.derive(DATE, lambda n, o, t: _utc_now(n, o, t).date(), node, [now])
+            return self.derive(DATE, lambda n, o, t: _ts_date(_utc_now(n, o, t)), node, [now])
         if node.op == Op.SVFOP_LOCALTIMESTAMP:
             now = self.now(node)
-            return self.derive(TIMESTAMP, lambda n, o, t: _utc_now(n, o, t).replace(tzinfo=None), node, [now])
+            return self.derive(TIMESTAMP, _utc_now, node, [now])
         if node.op in (Op.SVFOP_CURRENT_TIMESTAMP_N, Op.SVFOP_LOCALTIMESTAMP_N):
             raise self.refuse("a precision on current_timestamp", node, "write current_timestamp or now()")
         if node.op in (

@@ -17,7 +17,8 @@ failing parts raises first).
 
 The generators cover int4/int8 bounds, numerics with up to 40 digits and NaN/+-Infinity, float8 and float4
 edge values (NaN, +-inf, -0, subnormals), texts with %, _, \\ and non-ASCII, varchar(n) and char(n),
-timestamps 1900-2100, intervals with months, days and microseconds, nested jsonb with numbers like 1.10
+timestamps 1900-2100 and, a quarter of the time, infinities, BC and years past 9999 up to PostgreSQL's
+limits, intervals with months, days and microseconds, nested jsonb with numbers like 1.10
 and 1e2, and text that other types' input functions read.  The run is deterministic (``derandomize``) and
 stores no example database; ``PREDICATE_RANDOM=1 PREDICATE_EXAMPLES=5000`` explores new examples.
 """
@@ -116,6 +117,18 @@ floats = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
 )
 instants = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 12, 31))
+# what Python's datetime cannot hold: infinities, BC, years past 9999, PostgreSQL's first and last instants
+EDGE_INSTANTS = ["infinity", "-infinity", "0044-03-15 12:00:00 BC", "0001-12-31 23:59:59.5 BC",
+                 "10000-01-01 00:00:00", "294276-12-31 23:59:59.999999", "4714-11-24 00:00:00 BC",
+                 "9999-12-31 23:59:59.999999", "0001-01-01 00:00:00"]  # fmt: skip
+EDGE_DATES = ["infinity", "-infinity", "0001-01-01 BC", "4714-11-24 BC", "5874897-12-31", "10000-01-01",
+              "9999-12-31", "294277-01-01", "0001-01-01"]  # fmt: skip
+
+
+def instant_texts(spell: Callable[[datetime], str], edges: list[str]) -> st.SearchStrategy[str]:
+    """Mostly ordinary instants, a quarter of edges."""
+    ordinary = instants.map(spell)
+    return st.one_of(ordinary, ordinary, ordinary, st.sampled_from(edges))
 
 
 @st.composite
@@ -163,9 +176,9 @@ VALUES: dict[str, st.SearchStrategy[str]] = {
     "vc": texts,
     "ch": st.text(alphabet="ab %_ é", max_size=4),
     "b": st.sampled_from(["true", "false"]),
-    "tz": instants.map(lambda d: d.isoformat(sep=" ") + "+00"),
-    "ts": instants.map(lambda d: d.isoformat(sep=" ")),
-    "d": instants.map(lambda d: d.date().isoformat()),
+    "tz": instant_texts(lambda d: d.isoformat(sep=" ") + "+00", EDGE_INSTANTS),
+    "ts": instant_texts(lambda d: d.isoformat(sep=" "), EDGE_INSTANTS),
+    "d": instant_texts(lambda d: d.date().isoformat(), EDGE_DATES),
     "iv": intervals(),
     "j": jsons,
 }
@@ -216,11 +229,12 @@ def literal(draw: st.DrawFn, kind: str) -> str:
     typed_as = draw(st.sampled_from(["", f"{kind} "]))
     if kind == "timestamptz":
         zone = draw(st.sampled_from(["+00", "+02:30", "-08", "Z", ""]))
-        return typed_as + quote(draw(instants).isoformat(sep=" ") + zone)
+        return typed_as + quote(draw(instant_texts(lambda d: d.isoformat(sep=" ") + zone, EDGE_INSTANTS)))
     if kind == "timestamp":
-        return typed_as + quote(draw(instants).isoformat(sep=draw(st.sampled_from([" ", "T"]))))
+        sep = draw(st.sampled_from([" ", "T"]))
+        return typed_as + quote(draw(instant_texts(lambda d: d.isoformat(sep=sep), EDGE_INSTANTS)))
     if kind == "date":
-        return typed_as + quote(draw(instants).date().isoformat())
+        return typed_as + quote(draw(instant_texts(lambda d: d.date().isoformat(), EDGE_DATES)))
     if kind == "interval":
         spellings = ["1 day", "7 days", "1 mon", "-1 year 2 mons", "36 hours", "1.5 days", "00:30:00",
                      "1 day 02:03:04.5", "-00:00:01", "2 weeks ago"]  # fmt: skip
@@ -631,3 +645,55 @@ def test_every_supported_column_type_loads_from_server_text(
     expected, now = server_outcome(table, expr)
     got = listener_outcome(compile_predicate(expr, COLUMN_TYPES), new_text, old_text, now)
     assert got == expected == ("value", True)
+
+
+# Dates and timestamps PostgreSQL accepts beyond what Python's datetime holds: infinities, BC, years past
+# 9999 up to PostgreSQL's limits (4714-11-24 BC to 294276 AD for timestamps, 5874897 AD for dates).
+EDGE_ROWS: list[Row] = [
+    {"ts": "infinity", "tz": "-infinity", "d": "infinity"},
+    {"ts": "-infinity", "tz": "infinity", "d": "-infinity"},
+    {"ts": "0044-03-15 12:00:00 BC", "tz": "10000-01-01 00:00:00+00", "d": "0001-01-01 BC"},
+    {"ts": "294276-12-31 23:59:59.999999", "tz": "4714-11-24 00:00:00+00 BC", "d": "5874897-12-31"},
+    {"ts": "9999-12-31 23:59:59", "tz": "9999-12-31 23:59:59.999999+00", "d": "9999-12-31"},
+    {"ts": "0001-01-01 00:00:00", "tz": "0001-01-01 00:00:00+00", "d": "294277-01-01"},
+]
+EDGE_EXPRESSIONS = [
+    "new.ts", "new.tz", "new.d", "new.ts > '2000-01-01'", "new.tz > '2000-01-01'", "new.d > '2000-01-01'",
+    "new.d + 1", "new.d - 1", "new.d - 365", "new.d - date '2000-01-01'", "new.d - new.d",
+    "new.ts + interval '1 mon'", "new.ts - interval '1 day'", "new.tz + interval '100 years'",
+    "new.tz - interval '1 microsecond'", "new.d + interval '1 day'", "new.d::timestamp", "new.d::timestamptz",
+    "new.ts::date", "new.tz::date", "new.ts::timestamptz", "new.tz::timestamp", "new.ts - new.tz",
+    "new.ts - timestamp '2000-01-01'", "new.d < new.ts", "new.d = new.tz", "new.d > new.tz",
+    "new.ts BETWEEN new.d AND new.tz", "date '10000-01-01' + 1", "date '5874897-12-31' - new.d",
+    "timestamp '9999-12-31 23:59:59' + interval '1 sec'", "new.d::text", "new.tz::text || 'x'",
+    "(new.ts::text)::timestamp", "(new.d::text)::date", "new.ts IN (new.tz, timestamp 'infinity')",
+    "date 'infinity' - 1", "timestamptz '-infinity' < new.tz", "'epoch'::date + 1", "new.d + 1 > new.d",
+]  # fmt: skip
+
+
+def edge_row(values: Row) -> Row:
+    return {c: values.get(c) for c in COLUMNS}
+
+
+@pytest.mark.parametrize("row", EDGE_ROWS, ids=lambda r: str(r["ts"]))
+def test_dates_and_timestamps_beyond_python_as_postgresql_has_them(
+    table: psycopg.Connection[tuple[Any, ...]], row: Row
+) -> None:
+    """Each expression's text (or SQLSTATE) as the server gives it, and listener's the same."""
+    new_text, old_text = store(table, edge_row(row), edge_row(row))
+    differ = []
+    for expr in EDGE_EXPRESSIONS:
+        text, now = server_outcome(table, f"({expr})::text")
+        if text[0] == "value":
+            check = f"({expr})::text IS NOT DISTINCT FROM {quote(text[1]) if text[1] is not None else 'NULL'}"
+            expected: Outcome = ("value", True)
+        else:
+            check, expected = f"({expr}) IS NULL", text
+        compiled = compile_or_error(check)
+        if isinstance(compiled, PredicateError):
+            got: Outcome = ("error", compiled.sqlstate)
+        else:
+            got = listener_outcome(compiled, new_text, old_text, now)
+        if got != expected:
+            differ.append(f"{expr}: PostgreSQL {text}, listener {got}")
+    assert not differ, "\n".join(differ)

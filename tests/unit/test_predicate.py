@@ -489,13 +489,42 @@ def test_references_name_every_column_read() -> None:
     )
 
 
-def test_dates_outside_python_range_are_an_error_not_a_guess() -> None:
-    error = failure("new.day > '2024-01-01'", {"day": "infinity"})
-    assert error.sqlstate is None and "new.day" in str(error)
-    error = failure(
-        "new.local_ts + interval '9000 years' > now()::timestamp", {"local_ts": "2024-01-01 00:00:00"}
-    )
-    assert error.sqlstate is None and "years 1-9999" in str(error)
+@pytest.mark.parametrize(
+    ("text", "new", "expected"),
+    [
+        ("new.day > '2024-01-01'", {"day": "infinity"}, True),
+        ("new.day < '2024-01-01'", {"day": "-infinity"}, True),
+        ("new.created_at > '2000-01-01'", {"created_at": "infinity"}, True),
+        ("new.local_ts < '0001-01-01'", {"local_ts": "0044-03-15 12:00:00 BC"}, True),
+        ("new.local_ts > '9999-12-31'", {"local_ts": "10000-01-01 00:00:00"}, True),
+        ("new.day + 1 = '10000-01-01'", {"day": "9999-12-31"}, True),
+        ("(new.day + 1)::text = '10000-01-01'", {"day": "9999-12-31"}, True),
+        ("(new.day - 1)::text = '0001-12-31 BC'", {"day": "0001-01-01"}, True),
+        ("new.day + 1 = 'infinity'", {"day": "infinity"}, True),
+        ("new.local_ts + interval '9000 years' > now()::timestamp", {"local_ts": "2024-01-01"}, True),
+        ("(new.created_at + interval '1 mon')::text = '0044-04-15 00:00:00+00 BC'",
+         {"created_at": "0044-03-15 00:00:00+00 BC"}, True),
+        ("new.day::timestamp = 'infinity'", {"day": "infinity"}, True),
+        ("new.local_ts::date = '-infinity'", {"local_ts": "-infinity"}, True),
+        ("new.day > new.local_ts", {"day": "5874897-12-31", "local_ts": "294276-12-31 23:59:59"}, True),
+    ],
+)  # fmt: skip
+def test_dates_beyond_pythons_range_as_postgresql_has_them(text: str, new: Row, expected: bool) -> None:
+    assert evaluate(text, new) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "new", "sqlstate"),
+    [
+        ("new.day + 1 > '2000-01-01'", {"day": "5874897-12-31"}, "22008"),  # date out of range
+        ("new.day - new.day = 0", {"day": "infinity"}, "22008"),  # cannot subtract infinite dates
+        ("new.local_ts + interval '1 day' > now()", {"local_ts": "294276-12-31 00:00:00"}, "22008"),
+        ("new.day::timestamp > now()", {"day": "300000-01-01"}, "22008"),  # date out of range for timestamp
+        ("new.local_ts - new.local_ts > interval '1 day'", {"local_ts": "infinity"}, "22008"),
+    ],
+)
+def test_dates_beyond_the_range_fail_as_in_postgresql(text: str, new: Row, sqlstate: str) -> None:
+    assert failure(text, new).sqlstate == sqlstate
 
 
 # ------------------------------------------------------------------------------- load-time errors: refusals
