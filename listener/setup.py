@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener import conninfo, pushdown, store
+from listener import conninfo, managed, pushdown, store
 from listener.catalog import TableInfo, read_tables, rule_tables
 from listener.config import Config, qualified_name
 from listener.errors import ConfigError, DatabaseError, PrerequisiteError, SlotInUseError
@@ -208,6 +208,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
     results: list[CheckResult] = []
     add = results.append
     with connect(source_dsn) as conn:
+        service = managed.detect(conn)
         wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
         add(
             CheckResult("wal_level", True, "wal_level = logical")
@@ -216,23 +217,11 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
                 "wal_level",
                 False,
                 f"wal_level is {wal_level!r}; logical replication needs 'logical'",
-                "ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL",
+                service.logical,
             )
         )
-        role, can_replicate, superuser = conn.execute(
-            "SELECT current_user, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()  # type: ignore[misc]
-        add(
-            CheckResult("replication privilege", True, f"role {role} may replicate")
-            if can_replicate or superuser
-            else CheckResult(
-                "replication privilege",
-                False,
-                f"role {role} lacks the REPLICATION attribute",
-                f"ALTER ROLE {sql.Identifier(role).as_string(conn)} REPLICATION;",
-            )
-        )
-        results.extend(_check_slot(conn, config))
+        add(_check_replication(conn, service))
+        results.extend(_check_slot(conn, config, service))
         rule_results, planned = _check_rules(conn, config)
         results.extend(_check_tables(conn, config, structural, planned))
         results.extend(rule_results)
@@ -324,7 +313,38 @@ def _rule_error_text(exc: ConfigError) -> str:
     return f"{place}: {text}" if place else text
 
 
-def _check_slot(conn: Conn, config: Config) -> list[CheckResult]:
+_REPLICATION = """
+SELECT current_user, rolreplication OR rolsuper,
+       coalesce(pg_has_role(current_user, (SELECT oid FROM pg_roles WHERE rolname = %s), 'MEMBER'), false)
+FROM pg_roles WHERE rolname = current_user
+"""
+
+
+def _check_replication(conn: Conn, service: managed.Service) -> CheckResult:
+    """The REPLICATION attribute, or on a service that grants replication by a role, that role."""
+    row = conn.execute(_REPLICATION, [service.replication_role]).fetchone()
+    assert row is not None
+    role, attribute, member = row
+    if attribute or member:
+        return CheckResult("replication privilege", True, f"role {role} may replicate")
+    who = sql.Identifier(role).as_string(conn)
+    if service.replication_role is not None:
+        return CheckResult(
+            "replication privilege",
+            False,
+            f"role {role} is not a member of {service.replication_role}, which grants replication on "
+            f"{service.name}",
+            f"GRANT {sql.Identifier(service.replication_role).as_string(conn)} TO {who};",
+        )
+    return CheckResult(
+        "replication privilege",
+        False,
+        f"role {role} lacks the REPLICATION attribute",
+        f"ALTER ROLE {who} REPLICATION;",
+    )
+
+
+def _check_slot(conn: Conn, config: Config, service: managed.Service) -> list[CheckResult]:
     row = conn.execute(
         "SELECT plugin, database, active_pid, slot_type FROM pg_replication_slots WHERE slot_name = %s",
         [config.slot],
@@ -363,8 +383,8 @@ def _check_slot(conn: Conn, config: Config) -> list[CheckResult]:
                 "replication slot",
                 False,
                 f"no free replication slot ({used} of max_replication_slots = {limit} in use)",
-                f"ALTER SYSTEM SET max_replication_slots = {limit + 4};  -- then restart PostgreSQL; "
-                "or drop an unused slot with pg_drop_replication_slot(name)",
+                service.set_parameter("max_replication_slots", limit + 4)
+                + "; or drop an unused slot with pg_drop_replication_slot(name)",
             )
         ]
     return [
@@ -841,17 +861,18 @@ def ensure_slot(conn: Conn, slot: str) -> list[str]:
     except pgerrors.ObjectNotInPrerequisiteState as exc:
         raise PrerequisiteError(
             f"cannot create replication slot {slot!r}: {exc.diag.message_primary}",
-            hint="ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL",
+            hint=managed.detect(conn).logical,
         ) from exc
     except pgerrors.ConfigurationLimitExceeded as exc:
         raise PrerequisiteError(
             f"cannot create replication slot {slot!r}: {exc.diag.message_primary}",
-            hint="raise max_replication_slots (then restart) or drop an unused slot",
+            hint=managed.detect(conn).set_parameter("max_replication_slots", "a higher value")
+            + "; or drop an unused slot",
         ) from exc
     except pgerrors.InsufficientPrivilege as exc:
         raise PrerequisiteError(
             f"cannot create replication slot {slot!r}: {exc.diag.message_primary}",
-            hint="ALTER ROLE <this role> REPLICATION;",
+            hint=_check_replication(conn, managed.detect(conn)).fix or "see `listener check`",
         ) from exc
     return [f"created replication slot {slot}"]
 

@@ -1,0 +1,85 @@
+"""`check` on managed services: the fix lines say where each service keeps the setting (ALTER SYSTEM is
+refused there) and how it grants replication.  A service is recognised by a setting or role it defines;
+the test servers get those as placeholders."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
+
+from listener import managed, setup
+from tests.integration.test_setup import replica_server  # noqa: F401  (a wal_level=replica server)
+from tests.support import make_config
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+def by_name(results: list[setup.CheckResult]) -> dict[str, setup.CheckResult]:
+    return {r.name: r for r in results}
+
+
+@pytest.mark.parametrize(
+    ("setting", "service"),
+    [
+        ("rds.logical_replication", managed.RDS),
+        ("cloudsql.logical_decoding", managed.CLOUD_SQL),
+        ("azure.extensions", managed.AZURE),
+    ],
+)
+def test_the_wal_level_fix_names_the_services_own_setting(
+    replica_server: str,  # noqa: F811
+    setting: str,
+    service: managed.Service,
+) -> None:
+    name = f"m_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(replica_server, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+        placeholder = pgsql.SQL("ALTER DATABASE {} SET {} = 'off'")
+        conn.execute(placeholder.format(pgsql.Identifier(name), pgsql.Identifier(setting)))
+    dsn = make_conninfo(replica_server, dbname=name)
+    try:
+        result = by_name(setup.check(make_config([]), dsn, dsn))["wal_level"]
+        assert not result.ok and result.fix == service.logical
+        assert "ALTER SYSTEM" not in service.logical
+    finally:
+        with psycopg.connect(replica_server, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP DATABASE {} WITH (FORCE)").format(pgsql.Identifier(name)))
+
+
+def test_a_self_hosted_server_gets_alter_system(replica_server: str) -> None:  # noqa: F811
+    result = by_name(setup.check(make_config([]), replica_server, replica_server))["wal_level"]
+    assert result.fix == "ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL"
+
+
+@pytest.fixture
+def rds_like(dsn: str, sql: Conn) -> Iterator[tuple[str, str]]:
+    """The test database dressed as RDS (its setting and its rds_replication role), and a role without
+    REPLICATION: (that role's DSN, its name)."""
+    sql.execute(f"ALTER DATABASE \"{sql.info.dbname}\" SET rds.logical_replication = 'on'")
+    role, password = f"app_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    exists = sql.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication'").fetchone()
+    if exists is None:
+        sql.execute("CREATE ROLE rds_replication NOLOGIN")
+    sql.execute(pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(pgsql.Identifier(role), password))
+    try:
+        yield make_conninfo(dsn, user=role, password=password), role
+    finally:
+        sql.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
+        if exists is None:
+            sql.execute("DROP ROLE rds_replication")
+
+
+def test_on_rds_replication_comes_from_the_rds_replication_role(
+    dsn: str, sql: Conn, rds_like: tuple[str, str]
+) -> None:
+    role_dsn, role = rds_like
+    result = by_name(setup.check(make_config([]), role_dsn, role_dsn))["replication privilege"]
+    assert not result.ok and result.fix == f'GRANT "rds_replication" TO "{role}";'
+    sql.execute(result.fix.encode())
+    assert by_name(setup.check(make_config([]), role_dsn, role_dsn))["replication privilege"].ok
+    sql.execute(pgsql.SQL("REVOKE rds_replication FROM {}").format(pgsql.Identifier(role)))
