@@ -633,7 +633,15 @@ class PublicationAccess:
     """Whether the current role may create (or alter) a publication of some tables, and if not, why."""
 
     ours: bool
-    why_not: str = ""
+    verb: str = "create"  # or "alter"
+    reason: str = ""  # "role app lacks CREATE on database app and does not own shop.orders"
+
+    @property
+    def why_not(self) -> str:
+        return (
+            f"listener may not {self.verb} it: {self.reason}; run the SQL below as the owner of the tables "
+            "(or a superuser); listener only verifies it"
+        )
 
 
 _ACCESS = """
@@ -665,11 +673,7 @@ def _publication_access(conn: Conn, name: str, tables: Sequence[TablePlan]) -> P
         reasons.append(f"does not own {', '.join(not_owned)}")
     if not reasons:
         return PublicationAccess(True)
-    return PublicationAccess(
-        False,
-        f"listener may not {'alter' if owner else 'create'} it: role {role} {' and '.join(reasons)}; "
-        "run the SQL below as the owner of the tables (or a superuser); listener only verifies it",
-    )
+    return PublicationAccess(False, "alter" if owner else "create", f"role {role} {' and '.join(reasons)}")
 
 
 def publication_statements(
@@ -807,6 +811,33 @@ def ensure_publication(conn: Conn, publication: str, rules: RuleSet, *, all_ops:
     with _publication_errors(), conn.transaction():
         line = _set_publication(conn, publication, tables, publish, None)
         return [line] if line else []
+
+
+def tail_publications(conn: Conn, own: str, config: Config, rules: RuleSet) -> tuple[list[str], str | None]:
+    """The publications ``listener tail`` streams, and why they are not its own (None: they are).
+
+    Its own, ``own``, carries every operation of the rule tables; a role that may not create it (see
+    `Least privilege` in README) streams the config's publications instead, as a DBA made them."""
+    tables = [TablePlan(s, t, rules.operations_for(s, t)) for s, t in rules.tables]
+    access = _publication_access(conn, own, tables)
+    if access.ours:
+        ensure_publication(conn, own, rules, all_ops=True)
+        return [own], None
+    names = [config.publication, pushdown.filtered_publication(config.publication)]
+    found = [
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT pubname FROM pg_publication WHERE pubname = ANY (%s) ORDER BY pubname <> %s",
+            [names, config.publication],
+        ).fetchall()
+    ]
+    if not found:
+        raise PrerequisiteError(
+            f"listener tail cannot make a publication of its own ({access.reason}), "
+            f"and publication {config.publication!r} does not exist either",
+            hint="run `listener check` and have the SQL it prints run",
+        )
+    return found, access.reason
 
 
 def _set_publication(

@@ -50,13 +50,20 @@ async def tail(
     rules = RuleSet(config.rules)
     publication, slot = tail_names(config)
     with setup.connect(dsn) as conn:
-        setup.ensure_publication(conn, publication, rules, all_ops=True)
+        publications, borrowed = setup.tail_publications(conn, publication, config, rules)
+    if borrowed is not None:
+        print(
+            f"listener tail: no publication of its own ({borrowed}); streaming {', '.join(publications)}, "
+            "which carry only the operations and rows the rules use",
+            file=err,
+            flush=True,
+        )
     printed = 0
     try:
         session = await ReplicationSession.connect(dsn, slot=slot)
         try:
             start = await session.create_slot(temporary=True)
-            await session.start(publication=publication, start_lsn=start, messages=False)
+            await session.start(publication=publications, start_lsn=start, messages=False)
             tables = ", ".join(f"{s}.{t}" for s, t in rules.tables) or "no tables"
             print(f"listener tail: streaming changes of {tables} (Ctrl-C to stop)", file=err, flush=True)
             decoder = po.Decoder(session.protocol_version)
@@ -93,6 +100,7 @@ async def tail(
         finally:
             await session.close()
     finally:
-        with setup.connect(dsn) as conn:
-            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+        if borrowed is None:
+            with setup.connect(dsn) as conn:
+                conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
     return printed

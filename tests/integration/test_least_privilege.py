@@ -4,6 +4,9 @@ DBA made and never alters what it does not own, and ingest runs end to end."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +17,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from listener import setup
 from listener.errors import PrerequisiteError
-from tests.support import events, make_config, running_ingest, wait_caught_up
+from listener.tail import tail
+from tests.support import _wait_for, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
 RULES = [
@@ -167,3 +171,20 @@ async def test_a_reload_the_dbas_publication_does_not_serve_is_refused_before_it
         ("new_order", 1),
         ("new_user", 2),
     ]
+
+
+async def test_tail_streams_the_dbas_publication_when_it_may_not_make_its_own(
+    dsn: str, sql: Conn, role: str
+) -> None:
+    sql.execute("CREATE PUBLICATION listener_test FOR TABLE shop.orders WITH (publish = 'insert')")
+    out, err, stop = io.StringIO(), io.StringIO(), asyncio.Event()
+    task = asyncio.create_task(tail(make_config(RULES[:1]), role, out=out, err=err, max_changes=1, stop=stop))
+    await _wait_for(lambda: "streaming changes" in err.getvalue() or task.done(), "tail to stream")
+    sql.execute("INSERT INTO shop.orders VALUES (5)")
+    assert await asyncio.wait_for(task, 60) == 1
+    assert json.loads(out.getvalue())["new"] == {"id": 5, "paid": False}
+    assert (
+        "no publication of its own (role lp_" in err.getvalue()
+        and "streaming listener_test" in err.getvalue()
+    )
+    assert sql.execute("SELECT pubname FROM pg_publication").fetchall() == [("listener_test",)]
