@@ -501,8 +501,11 @@ class Backfills:
         # output settings, so COPY writes the same text for each value as pgoutput does.
         conn = await asyncpg.connect(**asyncpg_params(self.ingest.source_dsn))
         try:
-            async with await connect_async(self.ingest.source_dsn) as marker:
+            marker = await connect_async(self.ingest.source_dsn)
+            try:
                 await self._read_chunks(plan, rule, marker, conn)
+            finally:  # not `async with`: its exit rolls back first, and a cancelled session cuts that short
+                await marker.close()
         finally:
             await conn.close()
         logger.info("backfill %d: %s", plan.id, await self._status(plan.id))

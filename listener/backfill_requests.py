@@ -163,7 +163,9 @@ def record(config: Config, state: psycopg.Connection[Any], request: Request) -> 
              request.estimate, False],
         ).fetchone()  # fmt: skip
         assert row is not None
-        state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(config.state_schema)])
+        state.execute(
+            "SELECT pg_notify(%s, '')", [store_mod.control_channel(config.state_schema, "backfill")]
+        )
     return int(row[0])
 
 
@@ -238,7 +240,7 @@ def cancel(state: psycopg.Connection[Any], schema: str, backfill_id: int) -> Bac
         " WHERE id = %s AND status IN ('pending', 'running')",
         [backfill_id],
     )
-    state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(schema)])
+    state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(schema, "backfill")])
     return get(state, backfill_id)
 
 

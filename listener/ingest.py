@@ -106,6 +106,13 @@ _pack_head = struct.Struct(">QI").pack  # a change in a chunk: its LSN and its m
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
+class ReloadDeferred(ListenerError):
+    """A reload found no streaming session (one is starting, or restarting for a rewind): try again."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"cannot reload now: {why}", hint="try again in a moment")
+
+
 @dataclass(slots=True)
 class IngestStats:
     changes: int = 0
@@ -195,6 +202,9 @@ class Ingest:
         self.streaming = asyncio.Event()  # set once a session is streaming
         self._session: ReplicationSession | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
+        self._catalog_lock = (
+            asyncio.Lock()
+        )  # a reload uses the session's catalog connection: not closed meanwhile
         self._restart = asyncio.Event()  # end the session and start a new one (a rewind was recorded)
         self._rewinds_changed = asyncio.Event()  # wakes the rewind watcher
         self._history_at = -math.inf
@@ -374,8 +384,11 @@ class Ingest:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await session.close()
-            if self._catalog is not None:
-                await self._catalog.close()
+            self.streaming.clear()
+            async with self._catalog_lock:  # a reload under way finishes with the catalog first
+                if self._catalog is not None:
+                    await self._catalog.close()
+                    self._catalog = None
             self._session = None
             self.expander.free.set()  # a bulk transaction cut short by a lost session holds nothing
 
@@ -411,14 +424,14 @@ class Ingest:
 
     async def _watch_rewinds(self, stop: asyncio.Event) -> None:
         """Restart a session that is not re-reading a rewind when one is recorded: woken by NOTIFY on the
-        control channel, and polling every ``rewind_poll_interval`` should one be lost (invariant 7)."""
+        rewind channel, and polling every ``rewind_poll_interval`` should one be lost (invariant 7).  The
+        backfill channel's NOTIFY wakes the backfill task (which reads the rows itself)."""
         changed = self._rewinds_changed
-        channel = control_channel(self.store.schema)
+        channels = {
+            control_channel(self.store.schema, "rewind"): lambda *_: changed.set(),
+            control_channel(self.store.schema, "backfill"): lambda *_: self.backfills.wake.set(),
+        }
         conn: Any = None
-
-        def on_notify(*_: object) -> None:
-            changed.set()
-            self.backfills.wake.set()  # the control channel also announces backfills
 
         try:
             while not stop.is_set():
@@ -426,7 +439,8 @@ class Ingest:
                 try:
                     if conn is None:
                         conn = await self.store.pool.acquire()
-                        await conn.add_listener(channel, on_notify)
+                        for channel, callback in channels.items():
+                            await conn.add_listener(channel, callback)
                     if self.streaming.is_set() and self.rewind is None and not self._restart.is_set():
                         pending = await self.store.next_rewind()
                         if pending is not None:
@@ -440,14 +454,15 @@ class Ingest:
                         conn = None
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.rewind_poll_interval):
-                        await _first(changed.wait(), stop.wait())
+                        await first_of(changed.wait(), stop.wait())
         finally:
             if conn is not None:  # shielded: a cancellation must not leave the pool unable to close
-                await asyncio.shield(self._release_listener(conn, channel, on_notify))
+                await asyncio.shield(self._release_listener(conn, channels))
 
-    async def _release_listener(self, conn: Any, channel: str, callback: Callable[..., None]) -> None:
-        with contextlib.suppress(Exception):
-            await conn.remove_listener(channel, callback)
+    async def _release_listener(self, conn: Any, channels: dict[str, Callable[..., None]]) -> None:
+        for channel, callback in channels.items():
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(channel, callback)
         with contextlib.suppress(Exception):
             await self.store.pool.release(conn)
 
@@ -811,8 +826,6 @@ class Ingest:
         keep running), the publication is brought up to date, then a non-transactional logical decoding
         message ``listener.reload`` is written: transactions committed before it were matched by the old
         rules, those after it by the new ones, and none is lost or matched twice on the way."""
-        if self._catalog is None or not self.streaming.is_set():
-            raise ListenerError("cannot reload: ingest is not streaming", hint="try again in a moment")
         for key in ("slot", "publication", "state_schema", "dsn", "state_dsn"):
             if getattr(config, key) != getattr(self.config, key) and self.config is not None:
                 raise ConfigError(
@@ -820,16 +833,22 @@ class Ingest:
                     hint="restart listener to change it",
                     file=config.source_path,
                 )
-        rules = await compile_rules(config, self._catalog)  # raises ConfigError: the old rules stay
+        async with self._catalog_lock:  # a session ending meanwhile waits to close the connection
+            catalog = self._catalog
+            if catalog is None or not self.streaming.is_set():
+                raise ReloadDeferred("ingest is not streaming")
+            return await self._reload(config, catalog, state_dsn or self.source_dsn)
+
+    async def _reload(self, config: Config, catalog: psycopg.AsyncConnection[Any], state: str) -> int:
+        rules = await compile_rules(config, catalog)  # raises ConfigError: the old rules stay
         from listener import setup
 
         # The publications first carry what either set of rules needs; only after the marker (in WAL order)
         # do they narrow to the new rules, so no change that the rules in force would match is filtered.
-        state = state_dsn or self.source_dsn
         await asyncio.to_thread(setup.init, config, self.source_dsn, state, keep=self.config)
         token = f"{self.slot}/{uuid.uuid4()}"
         self._pending_rules[token] = (config, rules)
-        cur = await self._catalog.execute(
+        cur = await catalog.execute(
             "SELECT (pg_logical_emit_message(false, %s, %s) - '0/0')::int8", [RELOAD_PREFIX, token]
         )
         row = await cur.fetchone()
@@ -949,7 +968,7 @@ def _has_content(batch: EventBatch) -> bool:
     )
 
 
-async def _first(*waits: Awaitable[Any]) -> None:
+async def first_of(*waits: Awaitable[Any]) -> None:
     """Wait until the first of ``waits`` completes; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:

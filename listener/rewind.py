@@ -364,7 +364,7 @@ def record(config: Config, source: Conn, state: Conn, target: Target) -> Recorde
         ).fetchone()
         assert row is not None
         rewind_id = int(row[0])
-        state.execute("SELECT pg_notify(%s, '')", [store.control_channel(config.state_schema)])
+        state.execute("SELECT pg_notify(%s, '')", [store.control_channel(config.state_schema, "rewind")])
     slot = slot_state(source, config.slot)
     if slot is not None and slot.confirmed_flush is not None and slot.confirmed_flush > target.from_lsn:
         error = f"the slot confirmed {format_lsn(slot.confirmed_flush)} before the rewind was recorded"

@@ -19,13 +19,17 @@ from listener import setup, store
 from listener import workflow as wf
 from listener.config import Config, load_config
 from listener.errors import ListenerError
-from listener.ingest import Ingest
+from listener.ingest import Ingest, ReloadDeferred, first_of, transient
 from listener.lsn import format_lsn
 from listener.setup import connect as psycopg_connect
 from listener.store import StateStore
 from listener.worker import Worker
 
 logger = logging.getLogger(__name__)
+
+RELOAD_ATTEMPTS = 5  # a reload meeting a (re)starting session or a lost connection is tried this often
+RELOAD_WAIT_S = 30.0  # ... each time waiting this long at most for the session to stream
+RELOAD_RETRY_S = 0.5
 
 
 def validate_workflows(config: Config) -> None:
@@ -92,8 +96,9 @@ async def run(
 
 
 def control_channels(schema: str) -> tuple[str, str]:
-    """The NOTIFY channels of `listener reload` (request) and of the service's answer."""
-    return f"{schema}_control", f"{schema}_control_reply"
+    """The NOTIFY channels of `listener reload` (request) and of the service's answer: not those of rewinds
+    and backfills, which never reload."""
+    return store.control_channel(schema, "reload"), f"{schema}_reload_reply"
 
 
 async def _reloader(
@@ -123,10 +128,13 @@ async def _reloader(
                 getter.cancel()
                 return
             origin = getter.result()
-            answer = await _reload_once(ingest, config.source_path, state_dsn)
+            answer = await _reload_once(ingest, config.source_path, state_dsn, stop)
             logger.warning("reload (%s): %s", origin, answer)
             if origin != "SIGHUP":
-                await conn.execute("SELECT pg_notify($1, $2)", reply, f"{origin} {answer}"[:7900])
+                try:
+                    await conn.execute("SELECT pg_notify($1, $2)", reply, f"{origin} {answer}"[:7900])
+                except Exception as exc:  # the answer is lost; the service goes on
+                    logger.warning("cannot answer the reload request (%s)", exc)
     finally:
         # Unlisten before the connection goes back: asyncpg warns about a released connection that still
         # has a listener (InterfaceWarning, on every exit); a broken connection is dropped by the pool.
@@ -135,17 +143,38 @@ async def _reloader(
         await store.pool.release(conn)
 
 
-async def _reload_once(ingest: Ingest, path: str | None, state_dsn: str) -> str:
-    """One reload attempt; the answer as one line: ``ok <LSN>`` or ``refused <why>``."""
+async def _reload_once(ingest: Ingest, path: str | None, state_dsn: str, stop: asyncio.Event) -> str:
+    """One reload; the answer as one line: ``ok <LSN>`` or ``refused <why>``.  Never raises: a session
+    that is (re)starting, e.g. for a rewind, is waited for, and a lost connection is tried again."""
     if path is None:
         return "refused: the service was not started from a config file"
     try:
         new = load_config(path)
         validate_workflows(new)
-        lsn = await ingest.reload(new, state_dsn=state_dsn)
     except ListenerError as exc:
         return "refused: " + str(exc).replace("\n", " ")
-    return f"ok {format_lsn(lsn)} {len(new.rules)} rule(s)"
+    problem = ""
+    for _ in range(RELOAD_ATTEMPTS):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first_of(ingest.streaming.wait(), stop.wait()), RELOAD_WAIT_S)
+        if stop.is_set():
+            return "refused: the service is stopping"
+        try:
+            lsn = await ingest.reload(new, state_dsn=state_dsn)
+        except ReloadDeferred as exc:
+            problem = exc.message
+        except ListenerError as exc:
+            return "refused: " + str(exc).replace("\n", " ")
+        except Exception as exc:
+            if not transient(exc):
+                logger.exception("reload failed")
+                return f"refused: {type(exc).__name__}: {exc}".replace("\n", " ")
+            problem = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        else:
+            return f"ok {format_lsn(lsn)} {len(new.rules)} rule(s)"
+        logger.info("reload: %s; trying again", problem)
+        await asyncio.sleep(RELOAD_RETRY_S)
+    return f"refused: {problem}; the old rules keep running (try again)"
 
 
 async def run_workers(

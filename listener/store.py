@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import asyncpg
 import psycopg
@@ -100,9 +100,14 @@ def notify_channel(schema: str) -> str:
     return f"{schema}_events"
 
 
-def control_channel(schema: str) -> str:
-    """The NOTIFY channel that wakes a running ingest when a rewind is recorded.  It carries no data."""
-    return f"{schema}_control"
+ControlKind = Literal["rewind", "backfill", "reload"]
+
+
+def control_channel(schema: str, kind: ControlKind) -> str:
+    """The NOTIFY channel that wakes the running service when a request of ``kind`` is recorded (a row of
+    ``rewinds``, ``backfills`` or ``reload_requests``).  Each kind has its own channel, so one never sets
+    off another; it carries no data (invariant 7): a wake-up without a request row does nothing."""
+    return f"{schema}_{kind}"
 
 
 @dataclass(frozen=True, slots=True)

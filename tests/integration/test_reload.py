@@ -165,4 +165,4 @@ def test_listener_reload_asks_the_running_service(dsn: str, sql: Conn, tmp_path:
     assert proc.returncode == 0
     # a quiet, clean shutdown: no asyncpg warning about the reloader's connection going back to the pool
     assert "Warning" not in (tmp_path / "run.log").read_text()
-    assert service.control_channels("listener") == ("listener_control", "listener_control_reply")
+    assert service.control_channels("listener") == ("listener_reload", "listener_reload_reply")

@@ -1,0 +1,208 @@
+"""Steering the running service: rewinds, backfills and reloads each take their own path, none reloads
+or stops the service by the way, and a request is a row in the state schema (NOTIFY only wakes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from click.testing import CliRunner, Result
+
+from listener import service
+from listener.cli import main
+from listener.config import Config, load_config
+from listener.lsn import format_lsn, parse_lsn
+from tests.support import emit_marker, events
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+SLOT = "listener_test"
+WORKFLOW = "workflows.onboarding:welcome"
+LIVE = {"name": "live", "table": "items", "on": ["insert"], "workflow": WORKFLOW}
+# only backfills give this rule rows: the writer never updates
+FILL = {"name": "fill", "table": "items", "on": ["update"], "workflow": WORKFLOW}
+EXTRA = {"name": "extra", "table": "items", "on": ["insert"], "workflow": WORKFLOW}
+WAIT_S = 120.0
+
+
+def write_config(path: Path, *rules: dict[str, Any]) -> Config:
+    doc = {
+        "slot": SLOT,
+        "publication": SLOT,
+        "retain": {"duration": "1h"},
+        "ingest": {"backfill_chunk_rows": 50},
+        "rules": list(rules),
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return load_config(path)
+
+
+def cli(dsn: str, path: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--dsn", dsn, "-c", str(path), *args], env={"COLUMNS": "200"})
+
+
+async def acli(dsn: str, path: Path, *args: str) -> Result:
+    """The command in a thread: it must not block the event loop the service runs in."""
+    return await asyncio.to_thread(cli, dsn, path, *args)
+
+
+@dataclass
+class Service:
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    def alive(self) -> None:
+        if self.task.done():
+            self.task.result()  # raises what stopped it
+            raise AssertionError("the service stopped")
+
+
+@contextlib.asynccontextmanager
+async def running_service(dsn: str, config: Config) -> AsyncIterator[Service]:
+    """`listener run --no-workers` in this event loop, until the block ends."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        service.run(config, dsn, dsn, workers=False, stop=stop, ready=ready), name="test-service"
+    )
+    running = Service(task, stop)
+    try:
+        await until(lambda: ready.is_set() or task.done(), "the service to stream", running)
+        running.alive()
+        yield running
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def until(cond: Callable[[], bool], what: str, running: Service | None = None) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        if running is not None and running.task.done():
+            running.alive()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def one(sql: Conn, query: str, params: list[Any] | None = None) -> Any:
+    row = sql.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def caught_up(dsn: str, sql: Conn, target: int) -> bool:
+    cp = sql.execute("SELECT lsn::text FROM listener.checkpoints WHERE slot_name = %s", [SLOT]).fetchone()
+    return cp is not None and parse_lsn(str(cp[0])) > target
+
+
+def oldest_rewindable(sql: Conn) -> str:
+    confirmed = one(
+        sql, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", [SLOT]
+    )
+    oldest = one(
+        sql, "SELECT min(lsn)::text FROM listener.lsn_history WHERE lsn >= %s::pg_lsn", [str(confirmed)]
+    )
+    return str(oldest) if oldest is not None else format_lsn(parse_lsn(str(confirmed)))
+
+
+def recorded(result: Result) -> int:
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def requests_finished(sql: Conn) -> bool:
+    rewinds = one(sql, "SELECT count(*) FROM listener.rewinds WHERE finished_at IS NULL")
+    backfills = one(sql, "SELECT count(*) FROM listener.backfills WHERE status IN ('pending', 'running')")
+    chunks = one(sql, "SELECT count(*) FROM listener.backfill_chunks")
+    return bool(rewinds == backfills == chunks == 0)
+
+
+async def test_a_rewind_or_a_backfill_does_not_reload_the_rules(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+    path = tmp_path / "listener.yaml"
+    config = write_config(path, LIVE, FILL)
+    async with running_service(dsn, config) as running:
+        sql.execute("INSERT INTO items SELECT g, g FROM generate_series(1, 10) g")
+        marker = emit_marker(dsn)
+        await until(lambda: caught_up(dsn, sql, marker), "ingest to catch up", running)
+        rewind_id = recorded(await acli(dsn, path, "rewind", "--to-lsn", oldest_rewindable(sql)))
+        write_config(path, LIVE, FILL, EXTRA)  # edited, but nobody asked for a reload
+        backfill_id = recorded(await acli(dsn, path, "backfill", "--rule", "fill", "--detach"))
+        await until(lambda: requests_finished(sql), "the rewind and the backfill", running)
+        sql.execute("INSERT INTO items VALUES (11, 11)")
+        marker = emit_marker(dsn)
+        await until(lambda: caught_up(dsn, sql, marker), "ingest to catch up", running)
+        running.alive()
+    assert one(sql, "SELECT error FROM listener.rewinds WHERE id = %s", [rewind_id]) is None
+    assert one(sql, "SELECT status FROM listener.backfills WHERE id = %s", [backfill_id]) == "done"
+    got = events(dsn)
+    assert {e["rule"] for e in got} == {"live", "fill"}  # rule extra was never loaded
+    assert len([e for e in got if e["rule"] == "live"]) == 11
+    assert len([e for e in got if e["rule"] == "fill"]) == 10
+
+
+async def test_alternating_rewinds_and_backfills_under_a_writer_make_one_run_per_row_and_rule(
+    dsn: str, sql: Conn, tmp_path: Path
+) -> None:
+    """20 requests (10 rewinds, 10 backfills, each backfill its tenth of the rows) while a writer inserts:
+    the service stays up, every request finishes, and every row has exactly one run per rule."""
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+    sql.execute("INSERT INTO items SELECT g, g FROM generate_series(1, 500) g")  # before the slot: backfills
+    path = tmp_path / "listener.yaml"
+    config = write_config(path, LIVE, FILL)
+    stop_writing = threading.Event()
+
+    def writer() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            i = 100_000
+            while not stop_writing.is_set():
+                i += 1
+                conn.execute("INSERT INTO items VALUES (%s, %s)", [i, i])
+                stop_writing.wait(0.01)
+
+    async with running_service(dsn, config) as running:
+        thread = threading.Thread(target=writer, name="writer")
+        thread.start()
+        try:
+            await asyncio.sleep(0.5)
+            rewinds, backfills = [], []
+            for i in range(20):
+                running.alive()
+                if i % 2 == 0:
+                    result = await acli(dsn, path, "rewind", "--to-lsn", oldest_rewindable(sql))
+                    rewinds.append(recorded(result))
+                else:
+                    where = f"id < 100000 AND id % 10 = {i // 2}"
+                    result = await acli(dsn, path, "backfill", "--rule", "fill", "--where", where, "--detach")
+                    backfills.append(recorded(result))
+            await until(lambda: requests_finished(sql), "every request to finish", running)
+        finally:
+            stop_writing.set()
+            thread.join()
+        marker = emit_marker(dsn)
+        await until(lambda: caught_up(dsn, sql, marker), "ingest to catch up", running)
+        running.alive()
+    errors = sql.execute("SELECT id, error FROM listener.rewinds WHERE error IS NOT NULL").fetchall()
+    assert errors == [] and len(rewinds) == 10
+    statuses = sql.execute("SELECT status, count(*) FROM listener.backfills GROUP BY 1").fetchall()
+    assert statuses == [("done", 10)]
+    per_row = sql.execute(
+        """
+        SELECT e.rule, (e.payload -> 'new' ->> 'id')::int AS id, count(r.id)
+        FROM listener.events e LEFT JOIN listener.runs r ON r.event_key = e.idempotency_key
+        GROUP BY 1, 2
+        """
+    ).fetchall()
+    live = {row_id: n for rule, row_id, n in per_row if rule == "live"}
+    fill = {row_id: n for rule, row_id, n in per_row if rule == "fill"}
+    table = {int(str(r[0])) for r in sql.execute("SELECT id FROM items").fetchall()}
+    assert set(live) == table - set(range(1, 501)) and set(live.values()) == {1}
+    assert set(fill) == set(range(1, 501)) and set(fill.values()) == {1}
+    assert len(table) > 500  # the writer wrote during the requests
