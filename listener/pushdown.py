@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from listener.catalog import TableInfo
 from listener.config import MAX_IDENTIFIER_BYTES, qualified_name
 from listener.rules import OPERATIONS, CompiledRule, RuleSet
+from listener.versions import major
 
 MIN_SERVER_VERSION = 150000  # publication row filters and column lists: PostgreSQL 15
 FILTERED_SUFFIX = "_filtered"
@@ -138,13 +139,6 @@ class PublicationPlan:
         return self.filtered if table.filtered and self.filtered is not None else self.publication
 
 
-def server_major(server_version: int) -> str:
-    """``150004`` -> ``15``; ``90624`` -> ``9.6``."""
-    if server_version >= 100000:
-        return str(server_version // 10000)
-    return f"{server_version // 10000}.{server_version // 100 % 100}"
-
-
 def plan_publications(
     rules: RuleSet,
     tables: Mapping[str, TableInfo | None],
@@ -159,9 +153,7 @@ def plan_publications(
     there gets no pushdown.  ``refused`` holds what the server refused when asked (see
     ``setup.probe_pushdown``): those tables fall back, with the server's reason."""
     if server_version < MIN_SERVER_VERSION:
-        why = (
-            f"PostgreSQL {server_major(server_version)} has no publication row filters or column lists (15+)"
-        )
+        why = f"PostgreSQL {major(server_version)} has no publication row filters or column lists (15+)"
         plain = []
         for schema, name in rules.tables:
             operations = rules.operations_for(schema, name)

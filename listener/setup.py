@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener import conninfo, managed, pushdown, store
+from listener import conninfo, managed, pushdown, store, versions
 from listener.catalog import TableInfo, read_tables, rule_tables
 from listener.config import Config, qualified_name
 from listener.errors import ConfigError, DatabaseError, PrerequisiteError, SlotInUseError
@@ -209,6 +209,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
     add = results.append
     with connect(source_dsn) as conn:
         service = managed.detect(conn)
+        results.extend(_check_server(conn.info.server_version))
         wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
         add(
             CheckResult("wal_level", True, "wal_level = logical")
@@ -267,6 +268,29 @@ def _state_schema_fix(conn: Conn, schema: str) -> str:
             f"state database (`state_dsn:`), since role {role} lacks CREATE on database {database}"
         )
     return "listener init"
+
+
+def _check_server(server_version: int) -> list[CheckResult]:
+    """The server's version, and one line for each feature it lacks: what listener does instead."""
+    release = versions.major(server_version)
+    if server_version >= 100000:
+        release += f".{server_version % 10000}"
+    if server_version < versions.MIN_SERVER_VERSION:
+        return [
+            CheckResult(
+                "server",
+                False,
+                f"PostgreSQL {release} is not supported: listener needs PostgreSQL "
+                f"{versions.major(versions.MIN_SERVER_VERSION)} or newer",
+                "upgrade PostgreSQL",
+            )
+        ]
+    lacking = versions.missing(server_version)
+    every = "" if lacking else ": listener uses every feature it knows of"
+    return [
+        CheckResult("server", True, f"PostgreSQL {release}{every}"),
+        *(CheckResult("server", True, versions.describe(f, server_version), warning=True) for f in lacking),
+    ]
 
 
 def _check_rules(conn: Conn, config: Config) -> tuple[list[CheckResult], Pushdown]:
@@ -886,7 +910,13 @@ def ensure_slot(conn: Conn, slot: str) -> list[str]:
     if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone():
         return []
     try:
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
+        if conn.info.server_version >= versions.FAILOVER_SLOTS:
+            # kept on standbys that synchronize slots (sync_replication_slots): it survives a failover
+            conn.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput', failover => true)", [slot]
+            )
+        else:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
     except pgerrors.DuplicateObject:
         return []  # created concurrently
     except pgerrors.ObjectNotInPrerequisiteState as exc:

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from listener import setup, versions
 from listener.catalog import read_tables
 from tests.conftest import drop_database, with_dbname
+from tests.support import make_config
 
 
 @pytest.fixture
@@ -74,3 +76,49 @@ def test_the_builtin_collation_orders_by_code_point(
         "TEMPLATE template0"
     )
     assert _collation_of(pg_server, name) == "C"
+
+
+def test_check_names_each_feature_the_server_lacks_on_one_line(
+    dsn: str, sql: psycopg.Connection[tuple[object, ...]], pg_version: int
+) -> None:
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    config = make_config([{"name": "o", "table": "orders", "on": "insert", "workflow": "m:f"}])
+    server = [r for r in setup.check(config, dsn, dsn) if r.name == "server"]
+    assert server[0].ok and not server[0].warning
+    assert server[0].detail.startswith(f"PostgreSQL {pg_version // 10000}.")
+    lacking = [r for r in server[1:] if r.ok and r.warning]
+    assert [r.detail for r in lacking] == [
+        versions.describe(f, pg_version) for f in versions.missing(pg_version)
+    ]
+    expected = {
+        14: ["row filters", "empty transactions", "pg_logical_emit_message", "failover slots"],
+        15: ["pg_logical_emit_message", "failover slots"],
+        16: ["pg_logical_emit_message", "failover slots"],
+    }.get(pg_version // 10000, [])
+    assert len(lacking) == len(expected)
+    for line, what in zip(lacking, expected, strict=True):
+        assert what in line.detail and f"PostgreSQL {pg_version // 10000} has no" in line.detail
+
+
+def test_a_server_older_than_14_is_refused_with_the_fix() -> None:
+    (result,) = setup._check_server(130012)
+    assert not result.ok
+    assert result.detail == "PostgreSQL 13.12 is not supported: listener needs PostgreSQL 14 or newer"
+    assert result.fix == "upgrade PostgreSQL"
+
+
+def test_the_slot_fails_over_from_17_on(
+    dsn: str, sql: psycopg.Connection[tuple[object, ...]], pg_version: int
+) -> None:
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    config = make_config([{"name": "o", "table": "orders", "on": "insert", "workflow": "m:f"}])
+    setup.init(config, dsn, dsn)
+    if pg_version < versions.FAILOVER_SLOTS:
+        # before 17 a slot cannot be synchronized to standbys (check says so, see above)
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            sql.execute("SELECT failover FROM pg_replication_slots")
+        return
+    row = sql.execute(
+        "SELECT failover FROM pg_replication_slots WHERE slot_name = %s", [config.slot]
+    ).fetchone()
+    assert row == (True,)
