@@ -1352,6 +1352,75 @@ def interval_sub(a: Interval, b: Interval) -> Interval:
     return _interval_checked(a.months - b.months, a.days - b.days, a.micros - b.micros)
 
 
+def _interval_out_of_range() -> EvaluationError:
+    return EvaluationError("interval out of range", DATETIME_OVERFLOW)
+
+
+def _tsround(x: float) -> float:
+    return round(x * 1_000_000.0) / 1_000_000.0  # TSROUND: rint to microsecond precision
+
+
+def _fits_int32(x: float) -> bool:
+    return -(2.0**31) <= x < 2.0**31  # FLOAT8_FITS_IN_INT32 (false for NaN)
+
+
+def _add_int32(a: int, b: int) -> int:
+    if not -(2**31) <= a + b < 2**31:
+        raise _interval_out_of_range()
+    return a + b
+
+
+def _interval_scaled(iv: Interval, scale: Callable[[float], float]) -> Interval:
+    """interval_mul / interval_div on a finite interval: each field scaled in float8, the fractions of
+    months and days cascaded down (a month is 30 days, a day 86400 seconds), never up."""
+    month_product, day_product = scale(float(iv.months)), scale(float(iv.days))
+    if not (_fits_int32(month_product) and _fits_int32(day_product)):
+        raise _interval_out_of_range()
+    months, days = int(month_product), int(day_product)
+    month_remainder_days = _tsround((month_product - months) * 30)
+    sec_remainder = _tsround((day_product - days + month_remainder_days - int(month_remainder_days)) * 86400)
+    if abs(sec_remainder) >= 86400:
+        days = _add_int32(days, int(sec_remainder / 86400))
+        sec_remainder -= int(sec_remainder / 86400) * 86400
+    days = _add_int32(days, int(month_remainder_days))
+    time = scale(float(iv.micros)) + sec_remainder * 1_000_000.0
+    if not math.isfinite(time) or not -(2.0**63) <= round(time) < 2.0**63:
+        raise _interval_out_of_range()
+    result = Interval(months, days, round(time))
+    if _infinite_interval(result):
+        raise _interval_out_of_range()
+    return result
+
+
+def interval_mul(iv: Interval, factor: float) -> Interval:
+    """interval * float8 (interval_mul): 0 * infinity and NaN are out of range."""
+    if math.isnan(factor):
+        raise _interval_out_of_range()
+    if _infinite_interval(iv):
+        if factor == 0.0:
+            raise _interval_out_of_range()
+        return interval_neg(iv) if factor < 0.0 else iv
+    if math.isinf(factor):
+        key = interval_key(iv)
+        if key == 0:
+            raise _interval_out_of_range()
+        return INTERVAL_NOBEGIN if (factor < 0) != (key < 0) else INTERVAL_NOEND
+    return _interval_scaled(iv, lambda x: x * factor)
+
+
+def interval_div(iv: Interval, factor: float) -> Interval:
+    """interval / float8 (interval_div): division by zero; infinity / infinity is out of range."""
+    if factor == 0.0:
+        raise EvaluationError("division by zero", DIVISION_BY_ZERO)
+    if math.isnan(factor):
+        raise _interval_out_of_range()
+    if _infinite_interval(iv):
+        if math.isinf(factor):
+            raise _interval_out_of_range()
+        return interval_neg(iv) if factor < 0.0 else iv
+    return _interval_scaled(iv, lambda x: x / factor)
+
+
 def ts_diff(a: int, b: int) -> Interval:
     """timestamp - timestamp: microseconds, then justify_hours (whole days out, same sign)."""
     if a in (DT_NOBEGIN, DT_NOEND) or b in (DT_NOBEGIN, DT_NOEND):  # timestamp_mi
@@ -2882,6 +2951,10 @@ class _Compiler:
                 return self.strict(int_ops(target.name)[op], [left, right], target, node)
             return self.strict(ops[op], [self.coerce(left, target), self.coerce(right, target)], target, node)
         impl, result, stable = self.datetime_operator(op, left, right, node)
+        if "interval" in (lt, rt) and op in "*/":  # the factor is float8 (interval_mul, interval_div)
+            left, right = (
+                (left, self.coerce(right, FLOAT8)) if lt == "interval" else (self.coerce(left, FLOAT8), right)
+            )
         if (lt == "timestamp" and rt == "timestamptz") or (lt == "timestamptz" and rt == "timestamp"):
             left, right = self.coerce(left, TIMESTAMPTZ), self.coerce(right, TIMESTAMPTZ)
         reason = f"{self.fragment(node)} depends on the session time zone" if stable else None
@@ -2890,6 +2963,8 @@ class _Compiler:
     def unknown_partner(self, op: str, known: PgType, *, literal_left: bool, node: Any) -> PgType:
         """The type an unknown literal takes opposite ``known`` in arithmetic (PostgreSQL's resolution)."""
         k = known.name
+        if k == "interval" and op in "*/":
+            return FLOAT8  # interval * float8, float8 * interval, interval / float8
         if k in _NUM_RANK or k == "interval":
             return _plain(known)
         if k in ("timestamp", "timestamptz"):
@@ -2931,12 +3006,10 @@ class _Compiler:
             return ts_diff, INTERVAL, lt != rt
         if lt == rt == "interval" and op in "+-":
             return (interval_add if op == "+" else interval_sub), INTERVAL, False
-        if "interval" in (lt, rt) and op in "*/":
-            raise self.refuse(
-                "multiplying or dividing an interval",
-                node,
-                "write the interval you mean, e.g. interval '36 hours'",
-            )
+        if lt == "interval" and rt in _NUM_RANK and op in "*/":
+            return (interval_mul if op == "*" else interval_div), INTERVAL, False
+        if lt in _NUM_RANK and rt == "interval" and op == "*":
+            return (lambda factor, iv: interval_mul(iv, factor)), INTERVAL, False
         raise self.mismatch(op, left, right, node)
 
     def unary(self, op: str, arg: _E, node: Any) -> _E:

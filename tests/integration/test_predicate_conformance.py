@@ -366,10 +366,20 @@ def typed(draw: st.DrawFn, kind: str, depth: int) -> str:
     if kind == "interval":
         if leaf:
             return draw(st.sampled_from([column(draw, "iv"), literal(draw, "interval")]))
-        choice = draw(st.integers(0, 4))
+        choice = draw(st.integers(0, 5))
         if choice == 0:
             op = draw(st.sampled_from(["+", "-"]))
             return f"({typed(draw, 'interval', depth - 1)} {op} {typed(draw, 'interval', depth - 1)})"
+        if choice == 5:  # interval * / float8: the factor from any number type, or a bare literal
+            factor = draw(
+                st.one_of(
+                    st.sampled_from(["2", "0.5", "-1.5", "'3'", "1e-7", "'Infinity'", "0", "1e10", "7.25"]),
+                    st.just(typed(draw, draw(st.sampled_from(NUM)), depth - 1)),
+                )
+            )
+            iv = typed(draw, "interval", depth - 1)
+            form = draw(st.sampled_from(["{iv} * {f}", "{f} * {iv}", "{iv} / {f}"]))
+            return "(" + form.format(iv=iv, f=factor) + ")"
         if choice == 4:
             return f"({typed(draw, 'text', depth - 1)})::interval"
         if choice == 1:
@@ -668,6 +678,12 @@ EDGE_EXPRESSIONS = [
     "timestamp '9999-12-31 23:59:59' + interval '1 sec'", "new.d::text", "new.tz::text || 'x'",
     "(new.ts::text)::timestamp", "(new.d::text)::date", "new.ts IN (new.tz, timestamp 'infinity')",
     "date 'infinity' - 1", "timestamptz '-infinity' < new.tz", "'epoch'::date + 1", "new.d + 1 > new.d",
+    # interval * / float8: fractions cascade down, infinities, range errors
+    "interval '1 mon 3 days 02:00:00' * 0.5", "interval '1 mon 1 day' / 3", "1.5 * interval '7 mons'",
+    "interval '1 day' * 'Infinity'", "interval '-1 day' * 'Infinity'", "interval 'infinity' * 0",
+    "interval 'infinity' / 'infinity'", "interval '1 day' / 0", "interval '2147483647 days' * 2",
+    "interval '1 year' * 1e-7", "interval '-infinity' * -2", "interval '0' * 'Infinity'",
+    "interval '1 day' / 'Infinity'", "new.ts + interval '1 mon' * 1.5", "(new.tz - new.ts) * 2",
 ]  # fmt: skip
 
 
