@@ -45,6 +45,7 @@ import psycopg
 from psycopg import sql
 
 from listener import pgoutput as po
+from listener.catalog import TableInfo, read_tables_async
 from listener.changes import Change, RelationInfo, TypeRegistry, relation_info
 from listener.conninfo import asyncpg_params, connect_async
 from listener.errors import ListenerError
@@ -160,6 +161,33 @@ SELECT c.oid::int8, n.nspname, c.relname,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass(%s)
 """
+
+
+def check_where(where: str, table: TableInfo, collation: str) -> str:
+    """``--where``: what a rule's ``when:`` allows -- one immutable boolean expression over the table's
+    columns (a bare column, or ``new.<column>``, is the row's), compiled by :mod:`listener.predicate`,
+    which knows every operator and function it accepts, none with a side effect.  Returns the expression
+    as PostgreSQL deparses it over bare columns: the only text of the user's that reaches the server.
+    Checked when the request is made and again when the service reads it from ``backfills``."""
+    from listener.predicate import PredicateError, compile_predicate
+
+    def refuse(why: str, hint: str | None = None) -> ListenerError:
+        allowed = (
+            "--where allows what `when:` allows: one immutable boolean expression over the columns of "
+            f'{table.name} ({", ".join(table.columns)}), e.g. --where "id > 1000"'
+        )
+        return ListenerError(f"--where {where!r}: {why}", hint=f"{hint}; {allowed}" if hint else allowed)
+
+    try:
+        predicate = compile_predicate(where, table.columns, collation=collation)
+    except PredicateError as exc:
+        raise refuse(exc.message, exc.hint) from None
+    old = sorted(column for side, column in predicate.references if side == "old")
+    if old:
+        raise refuse(f"old.{old[0]}: a backfill reads rows as they are, which have no old values")
+    if predicate.stable is not None:
+        raise refuse(f"the expression is not immutable: {predicate.stable}")
+    return predicate.bare_sql()
 
 
 _EMIT = "SELECT pg_logical_emit_message(false, %s, %s)"
@@ -516,6 +544,7 @@ class Backfills:
         shape = table_shape(await (await marker.execute(SHAPE, [rule.qualified_table])).fetchone())
         if shape is None or not shape.key_columns:
             raise BackfillFailed(f"table {rule.qualified_table} is gone, or has no primary key any more")
+        where = await self._checked_where(plan, rule, marker)
         types: TypeRegistry = self.ingest.types
         unknown = types.unknown(c[1] for c in shape.columns)
         if unknown:
@@ -551,7 +580,7 @@ class Backfills:
             token = f"{plan.id}:{seq}:{self.session}"
             window = Window(token, plan, rule, shape, info, ops, seq)
             self.windows[token] = window
-            query = self._query(shape, plan.where_sql, last_key).as_string(marker)
+            query = self._query(shape, where, last_key).as_string(marker)
             await self._low_mark(marker, conn, shape, f"{token}:low")
             copied = time.perf_counter()
             clock.low_mark_s += copied - marked
@@ -628,6 +657,23 @@ class Backfills:
         await window.durable.wait()
         if window.error is not None:
             raise BackfillFailed(window.error)
+
+    async def _checked_where(
+        self, plan: Plan, rule: CompiledRule, catalog: psycopg.AsyncConnection[Any]
+    ) -> str | None:
+        """The request's ``where_sql``, checked again as ``listener backfill`` checked it: the row in
+        ``backfills`` may have been written by anyone with access to the state schema, and is never run
+        verbatim."""
+        if not plan.where_sql:
+            return None
+        tables, collation = await read_tables_async(catalog, [rule.qualified_table])
+        table = tables.get(rule.qualified_table)
+        if table is None:
+            raise BackfillFailed(f"table {rule.qualified_table} is gone")
+        try:
+            return check_where(plan.where_sql, table, collation)
+        except ListenerError as exc:
+            raise BackfillFailed(f"refused, nothing read: {exc.message} ({exc.hint})") from None
 
     def _query(self, shape: TableShape, where: str | None, last_key: list[str] | None) -> sql.Composed:
         conditions: list[sql.Composable] = []

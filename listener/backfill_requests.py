@@ -1,9 +1,9 @@
 """`listener backfill`: the command's side of a backfill (see :mod:`listener.backfill` for the ingest's).
 
 It checks a request against the configuration and the catalog (the rule, the table's primary key, the
-``--where`` expression, parsed by PostgreSQL's parser), records it as a row of ``backfills`` and wakes the
-running ingest through the control channel, then follows the row with a progress bar.  ``status`` lists
-the backfills, ``cancel`` ends one.
+``--where`` expression: what a rule's ``when:`` allows, see :func:`listener.backfill.check_where`),
+records it as a row of ``backfills`` and wakes the running ingest through the control channel, then
+follows the row with a progress bar.  ``status`` lists the backfills, ``cancel`` ends one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from listener import store as store_mod
-from listener.backfill import OPEN, SHAPE, TableShape, table_shape
+from listener.backfill import OPEN, SHAPE, check_where, table_shape
+from listener.catalog import read_tables
 from listener.config import Config
 from listener.errors import ListenerError
 
@@ -59,62 +60,6 @@ def _rule_for(config: Config, name: str) -> Any:
     return rule
 
 
-_SELECT_EXTRAS = (
-    "groupClause", "havingClause", "sortClause", "limitCount", "limitOffset", "lockingClause", "windowClause",
-    "withClause", "distinctClause",
-)  # fmt: skip
-
-
-def check_where(where: str, shape: TableShape) -> str:
-    """``--where``: one boolean expression over the table's columns, parsed by PostgreSQL's parser and
-    returned as it deparses it (so nothing but that expression ever reaches the server)."""
-    from pglast import ast, parse_sql
-    from pglast.parser import ParseError
-    from pglast.stream import RawStream
-    from pglast.visitors import Visitor
-
-    hint = 'give one SQL boolean expression over the table\'s columns, e.g. --where "id > 1000"'
-    try:
-        statements = parse_sql(f"SELECT FROM t WHERE {where}")
-    except ParseError as exc:
-        raise ListenerError(f"--where {where!r} does not parse: {exc}", hint=hint) from None
-    stmt = statements[0].stmt if len(statements) == 1 else None
-    if (
-        not isinstance(stmt, ast.SelectStmt)
-        or stmt.whereClause is None
-        or (stmt.op is not None and stmt.op.name != "SETOP_NONE")
-        or any(getattr(stmt, part) is not None for part in _SELECT_EXTRAS)
-    ):
-        raise ListenerError(f"--where {where!r} is not a single boolean expression", hint=hint)
-    columns = [c[0] for c in shape.columns]
-    problems: list[str] = []
-
-    class Check(Visitor):
-        def visit_SubLink(self, ancestors: Any, node: Any) -> None:
-            problems.append("subqueries are not allowed")
-
-        def visit_ColumnRef(self, ancestors: Any, node: Any) -> None:
-            names = [getattr(f, "sval", None) for f in node.fields]
-            name = names[-1]
-            if len(names) > 1 or name not in columns:
-                close = difflib.get_close_matches(str(name), columns, n=1)
-                problems.append(
-                    f"{'.'.join(str(n) for n in names)} is not a column of {shape.schema}.{shape.name}"
-                    + (f" (did you mean {close[0]!r}?)" if close else "")
-                )
-
-        def visit_ParamRef(self, ancestors: Any, node: Any) -> None:
-            problems.append("parameters ($1) are not allowed")
-
-    Check()(stmt.whereClause)
-    if problems:
-        raise ListenerError(
-            f"--where {where!r}: {problems[0]}",
-            hint=f"use the columns of {shape.schema}.{shape.name}: {', '.join(columns)}",
-        )
-    return str(RawStream()(stmt.whereClause))
-
-
 def plan(config: Config, source: psycopg.Connection[Any], rule_name: str, where: str | None) -> Request:
     """Check a backfill request against the configuration and the catalog; refuse clearly."""
     rule = _rule_for(config, rule_name)
@@ -130,7 +75,12 @@ def plan(config: Config, source: psycopg.Connection[Any], rule_name: str, where:
             "chunk by chunk, and drops rows that live changes superseded by their key",
             hint=f"ALTER TABLE {rule.table} ADD PRIMARY KEY (<column>);",
         )
-    deparsed = check_where(where, shape) if where is not None else None
+    deparsed = None
+    if where is not None:
+        tables, collation = read_tables(source, [rule.table])
+        table = tables.get(rule.table)
+        assert table is not None  # the shape above found it
+        deparsed = check_where(where, table, collation)
     query = f"SELECT 1 FROM {_table_ref(shape.schema, shape.name)}"
     if deparsed is not None:
         query += f" WHERE {deparsed}"

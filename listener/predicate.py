@@ -3756,7 +3756,7 @@ def _is_bare_select(stmt: ast.SelectStmt) -> bool:
 class Predicate:
     """A compiled ``when:`` expression.  Pure and synchronous; safe to share between threads."""
 
-    __slots__ = ("_filter", "_fn", "references", "text", "uses_now")
+    __slots__ = ("_filter", "_fn", "references", "stable", "text", "uses_now")
 
     def __init__(
         self,
@@ -3765,12 +3765,14 @@ class Predicate:
         references: frozenset[tuple[str, str]],
         uses_now: bool,
         row_filter: tuple[str | None, str],
+        stable: str | None = None,
     ) -> None:
         self.text = text
         self._fn = fn
         self.references = references
         self.uses_now = uses_now
         self._filter = row_filter
+        self.stable = stable  # why the expression is not immutable (now(), the session time zone), or None
 
     def evaluate(
         self,
@@ -3806,6 +3808,11 @@ class Predicate:
         publication that publishes UPDATE or DELETE, every column in the filter must belong to the
         table's replica identity (else those statements fail on the table): check ``references``."""
         return self._filter
+
+    def bare_sql(self) -> str:
+        """The expression as PostgreSQL deparses it, over bare column names (``new.x`` is ``x``): for a
+        query over the table's rows (`listener backfill --where`).  Meaningful without ``old.``."""
+        return _deparse_filter(self.text)
 
     def __repr__(self) -> str:
         return f"Predicate({self.text!r})"
@@ -3876,7 +3883,9 @@ def compile_predicate(text: str, columns: Mapping[str, ColumnType], *, collation
     reason = result.no_filter
     row_filter: tuple[str | None, str]
     row_filter = (_deparse_filter(text), "") if reason is None else (None, reason)
-    return Predicate(text, result.fn, frozenset(compiler.references), compiler.uses_now, row_filter)
+    return Predicate(
+        text, result.fn, frozenset(compiler.references), compiler.uses_now, row_filter, result.stable
+    )
 
 
 def _bare_columns(node: Any) -> None:
