@@ -754,32 +754,28 @@ def reload(opts: Options, timeout: float) -> None:
 
     Same as sending it SIGHUP, but works from any machine that reaches the state database, and prints
     the answer: the LSN from which the new rules apply, or why the new config was refused (the old rules
-    keep running)."""
-    import uuid
+    keep running).
 
+    The request is a row of the state schema's reload_requests table (so asking needs a privilege on that
+    schema, not just a connection), and the answer is read from that row."""
     from listener import service
 
     config = _load(opts)
-    request, reply = service.control_channels(config.state_schema)
-    token = uuid.uuid4().hex[:12]
     with (
         _databases(opts, config) as (_, state_dsn),
-        setup.connect(state_dsn, what="the state database") as conn,
+        runs_mod.connect(state_dsn, config.state_schema) as conn,
     ):
-        conn.execute(f'LISTEN "{reply}"')
-        conn.execute("SELECT pg_notify(%s, %s)", [request, token])
-        for note in conn.notifies(timeout=timeout):
-            origin, _, answer = note.payload.partition(" ")
-            if origin != token:
-                continue
-            if answer.startswith("ok "):
-                lsn, _, count = answer[3:].partition(" ")
-                click.echo(f"reloaded: the new rules apply from LSN {lsn}")
-                if count:
-                    click.echo(count)
-                return
-            err_console.print(f"[red]{answer}[/red]")
-            sys.exit(EXIT_USAGE)
+        found = service.ask_reload(conn, config.state_schema, config.slot, timeout=timeout)
+    if found is not None:
+        ok, answer = found
+        if ok:
+            lsn, _, count = answer.removeprefix("ok ").partition(" ")
+            click.echo(f"reloaded: the new rules apply from LSN {lsn}")
+            if count:
+                click.echo(count)
+            return
+        err_console.print(f"[red]{escape(answer)}[/red]")
+        sys.exit(EXIT_USAGE)
     err_console.print(
         f"[red]no answer within {timeout:g}s: is `listener run` running against this state database?[/red]"
     )

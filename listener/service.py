@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
+import time
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
+import psycopg
 
 from listener import setup, store
 from listener import workflow as wf
@@ -22,14 +26,44 @@ from listener.errors import ListenerError
 from listener.ingest import Ingest, ReloadDeferred, first_of, transient
 from listener.lsn import format_lsn
 from listener.setup import connect as psycopg_connect
-from listener.store import StateStore
+from listener.store import StateStore, control_channel
 from listener.worker import Worker
 
 logger = logging.getLogger(__name__)
 
+StateConn = psycopg.Connection[tuple[Any, ...]]
+
 RELOAD_ATTEMPTS = 5  # a reload meeting a (re)starting session or a lost connection is tried this often
 RELOAD_WAIT_S = 30.0  # ... each time waiting this long at most for the session to stream
 RELOAD_RETRY_S = 0.5
+RELOAD_INTERVAL_S = 1.0  # at most one reload this often: requests meanwhile share the next one
+RELOAD_POLL_S = 5.0  # the reloader looks for request rows this often should a NOTIFY be lost
+ANSWER_POLL_S = 0.2  # `listener reload` looks at its request row this often
+
+
+def ask_reload(conn: StateConn, schema: str, slot: str, *, timeout: float) -> tuple[bool, str] | None:
+    """`listener reload`: record a request (a row of ``reload_requests``: it takes a privilege on the
+    state schema), wake the service, and read its answer from the row: (ok, answer), or None when none
+    came within ``timeout`` seconds."""
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "INSERT INTO reload_requests (slot_name) VALUES (%s) RETURNING id", [slot]
+            ).fetchone()
+            assert row is not None
+            conn.execute("SELECT pg_notify(%s, '')", [control_channel(schema, "reload")])
+    except psycopg.errors.UndefinedTable:
+        raise ListenerError(
+            f"the state schema {schema!r} has no reload_requests table: the running service is older",
+            hint="restart `listener run` (it brings the state schema up to date), then reload",
+        ) from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(ANSWER_POLL_S)
+        answer = conn.execute("SELECT ok, answer FROM reload_requests WHERE id = %s", [row[0]]).fetchone()
+        if answer is not None and answer[0] is not None:
+            return bool(answer[0]), str(answer[1])
+    return None
 
 
 def validate_workflows(config: Config) -> None:
@@ -77,13 +111,13 @@ async def run(
     remove_handlers = install_signal_handlers(stop)
     store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
     ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
-    requests: asyncio.Queue[str] = asyncio.Queue()
+    sighup = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, requests.put_nowait, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, sighup.set)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
-            tg.create_task(_reloader(ingest, config, state_dsn, store, requests, stop), name="reloader")
+            tg.create_task(_reloader(ingest, config, state_dsn, store, sighup, stop), name="reloader")
             if workers:
                 worker = make_worker(config, state_dsn, on_start=on_event_start)
                 tg.create_task(_until_done(worker.run(stop), stop), name="worker")
@@ -95,52 +129,85 @@ async def run(
         await store.close()
 
 
-def control_channels(schema: str) -> tuple[str, str]:
-    """The NOTIFY channels of `listener reload` (request) and of the service's answer: not those of rewinds
-    and backfills, which never reload."""
-    return store.control_channel(schema, "reload"), f"{schema}_reload_reply"
-
-
 async def _reloader(
     ingest: Ingest,
     config: Config,
     state_dsn: str,
     store: StateStore,
-    requests: asyncio.Queue[str],
+    sighup: asyncio.Event,
     stop: asyncio.Event,
 ) -> None:
-    """Reload the rules on SIGHUP or `listener reload` (a NOTIFY on the control channel, answered on the
-    reply channel): re-read the config file; an invalid one is refused and the old rules keep running."""
-    request, reply = control_channels(config.state_schema)
-    conn = await store.pool.acquire()
+    """Reload the rules on SIGHUP or for `listener reload`: re-read the config file; an invalid one is
+    refused and the old rules keep running.
 
-    def on_request(*args: object) -> None:  # (connection, pid, channel, payload)
-        requests.put_nowait(str(args[3]) or "reload")
+    A request is a row of ``reload_requests`` (asking takes a privilege on the state schema), answered in
+    the row.  A NOTIFY on ``<schema>_reload`` only wakes this task, which also polls: a NOTIFY without an
+    unanswered row does nothing.  At most one reload per ``RELOAD_INTERVAL_S``: the requests waiting
+    meanwhile share the next reload and its answer.  A lost connection is retried, never fatal."""
+    channel = control_channel(config.state_schema, "reload")
+    wake = asyncio.Event()
+    conn: Any = None
+    last = -math.inf
 
-    await conn.add_listener(request, on_request)
+    def on_request(*_: object) -> None:
+        wake.set()
+
     try:
         while not stop.is_set():
-            getter = asyncio.ensure_future(requests.get())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not getter.done():
-                getter.cancel()
-                return
-            origin = getter.result()
-            answer = await _reload_once(ingest, config.source_path, state_dsn, stop)
-            logger.warning("reload (%s): %s", origin, answer)
-            if origin != "SIGHUP":
-                try:
-                    await conn.execute("SELECT pg_notify($1, $2)", reply, f"{origin} {answer}"[:7900])
-                except Exception as exc:  # the answer is lost; the service goes on
-                    logger.warning("cannot answer the reload request (%s)", exc)
+            wake.clear()
+            pending: list[int] = []
+            try:
+                if conn is None:
+                    conn = await store.pool.acquire()
+                    await conn.add_listener(channel, on_request)
+                pending = await store.pending_reloads()
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                logger.warning("cannot look for reload requests (%s); trying again", exc)
+                await _release(store, conn, channel, on_request)
+                conn = None
+            if pending or sighup.is_set():
+                if (pause := last + RELOAD_INTERVAL_S - time.monotonic()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause)
+                    continue  # requests that arrived meanwhile join this reload
+                last = time.monotonic()
+                hup = sighup.is_set()
+                sighup.clear()
+                answer = await _reload_once(ingest, config.source_path, state_dsn, stop)
+                logger.warning("reload (%s): %s", _origin(hup, pending), answer)
+                if pending:
+                    try:
+                        await store.answer_reloads(pending, ok=answer.startswith("ok "), answer=answer)
+                    except Exception as exc:
+                        if not transient(exc):
+                            raise
+                        logger.warning("cannot answer reload request(s) %s (%s)", pending, exc)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_of(wake.wait(), sighup.wait(), stop.wait()), RELOAD_POLL_S)
     finally:
-        # Unlisten before the connection goes back: asyncpg warns about a released connection that still
-        # has a listener (InterfaceWarning, on every exit); a broken connection is dropped by the pool.
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            await conn.remove_listener(request, on_request)
+        await asyncio.shield(_release(store, conn, channel, on_request))
+
+
+async def _release(store: StateStore, conn: Any, channel: str, callback: Callable[..., None]) -> None:
+    """Unlisten, then give the connection back: asyncpg warns about a released connection that still has
+    a listener (InterfaceWarning, on every exit); a broken connection is dropped by the pool."""
+    if conn is None:
+        return
+    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        await conn.remove_listener(channel, callback)
+    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         await store.pool.release(conn)
+
+
+def _origin(hup: bool, requests: list[int]) -> str:
+    parts = ["SIGHUP"] if hup else []
+    if requests:
+        ids = ", ".join(map(str, requests[:5])) + (", ..." if len(requests) > 5 else "")
+        parts.append(f"request {ids}" if len(requests) == 1 else f"requests {ids}")
+    return "; ".join(parts)
 
 
 async def _reload_once(ingest: Ingest, path: str | None, state_dsn: str, stop: asyncio.Event) -> str:

@@ -692,6 +692,30 @@ class StateStore:
             error,
         )
 
+    # -- reload requests ---------------------------------------------------------------------------------
+
+    async def pending_reloads(self) -> list[int]:
+        """The unanswered `listener reload` requests of this slot (rows of ``reload_requests``)."""
+        rows = await self.pool.fetch(
+            "SELECT id FROM reload_requests WHERE slot_name = $1 AND answered_at IS NULL ORDER BY id",
+            self.slot,
+        )
+        return [int(row["id"]) for row in rows]
+
+    async def answer_reloads(self, ids: list[int], *, ok: bool, answer: str) -> None:
+        """Answer the requests one reload served; forget answers older than a day."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE reload_requests SET answered_at = now(), ok = $2, answer = $3 WHERE id = ANY($1)",
+                ids,
+                ok,
+                answer,
+            )
+            await conn.execute(
+                "DELETE FROM reload_requests WHERE slot_name = $1 AND answered_at < now() - interval '1 day'",
+                self.slot,
+            )
+
     # -- compact chunks -----------------------------------------------------------------------------------
 
     async def runs_ahead(self, limit: int) -> int:

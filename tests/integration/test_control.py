@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import yaml
 from click.testing import CliRunner, Result
 
@@ -206,3 +207,87 @@ async def test_alternating_rewinds_and_backfills_under_a_writer_make_one_run_per
     assert set(live) == table - set(range(1, 501)) and set(live.values()) == {1}
     assert set(fill) == set(range(1, 501)) and set(fill.values()) == {1}
     assert len(table) > 500  # the writer wrote during the requests
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Who may steer the service: a request is a row in the state schema; NOTIFY only wakes.
+
+
+def intruder(dsn: str, sql: Conn) -> str:
+    """The DSN of a role that may connect and nothing more (no privilege on the state schema)."""
+    sql.execute("DROP ROLE IF EXISTS intruder")
+    sql.execute("CREATE ROLE intruder LOGIN PASSWORD 'x'")
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params.update(user="intruder", password="x")
+    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def answered(sql: Conn) -> list[tuple[Any, ...]]:
+    return sql.execute(
+        "SELECT id, requested_by, ok, answer FROM listener.reload_requests ORDER BY id"
+    ).fetchall()
+
+
+async def test_a_notify_without_a_request_row_reloads_nothing(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+    path = tmp_path / "listener.yaml"
+    config = write_config(path, LIVE)
+    other = intruder(dsn, sql)
+    async with running_service(dsn, config) as running:
+        write_config(path, LIVE, EXTRA)  # edited: a reload would load rule extra
+        with psycopg.connect(other, autocommit=True) as conn:
+            for channel in ("listener_reload", "listener_control", "listener_rewind", "listener_backfill"):
+                for payload in ("", "reload", "x"):
+                    conn.execute("SELECT pg_notify(%s, %s)", [channel, payload])
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO listener.reload_requests (slot_name) VALUES (%s)", [SLOT])
+        await asyncio.sleep(1.5)  # time for a reload, were there one (the assertions below do not wait)
+        sql.execute("INSERT INTO items VALUES (1, 1)")
+        marker = emit_marker(dsn)
+        await until(lambda: caught_up(dsn, sql, marker), "ingest to catch up", running)
+        running.alive()
+    assert [e["rule"] for e in events(dsn)] == ["live"]
+    assert answered(sql) == []
+
+
+async def test_listener_reload_is_a_row_answered_in_the_row(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+    path = tmp_path / "listener.yaml"
+    config = write_config(path, LIVE)
+    async with running_service(dsn, config) as running:
+        write_config(path, LIVE, {**EXTRA, "when": "new.nn > 1"})
+        refused = await acli(dsn, path, "reload")
+        assert refused.exit_code != 0 and 'unknown column "nn"' in refused.stderr
+        write_config(path, LIVE, EXTRA)
+        done = await acli(dsn, path, "reload")
+        assert done.exit_code == 0, done.stderr
+        assert done.stdout.startswith("reloaded: the new rules apply from LSN ")
+        sql.execute("INSERT INTO items VALUES (1, 1)")
+        marker = emit_marker(dsn)
+        await until(lambda: caught_up(dsn, sql, marker), "ingest to catch up", running)
+    assert sorted(e["rule"] for e in events(dsn)) == ["extra", "live"]
+    rows = answered(sql)
+    user = one(sql, "SELECT current_user")
+    assert [(r[1], r[2]) for r in rows] == [(user, False), (user, True)]
+    assert 'unknown column "nn"' in rows[0][3] and done.stdout.split()[-3] in rows[1][3]
+
+
+async def test_requests_in_a_burst_share_reloads_at_most_one_a_second(
+    dsn: str, sql: Conn, tmp_path: Path
+) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+    path = tmp_path / "listener.yaml"
+    config = write_config(path, LIVE)
+    async with running_service(dsn, config) as running:
+        started = time.monotonic()
+        for _ in range(30):  # one transaction (and one wake-up) each, as fast as they go
+            sql.execute("INSERT INTO listener.reload_requests (slot_name) VALUES (%s)", [SLOT])
+            sql.execute("NOTIFY listener_reload")
+        elapsed = time.monotonic() - started
+        await until(lambda: all(r[2] is not None for r in answered(sql)), "the answers", running)
+        running.alive()
+    rows = answered(sql)
+    assert len(rows) == 30 and all(r[2] for r in rows)
+    reloads = {r[3] for r in rows}  # each reload's answer names its own LSN
+    assert len(reloads) <= elapsed / service.RELOAD_INTERVAL_S + 2
+    assert len(reloads) < 30

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 import yaml
 
-from listener import service
 from listener.config import load_config
 from listener.errors import ConfigError
 from listener.lsn import parse_lsn
+from listener.store import control_channel
 from tests.support import _wait_for, events, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -165,4 +165,4 @@ def test_listener_reload_asks_the_running_service(dsn: str, sql: Conn, tmp_path:
     assert proc.returncode == 0
     # a quiet, clean shutdown: no asyncpg warning about the reloader's connection going back to the pool
     assert "Warning" not in (tmp_path / "run.log").read_text()
-    assert service.control_channels("listener") == ("listener_reload", "listener_reload_reply")
+    assert control_channel("listener", "reload") == "listener_reload"
