@@ -272,10 +272,10 @@ def init(opts: Options) -> None:
 @main.command()
 @click.pass_obj
 def drop(opts: Options) -> None:
-    """Drop the replication slot and the publication (the state schema stays)."""
+    """Drop the replication slot, the publications and its checkpoint (the state schema and events stay)."""
     config = _load(opts)
-    with _databases(opts, config) as (dsn, _):
-        done = setup.drop(config, dsn)
+    with _databases(opts, config) as (dsn, state_dsn):
+        done = setup.drop(config, dsn, state_dsn)
     for line in done or ["nothing to drop"]:
         click.echo(line)
 

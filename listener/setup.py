@@ -31,6 +31,7 @@ from listener import conninfo, managed, pushdown, store, versions
 from listener.catalog import TableInfo, read_tables, rule_tables
 from listener.config import Config, qualified_name
 from listener.errors import ConfigError, DatabaseError, PrerequisiteError, SlotInUseError
+from listener.lsn import format_lsn
 from listener.pushdown import PublicationPlan, Refusal, TablePlan, describe_rule, publish_list
 from listener.rules import OPERATIONS, CompiledRule, RuleSet, compile_rule
 
@@ -223,6 +224,9 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
         )
         add(_check_replication(conn, service))
         results.extend(_check_slot(conn, config, service))
+        slot_exists = bool(
+            conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [config.slot]).fetchone()
+        )
         rule_results, planned = _check_rules(conn, config)
         results.extend(_check_tables(conn, config, structural, planned))
         results.extend(rule_results)
@@ -242,6 +246,10 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
                     _state_schema_fix(conn, config.state_schema),
                 )
             )
+        checkpoint = store.checkpoint(conn, config.state_schema, config.slot)
+        if checkpoint is not None and not slot_exists:
+            lost = lost_slot(conn, config.slot, checkpoint, config.state_schema)
+            add(CheckResult("checkpoint", False, lost.message, lost.hint))
     return results
 
 
@@ -766,8 +774,9 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
                     f"cannot create the state schema {config.state_schema}: {exc.diag.message_primary}",
                     hint=_state_schema_fix(conn, config.state_schema),
                 ) from exc
+            checkpoint = store.checkpoint(conn, config.state_schema, config.slot)
         done.extend(ensure_publications(source, wide, exact=exact))
-        done.extend(ensure_slot(source, config.slot))
+        done.extend(ensure_slot(source, config.slot, checkpoint=checkpoint, schema=config.state_schema))
     return done
 
 
@@ -906,9 +915,16 @@ def _publication_errors() -> Iterator[None]:
         ) from exc
 
 
-def ensure_slot(conn: Conn, slot: str) -> list[str]:
+def ensure_slot(
+    conn: Conn, slot: str, *, checkpoint: int | None = None, schema: str = "listener"
+) -> list[str]:
+    """Create the logical slot, unless it exists.  ``checkpoint``: where the state database says ingest
+    stands on this slot; when the slot is gone, a new one would start at the server's current position and
+    the changes in between would never be streamed, so that is refused, naming them."""
     if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone():
         return []
+    if checkpoint is not None:
+        raise lost_slot(conn, slot, checkpoint, schema)
     try:
         if conn.info.server_version >= versions.FAILOVER_SLOTS:
             # kept on standbys that synchronize slots (sync_replication_slots): it survives a failover
@@ -938,8 +954,24 @@ def ensure_slot(conn: Conn, slot: str) -> list[str]:
     return [f"created replication slot {slot}"]
 
 
-def drop(config: Config, source_dsn: str) -> list[str]:
-    """Drop the slot and both publications (the state schema and its events stay)."""
+def lost_slot(conn: Conn, slot: str, checkpoint: int, schema: str) -> PrerequisiteError:
+    """The slot is gone while the state database still stands on it."""
+    forget = sql.SQL("DELETE FROM {}.checkpoints WHERE slot_name = {};").format(
+        sql.Identifier(schema), sql.Literal(slot)
+    )
+    return PrerequisiteError(
+        f"replication slot {slot!r} does not exist, but listener's checkpoint on it is at LSN "
+        f"{format_lsn(checkpoint)}: the slot was dropped (by hand, by a failover that did not carry it, or "
+        "by a service that removes inactive slots), and the changes committed since that LSN are not in "
+        "the WAL any slot keeps",
+        hint=f"to go on from now, accepting that gap: {forget.as_string(conn)}  -- in the state database, "
+        "then `listener run`, and `listener backfill` the rule tables to re-read their rows",
+    )
+
+
+def drop(config: Config, source_dsn: str, state_dsn: str | None = None) -> list[str]:
+    """Drop the slot and both publications (the state schema and its events stay; with ``state_dsn``,
+    the slot's checkpoint goes with the slot)."""
     done: list[str] = []
     with connect(source_dsn) as conn:
         row = conn.execute(
@@ -970,6 +1002,11 @@ def drop(config: Config, source_dsn: str) -> list[str]:
                     f"left publication {publication}: its owner is {row[1]}, who may remove it with "
                     f"{statement.as_string(conn)};"
                 )
+    if state_dsn is not None:
+        with connect(state_dsn, what="the state database") as conn:
+            forgotten = store.forget_checkpoint(conn, config.state_schema, config.slot)
+        if forgotten is not None:
+            done.append(f"forgot the checkpoint of slot {config.slot} (at {format_lsn(forgotten)})")
     return done
 
 

@@ -91,6 +91,30 @@ def schema_version(conn: psycopg.Connection[tuple[object, ...]], schema: str) ->
     return int(row[0]) if row else 0  # type: ignore[call-overload]
 
 
+def checkpoint(conn: psycopg.Connection[tuple[object, ...]], schema: str, slot: str) -> int | None:
+    """The checkpoint of ``slot`` (None: none, or no state schema yet)."""
+    if schema_version(conn, schema) is None:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT lsn::text FROM {}.checkpoints WHERE slot_name = %s").format(sql.Identifier(schema)),
+        [slot],
+    ).fetchone()
+    return parse_lsn(str(row[0])) if row is not None else None
+
+
+def forget_checkpoint(conn: psycopg.Connection[tuple[object, ...]], schema: str, slot: str) -> int | None:
+    """Delete the checkpoint of ``slot`` (its slot is gone for good); return what it was."""
+    if schema_version(conn, schema) is None:
+        return None
+    row = conn.execute(
+        sql.SQL("DELETE FROM {}.checkpoints WHERE slot_name = %s RETURNING lsn::text").format(
+            sql.Identifier(schema)
+        ),
+        [slot],
+    ).fetchone()
+    return parse_lsn(str(row[0])) if row is not None else None
+
+
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 

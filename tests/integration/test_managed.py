@@ -13,8 +13,9 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
 from listener import managed, setup
+from listener.errors import PrerequisiteError
 from tests.integration.test_setup import replica_server  # noqa: F401  (a wal_level=replica server)
-from tests.support import make_config
+from tests.support import make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -83,3 +84,34 @@ def test_on_rds_replication_comes_from_the_rds_replication_role(
     sql.execute(result.fix.encode())
     assert by_name(setup.check(make_config([]), role_dsn, role_dsn))["replication privilege"].ok
     sql.execute(pgsql.SQL("REVOKE rds_replication FROM {}").format(pgsql.Identifier(role)))
+
+
+async def test_a_lost_slot_is_refused_with_the_gap_never_silently_recreated(dsn: str, sql: Conn) -> None:
+    """A failover that does not carry the slot, or a service removing it, must not make init start a new
+    slot at the current position as if nothing had happened in between."""
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    config = make_config([{"name": "o", "table": "orders", "on": "insert", "workflow": "w:f"}])
+    async with running_ingest(dsn, config) as run:
+        sql.execute("INSERT INTO orders VALUES (1)")
+        await wait_caught_up(run, dsn)
+    sql.execute("SELECT pg_drop_replication_slot('listener_test')")
+    with pytest.raises(PrerequisiteError) as refused:
+        setup.init(config, dsn, dsn)
+    forget = "DELETE FROM \"listener\".checkpoints WHERE slot_name = 'listener_test';"
+    assert "does not exist, but listener's checkpoint on it is at LSN" in refused.value.message
+    hint = refused.value.hint
+    assert hint is not None and hint.startswith(f"to go on from now, accepting that gap: {forget}")
+    assert sql.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)  # none made
+    lost = by_name(setup.check(config, dsn, dsn))["checkpoint"]
+    assert not lost.ok and lost.fix == refused.value.hint
+    sql.execute(forget)
+    assert setup.init(config, dsn, dsn) == ["created replication slot listener_test"]
+
+
+def test_drop_with_the_state_database_forgets_the_checkpoint(dsn: str, sql: Conn) -> None:
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    config = make_config([{"name": "o", "table": "orders", "on": "insert", "workflow": "w:f"}])
+    setup.init(config, dsn, dsn)
+    sql.execute("INSERT INTO listener.checkpoints (slot_name, lsn) VALUES ('listener_test', '0/1234')")
+    assert setup.drop(config, dsn, dsn)[-1] == "forgot the checkpoint of slot listener_test (at 0/1234)"
+    assert "created replication slot listener_test" in setup.init(config, dsn, dsn)
