@@ -270,11 +270,24 @@ class Ingest:
                     return
                 delay = RECONNECT_MIN_S  # a restart asked for: the next session starts at once
                 continue
-            except SlotInUseError:
-                busy_since = busy_since or time.monotonic()
-                if time.monotonic() - busy_since > SLOT_BUSY_RETRY_S:
-                    raise
-                logger.info("slot %s busy, retrying", self.slot)
+            except SlotInUseError as exc:
+                # Right after a crash the server may hold the old walsender a moment longer: wait a little,
+                # saying so once, then stop with one line naming the holder and the fix.
+                holder = await slot_holder(self.source_dsn, self.slot)
+                if busy_since is None:
+                    busy_since = time.monotonic()
+                    logger.warning(
+                        "replication slot %r is in use by %s; waiting up to %.0fs for it to be released",
+                        self.slot,
+                        holder,
+                        SLOT_BUSY_RETRY_S,
+                    )
+                elif time.monotonic() - busy_since > SLOT_BUSY_RETRY_S:
+                    raise SlotInUseError(
+                        f"replication slot {self.slot!r} is in use by {holder}: one slot has one reader",
+                        hint="stop that process first (one `listener run` per slot), or give this "
+                        "configuration a slot of its own: `slot: NAME` in its config file",
+                    ) from exc
             except Exception as exc:
                 if not transient(exc):
                     raise  # a bug or a refusal that retrying cannot fix: stop loudly, acknowledge nothing
@@ -966,6 +979,32 @@ def _has_content(batch: EventBatch) -> bool:
         or batch.rewind_done
         or batch.backfill
     )
+
+
+async def slot_holder(dsn: str, slot: str) -> str:
+    """Who reads ``slot`` now, for a message: its PID and what pg_stat_activity says about it."""
+    try:
+        conn = await connect_async(dsn, connect_timeout=10)
+        try:
+            cur = await conn.execute(
+                "SELECT s.active_pid, a.application_name, a.usename, a.client_addr::text,"
+                " to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'"
+                " FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid"
+                " WHERE s.slot_name = %s",
+                [slot],
+            )
+            row = await cur.fetchone()
+        finally:
+            await conn.close()
+    except (psycopg.Error, ListenerError):
+        row = None
+    if row is None or row[0] is None:
+        return "another process"
+    pid, app, user, addr, since = row
+    details = [f"application_name {app!r}" if app else "", f"role {user}" if user else "",
+               f"from {addr}" if addr else "", f"since {since}" if since else ""]  # fmt: skip
+    extra = ", ".join(d for d in details if d)
+    return f"PID {pid}" + (f" ({extra})" if extra else "")
 
 
 async def first_of(*waits: Awaitable[Any]) -> None:

@@ -150,7 +150,12 @@ class ReplicationSession:
         # database's own settings (extra_float_digits = 0, DateStyle = German, bytea_output = escape...)
         # cannot change what values we decode.
         try:
-            conn = await connect_async(dsn, what="the database for replication", replication="database")
+            conn = await connect_async(
+                dsn,
+                what="the database for replication",
+                replication="database",
+                fallback_application_name="listener",  # who holds the slot, in pg_stat_activity
+            )
         except DatabaseError as exc:
             raise DatabaseError(
                 exc.message,
@@ -242,9 +247,9 @@ class ReplicationSession:
         except pgerrors.ObjectInUse as exc:
             raise SlotInUseError(
                 f"replication slot {self.slot!r} is in use by another process: {exc.diag.message_primary}",
-                hint="stop the other listener (or pg_recvlogical) using it, or give this one another "
-                "--slot; SELECT active_pid FROM pg_replication_slots WHERE slot_name = "
-                f"{_quote_literal(self.slot)} names the process",
+                hint="stop the other listener (or pg_recvlogical) using it, or give this configuration "
+                "a slot of its own (`slot: NAME`); SELECT active_pid FROM pg_replication_slots WHERE "
+                f"slot_name = {_quote_literal(self.slot)} names the process",
             ) from exc
         except pgerrors.UndefinedObject as exc:
             raise PrerequisiteError(

@@ -66,19 +66,27 @@ def parse_time(text: str, *, now: datetime | None = None, option: str = "--to-ti
     zone), or a duration ago (``2h``, ``90m``, ``1d``, ``2h ago``)."""
     raw = text.strip()
     ago = raw.removesuffix("ago").strip()
+    hint = (
+        "write ISO 8601, e.g. 2025-03-01T12:00:00+00:00 (no offset: this machine's time zone), "
+        "or a duration ago, e.g. 2h, 90m or 1d"
+    )
+    out_of_range = ListenerError(
+        f"{option} {text!r} is out of range: times go from year 1 to 9999", hint=hint
+    )
     try:
         return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(ago))
     except ValueError:
         pass
+    except OverflowError:  # further back than year 1
+        raise out_of_range from None
     try:
         value = datetime.fromisoformat(raw.replace(" UTC", "+00:00"))
     except ValueError:
-        raise ListenerError(
-            f"invalid time {text!r} for {option}",
-            hint="write ISO 8601, e.g. 2025-03-01T12:00:00+00:00 (no offset: this machine's time zone), "
-            "or a duration ago, e.g. 2h, 90m or 1d",
-        ) from None
-    return value if value.tzinfo is not None else value.astimezone()
+        raise ListenerError(f"invalid time {text!r} for {option}", hint=hint) from None
+    try:
+        return value if value.tzinfo is not None else value.astimezone()
+    except (OverflowError, ValueError):  # year 1 in a time zone east of UTC
+        raise out_of_range from None
 
 
 def parse_target_lsn(text: str) -> int:

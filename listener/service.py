@@ -13,7 +13,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -115,7 +115,7 @@ async def run(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, sighup.set)
     try:
-        async with asyncio.TaskGroup() as tg:
+        async with _first_listener_error(), asyncio.TaskGroup() as tg:
             tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
             tg.create_task(_reloader(ingest, config, state_dsn, store, sighup, stop), name="reloader")
             if workers:
@@ -127,6 +127,22 @@ async def run(
         loop.remove_signal_handler(signal.SIGHUP)
         remove_handlers()
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _first_listener_error() -> AsyncIterator[None]:
+    """A task group raises an ExceptionGroup; one ListenerError among its errors (a user can fix it: one
+    line and the fix, not a traceback) is raised as itself."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        matched, _ = group.split(ListenerError)
+        found: BaseException | None = matched
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        if found is not None:
+            raise found from group
+        raise
 
 
 async def _reloader(
@@ -253,9 +269,19 @@ async def run_workers(
         store.migrate(conn, config.state_schema)
     stop = stop or asyncio.Event()
     remove_handlers = install_signal_handlers(stop)
+    loop = asyncio.get_running_loop()
+    # SIGHUP (a closed terminal, or a `kill -HUP` meant for `listener run`) would end the process with its
+    # runs left `running` until their leases expire: a worker has nothing to reload; it says so, goes on.
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        logger.warning,
+        "SIGHUP received: ignored, `listener worker` has nothing to reload (restart it to load new "
+        "workflow code; SIGTERM stops it gracefully)",
+    )
     try:
         await make_worker(config, state_dsn, concurrency=concurrency).run(stop)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         remove_handlers()
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +25,7 @@ from listener import service
 from listener.cli import main
 from listener.config import Config, load_config
 from listener.lsn import format_lsn, parse_lsn
+from tests.runtime_support import enqueue, prepare, run_row, step_names
 from tests.support import emit_marker, events
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -291,3 +296,85 @@ async def test_requests_in_a_burst_share_reloads_at_most_one_a_second(
     reloads = {r[3] for r in rows}  # each reload's answer names its own LSN
     assert len(reloads) <= elapsed / service.RELOAD_INTERVAL_S + 2
     assert len(reloads) < 30
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A second `listener run` on the same slot; odd operator input
+
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
+    dsn: str, sql: Conn, tmp_path: Path
+) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+    path = tmp_path / "listener.yaml"
+    write_config(path, LIVE)
+    other_schema = tmp_path / "other.yaml"
+    other_schema.write_text(path.read_text() + "state_schema: other_state\n")
+    env = {**os.environ, "LISTENER_DSN": dsn}
+    run = [sys.executable, "-m", "listener", "run", "--no-workers", "-c"]
+    with (tmp_path / "first.log").open("wb") as log:
+        first = subprocess.Popen([*run, str(path)], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while (
+            holder := sql.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s AND active", [SLOT]
+            ).fetchone()
+        ) is None:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        seconds = [
+            subprocess.Popen([*run, str(p)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+            for p in (path, other_schema)  # the same state schema, and another one
+        ]
+        for second in seconds:
+            _, err = second.communicate(timeout=WAIT_S)  # never a silent retry forever
+            assert second.returncode == 2, err
+            assert "Traceback" not in err and "--slot" not in err, err
+            lines = [line for line in err.splitlines() if "error:" in line]
+            assert len(lines) == 1 and f"slot {SLOT!r}" in lines[0] and f"PID {holder[0]}" in lines[0], err
+            assert "fix:" in err and "slot:" in err, err
+        assert first.poll() is None  # the first one runs on
+    finally:
+        first.terminate()
+        first.wait(WAIT_S)
+
+
+def test_listener_worker_outlives_sighup_and_finishes_its_run(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    """A terminal closing, or `kill -HUP` meant for `listener run`, must not kill a worker mid-run."""
+    prepare(sql)
+    config = tmp_path / "listener.yaml"
+    config.write_text(
+        "worker: {poll_interval_s: 0.2}\n"
+        "rules:\n  - {name: r, table: t, on: [insert], workflow: tests.sample_workflows:two_steps}\n"
+    )
+    log, hold = tmp_path / "worker.log", tmp_path / "hold"
+    hold.touch()  # the workflow waits between its two steps while this file exists
+    env = {**os.environ, "LISTENER_TEST_CALLS": str(tmp_path / "calls"), "LISTENER_TEST_HOLD": str(hold)}
+    enqueue(sql, "run-1", "tests.sample_workflows:two_steps", {"id": 1, "text": "doc"})
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "listener", "--dsn", dsn, "-c", str(config), "worker"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while step_names(sql, "run-1") != ["llm"]:
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGHUP)
+        time.sleep(0.5)  # had the signal killed it, it would be gone by now
+        assert worker.poll() is None, log.read_text()
+        hold.unlink()
+        while run_row(sql, "run-1")["status"] == "running":
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert (run_row(sql, "run-1")["status"], run_row(sql, "run-1")["attempt"]) == ("done", 1)
+        assert "SIGHUP" in log.read_text()  # said, not silently ignored
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(WAIT_S) == 0, log.read_text()

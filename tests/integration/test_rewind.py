@@ -525,6 +525,7 @@ async def test_refusals_say_what_is_wrong_and_how_to_fix_it(dsn: str, items: Con
     refused(
         await acli(dsn, on, "rewind", "--to-time", "next tuesday"), "invalid time 'next tuesday'", "ISO 8601"
     )
+    refused(await acli(dsn, on, "rewind", "--to-time", "99999999999999999999d"), "out of range", "ISO 8601")
     text = refused(
         await acli(dsn, on, "rewind", "--to-lsn", "0/1"),
         "--to-lsn 0/1 is outside the rewind window",

@@ -50,3 +50,11 @@ def test_lsns() -> None:
             parse_target_lsn(text)
         assert info.value.message == f"invalid LSN {text!r} for --to-lsn"
         assert info.value.hint is not None and "two hex numbers" in info.value.hint
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999d", "3000000d ago", "0001-01-01T00:00:00"])
+def test_times_beyond_what_a_datetime_holds_are_refused_as_such(text: str) -> None:
+    with pytest.raises(ListenerError) as info:
+        parse_time(text, now=NOW)
+    assert info.value.message.startswith(f"--to-time {text!r} is out of range")
+    assert info.value.hint is not None and "ISO 8601" in info.value.hint
