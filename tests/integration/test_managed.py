@@ -15,7 +15,7 @@ from psycopg.conninfo import make_conninfo
 from listener import managed, setup
 from listener.errors import PrerequisiteError
 from tests.integration.test_setup import replica_server  # noqa: F401  (a wal_level=replica server)
-from tests.support import make_config, running_ingest, wait_caught_up
+from tests.support import _wait_for, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -94,6 +94,8 @@ async def test_a_lost_slot_is_refused_with_the_gap_never_silently_recreated(dsn:
     async with running_ingest(dsn, config) as run:
         sql.execute("INSERT INTO orders VALUES (1)")
         await wait_caught_up(run, dsn)
+    active = "SELECT active FROM pg_replication_slots WHERE slot_name = 'listener_test'"
+    await _wait_for(lambda: sql.execute(active).fetchone() == (False,), "the walsender to let the slot go")
     sql.execute("SELECT pg_drop_replication_slot('listener_test')")
     with pytest.raises(PrerequisiteError) as refused:
         setup.init(config, dsn, dsn)
