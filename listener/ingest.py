@@ -987,7 +987,7 @@ async def slot_holder(dsn: str, slot: str) -> str:
         conn = await connect_async(dsn, connect_timeout=10)
         try:
             cur = await conn.execute(
-                "SELECT s.active_pid, a.application_name, a.usename, a.client_addr::text,"
+                "SELECT s.active_pid, a.application_name, a.usename, host(a.client_addr),"
                 " to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'"
                 " FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid"
                 " WHERE s.slot_name = %s",
