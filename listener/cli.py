@@ -19,13 +19,13 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from listener import runs as runs_mod
 from listener import setup
 from listener.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
 from listener.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres
 from listener.errors import DatabaseError, ListenerError, ProtocolError
+from listener.terminal import markup_safe, printable
 
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -78,9 +78,9 @@ EXIT_RUNTIME = 3  # a runtime failure: a database or protocol error, or a bug (t
 
 
 def _fail(exc: ListenerError) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+    err_console.print(f"[bold red]error:[/bold red] {markup_safe(exc.message)}", highlight=False)
     if exc.hint:
-        err_console.print(f"  [bold]fix:[/bold] {exc.hint}", highlight=False)
+        err_console.print(f"  [bold]fix:[/bold] {markup_safe(exc.hint)}", highlight=False)
     sys.exit(EXIT_RUNTIME if isinstance(exc, DatabaseError | ProtocolError) else EXIT_USAGE)
 
 
@@ -248,9 +248,9 @@ def check(opts: Options, as_json: bool) -> None:
     for r in results:
         mark = "[yellow]![/]" if r.ok and r.warning else ("[green]✓[/]" if r.ok else "[red]✗[/]")
         # names, rule texts and SQL are not markup: `when: new.tags[1] = 'x'` prints as written
-        out.print(f"{mark} {escape(r.name)}: {escape(r.detail)}")
+        out.print(f"{mark} {markup_safe(r.name)}: {markup_safe(r.detail)}")
         if r.fix:  # several statements: one a line, aligned
-            out.print("    fix: " + escape(r.fix).replace("\n", "\n         "))
+            out.print("    fix: " + markup_safe(r.fix).replace("\n", "\n         "))
     if failed:
         err_console.print(f"[red]{len(failed)} problem(s): apply the fixes above[/red]")
         sys.exit(EXIT_PROBLEMS)
@@ -485,8 +485,8 @@ def rewind(
         target = rw.plan(config, source, state, to_lsn=to_lsn, to_time=to_time, rerun=rerun)
         for warning in target.warnings:
             err_console.print(
-                f"[yellow]warning:[/yellow] {warning}: a rewind re-reads only what was published when the "
-                "change was written",
+                f"[yellow]warning:[/yellow] {markup_safe(warning)}: a rewind re-reads only what was published"
+                " when the change was written",
                 highlight=False,
             )
         if dry_run:
@@ -497,7 +497,7 @@ def rewind(
                 rw.print_dry_run(runs_mod.stdout_console(), result)
             return
         recorded = rw.record(config, source, state, target)
-        err_console.print(rw.describe(target, recorded), highlight=False)
+        err_console.print(markup_safe(rw.describe(target, recorded)), highlight=False)
         if target.slot_active_pid is not None:
             err_console.print(
                 f"the running listener (PID {target.slot_active_pid}) starts it now, with the rules it runs",
@@ -583,7 +583,9 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
             )
             return
         if done.status != "done":
-            err_console.print(f"[red]backfill {backfill_id} {done.status}: {done.error or ''}[/red]")
+            err_console.print(
+                f"[red]backfill {backfill_id} {done.status}: {markup_safe(done.error or '')}[/red]"
+            )
             sys.exit(EXIT_RUNTIME)
         err_console.print(
             f"backfill {backfill_id} done: {done.rows_read:,} row(s) read, {done.rows_dropped:,} superseded "
@@ -774,7 +776,7 @@ def reload(opts: Options, timeout: float) -> None:
             if count:
                 click.echo(count)
             return
-        err_console.print(f"[red]{escape(answer)}[/red]")
+        err_console.print(f"[red]{markup_safe(answer)}[/red]")
         sys.exit(EXIT_USAGE)
     err_console.print(
         f"[red]no answer within {timeout:g}s: is `listener run` running against this state database?[/red]"
@@ -816,7 +818,7 @@ def rules_test(opts: Options, rule: str, new: str | None, old: str | None, op: s
         click.echo(f"rule {result.rule}: {result.op} matches")
         click.echo(json.dumps(result.event, indent=2))
     else:
-        click.echo(f"rule {result.rule}: {result.op} does not match: {result.reason}")
+        click.echo(printable(f"rule {result.rule}: {result.op} does not match: {result.reason}"))
         sys.exit(EXIT_PROBLEMS)
 
 

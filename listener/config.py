@@ -659,6 +659,7 @@ class _Document:
     lines: dict[YamlPath, int] = field(default_factory=dict)  # 1-based line of each key / list item
     double_quoted: set[YamlPath] = field(default_factory=set)
     duplicates: list[tuple[YamlPath, int, int]] = field(default_factory=list)  # path, line, first line
+    values: int = 0  # nodes built so far, aliases counted each time they are used
 
 
 @dataclass(frozen=True)
@@ -725,9 +726,35 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+# A configuration is a few hundred values a few levels deep.  PyYAML's composer recurses once per level
+# (RecursionError near 1,000) and aliases share nodes, so `*a` used ten times in ten levels is a billion
+# values ("billion laughs"): both are refused before anything is built.
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+
+
+def _check_shape(text: str, filename: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, reading events (the parser keeps a stack, no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"the values nest more than {MAX_DEPTH} levels deep",
+                    file=filename,
+                    line=None if event.start_mark is None else event.start_mark.line + 1,
+                    hint="a configuration is a few levels of keys and lists; remove the extra brackets",
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _compose(text: str, filename: str) -> _Document:
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        _check_shape(text, filename)
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         if root is None or (root.tag == "tag:yaml.org,2002:null" and root.value == ""):
             hint = _example_hint("write the configuration; the smallest useful file is:")
@@ -741,10 +768,19 @@ def _compose(text: str, filename: str) -> _Document:
         doc.data = _build(root, (), doc, loader, filename, set())
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(exc, filename) from exc
+    except yaml.reader.ReaderError as exc:
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise ConfigError(
+            f"the control character {char!r} is not allowed in YAML",
+            file=filename,
+            line=text.count("\n", 0, exc.position) + 1,
+            hint='remove it (a double-quoted string may spell it as an escape, e.g. "\\t")',
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=filename, hint="remove control characters") from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     _check_source(doc, filename)
     return doc
 
@@ -753,6 +789,14 @@ def _build(
     node: yaml.Node, path: YamlPath, doc: _Document, loader: yaml.SafeLoader, filename: str, active: set[int]
 ) -> Any:
     """Plain Python values for ``node``, recording the line of every key and list item on the way."""
+    doc.values += 1
+    if doc.values > MAX_VALUES:
+        raise ConfigError(
+            f"the file expands to more than {MAX_VALUES} values through YAML aliases (*name)",
+            file=filename,
+            line=_line(node),
+            hint="write the values out, or use an alias only for a small repeated part",
+        )
     if isinstance(node, yaml.ScalarNode):
         if node.style == '"':
             doc.double_quoted.add(path)

@@ -3866,7 +3866,22 @@ def compile_predicate(text: str, columns: Mapping[str, ColumnType], *, collation
     ``collation`` is the database's default collation (``pg_database.datcollate``): ordering comparisons
     of text are refused unless it orders by code point or the expression says ``COLLATE "C"``.
     Raises :class:`PredicateError` for anything PostgreSQL would refuse, anything listener does not
-    evaluate exactly as PostgreSQL, and expressions that could never be evaluated."""
+    evaluate exactly as PostgreSQL, and expressions that could never be evaluated (among them those
+    nested deeper than Python's recursion limit lets listener compile and evaluate)."""
+    try:
+        return _compile_predicate(text, columns, collation)
+    except RecursionError:
+        error = PredicateError(
+            "the expression nests too deep for listener to evaluate (hundreds of levels of parentheses,"
+            " operators or CASE)",
+            text=text,
+            hint="write it flatter, e.g. new.x IN (1, 2, 3) instead of chained ORs, fewer parentheses",
+        )
+        error.limitation = True
+        raise error from None
+
+
+def _compile_predicate(text: str, columns: Mapping[str, ColumnType], collation: str) -> Predicate:
     node, locations = _parse(text)
     compiler = _Compiler(text, columns, collation, locations)
     result = compiler.expr(node)

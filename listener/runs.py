@@ -31,6 +31,7 @@ from rich.text import Text
 
 from listener import setup, store
 from listener.errors import DatabaseError, ListenerError, PrerequisiteError
+from listener.terminal import cell, printable
 
 STATUSES = ("pending", "running", "done", "dead", "cancelled")
 LIST_LIMIT = 50  # runs listed by default
@@ -504,11 +505,11 @@ def print_runs(console: Console, runs: Sequence[RunRow], *, limit: int) -> None:
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("last error", overflow="fold", min_width=8)
     for r in runs:
-        error = Text(_first_line(r.last_error, ERROR_CELL_CHARS))
+        error = cell(_first_line(r.last_error, ERROR_CELL_CHARS))
         if wide:
             table.add_row(
-                Text(r.id),
-                Text(r.workflow),
+                cell(r.id),
+                cell(r.workflow),
                 _status(r.status),
                 str(r.attempt),
                 str(r.failures),
@@ -521,21 +522,21 @@ def print_runs(console: Console, runs: Sequence[RunRow], *, limit: int) -> None:
         else:
             tries = f"{r.attempt} ({r.failures} failed)" if r.failures else str(r.attempt)
             table.add_row(
-                Text(r.id), Text(r.workflow), _status(r.status), tries, _duration(r.duration_s), error
+                cell(r.id), cell(r.workflow), _status(r.status), tries, _duration(r.duration_s), error
             )
     console.print(table)
 
 
 def print_run(console: Console, d: RunDetail) -> None:
     r = d.run
-    head = Text.assemble(("run ", "bold"), (r.id, "bold"), "  ", _status(r.status))
+    head = Text.assemble(("run ", "bold"), (printable(r.id), "bold"), "  ", _status(r.status))
     if r.generation:
-        head.append(f"  (generation {r.generation} of event {r.event_key})", "dim")
+        head.append(printable(f"  (generation {r.generation} of event {r.event_key})"), "dim")
     console.print(head)
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold")
     fields.add_column()
-    fields.add_row("workflow", Text(r.workflow))
+    fields.add_row("workflow", cell(r.workflow))
     fields.add_row("attempt", f"{r.attempt} ({r.failures} failed)")
     fields.add_row("created", _time(r.created_at))
     fields.add_row("started", _time(r.started_at))
@@ -545,30 +546,30 @@ def print_run(console: Console, d: RunDetail) -> None:
     if r.status == "pending":
         fields.add_row("runs after", _time(d.run_after))
     if r.status == "running":
-        fields.add_row("lease", Text(f"{d.lease_owner} until {_time(d.lease_expires)}"))
+        fields.add_row("lease", cell(f"{d.lease_owner} until {_time(d.lease_expires)}"))
     if len(d.generations) > 1:
-        fields.add_row("generations", Text(", ".join(f"{g.id} ({g.status})" for g in d.generations)))
+        fields.add_row("generations", cell(", ".join(f"{g.id} ({g.status})" for g in d.generations)))
     console.print(fields)
 
     console.print()
     e = d.event
     if e is None:
-        console.print(Text(f"event {r.event_key}: missing from the events table", "red"))
+        console.print(cell(f"event {r.event_key}: missing from the events table", "red"))
     else:
-        console.print(Text.assemble(("event ", "bold"), (e.idempotency_key, "bold")))
+        console.print(Text.assemble(("event ", "bold"), (printable(e.idempotency_key), "bold")))
         ev = Table.grid(padding=(0, 2))
         ev.add_column(style="bold")
         ev.add_column()
-        ev.add_row("rule", Text(f"{e.rule} ({e.source})"))
-        ev.add_row("change", Text(" ".join(x for x in (e.op, e.table_name) if x) or "-"))
-        ev.add_row("lsn", Text(f"{e.lsn or '-'} (commit {e.commit_lsn or '-'}, xid {e.xid or '-'})"))
+        ev.add_row("rule", cell(f"{e.rule} ({e.source})"))
+        ev.add_row("change", cell(" ".join(x for x in (e.op, e.table_name) if x) or "-"))
+        ev.add_row("lsn", cell(f"{e.lsn or '-'} (commit {e.commit_lsn or '-'}, xid {e.xid or '-'})"))
         ev.add_row("committed", _time(e.commit_time))
         payload = e.payload if isinstance(e.payload, dict) else {"payload": e.payload}
         for part in ("new", "old"):
             if payload.get(part) is not None:
-                ev.add_row(part, Text(dumps(payload[part])))
+                ev.add_row(part, cell(dumps(payload[part])))
         if payload.get("unchanged_toast"):
-            ev.add_row("unchanged", Text(", ".join(map(str, payload["unchanged_toast"]))))
+            ev.add_row("unchanged", cell(", ".join(map(str, payload["unchanged_toast"]))))
         console.print(ev)
 
     console.print()
@@ -576,33 +577,33 @@ def print_run(console: Console, d: RunDetail) -> None:
         _step_table(console, d)
         _attempt_table(console, d)
     else:  # one line per step and per attempt, the error on a line of its own
-        console.print(Text(f"steps ({len(d.steps)})" if d.steps else "steps: none recorded", "bold"))
+        console.print(cell(f"steps ({len(d.steps)})" if d.steps else "steps: none recorded", "bold"))
         for s in d.steps:
             console.print(
                 Text.assemble(
                     "  ",
-                    (s.name, "bold"),
+                    (printable(s.name), "bold"),
                     f"  attempt {s.attempt}  {_time(s.started_at)}  {_duration(s.duration_s)}  ",
-                    _truncate(dumps(s.result), RESULT_CELL_CHARS),
+                    printable(_truncate(dumps(s.result), RESULT_CELL_CHARS)),
                 )
             )
-        console.print(Text(f"attempts ({len(d.attempts)})" if d.attempts else "attempts: none yet", "bold"))
+        console.print(cell(f"attempts ({len(d.attempts)})" if d.attempts else "attempts: none yet", "bold"))
         for a in d.attempts:
             console.print(
                 Text.assemble(
                     f"  {a.attempt}  ",
                     _status(_outcome(d, a)),
-                    f"  {a.worker}  {_time(a.started_at)}  {_duration(a.duration_s)}",
+                    printable(f"  {a.worker}  {_time(a.started_at)}  {_duration(a.duration_s)}"),
                 )
             )
             if a.error:
-                console.print(Text(f"     {a.error}"))
+                console.print(cell(f"     {a.error}"))
 
     if r.last_error:
         console.print()
-        console.print(Text.assemble(("last error: ", "bold red"), r.last_error))
+        console.print(Text.assemble(("last error: ", "bold red"), printable(r.last_error)))
         if d.traceback:
-            console.print(Text(d.traceback.rstrip("\n"), "dim"))
+            console.print(cell(d.traceback.rstrip("\n"), "dim"))
 
 
 def _step_table(console: Console, d: RunDetail) -> None:
@@ -618,12 +619,12 @@ def _step_table(console: Console, d: RunDetail) -> None:
     steps.add_column("result", overflow="ellipsis", no_wrap=True)
     for s in d.steps:
         steps.add_row(
-            Text(s.name),
+            cell(s.name),
             str(s.attempt),
             _time(s.started_at),
             _time(s.finished_at),
             _duration(s.duration_s),
-            Text(_truncate(dumps(s.result), RESULT_CELL_CHARS)),
+            cell(_truncate(dumps(s.result), RESULT_CELL_CHARS)),
         )
     console.print(steps)
 
@@ -643,12 +644,12 @@ def _attempt_table(console: Console, d: RunDetail) -> None:
     for a in d.attempts:
         attempts.add_row(
             str(a.attempt),
-            Text(a.worker),
+            cell(a.worker),
             _time(a.started_at),
             _time(a.finished_at),
             _duration(a.duration_s),
             _status(_outcome(d, a)),
-            Text(a.error or ""),
+            cell(a.error or ""),
         )
     console.print(attempts)
 
@@ -660,7 +661,7 @@ def _outcome(d: RunDetail, a: AttemptInfo) -> str:
 
 
 def _status(status: str) -> Text:
-    return Text(status, _STYLE.get(status, ""))
+    return cell(status, _STYLE.get(status, ""))
 
 
 def _time(value: datetime | None) -> str:

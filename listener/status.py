@@ -14,11 +14,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from listener import rewind as rw
 from listener.config import Config
 from listener.lsn import format_lsn
+from listener.terminal import cell
 
 COUNTED_STATUSES = ("pending", "running", "dead")
 
@@ -147,20 +147,20 @@ def print_status(console: Console, s: Status) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     running = f"in use by PID {s.active_pid}" if s.active_pid else "not in use (no `listener run` streaming)"
-    grid.add_row("slot", Text(f"{s.slot}: {running}" if s.slot_exists else f"{s.slot}: missing"))
-    grid.add_row("checkpoint", Text(f"{s.checkpoint_lsn or '-'} (written {_time(s.checkpoint_at)})"))
-    grid.add_row("confirmed", Text(f"{s.confirmed_flush_lsn or '-'} (restart_lsn {s.restart_lsn or '-'})"))
+    grid.add_row("slot", cell(f"{s.slot}: {running}" if s.slot_exists else f"{s.slot}: missing"))
+    grid.add_row("checkpoint", cell(f"{s.checkpoint_lsn or '-'} (written {_time(s.checkpoint_at)})"))
+    grid.add_row("confirmed", cell(f"{s.confirmed_flush_lsn or '-'} (restart_lsn {s.restart_lsn or '-'})"))
     if s.retain is None:
-        grid.add_row("retain", Text("off: the slot confirms the checkpoint; nothing is rewindable"))
+        grid.add_row("retain", cell("off: the slot confirms the checkpoint; nothing is rewindable"))
     else:
-        grid.add_row("retain", Text(", ".join(f"{k} {v}" for k, v in s.retain.items() if v is not None)))
+        grid.add_row("retain", cell(", ".join(f"{k} {v}" for k, v in s.retain.items() if v is not None)))
     if s.rewindable is not None:
         r = s.rewindable
         grid.add_row(
-            "rewindable", Text(f"{r['from_lsn']} (committed {_time(r['from_time'])}) .. {r['to_lsn']}")
+            "rewindable", cell(f"{r['from_lsn']} (committed {_time(r['from_time'])}) .. {r['to_lsn']}")
         )
     elif s.retain is not None:
-        grid.add_row("rewindable", Text("nothing yet: the window fills while `listener run` runs"))
+        grid.add_row("rewindable", cell("nothing yet: the window fills while `listener run` runs"))
     if s.journal is not None:
         j = s.journal
         if j["keep"] is None:
@@ -172,13 +172,13 @@ def print_status(console: Console, s: Status) -> None:
                 f"keep {j['keep']}: replayable from {_time(j['since'])}, oldest change "
                 f"{_time(j['oldest_commit_time'])}, {_bytes(j['bytes'])}"
             )
-        grid.add_row("journal", Text(text))
+        grid.add_row("journal", cell(text))
     retained = "-" if s.retained_wal_bytes is None else _bytes(s.retained_wal_bytes)
     grid.add_row(
         "WAL kept",
-        Text(f"{retained} (warn above {_bytes(s.warn_wal_bytes)}; wal_status {s.wal_status or '-'})"),
+        cell(f"{retained} (warn above {_bytes(s.warn_wal_bytes)}; wal_status {s.wal_status or '-'})"),
     )
-    grid.add_row("runs", Text(", ".join(f"{n} {name}" for name, n in s.runs.items())))
+    grid.add_row("runs", cell(", ".join(f"{n} {name}" for name, n in s.runs.items())))
     console.print(grid)
     if s.rewinds:
         table = Table(title="rewinds", title_justify="left")
@@ -186,19 +186,19 @@ def print_status(console: Console, s: Status) -> None:
             table.add_column(column, overflow="fold")
         for w in s.rewinds:
             if w["error"]:
-                state = Text(f"failed: {w['error']}", "red")
+                state = cell(f"failed: {w['error']}", "red")
             elif w["finished_at"]:
-                state = Text(f"finished {_time(w['finished_at'])}", "green")
+                state = cell(f"finished {_time(w['finished_at'])}", "green")
             elif w["started_at"]:
-                state = Text("running", "cyan")
+                state = cell("running", "cyan")
             else:
-                state = Text("waiting for `listener run`", "yellow")
+                state = cell("waiting for `listener run`", "yellow")
             rerun = f"{w['rerun_rule']} (#{w['generation']})" if w["rerun_rule"] else "-"
             table.add_row(
                 str(w["id"]),
                 w["from_lsn"],
                 w["up_to"],
-                Text(rerun),
+                cell(rerun),
                 w["position"] or "-",
                 str(w["events_inserted"]),
                 str(w["runs_rerun"]),
@@ -212,9 +212,9 @@ def print_status(console: Console, s: Status) -> None:
         for b in s.backfills:
             total = f" of ~{b['rows_total']:,}" if b["rows_total"] is not None else ""
             table.add_row(
-                str(b["id"]), Text(b["rule"]), Text(b["status"]), f"{b['rows_read']:,}{total}",
+                str(b["id"]), cell(b["rule"]), cell(b["status"]), f"{b['rows_read']:,}{total}",
                 f"{b['rows_dropped']:,}", f"{b['rows_unexpanded']:,}",
             )  # fmt: skip
         console.print(table)
     for warning in s.warnings:
-        console.print(Text(f"warning: {warning}", "yellow"))
+        console.print(cell(f"warning: {warning}", "yellow"))
