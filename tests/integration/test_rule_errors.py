@@ -152,3 +152,17 @@ def test_rules_test_evaluates_a_sample_row(contracts: Conn, tmp_path: Path) -> N
     assert bad_value.returncode != 0 and "is not a valid numeric" in bad_value.stderr
     bad_json = run_rules_test(dsn, path, "bad", "--new", "{oops")
     assert bad_json.returncode != 0 and "not JSON" in bad_json.stderr
+
+
+def test_rules_test_reads_infinite_and_bc_timestamps(contracts: Conn, tmp_path: Path) -> None:
+    """`rules test` once said such a row "fails as in PostgreSQL"; PostgreSQL evaluates it."""
+    path = tmp_path / "listener.yaml"
+    path.write_text(
+        HEAD.replace("on: [insert, update]", "on: [insert]") + "    when: new.signed_at > '2000-01-01'\n"
+    )
+    dsn = contracts.info.dsn
+    later = run_rules_test(dsn, path, "bad", "--new", '{"id": 1, "signed_at": "infinity"}')
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert later.stdout.startswith("rule bad: insert matches") and '"signed_at": "infinity"' in later.stdout
+    bc = run_rules_test(dsn, path, "bad", "--new", '{"id": 1, "signed_at": "0044-03-15 12:00:00 BC"}')
+    assert bc.returncode == 1 and "does not match: when: is false" in bc.stdout, bc.stdout + bc.stderr
