@@ -37,6 +37,7 @@ from listener.config import Config, parse_duration
 from listener.errors import ListenerError, PrerequisiteError
 from listener.lsn import format_lsn, parse_lsn
 from listener.rules import RuleSet
+from listener.terminal import cell
 
 WAIT_POLL_S = 0.5  # `listener rewind --wait` looks at the rewind this often
 
@@ -579,7 +580,7 @@ def print_dry_run(console: Console, result: DryRun) -> None:
 
 def print_finished(console: Console, row: RewindRow) -> None:
     if row.error:
-        console.print(Text(f"rewind {row.id} failed: {row.error}", "red"))
+        console.print(cell(f"rewind {row.id} failed: {row.error}", "red"))
         return
     reruns = f", {row.runs_rerun} rerun(s) of rule {row.rerun_rule}" if row.rerun_rule else ""
     console.print(f"rewind {row.id} finished: {row.events_inserted} new event(s){reruns}")
