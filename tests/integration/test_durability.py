@@ -14,7 +14,7 @@ from listener.errors import ProtocolError
 from listener.lsn import parse_lsn
 from listener.replication import ReplicationSession
 from listener.store import EventBatch, StateStore
-from tests.support import events, make_config, running_ingest, wait_caught_up
+from tests.support import current_wal_lsn, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
 RULES = [{"name": "rows", "table": "items", "on": ["insert", "update", "delete"], "workflow": "m:f"}]
@@ -213,12 +213,15 @@ async def test_malformed_bytes_stop_ingest_naming_the_lsn_and_acknowledge_nothin
     monkeypatch.setattr(ReplicationSession, "read", corrupt)
     with pytest.raises(ProtocolError) as info:
         async with running_ingest(dsn, config, init=False) as run:
+            before_insert = current_wal_lsn(dsn)
             sql.execute("INSERT INTO items VALUES (1, 'x')")
             await asyncio.wait_for(run.task, 30)
     assert "of the message at LSN" in str(info.value) and info.value.offset == 6
     assert info.value.lsn is not None and info.value.lsn > 0
     assert events(dsn) == []
-    assert slot_flush(sql) == flush_before  # nothing acknowledged: the change will come again
+    # nothing acknowledged from the insert on: the change will come again (on 14 the flush may pass the
+    # empty transactions that setup's own writes make)
+    assert flush_before <= slot_flush(sql) <= before_insert
 
 
 async def test_a_state_database_error_that_retrying_cannot_fix_stops_ingest(dsn: str, sql: Conn) -> None:
@@ -238,7 +241,9 @@ async def test_a_state_database_error_that_retrying_cannot_fix_stops_ingest(dsn:
     flush_before = slot_flush(sql)
     with pytest.raises(asyncpg.RaiseError, match="events are not accepted here"):
         async with running_ingest(dsn, config, init=False) as run:
+            before_insert = current_wal_lsn(dsn)
             sql.execute("INSERT INTO items VALUES (1, 'x')")
             await asyncio.wait_for(run.task, 30)
     assert run.ingest.stats.reconnects == 0
-    assert slot_flush(sql) == flush_before
+    # on 14 the flush may pass the empty transaction of the DDL above, never the insert
+    assert flush_before <= slot_flush(sql) <= before_insert
