@@ -84,6 +84,13 @@ def _bytea_hex(load: Load) -> Render:
     return render
 
 
+class PgArray(list[Any]):
+    """A rendered PostgreSQL array of json/jsonb or bytea (a JSON list like any other): marks which lists
+    are the array's dimensions, not JSON arrays inside an element."""
+
+    __slots__ = ()
+
+
 def _map_text_array(load_text_array: Load, render_element: Render) -> Render:
     """An array parsed as text[], each element rendered as its own type (bytea[], json[], jsonb[]).
 
@@ -92,7 +99,7 @@ def _map_text_array(load_text_array: Load, render_element: Render) -> Render:
 
     def convert(value: Any) -> JsonValue:
         if isinstance(value, list):
-            return [convert(v) for v in value]
+            return PgArray(convert(v) for v in value)
         return None if value is None else render_element(value.encode())
 
     return lambda data: convert(load_text_array(data))
@@ -199,8 +206,9 @@ def _json_or_text(load: Load) -> Render:
 
 
 def carried_as_text(value: JsonValue) -> bool:
-    """Whether a rendered value (or an element of a rendered array) is json carried as text."""
-    if isinstance(value, list):
+    """Whether a rendered value (or an element of a rendered json[] / jsonb[]) is json carried as text;
+    never walks into the JSON itself."""
+    if isinstance(value, PgArray):
         return any(carried_as_text(v) for v in value)
     return isinstance(value, JsonText)
 

@@ -72,3 +72,12 @@ def test_predicates_read_deep_jsonb_as_postgresql_does(when: str, expected: bool
     predicate = compile_predicate(when, columns)
     deep = nested(5000).encode()
     assert predicate.evaluate({"data": deep, "payload": deep}, None, datetime.now(UTC)) is expected
+
+
+def test_only_array_dimensions_are_searched_for_values_carried_as_text() -> None:
+    from listener.changes import JsonText, PgArray, carried_as_text
+
+    assert carried_as_text(JsonText("[[]]"))
+    assert carried_as_text(PgArray([None, PgArray([JsonText("1e400")])]))  # a jsonb[][] element
+    assert not carried_as_text([[1], [2]] * 1000)  # a JSON value: never walked
+    assert TypeRegistry().renderer(3807)(b'{"[1]",NULL}') == [[1], None]
