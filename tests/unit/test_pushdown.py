@@ -202,10 +202,16 @@ def test_server_refusals_fall_back_with_the_servers_reason() -> None:
 
 def test_servers_before_15_push_nothing_and_say_so() -> None:
     p, rules = plan([rule("a", payload=["status"], when="new.amount > 1")], version=140011)
-    assert p.filtered is None and p.filtered_tables == () and p.tables[0].columns is None
+    # an insert-only table still goes to the second publication, without a filter or column list
+    assert p.filtered == "p_filtered" and [t.name for t in p.filtered_tables] == ["public.orders"]
+    assert p.tables[0].row_filter is None and p.tables[0].columns is None
+    assert p.main_tables == () and p.filtered_publish == "insert"
     assert line(rules, "a", p).endswith(
         "pushed down: no (PostgreSQL 14 has no publication row filters or column lists (15+))"
     )
+    # a table with update rules stays in the main one
+    p, rules = plan([rule("a"), rule("b", "update")], version=140011)
+    assert p.filtered_tables == () and [t.name for t in p.main_tables] == ["public.orders"]
 
 
 def test_a_missing_table_gets_no_pushdown() -> None:
