@@ -51,6 +51,7 @@ from listener.conninfo import asyncpg_params, connect_async
 from listener.errors import ListenerError
 from listener.lsn import parse_lsn
 from listener.store import BackfillChunk, StateStore
+from listener.supervise import transient
 
 if TYPE_CHECKING:
     from listener.ingest import Ingest
@@ -436,8 +437,6 @@ class Backfills:
     async def run(self) -> None:
         """Carry out open backfills one after the other, oldest first; wait for new ones (NOTIFY on the
         control channel, and a poll).  Ends only by raising."""
-        from listener.ingest import transient
-
         await self._start_snapshots()
         while True:
             self.wake.clear()

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
-import random
 import secrets
 import struct
 import time
@@ -55,9 +55,7 @@ from listener.config import Config
 from listener.conninfo import asyncpg_params, connect_async
 from listener.errors import (
     ConfigError,
-    DatabaseError,
     ListenerError,
-    PrerequisiteError,
     ProtocolError,
     SlotInUseError,
 )
@@ -75,13 +73,13 @@ from listener.store import (
     StateStore,
     control_channel,
 )
+from listener.supervise import ConnectionWatch, sleep_unless, spawn, supervised, task_group, transient
 
 logger = logging.getLogger(__name__)
 
 WRITE_QUEUE_BATCHES = 2
-RECONNECT_MIN_S = 0.2
-RECONNECT_MAX_S = 30.0
-SLOT_BUSY_RETRY_S = 15.0  # after a crash, the server may hold the old walsender a moment longer
+SLOT_BUSY_RETRY_S = 15.0
+SLOT_BUSY_WAIT_S = 1.0  # ... looking again this often
 # A checkpoint that no event needs -- the server's position while idle, or the end of a transaction that
 # made no event (PostgreSQL 14 streams an empty Begin/Commit for every transaction in the database, 15+ one
 # for changes that no rule matches) -- is written at most this often; in between it waits for the next
@@ -123,24 +121,6 @@ class IngestStats:
     checkpoint: int | None = None
     rewound: int = 0  # transactions re-read by rewinds
     rewinds: int = 0  # rewinds finished
-
-
-# SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization, deadlock),
-# insufficient resources (disk full, too many connections), operator intervention (shutdown), system error;
-# and a read-only transaction (the state database failing over).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether reconnecting may help: lost connections and server-side conditions that pass."""
-    if isinstance(exc, (ReplicationEnded, OSError, asyncpg.InterfaceError, psycopg.OperationalError)):
-        return True
-    if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
-        return True  # could not connect: the server may come back
-    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
-    return isinstance(sqlstate, str) and (
-        sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "25006"
-    )
 
 
 def event_key(rule: str, commit_lsn: int, ordinal: int) -> str:
@@ -242,34 +222,31 @@ class Ingest:
     # -- supervision --------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stream until ``stop`` is set; reconnect with backoff after any connection loss."""
+        """Stream until ``stop`` is set; reconnect with backoff after any connection loss.  The rewind
+        watcher and the journal's pruner run beside the stream, supervised: when one fails for good, ingest
+        stops (invariant 9)."""
         done = asyncio.Event()
-        watcher = asyncio.create_task(self._watch_rewinds(done), name="ingest-rewinds")
-        pruner = None
-        if self.journal is not None:
-            pruner = asyncio.create_task(prune_forever(self.store, self.journal, done), name="ingest-journal")
-        try:
-            await self._supervise(stop)
-        finally:
-            done.set()  # the watcher ends by itself, releasing its connection
-            if pruner is not None:
-                pruner.cancel()
-                await asyncio.gather(pruner, return_exceptions=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(watcher), WATCHER_EXIT_S)
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+        async with task_group() as tg:
+            background = [spawn(tg, "ingest-rewinds", lambda: self._watch_rewinds(done), stop=done)]
+            if self.journal is not None:
+                journal = self.journal
+                prune = functools.partial(prune_forever, self.store, journal, done)
+                background.append(spawn(tg, "ingest-journal", prune, stop=done))
+            try:
+                await supervised("ingest", lambda: self._sessions(stop), stop=stop, retry=self._retry)
+            finally:
+                done.set()  # the watcher ends by itself, releasing its connection
+                _, late = await asyncio.wait(background, timeout=WATCHER_EXIT_S)
+                for task in late:
+                    task.cancel()
 
-    async def _supervise(self, stop: asyncio.Event) -> None:
-        delay = RECONNECT_MIN_S
+    async def _sessions(self, stop: asyncio.Event) -> None:
+        """One session after the other (a recorded rewind or a reload restarts it) until ``stop``."""
         busy_since: float | None = None
         while not stop.is_set():
             try:
                 await self._run_session(stop)
-                if stop.is_set():
-                    return
-                delay = RECONNECT_MIN_S  # a restart asked for: the next session starts at once
-                continue
+                busy_since = None
             except SlotInUseError as exc:
                 # Right after a crash the server may hold the old walsender a moment longer: wait a little,
                 # saying so once, then stop with one line naming the holder and the fix.
@@ -288,16 +265,17 @@ class Ingest:
                         hint="stop that process first (one `listener run` per slot), or give this "
                         "configuration a slot of its own: `slot: NAME` in its config file",
                     ) from exc
-            except Exception as exc:
-                if not transient(exc):
-                    raise  # a bug or a refusal that retrying cannot fix: stop loudly, acknowledge nothing
-                logger.warning("replication interrupted (%s); reconnecting in %.1fs", exc, delay)
-                busy_since = None
-            self.stats.reconnects += 1
-            self.streaming.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay * (0.5 + random.random()))
-            delay = min(RECONNECT_MAX_S, delay * 2)
+                self.stats.reconnects += 1
+                self.streaming.clear()
+                await sleep_unless(stop, SLOT_BUSY_WAIT_S)
+
+    def _retry(self, exc: BaseException) -> bool:
+        """Which session failures the supervisor retries (after a backoff): transient ones."""
+        if not transient(exc):
+            return False  # a bug or a refusal that retrying cannot fix: stop loudly, acknowledge nothing
+        self.stats.reconnects += 1
+        self.streaming.clear()
+        return True
 
     async def _run_session(self, stop: asyncio.Event) -> None:
         self.streaming.clear()
@@ -368,15 +346,17 @@ class Ingest:
             restarter = asyncio.create_task(self._restart.wait(), name="ingest-restart")
             expander = asyncio.create_task(self.expander.run(), name="ingest-expander")
             backfill = asyncio.create_task(self.backfills.run(), name="ingest-backfill")
-            tasks += [writer, reader, stopper, restarter, expander, backfill]
+            watched = [expander, backfill]  # they only end by raising
             if self.rules.channels:
-                tasks.append(asyncio.create_task(self._listen(queue), name="ingest-notify"))
+                listen = functools.partial(self._listen, queue)
+                watched.append(asyncio.create_task(supervised("ingest-notify", listen), name="ingest-notify"))
+            tasks += [writer, reader, stopper, restarter, *watched]
             done, _ = await asyncio.wait(
-                {writer, reader, stopper, restarter, expander, backfill}, return_when=asyncio.FIRST_COMPLETED
+                {writer, reader, stopper, restarter, *watched}, return_when=asyncio.FIRST_COMPLETED
             )
-            for background in (expander, backfill):
+            for background in watched:
                 if background in done:
-                    background.result()  # it only ends by raising
+                    background.result()
             if stopper in done or reader in done or restarter in done:
                 # Stop reading; let the writer commit what is queued (a clean stop loses no work), then
                 # report the final flush position.
@@ -438,39 +418,31 @@ class Ingest:
     async def _watch_rewinds(self, stop: asyncio.Event) -> None:
         """Restart a session that is not re-reading a rewind when one is recorded: woken by NOTIFY on the
         rewind channel, and polling every ``rewind_poll_interval`` should one be lost (invariant 7).  The
-        backfill channel's NOTIFY wakes the backfill task (which reads the rows itself)."""
+        backfill channel's NOTIFY wakes the backfill task (which reads the rows itself).  Runs supervised:
+        a lost connection raises, and the supervisor listens again after a backoff."""
         changed = self._rewinds_changed
         channels = {
             control_channel(self.store.schema, "rewind"): lambda *_: changed.set(),
             control_channel(self.store.schema, "backfill"): lambda *_: self.backfills.wake.set(),
         }
-        conn: Any = None
-
+        conn = await self.store.pool.acquire()
         try:
-            while not stop.is_set():
-                changed.clear()
-                try:
-                    if conn is None:
-                        conn = await self.store.pool.acquire()
-                        for channel, callback in channels.items():
-                            await conn.add_listener(channel, callback)
+            with ConnectionWatch(conn, changed, "rewind watcher's LISTEN") as lost:
+                for channel, callback in channels.items():
+                    await conn.add_listener(channel, callback)
+                while not stop.is_set():
+                    lost.check()
+                    changed.clear()
                     if self.streaming.is_set() and self.rewind is None and not self._restart.is_set():
                         pending = await self.store.next_rewind()
                         if pending is not None:
                             logger.info("rewind %d recorded: restarting the stream", pending.id)
                             self._restart.set()
-                except Exception as exc:  # only a wake-up: sessions read the rewinds themselves at start
-                    logger.warning("cannot look for recorded rewinds (%s); trying again", exc)
-                    if conn is not None:
-                        with contextlib.suppress(Exception):
-                            await self.store.pool.release(conn)
-                        conn = None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.rewind_poll_interval):
-                        await first_of(changed.wait(), stop.wait())
-        finally:
-            if conn is not None:  # shielded: a cancellation must not leave the pool unable to close
-                await asyncio.shield(self._release_listener(conn, channels))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.rewind_poll_interval):
+                            await first_of(changed.wait(), stop.wait())
+        finally:  # shielded: a cancellation must not leave the pool unable to close
+            await asyncio.shield(self._release_listener(conn, channels))
 
     async def _release_listener(self, conn: Any, channels: dict[str, Callable[..., None]]) -> None:
         for channel, callback in channels.items():
@@ -884,27 +856,37 @@ class Ingest:
 
     async def _listen(self, queue: asyncio.Queue[EventBatch | None]) -> None:
         """NOTIFY on the rules' channels → events, at most once: a notification sent while no session
-        listens is gone (the server keeps none).  Keys name this listening session and a counter."""
+        listens is gone (the server keeps none).  Keys name this listening session and a counter.  Runs
+        supervised: a lost connection raises, and the supervisor listens again after a backoff."""
         conn = await asyncpg.connect(**asyncpg_params(self.source_dsn))
         session = uuid.uuid4().hex[:12]
         received: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
+        arrived = asyncio.Event()
+
+        def on_notify(_c: object, pid: int, channel: str, data: str) -> None:
+            received.put_nowait((pid, channel, data))
+            arrived.set()
+
         try:
-            for channel in self.rules.channels:
-                await conn.add_listener(
-                    channel, lambda _c, pid, ch, data: received.put_nowait((pid, ch, data))
-                )
-            counter = 0
-            while True:
-                item = await received.get()
-                batch = EventBatch()
+            with ConnectionWatch(conn, arrived, "NOTIFY listener's") as lost:
+                for channel in self.rules.channels:
+                    await conn.add_listener(channel, on_notify)
+                counter = 0
                 while True:
-                    pid, channel, data = item
-                    _append_notify_events(batch, channel, data, pid, f"notify/{session}", counter, self.rules)
-                    counter += 1
-                    if received.empty() or len(batch) >= self.batch_events:
-                        break
-                    item = received.get_nowait()
-                await queue.put(batch)
+                    await arrived.wait()
+                    arrived.clear()
+                    lost.check()
+                    batch = EventBatch()
+                    while not received.empty() and len(batch) < self.batch_events:
+                        pid, channel, data = received.get_nowait()
+                        _append_notify_events(
+                            batch, channel, data, pid, f"notify/{session}", counter, self.rules
+                        )
+                        counter += 1
+                    if not received.empty():
+                        arrived.set()
+                    if batch:
+                        await queue.put(batch)
         finally:
             await conn.close()
 

@@ -116,15 +116,13 @@ class JournalPolicy:
 
 
 async def prune_forever(store: StateStore, policy: JournalPolicy, stop: asyncio.Event) -> None:
-    """Delete rows older than ``keep`` now and then, until ``stop``; a failed round is retried later (the
-    journal only grows meanwhile)."""
+    """Delete rows older than ``keep`` now and then, until ``stop``.  Runs supervised (ingest's
+    ``ingest-journal`` task): a lost connection is retried after a backoff (the journal only grows
+    meanwhile), any other failure stops the service."""
     while not stop.is_set():
-        try:
-            deleted = await store.prune_journal(policy.keep_s, batch_rows=policy.prune_batch_rows)
-            if deleted:
-                logger.info("journal: pruned %d row(s) older than %gs", deleted, policy.keep_s)
-        except Exception as exc:
-            logger.warning("journal: cannot prune (%s); trying again in %gs", exc, policy.prune_interval_s)
+        deleted = await store.prune_journal(policy.keep_s, batch_rows=policy.prune_batch_rows)
+        if deleted:
+            logger.info("journal: pruned %d row(s) older than %gs", deleted, policy.keep_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), policy.prune_interval_s)
 

@@ -23,10 +23,11 @@ from listener import setup, store
 from listener import workflow as wf
 from listener.config import Config, load_config
 from listener.errors import ListenerError
-from listener.ingest import Ingest, ReloadDeferred, first_of, transient
+from listener.ingest import Ingest, ReloadDeferred, first_of
 from listener.lsn import format_lsn
 from listener.setup import connect as psycopg_connect
 from listener.store import StateStore, control_channel
+from listener.supervise import transient
 from listener.worker import Worker
 
 logger = logging.getLogger(__name__)

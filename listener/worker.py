@@ -37,6 +37,7 @@ from listener.config import RUN_TIMEOUT_S, WorkflowLimit
 from listener.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.errors import ConfigError
 from listener.store import notify_channel
+from listener.supervise import ConnectionWatch, spawn, supervised, task_group, transient
 
 logger = logging.getLogger(__name__)
 
@@ -220,57 +221,81 @@ class Worker:
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run workflows until ``stop`` is set.  Its tasks (claims, LISTEN, lease heartbeat,
+        completions) run supervised: a lost connection or a database restart is retried with backoff,
+        any other failure stops the worker (invariant 9)."""
         params = asyncpg_params(self.dsn, {**SESSION_SETTINGS, "search_path": self.schema})
         # The worker's own queries run on connections it never hands to user code, so they need no
         # reset between uses (asyncpg's default costs a round trip per release).  Workflow code gets
-        # its steps' connections from a pool that does reset them, with the database's own settings.
+        # its steps' connections from a pool that does reset them, with the database's own settings.  Pools
+        # reconnect on their own.
         pool = await asyncpg.create_pool(min_size=2, max_size=4, reset=_keep_session, **params)
         user_params = asyncpg_params(self.dsn, {"search_path": self.schema})
         user_pool = await asyncpg.create_pool(min_size=1, max_size=max(2, self.concurrency), **user_params)
         assert pool is not None and user_pool is not None
-        listen_conn = await pool.acquire()
-        await listen_conn.add_listener(notify_channel(self.schema), self._on_notify)
-        background = [
-            asyncio.create_task(self._heartbeat(pool, stop), name="worker-heartbeat"),
-            asyncio.create_task(self._flush_done(pool), name="worker-completions"),
-        ]
-        last_reclaim = -math.inf
-        loop = asyncio.get_running_loop()
         try:
-            while not stop.is_set():
-                # Cleared before the claim: a NOTIFY arriving while we claim must wake the next wait.
-                self._wake.clear()
-                if loop.time() - last_reclaim >= self.lease_seconds / 3:
-                    await pool.execute(_RECLAIM)  # only matters once a lease expired: not every claim
-                    last_reclaim = loop.time()
-                free = min(self.concurrency - len(self._running), CLAIM_BATCH)
-                rows = await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds) if free else []
-                held = False
-                if self.gating and free > len(rows) and await pool.fetchval(_GATED_WAITING):
-                    gated, held = await self._claim_gated(pool, free - len(rows))
-                    rows = [*rows, *gated]
-                for row in rows:
-                    self.stats.claimed += 1
-                    task = asyncio.create_task(self._execute(pool, user_pool, row), name=f"run {row['id']}")
-                    self._running[row["id"]] = (row["attempt"], task)
-                    task.add_done_callback(functools.partial(self._finished, row["id"]))
-                if rows and len(rows) == free:
-                    continue
-                timeout = min(self.poll_interval, HELD_POLL_SECONDS) if held else self.poll_interval
-                await _wait_any(self._wake, stop, timeout=timeout)
+            async with task_group() as tg:
+                spawn(tg, "worker-listen", functools.partial(self._listen, pool, stop), stop=stop)
+                # these two also serve the runs that finish during the shutdown's grace period
+                background = [
+                    spawn(tg, "worker-heartbeat", functools.partial(self._heartbeat, pool)),
+                    spawn(tg, "worker-completions", functools.partial(self._flush_done, pool)),
+                ]
+                try:
+                    claims = functools.partial(self._claim_forever, pool, user_pool, stop)
+                    await supervised("worker-claims", claims, stop=stop)
+                finally:
+                    await self._shutdown(pool)
+                    for task in background:
+                        task.cancel()
         finally:
-            await self._shutdown(pool)
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await listen_conn.remove_listener(notify_channel(self.schema), self._on_notify)
-            await pool.release(listen_conn)
             await pool.close()
             await user_pool.close()
 
+    async def _claim_forever(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        last_reclaim = -math.inf
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            # Cleared before the claim: a NOTIFY arriving while we claim must wake the next wait.
+            self._wake.clear()
+            if loop.time() - last_reclaim >= self.lease_seconds / 3:
+                await pool.execute(_RECLAIM)  # only matters once a lease expired: not every claim
+                last_reclaim = loop.time()
+            free = min(self.concurrency - len(self._running), CLAIM_BATCH)
+            rows = await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds) if free else []
+            held = False
+            if self.gating and free > len(rows) and await pool.fetchval(_GATED_WAITING):
+                gated, held = await self._claim_gated(pool, free - len(rows))
+                rows = [*rows, *gated]
+            for row in rows:
+                self.stats.claimed += 1
+                task = asyncio.create_task(self._execute(pool, user_pool, row), name=f"run {row['id']}")
+                self._running[row["id"]] = (row["attempt"], task)
+                task.add_done_callback(functools.partial(self._finished, row["id"]))
+            if rows and len(rows) == free:
+                continue
+            timeout = min(self.poll_interval, HELD_POLL_SECONDS) if held else self.poll_interval
+            await _wait_any(self._wake, stop, timeout=timeout)
+
+    async def _listen(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        """LISTEN for ingest's wake-ups until ``stop``; raises when the connection is lost."""
+        channel = notify_channel(self.schema)
+        closed = asyncio.Event()
+        conn = await pool.acquire()
+        try:
+            with ConnectionWatch(conn, closed, "worker's LISTEN") as lost:
+                await conn.add_listener(channel, self._on_notify)
+                self._wake.set()  # what was announced while nobody listened
+                await _wait_any(closed, stop, timeout=None)
+                lost.check()
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(channel, self._on_notify)
+            await pool.release(conn)
+
     async def _flush_done(self, pool: asyncpg.Pool) -> None:
-        """Commit the completions of finished runs, all that are waiting in one statement."""
+        """Commit the completions of finished runs, all that are waiting in one statement.  A lost
+        connection keeps them for the next try (the supervisor's backoff); another failure is theirs."""
         while True:
             await self._done_ready.wait()
             self._done_ready.clear()
@@ -279,11 +304,15 @@ class Worker:
                 continue
             try:
                 rows = await pool.fetch(_DONE, [i[0] for i in items], [i[1] for i in items])
-            except Exception as exc:  # the runs stay running; their leases expire and they run again
-                for _, _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
+            except Exception as exc:
+                if transient(exc):
+                    self._done[:0] = items
+                    self._done_ready.set()
+                else:  # the runs stay running; their leases expire and they run again
+                    for _, _, fut in items:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                raise
             completed = {row[0] for row in rows}
             for run_id, _, fut in items:
                 if not fut.done():
@@ -354,12 +383,12 @@ class Worker:
         self._running.pop(run_id, None)
         self._wake.set()  # a slot is free: claim more
 
-    async def _heartbeat(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    async def _heartbeat(self, pool: asyncpg.Pool) -> None:
+        """Renew the leases of the running runs, until cancelled."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             if self._running:
-                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await pool.execute(_HEARTBEAT, list(self._running), self.worker_id, self.lease_seconds)
+                await pool.execute(_HEARTBEAT, list(self._running), self.worker_id, self.lease_seconds)
 
     async def _shutdown(self, pool: asyncpg.Pool) -> None:
         """Stop claiming (done by the caller), give running workflows the grace period, release the rest."""
@@ -498,7 +527,7 @@ def _json(text: str) -> dict[str, object]:
     return value
 
 
-async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
+async def _wait_any(*events: asyncio.Event, timeout: float | None) -> None:
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,154 @@
+"""Supervised background tasks: never half-alive (invariant 9).
+
+Every long-lived task of the service runs its body under :func:`supervised`: a failure that reconnecting
+can cure (a lost connection, a server restarting or shutting down: see :func:`transient`) restarts the
+body with exponential backoff and jitter, logged once per outage; any other failure is logged as the
+named task's, then raised, so the task group that owns the task stops the whole service loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+import psycopg
+
+from listener.errors import DatabaseError, PrerequisiteError
+from listener.replication import ReplicationEnded
+
+logger = logging.getLogger(__name__)
+
+RESTART_MIN_S = 0.2
+RESTART_MAX_S = 30.0
+# A body that ran this long before failing was healthy: the failure starts a new outage (logged again,
+# backoff from the start).
+HEALTHY_AFTER_S = 30.0
+
+# SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization, deadlock),
+# insufficient resources (disk full, too many connections), operator intervention (shutdown, a server
+# starting up or in recovery), system error; and a read-only transaction (the database failing over).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether reconnecting may help: lost connections and server-side conditions that pass."""
+    if isinstance(exc, (ReplicationEnded, OSError, asyncpg.InterfaceError, psycopg.OperationalError)):
+        return True
+    if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
+        return True  # could not connect: the server may come back
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and (
+        sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "25006"
+    )
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+async def supervised(
+    name: str,
+    body: Callable[[], Awaitable[None]],
+    *,
+    stop: asyncio.Event | None = None,
+    retry: Callable[[BaseException], bool] = transient,
+    min_delay: float = RESTART_MIN_S,
+    max_delay: float = RESTART_MAX_S,
+    healthy_after: float = HEALTHY_AFTER_S,
+) -> None:
+    """Run ``body()`` until it returns or ``stop`` is set.
+
+    A failure ``retry`` accepts runs ``body()`` again after a backoff (doubling from ``min_delay`` up to
+    ``max_delay``, with jitter); the first failure of an outage is logged as a warning, the next ones only
+    at debug level.  Any other failure is logged as an error naming the task, and raised."""
+    loop = asyncio.get_running_loop()
+    delay = min_delay
+    failing = False
+    while stop is None or not stop.is_set():
+        began = loop.time()
+        try:
+            await body()
+            return
+        except Exception as exc:
+            if not retry(exc):
+                logger.error("%s failed, stopping the service: %s", name, describe(exc), exc_info=exc)
+                raise
+            if loop.time() - began >= healthy_after:
+                failing, delay = False, min_delay
+            if failing:
+                logger.debug("%s: still failing (%s); next try in %.1fs", name, describe(exc), delay)
+            else:
+                logger.warning(
+                    "%s interrupted (%s); retrying with backoff up to %.0fs", name, describe(exc), max_delay
+                )
+                failing = True
+        await sleep_unless(stop, delay * (0.5 + random.random()))
+        delay = min(max_delay, delay * 2)
+
+
+def spawn(
+    tg: asyncio.TaskGroup,
+    name: str,
+    body: Callable[[], Awaitable[None]],
+    *,
+    stop: asyncio.Event | None = None,
+    retry: Callable[[BaseException], bool] = transient,
+) -> asyncio.Task[None]:
+    """A named, supervised task in ``tg``: a fatal failure stops the group (and the service)."""
+    return tg.create_task(supervised(name, body, stop=stop, retry=retry), name=name)
+
+
+async def sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
+    """An :class:`asyncio.TaskGroup` that raises its first failure itself, not wrapped in an exception
+    group: callers catch it by its type (the others were logged by :func:`supervised`)."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            yield tg
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+
+
+class ConnectionWatch:
+    """Notices when an asyncpg connection closes under a task that only waits on it (a LISTEN): the server
+    terminated it or restarted.  ``wake`` is set then, and :meth:`check` raises a transient error."""
+
+    def __init__(self, conn: Any, wake: asyncio.Event, what: str) -> None:
+        self.conn = conn
+        self.wake = wake
+        self.what = what
+        self.closed = False
+
+    def _on_close(self, _conn: object) -> None:
+        self.closed = True
+        self.wake.set()
+
+    def check(self) -> None:
+        if self.closed or self.conn.is_closed():
+            raise ConnectionResetError(f"the {self.what} connection was closed")
+
+    def __enter__(self) -> ConnectionWatch:
+        self.conn.add_termination_listener(self._on_close)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.conn.remove_termination_listener(self._on_close)

@@ -1,0 +1,92 @@
+"""Never half-alive (invariant 9): a background task whose connection is cut reconnects; one that fails
+for good stops the service loudly, naming itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+import pytest
+
+from tests.runtime_support import enqueue, prepare, run_row, running_worker
+from tests.support import _wait_for, events, make_config, running_ingest
+
+Conn = psycopg.Connection[tuple[object, ...]]
+WF = "tests.sample_workflows"
+
+
+def listening_pids(sql: Conn, channel: str) -> list[int]:
+    rows = sql.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
+        [f'LISTEN "{channel}"'],
+    ).fetchall()
+    return [int(str(pid)) for (pid,) in rows]
+
+
+async def test_notify_is_ingested_after_its_listen_connection_is_terminated(dsn: str, sql: Conn) -> None:
+    config = make_config([{"name": "hooks", "workflow": "m:f", "channel": "webhooks"}])
+    async with running_ingest(dsn, config) as run:
+        await _wait_for(lambda: bool(listening_pids(sql, "webhooks")), "LISTEN webhooks")
+        for pid in listening_pids(sql, "webhooks"):
+            sql.execute("SELECT pg_terminate_backend(%s)", [pid])
+        # NOTIFY is at most once: what is sent before the new LISTEN is gone, so send until one arrives
+        sent = 0
+        while not events(dsn):
+            assert sent < 300, "no NOTIFY was ingested after the LISTEN connection was terminated"
+            sql.execute("SELECT pg_notify(%s, %s)", ["webhooks", f"after {sent}"])
+            sent += 1
+            await asyncio.sleep(0.1)
+        assert not run.task.done()
+        assert listening_pids(sql, "webhooks")  # listening again
+
+
+async def test_a_background_task_failing_for_good_stops_ingest_naming_it(
+    dsn: str, sql: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rewind watcher cannot read its table (dropped: no retry can fix that): ingest stops with the
+    task's name in the log, instead of retrying forever beside a stream that looks alive."""
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    config = make_config([{"name": "r", "workflow": "m:f", "table": "items", "on": ["insert"]}])
+    with caplog.at_level(logging.ERROR), pytest.raises(BaseException) as caught:
+        async with running_ingest(dsn, config) as run:
+            sql.execute("DROP TABLE listener.rewinds CASCADE")
+            sql.execute("NOTIFY listener_control, 'wake'")
+            await asyncio.wait_for(asyncio.shield(run.task), 60)
+    assert "UndefinedTable" in repr(caught.value)
+    assert any("ingest-rewinds failed" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def terminate(sql: Conn, where: str) -> int:
+    """Terminate this database's backends matching ``where`` (never our own); how many."""
+    rows = sql.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = current_database() AND pid <> pg_backend_pid() AND {where}"
+    ).fetchall()
+    return len(rows)
+
+
+async def test_a_worker_listens_again_after_its_listen_connection_is_terminated(dsn: str, sql: Conn) -> None:
+    """Polling is slow here (10 min): a run is claimed soon only if the wake-up NOTIFY is heard."""
+    prepare(sql)
+    async with running_worker(dsn, poll_interval=600) as worker:
+        await _wait_for(lambda: bool(listening_pids(sql, "listener_events")), "the worker's LISTEN")
+        enqueue(sql, "k1", f"{WF}:two_steps")
+        await _wait_for(lambda: run_row(sql, "k1")["status"] == "done", "the first run", timeout=30)
+        assert terminate(sql, "query = 'LISTEN \"listener_events\"'") == 1
+        await _wait_for(lambda: bool(listening_pids(sql, "listener_events")), "LISTEN again", timeout=30)
+        enqueue(sql, "k2", f"{WF}:two_steps")
+        await _wait_for(lambda: run_row(sql, "k2")["status"] == "done", "the second run", timeout=30)
+        assert worker.stats.done == 2
+
+
+async def test_a_worker_whose_connections_are_all_terminated_carries_on(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    async with running_worker(dsn) as worker:
+        enqueue(sql, "k1", f"{WF}:two_steps")
+        await _wait_for(lambda: run_row(sql, "k1")["status"] == "done", "the first run", timeout=30)
+        assert terminate(sql, "backend_type = 'client backend'") >= 2
+        enqueue(sql, "k2", f"{WF}:two_steps")
+        await _wait_for(lambda: run_row(sql, "k2")["status"] == "done", "the second run", timeout=30)
+        assert worker.stats.done == 2
+    assert [row["status"] for row in (run_row(sql, "k1"), run_row(sql, "k2"))] == ["done", "done"]

@@ -1,0 +1,64 @@
+"""The supervision helper: transient failures are retried with backoff and logged once; others raised."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import pytest
+
+from listener.supervise import spawn, supervised, task_group, transient
+
+
+def test_transient_is_decided_by_exception_class_and_sqlstate() -> None:
+    assert transient(ConnectionRefusedError())
+    assert transient(asyncpg.CannotConnectNowError("starting up"))  # 57P03
+    assert transient(asyncpg.AdminShutdownError("terminating"))  # 57P01
+    assert transient(asyncpg.SerializationError("x"))  # 40001
+    assert not transient(asyncpg.UndefinedTableError("no such table"))  # 42P01
+    assert not transient(asyncpg.InsufficientPrivilegeError("no"))  # 42501
+    assert not transient(ValueError("a bug"))
+
+
+async def test_transient_failures_are_retried_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    attempts = 0
+
+    async def body() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 4:
+            raise ConnectionResetError("cut")
+
+    with caplog.at_level(logging.DEBUG, logger="listener.supervise"):
+        await supervised("t", body, min_delay=0.001, max_delay=0.002)
+    assert attempts == 4
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "t interrupted (ConnectionResetError: cut)" in warnings[0].getMessage()
+
+
+async def test_a_fatal_failure_stops_the_group_naming_the_task(caplog: pytest.LogCaptureFixture) -> None:
+    stop = asyncio.Event()
+
+    async def fatal() -> None:
+        raise asyncpg.UndefinedTableError('relation "x" does not exist')
+
+    with caplog.at_level(logging.ERROR), pytest.raises(asyncpg.UndefinedTableError):
+        async with task_group() as tg:
+            spawn(tg, "doomed", fatal)
+            await stop.wait()  # cancelled by the group: never hangs
+    assert any(r.getMessage().startswith("doomed failed, stopping the service") for r in caplog.records)
+
+
+async def test_stop_ends_the_retries() -> None:
+    stop = asyncio.Event()
+    attempts = 0
+
+    async def body() -> None:
+        nonlocal attempts
+        attempts += 1
+        stop.set()
+        raise OSError("down")
+
+    await supervised("t", body, stop=stop, min_delay=10)
+    assert attempts == 1
