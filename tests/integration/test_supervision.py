@@ -77,7 +77,7 @@ async def test_a_worker_listens_again_after_its_listen_connection_is_terminated(
         await _wait_for(lambda: bool(listening_pids(sql, "listener_events")), "LISTEN again", timeout=30)
         enqueue(sql, "k2", f"{WF}:two_steps")
         await _wait_for(lambda: run_row(sql, "k2")["status"] == "done", "the second run", timeout=30)
-        assert worker.stats.done == 2
+    assert worker.stats.done == 2
 
 
 async def test_a_worker_whose_connections_are_all_terminated_carries_on(dsn: str, sql: Conn) -> None:
@@ -88,5 +88,5 @@ async def test_a_worker_whose_connections_are_all_terminated_carries_on(dsn: str
         assert terminate(sql, "backend_type = 'client backend'") >= 2
         enqueue(sql, "k2", f"{WF}:two_steps")
         await _wait_for(lambda: run_row(sql, "k2")["status"] == "done", "the second run", timeout=30)
-        assert worker.stats.done == 2
+    assert worker.stats.done == 2
     assert [row["status"] for row in (run_row(sql, "k1"), run_row(sql, "k2"))] == ["done", "done"]
