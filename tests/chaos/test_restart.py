@@ -92,7 +92,7 @@ def wait(cond: object, what: str, logs: list[Path], timeout: float = 120) -> Non
     deadline = time.monotonic() + timeout
     while not cond():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in logs)
+            tails = "\n".join(f"--- {log.name}\n{log.read_text()[-6000:]}" for log in logs)
             raise AssertionError(f"timed out waiting for {what}\n{tails}")
         time.sleep(0.2)
 
@@ -130,11 +130,15 @@ def test_an_immediate_restart_under_load_stops_nothing_and_loses_nothing(
         writer.join(30)
         assert writer.errors >= 1  # the writer did see the crash
         rows = scalar(dsn, "SELECT count(*) FROM items")
-        wait(
-            lambda: scalar(dsn, "SELECT count(*) FROM listener.runs WHERE status = 'done'") == rows,
-            f"{rows} runs done",
-            logs,
+        done = "SELECT count(*) FROM listener.runs WHERE status = 'done'"
+        state = (
+            "SELECT (SELECT count(*) FROM listener.events) AS events, (SELECT json_object_agg(status, n)"
+            " FROM (SELECT status, count(*) AS n FROM listener.runs GROUP BY 1) s) AS runs"
         )
+        try:
+            wait(lambda: scalar(dsn, done) == rows, f"{rows} runs done", logs)
+        except AssertionError as exc:
+            raise AssertionError(f"{scalar(dsn, state)}\n{exc}") from None
         assert service.poll() is None, run_log.read_text()[-3000:]
         assert worker.poll() is None, worker_log.read_text()[-3000:]
         with psycopg.connect(dsn, autocommit=True) as conn:
