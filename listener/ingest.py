@@ -167,7 +167,8 @@ class Ingest:
         self.compact_after = compact_after
         self.compact_chunk_changes = compact_chunk_changes
         self.expand_ahead = expand_ahead
-        self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S
+        self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # following the server's position
+        self.empty_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # after transactions with no event
         self.retention = retention
         self.journal = journal  # the change journal (listener.journal): None when off
         self.history_interval = HISTORY_INTERVAL_S
@@ -606,9 +607,13 @@ class Ingest:
             ready = _has_work(batch) and not assembler.in_transaction
             wait_s = None  # a deferred checkpoint falls due at the end of the interval: wake up then
             if deferred is not None and not assembler.in_transaction:
-                wait_s = max(last_checkpoint + self.idle_checkpoint_interval - time.monotonic(), 0.0)
+                wait_s = max(last_checkpoint + self.empty_checkpoint_interval - time.monotonic(), 0.0)
             messages = await session.read(block=not ready, wait_s=wait_s)
             if not messages:
+                since = time.monotonic() - last_checkpoint
+                follow = (
+                    session.keepalive_lsn > submitted_checkpoint and since >= self.idle_checkpoint_interval
+                )
                 if ready:
                     await submit()
                 elif rewind_end and not assembler.in_transaction and session.keepalive_lsn >= rewind_end:
@@ -623,10 +628,9 @@ class Ingest:
                     # position was sent and handled; let the checkpoint follow it (otherwise the slot
                     # pins WAL forever), but not too often (see IDLE_CHECKPOINT_INTERVAL_S).
                     not assembler.in_transaction
-                    and (deferred is not None or session.keepalive_lsn > submitted_checkpoint)
-                    and time.monotonic() - last_checkpoint >= self.idle_checkpoint_interval
+                    and (follow or (deferred is not None and since >= self.empty_checkpoint_interval))
                 ):
-                    if deferred is not None and deferred[0] >= session.keepalive_lsn:
+                    if deferred is not None and (not follow or deferred[0] >= session.keepalive_lsn):
                         batch.checkpoint, batch.checkpoint_time = deferred
                     else:
                         batch.checkpoint = session.keepalive_lsn
@@ -775,7 +779,7 @@ class Ingest:
                             txn_submitted
                             or _has_content(batch)
                             # it made no event, but no checkpoint was written for a while: move on
-                            or time.monotonic() - last_checkpoint >= self.idle_checkpoint_interval
+                            or time.monotonic() - last_checkpoint >= self.empty_checkpoint_interval
                         ):
                             batch.checkpoint = item.end_lsn
                             batch.checkpoint_time = item.commit_time

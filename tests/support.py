@@ -17,8 +17,8 @@ from listener.ingest import Ingest
 from listener.store import StateStore
 
 WAIT_S = 60.0
-# A checkpoint that no event needs is written at most this often in tests (ingest's default is seconds):
-# wait_caught_up's marker makes no event, and the tests should not wait for it.
+# A transaction that made no event gets its checkpoint written at most this late in tests (ingest's
+# default is seconds): wait_caught_up's marker makes no event, and the tests should not wait for it.
 IDLE_CHECKPOINT_S = 0.1
 
 
@@ -47,7 +47,7 @@ async def running_ingest(dsn: str, config: Config, *, init: bool = True) -> Asyn
         await asyncio.to_thread(setup.init, config, dsn, dsn)
     store = await StateStore.connect(dsn, schema=config.state_schema, slot=config.slot)
     ingest = Ingest.from_config(config, source_dsn=dsn, store=store)
-    ingest.idle_checkpoint_interval = IDLE_CHECKPOINT_S
+    ingest.empty_checkpoint_interval = IDLE_CHECKPOINT_S
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop), name="test-ingest")
     try:

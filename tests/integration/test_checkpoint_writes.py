@@ -37,7 +37,7 @@ def _setup(sql: Conn) -> None:
 async def test_transactions_that_make_no_event_share_a_checkpoint_write(dsn: str, sql: Conn) -> None:
     _setup(sql)
     async with running_ingest(dsn, make_config(RULES)) as run:
-        run.ingest.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # the default, not the tests'
+        run.ingest.empty_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # the default, not the tests'
         sql.execute("INSERT INTO items VALUES (1, 'new', '')")
         await _wait_for(lambda: run.ingest.stats.events_inserted == 1, "the insert's event")
         seen, written = run.ingest.stats.transactions, run.ingest.stats.batches
@@ -62,7 +62,7 @@ async def test_an_idle_listener_on_the_watched_database_writes_a_bounded_number_
     """The state schema lives in the watched database (running_ingest's default)."""
     _setup(sql)
     async with running_ingest(dsn, make_config(RULES)) as run:
-        run.ingest.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S
+        run.ingest.empty_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S
         sql.execute("INSERT INTO items VALUES (1, 'new', '')")
         sql.execute("INSERT INTO unwatched VALUES (1)")  # on 14: an empty transaction
         await _wait_for(lambda: run.ingest.stats.events_inserted == 1, "the insert's event")

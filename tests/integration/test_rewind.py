@@ -484,8 +484,10 @@ async def test_status_shows_the_window_the_wal_kept_and_a_warning(
         assert status["active_pid"] is not None
         human = await acli(dsn, config, "status")
     assert status["slot"] == SLOT and status["slot_exists"] is True
-    assert status["checkpoint_lsn"] == format_lsn(checkpoint(items))
-    assert status["confirmed_flush_lsn"] == format_lsn(slot_flush(items))
+    # read while ingest ran: the checkpoint and the slot may have moved on since (on 14 each state write
+    # streams back as an empty transaction)
+    assert parse_lsn(status["checkpoint_lsn"]) <= checkpoint(items)
+    assert parse_lsn(status["confirmed_flush_lsn"]) <= slot_flush(items)
     assert status["rewindable"]["from_lsn"] == oldest_rewindable(items)
     assert status["rewindable"]["to_lsn"] == status["checkpoint_lsn"]
     assert datetime.fromisoformat(status["rewindable"]["from_time"]) <= datetime.now(UTC)
