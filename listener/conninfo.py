@@ -62,8 +62,7 @@ def redact(dsn: str) -> str:
 
 def resolve(dsn: str) -> dict[str, str]:
     """Every connection parameter as libpq will use it for ``dsn``: the DSN's own values, then its
-    ``service`` entry, then the ``PG*`` variables, then libpq's defaults.  No network round trip: libpq
-    is asked to start a connection, which it resolves first, and the attempt is abandoned at once."""
+    ``service`` entry, then the ``PG*`` variables (and ``PGSERVICE``'s entry), then libpq's defaults."""
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
@@ -71,18 +70,24 @@ def resolve(dsn: str) -> dict[str, str]:
         raise ConfigError(
             "the DSN is not a libpq connection string (key=value pairs or a postgresql:// URI)", hint=DSN_HINT
         ) from None
+    explicit = _values(pq.Conninfo.parse(dsn.encode()))
+    if "service" not in explicit:
+        # PQconndefaults: the PG* variables, PGSERVICE's entry and the built-in defaults.
+        return {**_values(pq.Conninfo.get_defaults()), **explicit}
+    # libpq reads a DSN's own `service` entry only as it starts a connection: start one, read what it
+    # resolved, and abandon it before a byte is sent (the server sees a connection opened and closed).
     pgconn = pq.PGconn.connect_start(dsn.encode())
     try:
         if pgconn.status == pq.ConnStatus.BAD:
             message = pgconn.get_error_message().strip()
             raise ConfigError(f"invalid connection parameters in {redact(dsn)}: {message}", hint=DSN_HINT)
-        return {
-            o.keyword.decode(): o.val.decode()
-            for o in pgconn.info
-            if o.val is not None and o.keyword is not None
-        }
+        return _values(pgconn.info)
     finally:
         pgconn.finish()
+
+
+def _values(options: list[pq.ConninfoOption]) -> dict[str, str]:
+    return {o.keyword.decode(): o.val.decode() for o in options if o.val is not None}
 
 
 def options_switches(settings: Mapping[str, str]) -> str:
@@ -139,6 +144,7 @@ _TLS_VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_
 # Parameters asyncpg has no counterpart for, and what they are for: with sslmode=verify-full the server is
 # authenticated by its certificate, which is what they protect (no one in between can choose the
 # authentication method or relay the exchange), so they are accepted there and refused otherwise.
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _NEED_VERIFY_FULL = {
     "channel_binding": ("require",),
     "require_auth": None,  # any value
@@ -163,7 +169,10 @@ def asyncpg_params(dsn: str, settings: Mapping[str, str] = SESSION_SETTINGS) -> 
     if hosts:
         params["host"] = hosts.split(",")
     if p.get("port"):
-        params["port"] = [int(x) for x in p["port"].split(",")]
+        try:
+            params["port"] = [int(x) for x in p["port"].split(",")]
+        except ValueError:
+            raise ConfigError(f"invalid port {p['port']!r} in {redact(dsn)}", hint=DSN_HINT) from None
         if "host" not in params or len(params["port"]) == 1:
             params["port"] = params["port"][0]
     for key, name in (("user", "user"), ("dbname", "database"), ("password", "password"),
@@ -189,6 +198,8 @@ def asyncpg_params(dsn: str, settings: Mapping[str, str] = SESSION_SETTINGS) -> 
 def _asyncpg_tls(p: Mapping[str, str]) -> dict[str, Any]:
     """asyncpg's ``ssl`` (and ``dsn`` for the TLS files of the optional modes) for libpq's TLS params."""
     mode = p.get("sslmode", "prefer")
+    if mode not in _SSLMODES:
+        raise ConfigError(f"invalid sslmode {mode!r}", hint=f"one of {', '.join(_SSLMODES)}")
     if mode == "disable":
         return {"ssl": False}
     files = {k: p[k] for k in ("sslcert", "sslkey", "sslpassword", "sslrootcert", "sslcrl") if p.get(k)}
