@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -203,3 +207,34 @@ async def test_tail_streams_the_dbas_publication_when_it_may_not_make_its_own(
         and "streaming listener_test" in err.getvalue()
     )
     assert sql.execute("SELECT pubname FROM pg_publication").fetchall() == [("listener_test",)]
+
+
+def test_the_cli_prints_each_statement_on_its_own_line_and_init_then_works(
+    tmp_path: Path, dsn: str, sql: Conn, role: str
+) -> None:
+    """As a new user would: `listener check` as the role, the DBA pastes the fix lines, `listener init`."""
+    path = tmp_path / "listener.yaml"
+    path.write_text(
+        yaml.safe_dump({"slot": "listener_test", "publication": "listener_test", "rules": PLAIN_RULES})
+    )
+    cli = [sys.executable, "-m", "listener", "--dsn", role, "-c", str(path)]
+    checked = subprocess.run([*cli, "check"], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 1, checked.stderr
+    fixes, statement = [], False
+    for line in checked.stdout.splitlines():  # each fix: "    fix: SQL" then "         SQL" for the next ones
+        if line.startswith("    fix: "):
+            statement = not line.startswith("    fix: listener ")
+            fixes += [line.removeprefix("    fix: ")] if statement else []
+        elif statement and line.startswith("         "):
+            fixes.append(line.strip())
+        else:
+            statement = False
+    assert any(f.startswith('GRANT SELECT ON "shop"."users"') for f in fixes), checked.stdout
+    assert any(f.startswith("CREATE PUBLICATION") for f in fixes) and not any("OWNER TO" in f for f in fixes)
+    for fix in fixes:  # the DBA, in psql
+        sql.execute(fix.encode())
+    initialised = subprocess.run([*cli, "init"], capture_output=True, text=True, timeout=120)
+    assert initialised.returncode == 0, initialised.stderr
+    assert "created replication slot listener_test" in initialised.stdout
+    again = subprocess.run([*cli, "check"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "✗" not in again.stdout, again.stdout
