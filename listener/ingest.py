@@ -21,6 +21,7 @@ choice is made once per transaction (two comparisons at its Begin); the per-chan
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -78,6 +79,14 @@ from listener.supervise import ConnectionWatch, sleep_unless, spawn, supervised,
 logger = logging.getLogger(__name__)
 
 WRITE_QUEUE_BATCHES = 2
+# Memory is bounded in bytes (invariant 6): a batch is submitted once its payloads, chunks and journal
+# rows reach BATCH_BYTES, the queue to the writer holds at most WRITE_QUEUE_BYTES (always one batch, however
+# big its single huge row), a compact chunk closes at CHUNK_BYTES, and NOTIFYs waiting for the writer
+# take at most NOTIFY_BUFFER_BYTES (more are dropped: NOTIFY is at most once).
+BATCH_BYTES = 16 << 20
+WRITE_QUEUE_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
+NOTIFY_BUFFER_BYTES = 16 << 20
 SLOT_BUSY_RETRY_S = 15.0
 SLOT_BUSY_WAIT_S = 1.0  # ... looking again this often
 # A checkpoint that no event needs -- the server's position while idle, or the end of a transaction that
@@ -97,6 +106,7 @@ RELOAD_PREFIX = "listener.reload"  # the logical decoding message that marks whe
 # With the change journal on, a huge transaction's full journal rows (about 1 MB each) go to the state
 # database this many at a time (between them, memory holds at most this many).
 JOURNAL_BATCH_ROWS = 8
+_NOTHING = memoryview(b"")
 _ROW_CHANGES = frozenset(b"IUD")  # Insert, Update, Delete: their relation OID follows the type byte
 _unpack_oid = struct.Struct(">I").unpack_from
 _pack_head = struct.Struct(">QI").pack  # a change in a chunk: its LSN and its message's length
@@ -121,6 +131,37 @@ class IngestStats:
     checkpoint: int | None = None
     rewound: int = 0  # transactions re-read by rewinds
     rewinds: int = 0  # rewinds finished
+    notifies_dropped: int = 0  # NOTIFYs that arrived while NOTIFY_BUFFER_BYTES were waiting
+
+
+class BatchQueue(asyncio.Queue["EventBatch | None"]):
+    """Batches on their way to the writer, bounded in count (``WRITE_QUEUE_BATCHES``) and in bytes: a put
+    waits while the batches queued or being written hold ``max_bytes`` (one is always let through, however
+    big).  The writer calls :meth:`written` when it is done with a batch; ``None`` ends the writer."""
+
+    def __init__(self, max_batches: int = WRITE_QUEUE_BATCHES, max_bytes: int = WRITE_QUEUE_BYTES) -> None:
+        super().__init__(maxsize=max_batches)
+        self.max_bytes = max_bytes
+        self.held = 0  # bytes of the batches put and not yet written
+        self._room = asyncio.Event()
+
+    async def put(self, item: EventBatch | None) -> None:
+        size = item.nbytes if item is not None else 0
+        while self.held and self.held + size > self.max_bytes:
+            self._room.clear()
+            await self._room.wait()
+        self.held += size
+        await super().put(item)
+
+    def written(self, batch: EventBatch) -> None:
+        self.held -= batch.nbytes
+        self._room.set()
+
+    async def room(self) -> None:
+        """Wait until the batches queued or being written hold less than ``max_bytes``."""
+        while self.held >= self.max_bytes:
+            self._room.clear()
+            await self._room.wait()
 
 
 def event_key(rule: str, commit_lsn: int, ordinal: int) -> str:
@@ -291,7 +332,7 @@ class Ingest:
         self._session = session
         self._catalog = await connect_async(self.source_dsn)
         await self._compile_rules()
-        queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        queue = BatchQueue()
         tasks: list[asyncio.Task[Any]] = []
         try:
             session.status_interval = self.status_interval
@@ -459,7 +500,7 @@ class Ingest:
         copy = f"{self.slot[:40]}_dry_{secrets.token_hex(4)}"
         session = await ReplicationSession.connect(self.source_dsn, slot=copy)
         self._catalog = await connect_async(self.source_dsn)
-        queue: asyncio.Queue[EventBatch | None] = asyncio.Queue(maxsize=WRITE_QUEUE_BATCHES)
+        queue = BatchQueue()
         reader: asyncio.Task[None] | None = None
         try:
             confirmed = await session.copy_slot(self.slot)
@@ -484,6 +525,7 @@ class Ingest:
             reader = asyncio.create_task(read(), name="dry-run-reader")
             while (batch := await queue.get()) is not None:
                 await count(batch)
+                queue.written(batch)
             await reader
         finally:
             if reader is not None:
@@ -495,7 +537,7 @@ class Ingest:
 
     # -- writer -------------------------------------------------------------------------------------------
 
-    async def _writer(self, queue: asyncio.Queue[EventBatch | None], session: ReplicationSession) -> None:
+    async def _writer(self, queue: BatchQueue, session: ReplicationSession) -> None:
         retention = self.retention
         while True:
             batch = await queue.get()
@@ -509,6 +551,7 @@ class Ingest:
             if history_due:
                 batch.retention = retention
             inserted = await self.store.write_batch(batch)
+            queue.written(batch)
             self.stats.batches += 1
             self.stats.events_inserted += inserted
             if batch.backfill:
@@ -538,7 +581,7 @@ class Ingest:
 
     async def _reader(
         self,
-        queue: asyncio.Queue[EventBatch | None],
+        queue: BatchQueue,
         session: ReplicationSession,
         resume_lsn: int,
         rewind: RewindPlan | None = None,
@@ -584,6 +627,7 @@ class Ingest:
             """End the open chunk of ``oid``: into the batch, the assembler's ordinal count after it."""
             chunk = chunks.pop(oid)
             batch.chunks.append(chunk)
+            batch.nbytes += len(chunk.data)
             assembler.set_next_ordinal(oid, chunk.first_ordinal + chunk.changes)
 
         async def submit() -> None:
@@ -602,6 +646,12 @@ class Ingest:
             batch_started = time.monotonic()
 
         while True:
+            if queue.held >= queue.max_bytes:
+                # Huge rows wait for the writer: let go of the last message and its change first, so
+                # memory holds such a row once (being written), not also half-decoded beside it.
+                messages, payload = [], _NOTHING
+                msg = item = None
+                await queue.room()
             # With a batch ready to go, only look at what is already buffered: once libpq's buffer is
             # drained the batch is submitted, never held until the next message or status timeout.
             ready = _has_work(batch) and not assembler.in_transaction
@@ -641,7 +691,8 @@ class Ingest:
                     full = journal.add(lsn, payload, assembler, raw_relations)
                     if full is not None:  # a huge transaction: its journal goes in rows of CHUNK_BYTES
                         batch.journal.append(full)
-                        if len(batch.journal) >= JOURNAL_BATCH_ROWS:
+                        batch.nbytes += len(full.data)
+                        if len(batch.journal) >= JOURNAL_BATCH_ROWS or batch.nbytes >= BATCH_BYTES:
                             await submit()
                 if fast and payload[0] in _ROW_CHANGES:
                     # the compact path: bulk changes of raw tables stay bytes (and skipped ones are dropped)
@@ -671,7 +722,7 @@ class Ingest:
                         data += payload
                         chunk.changes += 1
                         stats.changes += 1
-                        if chunk.changes >= chunk_changes:
+                        if chunk.changes >= chunk_changes or len(data) >= CHUNK_BYTES:
                             close_chunk(oid)
                             await submit()
                         continue
@@ -706,7 +757,8 @@ class Ingest:
                                 message_ordinals[msg.prefix] = ordinal + 1
                             _append_message_events(batch, msg, begin, ordinal, matched_messages)
                             stats.changes += 1
-                            if begin is None:  # not part of a transaction: no commit will submit it
+                            # not part of a transaction: no commit will submit it
+                            if begin is None or batch.nbytes >= BATCH_BYTES:
                                 await submit()
                         continue
                     if type(msg) is po.Relation:
@@ -746,7 +798,7 @@ class Ingest:
                                     raw_oids.add(oid)
                                     fast = True
                                     self.expander.free.clear()
-                    if len(events) >= self.batch_events:
+                    if len(events) >= self.batch_events or batch.nbytes >= BATCH_BYTES:
                         await submit()
                 elif type(item) is TxnBegin:
                     if item.commit_lsn < rewind_end:
@@ -858,17 +910,33 @@ class Ingest:
         )
         return True
 
-    async def _listen(self, queue: asyncio.Queue[EventBatch | None]) -> None:
+    async def _listen(self, queue: BatchQueue) -> None:
         """NOTIFY on the rules' channels → events, at most once: a notification sent while no session
-        listens is gone (the server keeps none).  Keys name this listening session and a counter.  Runs
-        supervised: a lost connection raises, and the supervisor listens again after a backoff."""
+        listens is gone (the server keeps none), and so is one that arrives while ``NOTIFY_BUFFER_BYTES``
+        of them wait for the writer (counted in ``stats.notifies_dropped`` and logged).  Keys name this
+        listening session and a counter.  Runs supervised: a lost connection raises, and the supervisor
+        listens again after a backoff."""
         conn = await asyncpg.connect(**asyncpg_params(self.source_dsn))
         session = uuid.uuid4().hex[:12]
-        received: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
+        received: collections.deque[tuple[int, str, str]] = collections.deque()
         arrived = asyncio.Event()
+        buffered = 0  # bytes of the payloads in ``received``
+        dropped = 0  # since the last report
 
         def on_notify(_c: object, pid: int, channel: str, data: str) -> None:
-            received.put_nowait((pid, channel, data))
+            nonlocal buffered, dropped
+            if buffered and buffered + len(data) > NOTIFY_BUFFER_BYTES:
+                if not dropped:
+                    logger.warning(
+                        "NOTIFY: %d MB of notifications wait for the writer; dropping more until it "
+                        "catches up (NOTIFY is at most once)",
+                        NOTIFY_BUFFER_BYTES >> 20,
+                    )
+                dropped += 1
+                self.stats.notifies_dropped += 1
+                return
+            buffered += len(data)
+            received.append((pid, channel, data))
             arrived.set()
 
         try:
@@ -881,14 +949,20 @@ class Ingest:
                     arrived.clear()
                     lost.check()
                     batch = EventBatch()
-                    while not received.empty() and len(batch) < self.batch_events:
-                        pid, channel, data = received.get_nowait()
+                    while received and len(batch) < self.batch_events and batch.nbytes < BATCH_BYTES:
+                        pid, channel, data = received.popleft()
+                        buffered -= len(data)
                         _append_notify_events(
                             batch, channel, data, pid, f"notify/{session}", counter, self.rules
                         )
                         counter += 1
-                    if not received.empty():
+                    if received:
                         arrived.set()
+                    elif dropped:
+                        logger.warning(
+                            "NOTIFY: dropped %d notification(s) while the buffer was full", dropped
+                        )
+                        dropped = 0
                     if batch:
                         await queue.put(batch)
         finally:

@@ -35,6 +35,7 @@ STATUS_INTERVAL_S = 10.0
 # confirmed_flush_lsn close to what is durable without one message per batch).
 FLUSH_REPORT_DELAY_S = 0.05
 READ_BATCH_MESSAGES = 2048
+READ_BATCH_BYTES = 4 << 20  # ... or fewer: a read returns once it holds this much
 
 _PG_EPOCH_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
@@ -290,7 +291,8 @@ class ReplicationSession:
         pgconn = self.pgconn
         get = pgconn.get_copy_data
         self.drained = False
-        while len(out) < max_messages:
+        room = READ_BATCH_BYTES  # a few huge rows are returned one by one, not all at once
+        while len(out) < max_messages and room > 0:
             nbytes, data = get(1)
             if nbytes > 0:
                 assert isinstance(data, memoryview)
@@ -300,6 +302,7 @@ class ReplicationSession:
                     if end > self.received_lsn:
                         self.received_lsn = end
                     out.append((start, data[XLOGDATA_HEADER_SIZE:]))
+                    room -= nbytes
                 elif kind == 0x6B:  # 'k' primary keepalive
                     ka = parse_keepalive(data)
                     if ka.wal_end > self.received_lsn:

@@ -214,12 +214,16 @@ class EventBatch:
     rewind_done: bool = False
     # Backfill chunks that reached their high watermark in this batch (see listener/backfill.py)
     backfill: list[BackfillChunk] = field(default_factory=list)
+    # About how much memory the batch's payloads, chunks and journal rows hold (their lengths): ingest
+    # bounds its buffers by this, not by counts (a few huge rows weigh more than thousands of small ones).
+    nbytes: int = 0
 
     def __len__(self) -> int:
         return len(self.payload)
 
     def add(self, group: int, lsn: int, ordinal: int, payload: str, key: str | None = None) -> None:
         """One event: its group (see ``group_id``), the change's LSN and ordinal, payload and run key."""
+        self.nbytes += len(payload)
         self.group.append(group)
         self.lsn.append(lsn)
         self.ordinal.append(ordinal)

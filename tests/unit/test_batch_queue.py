@@ -1,0 +1,37 @@
+"""The queue between ingest's reader and writer is bounded in bytes, not only in batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+from listener.ingest import BatchQueue
+from listener.store import EventBatch
+
+
+def batch(nbytes: int) -> EventBatch:
+    b = EventBatch()
+    b.nbytes = nbytes
+    return b
+
+
+async def test_a_put_waits_while_the_queued_bytes_would_pass_the_bound() -> None:
+    queue = BatchQueue(max_batches=10, max_bytes=100)
+    big = batch(150)
+    await queue.put(big)  # one batch always goes through, however big
+    assert queue.held == 150
+    second = asyncio.create_task(queue.put(batch(10)))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # waits for the writer
+    got = await queue.get()
+    assert got is big
+    queue.written(big)
+    await asyncio.wait_for(second, 5)
+    assert queue.held == 10
+    await asyncio.wait_for(queue.room(), 5)  # under the bound: room at once
+
+
+async def test_small_batches_pass_up_to_the_bound() -> None:
+    queue = BatchQueue(max_batches=10, max_bytes=100)
+    for _ in range(5):
+        await asyncio.wait_for(queue.put(batch(20)), 5)
+    assert queue.held == 100 and queue.qsize() == 5
