@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from listener import setup
 from listener.errors import PrerequisiteError
 from listener.tail import tail
+from tests.conftest import drop_database
 from tests.support import _wait_for, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -238,3 +239,27 @@ def test_the_cli_prints_each_statement_on_its_own_line_and_init_then_works(
     assert "created replication slot listener_test" in initialised.stdout
     again = subprocess.run([*cli, "check"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "✗" not in again.stdout, again.stdout
+
+
+def test_a_state_database_of_its_own_instead_of_a_schema(dsn: str, sql: Conn, role: str) -> None:
+    name = str(conninfo_to_dict(role)["user"])
+    state_db = f"{name}_state"
+    sql.execute(
+        pgsql.SQL("CREATE DATABASE {} OWNER {}").format(pgsql.Identifier(state_db), pgsql.Identifier(name))
+    )
+    try:
+        state = make_conninfo(role, dbname=state_db)
+        sql.execute("CREATE PUBLICATION listener_test WITH (publish = 'insert')")
+        config = make_config([])
+        assert by_name(setup.check(config, role, state))["state schema"].fix == "listener init"
+        done = setup.init(config, role, state)
+        assert "applied migration 0001_initial" in done
+        assert failures(setup.check(config, role, state)) == {}
+        # nothing of listener's in the watched database
+        assert sql.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'listener'").fetchone() == (0,)
+    finally:
+        drop_database(dsn, state_db)
+
+
+def by_name(results: list[setup.CheckResult]) -> dict[str, setup.CheckResult]:
+    return {r.name: r for r in results}
