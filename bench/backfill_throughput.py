@@ -68,7 +68,7 @@ rules:
   - name: {RULE}
     table: public.{TABLE}
     on: [insert, update, delete]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
 """,
         filename="<bench>",
     )

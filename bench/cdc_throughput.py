@@ -88,7 +88,7 @@ rules:
   - name: {RULE}
     table: public.{TABLE}
     on: [insert]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
 """
 
 CREATE_TABLE = f"""

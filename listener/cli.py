@@ -12,7 +12,8 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,19 @@ class Options:
 
 
 @contextlib.contextmanager
-def _databases(opts: Options, config: Config) -> Iterator[tuple[str, str]]:
-    """(source DSN, state DSN); starts the embedded server when no DSN is given anywhere."""
+def _databases(opts: Options, config: Config, *, create: bool = True) -> Iterator[tuple[str, str]]:
+    """(source DSN, state DSN); starts the embedded server when no DSN is given anywhere.  Without
+    ``create`` (commands that only read or change existing state) a missing embedded cluster is an error,
+    never a new cluster in the current directory."""
     dsn = opts.dsn or config.dsn
     server: EmbeddedPostgres | None = None
     if dsn is None:
+        if not create and not Path(opts.data_dir).exists():
+            raise ListenerError(
+                f"no database given, and no embedded server in {Path(opts.data_dir).absolute()}",
+                hint="give --dsn / LISTENER_DSN (or `dsn:` in the config), or run this where `listener run`"
+                " ran (or pass its --data-dir)",
+            )
         server = EmbeddedPostgres(opts.data_dir)
         dsn = server.start()
         err_console.print(f"[dim]embedded PostgreSQL ({opts.data_dir}): {dsn}[/dim]")
@@ -53,6 +62,16 @@ def _databases(opts: Options, config: Config) -> Iterator[tuple[str, str]]:
     finally:
         if server is not None:
             server.stop()
+
+
+@contextlib.contextmanager
+def _state(opts: Options, config: Config) -> Iterator[runs_mod.Conn]:
+    """A connection to the existing state schema (never a new embedded cluster)."""
+    with (
+        _databases(opts, config, create=False) as (_, state_dsn),
+        runs_mod.connect(state_dsn, config.state_schema) as conn,
+    ):
+        yield conn
 
 
 def _load(opts: Options, *, required: bool = True) -> Config:
@@ -145,7 +164,7 @@ class _Group(click.Group):
             raise
         except Exception:
             # A bug, not something the user did: the traceback, and the runtime failure's exit code.
-            err_console.print_exception()
+            traceback.print_exc()
             sys.exit(EXIT_RUNTIME)
         return None
 
@@ -210,6 +229,17 @@ def main(
     ctx.obj = Options(config_path, dsn, state_dsn, data_dir, verbose)
 
 
+def _workflow_checks(config: Config, errors: Mapping[str, ListenerError]) -> list[setup.CheckResult]:
+    """One failed check per rule whose workflow does not import, or one line saying they all do."""
+    if not errors:
+        dirs = ", ".join(str(d) for d in config.import_dirs())
+        return [setup.CheckResult("workflows", True, f"{len(config.rules)} rule(s) import (from {dirs})")]
+    return [
+        setup.CheckResult(f"workflow of rule {rule}", False, exc.message, exc.hint)
+        for rule, exc in errors.items()
+    ]
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts (see above).")
 @click.pass_obj
@@ -222,9 +252,12 @@ def check(opts: Options, as_json: bool) -> None:
     --json writes one JSON object: config (the file), rules (their number), ok (no failed check),
       needs_init, checks [{name, ok, warning, detail, fix}]
     """
+    from listener import service
+
     config = _load(opts)
     with _databases(opts, config) as (dsn, state_dsn):
         results = setup.check(config, dsn, state_dsn)
+    results += _workflow_checks(config, service.workflow_errors(config))
     failed = [r for r in results if not r.ok and r.fix != "listener init"]
     needs_init = [r for r in results if not r.ok and r.fix == "listener init"]
     if as_json:
@@ -375,7 +408,7 @@ def runs(
         return
     opts: Options = ctx.obj
     config = _load(opts, required=False)
-    with _databases(opts, config) as (_, state_dsn), runs_mod.connect(state_dsn, config.state_schema) as conn:
+    with _state(opts, config) as conn:
         found = runs_mod.list_runs(conn, statuses=statuses, workflow=workflow, rule=rule, limit=limit)
     if as_json:
         runs_mod.write_json_lines(sys.stdout, found)
@@ -400,7 +433,7 @@ def runs_show(opts: Options, run_id: str, as_json: bool) -> None:
       generations [{id, generation, status}]  (every run of the event)
     """
     config = _load(opts, required=False)
-    with _databases(opts, config) as (_, state_dsn), runs_mod.connect(state_dsn, config.state_schema) as conn:
+    with _state(opts, config) as conn:
         detail = runs_mod.show_run(conn, run_id)
     if as_json:
         click.echo(runs_mod.dumps(detail.to_json()))
@@ -429,7 +462,7 @@ def status(opts: Options, as_json: bool) -> None:
 
     config = _load(opts, required=False)
     with (
-        _databases(opts, config) as (dsn, state_dsn),
+        _databases(opts, config, create=False) as (dsn, state_dsn),
         setup.connect(dsn) as source,
         runs_mod.connect(state_dsn, config.state_schema) as state,
     ):
@@ -605,7 +638,7 @@ def backfill_status(opts: Options, as_json: bool) -> None:
 
     config = _load(opts, required=False)
     with (
-        _databases(opts, config) as (_, state_dsn),
+        _databases(opts, config, create=False) as (_, state_dsn),
         runs_mod.connect(state_dsn, config.state_schema) as state,
     ):
         found = bf.list_backfills(state, config.slot)
@@ -635,7 +668,7 @@ def backfill_cancel(opts: Options, backfill_id: int) -> None:
 
     config = _load(opts, required=False)
     with (
-        _databases(opts, config) as (_, state_dsn),
+        _databases(opts, config, create=False) as (_, state_dsn),
         runs_mod.connect(state_dsn, config.state_schema) as state,
     ):
         row = bf.cancel(state, config.state_schema, backfill_id)
@@ -714,7 +747,7 @@ def retry(opts: Options, run_id: str, rerun: bool) -> None:
     pending or running, and, without --rerun, once one is done: one run per idempotency key.
     """
     config = _load(opts, required=False)
-    with _databases(opts, config) as (_, state_dsn), runs_mod.connect(state_dsn, config.state_schema) as conn:
+    with _state(opts, config) as conn:
         done = runs_mod.retry(conn, run_id, schema=config.state_schema, rerun=rerun)
     if done.id == done.retried:
         message = f"run {done.id} was {done.was}, is pending again (a new attempt; recorded steps kept)"
@@ -737,7 +770,7 @@ def cancel(opts: Options, run_id: str) -> None:
     not interrupted.  `listener retry ID` runs a cancelled run's event again.
     """
     config = _load(opts, required=False)
-    with _databases(opts, config) as (_, state_dsn), runs_mod.connect(state_dsn, config.state_schema) as conn:
+    with _state(opts, config) as conn:
         done = runs_mod.cancel(conn, run_id)
     if done.was == "running":
         click.echo(
@@ -763,10 +796,7 @@ def reload(opts: Options, timeout: float) -> None:
     from listener import service
 
     config = _load(opts)
-    with (
-        _databases(opts, config) as (_, state_dsn),
-        runs_mod.connect(state_dsn, config.state_schema) as conn,
-    ):
+    with _state(opts, config) as conn:
         found = service.ask_reload(conn, config.state_schema, config.slot, timeout=timeout)
     if found is not None:
         ok, answer = found
@@ -782,6 +812,74 @@ def reload(opts: Options, timeout: float) -> None:
         f"[red]no answer within {timeout:g}s: is `listener run` running against this state database?[/red]"
     )
     sys.exit(EXIT_RUNTIME)
+
+
+@main.group()
+def db() -> None:
+    """The embedded PostgreSQL server, for development: run it while you create your tables.
+
+    \b
+    listener db start     start it (it keeps running); print its DSN
+    listener db status    running or not, and the DSN (exit 1 when not running)
+    listener db stop      stop it
+    listener db psql      psql on it (starting it if need be); psql's own options after --,
+                          e.g. listener db psql -- -c 'SELECT 1'
+
+    Its data lives in --data-dir (default .listener/pgdata); its port is stable per data directory, so a
+    printed DSN keeps working across restarts.
+    """
+
+
+@db.command("start")
+@click.pass_obj
+def db_start(opts: Options) -> None:
+    """Start the embedded server (or find it running) and print its DSN; it runs until `listener db stop`."""
+    server = EmbeddedPostgres(opts.data_dir)
+    dsn = server.start()
+    state = "started" if server.started_here else "already running"
+    err_console.print(f"embedded PostgreSQL {state} ({server.data_dir}); `listener db stop` stops it")
+    click.echo(dsn)
+
+
+@db.command("stop")
+@click.pass_obj
+def db_stop(opts: Options) -> None:
+    """Stop the embedded server (fast shutdown: sessions end, data is flushed)."""
+    if not Path(opts.data_dir).exists():
+        click.echo(f"no embedded server in {Path(opts.data_dir).absolute()}")
+        return
+    stopped = EmbeddedPostgres(opts.data_dir).shutdown()
+    click.echo("stopped" if stopped else "not running")
+
+
+@db.command("status")
+@click.pass_obj
+def db_status(opts: Options) -> None:
+    """Whether the embedded server runs, and its DSN; exit 1 when it does not."""
+    path = Path(opts.data_dir).absolute()
+    if not path.exists():
+        click.echo(f"no embedded server in {path} (`listener db start` creates one)")
+        sys.exit(EXIT_PROBLEMS)
+    server = EmbeddedPostgres(path)
+    port = server.running()
+    if port is None:
+        click.echo(f"not running ({path})")
+        sys.exit(EXIT_PROBLEMS)
+    server.port = port
+    click.echo(f"running ({path}): {server.dsn()}")
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def db_psql(opts: Options, args: tuple[str, ...]) -> None:
+    """psql on the embedded server, started if need be (and left running)."""
+    import os
+
+    server = EmbeddedPostgres(opts.data_dir)
+    dsn = server.start()
+    psql = server.bin / "psql"
+    os.execv(psql, [str(psql), dsn, *args])
 
 
 @main.group()

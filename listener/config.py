@@ -59,7 +59,7 @@ rules:
   - name: onboard_user
     table: public.users
     on: [insert]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
 """
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def _check_workflow(value: str) -> str:
     module, sep, function = value.partition(":")
     names = [*module.split("."), function]
     if not sep or not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
-        hint = "write module.path:function, e.g. workflows.onboarding:welcome"
+        hint = "write module.path:function, e.g. listener_examples.onboarding:welcome"
         raise _custom("workflow_ref", f"{value!r} is not a workflow reference", hint)
     return value
 
@@ -574,10 +574,18 @@ class Config(BaseModel):
     journal: JournalSettings = Field(default_factory=JournalSettings)
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
+    # Directories to import workflows from, relative to the config file's, before the config file's own
+    # directory (which is always importable, like uvicorn's --app-dir).
+    workflows_path: tuple[str, ...] = ()
 
     _source_path: str | None = PrivateAttr(default=None)
     _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)
     _field_lines: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("workflows_path", mode="before")
+    @classmethod
+    def _one_path_or_several(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
 
     @field_validator("ingest", "worker", "retain", "journal", "rules", mode="before")
     @classmethod
@@ -601,6 +609,12 @@ class Config(BaseModel):
                 )
             first[rule.name] = index
         return self
+
+    def import_dirs(self) -> list[Path]:
+        """Where workflows are imported from, first first: ``workflows_path:`` (relative to the config
+        file's directory), then the config file's directory (the current one without a file)."""
+        base = Path(self._source_path).absolute().parent if self._source_path else Path.cwd()
+        return [*(base / p for p in self.workflows_path), base]
 
     @property
     def source_path(self) -> str | None:
@@ -649,7 +663,7 @@ _MISSING_HINTS = {
     "name": "add e.g. `name: onboard_user`; the name is part of every event's idempotency key",
     "table": "add e.g. `table: public.users` (a bare name means public.<name>)",
     "on": "add e.g. `on: [insert, update]` (any of insert, update, delete, truncate)",
-    "workflow": "add e.g. `workflow: workflows.onboarding:welcome` (module.path:function)",
+    "workflow": "add e.g. `workflow: listener_examples.onboarding:welcome` (module.path:function)",
 }
 
 
@@ -715,7 +729,7 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
         line = doc.lines.get(("rules", index, rule.source), doc.lines.get(("rules", index)))
         if line is not None:
             config._rule_lines[rule.name] = line
-        for key in ("when", "changed", "payload", "key", "on"):
+        for key in ("when", "changed", "payload", "key", "on", "workflow"):
             line = doc.lines.get(("rules", index, key))
             if line is not None:
                 config._field_lines[(rule.name, key)] = line

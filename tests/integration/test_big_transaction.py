@@ -29,7 +29,8 @@ def test_a_million_row_transaction_in_bounded_memory(dsn: str, sql: Conn, tmp_pa
     config.write_text(
         "slot: big\npublication: big\n"
         "ingest: {expand_ahead: 2000000}\n"  # no workers here: let every chunk become events at once
-        "rules:\n  - {name: big_in, table: big, on: [insert], workflow: workflows.onboarding:welcome}\n"
+        "rules:\n  - {name: big_in, table: big, on: [insert],"
+        " workflow: listener_examples.onboarding:welcome}\n"
     )
     log = tmp_path / "listener.log"
     root = Path(__file__).parents[2]

@@ -5,9 +5,7 @@ the server of its own data directory."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,19 +15,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 from listener.embedded import PASSFILE, SERVER_OS_USER, EmbeddedPostgres
 from listener.errors import ListenerError
+from tests.support import reachable_tmpdir
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another OS user only under root")
 
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    """A directory the server's OS user may reach, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="listener-test-embedded-"))
-    path.chmod(0o755)
-    try:
+    with reachable_tmpdir("listener-test-embedded-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

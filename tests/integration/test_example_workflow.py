@@ -21,7 +21,7 @@ async def test_summarize_writes_the_summary_once(dsn: str, sql: Conn) -> None:
                 "name": "summarize_ticket",
                 "table": "public.tickets",
                 "on": ["insert"],
-                "workflow": "workflows.support:summarize",
+                "workflow": "listener_examples.support:summarize",
             }
         ]
     )

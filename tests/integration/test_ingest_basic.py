@@ -7,12 +7,17 @@ import psycopg
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 RULES = [
-    {"name": "on_insert", "table": "items", "on": ["insert"], "workflow": "workflows.onboarding:welcome"},
+    {
+        "name": "on_insert",
+        "table": "items",
+        "on": ["insert"],
+        "workflow": "listener_examples.onboarding:welcome",
+    },
     {
         "name": "on_change",
         "table": "items",
         "on": ["update", "delete"],
-        "workflow": "workflows.tickets:triage",
+        "workflow": "listener_examples.tickets:triage",
     },
 ]
 

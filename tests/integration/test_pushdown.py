@@ -20,7 +20,7 @@ from listener import setup
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
-WF = "workflows.tickets:triage"
+WF = "listener_examples.tickets:triage"
 ORDERS = "CREATE TABLE orders (id int PRIMARY KEY, amount int, status text, note text, at timestamptz)"
 NO_PUSHDOWN_14 = "no (PostgreSQL 14 has no publication row filters or column lists (15+))"
 

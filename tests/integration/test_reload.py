@@ -28,13 +28,13 @@ RULE_A: dict[str, object] = {
     "name": "a",
     "table": "items",
     "on": ["insert"],
-    "workflow": "workflows.onboarding:welcome",
+    "workflow": "listener_examples.onboarding:welcome",
 }
 RULE_B: dict[str, object] = {
     "name": "b",
     "table": "items",
     "on": ["insert"],
-    "workflow": "workflows.onboarding:welcome",
+    "workflow": "listener_examples.onboarding:welcome",
     "when": "new.n % 2 = 0",
 }
 

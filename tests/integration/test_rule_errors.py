@@ -26,11 +26,11 @@ rules:
   - name: ok
     table: contracts
     on: [insert]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
   - name: bad
     table: contracts
     on: [insert, update]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
 """
 
 
@@ -90,7 +90,7 @@ def test_rule_mistakes_name_rule_line_and_fix(
 def test_check_reports_each_bad_rule_and_still_checks_the_others(contracts: Conn, tmp_path: Path) -> None:
     dsn = contracts.info.dsn
     text = HEAD + "    when: new.stauts = 'x'\n  - name: bad2\n    table: nope\n    on: [insert]\n" \
-        "    when: new.x > 1\n    workflow: workflows.onboarding:welcome\n"  # fmt: skip
+        "    when: new.x > 1\n    workflow: listener_examples.onboarding:welcome\n"  # fmt: skip
     path = tmp_path / "listener.yaml"
     path.write_text(text)
     env = {**os.environ, "LISTENER_DSN": dsn, "LISTENER_CONFIG": str(path)}

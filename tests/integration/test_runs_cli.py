@@ -116,8 +116,8 @@ def state(dsn: str, sql: Conn, tmp_path: Path) -> Iterator[State]:
     store.migrate(sql, SCHEMA)
     _event(sql, DONE, "orders_paid", "workflows.billing:charge", "0/1A2B3C4", {"id": 1, "total": 42})
     _event(sql, DEAD, "orders_mail", "workflows.mail:notify", "0/1A2B400", {"id": 2})
-    _event(sql, PENDING, "users_new", "workflows.onboarding:welcome", "0/1A2B500", {"id": 3})
-    _event(sql, RUNNING, "users_new", "workflows.onboarding:welcome", "0/1A2B600", {"id": 4})
+    _event(sql, PENDING, "users_new", "listener_examples.onboarding:welcome", "0/1A2B500", {"id": 3})
+    _event(sql, RUNNING, "users_new", "listener_examples.onboarding:welcome", "0/1A2B600", {"id": 4})
     sql.execute(f"SET search_path TO {SCHEMA}")
     # done: one attempt, two recorded steps, 2.5 s from start to finish
     sql.execute(
@@ -168,13 +168,13 @@ def state(dsn: str, sql: Conn, tmp_path: Path) -> Iterator[State]:
         )
     # pending: never claimed
     sql.execute(
-        "INSERT INTO runs (id, event_key, workflow) VALUES (%s, %s, 'workflows.onboarding:welcome')",
+        "INSERT INTO runs (id, event_key, workflow) VALUES (%s, %s, 'listener_examples.onboarding:welcome')",
         [PENDING, PENDING],
     )
     # running: claimed by a worker whose lease is current
     sql.execute(
         "INSERT INTO runs (id, event_key, workflow, status, attempt, lease_owner, lease_expires,"
-        " started_at) VALUES (%s, %s, 'workflows.onboarding:welcome', 'running', 1, 'host-c:300:aaa',"
+        " started_at) VALUES (%s, %s, 'listener_examples.onboarding:welcome', 'running', 1, 'host-c:300:aaa',"
         " now() + interval '30 s', now())",
         [RUNNING, RUNNING],
     )
@@ -237,7 +237,7 @@ def test_runs_filters_by_status_workflow_rule_and_limit(state: State) -> None:
     assert ids("--status", "dead", "--status", "pending") == [PENDING, DEAD]
     assert ids("--status", "done") == [DONE]
     assert ids("--status", "cancelled") == []
-    assert ids("--workflow", "workflows.onboarding:welcome") == [RUNNING, PENDING]
+    assert ids("--workflow", "listener_examples.onboarding:welcome") == [RUNNING, PENDING]
     assert ids("--rule", "orders_mail") == [DEAD]
     assert ids("--rule", "users_new", "--status", "running") == [RUNNING]
     assert ids("--limit", "2") == [RUNNING, PENDING]

@@ -23,7 +23,7 @@ RULE = {
     "name": "r1",
     "table": "public.orders",
     "on": ["insert", "update"],
-    "workflow": "workflows.tickets:triage",
+    "workflow": "listener_examples.tickets:triage",
 }
 
 
@@ -174,7 +174,8 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 def test_cli_config_typo_names_file_line_and_suggestion(tmp_path: Path, dsn: str) -> None:
     bad = tmp_path / "listener.yaml"
     bad.write_text(
-        "rules:\n  - name: r1\n    tabel: orders\n    on: [insert]\n    workflow: workflows.tickets:triage\n"
+        "rules:\n  - name: r1\n    tabel: orders\n    on: [insert]\n"
+        "    workflow: listener_examples.tickets:triage\n"
     )
     proc = _cli("--dsn", dsn, "-c", str(bad), "check")
     assert proc.returncode == 2
@@ -183,7 +184,10 @@ def test_cli_config_typo_names_file_line_and_suggestion(tmp_path: Path, dsn: str
 
 def test_cli_check_exits_non_zero_and_prints_fixes(tmp_path: Path, dsn: str) -> None:
     config = tmp_path / "listener.yaml"
-    config.write_text("rules:\n  - name: r1\n    table: missing_table\n    on: insert\n    workflow: m:f\n")
+    config.write_text(
+        "rules:\n  - name: r1\n    table: missing_table\n    on: insert\n"
+        "    workflow: listener_examples.tickets:triage\n"
+    )
     proc = _cli("--dsn", dsn, "-c", str(config), "check")
     assert proc.returncode == 1, proc.stderr
     assert (

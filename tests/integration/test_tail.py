@@ -38,7 +38,7 @@ def _rule(table: str, name: str | None = None) -> dict[str, Any]:
         "name": name or f"watch_{table.replace('.', '_')}",
         "table": table,
         "on": ["insert"],
-        "workflow": "workflows.onboarding:welcome",
+        "workflow": "listener_examples.onboarding:welcome",
     }
 
 

@@ -11,7 +11,7 @@ from listener.lsn import parse_lsn
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-WORKFLOW = "workflows.tickets:triage"
+WORKFLOW = "listener_examples.tickets:triage"
 RULES = [
     {"name": "on_a", "table": "a", "on": ["insert", "update", "delete"], "workflow": WORKFLOW},
     {"name": "on_b", "table": "b", "on": ["insert", "update", "delete"], "workflow": WORKFLOW},

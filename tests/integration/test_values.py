@@ -9,7 +9,7 @@ import psycopg
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-WORKFLOW = "workflows.tickets:triage"
+WORKFLOW = "listener_examples.tickets:triage"
 ALL_OPS = ["insert", "update", "delete"]
 
 # ~128 KB of hex from md5: pglz/lz4 find nothing to compress, so the value is TOASTed out of line.

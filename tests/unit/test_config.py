@@ -45,7 +45,7 @@ rules:
   - name: onboard_user
     table: public.users
     on: [insert]
-    workflow: workflows.onboarding:welcome
+    workflow: listener_examples.onboarding:welcome
   - name: audit_orders
     table: orders
     on: [insert, update, delete]
@@ -96,7 +96,10 @@ def test_full_file(tmp_path: Path) -> None:
     assert config.worker == WorkerSettings(concurrency=4, poll_interval_s=0.5)
     onboard, audit = config.rules
     assert onboard == Rule(
-        name="onboard_user", table="public.users", on=("insert",), workflow="workflows.onboarding:welcome"
+        name="onboard_user",
+        table="public.users",
+        on=("insert",),
+        workflow="listener_examples.onboarding:welcome",
     )
     assert audit.table == "public.orders"
     assert (audit.schema_name, audit.table_name) == ("public", "orders")
@@ -127,7 +130,7 @@ def test_example_config_is_valid() -> None:
     assert (only.name, only.table, only.workflow) == (
         "onboard_user",
         "public.users",
-        "workflows.onboarding:welcome",
+        "listener_examples.onboarding:welcome",
     )
 
 
@@ -378,7 +381,7 @@ def test_recursive_alias(tmp_path: Path) -> None:
 def test_empty_file(tmp_path: Path, text: str) -> None:
     error = load_error(tmp_path, text)
     assert "the file is empty" in str(error)
-    assert error.hint is not None and "workflow: workflows.onboarding:welcome" in error.hint
+    assert error.hint is not None and "workflow: listener_examples.onboarding:welcome" in error.hint
 
 
 @pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "a list"), ("just text\n", "a single value")])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from listener.workflow import Context
-from workflows.onboarding import ACTIONS
+
+from .onboarding import ACTIONS
 
 
 async def triage(ctx: Context) -> None:
