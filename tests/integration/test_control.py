@@ -31,7 +31,7 @@ from tests.support import emit_marker, events
 Conn = psycopg.Connection[tuple[object, ...]]
 
 SLOT = "listener_test"
-WORKFLOW = "workflows.onboarding:welcome"
+WORKFLOW = "listener_examples.onboarding:welcome"
 LIVE = {"name": "live", "table": "items", "on": ["insert"], "workflow": WORKFLOW}
 # only backfills give this rule rows: the writer never updates
 FILL = {"name": "fill", "table": "items", "on": ["update"], "workflow": WORKFLOW}
