@@ -18,7 +18,10 @@ import pytest
 ROOT = Path(__file__).parents[2]
 RSS_BOUND = 300 * 1024 * 1024  # the README's bound
 Conn = psycopg.Connection[tuple[object, ...]]
-CONFIG = "slot: mem\npublication: mem\nrules:\n  - {{name: r, {rule}, workflow: listener_examples.onboarding:welcome}}\n"
+CONFIG = (
+    "slot: mem\npublication: mem\nrules:\n"
+    "  - {{name: r, {rule}, workflow: listener_examples.onboarding:welcome}}\n"
+)
 
 
 class Peak(threading.Thread):
