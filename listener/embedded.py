@@ -11,6 +11,7 @@ tools, e.g. ``pg_recvlogical``, can use too).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
@@ -49,6 +50,10 @@ STABLE_PORT_BASE = 20000
 STABLE_PORT_SPAN = 20000
 STABLE_PORT_TRIES = 10
 PORT_FILE = "listener.port"
+# As root, when the server's OS user cannot reach the binaries (a virtualenv under a private directory),
+# the server runs from a copy of the installation here; INSTALL_COMPLETE marks a finished copy.
+INSTALL_CACHE = Path("/var/cache/listener")
+INSTALL_COMPLETE = ".listener-copy-complete"
 
 # Settings every embedded server gets: logical decoding on, room for slots, TCP on loopback only.
 BASE_SETTINGS: Mapping[str, str] = {
@@ -127,9 +132,8 @@ def _os_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam(SERVER_OS_USER)
 
 
-def _check_reachable(path: Path, user: pwd.struct_passwd) -> None:
-    """Refuse when the server's OS user cannot reach ``path``: we never widen a directory's permissions
-    (making a home directory world-searchable would expose more than the server's files)."""
+def _blocking_parent(path: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first directory on the way to ``path`` that ``user`` may not search, or None."""
     for parent in [path, *path.parents]:
         st = parent.stat()
         if st.st_uid == user.pw_uid:
@@ -139,12 +143,72 @@ def _check_reachable(path: Path, user: pwd.struct_passwd) -> None:
         else:
             mask = 0o001
         if not st.st_mode & mask:
-            raise ListenerError(
-                f"the embedded server's OS user {user.pw_name} cannot reach {path}: {parent} is mode"
-                f" {stat.S_IMODE(st.st_mode):04o}",
-                hint=f"run `chmod o+x {parent}` if that is acceptable, put the data directory and listener's"
-                " virtualenv elsewhere (e.g. under /srv), or give a database with --dsn",
-            )
+            return parent
+    return None
+
+
+def _check_reachable(path: Path, user: pwd.struct_passwd) -> None:
+    """Refuse when the server's OS user cannot reach ``path``: we never widen a directory's permissions
+    (making a home directory world-searchable would expose more than the server's files)."""
+    parent = _blocking_parent(path, user)
+    if parent is not None:
+        raise ListenerError(
+            f"the embedded server's OS user {user.pw_name} cannot reach {path}: {parent} is mode"
+            f" {stat.S_IMODE(parent.stat().st_mode):04o}",
+            hint=f"run `chmod o+x {parent}` if that is acceptable, put the data directory elsewhere"
+            " (e.g. under /srv), or give a database with --dsn",
+        )
+
+
+def _reachable_bin(bin: Path, user: pwd.struct_passwd) -> Path:
+    """``bin`` when the server's OS user can reach it; else the ``bin`` of a copy of its installation in
+    :data:`INSTALL_CACHE`, owned by root and readable by all, made once per installation.
+
+    A virtualenv often lies under a private directory (a home directory, ``mktemp -d``): rather than
+    widening that directory's permissions, the server runs from a copy.  PostgreSQL finds its ``lib`` and
+    ``share`` relative to its binaries; the wheel's binaries find their shared libraries through an RPATH
+    to ``<package>.libs`` beside the package, which the copy keeps in the same place."""
+    install = bin.parent
+    if _blocking_parent(install, user) is None:
+        return bin
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"
+    postgres = (bin / "postgres").stat()
+    tag = f"{install}\0{postgres.st_size}\0{postgres.st_mtime_ns}".encode()
+    target = INSTALL_CACHE / f"{package.name}-{hashlib.sha256(tag).hexdigest()[:16]}"
+    if not (target / INSTALL_COMPLETE).exists():
+        _copy_install(install, libs, target, user)
+    _check_reachable(target, user)
+    return target / package.name / install.name / "bin"
+
+
+def _copy_install(install: Path, libs: Path, target: Path, user: pwd.struct_passwd) -> None:
+    INSTALL_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
+    st = INSTALL_CACHE.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise ListenerError(
+            f"{INSTALL_CACHE} is not a directory owned by root and writable by root only",
+            hint=f"remove {INSTALL_CACHE} (listener makes it anew), or give a database with --dsn",
+        )
+    logger.info("copying the PostgreSQL binaries to %s, where %s can reach them", target, user.pw_name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=INSTALL_CACHE))
+    try:
+        copy = staging / "copy"
+        shutil.copytree(install, copy / install.parent.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+        (copy / INSTALL_COMPLETE).touch()
+        for root, dirs, _ in os.walk(copy):
+            os.chmod(root, 0o755)
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+        try:
+            os.rename(copy, target)
+        except OSError:
+            if not (target / INSTALL_COMPLETE).exists():  # not another process's copy, made meanwhile
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _open_private(path: Path, flags: int) -> int:
@@ -187,8 +251,8 @@ class EmbeddedPostgres:
         self.bin = bin_dir()
         self._user = _os_user()
         if self._user is not None:
-            # The server runs as another OS user: it must reach the wheel's binaries and libraries.
-            _check_reachable(self.bin.parent, self._user)
+            # The server runs as another OS user: it must reach the binaries and libraries.
+            self.bin = _reachable_bin(self.bin, self._user)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ the server of its own data directory."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from listener import embedded
 from listener.embedded import PASSFILE, SERVER_OS_USER, EmbeddedPostgres
 from listener.errors import ListenerError
 from tests.support import reachable_tmpdir
@@ -137,3 +139,34 @@ def test_unreachable_parents_are_reported_not_opened_up(base: Path) -> None:
         EmbeddedPostgres(private / "pgdata").start()
     assert info.value.hint is not None and f"chmod o+x {private}" in info.value.hint
     assert stat.S_IMODE(private.stat().st_mode) == 0o700 and not (private / "pgdata").exists()
+
+
+@as_root
+def test_binaries_under_a_private_directory_run_from_a_root_owned_copy(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A virtualenv under a private directory (a home, ``mktemp -d``): the server runs from a copy of the
+    installation that its OS user can reach, and the private directory stays private."""
+    private = base / "private-venv"
+    private.mkdir(mode=0o700)
+    install = embedded.bin_dir().parent  # the layout of a virtualenv: <package>/pginstall, <package>.libs
+    package = install.parent
+    shutil.copytree(install, private / package.name / install.name, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, private / libs.name, symlinks=True)
+    monkeypatch.setenv("LISTENER_PG_BIN", str(private / package.name / install.name / "bin"))
+    monkeypatch.setattr(embedded, "INSTALL_CACHE", base / "install-cache")
+    pg = EmbeddedPostgres(base / "pgdata-copied", settings={"fsync": "off"})
+    assert pg.bin.is_relative_to(base / "install-cache") and (pg.bin / "postgres").exists()
+    st = (base / "install-cache").stat()
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o755
+    pg.start()
+    try:
+        with psycopg.connect(pg.dsn()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pg.stop()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    # a second server of the same installation reuses the copy
+    assert EmbeddedPostgres(base / "pgdata-copied").bin == pg.bin
