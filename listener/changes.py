@@ -17,12 +17,13 @@ they are never NULL.  An old key tuple ('K') carries only the replica identity c
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -345,6 +346,10 @@ class ColumnInfo:
 
 
 _encode_str = json.encoder.encode_basestring
+# Change.payload_json(huge=True): text values of this many bytes or more are escaped in pieces of the other
+HUGE_TEXT_BYTES = 1 << 20
+HUGE_TEXT_PIECE_BYTES = 1 << 20
+_STAND_IN = re.compile(r'"\\u0000(\d+)"')
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -522,14 +527,52 @@ class Change:
             ]
         return "{" + ",".join(parts) + "}"
 
-    def payload_json(self) -> str:
+    def payload_json(self, *, huge: bool = False) -> str:
         """``{"new": .., "old": .., "unchanged_toast": [..]}`` as JSON text: the queue's event payload.
 
-        A value that is not its type's text raises :class:`ProtocolError` naming its offset."""
+        With ``huge`` (a change whose message is megabytes), the same text is made holding less memory
+        (see :meth:`_huge_payload_json`).  A value that is not its type's text raises
+        :class:`ProtocolError` naming its offset."""
         try:
-            return self._payload_json()
+            return self._huge_payload_json() if huge else self._payload_json()
         except _BAD_VALUE as exc:
             raise self._bad_value(exc) from None
+
+    def _huge_payload_json(self) -> str:
+        """:meth:`_payload_json` of a huge row, built in one string that grows in place: each text value of
+        HUGE_TEXT_BYTES or more is decoded and escaped a piece at a time onto its end.  Memory then holds
+        the row's values and the payload, not also a decoded copy, an escaped copy and the concatenations
+        of each value (invariant 6)."""
+        rel = self.relation
+        assert rel is not None
+        held: list[bytes] = []  # the huge values, each replaced by NUL and its number in the skeleton
+
+        def stand_in(values: po.TupleData | None) -> po.TupleData | None:
+            if values is None or len(values) != len(rel.fragments):
+                return values  # (a wrong column count is reported by _payload_json)
+            out: list[po.Value] = []
+            for (_, fragment, _), v in zip(rel.fragments, values, strict=True):
+                if fragment is _text_fragment and isinstance(v, bytes) and len(v) >= HUGE_TEXT_BYTES:
+                    out.append(b"\0%d" % len(held))
+                    held.append(v)
+                else:
+                    out.append(v)
+            return tuple(out)
+
+        skeleton = replace(self, new=stand_in(self.new), old=stand_in(self.old))._payload_json()
+        # PostgreSQL text never holds NUL, so "\u0000<n>" as a whole JSON string is only ever a stand-in
+        pieces = _STAND_IN.split(skeleton)
+        del skeleton
+        payload = pieces[0]
+        for i in range(1, len(pieces), 2):
+            data = memoryview(held[int(pieces[i])])
+            decode = codecs.getincrementaldecoder("utf-8")().decode
+            payload += '"'
+            for start in range(0, len(data), HUGE_TEXT_PIECE_BYTES):
+                # in place: ``payload`` is only referenced here (CPython appends to a string so held)
+                payload += _encode_str(decode(data[start : start + HUGE_TEXT_PIECE_BYTES]))[1:-1]
+            payload += _encode_str(decode(b"", True))[1:-1] + '"' + pieces[i + 1]
+        return payload
 
     def _payload_json(self) -> str:
         as_text: set[str] = set()
@@ -538,11 +581,14 @@ class Change:
         key_only = self.old_kind == "K"
         old = "null" if self.old is None else tuple_fragment(self.old, key_only=key_only, as_text=as_text)
         toast = _dumps(self.unchanged_toast()) if self.op == "update" else "[]"
-        payload = '{"new":' + new + ',"old":' + old + ',"unchanged_toast":' + toast
+        # one join, not a chain of +: a huge row's text is copied once more, not once per piece
         if as_text:
             assert self.relation is not None
-            payload += ',"as_text":' + _dumps([c.name for c in self.relation.columns if c.name in as_text])
-        return payload + "}"
+            listed = _dumps([c.name for c in self.relation.columns if c.name in as_text])
+            return "".join(
+                ('{"new":', new, ',"old":', old, ',"unchanged_toast":', toast, ',"as_text":', listed, "}")
+            )
+        return "".join(('{"new":', new, ',"old":', old, ',"unchanged_toast":', toast, "}"))
 
     def as_text(self, new: dict[str, JsonValue] | None, old: dict[str, JsonValue] | None) -> list[str]:
         """The json columns of rendered rows whose values are carried as text, in column order."""

@@ -64,7 +64,7 @@ from listener.expand import Expander
 from listener.journal import JournalBuffer, JournalPolicy, prune_forever
 from listener.lsn import format_lsn, parse_lsn
 from listener.predicate import EvaluationError, MissingValue
-from listener.replication import ReplicationEnded, ReplicationSession
+from listener.replication import READ_BATCH_BYTES, ReplicationEnded, ReplicationSession
 from listener.rules import CompiledRule, RuleSet, changed_matches
 from listener.store import (
     EventBatch,
@@ -576,6 +576,8 @@ class Ingest:
                 self._rewinds_changed.set()  # another one may be waiting
             if self.on_batch is not None:
                 self.on_batch(batch, inserted)
+            # not held while waiting for the next one: its payloads may be a huge row's (invariant 6)
+            del batch
 
     # -- reader -------------------------------------------------------------------------------------------
 
@@ -594,8 +596,10 @@ class Ingest:
         decoder = po.Decoder(session.protocol_version)
         assembler = Assembler(self.types)
         decode = decoder.decode
+        decode_in_place = decoder.decode_in_place
         feed = assembler.feed
         rules_by_oid: dict[int, dict[str, tuple[CompiledRule, ...]]] = {}
+        huge = False  # the message being handled is megabytes (see READ_BATCH_BYTES)
         rewind_end = rewind.up_to if rewind is not None else 0  # re-read what commits below this
         rewinding = False  # the open transaction is re-read for the rewind
         batch = EventBatch(rewind=rewind)
@@ -726,11 +730,17 @@ class Ingest:
                             close_chunk(oid)
                             await submit()
                         continue
+                huge = len(payload) >= READ_BATCH_BYTES
                 try:
-                    msg = decode(payload)
+                    msg = decode_in_place(payload) if huge else decode(payload)
                 except ProtocolError as exc:
                     # never skipped: the service stops, naming the message; nothing is acknowledged
                     raise exc.at_lsn(lsn) from exc
+                if huge:
+                    # A huge row (always the last of its read): let go of libpq's copy of the message now
+                    # that its values are decoded, rather than while they are rendered and written.
+                    messages.clear()
+                    payload = _NOTHING
                 if chunks and type(msg) is po.Truncate:
                     for open_oid in list(chunks):  # its ordinals follow the chunks' changes
                         close_chunk(open_oid)
@@ -790,7 +800,7 @@ class Ingest:
                     else:
                         matched = by_op.get(item.op, ())
                         if matched:
-                            _append_events(batch, item, matched)
+                            _append_events(batch, item, matched, huge=huge)
                             if compact_after and not rewinding:  # a rewind re-reads event by event (reruns)
                                 seen = txn_events[oid] = txn_events.get(oid, 0) + 1
                                 compact = seen >= compact_after
@@ -1096,7 +1106,9 @@ def run_key(rule: CompiledRule, change: Change) -> str | None:
     return rule.name + ":" + "|".join("" if part is None else str(part) for part in parts)
 
 
-def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRule, ...]) -> None:
+def _append_events(
+    batch: EventBatch, change: Change, matched: tuple[CompiledRule, ...], *, huge: bool = False
+) -> None:
     rel = change.relation
     assert rel is not None
     whole: str | None = None  # the payload of rules without `payload:`, made once
@@ -1113,7 +1125,7 @@ def _append_events(batch: EventBatch, change: Change, matched: tuple[CompiledRul
             payload = shaped_payload(rule, change, *rows)
         else:
             if whole is None:
-                whole = change.payload_json()
+                whole = change.payload_json(huge=huge)
             payload = whole
         batch.add(
             batch.group_id(rule, change.op, rel.qualified, commit, change.xid, change.commit_time),

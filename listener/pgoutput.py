@@ -955,5 +955,37 @@ class Decoder:
             raise ProtocolError("empty pgoutput message", offset=0) from None
         return handler(self, buf)
 
+    def decode_in_place(self, data: bytes | bytearray | memoryview) -> PgOutputMessage:
+        """:meth:`decode`, for a huge message: a row change is read where it lies, and only its values are
+        copied out of it (memory holds the message and its values, not also a copy of the message)."""
+        if type(data) is bytes or not data or data[0] not in _ROW_CHANGE_TYPES:
+            return self.decode(data)
+        msg = _HANDLERS[data[0]](self, memoryview(data))  # type: ignore[arg-type]  # read as bytes are
+        if type(msg) is Insert:
+            _set_insert_new(msg, _owned(msg.new))
+        elif type(msg) is Update:
+            _set_update_old(msg, _owned(msg.old))
+            _set_update_new(msg, _owned(msg.new))
+        else:
+            _set_delete_old(msg, _owned(msg.old))  # type: ignore[union-attr]
+        return msg
+
     def __repr__(self) -> str:
         return f"Decoder(protocol_version={self.protocol_version}, in_stream={self._in_stream})"
+
+
+_ROW_CHANGE_TYPES: Final = frozenset(b"IUD")
+
+
+def _owned(values: TupleData | None) -> TupleData | None:
+    """Values read from a memoryview (Decoder.decode_in_place) as the bytes they are everywhere else."""
+    if values is None:
+        return None
+    return tuple(
+        v
+        if v is None or v is UNCHANGED_TOAST
+        else _binary_value(bytes(v.data))
+        if isinstance(v, BinaryValue)
+        else bytes(v)  # type: ignore[arg-type]
+        for v in values
+    )

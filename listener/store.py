@@ -393,6 +393,27 @@ SELECT (SELECT count(*) FROM ev) AS inserted,
 """
 )
 
+# A payload longer than this many characters (a huge row's) goes to the server in pieces of this size, through
+# a large object of the writer's transaction: sent whole, the driver would hold three more copies of it (the
+# statement's arguments, its message, the socket's backlog) beside the payload itself (invariant 6).
+PAYLOAD_PIECE_CHARS = 4 << 20
+# The event is inserted with this stand-in payload, then filled from the large object (numbered here).
+_PAYLOAD_STAND_IN = '{{"listener_payload_pieces":{}}}'
+_FILL_PAYLOAD = """
+UPDATE events SET payload = convert_from(lo_get($2::oid), 'UTF8')::jsonb
+WHERE idempotency_key = $1 AND payload = $3::jsonb
+"""
+
+
+async def _send_in_pieces(conn: Any, oid: int, text: str) -> None:
+    """Write ``text`` (UTF-8) into the large object ``oid``, PAYLOAD_PIECE_CHARS characters at a time."""
+    offset = 0
+    for start in range(0, len(text), PAYLOAD_PIECE_CHARS):
+        piece = text[start : start + PAYLOAD_PIECE_CHARS].encode()
+        await conn.execute("SELECT lo_put($1::oid, $2, $3)", oid, offset, piece)
+        offset += len(piece)
+
+
 _INSERT_CHUNK = """
 INSERT INTO event_chunks (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
                           protocol, relation, rules, data)
@@ -612,7 +633,17 @@ class StateStore:
         inserted = rewound = reruns = 0
         rewind = batch.rewind
         groups = list(zip(*batch.groups, strict=True))
-        columns = (batch.group, batch.lsn, batch.ordinal, batch.payload, batch.key, *groups)
+        payloads = batch.payload
+        huge: dict[int, tuple[int, str]] = {}  # index -> large object, stand-in: payloads sent in pieces
+        if batch.nbytes > PAYLOAD_PIECE_CHARS and max(map(len, payloads)) > PAYLOAD_PIECE_CHARS:
+            payloads = list(payloads)
+            for index, payload in enumerate(batch.payload):
+                if len(payload) > PAYLOAD_PIECE_CHARS:
+                    oid = await conn.fetchval("SELECT lo_create(0)")
+                    await _send_in_pieces(conn, oid, payload)
+                    payloads[index] = _PAYLOAD_STAND_IN.format(oid)
+                    huge[index] = oid, payloads[index]
+        columns = (batch.group, batch.lsn, batch.ordinal, payloads, batch.key, *groups)
         if rewind is None:
             inserted = await conn.fetchval(_INSERT_EVENTS, *columns)
         else:
@@ -620,6 +651,11 @@ class StateStore:
             row = await conn.fetchrow(_INSERT_EVENTS_REWIND, *columns, *rerun)
             assert row is not None
             inserted, rewound, reruns = row["inserted"], row["rewound"], row["reruns"]
+        for index, (oid, stand_in) in huge.items():  # (an event inserted before keeps its payload)
+            group = batch.groups[batch.group[index] - 1]
+            key = f"{group[0]}/{group[4]}/{batch.ordinal[index]}"  # as _EVENTS_CTE makes it
+            await conn.execute(_FILL_PAYLOAD, key, oid, stand_in)
+            await conn.execute("SELECT lo_unlink($1::oid)", oid)
         if inserted or reruns:
             await conn.execute("SELECT pg_notify($1, '')", self.channel)
         return int(inserted), int(rewound), int(reruns)

@@ -205,6 +205,21 @@ def test_fixture_memoryview_input_decodes_the_same(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURE_VERSIONS))
+def test_fixture_decoded_in_place_decodes_the_same_with_values_as_bytes(name: str) -> None:
+    """decode_in_place (huge messages: no copy of the whole message) gives the same messages, their
+    values bytes as always, not views of the message."""
+    decoder = Decoder(FIXTURE_VERSIONS[name])
+    got = tuple(decoder.decode_in_place(memoryview(bytes(25) + payload)[25:]) for payload in payloads(name))
+    assert got == decoded(name)
+    for message in got:
+        if isinstance(message, Insert | Update | Delete):
+            for values in (getattr(message, "new", None), getattr(message, "old", None)):
+                for value in values or ():
+                    data = value.data if isinstance(value, BinaryValue) else value
+                    assert data is None or data is UNCHANGED_TOAST or type(data) is bytes
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_VERSIONS))
 def test_fixture_transactions_are_consistent(name: str) -> None:
     groups = list(transactions(decoded(name)))
     assert len(groups) >= 10
