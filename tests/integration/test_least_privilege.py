@@ -218,6 +218,7 @@ def test_the_cli_prints_each_statement_on_its_own_line_and_init_then_works(
     path.write_text(
         yaml.safe_dump({"slot": "listener_test", "publication": "listener_test", "rules": PLAIN_RULES})
     )
+    (tmp_path / "w.py").write_text("async def f(ctx):\n    pass\n")  # the rules' workflow, beside the file
     cli = [sys.executable, "-m", "listener", "--dsn", role, "-c", str(path)]
     checked = subprocess.run([*cli, "check"], capture_output=True, text=True, timeout=120)
     assert checked.returncode == 1, checked.stderr
