@@ -163,6 +163,14 @@ class BatchQueue(asyncio.Queue["EventBatch | None"]):
             self._room.clear()
             await self._room.wait()
 
+    async def end(self, writer: asyncio.Task[None]) -> None:
+        """Let ``writer`` commit what is queued and end; raises what it failed with.  A writer that fails
+        meanwhile (its connection lost with the reader's, in a restart) takes nothing more from a full
+        queue: waiting for room for the end marker would wait for ever."""
+        if not writer.done():
+            await first_of(self.put(None), asyncio.shield(writer))
+        await writer
+
 
 def event_key(rule: str, commit_lsn: int, ordinal: int) -> str:
     """The idempotency key of a CDC event: rule + commit LSN + ordinal of the change among the changes to
@@ -404,9 +412,7 @@ class Ingest:
                 # report the final flush position.
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-                if writer not in done:
-                    await queue.put(None)
-                    await writer
+                await queue.end(writer)
                 await session.send_status()
             for task in (reader, writer):
                 exc = task.exception() if task.done() and not task.cancelled() else None

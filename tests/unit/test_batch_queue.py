@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from listener.ingest import BatchQueue
 from listener.store import EventBatch
 
@@ -35,3 +37,19 @@ async def test_small_batches_pass_up_to_the_bound() -> None:
     for _ in range(5):
         await asyncio.wait_for(queue.put(batch(20)), 5)
     assert queue.held == 100 and queue.qsize() == 5
+
+
+async def test_ending_a_writer_that_fails_with_the_queue_full_raises_its_failure() -> None:
+    """A lost connection ends the reader and the writer at once: the writer, failing, takes no more
+    batches from its full queue; ending it must raise its failure, never wait for room in that queue
+    (the session then never ended: ingest stopped streaming for good after a server restart)."""
+    queue = BatchQueue(max_batches=1)
+    await queue.put(batch(10))  # full: the writer was busy committing the batch before
+
+    async def writer() -> None:
+        await asyncio.sleep(0.05)
+        raise ConnectionResetError("the state database's connection was lost")
+
+    task = asyncio.create_task(writer())
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(queue.end(task), 10)
