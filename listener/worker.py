@@ -103,6 +103,8 @@ HELD_POLL_SECONDS = 0.25  # when limits hold runs back, look again this soon
 
 # Completion and failure are fenced: they apply only if this worker still holds this attempt.
 # Completions of many runs go in one statement (see Worker._flush_done): a round trip per batch, not per run.
+# Returns the runs this attempt completed: now, or already (a retry after the connection dropped between
+# the commit and its reply finds its own attempt done; only a claim changes a run's attempt).
 _DONE = """
 WITH d AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS d(id, attempt)),
 r AS (
@@ -110,10 +112,13 @@ r AS (
                     last_error = NULL, traceback = NULL
     FROM d WHERE runs.id = d.id AND runs.attempt = d.attempt AND runs.status = 'running'
     RETURNING runs.id, runs.attempt
+), a AS (
+    UPDATE attempts a SET finished_at = now(), outcome = 'done'
+    FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
 )
-UPDATE attempts a SET finished_at = now(), outcome = 'done'
-FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
-RETURNING a.run_id
+SELECT id FROM r
+UNION ALL
+SELECT runs.id FROM runs JOIN d ON runs.id = d.id AND runs.attempt = d.attempt AND runs.status = 'done'
 """
 _FAILED = """
 WITH r AS (

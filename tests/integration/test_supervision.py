@@ -4,11 +4,16 @@ for good stops the service loudly, naming itself."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
+import asyncpg
 import psycopg
 import pytest
 
+from listener.conninfo import asyncpg_params
+from listener.supervise import supervised
+from listener.worker import Worker
 from tests.runtime_support import enqueue, prepare, run_row, running_worker
 from tests.support import _wait_for, events, make_config, running_ingest
 
@@ -90,3 +95,44 @@ async def test_a_worker_whose_connections_are_all_terminated_carries_on(dsn: str
         await _wait_for(lambda: run_row(sql, "k2")["status"] == "done", "the second run", timeout=30)
     assert worker.stats.done == 2
     assert [row["status"] for row in (run_row(sql, "k1"), run_row(sql, "k2"))] == ["done", "done"]
+
+
+class LosesFirstReply:
+    """A pool whose first ``fetch`` commits on the real server and then loses its reply, as when the
+    connection drops (a restart) between the commit and the answer."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.lost = False
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        rows = await self.pool.fetch(query, *args)
+        if not self.lost:
+            self.lost = True
+            raise ConnectionResetError("the connection dropped before the reply")
+        return rows
+
+
+async def test_a_completion_committed_before_its_reply_was_lost_counts_as_done(dsn: str, sql: Conn) -> None:
+    """The completion's retry finds its own attempt already done: recognised as done, not refused."""
+    prepare(sql)
+    enqueue(sql, "k1", f"{WF}:two_steps")
+    sql.execute(
+        "UPDATE listener.runs SET status = 'running', attempt = 1, lease_owner = 'w',"
+        " lease_expires = now() + interval '1 minute' WHERE id = 'k1'"
+    )
+    worker = Worker(dsn, schema="listener")
+    pool = await asyncpg.create_pool(
+        min_size=1, max_size=2, **asyncpg_params(dsn, {"search_path": "listener"})
+    )
+    assert pool is not None
+    flush = asyncio.create_task(
+        supervised("worker-completions", functools.partial(worker._flush_done, LosesFirstReply(pool)))  # type: ignore[arg-type]
+    )
+    try:
+        assert await asyncio.wait_for(worker._complete("k1", 1), 30) is True
+    finally:
+        flush.cancel()
+        await asyncio.gather(flush, return_exceptions=True)
+        await pool.close()
+    assert run_row(sql, "k1")["status"] == "done"
