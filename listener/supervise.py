@@ -151,4 +151,6 @@ class ConnectionWatch:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.conn.remove_termination_listener(self._on_close)
+        # a connection the server closed is back in asyncpg's pool already, and refuses every call
+        with contextlib.suppress(asyncpg.InterfaceError):
+            self.conn.remove_termination_listener(self._on_close)

@@ -8,7 +8,7 @@ import logging
 import asyncpg
 import pytest
 
-from listener.supervise import spawn, supervised, task_group, transient
+from listener.supervise import ConnectionWatch, spawn, supervised, task_group, transient
 
 
 def test_transient_is_decided_by_exception_class_and_sqlstate() -> None:
@@ -62,3 +62,36 @@ async def test_stop_ends_the_retries() -> None:
 
     await supervised("t", body, stop=stop, min_delay=10)
     assert attempts == 1
+
+
+class PooledConnection:
+    """What asyncpg's pool hands out, as it behaves once the server closed the connection: the pool has
+    taken it back, and every call raises."""
+
+    def __init__(self) -> None:
+        self.listeners: list[object] = []
+        self.closed = False
+
+    def add_termination_listener(self, callback: object) -> None:
+        self.listeners.append(callback)
+
+    def remove_termination_listener(self, callback: object) -> None:
+        raise asyncpg.InterfaceError(
+            "cannot call Connection.remove_termination_listener(): connection has been "
+            "released back to the pool"
+        )
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+
+def test_a_watched_connection_closed_by_the_server_reports_the_lost_connection() -> None:
+    """Not asyncpg's complaint about the released connection: the log says what happened."""
+    conn, wake = PooledConnection(), asyncio.Event()
+    lost = pytest.raises(ConnectionResetError, match="the LISTEN connection was closed")
+    with lost, ConnectionWatch(conn, wake, "LISTEN") as watch:
+        for callback in conn.listeners:
+            callback(conn)  # type: ignore[operator]
+        conn.closed = True
+        assert wake.is_set()
+        watch.check()
