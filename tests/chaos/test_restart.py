@@ -122,6 +122,10 @@ def test_an_immediate_restart_under_load_stops_nothing_and_loses_nothing(
         wait(lambda: scalar(dsn, "SELECT active FROM pg_replication_slots") is True, "streaming", logs)
         worker = start(dsn, config, worker_log, "worker")
         writer.start()
+        # the worker process is up (it started in parallel with the writer and may still be importing or
+        # connecting) and has claimed runs: the crash meets it running, not starting
+        claimed = f"SELECT count(*) FROM listener.attempts WHERE worker LIKE '%:{worker.pid}:%'"
+        wait(lambda: scalar(dsn, claimed) not in (None, 0), "the worker's first claims", logs)
         wait(lambda: writer.committed >= 300, "rows before the restart", logs)
         restart_immediately(server)
         before = writer.committed
@@ -131,10 +135,19 @@ def test_an_immediate_restart_under_load_stops_nothing_and_loses_nothing(
         assert writer.errors >= 1  # the writer did see the crash
         rows = scalar(dsn, "SELECT count(*) FROM items")
         done = "SELECT count(*) FROM listener.runs WHERE status = 'done'"
-        state = (
-            "SELECT (SELECT count(*) FROM listener.events) AS events, (SELECT json_object_agg(status, n)"
-            " FROM (SELECT status, count(*) AS n FROM listener.runs GROUP BY 1) s) AS runs"
-        )
+        state = """
+            SELECT json_build_object(
+                'events', (SELECT count(*) FROM listener.events),
+                'runs', (SELECT json_object_agg(status, n)
+                         FROM (SELECT status, count(*) AS n FROM listener.runs GROUP BY 1) s),
+                'unfinished', (SELECT json_agg(u) FROM (
+                    SELECT id, status, attempt, failures, lease_owner, lease_expires - now() AS lease_left,
+                           run_after - now() AS after, last_error,
+                           (SELECT json_agg(json_build_array(a.attempt, a.worker, a.outcome, a.error))
+                            FROM listener.attempts a WHERE a.run_id = r.id) AS attempts
+                    FROM listener.runs r WHERE status <> 'done' ORDER BY seq LIMIT 10) u),
+                'at', now())
+        """
         try:
             wait(lambda: scalar(dsn, done) == rows, f"{rows} runs done", logs)
         except AssertionError as exc:
