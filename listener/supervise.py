@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from listener.errors import DatabaseError, PrerequisiteError
+from listener.errors import DatabaseError, ListenerError, PrerequisiteError
 from listener.replication import ReplicationEnded
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,15 @@ async def supervised(
             return
         except Exception as exc:
             if not retry(exc):
-                logger.error("%s failed, stopping the service: %s", name, describe(exc), exc_info=exc)
+                # An error listener raises on purpose carries its own fix, printed where the service
+                # stops: one line here. Anything else is a bug, logged with its traceback.
+                planned = isinstance(exc, ListenerError)
+                logger.error(
+                    "%s failed, stopping the service: %s",
+                    name,
+                    describe(exc),
+                    exc_info=None if planned else exc,
+                )
                 raise
             if loop.time() - began >= healthy_after:
                 failing, delay = False, min_delay
