@@ -230,6 +230,7 @@ class Ingest:
         self.backfills = Backfills(self)  # snapshot backfills: a task per session, hooks in the reader
         self.durable_lsn = 0
         self.streaming = asyncio.Event()  # set once a session is streaming
+        self.listening = asyncio.Event()  # set while LISTEN is issued on every rule channel
         self._session: ReplicationSession | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
         self._catalog_lock = (
@@ -959,6 +960,7 @@ class Ingest:
             with ConnectionWatch(conn, arrived, "NOTIFY listener's") as lost:
                 for channel in self.rules.channels:
                     await conn.add_listener(channel, on_notify)
+                self.listening.set()
                 counter = 0
                 while True:
                     await arrived.wait()
@@ -982,6 +984,7 @@ class Ingest:
                     if batch:
                         await queue.put(batch)
         finally:
+            self.listening.clear()
             await conn.close()
 
     def _chunk_rules(self, assembler: Assembler, oid: int, cache: dict[int, str | None]) -> str | None:

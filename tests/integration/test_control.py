@@ -315,6 +315,7 @@ def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
     other_schema.write_text(path.read_text() + "state_schema: other_state\n")
     env = {**os.environ, "LISTENER_DSN": dsn}
     run = [sys.executable, "-m", "listener", "run", "--no-workers", "-c"]
+    seconds: list[subprocess.Popen[str]] = []
     with (tmp_path / "first.log").open("wb") as log:
         first = subprocess.Popen([*run, str(path)], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
@@ -327,7 +328,7 @@ def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
             assert first.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        seconds = [
+        seconds += [
             subprocess.Popen([*run, str(p)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
             for p in (path, other_schema)  # the same state schema, and another one
         ]
@@ -340,8 +341,11 @@ def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
             assert "fix:" in err and "slot:" in err, err
         assert first.poll() is None  # the first one runs on
     finally:
-        first.terminate()
-        first.wait(WAIT_S)
+        processes: list[subprocess.Popen[Any]] = [first, *seconds]
+        for process in processes:  # none left running when an assert fails
+            if process.poll() is None:
+                process.terminate()
+            process.communicate(timeout=WAIT_S)
 
 
 def test_listener_worker_outlives_sighup_and_finishes_its_run(dsn: str, sql: Conn, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ RecursionError near 1,000 levels; such values travel as their PostgreSQL text, l
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -109,8 +108,8 @@ async def test_a_deep_logical_decoding_message_is_carried_as_text(dsn: str, sql:
 
 async def test_a_deep_notify_is_carried_as_text_and_notify_ingest_goes_on(dsn: str, sql: Conn) -> None:
     config = make_config([rule(channel="hooks")])
-    async with running_ingest(dsn, config):
-        await asyncio.sleep(0.3)  # LISTEN is issued as the session starts
+    async with running_ingest(dsn, config) as run:
+        await _wait_for(run.ingest.listening.is_set, "LISTEN on the rule channels")
         sql.execute("SELECT pg_notify('hooks', repeat('[',1500)||repeat(']',1500))")
         sql.execute("SELECT pg_notify('hooks', %s)", ['{"nul": "\\u0000"}'])
         sql.execute("NOTIFY hooks, '{\"after\": 1}'")

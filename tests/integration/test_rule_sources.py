@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import psycopg
@@ -142,8 +141,8 @@ async def test_logical_decoding_messages_become_events(dsn: str, sql: Conn) -> N
 
 async def test_notify_payloads_become_events_while_listening(dsn: str, sql: Conn) -> None:
     config = make_config([rule(name="hooks", channel="webhooks")])
-    async with running_ingest(dsn, config):
-        await asyncio.sleep(0.3)  # LISTEN is issued as the session starts
+    async with running_ingest(dsn, config) as run:
+        await _wait_for(run.ingest.listening.is_set, "LISTEN on the rule channels")
         sql.execute('NOTIFY webhooks, \'{"id": "evt_1"}\'')
         sql.execute("NOTIFY webhooks, 'plain'")
         sql.execute("NOTIFY elsewhere, 'x'")
