@@ -24,7 +24,7 @@ from rich.console import Console
 from listener import runs as runs_mod
 from listener import setup
 from listener.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
-from listener.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres
+from listener.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres, client_program
 from listener.errors import DatabaseError, ListenerError, ProtocolError
 from listener.terminal import markup_safe, printable
 
@@ -877,8 +877,8 @@ def db_psql(opts: Options, args: tuple[str, ...]) -> None:
     import os
 
     server = EmbeddedPostgres(opts.data_dir)
+    psql = client_program("psql", server.bin)
     dsn = server.start()
-    psql = server.bin / "psql"
     os.execv(psql, [str(psql), dsn, *args])
 
 

