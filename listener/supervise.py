@@ -40,6 +40,10 @@ def transient(exc: BaseException) -> bool:
     """Whether reconnecting may help: lost connections and server-side conditions that pass."""
     if isinstance(exc, (ReplicationEnded, OSError, asyncpg.InterfaceError, psycopg.OperationalError)):
         return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # asyncpg's protocol state, confused by a connection the server terminated mid-call ("cannot
+        # switch to state 12; another operation is in progress"): a new connection cures it.
+        return True
     if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
         return True  # could not connect: the server may come back
     sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)

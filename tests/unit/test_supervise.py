@@ -16,6 +16,10 @@ def test_transient_is_decided_by_exception_class_and_sqlstate() -> None:
     assert transient(asyncpg.CannotConnectNowError("starting up"))  # 57P03
     assert transient(asyncpg.AdminShutdownError("terminating"))  # 57P01
     assert transient(asyncpg.SerializationError("x"))  # 40001
+    # what asyncpg raised when the server terminated a LISTEN connection during add_listener
+    assert transient(
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+    )
     assert not transient(asyncpg.UndefinedTableError("no such table"))  # 42P01
     assert not transient(asyncpg.InsufficientPrivilegeError("no"))  # 42501
     assert not transient(ValueError("a bug"))
