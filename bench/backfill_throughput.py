@@ -38,12 +38,12 @@ from typing import Any
 
 import psycopg
 
-from listener import backfill_requests as backfill
-from listener import setup
-from listener.backfill import OPEN
-from listener.config import Config, parse_config
-from listener.ingest import Ingest
-from listener.store import StateStore
+from listener import install as setup
+from listener.ingest.backfill import OPEN
+from listener.ingest.pipeline import Ingest
+from listener.ops import backfill_requests as backfill
+from listener.queue.store import StateStore
+from listener.rules.config import Config, parse_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # bench/ is not a package: found through the path set above

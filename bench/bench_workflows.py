@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import asyncpg
 
-from listener.conninfo import asyncpg_params
-from listener.workflow import Context
+from listener.pg.conninfo import asyncpg_params
+from listener.runtime.workflow import Context
 
 DSN_ENV = "LISTENER_BENCH_DSN"  # the database of the PgQueuer / Procrastinate worker processes
 LATENCY_FILE_ENV = "LISTENER_BENCH_LATENCY_FILE"  # where record_latency appends its lines

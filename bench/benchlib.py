@@ -15,10 +15,10 @@ from typing import Any
 import psutil
 import psycopg
 
-from listener.changes import TypeRegistry
-from listener.embedded import EmbeddedPostgres
-from listener.expand import Expander
-from listener.store import StateStore
+from listener.ingest.expand import Expander
+from listener.pg.changes import TypeRegistry
+from listener.pg.embedded import EmbeddedPostgres
+from listener.queue.store import StateStore
 
 
 @contextlib.contextmanager

@@ -61,14 +61,14 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-import listener.ingest as ingest_module
-from listener import setup
-from listener.config import Config, parse_config
-from listener.embedded import bin_dir
-from listener.ingest import Ingest
-from listener.lsn import format_lsn, parse_lsn
-from listener.replication import READ_BATCH_MESSAGES, ReplicationSession
-from listener.store import EventBatch, StateStore
+import listener.ingest.pipeline as ingest_module
+from listener import install as setup
+from listener.ingest.pipeline import Ingest
+from listener.pg.embedded import bin_dir
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.pg.replication import READ_BATCH_MESSAGES, ReplicationSession
+from listener.queue.store import EventBatch, StateStore
+from listener.rules.config import Config, parse_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # bench/ is not a package: found through the path set above

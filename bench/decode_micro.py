@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from listener.pgoutput import Decoder, Insert, Update
+from listener.pg.pgoutput import Decoder, Insert, Update
 
 NUMBER = 200_000
 REPEAT = 7

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from listener import store
+from listener.queue import store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib

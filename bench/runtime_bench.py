@@ -73,8 +73,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import listener
-from listener import store
-from listener.conninfo import asyncpg_params
+from listener.pg.conninfo import asyncpg_params
+from listener.queue import store
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))

@@ -1,3 +1,3 @@
-from listener.cli import main
+from listener.cli.main import main
 
 main(prog_name="listener")

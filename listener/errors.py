@@ -6,6 +6,9 @@ it.  The structured fields let callers (and tests) inspect the place without par
 
 from __future__ import annotations
 
+import asyncpg
+import psycopg
+
 
 class ListenerError(Exception):
     """Root of every error raised by listener on purpose."""
@@ -27,9 +30,7 @@ class ProtocolError(ListenerError):
     def __init__(self, message: str, *, offset: int, lsn: int | None = None, hint: str | None = None) -> None:
         where = f" at byte offset {offset}"
         if lsn is not None:
-            from listener.lsn import format_lsn
-
-            where += f" of the message at LSN {format_lsn(lsn)}"
+            where += f" of the message at LSN {lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
         super().__init__(message + where, hint=hint)
         self.what = message
         self.offset = offset
@@ -74,3 +75,29 @@ class DatabaseError(ListenerError):
 
 class SlotInUseError(PrerequisiteError):
     """The replication slot is active in another process."""
+
+
+class ReplicationEnded(DatabaseError):
+    """The server ended the COPY stream or the connection dropped; the caller may reconnect."""
+
+
+# SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization, deadlock),
+# insufficient resources (disk full, too many connections), operator intervention (shutdown, a server
+# starting up or in recovery), system error; and a read-only transaction (the database failing over).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether reconnecting may help: lost connections and server-side conditions that pass."""
+    if isinstance(exc, (ReplicationEnded, OSError, asyncpg.InterfaceError, psycopg.OperationalError)):
+        return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # asyncpg's protocol state, confused by a connection the server terminated mid-call ("cannot
+        # switch to state 12; another operation is in progress"): a new connection cures it.
+        return True
+    if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
+        return True  # could not connect: the server may come back
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and (
+        sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "25006"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -19,16 +20,16 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from listener import setup, store
-from listener import workflow as wf
-from listener.config import Config, load_config
-from listener.errors import ConfigError, ListenerError
-from listener.ingest import Ingest, ReloadDeferred, first_of
-from listener.lsn import format_lsn
-from listener.setup import connect as psycopg_connect
-from listener.store import StateStore, control_channel
-from listener.supervise import transient
-from listener.worker import Worker
+from listener import install
+from listener.errors import ConfigError, ListenerError, is_transient
+from listener.ingest.pipeline import Ingest, ReloadDeferred, first_of
+from listener.pg import conninfo
+from listener.pg.lsn import format_lsn
+from listener.queue import store
+from listener.queue.store import StateStore, control_channel
+from listener.rules.config import Config, load_config
+from listener.runtime import workflow as wf
+from listener.runtime.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ async def run(
 ) -> None:
     """Run ingest (and workers) until ``stop`` is set or a signal arrives."""
     validate_workflows(config)
-    await asyncio.to_thread(setup.init, config, source_dsn, state_dsn)
+    await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
     stop = stop or asyncio.Event()
     remove_handlers = install_signal_handlers(stop)
     store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
@@ -191,7 +192,7 @@ async def _reloader(
                     await conn.add_listener(channel, on_request)
                 pending = await store.pending_reloads()
             except Exception as exc:
-                if not transient(exc):
+                if not is_transient(exc):
                     raise
                 logger.warning("cannot look for reload requests (%s); trying again", exc)
                 await _release(store, conn, channel, on_request)
@@ -210,7 +211,7 @@ async def _reloader(
                     try:
                         await store.answer_reloads(pending, ok=answer.startswith("ok "), answer=answer)
                     except Exception as exc:
-                        if not transient(exc):
+                        if not is_transient(exc):
                             raise
                         logger.warning("cannot answer reload request(s) %s (%s)", pending, exc)
                 continue
@@ -256,13 +257,13 @@ async def _reload_once(ingest: Ingest, path: str | None, state_dsn: str, stop: a
         if stop.is_set():
             return "refused: the service is stopping"
         try:
-            lsn = await ingest.reload(new, state_dsn=state_dsn)
+            lsn = await ingest.reload(new, prepare=functools.partial(_prepare, ingest.source_dsn, state_dsn))
         except ReloadDeferred as exc:
             problem = exc.message
         except ListenerError as exc:
             return "refused: " + str(exc).replace("\n", " ")
         except Exception as exc:
-            if not transient(exc):
+            if not is_transient(exc):
                 logger.exception("reload failed")
                 return f"refused: {type(exc).__name__}: {exc}".replace("\n", " ")
             problem = f"{type(exc).__name__}: {exc}".replace("\n", " ")
@@ -278,7 +279,7 @@ async def run_workers(
 ) -> None:
     """Workers only, until ``stop`` is set or a signal arrives (`listener worker`)."""
     validate_workflows(config)
-    with psycopg_connect(state_dsn) as conn:
+    with conninfo.connection(state_dsn) as conn:
         store.migrate(conn, config.state_schema)
     stop = stop or asyncio.Event()
     remove_handlers = install_signal_handlers(stop)
@@ -331,3 +332,8 @@ async def _signal_ready(ingest: Ingest, ready: asyncio.Event) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await ingest.streaming.wait()
         ready.set()
+
+
+def _prepare(source_dsn: str, state_dsn: str, config: Config, keep: Config | None) -> None:
+    """`listener init` for a reload: publications for ``config`` (with ``keep``: for the old rules too)."""
+    install.init(config, source_dsn, state_dsn, keep=keep)

@@ -1,7 +1,8 @@
 """Supervised background tasks: never half-alive (invariant 9).
 
 Every long-lived task of the service runs its body under :func:`supervised`: a failure that reconnecting
-can cure (a lost connection, a server restarting or shutting down: see :func:`transient`) restarts the
+can cure (a lost connection, a server restarting or shutting down: see
+:func:`listener.errors.is_transient`) restarts the
 body with exponential backoff and jitter, logged once per outage; any other failure is logged as the
 named task's, then raised, so the task group that owns the task stops the whole service loudly.
 """
@@ -17,10 +18,8 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-import psycopg
 
-from listener.errors import DatabaseError, ListenerError, PrerequisiteError
-from listener.replication import ReplicationEnded
+from listener.errors import ListenerError, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -29,27 +28,6 @@ RESTART_MAX_S = 30.0
 # A body that ran this long before failing was healthy: the failure starts a new outage (logged again,
 # backoff from the start).
 HEALTHY_AFTER_S = 30.0
-
-# SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization, deadlock),
-# insufficient resources (disk full, too many connections), operator intervention (shutdown, a server
-# starting up or in recovery), system error; and a read-only transaction (the database failing over).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether reconnecting may help: lost connections and server-side conditions that pass."""
-    if isinstance(exc, (ReplicationEnded, OSError, asyncpg.InterfaceError, psycopg.OperationalError)):
-        return True
-    if isinstance(exc, asyncpg.InternalClientError):
-        # asyncpg's protocol state, confused by a connection the server terminated mid-call ("cannot
-        # switch to state 12; another operation is in progress"): a new connection cures it.
-        return True
-    if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
-        return True  # could not connect: the server may come back
-    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
-    return isinstance(sqlstate, str) and (
-        sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "25006"
-    )
 
 
 def describe(exc: BaseException) -> str:
@@ -62,7 +40,7 @@ async def supervised(
     body: Callable[[], Awaitable[None]],
     *,
     stop: asyncio.Event | None = None,
-    retry: Callable[[BaseException], bool] = transient,
+    retry: Callable[[BaseException], bool] = is_transient,
     min_delay: float = RESTART_MIN_S,
     max_delay: float = RESTART_MAX_S,
     healthy_after: float = HEALTHY_AFTER_S,
@@ -111,7 +89,7 @@ def spawn(
     body: Callable[[], Awaitable[None]],
     *,
     stop: asyncio.Event | None = None,
-    retry: Callable[[BaseException], bool] = transient,
+    retry: Callable[[BaseException], bool] = is_transient,
 ) -> asyncio.Task[None]:
     """A named, supervised task in ``tg``: a fatal failure stops the group (and the service)."""
     return tg.create_task(supervised(name, body, stop=stop, retry=retry), name=name)

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from listener.embedded import EmbeddedPostgres
+from listener.pg.embedded import EmbeddedPostgres
 
 # Test servers trade durability for speed: the tests kill listener, never the server.
 TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 
-from listener import store
-from listener.worker import Worker
+from listener.queue import store
+from listener.runtime.worker import Worker
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 

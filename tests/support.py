@@ -14,10 +14,10 @@ from typing import Any
 
 import psycopg
 
-from listener import setup
-from listener.config import Config, parse_config
-from listener.ingest import Ingest
-from listener.store import StateStore
+from listener import install as setup
+from listener.ingest.pipeline import Ingest
+from listener.queue.store import StateStore
+from listener.rules.config import Config, parse_config
 
 WAIT_S = 60.0
 # A transaction that made no event gets its checkpoint written at most this late in tests (ingest's
@@ -41,6 +41,15 @@ class Running:
     store: StateStore
     stop: asyncio.Event
     task: asyncio.Task[None]
+
+    async def reload(self, config: Config) -> int:
+        """``Ingest.reload`` as the service calls it: `listener init`'s publications for the new rules."""
+        dsn = self.ingest.source_dsn
+
+        def prepare(new: Config, keep: Config | None) -> None:
+            setup.init(new, dsn, dsn, keep=keep)
+
+        return await self.ingest.reload(config, prepare=prepare)
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from listener.lsn import parse_lsn
+from listener.pg.lsn import parse_lsn
 from tests.support import emit_marker
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from listener.embedded import EmbeddedPostgres
+from listener.pg.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).parents[2]
 CONFIG = """

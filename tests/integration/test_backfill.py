@@ -15,10 +15,10 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from listener import setup
-from listener.backfill import Backfills, TableShape
-from listener.cli import main
-from listener.config import Config, load_config
+from listener import install as setup
+from listener.cli.main import main
+from listener.ingest.backfill import Backfills, TableShape
+from listener.rules.config import Config, load_config
 from tests.support import _wait_for, events, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

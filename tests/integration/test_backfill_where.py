@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from listener import setup
+from listener import install as setup
 from tests.integration.test_backfill import ROWS, backfill_row, cli, read_events, wait_done, write_config
 from tests.support import running_ingest
 

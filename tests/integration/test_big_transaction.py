@@ -14,7 +14,7 @@ import psutil
 import psycopg
 import pytest
 
-from listener.lsn import parse_lsn
+from listener.pg.lsn import parse_lsn
 from tests.support import emit_marker
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from listener import setup
-from listener.cli import main
+from listener import install as setup
+from listener.cli.main import main
 
 OK_RULE = "rules:\n  - name: r1\n    table: items\n    on: insert\n    workflow: m:f\n"
 MISSING_TABLE = "rules:\n  - name: r1\n    table: missing_table\n    on: insert\n    workflow: m:f\n"

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener import setup
-from listener.replication import ReplicationSession
+from listener import install as setup
+from listener.pg.replication import ReplicationSession
 from tests.support import _wait_for, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -22,9 +22,9 @@ import yaml
 from click.testing import CliRunner, Result
 
 from listener import service
-from listener.cli import main
-from listener.config import Config, load_config
-from listener.lsn import format_lsn, parse_lsn
+from listener.cli.main import main
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.rules.config import Config, load_config
 from tests.runtime_support import enqueue, prepare, run_row, step_names
 from tests.support import emit_marker, events
 

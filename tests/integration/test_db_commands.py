@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from listener.config import parse_config
-from listener.embedded import stable_port
+from listener.pg.embedded import stable_port
+from listener.rules.config import parse_config
 from tests.support import reachable_tmpdir
 
 

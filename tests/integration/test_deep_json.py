@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from listener.changes import MAX_JSON_DEPTH
-from listener.workflow import Event
+from listener.pg.changes import MAX_JSON_DEPTH
+from listener.runtime.workflow import Event
 from tests.support import _wait_for, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -9,11 +9,11 @@ import asyncpg
 import psycopg
 import pytest
 
-from listener import setup
+from listener import install as setup
 from listener.errors import ProtocolError
-from listener.lsn import parse_lsn
-from listener.replication import ReplicationSession
-from listener.store import EventBatch, StateStore
+from listener.pg.lsn import parse_lsn
+from listener.pg.replication import ReplicationSession
+from listener.queue.store import EventBatch, StateStore
 from tests.support import current_wal_lsn, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from listener import embedded
-from listener.embedded import PASSFILE, SERVER_OS_USER, EmbeddedPostgres
 from listener.errors import ListenerError
+from listener.pg import embedded
+from listener.pg.embedded import PASSFILE, SERVER_OS_USER, EmbeddedPostgres
 from tests.support import reachable_tmpdir
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another OS user only under root")

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from listener.config import WorkflowLimit
+from listener.rules.config import WorkflowLimit
 from tests.runtime_support import enqueue, max_overlap, prepare, running_worker, wait_until
 
 Conn = psycopg.Connection[tuple[Any, ...]]

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener import store
-from listener.store import EventBatch
+from listener.queue import store
+from listener.queue.store import EventBatch
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -14,11 +14,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener.changes import TypeRegistry
-from listener.expand import decode_relation, stored_changes
-from listener.journal import JournalPolicy, prune_forever
-from listener.lsn import parse_lsn
-from listener.store import StateStore
+from listener.ingest.expand import decode_relation, stored_changes
+from listener.ingest.journal import JournalPolicy, prune_forever
+from listener.pg.changes import TypeRegistry
+from listener.pg.lsn import parse_lsn
+from listener.queue.store import StateStore
 from tests.integration.test_rewind import (
     AUDIT,
     NOTIFY,
@@ -126,7 +126,7 @@ async def test_the_journal_holds_every_change_of_the_rule_tables_once(
 async def test_a_huge_transaction_is_journaled_in_rows_of_bounded_size(
     dsn: str, items: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from listener import journal as journal_mod
+    from listener.ingest import journal as journal_mod
 
     monkeypatch.setattr(journal_mod, "CHUNK_BYTES", 2000)
     config = write_config(tmp_path / "a.yaml", [AUDIT], journal=JOURNAL)

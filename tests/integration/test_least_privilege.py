@@ -19,9 +19,9 @@ import yaml
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from listener import setup
+from listener import install as setup
 from listener.errors import PrerequisiteError
-from listener.tail import tail
+from listener.ops.tail import tail
 from tests.conftest import drop_database
 from tests.support import _wait_for, events, make_config, running_ingest, wait_caught_up
 
@@ -178,7 +178,7 @@ async def test_a_reload_the_dbas_publication_does_not_serve_is_refused_before_it
     new = make_config(PLAIN_RULES)
     async with running_ingest(role, old) as run:
         with pytest.raises(PrerequisiteError) as refused:
-            await run.ingest.reload(new)
+            await run.reload(new)
         fix = 'ALTER PUBLICATION "listener_test" SET TABLE "shop"."orders", "shop"."users";'
         assert fix in str(refused.value)
         sql.execute("INSERT INTO shop.users VALUES (1, 'x')")
@@ -186,7 +186,7 @@ async def test_a_reload_the_dbas_publication_does_not_serve_is_refused_before_it
         await wait_caught_up(run, dsn)
         assert run.ingest.reloads == []  # the old rules go on
         sql.execute(fix)  # the DBA
-        lsn = await run.ingest.reload(new)
+        lsn = await run.reload(new)
         sql.execute("INSERT INTO shop.users VALUES (2, 'y')")
         await wait_caught_up(run, dsn)
         assert run.ingest.reloads == [lsn]

@@ -12,8 +12,9 @@ import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from listener import managed, setup
+from listener import install as setup
 from listener.errors import PrerequisiteError
+from listener.pg import managed
 from tests.integration.test_setup import replica_server  # noqa: F401  (a wal_level=replica server)
 from tests.support import _wait_for, make_config, running_ingest, wait_caught_up
 

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener.catalog import read_tables, rule_tables
 from listener.errors import ConfigError
-from listener.rules import RuleSet
+from listener.rules.catalog import read_tables, rule_tables
+from listener.rules.compile import RuleSet
 from tests.integration.test_backfill import start, wait_done, write_config
 from tests.runtime_support import EFFECTS_DDL, max_overlap, running_worker, wait_until
 from tests.support import make_config, running_ingest, wait_caught_up

@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from listener.predicate import (
+from listener.rules.predicate import (
     ColumnType,
     EvaluationError,
     Predicate,

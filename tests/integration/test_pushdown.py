@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import yaml
 
-from listener import pgoutput as po
-from listener import setup
+from listener import install as setup
+from listener.pg import pgoutput as po
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 import yaml
 
-from listener.config import load_config
 from listener.errors import ConfigError
-from listener.lsn import parse_lsn
-from listener.store import control_channel
+from listener.pg.lsn import parse_lsn
+from listener.queue.store import control_channel
+from listener.rules.config import load_config
 from tests.support import _wait_for, events, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -62,7 +62,7 @@ async def test_new_rules_apply_from_the_reload_lsn_on(dsn: str, sql: Conn, tmp_p
         thread.start()
         try:
             await asyncio.sleep(0.3)
-            lsn = await run.ingest.reload(load_config(write_config(path, RULE_A, RULE_B)))
+            lsn = await run.reload(load_config(write_config(path, RULE_A, RULE_B)))
             await _wait_for(lambda: run.ingest.reloads == [lsn], "the reload to take effect")
             await asyncio.sleep(0.3)
         finally:
@@ -91,7 +91,7 @@ async def test_an_invalid_config_is_refused_and_the_old_rules_keep_running(
     async with running_ingest(dsn, load_config(path)) as run:
         bad = write_config(path, RULE_A, {**RULE_B, "when": "new.nn > 1"})
         with pytest.raises(ConfigError) as caught:
-            await run.ingest.reload(load_config(bad))
+            await run.reload(load_config(bad))
         assert 'unknown column "nn"' in str(caught.value) and caught.value.rule == "b"
         when_line = bad.read_text().splitlines().index("  when: new.nn > 1") + 1
         assert caught.value.file == str(bad) and caught.value.line == when_line

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from listener import ingest as ingest_mod
-from listener import setup
-from listener.cli import main
-from listener.config import Config, load_config
-from listener.lsn import format_lsn, parse_lsn
-from listener.store import EventBatch, Retention, StateStore
+from listener import install as setup
+from listener.cli.main import main
+from listener.ingest import pipeline as ingest_mod
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.queue.store import EventBatch, Retention, StateStore
+from listener.rules.config import Config, load_config
 from tests.support import events, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from listener.catalog import read_tables
-from listener.config import load_config
 from listener.errors import ConfigError
-from listener.rules import RuleSet
+from listener.rules.catalog import read_tables
+from listener.rules.compile import RuleSet
+from listener.rules.config import load_config
 
 Conn = psycopg.Connection[tuple[object, ...]]
 ROOT = Path(__file__).parents[2]

@@ -18,9 +18,10 @@ import psycopg.sql
 import pytest
 from click.testing import CliRunner, Result
 
-from listener import store, worker
-from listener.cli import main
-from listener.conninfo import asyncpg_params
+from listener.cli.main import main
+from listener.pg.conninfo import asyncpg_params
+from listener.queue import store
+from listener.runtime import worker
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

@@ -140,7 +140,7 @@ async def test_a_zombie_worker_cannot_complete_or_write_a_step(dsn: str, sql: Co
 async def test_listener_retry_of_a_dead_run_does_not_repeat_its_finished_steps(
     dsn: str, sql: Conn, calls_file: str
 ) -> None:
-    from listener import runs
+    from listener.ops import runs
 
     prepare(sql)
     enqueue(sql, "k10", f"{WF}:dies_after_llm")

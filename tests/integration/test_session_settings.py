@@ -9,10 +9,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from listener import setup
-from listener.conninfo import asyncpg_params
-from listener.replication import ReplicationSession
-from listener.store import StateStore
+from listener import install as setup
+from listener.pg import conninfo
+from listener.pg.conninfo import asyncpg_params
+from listener.pg.replication import ReplicationSession
+from listener.queue.store import StateStore
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -55,7 +56,7 @@ async def test_every_session_pins_the_settings_whatever_database_role_and_pgopti
     config = make_config([])
     setup.init(config, dsn, dsn)
     for target in (dsn, options_dsn):
-        with setup.connect(target) as conn:
+        with conninfo.connection(target) as conn:
             assert conn.execute(SHOW).fetchone() == PINNED
             # the user's own options still apply where listener pins nothing
             want_mem = "7MB" if target == options_dsn else "4MB"

@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from listener import setup
-from listener.embedded import EmbeddedPostgres
+from listener import install as setup
 from listener.errors import DatabaseError, PrerequisiteError, SlotInUseError
-from listener.replication import ReplicationSession
+from listener.pg.embedded import EmbeddedPostgres
+from listener.pg.replication import ReplicationSession
 from tests.support import make_config
 
 Conn = psycopg.Connection[tuple[object, ...]]

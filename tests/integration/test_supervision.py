@@ -11,9 +11,9 @@ import asyncpg
 import psycopg
 import pytest
 
-from listener.conninfo import asyncpg_params
+from listener.pg.conninfo import asyncpg_params
+from listener.runtime.worker import Worker
 from listener.supervise import supervised
-from listener.worker import Worker
 from tests.runtime_support import enqueue, prepare, run_row, running_worker
 from tests.support import _wait_for, events, make_config, running_ingest
 

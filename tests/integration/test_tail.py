@@ -21,9 +21,9 @@ from typing import Any
 import psycopg
 import yaml
 
-from listener.config import Config
-from listener.lsn import parse_lsn
-from listener.tail import tail, tail_names
+from listener.ops.tail import tail, tail_names
+from listener.pg.lsn import parse_lsn
+from listener.rules.config import Config
 from tests.support import make_config
 
 WAIT_S = 30.0

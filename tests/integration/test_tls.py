@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from listener import setup
-from listener.conninfo import asyncpg_params
-from listener.embedded import SERVER_OS_USER, EmbeddedPostgres, bin_dir
+from listener import install as setup
 from listener.errors import DatabaseError
-from listener.store import StateStore
+from listener.pg.conninfo import asyncpg_params
+from listener.pg.embedded import SERVER_OS_USER, EmbeddedPostgres, bin_dir
+from listener.queue.store import StateStore
 from tests.conftest import PG_BINARIES, TEST_SERVER_SETTINGS, WHEEL_MAJOR
 from tests.support import events, make_config, running_ingest, wait_caught_up
 

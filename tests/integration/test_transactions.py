@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from listener.lsn import parse_lsn
+from listener.pg.lsn import parse_lsn
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[Any, ...]]

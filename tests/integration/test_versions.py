@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from listener import setup, versions
-from listener.catalog import read_tables
+from listener import install as setup
+from listener.pg import versions
+from listener.rules.catalog import read_tables
 from tests.conftest import drop_database, with_dbname
 from tests.support import make_config
 

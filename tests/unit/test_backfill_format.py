@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from listener.backfill import backfill_key, key_text, line_key, line_values, unescape
+from listener.pg.copytext import line_key, line_values, unescape
+from listener.rules.events import backfill_key, key_text
 
 
 @pytest.mark.parametrize(

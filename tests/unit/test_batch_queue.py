@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from listener.ingest import BatchQueue
-from listener.store import EventBatch
+from listener.ingest.pipeline import BatchQueue
+from listener.queue.store import EventBatch
 
 
 def batch(nbytes: int) -> EventBatch:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from listener.config import (
+from listener.errors import ConfigError
+from listener.rules.config import (
     DEFAULT_CONFIG_FILE,
     EXAMPLE_CONFIG,
     RETAIN_WARN_BYTES,
@@ -25,7 +26,6 @@ from listener.config import (
     quote_ident,
     split_table,
 )
-from listener.errors import ConfigError
 
 FULL = """\
 # connection of the database to watch

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from listener.conninfo import asyncpg_params, options_switches, psycopg_params, redact, resolve
 from listener.errors import ConfigError
+from listener.pg.conninfo import asyncpg_params, options_switches, psycopg_params, redact, resolve
 
 SECRET = "s3cret-Pa55"
 

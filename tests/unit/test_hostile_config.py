@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from listener.cli import main
-from listener.config import parse_config
+from listener.cli.main import main
 from listener.errors import ConfigError
+from listener.rules.config import parse_config
 
 RULE = "rules:\n  - name: r\n    table: t\n    on: [insert]\n    workflow: m:f\n"
 
@@ -48,7 +48,7 @@ def test_control_characters_are_refused_with_their_line(char: str) -> None:
      "NOT " * 3000 + "true", "CASE WHEN " * 400 + "true" + " THEN true END" * 400],
 )  # fmt: skip
 def test_deep_when_expressions_never_raise_recursion_error(when: str) -> None:
-    from listener.predicate import ColumnType, PredicateError, compile_predicate
+    from listener.rules.predicate import ColumnType, PredicateError, compile_predicate
 
     try:
         predicate = compile_predicate(when, {"n": ColumnType("n", 23, "integer")})
@@ -81,8 +81,8 @@ def test_database_text_reaches_the_terminal_without_control_characters() -> None
 
     from rich.console import Console
 
-    from listener.runs import RunRow, print_runs
-    from listener.terminal import printable
+    from listener.cli.render import printable
+    from listener.ops.runs import RunRow, print_runs
 
     assert printable("a\x1b[2Jb\x07\x00\x9b\n\tc") == "a\\x1b[2Jb\\x07\\x00\\x9b\n\tc"
     out = io.StringIO()

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from listener import changes
 from listener.errors import ProtocolError
+from listener.pg import changes
 from tests.unit.test_malformed_changes import COLUMNS, VALID, assembled, insert_message, update_message
 
 TEXT = [name for name, _ in COLUMNS].index("t")

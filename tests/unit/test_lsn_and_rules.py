@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from listener.config import parse_config
 from listener.errors import ListenerError
-from listener.lsn import format_lsn, parse_lsn
-from listener.predicate import MissingValue
-from listener.rules import CompiledRule, RuleSet, changed_matches
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.rules.compile import CompiledRule, RuleSet, changed_matches
+from listener.rules.config import parse_config
+from listener.rules.predicate import MissingValue
 
 
 @pytest.mark.parametrize(

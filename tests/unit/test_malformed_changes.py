@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from listener.changes import Assembler, Change, TypeRegistry, change_json
 from listener.errors import ProtocolError
-from listener.pgoutput import Decoder
+from listener.pg.changes import Assembler, Change, TypeRegistry, change_json
+from listener.pg.pgoutput import Decoder
 
 REL_OID = 16400
 # (name, type oid): int4, int8, bool, text, float8, numeric, jsonb, json, int4[], text[], jsonb[], bytea,

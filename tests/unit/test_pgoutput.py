@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listener.errors import ProtocolError
-from listener.pgoutput import (
+from listener.pg.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     BeginPrepare,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from listener.predicate import (
+from listener.rules.predicate import (
     ColumnType,
     EvaluationError,
     MissingValue,

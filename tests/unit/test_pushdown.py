@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from listener.catalog import TableInfo
-from listener.predicate import ColumnType
-from listener.pushdown import (
+from listener.pg.replication import publication_names
+from listener.rules.catalog import TableInfo
+from listener.rules.compile import RuleSet
+from listener.rules.predicate import ColumnType
+from listener.rules.pushdown import (
     PublicationPlan,
     Refusal,
     describe_rule,
@@ -17,8 +19,6 @@ from listener.pushdown import (
     plan_publications,
     publish_list,
 )
-from listener.replication import publication_names
-from listener.rules import RuleSet
 from tests.support import make_config
 
 PG18 = 180000

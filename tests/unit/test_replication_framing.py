@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from listener.errors import ProtocolError
-from listener.replication import (
+from listener.pg.replication import (
     XLOGDATA_HEADER_SIZE,
     encode_status_update,
     parse_keepalive,
@@ -59,7 +59,7 @@ def test_highest_protocol_version_the_server_supports(server: int, version: int)
 
 
 def test_a_protocol_error_can_name_the_lsn_of_its_message() -> None:
-    from listener import pgoutput as po
+    from listener.pg import pgoutput as po
 
     with pytest.raises(ProtocolError) as info:
         po.Decoder(1).decode(b"I\x00\x00")

@@ -8,21 +8,22 @@ import logging
 import asyncpg
 import pytest
 
-from listener.supervise import ConnectionWatch, spawn, supervised, task_group, transient
+from listener.errors import is_transient
+from listener.supervise import ConnectionWatch, spawn, supervised, task_group
 
 
 def test_transient_is_decided_by_exception_class_and_sqlstate() -> None:
-    assert transient(ConnectionRefusedError())
-    assert transient(asyncpg.CannotConnectNowError("starting up"))  # 57P03
-    assert transient(asyncpg.AdminShutdownError("terminating"))  # 57P01
-    assert transient(asyncpg.SerializationError("x"))  # 40001
+    assert is_transient(ConnectionRefusedError())
+    assert is_transient(asyncpg.CannotConnectNowError("starting up"))  # 57P03
+    assert is_transient(asyncpg.AdminShutdownError("terminating"))  # 57P01
+    assert is_transient(asyncpg.SerializationError("x"))  # 40001
     # what asyncpg raised when the server terminated a LISTEN connection during add_listener
-    assert transient(
+    assert is_transient(
         asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
     )
-    assert not transient(asyncpg.UndefinedTableError("no such table"))  # 42P01
-    assert not transient(asyncpg.InsufficientPrivilegeError("no"))  # 42501
-    assert not transient(ValueError("a bug"))
+    assert not is_transient(asyncpg.UndefinedTableError("no such table"))  # 42P01
+    assert not is_transient(asyncpg.InsufficientPrivilegeError("no"))  # 42501
+    assert not is_transient(ValueError("a bug"))
 
 
 async def test_transient_failures_are_retried_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:

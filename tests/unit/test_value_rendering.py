@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from listener.changes import TypeRegistry, fragment_for
+from listener.pg.changes import TypeRegistry, fragment_for
 
 CASES = [
     (23, b"-2147483648", -2147483648),

@@ -38,24 +38,40 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import psycopg
 from psycopg import sql
 
-from listener import pgoutput as po
-from listener.catalog import TableInfo, read_tables_async
-from listener.changes import Change, RelationInfo, TypeRegistry, relation_info
-from listener.conninfo import asyncpg_params, connect_async
-from listener.errors import ListenerError
-from listener.lsn import parse_lsn
-from listener.store import BackfillChunk, StateStore
-from listener.supervise import transient
+from listener.errors import ListenerError, is_transient
+from listener.pg import pgoutput as po
+from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_info
+from listener.pg.conninfo import asyncpg_params, connect_async
+from listener.pg.copytext import Key, line_key
+from listener.pg.lsn import parse_lsn
+from listener.queue.store import BackfillChunk, StateStore
+from listener.rules.catalog import TableInfo, read_tables_async
+from listener.rules.events import chunk_events
 
 if TYPE_CHECKING:
-    from listener.ingest import Ingest
-    from listener.rules import CompiledRule
+    from listener.rules.compile import CompiledRule, RuleSet
+    from listener.rules.config import Config
+
+
+class Stream(Protocol):
+    """What a backfill needs of the ingest it runs inside: the slot's stream, its rules and store."""
+
+    config: Config | None
+    slot: str
+    source_dsn: str
+    rules: RuleSet
+    types: TypeRegistry
+    store: StateStore
+
+    async def resolve_types(self, oids: Sequence[int]) -> None:
+        """Look up types the registry does not know yet (the expander's types are shared)."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -69,50 +85,6 @@ LOCK_TIMEOUT_MS = 200  # the SHARE lock around a low mark waits for the table's 
 LOCK_RETRY_MIN_S = 0.05  # ... then it tries again after this long, doubling up to LOCK_RETRY_MAX_S
 LOCK_RETRY_MAX_S = 2.0
 CANCEL_CHECK_S = 1.0  # a running backfill looks at its status this often (and when NOTIFY wakes it)
-
-Key = tuple[bytes | None, ...]
-
-# ---------------------------------------------------------------------------------------------------------
-# COPY text format (https://www.postgresql.org/docs/current/sql-copy.html, "Text Format")
-
-_ESCAPE = re.compile(rb"\\(.)", re.S)
-_UNESCAPE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
-
-
-def _unescape_one(match: re.Match[bytes]) -> bytes:
-    char = match[1]
-    return _UNESCAPE.get(char, char)
-
-
-def unescape(value: bytes) -> bytes | None:
-    """A COPY text field → the value's text (None: SQL NULL).  COPY TO writes only these escapes."""
-    if value == b"\\N":
-        return None
-    if b"\\" not in value:
-        return value
-    return _ESCAPE.sub(_unescape_one, value)
-
-
-def line_values(line: bytes) -> tuple[bytes | None, ...]:
-    return tuple(unescape(f) for f in line.split(b"\t"))
-
-
-def line_key(line: bytes, positions: Sequence[int]) -> Key:
-    fields = line.split(b"\t", max(positions) + 1)
-    return tuple(unescape(fields[p]) for p in positions)
-
-
-def key_text(key: Key) -> str:
-    """The primary key in an event key: the value's text, or a JSON array of them for several columns."""
-    texts = [b.decode() if b is not None else None for b in key]
-    if len(texts) == 1:
-        return texts[0] or ""
-    return json.dumps(texts, ensure_ascii=False, separators=(",", ":"))
-
-
-def backfill_key(rule: str, backfill_id: int, key: Key) -> str:
-    """The idempotency key of a backfill event: a pure function of the backfill and the row's key."""
-    return f"{rule}/backfill/{backfill_id}/{key_text(key)}"
 
 
 def _last_line(data: bytes | bytearray) -> bytes:
@@ -170,7 +142,7 @@ def check_where(where: str, table: TableInfo, collation: str) -> str:
     which knows every operator and function it accepts, none with a side effect.  Returns the expression
     as PostgreSQL deparses it over bare columns: the only text of the user's that reaches the server.
     Checked when the request is made and again when the service reads it from ``backfills``."""
-    from listener.predicate import PredicateError, compile_predicate
+    from listener.rules.predicate import PredicateError, compile_predicate
 
     def refuse(why: str, hint: str | None = None) -> ListenerError:
         allowed = (
@@ -213,38 +185,6 @@ def table_shape(row: Sequence[Any] | None) -> TableShape | None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Turning chunk rows into events (at the high mark, or in the expander)
-
-
-def chunk_events(
-    lines: bytes,
-    info: RelationInfo,
-    key_positions: Sequence[int],
-    rule: CompiledRule | None,
-    rule_name: str,
-    backfill_id: int,
-    read_at: datetime,
-) -> list[tuple[str, str, str | None]]:
-    """(idempotency key, payload, run key) for each row that passes the rule's ``when:``.  The payload is
-    a CDC insert's (``new`` the row, ``old`` null), or the rule's ``payload:`` shape.  ``rule`` None: a
-    rule that needs nothing from the row (the expander's case)."""
-    from listener.ingest import raw_rows, rule_matches, run_key, shaped_payload
-
-    out: list[tuple[str, str, str | None]] = []
-    for line in lines.split(b"\n"):
-        if not line:
-            continue
-        values = line_values(line)
-        key = backfill_key(rule_name, backfill_id, tuple(values[p] for p in key_positions))
-        change = Change("read", 0, 0, "", 0, read_at, info, 0, values)
-        if rule is None:
-            out.append((key, change.payload_json(), None))
-            continue
-        new, old = raw_rows(change)
-        if rule.predicate is not None and not rule_matches(rule, change, new, old):
-            continue
-        payload = shaped_payload(rule, change, new, old) if rule.payload else change.payload_json()
-        out.append((key, payload, run_key(rule, change) if rule.gated else None))
-    return out
 
 
 def chunk_from_row(row: Any) -> tuple[BackfillChunk, TableShape]:
@@ -317,7 +257,7 @@ class BackfillFailed(ListenerError):
 class Backfills:
     """Carries out recorded backfills inside a running ingest, and gives the reader its watermark hooks."""
 
-    def __init__(self, ingest: Ingest, *, chunk_rows: int | None = None) -> None:
+    def __init__(self, ingest: Stream, *, chunk_rows: int | None = None) -> None:
         self.ingest = ingest
         config = ingest.config
         self.chunk_rows = chunk_rows or (config.ingest.backfill_chunk_rows if config else CHUNK_ROWS)
@@ -452,7 +392,7 @@ class Backfills:
                 logger.error("backfill %d failed: %s", plan.id, exc.message)
                 await self._fail(plan.id, exc.message)
             except Exception as exc:
-                if not transient(exc):
+                if not is_transient(exc):
                     logger.exception("backfill %d failed", plan.id)
                     await self._fail(plan.id, f"{type(exc).__name__}: {exc}")
                     continue
@@ -547,7 +487,7 @@ class Backfills:
         types: TypeRegistry = self.ingest.types
         unknown = types.unknown(c[1] for c in shape.columns)
         if unknown:
-            await self.ingest.expander.resolve(unknown)
+            await self.ingest.resolve_types(unknown)
         info = relation_info(shape.relation(), types)
         flush = marker.info.server_version >= 170000  # pg_logical_emit_message(..., flush) is 17+
         # The walsender sends only flushed WAL: without the flush (17+) the mark would wait for the WAL

@@ -27,19 +27,20 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener import conninfo, managed, pushdown, store, versions
-from listener.catalog import TableInfo, read_tables, rule_tables
-from listener.config import Config, qualified_name
 from listener.errors import ConfigError, DatabaseError, PrerequisiteError, SlotInUseError
-from listener.lsn import format_lsn
-from listener.pushdown import PublicationPlan, Refusal, TablePlan, describe_rule, publish_list
-from listener.rules import OPERATIONS, CompiledRule, RuleSet, compile_rule
+from listener.pg import conninfo, managed, versions
+from listener.pg.lsn import format_lsn
+from listener.queue import store
+from listener.rules import pushdown
+from listener.rules.catalog import TableInfo, read_tables, rule_tables
+from listener.rules.compile import OPERATIONS, CompiledRule, RuleSet, compile_rule
+from listener.rules.config import Config, qualified_name
+from listener.rules.pushdown import PublicationPlan, Refusal, TablePlan, describe_rule, publish_list
 
 logger = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-CONNECT_TIMEOUT_S = 10  # unless the DSN says otherwise
 PROBE_LOCK_TIMEOUT_MS = 10_000  # trying a row filter locks its table briefly; wait at most this long
 # The constants of a row filter are parsed once, when the publication is created, under that session's
 # settings: `at > '2024-01-01'` would otherwise mean midnight in the session's time zone, while
@@ -56,16 +57,6 @@ class CheckResult:
     detail: str
     fix: str | None = None
     warning: bool = False  # ok, but worth knowing
-
-
-@contextmanager
-def connect(dsn: str, *, what: str = "the database") -> Iterator[Conn]:
-    """An autocommit connection with listener's session settings (:mod:`listener.conninfo`)."""
-    conn = conninfo.connect(dsn, what=what, connect_timeout=CONNECT_TIMEOUT_S)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,7 +199,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
     structural = RuleSet(config.rules)
     results: list[CheckResult] = []
     add = results.append
-    with connect(source_dsn) as conn:
+    with conninfo.connection(source_dsn) as conn:
         service = managed.detect(conn)
         results.extend(_check_server(conn.info.server_version))
         wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
@@ -231,7 +222,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
         results.extend(_check_tables(conn, config, structural, planned))
         results.extend(rule_results)
         results.extend(_check_publications(conn, structural, planned))
-    with connect(state_dsn, what="the state database") as conn:
+    with conninfo.connection(state_dsn, what="the state database") as conn:
         version = store.schema_version(conn, config.state_schema)
         latest = len(store.load_migrations())
         if version == latest:
@@ -759,13 +750,13 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
     ``keep`` too, so that a reload is refused before its marker), else ``PrerequisiteError`` gives the SQL
     that fixes it."""
     done: list[str] = []
-    with connect(source_dsn) as source:
+    with conninfo.connection(source_dsn) as source:
         rules, tables = compile_rules(source, config)
         exact = wide = plan_pushdown(source, config, rules, tables)
         if keep is not None:
             rules, tables = _compile_union(source, config, keep)
             wide = plan_pushdown(source, config, rules, tables)
-        with connect(state_dsn, what="the state database") as conn:
+        with conninfo.connection(state_dsn, what="the state database") as conn:
             try:
                 for m in store.migrate(conn, config.state_schema):
                     done.append(f"applied migration {m.version:04d}_{m.name}")
@@ -973,7 +964,7 @@ def drop(config: Config, source_dsn: str, state_dsn: str | None = None) -> list[
     """Drop the slot and both publications (the state schema and its events stay; with ``state_dsn``,
     the slot's checkpoint goes with the slot)."""
     done: list[str] = []
-    with connect(source_dsn) as conn:
+    with conninfo.connection(source_dsn) as conn:
         row = conn.execute(
             "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", [config.slot]
         ).fetchone()
@@ -1003,25 +994,8 @@ def drop(config: Config, source_dsn: str, state_dsn: str | None = None) -> list[
                     f"{statement.as_string(conn)};"
                 )
     if state_dsn is not None:
-        with connect(state_dsn, what="the state database") as conn:
+        with conninfo.connection(state_dsn, what="the state database") as conn:
             forgotten = store.forget_checkpoint(conn, config.state_schema, config.slot)
         if forgotten is not None:
             done.append(f"forgot the checkpoint of slot {config.slot} (at {format_lsn(forgotten)})")
     return done
-
-
-# PostgreSQL 18 skips a streamed publication that does not exist at a decoded position (with a warning);
-# before, that is an error.
-SKIPS_MISSING_PUBLICATIONS = 180000
-
-
-async def streamed_publications(conn: psycopg.AsyncConnection[Any], publication: str) -> list[str]:
-    """The publications ingest streams: ``publication`` and the filtered (insert-only) one (always from 18,
-    so one created later is picked up; before 18 only when it exists, which `init` ensures)."""
-    version = conn.info.server_version
-    filtered = pushdown.filtered_publication(publication)
-    if version < SKIPS_MISSING_PUBLICATIONS:
-        cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [filtered])
-        if await cur.fetchone() is None:
-            return [publication]
-    return [publication, filtered]

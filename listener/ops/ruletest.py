@@ -14,12 +14,12 @@ from typing import Any
 
 from psycopg import sql
 
-from listener.catalog import TableInfo, read_tables
-from listener.config import Config
 from listener.errors import ConfigError
-from listener.predicate import EvaluationError, MissingValue
-from listener.rules import CompiledRule, changed_matches, compile_rule
-from listener.setup import connect
+from listener.pg import conninfo
+from listener.rules.catalog import TableInfo, read_tables
+from listener.rules.compile import CompiledRule, changed_matches, compile_rule
+from listener.rules.config import Config
+from listener.rules.predicate import EvaluationError, MissingValue
 
 
 @dataclass
@@ -90,7 +90,7 @@ def test_rule(
         raise ConfigError(
             "give --new (insert), --old (delete) or both (update)", hint="e.g. --new '{\"id\": 1}'"
         )
-    with connect(dsn) as conn:
+    with conninfo.connection(dsn) as conn:
         tables, collation = read_tables(conn, [rule.table])
         table = tables[rule.table]
         compiled = compile_rule(rule, table=table, collation=collation, locate=config.field_place)

@@ -31,13 +31,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from listener import runs as runs_mod
-from listener import store
-from listener.config import Config, parse_duration
+from listener.cli.render import cell
 from listener.errors import ListenerError, PrerequisiteError
-from listener.lsn import format_lsn, parse_lsn
-from listener.rules import RuleSet
-from listener.terminal import cell
+from listener.ops import runs as runs_mod
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.queue import store
+from listener.rules.compile import RuleSet
+from listener.rules.config import Config, parse_duration
 
 WAIT_POLL_S = 0.5  # `listener rewind --wait` looks at the rewind this often
 
@@ -517,8 +517,8 @@ async def tally(state: store.StateStore, batch: store.EventBatch, counts: dict[s
 async def dry_run(config: Config, source_dsn: str, state_dsn: str, target: Target) -> DryRun:
     """Re-read the target's range on a temporary copy of the slot; count, per rule, the events it holds
     and those already present.  Writes nothing; the slot and a running ingest are not touched."""
-    from listener.ingest import Ingest
-    from listener.store import EventBatch, RewindPlan, StateStore
+    from listener.ingest.pipeline import Ingest
+    from listener.queue.store import EventBatch, RewindPlan, StateStore
 
     state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=1)
     result = DryRun(target.from_lsn, target.up_to, target.rerun_rule)

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from listener.errors import ConfigError
+from listener.pg.publications import MAX_IDENTIFIER_BYTES
 
 DEFAULT_CONFIG_FILE = "listener.yaml"
 DEFAULT_SLOT = "listener"
@@ -47,7 +48,6 @@ POLL_INTERVAL_S = 5.0
 LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
 GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
 RUN_TIMEOUT_S = 3600.0  # a run's timeout when its workflow sets none (@workflow(timeout=...))
-MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated, we refuse them
 RETAIN_WARN_BYTES = 10 * 1024**3  # `listener status` warns above this much WAL held by the slot (no `size`)
 
 Operation = Literal["insert", "update", "delete", "truncate"]

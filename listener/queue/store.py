@@ -11,15 +11,16 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import asyncpg
 import psycopg
 from psycopg import sql
 
-from listener.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.errors import DatabaseError
-from listener.lsn import format_lsn, parse_lsn
+from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.rules.events import RunPolicy
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -308,25 +309,6 @@ class BackfillChunk:
     data: bytes = b""  # the surviving rows as COPY text lines
     rows: int = 0  # how many lines ``data`` holds
     events: list[tuple[str, str, str | None]] | None = None  # (idempotency key, payload, run key)
-
-
-class RunPolicy(Protocol):
-    """What a rule says about the runs it makes (listener.rules.CompiledRule)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def workflow(self) -> str: ...
-    @property
-    def gated(self) -> bool: ...
-    @property
-    def key_limit(self) -> int | None: ...
-    @property
-    def ordered(self) -> bool: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def source(self) -> str: ...
 
 
 _EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify"}  # rule source -> events.source

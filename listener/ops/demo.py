@@ -10,9 +10,10 @@ from importlib import resources
 from rich.console import Console
 from rich.table import Table
 
-from listener import service, setup
-from listener.config import parse_config
-from listener.workflow import Event
+from listener import service
+from listener.pg import conninfo
+from listener.rules.config import parse_config
+from listener.runtime.workflow import Event
 
 # The demo's tables: the same file creates them in `docker compose up` (docker-entrypoint-initdb.d).
 SCHEMA_SQL = resources.files("listener_examples").joinpath("demo.sql").read_text()
@@ -24,7 +25,7 @@ async def demo(dsn: str, *, rows: int = 6) -> None:
     console = Console()
     text = resources.files("listener_examples").joinpath("demo.yaml").read_text()
     config = parse_config(text, filename="listener_examples/demo.yaml")
-    with setup.connect(dsn) as conn:
+    with conninfo.connection(dsn) as conn:
         conn.execute(SCHEMA_SQL.encode())
     started: list[tuple[Event, float]] = []
 
@@ -48,7 +49,7 @@ async def demo(dsn: str, *, rows: int = 6) -> None:
         raise TimeoutError(f"listener did not start streaming within {WAIT_S:.0f}s")
     console.print("[bold]listener is streaming.[/bold] Writing sample rows...\n")
     expected = 0
-    with setup.connect(dsn) as conn:
+    with conninfo.connection(dsn) as conn:
         for i in range(rows):
             if i % 3 == 0:
                 conn.execute("INSERT INTO demo.users (email) VALUES (%s)", [f"user{i}@example.com"])

@@ -14,15 +14,17 @@ import difflib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from listener.catalog import TableInfo
-from listener.config import Config, Rule, WorkflowLimit, key_fields
+import psycopg
+
 from listener.errors import ConfigError
-from listener.predicate import MissingValue, PredicateError
+from listener.rules.catalog import TableInfo, read_tables_async, rule_tables
+from listener.rules.config import Config, Rule, WorkflowLimit, key_fields
+from listener.rules.predicate import MissingValue, PredicateError
 
 if TYPE_CHECKING:
-    from listener.predicate import Predicate
+    from listener.rules.predicate import Predicate
 
 OPERATIONS = ("insert", "update", "delete", "truncate")
 
@@ -114,7 +116,7 @@ def compile_rule(
     predicate = None
     if rule.when is not None:
         assert table is not None
-        from listener.predicate import compile_predicate
+        from listener.rules.predicate import compile_predicate
 
         try:
             predicate = compile_predicate(rule.when, table.columns, collation=collation)
@@ -319,3 +321,9 @@ class RuleSet:
 
 
 __all__ = ["CompiledRule", "RuleSet", "compile_rule"]
+
+
+async def compile_rules(config: Config, catalog: psycopg.AsyncConnection[Any]) -> RuleSet:
+    """The rules of ``config``, checked against their tables' columns in the source catalog."""
+    tables, collation = await read_tables_async(catalog, rule_tables(config.rules))
+    return RuleSet.from_config(config, tables, collation)

@@ -18,11 +18,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from listener import store as store_mod
-from listener.backfill import OPEN, SHAPE, check_where, table_shape
-from listener.catalog import read_tables
-from listener.config import Config
 from listener.errors import ListenerError
+from listener.ingest.backfill import OPEN, SHAPE, check_where, table_shape
+from listener.queue import store as store_mod
+from listener.rules.catalog import read_tables
+from listener.rules.config import Config
 
 FOLLOW_POLL_S = 0.5  # `listener backfill` looks at its row this often
 

@@ -21,12 +21,13 @@ from typing import Any
 import click
 from rich.console import Console
 
-from listener import runs as runs_mod
-from listener import setup
-from listener.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
-from listener.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres, client_program
+from listener import install as setup
+from listener.cli.render import markup_safe, printable
 from listener.errors import DatabaseError, ListenerError, ProtocolError
-from listener.terminal import markup_safe, printable
+from listener.ops import runs as runs_mod
+from listener.pg import conninfo
+from listener.pg.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres, client_program
+from listener.rules.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
 
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -345,7 +346,7 @@ def worker(opts: Options, concurrency: int | None) -> None:
 def tail(opts: Options, max_changes: int | None) -> None:
     """Print the decoded changes of the configured tables as JSON lines (temporary slot)."""
     from listener import service
-    from listener import tail as tail_mod
+    from listener.ops import tail as tail_mod
 
     config = _load(opts)
 
@@ -366,7 +367,7 @@ def tail(opts: Options, max_changes: int | None) -> None:
 @click.pass_obj
 def demo(opts: Options, rows: int) -> None:
     """Create a sample schema, rules and workflows, write rows, and watch workflows react."""
-    from listener import demo as demo_mod
+    from listener.ops import demo as demo_mod
 
     with _databases(opts, parse_config("rules: []\n")) as (dsn, _):
         asyncio.run(demo_mod.demo(dsn, rows=rows))
@@ -458,12 +459,12 @@ def status(opts: Options, as_json: bool) -> None:
       backfills [{id, rule, table_name, where_sql, status, rows_read, rows_dropped, rows_total,
       ...} as `listener backfill status --json`], warnings [text]
     """
-    from listener import status as status_mod
+    from listener.ops import status as status_mod
 
     config = _load(opts, required=False)
     with (
         _databases(opts, config, create=False) as (dsn, state_dsn),
-        setup.connect(dsn) as source,
+        conninfo.connection(dsn) as source,
         runs_mod.connect(state_dsn, config.state_schema) as state,
     ):
         found = status_mod.gather(config, source, state)
@@ -507,12 +508,12 @@ def rewind(
     rewind), also for events that already ran.  --dry-run re-reads the range on a temporary copy of the
     slot and prints, per rule, the events it holds, how many already exist, and the runs it would make.
     """
-    from listener import rewind as rw
+    from listener.ops import rewind as rw
 
     config = _load(opts)
     with (
         _databases(opts, config) as (dsn, state_dsn),
-        setup.connect(dsn) as source,
+        conninfo.connection(dsn) as source,
         runs_mod.connect(state_dsn, config.state_schema) as state,
     ):
         target = rw.plan(config, source, state, to_lsn=to_lsn, to_time=to_time, rerun=rerun)
@@ -572,7 +573,7 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
     """
     if ctx.invoked_subcommand is not None:
         return
-    from listener import backfill_requests as bf
+    from listener.ops import backfill_requests as bf
 
     opts: Options = ctx.obj
     if rule is None:
@@ -583,11 +584,11 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
     config = _load(opts)
     with (
         _databases(opts, config) as (dsn, state_dsn),
-        setup.connect(dsn) as source,
+        conninfo.connection(dsn) as source,
         runs_mod.connect(state_dsn, config.state_schema) as state,
     ):
         request = bf.plan(config, source, rule, where)
-        from listener import store
+        from listener.queue import store
 
         store.migrate(state, config.state_schema)  # a service not restarted since an upgrade lacks the table
         backfill_id = bf.record(config, state, request)
@@ -634,7 +635,7 @@ def backfill_status(opts: Options, as_json: bool) -> None:
     """The open backfills and the last finished ones, with their progress."""
     from rich.table import Table
 
-    from listener import backfill_requests as bf
+    from listener.ops import backfill_requests as bf
 
     config = _load(opts, required=False)
     with (
@@ -664,7 +665,7 @@ def backfill_status(opts: Options, as_json: bool) -> None:
 @click.pass_obj
 def backfill_cancel(opts: Options, backfill_id: int) -> None:
     """Stop a backfill: no further chunk is read (events already made stay)."""
-    from listener import backfill_requests as bf
+    from listener.ops import backfill_requests as bf
 
     config = _load(opts, required=False)
     with (
@@ -710,7 +711,7 @@ def replay(
     events that already ran.  --dry-run prints, per rule, the events the range holds, how many already
     exist, and the runs a replay would make.
     """
-    from listener import journal
+    from listener.ops import replay as journal
 
     config = _load(opts)
     with (
@@ -907,7 +908,7 @@ def _json_row(value: str | None, option: str) -> dict[str, Any] | None:
 @click.pass_obj
 def rules_test(opts: Options, rule: str, new: str | None, old: str | None, op: str | None) -> None:
     """Evaluate RULE against a sample row, as ingest would; exit 0 if it matches, 1 if not."""
-    from listener import ruletest
+    from listener.ops import ruletest
 
     config = _load(opts)
     with _databases(opts, config) as (dsn, _):

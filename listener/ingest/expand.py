@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from listener import pgoutput as po
-from listener.changes import Change, RelationInfo, TypeRegistry, relation_info
 from listener.errors import ProtocolError
-from listener.lsn import parse_lsn
-from listener.store import EventBatch, StateStore
+from listener.ingest.backfill import chunk_from_row
+from listener.pg import pgoutput as po
+from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_info
+from listener.pg.lsn import parse_lsn
+from listener.queue.store import EventBatch, StateStore
+from listener.rules.events import chunk_events
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +182,6 @@ class Expander:
 
     async def expand_backfill(self, row: Any) -> int:
         """Expand one ``backfill_chunks`` row (COPY text lines) into its events; returns those inserted."""
-        from listener.backfill import chunk_events, chunk_from_row
 
         chunk, shape = chunk_from_row(row)
         unknown = self.types.unknown(c[1] for c in shape.columns)

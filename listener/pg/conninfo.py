@@ -23,7 +23,8 @@ import asyncio
 import os
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,16 @@ def ssl_context(p: Mapping[str, str]) -> ssl.SSLContext:
 def _default_file(name: str) -> str | None:
     path = _DOT_POSTGRESQL.expanduser() / name
     return str(path) if os.path.exists(path) else None
+
+
+CONNECT_TIMEOUT_S = 10  # unless the DSN says otherwise
+
+
+@contextmanager
+def connection(dsn: str, *, what: str = "the database") -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """An autocommit connection with listener's session settings, closed on the way out."""
+    conn = connect(dsn, what=what, connect_timeout=CONNECT_TIMEOUT_S)
+    try:
+        yield conn
+    finally:
+        conn.close()

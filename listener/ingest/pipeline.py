@@ -39,34 +39,31 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from listener import pgoutput as po
-from listener.backfill import PREFIX as BACKFILL_PREFIX
-from listener.backfill import Backfills
-from listener.catalog import read_tables_async, rule_tables
-from listener.changes import (
+from listener.errors import (
+    ConfigError,
+    ListenerError,
+    ProtocolError,
+    ReplicationEnded,
+    SlotInUseError,
+    is_transient,
+)
+from listener.ingest.backfill import PREFIX as BACKFILL_PREFIX
+from listener.ingest.backfill import Backfills
+from listener.ingest.expand import Expander
+from listener.ingest.journal import JournalBuffer, JournalPolicy, prune_forever
+from listener.pg import pgoutput as po
+from listener.pg.changes import (
     Assembler,
     Change,
     TxnBegin,
     TxnCommit,
     TypeRegistry,
-    carried_as_text,
-    json_or_text,
 )
-from listener.config import Config
-from listener.conninfo import asyncpg_params, connect_async
-from listener.errors import (
-    ConfigError,
-    ListenerError,
-    ProtocolError,
-    SlotInUseError,
-)
-from listener.expand import Expander
-from listener.journal import JournalBuffer, JournalPolicy, prune_forever
-from listener.lsn import format_lsn, parse_lsn
-from listener.predicate import EvaluationError, MissingValue
-from listener.replication import READ_BATCH_BYTES, ReplicationEnded, ReplicationSession
-from listener.rules import CompiledRule, RuleSet, changed_matches
-from listener.store import (
+from listener.pg.conninfo import asyncpg_params, connect_async
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.pg.publications import streamed_publications
+from listener.pg.replication import READ_BATCH_BYTES, ReplicationSession
+from listener.queue.store import (
     EventBatch,
     RawChunk,
     Retention,
@@ -74,7 +71,15 @@ from listener.store import (
     StateStore,
     control_channel,
 )
-from listener.supervise import ConnectionWatch, sleep_unless, spawn, supervised, task_group, transient
+from listener.rules.compile import CompiledRule, RuleSet, compile_rules
+from listener.rules.config import Config
+from listener.rules.events import (
+    append_change_events,
+    append_message_events,
+    append_notify_events,
+    append_truncate_events,
+)
+from listener.supervise import ConnectionWatch, sleep_unless, spawn, supervised, task_group
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,11 @@ _unpack_oid = struct.Struct(">I").unpack_from
 _pack_head = struct.Struct(">QI").pack  # a change in a chunk: its LSN and its message's length
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+# Brings the source's publications up to what a new config needs, keeping what ``keep`` needs as well
+# (None: exactly the new config's): `listener init`'s work, which the service hands to ``Ingest.reload``.
+Prepare = Callable[[Config, Config | None], object]
 
 
 class ReloadDeferred(ListenerError):
@@ -172,13 +182,6 @@ class BatchQueue(asyncio.Queue["EventBatch | None"]):
         await writer
 
 
-def event_key(rule: str, commit_lsn: int, ordinal: int) -> str:
-    """The idempotency key of a CDC event: rule + commit LSN + ordinal of the change among the changes to
-    its table in that transaction.  Counting per table keeps keys stable when the publication gains or
-    loses other tables."""
-    return f"{rule}/{format_lsn(commit_lsn)}/{ordinal}"
-
-
 class Ingest:
     """Streams ``slot`` and writes the events of ``rules`` to the state store."""
 
@@ -226,7 +229,7 @@ class Ingest:
         self.on_batch = on_batch
         self.stats = IngestStats()
         self.types = TypeRegistry()
-        self.expander = Expander(store, self.types, self._resolve_types, ahead=expand_ahead)
+        self.expander = Expander(store, self.types, self.resolve_types, ahead=expand_ahead)
         self.backfills = Backfills(self)  # snapshot backfills: a task per session, hooks in the reader
         self.durable_lsn = 0
         self.streaming = asyncio.Event()  # set once a session is streaming
@@ -322,7 +325,7 @@ class Ingest:
 
     def _retry(self, exc: BaseException) -> bool:
         """Which session failures the supervisor retries (after a backoff): transient ones."""
-        if not transient(exc):
+        if not is_transient(exc):
             return False  # a bug or a refusal that retrying cannot fix: stop loudly, acknowledge nothing
         self.stats.reconnects += 1
         self.streaming.clear()
@@ -354,10 +357,8 @@ class Ingest:
             flush = confirmed if self.retention is not None or rewind is not None else None
             if self.retention is not None and confirmed is not None:
                 await self.store.seed_history(confirmed)
-            from listener import setup
-
             # the config's publication and, where the server has row filters, the filtered one
-            publications = await setup.streamed_publications(self._catalog, self.publication)
+            publications = await streamed_publications(self._catalog, self.publication)
             await session.start(publication=publications, start_lsn=start, flush_lsn=flush)
             if flush is not None:
                 # Now that this session holds the slot, its confirmed position can no longer move under
@@ -518,9 +519,7 @@ class Ingest:
                     hint="rewind to a later position; `listener status` shows the rewindable range",
                 )
             await self._compile_rules()
-            from listener import setup
-
-            publications = await setup.streamed_publications(self._catalog, self.publication)
+            publications = await streamed_publications(self._catalog, self.publication)
             await session.start(publication=publications, start_lsn=rewind.from_lsn)
 
             async def read() -> None:
@@ -772,7 +771,7 @@ class Ingest:
                             ordinal = message_ordinals.get(msg.prefix, 0)
                             if begin is not None:
                                 message_ordinals[msg.prefix] = ordinal + 1
-                            _append_message_events(batch, msg, begin, ordinal, matched_messages)
+                            append_message_events(batch, msg, begin, ordinal, matched_messages)
                             stats.changes += 1
                             # not part of a transaction: no commit will submit it
                             if begin is None or batch.nbytes >= BATCH_BYTES:
@@ -801,13 +800,13 @@ class Ingest:
                         assert rel is not None
                         by_op = rules_by_oid[oid] = self.rules.for_table(rel.schema, rel.name)
                     if item.op == "truncate":
-                        _append_truncate_events(batch, item, self.rules)
+                        append_truncate_events(batch, item, self.rules)
                         if journal is not None:  # it took an ordinal: later changes start new rows
                             batch.journal += filter(None, (journal.close(r.oid) for r, _ in item.truncated))
                     else:
                         matched = by_op.get(item.op, ())
                         if matched:
-                            _append_events(batch, item, matched, huge=huge)
+                            append_change_events(batch, item, matched, huge=huge)
                             if compact_after and not rewinding:  # a rewind re-reads event by event (reruns)
                                 seen = txn_events[oid] = txn_events.get(oid, 0) + 1
                                 compact = seen >= compact_after
@@ -877,13 +876,14 @@ class Ingest:
 
     # -- reload -------------------------------------------------------------------------------------------
 
-    async def reload(self, config: Config, *, state_dsn: str | None = None) -> int:
+    async def reload(self, config: Config, *, prepare: Prepare) -> int:
         """Switch to ``config``'s rules at a precise point of the stream; return that LSN.
 
         The new rules are compiled against the catalog first (an invalid config raises and the old rules
-        keep running), the publication is brought up to date, then a non-transactional logical decoding
-        message ``listener.reload`` is written: transactions committed before it were matched by the old
-        rules, those after it by the new ones, and none is lost or matched twice on the way."""
+        keep running), the publications are brought up to date by ``prepare`` (the service passes
+        `listener init`'s), then a non-transactional logical decoding message ``listener.reload`` is
+        written: transactions committed before it were matched by the old rules, those after it by the new
+        ones, and none is lost or matched twice on the way."""
         for key in ("slot", "publication", "state_schema", "dsn", "state_dsn"):
             if getattr(config, key) != getattr(self.config, key) and self.config is not None:
                 raise ConfigError(
@@ -895,15 +895,13 @@ class Ingest:
             catalog = self._catalog
             if catalog is None or not self.streaming.is_set():
                 raise ReloadDeferred("ingest is not streaming")
-            return await self._reload(config, catalog, state_dsn or self.source_dsn)
+            return await self._reload(config, catalog, prepare)
 
-    async def _reload(self, config: Config, catalog: psycopg.AsyncConnection[Any], state: str) -> int:
+    async def _reload(self, config: Config, catalog: psycopg.AsyncConnection[Any], prepare: Prepare) -> int:
         rules = await compile_rules(config, catalog)  # raises ConfigError: the old rules stay
-        from listener import setup
-
         # The publications first carry what either set of rules needs; only after the marker (in WAL order)
         # do they narrow to the new rules, so no change that the rules in force would match is filtered.
-        await asyncio.to_thread(setup.init, config, self.source_dsn, state, keep=self.config)
+        await asyncio.to_thread(prepare, config, self.config)
         token = f"{self.slot}/{uuid.uuid4()}"
         self._pending_rules[token] = (config, rules)
         cur = await catalog.execute(
@@ -911,7 +909,7 @@ class Ingest:
         )
         row = await cur.fetchone()
         assert row is not None
-        await asyncio.to_thread(setup.init, config, self.source_dsn, state)
+        await asyncio.to_thread(prepare, config, None)
         return int(row[0])
 
     def _apply_reload(self, token: str, lsn: int) -> bool:
@@ -970,7 +968,7 @@ class Ingest:
                     while received and len(batch) < self.batch_events and batch.nbytes < BATCH_BYTES:
                         pid, channel, data = received.popleft()
                         buffered -= len(data)
-                        _append_notify_events(
+                        append_notify_events(
                             batch, channel, data, pid, f"notify/{session}", counter, self.rules
                         )
                         counter += 1
@@ -1014,7 +1012,7 @@ class Ingest:
     async def _relation(self, assembler: Assembler, msg: po.Relation) -> None:
         unknown = self.types.unknown(c.type_oid for c in msg.columns)
         if unknown:
-            await self._resolve_types(unknown)
+            await self.resolve_types(unknown)
             assembler.relation(msg)  # rebuild with the resolved loaders
 
     async def _compile_rules(self) -> None:
@@ -1024,15 +1022,9 @@ class Ingest:
             self.rules = await compile_rules(self.config, self._catalog)
             self._compile = False
 
-    async def _resolve_types(self, oids: Sequence[int]) -> None:
+    async def resolve_types(self, oids: Sequence[int]) -> None:
         assert self._catalog is not None
         await self.types.resolve(self._catalog, oids)
-
-
-async def compile_rules(config: Config, catalog: psycopg.AsyncConnection[Any]) -> RuleSet:
-    """The rules of ``config``, checked against their tables' columns in the source catalog."""
-    tables, collation = await read_tables_async(catalog, rule_tables(config.rules))
-    return RuleSet.from_config(config, tables, collation)
 
 
 def _moved_past(confirmed: int, rewind: RewindPlan) -> str:
@@ -1097,215 +1089,4 @@ async def first_of(*waits: Awaitable[Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def run_key(rule: CompiledRule, change: Change) -> str | None:
-    """The flow-control key of a gated rule's run: its key template filled from the row, or by default
-    the row's key (the primary key, see ``TableInfo.row_key``: from the new row, or the old row of a
-    delete), the same for a live change and a backfill read.  Scoped by rule.  None when the row has no
-    such values (then the run is limited by workflow only)."""
-    if rule.key_fields:
-        rows = {"new": change.new_json() or {}, "old": change.old_json() or {}}
-        parts = [rows[side].get(column) for side, column in rule.key_fields]
-    else:
-        rel = change.relation
-        assert rel is not None
-        row = (change.new_json() if change.op != "delete" else change.old_json()) or {}
-        parts = [row.get(column) for column in rule.key_columns or rel.key_columns]
-    if not parts or all(part is None for part in parts):
-        return None
-    return rule.name + ":" + "|".join("" if part is None else str(part) for part in parts)
-
-
-def _append_events(
-    batch: EventBatch, change: Change, matched: tuple[CompiledRule, ...], *, huge: bool = False
-) -> None:
-    rel = change.relation
-    assert rel is not None
-    whole: str | None = None  # the payload of rules without `payload:`, made once
-    rows: tuple[Row | None, Row | None] | None = None  # the raw new and old values, by column
-    commit = change.commit_text
-    for rule in matched:
-        if rule.filters or rule.payload:
-            if rows is None:
-                rows = raw_rows(change)
-            if rule.filters and not rule_matches(rule, change, *rows):
-                continue
-        if rule.payload:
-            assert rows is not None
-            payload = shaped_payload(rule, change, *rows)
-        else:
-            if whole is None:
-                whole = change.payload_json(huge=huge)
-            payload = whole
-        batch.add(
-            batch.group_id(rule, change.op, rel.qualified, commit, change.xid, change.commit_time),
-            change.lsn,
-            change.ordinal,
-            payload,
-            run_key(rule, change) if rule.gated else None,
-        )
-
-
-Row = dict[str, bytes | None]
-
-
-def raw_rows(change: Change) -> tuple[Row | None, Row | None]:
-    """The new and old values the server sent, by column name, as PostgreSQL text (None: SQL NULL).
-
-    What the server did not send is left out, so a predicate that needs it raises instead of guessing:
-    an unchanged TOAST value is taken from the old row when that row is whole, and an update without an
-    old tuple (replica identity DEFAULT, key unchanged) knows only the key columns' old values."""
-    rel = change.relation
-    assert rel is not None
-    unchanged = po.UNCHANGED_TOAST
-    old: Row | None = None
-    if change.old is not None:
-        key_only = change.old_kind == "K"
-        old = {
-            c.name: v  # type: ignore[misc]
-            for c, v in zip(rel.columns, change.old, strict=False)
-            if v is not unchanged and (c.is_key or not key_only)
-        }
-    elif change.op == "update" and change.new is not None:
-        old = {
-            c.name: v  # type: ignore[misc]
-            for c, v in zip(rel.columns, change.new, strict=False)
-            if c.is_key and v is not unchanged
-        }
-    new: Row | None = None
-    if change.new is not None:
-        new = {}
-        for c, v in zip(rel.columns, change.new, strict=False):
-            if v is unchanged:
-                if old is not None and c.name in old:
-                    new[c.name] = old[c.name]
-            else:
-                new[c.name] = v  # type: ignore[assignment]
-    return new, old
-
-
-def rule_matches(rule: CompiledRule, change: Change, new: Row | None, old: Row | None) -> bool:
-    """Whether ``change`` passes the rule's ``changed:`` and ``when:``; a value the rule needs but the
-    server did not send raises :class:`RuleEvaluationError` (never a guess)."""
-    if rule.changed and change.op == "update":
-        try:
-            if not changed_matches(rule, new, old):
-                return False
-        except MissingValue as exc:
-            raise RuleEvaluationError(rule, change, f"changed: needs {exc}", _FULL_HINT) from exc
-    if rule.predicate is None:
-        return True
-    try:
-        return bool(rule.predicate.matches(new, old, change.commit_time))
-    except MissingValue as exc:
-        raise RuleEvaluationError(
-            rule, change, f"when: needs {exc}, which the server did not send", _FULL_HINT
-        ) from exc
-    except EvaluationError as exc:
-        raise RuleEvaluationError(
-            rule, change, f"when: {exc}", "correct `when:` (e.g. cast to bigint or numeric), then restart"
-        ) from exc
-
-
-_FULL_HINT = (
-    "ALTER TABLE <table> REPLICA IDENTITY FULL, so updates and deletes carry the whole old row; then restart"
-)
-
-
-def shaped_payload(rule: CompiledRule, change: Change, new: Row | None, old: Row | None) -> str:
-    """``{"data": {name: value, ...}, "unchanged_toast": [...]}``: the columns ``payload:`` picks, renamed,
-    rendered like the whole-row payload; a value the server did not send is listed, never null."""
-    rel = change.relation
-    assert rel is not None
-    data: dict[str, Any] = {}
-    missing: list[str] = []
-    as_text: list[str] = []
-    for out, side, column in rule.payload:
-        row = new if side == "new" else old
-        if row is None:
-            data[out] = None
-        elif column not in row:
-            missing.append(out)
-        else:
-            value = row[column]
-            data[out] = None if value is None else rel.columns[rel.positions[column]].render(value)
-            if carried_as_text(data[out]):
-                as_text.append(out)
-    if as_text:
-        return _dumps({"data": data, "unchanged_toast": missing, "as_text": as_text})
-    return _dumps({"data": data, "unchanged_toast": missing})
-
-
-def _append_message_events(
-    batch: EventBatch,
-    msg: po.Message,
-    begin: po.Begin | None,
-    ordinal: int,
-    matched: tuple[CompiledRule, ...],
-) -> None:
-    """Events of a logical decoding message.  Transactional: keyed by the commit LSN and the message's
-    ordinal among its prefix's in the transaction; otherwise by the message's own LSN."""
-    content = _message_text(msg.content)
-    fields = {"content": content, "prefix": msg.prefix, "transactional": msg.transactional}
-    payload = _dumps({**_content_data(content), **fields})
-    commit = format_lsn(begin.final_lsn if begin is not None else msg.lsn)
-    xid = begin.xid if begin is not None else msg.xid
-    at = begin.commit_time if begin is not None else None
-    for rule in matched:
-        batch.add(batch.group_id(rule, "message", None, commit, xid, at), msg.lsn, ordinal, payload)
-
-
-def _message_text(content: bytes) -> str:
-    """A message's content as text, or as ``\\x`` hex when it is not text: not UTF-8, or holding NUL
-    (which no PostgreSQL text holds, and the queue's jsonb refuses)."""
-    if b"\0" not in content:
-        with contextlib.suppress(UnicodeDecodeError):
-            return content.decode()
-    return "\\x" + content.hex()
-
-
-def _content_data(content: str) -> dict[str, Any]:
-    """A message's or a NOTIFY's content as JSON, for ``ctx.event.data``: None when it is not JSON; the
-    text itself, listed in ``as_text``, when it is JSON Python cannot carry (too deep, a huge number)."""
-    data, as_text = json_or_text(content)
-    return {"data": data, "as_text": ["data"]} if as_text else {"data": data}
-
-
-def _append_notify_events(
-    batch: EventBatch, channel: str, content: str, pid: int, session: str, ordinal: int, rules: RuleSet
-) -> None:
-    payload = _dumps({**_content_data(content), "content": content, "channel": channel, "pid": pid})
-    for rule in rules.channels.get(channel, ()):
-        batch.add(batch.group_id(rule, "notify", None, session, None, None), 0, ordinal, payload)
-
-
-class RuleEvaluationError(ListenerError):
-    """A rule could not be evaluated for a change: the service stops there, acknowledging nothing past it."""
-
-    def __init__(self, rule: CompiledRule, change: Change, what: str, hint: str) -> None:
-        super().__init__(
-            f"rule {rule.name!r} on {change.table} at LSN {format_lsn(change.lsn)} "
-            f"(transaction {format_lsn(change.commit_lsn)}): {what}",
-            hint=hint.replace("<table>", change.table or "<table>"),
-        )
-
-
-def _append_truncate_events(batch: EventBatch, change: Change, rules: RuleSet) -> None:
-    """A truncate of several tables is one change per table: each rule's event uses its table's ordinal."""
-    payload = _dumps(
-        {
-            "new": None,
-            "old": None,
-            "unchanged_toast": [],
-            "tables": [r.qualified for r, _ in change.truncated],
-        }
-    )
-    commit = change.commit_text
-    for rel, ordinal in change.truncated:
-        for rule in rules.match(rel.schema, rel.name, "truncate"):
-            gid = batch.group_id(rule, "truncate", rel.qualified, commit, change.xid, change.commit_time)
-            batch.add(
-                gid, change.lsn, ordinal, payload, f"{rule.name}:{rel.qualified}" if rule.gated else None
-            )
-
-
-__all__ = ["EventBatch", "Ingest", "IngestStats", "ListenerError", "event_key"]
+__all__ = ["EventBatch", "Ingest", "IngestStats", "ListenerError"]

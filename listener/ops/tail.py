@@ -16,13 +16,15 @@ from typing import TextIO
 
 from psycopg import sql
 
-from listener import pgoutput as po
-from listener import setup
-from listener.changes import Assembler, Change, TxnCommit, TypeRegistry, change_json
-from listener.config import MAX_IDENTIFIER_BYTES, Config
-from listener.conninfo import connect_async
-from listener.replication import ReplicationSession
-from listener.rules import RuleSet
+from listener import install as setup
+from listener.pg import conninfo
+from listener.pg import pgoutput as po
+from listener.pg.changes import Assembler, Change, TxnCommit, TypeRegistry, change_json
+from listener.pg.conninfo import connect_async
+from listener.pg.publications import MAX_IDENTIFIER_BYTES
+from listener.pg.replication import ReplicationSession
+from listener.rules.compile import RuleSet
+from listener.rules.config import Config
 
 
 def tail_names(config: Config) -> tuple[str, str]:
@@ -49,7 +51,7 @@ async def tail(
     stop = stop or asyncio.Event()
     rules = RuleSet(config.rules)
     publication, slot = tail_names(config)
-    with setup.connect(dsn) as conn:
+    with conninfo.connection(dsn) as conn:
         publications, borrowed = setup.tail_publications(conn, publication, config, rules)
     if borrowed is not None:
         print(
@@ -101,6 +103,6 @@ async def tail(
             await session.close()
     finally:
         if borrowed is None:
-            with setup.connect(dsn) as conn:
+            with conninfo.connection(dsn) as conn:
                 conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
     return printed

@@ -31,21 +31,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from listener.catalog import TableInfo
-from listener.config import MAX_IDENTIFIER_BYTES, qualified_name
-from listener.rules import OPERATIONS, CompiledRule, RuleSet
-from listener.versions import major
+from listener.pg.publications import FILTERED_SUFFIX, filtered_publication
+from listener.pg.versions import major
+from listener.rules.catalog import TableInfo
+from listener.rules.compile import OPERATIONS, CompiledRule, RuleSet
+from listener.rules.config import qualified_name
 
 MIN_SERVER_VERSION = 150000  # publication row filters and column lists: PostgreSQL 15
-FILTERED_SUFFIX = "_filtered"
 ROW_OPERATIONS = frozenset({"insert", "update", "delete"})
 FILTERED_OPERATIONS = frozenset({"insert", "truncate"})  # what a table with a row filter may listen to
-
-
-def filtered_publication(publication: str) -> str:
-    """The second publication's name: ``<publication>_filtered``, the base shortened so the suffix fits
-    PostgreSQL's 63-byte names (publication names are ASCII, the config checks)."""
-    return publication[: MAX_IDENTIFIER_BYTES - len(FILTERED_SUFFIX)] + FILTERED_SUFFIX
 
 
 def publish_list(operations: Iterable[str]) -> str:

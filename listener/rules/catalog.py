@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
-from listener.config import Rule, split_table
-from listener.predicate import ColumnType
+from listener.rules.config import Rule, split_table
+from listener.rules.predicate import ColumnType
 
 _COLUMNS = """
 SELECT a.attname,

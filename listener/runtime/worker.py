@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from listener import workflow as wf
-from listener.config import RUN_TIMEOUT_S, WorkflowLimit
-from listener.conninfo import SESSION_SETTINGS, asyncpg_params
-from listener.errors import ConfigError
-from listener.store import notify_channel
-from listener.supervise import ConnectionWatch, spawn, supervised, task_group, transient
+from listener.errors import ConfigError, is_transient
+from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
+from listener.queue.store import notify_channel
+from listener.rules.config import RUN_TIMEOUT_S, WorkflowLimit
+from listener.runtime import workflow as wf
+from listener.supervise import ConnectionWatch, spawn, supervised, task_group
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class Worker:
             try:
                 rows = await pool.fetch(_DONE, [i[0] for i in items], [i[1] for i in items])
             except Exception as exc:
-                if transient(exc):
+                if is_transient(exc):
                     self._done[:0] = items
                     self._done_ready.set()
                 else:  # the runs stay running; their leases expire and they run again

@@ -29,9 +29,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from listener import setup, store
+from listener.cli.render import cell, printable
 from listener.errors import DatabaseError, ListenerError, PrerequisiteError
-from listener.terminal import cell, printable
+from listener.pg import conninfo
+from listener.queue import store
 
 STATUSES = ("pending", "running", "done", "dead", "cancelled")
 LIST_LIMIT = 50  # runs listed by default
@@ -269,7 +270,7 @@ WHERE run_id = %s AND attempt = %s AND finished_at IS NULL
 @contextmanager
 def connect(dsn: str, schema: str) -> Iterator[Conn]:
     """An autocommit connection to the state database with ``schema`` on the search path."""
-    with setup.connect(dsn, what="the state database") as conn:
+    with conninfo.connection(dsn, what="the state database") as conn:
         if store.schema_version(conn, schema) is None:
             raise PrerequisiteError(
                 f"the state schema {schema!r} does not exist in the state database: nothing has run yet",

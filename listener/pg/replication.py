@@ -24,9 +24,9 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import pq
 
-from listener.conninfo import connect_async
-from listener.errors import DatabaseError, PrerequisiteError, ProtocolError, SlotInUseError
-from listener.lsn import format_lsn, parse_lsn
+from listener.errors import DatabaseError, PrerequisiteError, ProtocolError, ReplicationEnded, SlotInUseError
+from listener.pg.conninfo import connect_async
+from listener.pg.lsn import format_lsn, parse_lsn
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +106,6 @@ def publication_names(publication: str | Sequence[str]) -> str:
     """The ``publication_names`` option of pgoutput: a quoted, comma-separated list of quoted names."""
     names = [publication] if isinstance(publication, str) else list(publication)
     return _quote_literal(",".join(_quote_ident(name) for name in names))
-
-
-class ReplicationEnded(DatabaseError):
-    """The server ended the COPY stream or the connection dropped; the caller may reconnect."""
 
 
 class ReplicationSession:

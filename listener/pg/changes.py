@@ -31,9 +31,9 @@ import psycopg
 from psycopg import postgres, pq
 from psycopg.adapt import AdaptersMap, Transformer
 
-from listener import pgoutput as po
 from listener.errors import ProtocolError
-from listener.lsn import format_lsn
+from listener.pg import pgoutput as po
+from listener.pg.lsn import format_lsn
 
 logger = logging.getLogger(__name__)
 

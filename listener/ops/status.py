@@ -15,10 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from listener import rewind as rw
-from listener.config import Config
-from listener.lsn import format_lsn
-from listener.terminal import cell
+from listener.cli.render import cell
+from listener.ops import rewind as rw
+from listener.pg.lsn import format_lsn
+from listener.rules.config import Config
 
 COUNTED_STATUSES = ("pending", "running", "dead")
 
@@ -100,7 +100,7 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
     status.rewinds = [asdict(row) for row in rw.rewinds(state, config.slot)]
     row = state.execute("SELECT to_regclass('backfills')").fetchone()
     if row is not None and row[0] is not None:  # a schema not migrated yet has none
-        from listener import backfill_requests
+        from listener.ops import backfill_requests
 
         status.backfills = [
             b.to_json() for b in backfill_requests.list_backfills(state, config.slot, limit=5)

@@ -1,28 +1,19 @@
-"""The change journal (``journal:``): the rule tables' changes kept for ``keep``, and `listener replay`.
+"""`listener replay`: the change journal's rows evaluated again with the current rules.
 
-Ingest keeps each row change the stream carries as the server sent it: per transaction and table, the raw
-pgoutput messages with the table's Relation message (a row of ``journal``, see sql/0006_journal.sql),
-written in the state-db transaction of its batch.  On the hot path that is two appends to a bytearray
-per change (:class:`JournalBuffer`); nothing is decoded or rendered for it.
-
-`listener replay --from-time T` reads the rows committed in a time range, decodes them with the
-expander's code (:func:`listener.expand.stored_changes`), evaluates the *current* rules with the ingest's
-matching (:func:`listener.ingest.append_events`) and inserts the events under their usual idempotency
+`listener replay --from-time T` reads the journal rows committed in a time range (see
+:mod:`listener.ingest.journal`), decodes them with the expander's code
+(:func:`listener.ingest.expand.stored_changes`), evaluates the *current* rules with ingest's matching
+(:func:`listener.rules.events.append_change_events`) and inserts the events under their usual idempotency
 keys: existing keys insert nothing, so only new rules and new matches make work -- the semantics of a
 rewind, without needing the WAL.  It writes only events and runs, so it works whether `listener run` is
 running or not.
-
-The running ingest prunes rows committed more than ``keep`` ago every ``PRUNE_INTERVAL_S``, in batches of
-``PRUNE_BATCH_ROWS``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import logging
-import struct
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,98 +24,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from listener import pgoutput as po
-from listener.changes import Assembler, RelationInfo, TypeRegistry
-from listener.config import Config
-from listener.conninfo import connect_async
 from listener.errors import ListenerError
-from listener.expand import decode_relation, stored_changes
-from listener.rewind import Conn, RuleCount, tally
-from listener.store import EventBatch, RawChunk, RewindPlan, StateStore
+from listener.ingest.expand import decode_relation, stored_changes
+from listener.ops.rewind import Conn, RuleCount, parse_time, tally
+from listener.pg import pgoutput as po
+from listener.pg.changes import RelationInfo, TypeRegistry
+from listener.pg.conninfo import connect_async
+from listener.queue.store import EventBatch, RewindPlan, StateStore
+from listener.rules.compile import compile_rules
+from listener.rules.config import Config
+from listener.rules.events import append_change_events
 
 logger = logging.getLogger(__name__)
-
-PRUNE_INTERVAL_S = 60.0
-PRUNE_BATCH_ROWS = 1000
-CHUNK_BYTES = 1 << 20  # a journal row holds at most about this much (a huge transaction makes several)
-
-_unpack_oid = struct.Struct(">I").unpack_from
-_pack_head = struct.Struct(">QI").pack  # a change in a journal row: its LSN and its message's length
-
-
-class JournalBuffer:
-    """The journal rows of the open transaction, one per table, filled with raw messages as they come.
-
-    ``add`` is on the ingest's per-change path; ``close``/``take`` hand finished rows to a batch."""
-
-    __slots__ = ("chunk_bytes", "open", "protocol")
-
-    def __init__(self, protocol: int, *, chunk_bytes: int | None = None) -> None:
-        self.protocol = protocol
-        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
-        self.open: dict[int, RawChunk] = {}
-
-    def add(
-        self, lsn: int, payload: bytes | memoryview, assembler: Assembler, relations: dict[int, bytes]
-    ) -> RawChunk | None:
-        """Keep one Insert/Update/Delete message (before the assembler counts it); return a full row."""
-        oid = _unpack_oid(payload, 1)[0]
-        chunk = self.open.get(oid)
-        if chunk is None:
-            begin = assembler.begin
-            relation = relations.get(oid)
-            info = assembler.relations.get(oid)
-            if begin is None or relation is None or info is None:
-                return None  # the assembler raises the protocol error for this message
-            chunk = self.open[oid] = RawChunk(
-                commit_lsn=begin.final_lsn,
-                relation_oid=oid,
-                first_ordinal=assembler.peek_ordinal(oid),
-                xid=begin.xid,
-                commit_time=begin.commit_time,
-                table_name=info.qualified,
-                protocol=self.protocol,
-                relation=relation,
-                rules="",
-            )
-        data = chunk.data
-        data += _pack_head(lsn, len(payload))
-        data += payload
-        chunk.changes += 1
-        if len(data) >= self.chunk_bytes:
-            return self.open.pop(oid)
-        return None
-
-    def close(self, oid: int) -> RawChunk | None:
-        """End the open row of table ``oid`` (its shape changed, or a truncate took an ordinal)."""
-        return self.open.pop(oid, None)
-
-    def take(self) -> list[RawChunk]:
-        """The open rows, at the transaction's commit."""
-        rows = list(self.open.values())
-        self.open.clear()
-        return rows
-
-
-@dataclass(frozen=True, slots=True)
-class JournalPolicy:
-    """``journal:`` as the ingest uses it."""
-
-    keep_s: float
-    prune_interval_s: float = PRUNE_INTERVAL_S
-    prune_batch_rows: int = PRUNE_BATCH_ROWS
-
-
-async def prune_forever(store: StateStore, policy: JournalPolicy, stop: asyncio.Event) -> None:
-    """Delete rows older than ``keep`` now and then, until ``stop``.  Runs supervised (ingest's
-    ``ingest-journal`` task): a lost connection is retried after a backoff (the journal only grows
-    meanwhile), any other failure stops the service."""
-    while not stop.is_set():
-        deleted = await store.prune_journal(policy.keep_s, batch_rows=policy.prune_batch_rows)
-        if deleted:
-            logger.info("journal: pruned %d row(s) older than %gs", deleted, policy.keep_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), policy.prune_interval_s)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,8 +78,6 @@ def plan_replay(
     now: datetime | None = None,
 ) -> ReplayPlan:
     """Check a replay request against the configuration and the journal; refuse clearly."""
-    from listener.rewind import parse_time
-
     where = config.source_path or "the configuration"
     table_rules = [r for r in config.rules if r.table is not None]
     if rule is not None:
@@ -292,8 +201,6 @@ async def replay(
 ) -> ReplayResult:
     """Read the plan's journal rows, decode them as the expander does, evaluate the current rules as ingest
     does and insert the events (existing keys insert nothing); with ``dry_run`` only count."""
-    from listener.ingest import _append_events, compile_rules
-
     result = ReplayResult(plan, dry_run)
     result.rules = {name: RuleCount() for name in plan.rules}
     wanted = frozenset(plan.rules)
@@ -346,7 +253,7 @@ async def replay(
                     ):  # fmt: skip
                         matched = tuple(r for r in by_op.get(change.op, ()) if r.name in wanted)
                         if matched:
-                            _append_events(batch, change, matched)
+                            append_change_events(batch, change, matched)
                     result.rows += 1
                     result.changes += row["changes"]
                     progress.advance(task, row["changes"])

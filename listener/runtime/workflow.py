@@ -1,0 +1,405 @@
+"""The workflow API: the context a workflow function receives, durable steps, and policies.
+
+A workflow is a Python function referenced as ``module.path:function``; it takes one argument, the
+:class:`Context`, and may be ``async`` or plain::
+
+    from listener.runtime.workflow import Context, workflow
+
+    @workflow(max_attempts=5, timeout=600)
+    async def summarize(ctx: Context) -> None:
+        text = await ctx.step("summarize", call_llm, ctx.event.new["body"])   # runs once, ever
+        async def save() -> None:
+            async with ctx.transaction() as conn:                              # commits with the step
+                await conn.execute("UPDATE tickets SET summary = $1 WHERE id = $2", text, ctx.event.new["id"])
+        await ctx.step("save", save)
+
+A step's JSON-serialisable result is committed before the step counts as done; when the run is retried or
+resumed on another worker, the recorded result is returned and the function is not called again.  Writes
+made through :meth:`Context.transaction` inside a step commit in the same transaction as the step's record:
+exactly-once effects for database writes.  For external calls, pass :meth:`Context.step_key` as the
+provider's idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import importlib
+import inspect
+import json
+import random
+import sys
+import threading
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from listener.errors import ConfigError, ListenerError
+from listener.pg.changes import json_too_deep
+
+Workflow = Callable[["Context"], Awaitable[Any] | Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_ATTEMPTS = 5
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 300.0
+
+
+class StepError(ListenerError):
+    """A step was used wrongly (its result cannot be recorded, a transaction outside a step...)."""
+
+
+class Fenced(ListenerError):
+    """This worker no longer holds the run (its lease expired and another attempt took over)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Retries and timeouts of a workflow (``@workflow(...)``) or a step (``ctx.step(..., retries=)``)."""
+
+    max_attempts: int = MAX_ATTEMPTS
+    backoff_base: float = BACKOFF_BASE_S
+    backoff_max: float = BACKOFF_MAX_S
+    timeout: float | None = None
+
+    def backoff(self, failures: int) -> float:
+        """Exponential backoff with full jitter, after ``failures`` failed attempts."""
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** max(0, failures - 1)))
+
+
+def workflow(
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+    timeout: float | None = None,
+    backoff_base: float = BACKOFF_BASE_S,
+    backoff_max: float = BACKOFF_MAX_S,
+) -> Callable[[F], F]:
+    """Set a workflow's retry policy and run timeout (seconds)."""
+
+    def mark(fn: F) -> F:
+        fn.__listener_policy__ = Policy(max_attempts, backoff_base, backoff_max, timeout)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def policy_of(fn: Workflow) -> Policy:
+    found = getattr(fn, "__listener_policy__", None)
+    return found if isinstance(found, Policy) else Policy()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One workflow event, as stored in the queue."""
+
+    idempotency_key: str
+    rule: str
+    workflow: str
+    op: str | None
+    table: str | None
+    lsn: str | None
+    commit_lsn: str | None
+    xid: int | None
+    commit_time: datetime | None
+    new: dict[str, Any] | None
+    old: dict[str, Any] | None
+    unchanged_toast: tuple[str, ...]
+    key: str | None = None  # the flow-control key of a gated run ("rule:value"), else None
+    # what `payload:` picked (table rules), or a message's / NOTIFY's content parsed as JSON
+    data: Any = None
+    # values carried as their PostgreSQL text instead of JSON (json nested deeper than Python's json
+    # module can read, a number beyond float range): column names, payload names, or "data"
+    as_text: tuple[str, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: Any) -> Event:
+        text = row["payload"]
+        # ingest carries deep values as text; a deeper payload written some other way is never parsed
+        payload = {"data": text, "as_text": ["payload"]} if json_too_deep(text) else json.loads(text)
+        return cls(
+            idempotency_key=row["event_key"],
+            rule=row["rule"],
+            workflow=row["workflow"],
+            op=row["op"],
+            table=row["table_name"],
+            lsn=row["lsn"],
+            commit_lsn=row["commit_lsn"],
+            xid=row["xid"],
+            commit_time=row["commit_time"],
+            new=payload.get("new"),
+            old=payload.get("old"),
+            unchanged_toast=tuple(payload.get("unchanged_toast", ())),
+            key=row.get("key"),
+            data=payload.get("data"),
+            as_text=tuple(payload.get("as_text", ())),
+        )
+
+
+@dataclass(slots=True)
+class _StepScope:
+    name: str
+    conn: StateConnection | None = None
+    tx: Any = None
+
+
+if TYPE_CHECKING:  # asyncpg's runtime class takes no subscript; only the type checker sees a generic
+    from asyncpg.pool import PoolConnectionProxy
+
+    StateConnection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+
+_current_step: contextvars.ContextVar[_StepScope | None] = contextvars.ContextVar(
+    "listener_step", default=None
+)
+
+_SAVE_STEP = """
+INSERT INTO steps (run_id, name, attempt, result, started_at) VALUES ($1, $2, $3, $4::jsonb, $5)
+"""
+# Fence: the run must still be ours (same attempt, still running); FOR SHARE serialises with a reclaim.
+_FENCE = "SELECT 1 FROM runs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR SHARE"
+
+
+@dataclass
+class Context:
+    """Passed to every workflow function: its event, its run, and durable steps."""
+
+    event: Event
+    run_id: str = ""
+    attempt: int = 0
+    pool: asyncpg.Pool | None = None
+    recorded: dict[str, Any] = field(default_factory=dict)  # step name -> recorded result
+    calls: list[str] = field(default_factory=list)  # steps run (not replayed) in this attempt
+
+    def step_key(self, name: str | None = None) -> str:
+        """A stable idempotency key for a step (the current one by default): the same on every retry, for
+        an LLM or payment provider's Idempotency-Key header."""
+        if name is None:
+            scope = _current_step.get()
+            if scope is None:
+                raise StepError("step_key() without a name outside a step", hint="pass the step's name")
+            name = scope.name
+        return f"{self.run_id}:{name}"
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retries: int = 0,
+        timeout: float | None = None,
+        backoff_base: float = BACKOFF_BASE_S,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` once for this run: its result is recorded, and returned again on a
+        retry or resume without calling ``fn``.  ``retries`` retries the step in place (with backoff)
+        before the failure fails the run attempt; ``timeout`` bounds each try, in seconds."""
+        if name in self.recorded:
+            return self.recorded[name]
+        if _current_step.get() is not None:
+            raise StepError(f"step {name!r} inside step {_current_step.get().name!r}: steps do not nest")  # type: ignore[union-attr]
+        policy = Policy(max_attempts=retries + 1, backoff_base=backoff_base, timeout=timeout)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await self._run_step(name, fn, args, kwargs, policy.timeout)
+            except (Fenced, StepError, asyncio.CancelledError):
+                raise
+            except Exception:
+                if tries >= policy.max_attempts:
+                    raise
+                await asyncio.sleep(policy.backoff(tries))
+
+    async def _run_step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        assert self.pool is not None, "a Context without a pool cannot run steps"
+        scope = _StepScope(name)
+        token = _current_step.set(scope)
+        started = datetime.now().astimezone()
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await call(fn, *args, **kwargs)
+                try:
+                    encoded = json.dumps(result, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    raise StepError(
+                        f"step {name!r} of workflow {self.event.workflow} returned a value that is not "
+                        f"JSON-serialisable: {exc}",
+                        hint="return plain data (dict, list, str, int, float, bool, None) from the step",
+                    ) from exc
+                if scope.conn is None:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        await self._record(conn, name, encoded, started)
+                else:
+                    await self._record(scope.conn, name, encoded, started)
+                    await scope.tx.commit()
+            except BaseException:
+                if scope.tx is not None:
+                    with contextlib.suppress(Exception):
+                        await scope.tx.rollback()
+                raise
+        finally:
+            if scope.conn is not None:
+                await self.pool.release(scope.conn)
+            _current_step.reset(token)
+        self.recorded[name] = json.loads(encoded)
+        self.calls.append(name)
+        return self.recorded[name]
+
+    async def _record(self, conn: StateConnection, name: str, encoded: str, started: datetime) -> None:
+        if await conn.fetchval(_FENCE, self.run_id, self.attempt) is None:
+            raise Fenced(
+                f"run {self.run_id} attempt {self.attempt} no longer holds its lease; step {name!r} dropped"
+            )
+        await conn.execute(_SAVE_STEP, self.run_id, name, self.attempt, encoded, started)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StateConnection]:
+        """A connection to the state database inside the current step's transaction: what is written
+        through it commits together with the step's record, or not at all."""
+        scope = _current_step.get()
+        if scope is None:
+            raise StepError(
+                "ctx.transaction() outside a step",
+                hint="call it inside a function run by `await ctx.step(name, fn)`, so its writes commit "
+                "with the step's record",
+            )
+        if scope.conn is None:
+            assert self.pool is not None
+            conn = await self.pool.acquire()
+            scope.conn, scope.tx = conn, conn.transaction()
+            await scope.tx.start()
+            if await conn.fetchval(_FENCE, self.run_id, self.attempt) is None:
+                raise Fenced(f"run {self.run_id} attempt {self.attempt} no longer holds its lease")
+        yield scope.conn
+
+
+_cache: dict[str, Workflow] = {}
+
+
+def use_import_dirs(dirs: Sequence[Path]) -> None:
+    """Put ``dirs`` first on ``sys.path``, in order: the user's workflows win over installed packages."""
+    for directory in reversed(dirs):
+        entry = str(directory)
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+    importlib.invalidate_caches()
+
+
+def _raising_line(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of ``exc`` outside the import machinery."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+
+
+def resolve(
+    reference: str, *, rule: str | None = None, place: tuple[str | None, int | None] = (None, None)
+) -> Workflow:
+    """Import ``module.path:function``; a clear ConfigError when it does not resolve (``place``: where the
+    reference is written, file and line).  The module's own failure (missing, a syntax error, an exception
+    at import) is named with its file and line."""
+    cached = _cache.get(reference)
+    if cached is not None:
+        return cached
+    file, line = place
+
+    def refused(what: str, hint: str) -> ConfigError:
+        return ConfigError(f"workflow {reference!r}: {what}", file=file, line=line, rule=rule, hint=hint)
+
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"workflow reference {reference!r} is not of the form module.path:function",
+            file=file,
+            line=line,
+            rule=rule,
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise refused(
+                f"importing module {module_name!r} failed at {_raising_line(exc)}: {exc}",
+                "install the missing module, or correct the import",
+            ) from exc
+        raise refused(
+            f"cannot import module {module_name!r}: no module named {exc.name!r}",
+            f"put {module_name.replace('.', '/')}.py beside the config file (its directory is importable), or"
+            " name the directory that holds it in `workflows_path:`",
+        ) from exc
+    except SyntaxError as exc:
+        raise refused(
+            f"{exc.filename}:{exc.lineno}: syntax error in module {module_name!r}: {exc.msg}",
+            "correct the module's syntax",
+        ) from exc
+    except Exception as exc:
+        raise refused(
+            f"importing module {module_name!r} raised {type(exc).__name__} at {_raising_line(exc)}: {exc}",
+            "fix the module: importing it must not fail",
+        ) from exc
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise refused(
+            f"module {module_name!r} has no function {attr!r}",
+            f"define `async def {attr}(ctx)` in {module_name}",
+        )
+    _cache[reference] = fn
+    return fn  # type: ignore[no-any-return]
+
+
+async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a workflow or a step's function: an ``async`` one on the event loop, a plain one in a thread of
+    its own, so a blocking call (a synchronous SDK, ``time.sleep``) stalls neither the other runs nor the
+    heartbeat that keeps their leases."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    result = await in_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(result):  # a plain function that returned a coroutine (a wrapper, a lambda)
+        return await result
+    return result
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a new daemon thread (with this context's variables), awaited.
+
+    Not ``asyncio.to_thread``: a timed-out or shut-down run cannot stop its thread, and that thread would
+    then hold one of the default executor's few slots for as long as it runs, and block the process's exit.
+    A daemon thread of its own does neither."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if done.done():  # abandoned: the run timed out or was cancelled meanwhile
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+
+    def target() -> None:
+        try:
+            result, exc = context.run(fn, *args, **kwargs), None
+        except BaseException as raised:  # whatever it raises is the run's failure, in the loop's thread
+            result, exc = None, raised
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(
+        target=target, name=f"listener {getattr(fn, '__qualname__', fn)!s:.60}", daemon=True
+    ).start()
+    return await done
