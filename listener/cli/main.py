@@ -22,7 +22,8 @@ import click
 from rich.console import Console
 
 from listener import install as setup
-from listener.cli.render import markup_safe, printable
+from listener.cli import views
+from listener.cli.render import dumps, markup_safe, printable, stdout_console, write_json_lines
 from listener.errors import DatabaseError, ListenerError, ProtocolError
 from listener.ops import runs as runs_mod
 from listener.pg import conninfo
@@ -369,8 +370,15 @@ def demo(opts: Options, rows: int) -> None:
     """Create a sample schema, rules and workflows, write rows, and watch workflows react."""
     from listener.ops import demo as demo_mod
 
+    console = Console()
+
+    def on_streaming() -> None:
+        console.print("[bold]listener is streaming.[/bold] Writing sample rows...\n")
+
     with _databases(opts, parse_config("rules: []\n")) as (dsn, _):
-        asyncio.run(demo_mod.demo(dsn, rows=rows))
+        done = asyncio.run(demo_mod.demo(dsn, rows=rows, on_streaming=on_streaming))
+    if done is not None:
+        views.print_demo(console, done)
 
 
 @main.group(invoke_without_command=True)
@@ -412,9 +420,9 @@ def runs(
     with _state(opts, config) as conn:
         found = runs_mod.list_runs(conn, statuses=statuses, workflow=workflow, rule=rule, limit=limit)
     if as_json:
-        runs_mod.write_json_lines(sys.stdout, found)
+        write_json_lines(sys.stdout, found)
     else:
-        runs_mod.print_runs(runs_mod.stdout_console(), found, limit=limit)
+        views.print_runs(stdout_console(), found, limit=limit)
 
 
 @runs.command("show")
@@ -437,9 +445,9 @@ def runs_show(opts: Options, run_id: str, as_json: bool) -> None:
     with _state(opts, config) as conn:
         detail = runs_mod.show_run(conn, run_id)
     if as_json:
-        click.echo(runs_mod.dumps(detail.to_json()))
+        click.echo(dumps(detail.to_json()))
     else:
-        runs_mod.print_run(runs_mod.stdout_console(), detail)
+        views.print_run(stdout_console(), detail)
 
 
 @main.command()
@@ -469,9 +477,9 @@ def status(opts: Options, as_json: bool) -> None:
     ):
         found = status_mod.gather(config, source, state)
     if as_json:
-        click.echo(runs_mod.dumps(found.to_json()))
+        click.echo(dumps(found.to_json()))
     else:
-        status_mod.print_status(runs_mod.stdout_console(), found)
+        views.print_status(stdout_console(), found)
 
 
 @main.command()
@@ -526,9 +534,9 @@ def rewind(
         if dry_run:
             result = rw.run_dry(config, dsn, state_dsn, target)
             if as_json:
-                click.echo(runs_mod.dumps(result.to_json()))
+                click.echo(dumps(result.to_json()))
             else:
-                rw.print_dry_run(runs_mod.stdout_console(), result)
+                views.print_dry_run(stdout_console(), result)
             return
         recorded = rw.record(config, source, state, target)
         err_console.print(markup_safe(rw.describe(target, recorded)), highlight=False)
@@ -547,7 +555,7 @@ def rewind(
                 highlight=False,
             )
             row = rw.wait_finished(state, recorded.id)
-            rw.print_finished(err_console, row)
+            views.print_finished(err_console, row)
             if row.error:
                 sys.exit(EXIT_RUNTIME)
 
@@ -608,7 +616,8 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
         if row is None or row[0] is None:
             err_console.print("`listener run` is not running: it starts the backfill when it starts")
         try:
-            done = bf.follow(state, backfill_id, err_console)
+            with views.backfill_progress(err_console) as progress:
+                done = bf.follow(state, backfill_id, progress)
         except KeyboardInterrupt:
             err_console.print(
                 f"backfill {backfill_id} goes on in `listener run`; `listener backfill status` shows it, "
@@ -633,8 +642,6 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
 @click.pass_obj
 def backfill_status(opts: Options, as_json: bool) -> None:
     """The open backfills and the last finished ones, with their progress."""
-    from rich.table import Table
-
     from listener.ops import backfill_requests as bf
 
     config = _load(opts, required=False)
@@ -645,19 +652,9 @@ def backfill_status(opts: Options, as_json: bool) -> None:
         found = bf.list_backfills(state, config.slot)
     if as_json:
         for row in found:
-            click.echo(runs_mod.dumps(row.to_json()))
+            click.echo(dumps(row.to_json()))
         return
-    table = Table(title="backfills", title_justify="left")
-    for column in ("id", "rule", "where", "status", "rows read", "of about", "superseded", "to expand",
-                   "last key", "error"):  # fmt: skip
-        table.add_column(column, overflow="fold")
-    for row in found:
-        table.add_row(
-            str(row.id), row.rule, row.where_sql or "", row.status, f"{row.rows_read:,}",
-            f"{row.rows_total:,}" if row.rows_total is not None else "", f"{row.rows_dropped:,}",
-            f"{row.rows_unexpanded:,}", ",".join(row.last_key or []), row.error or "",
-        )  # fmt: skip
-    runs_mod.stdout_console().print(table)
+    views.print_backfills(stdout_console(), found)
 
 
 @backfill.command("cancel")
@@ -723,13 +720,15 @@ def replay(
         )
         if not as_json:
             err_console.print(journal.describe(plan), highlight=False)
-        result = journal.run_replay(
-            config, dsn, state_dsn, plan, dry_run=dry_run, console=None if as_json else err_console
-        )
+        if as_json:
+            result = journal.run_replay(config, dsn, state_dsn, plan, dry_run=dry_run)
+        else:
+            with views.replay_progress(err_console) as progress:
+                result = journal.run_replay(config, dsn, state_dsn, plan, dry_run=dry_run, progress=progress)
     if as_json:
-        click.echo(runs_mod.dumps(result.to_json()))
+        click.echo(dumps(result.to_json()))
     else:
-        journal.print_result(runs_mod.stdout_console(), result)
+        views.print_replay(stdout_console(), result)
 
 
 @main.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -194,40 +195,16 @@ def cancel(state: psycopg.Connection[Any], schema: str, backfill_id: int) -> Bac
     return get(state, backfill_id)
 
 
-def follow(state: psycopg.Connection[Any], backfill_id: int, console: Any) -> BackfillRow:
-    """Show a progress bar (rows read, rows/s, ETA) until the backfill ends; return its row."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
+def follow(
+    state: psycopg.Connection[Any], backfill_id: int, progress: Callable[[BackfillRow], None] | None = None
+) -> BackfillRow:
+    """Read the backfill's row every FOLLOW_POLL_S until the backfill ends, passing each to ``progress``;
+    return the last one."""
     row = get(state, backfill_id)
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]} rows/s"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(
-            f"backfill {row.id} ({row.rule})", total=row.rows_total or None, rate="-", completed=0
-        )
-        started = time.monotonic()
-        first = row.rows_read
-        while True:
-            elapsed = time.monotonic() - started
-            rate = (row.rows_read - first) / elapsed if elapsed > 0.5 else 0.0
-            total = max(row.rows_total or 0, row.rows_read) or None
-            if row.status == "done":
-                total = row.rows_read
-            progress.update(task, completed=row.rows_read, total=total, rate=f"{rate:,.0f}" if rate else "-")
-            if row.status not in OPEN:
-                return row
-            time.sleep(FOLLOW_POLL_S)
-            row = get(state, backfill_id)
+    while True:
+        if progress is not None:
+            progress(row)
+        if row.status not in OPEN:
+            return row
+        time.sleep(FOLLOW_POLL_S)
+        row = get(state, backfill_id)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
-
-from rich.console import Console
-from rich.table import Table
 
 from listener import service
 from listener.pg import conninfo
@@ -21,8 +19,18 @@ SCHEMA_SQL = resources.files("listener_examples").joinpath("demo.sql").read_text
 WAIT_S = 30.0
 
 
-async def demo(dsn: str, *, rows: int = 6) -> None:
-    console = Console()
+@dataclass
+class DemoRun:
+    """What the demo saw: each event whose workflow started, with the time it started (epoch seconds)."""
+
+    expected: int = 0  # changes written that a rule turns into an event
+    started: list[tuple[Event, float]] = field(default_factory=list)
+
+
+async def demo(dsn: str, *, rows: int = 6, on_streaming: Callable[[], None] | None = None) -> DemoRun | None:
+    """Run the service on the demo's rules, write ``rows`` sample rows and collect the workflows started;
+    ``on_streaming`` is called once the service streams, before the first row.  None when the service
+    stopped by itself before streaming (without an error)."""
     text = resources.files("listener_examples").joinpath("demo.yaml").read_text()
     config = parse_config(text, filename="listener_examples/demo.yaml")
     with conninfo.connection(dsn) as conn:
@@ -42,12 +50,13 @@ async def demo(dsn: str, *, rows: int = 6) -> None:
     if task.done():
         ready_wait.cancel()
         await task  # raises what stopped the service
-        return
+        return None
     if not ready.is_set():
         stop.set()
         await task
         raise TimeoutError(f"listener did not start streaming within {WAIT_S:.0f}s")
-    console.print("[bold]listener is streaming.[/bold] Writing sample rows...\n")
+    if on_streaming is not None:
+        on_streaming()
     expected = 0
     with conninfo.connection(dsn) as conn:
         for i in range(rows):
@@ -74,25 +83,4 @@ async def demo(dsn: str, *, rows: int = 6) -> None:
     await asyncio.sleep(0.2)  # let the last workflows finish
     stop.set()
     await task
-    from listener_examples.onboarding import ACTIONS
-
-    table = Table(title="row change → workflow run")
-    table.add_column("rule")
-    table.add_column("change")
-    table.add_column("commit → start", justify="right")
-    for event, at in started:
-        commit = event.commit_time or datetime.now(UTC)
-        latency_ms = (at - commit.timestamp()) * 1000
-        row = (event.new or {}).get("email") or (event.new or {}).get("subject", "")
-        table.add_row(
-            event.rule,
-            f"{event.op} {event.table} #{(event.new or {}).get('id')} {row}",
-            f"{latency_ms:.1f} ms",
-        )
-    console.print(table)
-    for action in ACTIONS:
-        console.print(f"  • {action}")
-    console.print(
-        f"\n{len(started)} of {expected} changes ran their workflow. "
-        "Try `listener tail` with your own rules next (see README)."
-    )
+    return DemoRun(expected, started)

@@ -14,15 +14,12 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 from listener.errors import ListenerError
 from listener.ingest.expand import decode_relation, stored_changes
@@ -197,10 +194,11 @@ async def replay(
     plan: ReplayPlan,
     *,
     dry_run: bool = False,
-    console: Console | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Read the plan's journal rows, decode them as the expander does, evaluate the current rules as ingest
-    does and insert the events (existing keys insert nothing); with ``dry_run`` only count."""
+    does and insert the events (existing keys insert nothing); with ``dry_run`` only count.  ``progress``
+    is called with (changes read, changes in the range), first with 0 before the first row."""
     result = ReplayResult(plan, dry_run)
     result.rules = {name: RuleCount() for name in plan.rules}
     wanted = frozenset(plan.rules)
@@ -229,37 +227,30 @@ async def replay(
                 result.reruns += reruns
             batch = EventBatch(rewind=rewind)
 
-        with Progress(
-            TextColumn("replaying the journal"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("changes"),
-            TimeRemainingColumn(),
-            console=console or Console(stderr=True),
-            transient=True,
-            disable=console is None,
-        ) as progress:
-            task = progress.add_task("replay", total=int(count[1]))
-            async with state.pool.acquire() as conn, conn.transaction(readonly=True):
-                async for row in conn.cursor(_READ_ROWS, *args, prefetch=READ_PREFETCH_ROWS):
-                    info = relations.get((row["protocol"], row["relation"]))
-                    if info is None:
-                        info = await _relation(row["protocol"], row["relation"], types, catalog)
-                        relations[(row["protocol"], row["relation"])] = info
-                    by_op = rules.for_table(info.schema, info.name)
-                    for change in stored_changes(
-                        row["protocol"], info, row["data"], commit_text=row["commit_lsn"], xid=row["xid"],
-                        at=row["commit_time"], first_ordinal=row["first_ordinal"],
-                    ):  # fmt: skip
-                        matched = tuple(r for r in by_op.get(change.op, ()) if r.name in wanted)
-                        if matched:
-                            append_change_events(batch, change, matched)
-                    result.rows += 1
-                    result.changes += row["changes"]
-                    progress.advance(task, row["changes"])
-                    if len(batch) >= REPLAY_BATCH_EVENTS:
-                        await flush()
-            await flush()
+        total = int(count[1])
+        if progress is not None:
+            progress(0, total)
+        async with state.pool.acquire() as conn, conn.transaction(readonly=True):
+            async for row in conn.cursor(_READ_ROWS, *args, prefetch=READ_PREFETCH_ROWS):
+                info = relations.get((row["protocol"], row["relation"]))
+                if info is None:
+                    info = await _relation(row["protocol"], row["relation"], types, catalog)
+                    relations[(row["protocol"], row["relation"])] = info
+                by_op = rules.for_table(info.schema, info.name)
+                for change in stored_changes(
+                    row["protocol"], info, row["data"], commit_text=row["commit_lsn"], xid=row["xid"],
+                    at=row["commit_time"], first_ordinal=row["first_ordinal"],
+                ):  # fmt: skip
+                    matched = tuple(r for r in by_op.get(change.op, ()) if r.name in wanted)
+                    if matched:
+                        append_change_events(batch, change, matched)
+                result.rows += 1
+                result.changes += row["changes"]
+                if progress is not None:
+                    progress(result.changes, total)
+                if len(batch) >= REPLAY_BATCH_EVENTS:
+                    await flush()
+        await flush()
     finally:
         await state.close()
         await catalog.close()
@@ -285,9 +276,9 @@ def run_replay(
     plan: ReplayPlan,
     *,
     dry_run: bool = False,
-    console: Console | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    return asyncio.run(replay(config, source_dsn, state_dsn, plan, dry_run=dry_run, console=console))
+    return asyncio.run(replay(config, source_dsn, state_dsn, plan, dry_run=dry_run, progress=progress))
 
 
 def _when(value: datetime | None) -> str:
@@ -297,28 +288,3 @@ def _when(value: datetime | None) -> str:
 def describe(plan: ReplayPlan) -> str:
     end = _when(plan.to_time) if plan.to_time is not None else "now"
     return f"replay: journal changes committed from {_when(plan.from_time)} to {end}"
-
-
-def print_result(console: Console, result: ReplayResult) -> None:
-    plan = result.plan
-    rerun = plan.rules[0] if plan.rerun else None
-    table = Table(
-        title=f"{describe(plan)}: {result.changes} change(s) in {result.rows} journal row(s)",
-        title_justify="left",
-        caption="dry run: nothing was written" if result.dry_run else None,
-        caption_justify="left",
-    )
-    table.add_column("rule", overflow="fold")
-    table.add_column("events", justify="right")
-    table.add_column("already present", justify="right")
-    table.add_column("new", justify="right")
-    table.add_column("new runs", justify="right")
-    for name, count in result.rules.items():
-        runs = str(result.runs(name)) + (" (rerun)" if name == rerun else "")
-        table.add_row(Text(name), str(count.events), str(count.present), str(count.new), runs)
-    console.print(table)
-    if not result.dry_run:
-        reruns = (
-            f", {result.reruns} run(s) of rule {rerun} as generation {result.generation}" if rerun else ""
-        )
-        console.print(f"{result.inserted} new event(s){reruns}")

@@ -27,11 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from listener.cli.render import cell
 from listener.errors import ListenerError, PrerequisiteError
 from listener.ops import runs as runs_mod
 from listener.pg.lsn import format_lsn, parse_lsn
@@ -557,30 +553,3 @@ def describe(target: Target, recorded: Recorded | None = None) -> str:
         generation = f" as generation {recorded.generation}" if recorded and recorded.generation else ""
         text += f", rerunning rule {target.rerun_rule}{generation}"
     return text
-
-
-def print_dry_run(console: Console, result: DryRun) -> None:
-    table = Table(
-        title=f"dry run: {format_lsn(result.from_lsn)} .. {format_lsn(result.up_to)}, "
-        f"{result.transactions} transaction(s) re-read",
-        title_justify="left",
-        caption="nothing was written",
-        caption_justify="left",
-    )
-    table.add_column("rule", overflow="fold")
-    table.add_column("events", justify="right")
-    table.add_column("already present", justify="right")
-    table.add_column("new", justify="right")
-    table.add_column("new runs", justify="right")
-    for name, count in result.rules.items():
-        runs = str(result.runs(name)) + (" (rerun)" if name == result.rerun_rule else "")
-        table.add_row(Text(name), str(count.events), str(count.present), str(count.new), runs)
-    console.print(table)
-
-
-def print_finished(console: Console, row: RewindRow) -> None:
-    if row.error:
-        console.print(cell(f"rewind {row.id} failed: {row.error}", "red"))
-        return
-    reruns = f", {row.runs_rerun} rerun(s) of rule {row.rerun_rule}" if row.rerun_rule else ""
-    console.print(f"rewind {row.id} finished: {row.events_inserted} new event(s){reruns}")

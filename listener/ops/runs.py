@@ -13,38 +13,26 @@ Reads and writes the state schema directly (psycopg, synchronous): a command is 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import IO, Any
+from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from listener.cli.render import cell, printable
 from listener.errors import DatabaseError, ListenerError, PrerequisiteError
 from listener.pg import conninfo
 from listener.queue import store
 
 STATUSES = ("pending", "running", "done", "dead", "cancelled")
 LIST_LIMIT = 50  # runs listed by default
-ERROR_CELL_CHARS = 60  # of a run's last error, in the table of `listener runs`
-RESULT_CELL_CHARS = 60  # of a step's JSON result, in the table of `listener runs show`
 LOCK_WAIT_S = 10  # longest wait for a run's row lock in retry and cancel
-WIDE_COLUMNS = 150  # from this terminal width on, tables show every column (and steps, attempts as tables)
-PIPE_WIDTH = 200  # columns of a table written to a pipe or file, where no terminal width can be measured
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-
-_STYLE = {"pending": "yellow", "running": "cyan", "done": "green", "dead": "bold red", "cancelled": "dim"}
 
 
 class NoSuchRun(ListenerError):
@@ -449,249 +437,3 @@ def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
             f"run {run_id!r} stayed locked for {LOCK_WAIT_S}s (a step of its workflow is committing)",
             hint="try again in a moment",
         ) from exc
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Output.
-
-
-def stdout_console() -> Console:
-    """A console for tables on stdout: the terminal's width, or PIPE_WIDTH when piped (unless $COLUMNS)."""
-    console = Console(highlight=False)
-    if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console = Console(highlight=False, width=PIPE_WIDTH)
-    return console
-
-
-def write_json_lines(out: IO[str], runs: Sequence[RunRow]) -> None:
-    for run in runs:
-        out.write(dumps(asdict(run)) + "\n")
-
-
-def dumps(value: Any) -> str:
-    """JSON text; datetimes as ISO 8601 in UTC (``2025-03-01T12:00:04.500000+00:00``)."""
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):  # in UTC: the same text whatever the server's or the client's time zone
-        return value.astimezone(UTC).isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def print_runs(console: Console, runs: Sequence[RunRow], *, limit: int) -> None:
-    if not runs:
-        console.print("no runs match")
-        return
-    wide = console.width >= WIDE_COLUMNS
-    more = f"; more may exist: raise --limit (now {limit})" if len(runs) >= limit else ""
-    table = Table(
-        caption=f"{len(runs)} run(s), newest first{more}"
-        + ("" if wide else f"; times in a terminal of {WIDE_COLUMNS}+ columns or `runs show`"),
-        caption_justify="left",
-        show_edge=wide,
-    )
-    # Only status and the numbers never break: ids and workflows fold, times break at the blank.
-    table.add_column("id", overflow="fold", min_width=min(12, max(len(r.id) for r in runs)))
-    table.add_column("workflow", overflow="fold", min_width=10)
-    table.add_column("status", no_wrap=True)
-    if wide:
-        table.add_column("attempt", justify="right", no_wrap=True)
-        table.add_column("failures", justify="right", no_wrap=True)
-        table.add_column("created", min_width=10)
-        table.add_column("started", min_width=10)
-        table.add_column("finished", min_width=10)
-    else:
-        table.add_column("attempt", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("last error", overflow="fold", min_width=8)
-    for r in runs:
-        error = cell(_first_line(r.last_error, ERROR_CELL_CHARS))
-        if wide:
-            table.add_row(
-                cell(r.id),
-                cell(r.workflow),
-                _status(r.status),
-                str(r.attempt),
-                str(r.failures),
-                _time(r.created_at),
-                _time(r.started_at),
-                _time(r.finished_at),
-                _duration(r.duration_s),
-                error,
-            )
-        else:
-            tries = f"{r.attempt} ({r.failures} failed)" if r.failures else str(r.attempt)
-            table.add_row(
-                cell(r.id), cell(r.workflow), _status(r.status), tries, _duration(r.duration_s), error
-            )
-    console.print(table)
-
-
-def print_run(console: Console, d: RunDetail) -> None:
-    r = d.run
-    head = Text.assemble(("run ", "bold"), (printable(r.id), "bold"), "  ", _status(r.status))
-    if r.generation:
-        head.append(printable(f"  (generation {r.generation} of event {r.event_key})"), "dim")
-    console.print(head)
-    fields = Table.grid(padding=(0, 2))
-    fields.add_column(style="bold")
-    fields.add_column()
-    fields.add_row("workflow", cell(r.workflow))
-    fields.add_row("attempt", f"{r.attempt} ({r.failures} failed)")
-    fields.add_row("created", _time(r.created_at))
-    fields.add_row("started", _time(r.started_at))
-    fields.add_row("finished", _time(r.finished_at))
-    so_far = " so far" if r.started_at and not r.finished_at else ""
-    fields.add_row("duration", _duration(r.duration_s) + so_far)
-    if r.status == "pending":
-        fields.add_row("runs after", _time(d.run_after))
-    if r.status == "running":
-        fields.add_row("lease", cell(f"{d.lease_owner} until {_time(d.lease_expires)}"))
-    if len(d.generations) > 1:
-        fields.add_row("generations", cell(", ".join(f"{g.id} ({g.status})" for g in d.generations)))
-    console.print(fields)
-
-    console.print()
-    e = d.event
-    if e is None:
-        console.print(cell(f"event {r.event_key}: missing from the events table", "red"))
-    else:
-        console.print(Text.assemble(("event ", "bold"), (printable(e.idempotency_key), "bold")))
-        ev = Table.grid(padding=(0, 2))
-        ev.add_column(style="bold")
-        ev.add_column()
-        ev.add_row("rule", cell(f"{e.rule} ({e.source})"))
-        ev.add_row("change", cell(" ".join(x for x in (e.op, e.table_name) if x) or "-"))
-        ev.add_row("lsn", cell(f"{e.lsn or '-'} (commit {e.commit_lsn or '-'}, xid {e.xid or '-'})"))
-        ev.add_row("committed", _time(e.commit_time))
-        payload = e.payload if isinstance(e.payload, dict) else {"payload": e.payload}
-        for part in ("new", "old"):
-            if payload.get(part) is not None:
-                ev.add_row(part, cell(dumps(payload[part])))
-        if payload.get("unchanged_toast"):
-            ev.add_row("unchanged", cell(", ".join(map(str, payload["unchanged_toast"]))))
-        console.print(ev)
-
-    console.print()
-    if console.width >= WIDE_COLUMNS:
-        _step_table(console, d)
-        _attempt_table(console, d)
-    else:  # one line per step and per attempt, the error on a line of its own
-        console.print(cell(f"steps ({len(d.steps)})" if d.steps else "steps: none recorded", "bold"))
-        for s in d.steps:
-            console.print(
-                Text.assemble(
-                    "  ",
-                    (printable(s.name), "bold"),
-                    f"  attempt {s.attempt}  {_time(s.started_at)}  {_duration(s.duration_s)}  ",
-                    printable(_truncate(dumps(s.result), RESULT_CELL_CHARS)),
-                )
-            )
-        console.print(cell(f"attempts ({len(d.attempts)})" if d.attempts else "attempts: none yet", "bold"))
-        for a in d.attempts:
-            console.print(
-                Text.assemble(
-                    f"  {a.attempt}  ",
-                    _status(_outcome(d, a)),
-                    printable(f"  {a.worker}  {_time(a.started_at)}  {_duration(a.duration_s)}"),
-                )
-            )
-            if a.error:
-                console.print(cell(f"     {a.error}"))
-
-    if r.last_error:
-        console.print()
-        console.print(Text.assemble(("last error: ", "bold red"), printable(r.last_error)))
-        if d.traceback:
-            console.print(cell(d.traceback.rstrip("\n"), "dim"))
-
-
-def _step_table(console: Console, d: RunDetail) -> None:
-    if not d.steps:
-        console.print("steps: none recorded")
-        return
-    steps = Table(title=f"steps ({len(d.steps)})", title_justify="left")
-    steps.add_column("step", overflow="fold")
-    steps.add_column("attempt", justify="right")
-    steps.add_column("started", no_wrap=True)
-    steps.add_column("finished", no_wrap=True)
-    steps.add_column("duration", justify="right", no_wrap=True)
-    steps.add_column("result", overflow="ellipsis", no_wrap=True)
-    for s in d.steps:
-        steps.add_row(
-            cell(s.name),
-            str(s.attempt),
-            _time(s.started_at),
-            _time(s.finished_at),
-            _duration(s.duration_s),
-            cell(_truncate(dumps(s.result), RESULT_CELL_CHARS)),
-        )
-    console.print(steps)
-
-
-def _attempt_table(console: Console, d: RunDetail) -> None:
-    if not d.attempts:
-        console.print("attempts: none yet")
-        return
-    attempts = Table(title=f"attempts ({len(d.attempts)})", title_justify="left")
-    attempts.add_column("attempt", justify="right")
-    attempts.add_column("worker", overflow="fold")
-    attempts.add_column("started", no_wrap=True)
-    attempts.add_column("finished", no_wrap=True)
-    attempts.add_column("duration", justify="right", no_wrap=True)
-    attempts.add_column("outcome", no_wrap=True)
-    attempts.add_column("error", overflow="fold")
-    for a in d.attempts:
-        attempts.add_row(
-            str(a.attempt),
-            cell(a.worker),
-            _time(a.started_at),
-            _time(a.finished_at),
-            _duration(a.duration_s),
-            _status(_outcome(d, a)),
-            cell(a.error or ""),
-        )
-    console.print(attempts)
-
-
-def _outcome(d: RunDetail, a: AttemptInfo) -> str:
-    if a.outcome:
-        return a.outcome
-    return "running" if d.run.status == "running" and a.attempt == d.run.attempt else "-"
-
-
-def _status(status: str) -> Text:
-    return cell(status, _STYLE.get(status, ""))
-
-
-def _time(value: datetime | None) -> str:
-    """Local time to the second, for people; JSON keeps the full ISO 8601 value."""
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
-
-
-def _first_line(text: str | None, width: int) -> str:
-    if not text:
-        return ""
-    lines = text.strip().splitlines()
-    first = lines[0] if lines else ""
-    return _truncate(first + (" …" if len(lines) > 1 else ""), width)
-
-
-def _truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

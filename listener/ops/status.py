@@ -12,10 +12,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from listener.cli.render import cell
 from listener.ops import rewind as rw
 from listener.pg.lsn import format_lsn
 from listener.rules.config import Config
@@ -80,8 +76,8 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
         )
     if slot is not None and slot.retained_bytes is not None and slot.retained_bytes > warn:
         status.warnings.append(
-            f"the server keeps {_bytes(slot.retained_bytes)} of WAL for slot {config.slot!r}, above "
-            f"{_bytes(warn)} (retain.warn_size): lower retain.duration / retain.size, or check that "
+            f"the server keeps {human_bytes(slot.retained_bytes)} of WAL for slot {config.slot!r}, above "
+            f"{human_bytes(warn)} (retain.warn_size): lower retain.duration / retain.size, or check that "
             "`listener run` is keeping up"
         )
     if slot is not None and cp is not None:
@@ -129,92 +125,11 @@ def _lsn(value: int | None) -> str | None:
     return format_lsn(value) if value is not None else None
 
 
-def _bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """A size for people: ``512 B``, ``1.5 MB``."""
     size = float(n)
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TB"
-
-
-def _time(value: datetime | None) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
-
-
-def print_status(console: Console, s: Status) -> None:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    running = f"in use by PID {s.active_pid}" if s.active_pid else "not in use (no `listener run` streaming)"
-    grid.add_row("slot", cell(f"{s.slot}: {running}" if s.slot_exists else f"{s.slot}: missing"))
-    grid.add_row("checkpoint", cell(f"{s.checkpoint_lsn or '-'} (written {_time(s.checkpoint_at)})"))
-    grid.add_row("confirmed", cell(f"{s.confirmed_flush_lsn or '-'} (restart_lsn {s.restart_lsn or '-'})"))
-    if s.retain is None:
-        grid.add_row("retain", cell("off: the slot confirms the checkpoint; nothing is rewindable"))
-    else:
-        grid.add_row("retain", cell(", ".join(f"{k} {v}" for k, v in s.retain.items() if v is not None)))
-    if s.rewindable is not None:
-        r = s.rewindable
-        grid.add_row(
-            "rewindable", cell(f"{r['from_lsn']} (committed {_time(r['from_time'])}) .. {r['to_lsn']}")
-        )
-    elif s.retain is not None:
-        grid.add_row("rewindable", cell("nothing yet: the window fills while `listener run` runs"))
-    if s.journal is not None:
-        j = s.journal
-        if j["keep"] is None:
-            text = f"off, but holds rows from {_time(j['oldest_commit_time'])} ({_bytes(j['bytes'])})"
-        elif j["since"] is None:
-            text = f"keep {j['keep']}: empty until `listener run` runs with it"
-        else:
-            text = (
-                f"keep {j['keep']}: replayable from {_time(j['since'])}, oldest change "
-                f"{_time(j['oldest_commit_time'])}, {_bytes(j['bytes'])}"
-            )
-        grid.add_row("journal", cell(text))
-    retained = "-" if s.retained_wal_bytes is None else _bytes(s.retained_wal_bytes)
-    grid.add_row(
-        "WAL kept",
-        cell(f"{retained} (warn above {_bytes(s.warn_wal_bytes)}; wal_status {s.wal_status or '-'})"),
-    )
-    grid.add_row("runs", cell(", ".join(f"{n} {name}" for name, n in s.runs.items())))
-    console.print(grid)
-    if s.rewinds:
-        table = Table(title="rewinds", title_justify="left")
-        for column in ("id", "from", "up to", "rerun", "progress", "new events", "reruns", "state"):
-            table.add_column(column, overflow="fold")
-        for w in s.rewinds:
-            if w["error"]:
-                state = cell(f"failed: {w['error']}", "red")
-            elif w["finished_at"]:
-                state = cell(f"finished {_time(w['finished_at'])}", "green")
-            elif w["started_at"]:
-                state = cell("running", "cyan")
-            else:
-                state = cell("waiting for `listener run`", "yellow")
-            rerun = f"{w['rerun_rule']} (#{w['generation']})" if w["rerun_rule"] else "-"
-            table.add_row(
-                str(w["id"]),
-                w["from_lsn"],
-                w["up_to"],
-                cell(rerun),
-                w["position"] or "-",
-                str(w["events_inserted"]),
-                str(w["runs_rerun"]),
-                state,
-            )
-        console.print(table)
-    if s.backfills:
-        table = Table(title="backfills (`listener backfill status`)", title_justify="left")
-        for column in ("id", "rule", "status", "rows read", "superseded", "to expand"):
-            table.add_column(column, overflow="fold")
-        for b in s.backfills:
-            total = f" of ~{b['rows_total']:,}" if b["rows_total"] is not None else ""
-            table.add_row(
-                str(b["id"]), cell(b["rule"]), cell(b["status"]), f"{b['rows_read']:,}{total}",
-                f"{b['rows_dropped']:,}", f"{b['rows_unexpanded']:,}",
-            )  # fmt: skip
-        console.print(table)
-    for warning in s.warnings:
-        console.print(cell(f"warning: {warning}", "yellow"))

@@ -82,7 +82,8 @@ def test_database_text_reaches_the_terminal_without_control_characters() -> None
     from rich.console import Console
 
     from listener.cli.render import printable
-    from listener.ops.runs import RunRow, print_runs
+    from listener.cli.views import print_runs
+    from listener.ops.runs import RunRow
 
     assert printable("a\x1b[2Jb\x07\x00\x9b\n\tc") == "a\\x1b[2Jb\\x07\\x00\\x9b\n\tc"
     out = io.StringIO()
