@@ -1,0 +1,360 @@
+"""The configuration's pydantic models (:class:`Config`, :class:`Rule`, the settings sections) and the
+defaults a file may leave out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from listener.rules.config.names import split_table
+from listener.rules.config.units import _DURATION_HINT, _SIZE_HINT, parse_duration, parse_rate, parse_size
+from listener.rules.config.validators import (
+    Operation,
+    TableName,
+    _check_duration,
+    _check_key_template,
+    _check_rate,
+    _check_rule_name,
+    _check_size,
+    _check_slot,
+    _check_source_name,
+    _check_workflow,
+    _custom,
+    _dedupe_operations,
+    _payload_mapping,
+    _plain_identifier,
+    _unit_required,
+    _wrap_names,
+    _wrap_operations,
+)
+
+DEFAULT_CONFIG_FILE = "listener.yaml"
+DEFAULT_SLOT = "listener"
+DEFAULT_PUBLICATION = "listener"
+DEFAULT_STATE_SCHEMA = "listener"
+BATCH_EVENTS = 5000
+BATCH_DELAY_MS = 5.0
+STATUS_INTERVAL_S = 10.0
+COMPACT_AFTER = 2000
+COMPACT_CHUNK_CHANGES = 20000
+EXPAND_AHEAD = 20000
+BACKFILL_CHUNK_ROWS = 20000  # rows a backfill reads between two watermarks
+WORKER_CONCURRENCY = 16
+POLL_INTERVAL_S = 5.0
+LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
+GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
+RUN_TIMEOUT_S = 3600.0  # a run's timeout when its workflow sets none (@workflow(timeout=...))
+RETAIN_WARN_BYTES = 10 * 1024**3  # `listener status` warns above this much WAL held by the slot (no `size`)
+
+EXAMPLE_CONFIG = """\
+# listener.yaml: which row changes start which workflows
+rules:
+  - name: onboard_user
+    table: public.users
+    on: [insert]
+    workflow: listener_examples.onboarding:welcome
+"""
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+
+
+class IngestSettings(BaseModel):
+    """How row changes are batched into the state database."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_events: int = Field(default=BATCH_EVENTS, ge=1, strict=True)
+    batch_delay_ms: float = Field(default=BATCH_DELAY_MS, ge=0, strict=True, allow_inf_nan=False)
+    status_interval_s: float = Field(default=STATUS_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
+    # bulk transactions: after this many events of one table in one transaction, that table's further
+    # changes are stored compactly (raw, in chunks of compact_chunk_changes) and expanded into runs later,
+    # at most expand_ahead runs ahead of the workers.  0 turns compact storage off.
+    compact_after: int = Field(default=COMPACT_AFTER, ge=0, strict=True)
+    compact_chunk_changes: int = Field(default=COMPACT_CHUNK_CHANGES, ge=1, strict=True)
+    expand_ahead: int = Field(default=EXPAND_AHEAD, ge=1, strict=True)
+    # snapshot backfill (`listener backfill`): rows per chunk read between two watermarks
+    backfill_chunk_rows: int = Field(default=BACKFILL_CHUNK_ROWS, ge=1, strict=True)
+
+
+class WorkerSettings(BaseModel):
+    """How workers claim and run events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int = Field(default=WORKER_CONCURRENCY, ge=1, strict=True)
+    poll_interval_s: float = Field(default=POLL_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
+    lease_s: float = Field(default=LEASE_S, gt=0, strict=True, allow_inf_nan=False)
+    grace_s: float = Field(default=GRACE_S, ge=0, strict=True, allow_inf_nan=False)
+    run_timeout_s: float = Field(default=RUN_TIMEOUT_S, gt=0, strict=True, allow_inf_nan=False)
+
+
+class RetainSettings(BaseModel):
+    """The retention window: how much already-ingested WAL the slot keeps, so `listener rewind` can re-read
+    it.  Without ``duration`` and ``size`` nothing is kept (the slot confirms the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # by commit time: the slot keeps the WAL of transactions committed within this long before now
+    duration: Annotated[
+        str | None, _unit_required("duration", _DURATION_HINT), AfterValidator(_check_duration)
+    ] = None
+    # by WAL bytes between the oldest rewindable position and the checkpoint, at most (caps `duration`)
+    size: Annotated[str | None, _unit_required("size", _SIZE_HINT), AfterValidator(_check_size)] = None
+    # `listener status` warns when the slot holds more WAL than this (default: twice `size`, or 10GB)
+    warn_size: Annotated[str | None, _unit_required("size", _SIZE_HINT), AfterValidator(_check_size)] = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any WAL is kept behind the checkpoint."""
+        return self.duration is not None or self.size is not None
+
+    @property
+    def duration_s(self) -> float | None:
+        return parse_duration(self.duration) if self.duration is not None else None
+
+    @property
+    def size_bytes(self) -> int | None:
+        return parse_size(self.size) if self.size is not None else None
+
+    @property
+    def warn_bytes(self) -> int:
+        if self.warn_size is not None:
+            return parse_size(self.warn_size)
+        size = self.size_bytes
+        return 2 * size if size is not None else RETAIN_WARN_BYTES
+
+
+class JournalSettings(BaseModel):
+    """The change journal: how long ingest keeps the rule tables' changes (raw pgoutput messages), so
+    `listener replay` reaches further back than the WAL the slot keeps.  Without ``keep`` it is off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # by commit time: the journal keeps the changes committed within this long before now
+    keep: Annotated[
+        str | None, _unit_required("duration", _DURATION_HINT), AfterValidator(_check_duration)
+    ] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep is not None
+
+    @property
+    def keep_s(self) -> float | None:
+        return parse_duration(self.keep) if self.keep is not None else None
+
+
+class Rule(BaseModel):
+    """One rule: what it listens to (a table's changes, logical decoding messages with a prefix, or NOTIFYs
+    on a channel) and the workflow each matching change starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, AfterValidator(_check_rule_name)]
+    # the source: exactly one of these three
+    table: TableName | None = None
+    message: Annotated[str | None, _check_source_name("message")] = None
+    channel: Annotated[str | None, _check_source_name("channel")] = None
+    on: Annotated[
+        tuple[Operation, ...] | None, BeforeValidator(_wrap_operations), AfterValidator(_dedupe_operations)
+    ] = None
+    workflow: Annotated[str, AfterValidator(_check_workflow)]
+    # Table rules only: which changes match (a SQL boolean over new.<col> / old.<col>, compiled at load
+    # time against the table's columns; never sent to the database), which columns must have changed
+    # (updates), and what the workflow receives (columns picked and renamed; default: the whole row).
+    when: str | None = None
+    changed: Annotated[tuple[str, ...] | None, BeforeValidator(_wrap_names)] = None
+    payload: Annotated[dict[str, str] | None, BeforeValidator(_payload_mapping)] = None
+    priority: int = Field(default=0, ge=-1000, le=1000, strict=True)  # higher runs are claimed first
+    # Flow control (enforced in Postgres across all workers).  The key names what a change is about:
+    # a template over the row, e.g. "{new.tenant_id}"; by default the row's primary key.
+    key: Annotated[str | None, AfterValidator(_check_key_template)] = None
+    key_concurrency: int | None = Field(default=None, ge=1, strict=True)  # running runs per key, at most
+    ordered: bool = False  # runs of one key start in commit order, one after the other
+    # Table rules only: the first `listener run` that has this rule backfills the table's rows, once.
+    snapshot: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Rule:
+        given = [k for k in ("table", "message", "channel") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = "names no source" if not given else f"has {' and '.join(given)}: pick one"
+            hint = "give exactly one of `table: public.users`, `message: <prefix>` or `channel: <name>`"
+            raise _custom("rule_source", f"rule {what}", hint)
+        if self.table is not None and self.on is None:
+            raise _custom(
+                "rule_on",
+                "a table rule needs `on:`",
+                "add e.g. `on: [insert, update]` (any of insert, update, delete, truncate)",
+            )
+        if self.table is None:
+            table_only = [
+                k for k in ("on", "when", "changed", "payload", "key") if getattr(self, k) is not None
+            ]
+            if table_only:
+                source = "message" if self.message is not None else "channel"
+                raise _custom(
+                    "table_only",
+                    f"{', '.join(table_only)} only apply to table rules, not to a {source} rule",
+                    f"remove {', '.join(table_only)}; a {source} rule's event carries the {source}'s payload",
+                )
+        if self.snapshot and self.table is None:
+            raise _custom(
+                "table_only",
+                "snapshot: only applies to table rules",
+                "remove `snapshot:`, or give the rule a `table:`",
+            )
+        if self.changed is not None and self.on is not None and "update" not in self.on:
+            raise _custom(
+                "changed_without_update",
+                "`changed:` applies to updates, but `on:` has no update",
+                "add update to `on:`, or remove `changed:`",
+            )
+        return self
+
+    @property
+    def operations(self) -> tuple[Operation, ...]:
+        return self.on or ()
+
+    @property
+    def source(self) -> str:
+        """``table``, ``message`` or ``channel``."""
+        return "table" if self.table is not None else "message" if self.message is not None else "channel"
+
+    @property
+    def gated(self) -> bool:
+        """Whether this rule's runs need flow control per key."""
+        return self.key_concurrency is not None or self.ordered
+
+    @property
+    def schema_name(self) -> str:
+        """The table's schema, unquoted (``Sales`` for ``"Sales"."Order Items"``)."""
+        assert self.table is not None
+        return split_table(self.table)[0]
+
+    @property
+    def table_name(self) -> str:
+        """The table's own name, unquoted (``Order Items`` for ``"Sales"."Order Items"``)."""
+        assert self.table is not None
+        return split_table(self.table)[1]
+
+
+class WorkflowLimit(BaseModel):
+    """Limits of one workflow across all workers: ``concurrency`` running at once, ``rate`` starts per
+    period (``"60/minute"``, ``"5/second"``, ``"1000/hour"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow: Annotated[str, AfterValidator(_check_workflow)]
+    concurrency: int | None = Field(default=None, ge=1, strict=True)
+    rate: Annotated[str | None, AfterValidator(_check_rate)] = None
+
+    @property
+    def rate_limit(self) -> tuple[int, float] | None:
+        """(starts, period in seconds), or None."""
+        return parse_rate(self.rate) if self.rate is not None else None
+
+
+class Config(BaseModel):
+    """The whole configuration file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dsn: str | None = None
+    state_dsn: str | None = None
+    slot: Annotated[str, AfterValidator(_check_slot)] = DEFAULT_SLOT
+    publication: Annotated[str, _plain_identifier("publication")] = DEFAULT_PUBLICATION
+    state_schema: Annotated[str, _plain_identifier("state_schema")] = DEFAULT_STATE_SCHEMA
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retain: RetainSettings = Field(default_factory=RetainSettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
+    rules: tuple[Rule, ...] = ()
+    limits: tuple[WorkflowLimit, ...] = ()
+    # Directories to import workflows from, relative to the config file's, before the config file's own
+    # directory (which is always importable, like uvicorn's --app-dir).
+    workflows_path: tuple[str, ...] = ()
+
+    _source_path: str | None = PrivateAttr(default=None)
+    _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)
+    _field_lines: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("workflows_path", mode="before")
+    @classmethod
+    def _one_path_or_several(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("ingest", "worker", "retain", "journal", "rules", mode="before")
+    @classmethod
+    def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
+        if value is None:
+            return () if info.field_name == "rules" else {}
+        return value
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Config:
+        first: dict[str, int] = {}
+        for index, rule in enumerate(self.rules):
+            if rule.name in first:
+                hint = "give each rule its own name: it is part of every event's idempotency key"
+                raise _custom(
+                    "duplicate_rule_name",
+                    f"rule name {rule.name!r} is already used by rules[{first[rule.name]}]",
+                    hint,
+                    index=index,
+                )
+            first[rule.name] = index
+        return self
+
+    def import_dirs(self) -> list[Path]:
+        """Where workflows are imported from, first first: ``workflows_path:`` (relative to the config
+        file's directory), then the config file's directory (the current one without a file)."""
+        base = Path(self._source_path).absolute().parent if self._source_path else Path.cwd()
+        return [*(base / p for p in self.workflows_path), base]
+
+    @property
+    def source_path(self) -> str | None:
+        """The file this configuration was loaded from, or None."""
+        return self._source_path
+
+    def with_source_path(self, path: str | None) -> Config:
+        """A copy of this configuration that records ``path`` as where it came from."""
+        copy = self.model_copy()
+        copy._source_path = path
+        copy._rule_lines = dict(self._rule_lines)
+        copy._field_lines = dict(self._field_lines)
+        return copy
+
+    def field_place(self, rule: str, key: str) -> tuple[str | None, int | None]:
+        """(file, line) of a rule's ``key:`` -- or of the rule, when that key is not written."""
+        line = self._field_lines.get((rule, key), self._rule_lines.get(rule))
+        return self._source_path, line
+
+    def field_location(self, rule: str, key: str) -> str:
+        """Where a rule's ``key:`` (e.g. ``when``) is written, as ``file:line``; else the rule's location."""
+        line = self._field_lines.get((rule, key))
+        if self._source_path is None or line is None:
+            return self.rule_location(rule)
+        return f"{self._source_path}:{line}"
+
+    def rule_location(self, rule: str) -> str:
+        """Where a rule's ``table:`` is written, as ``file:line`` (or ``rule NAME`` when not from a file)."""
+        line = self._rule_lines.get(rule)
+        if self._source_path is None or line is None:
+            return f"rule {rule}"
+        return f"{self._source_path}:{line}"
