@@ -1,13 +1,22 @@
-"""One root exception, a few families by cause.
+"""Every error listener raises on purpose: one root, families by cause.
 
 Every error a user can cause says what is wrong, where (file:line, rule, LSN, byte offset) and how to fix
 it.  The structured fields let callers (and tests) inspect the place without parsing the text.
+
+The sections, by cause: the root; protocol; config and rules; database and prerequisites (with
+:func:`is_transient`); runs; requests refused.  ``listener.workflow`` re-exports the two a workflow's
+author meets (:class:`StepError`, :class:`Fenced`).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import asyncpg
 import psycopg
+
+# ---------------------------------------------------------------------------------------------------------
+# The root.
 
 
 class ListenerError(Exception):
@@ -24,13 +33,27 @@ class ListenerError(Exception):
         return self.message
 
 
+def _lsn(lsn: int) -> str:
+    """An LSN as PostgreSQL prints it (``listener.pg.lsn.format_lsn``, which this module cannot import)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def utc_text(value: datetime | None) -> str:
+    """A time in messages: to the second, in UTC (``2025-03-01 12:00:04 UTC``); ``-`` for none."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Protocol: the server's bytes.
+
+
 class ProtocolError(ListenerError):
     """The server sent bytes that do not follow the replication or pgoutput protocol."""
 
     def __init__(self, message: str, *, offset: int, lsn: int | None = None, hint: str | None = None) -> None:
         where = f" at byte offset {offset}"
         if lsn is not None:
-            where += f" of the message at LSN {lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+            where += f" of the message at LSN {_lsn(lsn)}"
         super().__init__(message + where, hint=hint)
         self.what = message
         self.offset = offset
@@ -39,6 +62,10 @@ class ProtocolError(ListenerError):
     def at_lsn(self, lsn: int) -> ProtocolError:
         """The same error, naming the WAL position of the message it was found in."""
         return ProtocolError(self.what, offset=self.offset, lsn=lsn, hint=self.hint)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config and rules: the configuration file, its rules, and a rule meeting a change.
 
 
 class ConfigError(ListenerError):
@@ -63,6 +90,22 @@ class ConfigError(ListenerError):
         self.file = file
         self.line = line
         self.rule = rule
+
+
+class RuleEvaluationError(ListenerError):
+    """A rule could not be evaluated for a change: the service stops there, acknowledging nothing past it."""
+
+    def __init__(
+        self, rule: str, table: str | None, *, lsn: int, commit_lsn: int, what: str, hint: str
+    ) -> None:
+        super().__init__(
+            f"rule {rule!r} on {table} at LSN {_lsn(lsn)} (transaction {_lsn(commit_lsn)}): {what}",
+            hint=hint.replace("<table>", table or "<table>"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Database and prerequisites: what the database said, and what it lacks that listener needs.
 
 
 class PrerequisiteError(ListenerError):
@@ -101,3 +144,76 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(sqlstate, str) and (
         sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "25006"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs: the queue's runs and the workflows' steps.
+
+
+class NoSuchRun(ListenerError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"no such run: {run_id!r}",
+            hint="`listener runs` lists the runs and their ids (a retried run's id is KEY#N)",
+        )
+        self.run_id = run_id
+
+
+class RunStateError(ListenerError):
+    """The run's status does not allow what was asked (retry a pending run, cancel a done one...)."""
+
+    def __init__(self, message: str, *, run_id: str, status: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.run_id = run_id
+        self.status = status
+
+
+class StepError(ListenerError):
+    """A step was used wrongly (its result cannot be recorded, a transaction outside a step...)."""
+
+
+class Fenced(ListenerError):
+    """This worker no longer holds the run (its lease expired and another attempt took over)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Requests refused: a rewind, replay, backfill or reload that cannot be done (now, or as asked).
+
+
+class OutsideWindow(ListenerError):
+    """The rewind target lies before the oldest position the slot still keeps."""
+
+    def __init__(self, target: str, *, oldest_lsn: int, oldest_time: datetime | None, hint: str) -> None:
+        when = f" (committed {utc_text(oldest_time)})" if oldest_time is not None else ""
+        super().__init__(
+            f"{target} is outside the rewind window: the oldest reachable position is "
+            f"{_lsn(oldest_lsn)}{when}",
+            hint=hint,
+        )
+        self.oldest_lsn = oldest_lsn
+        self.oldest_time = oldest_time
+
+
+class OutsideJournal(ListenerError):
+    """The replay's start lies before the oldest time the journal holds every change from."""
+
+    def __init__(self, asked: str, *, since: datetime, keep: str | None) -> None:
+        super().__init__(
+            f"{asked} is outside the change journal: it holds every change committed since {utc_text(since)}",
+            hint=f"replay from {utc_text(since)} or later; to reach further back, raise `journal.keep` "
+            f"(now {keep}; the journal fills from then on), or use `listener rewind` within `retain:`",
+        )
+        self.since = since
+
+
+class BackfillFailed(ListenerError):
+    """A backfill cannot go on (it is marked failed, saying why); the ingest goes on."""
+
+
+class ReloadDeferred(ListenerError):
+    """A reload found no streaming session (one is starting, or restarting for a rewind): try again."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"cannot reload now: {why}", hint="try again in a moment")

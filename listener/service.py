@@ -21,8 +21,8 @@ import asyncpg
 import psycopg
 
 from listener import install
-from listener.errors import ConfigError, ListenerError, is_transient
-from listener.ingest.pipeline import Ingest, ReloadDeferred, first_of
+from listener.errors import ConfigError, ListenerError, ReloadDeferred, is_transient
+from listener.ingest.pipeline import Ingest, first_of
 from listener.pg import conninfo
 from listener.pg.lsn import format_lsn
 from listener.queue import store

@@ -44,7 +44,7 @@ import asyncpg
 import psycopg
 from psycopg import sql
 
-from listener.errors import ListenerError, is_transient
+from listener.errors import BackfillFailed, ListenerError, is_transient
 from listener.pg import pgoutput as po
 from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_info
 from listener.pg.conninfo import asyncpg_params, connect_async
@@ -248,10 +248,6 @@ class BackfillClock:
     copy_s: float = 0.0  # COPY of the chunk into memory
     high_mark_s: float = 0.0
     waiting_s: float = 0.0  # for chunks in flight to become durable (reader and writer behind)
-
-
-class BackfillFailed(ListenerError):
-    """A backfill cannot go on (it is marked failed, saying why); the ingest goes on."""
 
 
 class Backfills:

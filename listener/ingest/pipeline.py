@@ -43,6 +43,7 @@ from listener.errors import (
     ConfigError,
     ListenerError,
     ProtocolError,
+    ReloadDeferred,
     ReplicationEnded,
     SlotInUseError,
     is_transient,
@@ -122,13 +123,6 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=F
 # Brings the source's publications up to what a new config needs, keeping what ``keep`` needs as well
 # (None: exactly the new config's): `listener init`'s work, which the service hands to ``Ingest.reload``.
 Prepare = Callable[[Config, Config | None], object]
-
-
-class ReloadDeferred(ListenerError):
-    """A reload found no streaming session (one is starting, or restarting for a rewind): try again."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(f"cannot reload now: {why}", hint="try again in a moment")
 
 
 @dataclass(slots=True)

@@ -16,12 +16,12 @@ import difflib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from listener.errors import ListenerError
+from listener.errors import ListenerError, OutsideJournal, utc_text
 from listener.ingest.expand import decode_relation, stored_changes
 from listener.ops.rewind import Conn, RuleCount, parse_time, tally
 from listener.pg import pgoutput as po
@@ -37,18 +37,6 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------
 # `listener replay`: planning (synchronous, psycopg), then reading, matching and inserting (asyncpg).
-
-
-class OutsideJournal(ListenerError):
-    """The replay's start lies before the oldest time the journal holds every change from."""
-
-    def __init__(self, asked: str, *, since: datetime, keep: str | None) -> None:
-        super().__init__(
-            f"{asked} is outside the change journal: it holds every change committed since {_when(since)}",
-            hint=f"replay from {_when(since)} or later; to reach further back, raise `journal.keep` "
-            f"(now {keep}; the journal fills from then on), or use `listener rewind` within `retain:`",
-        )
-        self.since = since
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +95,8 @@ def plan_replay(
     end = parse_time(to_time, now=now, option="--to-time") if to_time is not None else None
     if end is not None and end <= start:
         raise ListenerError(
-            f"--to-time {to_time!r} ({_when(end)}) is not after --from-time {from_time!r} ({_when(start)})",
+            f"--to-time {to_time!r} ({utc_text(end)}) is not after "
+            f"--from-time {from_time!r} ({utc_text(start)})",
             hint="give a --to-time after --from-time, or leave it out (up to now)",
         )
     row = state.execute("SELECT since FROM journal_horizon WHERE slot_name = %s", [config.slot]).fetchone()
@@ -121,7 +110,7 @@ def plan_replay(
     assert isinstance(since, datetime)
     if start < since:
         raise OutsideJournal(
-            f"--from-time {from_time!r} ({_when(start)})", since=since, keep=config.journal.keep
+            f"--from-time {from_time!r} ({utc_text(start)})", since=since, keep=config.journal.keep
         )
     return ReplayPlan(
         from_time=start,
@@ -281,10 +270,6 @@ def run_replay(
     return asyncio.run(replay(config, source_dsn, state_dsn, plan, dry_run=dry_run, progress=progress))
 
 
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
-
-
 def describe(plan: ReplayPlan) -> str:
-    end = _when(plan.to_time) if plan.to_time is not None else "now"
-    return f"replay: journal changes committed from {_when(plan.from_time)} to {end}"
+    end = utc_text(plan.to_time) if plan.to_time is not None else "now"
+    return f"replay: journal changes committed from {utc_text(plan.from_time)} to {end}"

@@ -28,7 +28,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from listener.errors import ListenerError, PrerequisiteError
+from listener.errors import ListenerError, OutsideWindow, PrerequisiteError, utc_text
 from listener.ops import runs as runs_mod
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue import store
@@ -38,20 +38,6 @@ from listener.rules.config import Config, parse_duration
 WAIT_POLL_S = 0.5  # `listener rewind --wait` looks at the rewind this often
 
 Conn = runs_mod.Conn
-
-
-class OutsideWindow(ListenerError):
-    """The rewind target lies before the oldest position the slot still keeps."""
-
-    def __init__(self, target: str, *, oldest_lsn: int, oldest_time: datetime | None, hint: str) -> None:
-        when = f" (committed {_when(oldest_time)})" if oldest_time is not None else ""
-        super().__init__(
-            f"{target} is outside the rewind window: the oldest reachable position is "
-            f"{format_lsn(oldest_lsn)}{when}",
-            hint=hint,
-        )
-        self.oldest_lsn = oldest_lsn
-        self.oldest_time = oldest_time
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -262,7 +248,7 @@ def plan(
         found = lsn_at(state, config.slot, target_time, win)
         if found is None:
             raise OutsideWindow(
-                f"{asked} ({_when(target_time)})",
+                f"{asked} ({utc_text(target_time)})",
                 oldest_lsn=win.oldest_lsn,
                 oldest_time=win.oldest_time,
                 hint=outside_hint,
@@ -541,13 +527,9 @@ def run_dry(config: Config, source_dsn: str, state_dsn: str, target: Target) -> 
 # Output.
 
 
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
-
-
 def describe(target: Target, recorded: Recorded | None = None) -> str:
     head = f"rewind {recorded.id}" if recorded is not None else "rewind"
-    since = f" (committed {_when(target.from_time)})" if target.from_time is not None else ""
+    since = f" (committed {utc_text(target.from_time)})" if target.from_time is not None else ""
     text = f"{head}: re-reading from {format_lsn(target.from_lsn)}{since} up to {format_lsn(target.up_to)}"
     if target.rerun_rule is not None:
         generation = f" as generation {recorded.generation}" if recorded and recorded.generation else ""

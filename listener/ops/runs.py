@@ -24,7 +24,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from listener.errors import DatabaseError, ListenerError, PrerequisiteError
+from listener.errors import DatabaseError, NoSuchRun, PrerequisiteError, RunStateError
 from listener.pg import conninfo
 from listener.queue import store
 
@@ -33,26 +33,6 @@ LIST_LIMIT = 50  # runs listed by default
 LOCK_WAIT_S = 10  # longest wait for a run's row lock in retry and cancel
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-
-
-class NoSuchRun(ListenerError):
-    """No run has this id."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(
-            f"no such run: {run_id!r}",
-            hint="`listener runs` lists the runs and their ids (a retried run's id is KEY#N)",
-        )
-        self.run_id = run_id
-
-
-class RunStateError(ListenerError):
-    """The run's status does not allow what was asked (retry a pending run, cancel a done one...)."""
-
-    def __init__(self, message: str, *, run_id: str, status: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.run_id = run_id
-        self.status = status
 
 
 # ---------------------------------------------------------------------------------------------------------

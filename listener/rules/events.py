@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from listener.errors import ListenerError
+from listener.errors import RuleEvaluationError
 from listener.pg import pgoutput as po
 from listener.pg.changes import Change, RelationInfo, carried_as_text, json_or_text
 from listener.pg.copytext import Key, line_values
@@ -210,17 +210,15 @@ def rule_matches(rule: CompiledRule, change: Change, new: Row | None, old: Row |
             if not changed_matches(rule, new, old):
                 return False
         except MissingValue as exc:
-            raise RuleEvaluationError(rule, change, f"changed: needs {exc}", _FULL_HINT) from exc
+            raise _failed(rule, change, f"changed: needs {exc}", _FULL_HINT) from exc
     if rule.predicate is None:
         return True
     try:
         return bool(rule.predicate.matches(new, old, change.commit_time))
     except MissingValue as exc:
-        raise RuleEvaluationError(
-            rule, change, f"when: needs {exc}, which the server did not send", _FULL_HINT
-        ) from exc
+        raise _failed(rule, change, f"when: needs {exc}, which the server did not send", _FULL_HINT) from exc
     except EvaluationError as exc:
-        raise RuleEvaluationError(
+        raise _failed(
             rule, change, f"when: {exc}", "correct `when:` (e.g. cast to bigint or numeric), then restart"
         ) from exc
 
@@ -297,15 +295,10 @@ def append_notify_events(
         batch.add(batch.group_id(rule, "notify", None, session, None, None), 0, ordinal, payload)
 
 
-class RuleEvaluationError(ListenerError):
-    """A rule could not be evaluated for a change: the service stops there, acknowledging nothing past it."""
-
-    def __init__(self, rule: CompiledRule, change: Change, what: str, hint: str) -> None:
-        super().__init__(
-            f"rule {rule.name!r} on {change.table} at LSN {format_lsn(change.lsn)} "
-            f"(transaction {format_lsn(change.commit_lsn)}): {what}",
-            hint=hint.replace("<table>", change.table or "<table>"),
-        )
+def _failed(rule: CompiledRule, change: Change, what: str, hint: str) -> RuleEvaluationError:
+    return RuleEvaluationError(
+        rule.name, change.table, lsn=change.lsn, commit_lsn=change.commit_lsn, what=what, hint=hint
+    )
 
 
 def append_truncate_events(batch: EventSink, change: Change, rules: RuleSet) -> None:

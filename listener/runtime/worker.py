@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from listener.errors import ConfigError, is_transient
+from listener.errors import ConfigError, Fenced, StepError, is_transient
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.queue.store import notify_channel
 from listener.rules.config import RUN_TIMEOUT_S, WorkflowLimit
@@ -438,7 +438,7 @@ class Worker:
             if task is not None and task.cancelling():
                 raise  # the worker's own shutdown: the lease is released by _shutdown
             failure = exc  # raised by the workflow's code itself: a failed attempt like any other
-        except wf.Fenced as exc:
+        except Fenced as exc:
             self.stats.fenced += 1
             logger.warning("%s", exc)
             return
@@ -472,7 +472,7 @@ class Worker:
     ) -> None:
         # A workflow that does not import, or a step whose result cannot be recorded, fails the same way
         # on every retry: dead at once.
-        max_attempts = 0 if isinstance(exc, (ConfigError, wf.StepError)) else policy.max_attempts
+        max_attempts = 0 if isinstance(exc, (ConfigError, StepError)) else policy.max_attempts
         if isinstance(exc, TimeoutError):
             error = f"TimeoutError: run exceeded its timeout of {timeout}s"
         else:

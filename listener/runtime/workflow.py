@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
-from listener.errors import ConfigError, ListenerError
+from listener.errors import ConfigError, Fenced, StepError
 from listener.pg.changes import json_too_deep
 
 Workflow = Callable[["Context"], Awaitable[Any] | Any]
@@ -50,14 +50,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_ATTEMPTS = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
-
-
-class StepError(ListenerError):
-    """A step was used wrongly (its result cannot be recorded, a transaction outside a step...)."""
-
-
-class Fenced(ListenerError):
-    """This worker no longer holds the run (its lease expired and another attempt took over)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ async def test_notify_payloads_become_events_while_listening(dsn: str, sql: Conn
 async def test_a_predicate_that_fails_stops_ingest_naming_rule_and_lsn(dsn: str, sql: Conn) -> None:
     """PostgreSQL would raise ("integer out of range"): the service stops there, acknowledging nothing
     past the change, instead of guessing a match."""
-    from listener.rules.events import RuleEvaluationError
+    from listener.errors import RuleEvaluationError
 
     sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
     config = make_config([rule(table="items", on=["insert"], when="new.n * 1000000 > 5")])
