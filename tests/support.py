@@ -6,18 +6,21 @@ import asyncio
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
+from click.testing import CliRunner, Result
 
 from listener import install as setup
+from listener.cli.main import main
 from listener.ingest.pipeline import Ingest
 from listener.queue.store import StateStore
-from listener.rules.config import Config, parse_config
+from listener.rules.config import Config, load_config, parse_config
 
 WAIT_S = 60.0
 # A transaction that made no event gets its checkpoint written at most this late in tests (ingest's
@@ -25,14 +28,36 @@ WAIT_S = 60.0
 IDLE_CHECKPOINT_S = 0.1
 
 
-def make_config(rules: Sequence[dict[str, Any]] | str, **settings: Any) -> Config:
-    """A Config from rule dicts (or YAML text), as a user would write it."""
-    import yaml
+SLOT = "listener_test"  # the tests' slot and publication, unless a test names others
 
-    if isinstance(rules, str):
-        return parse_config(rules)
-    doc = {"slot": "listener_test", "publication": "listener_test", **settings, "rules": list(rules)}
-    return parse_config(yaml.safe_dump(doc, sort_keys=False))
+
+def config_yaml(rules: Sequence[Mapping[str, Any]], **settings: Any) -> str:
+    """A config file's text from rule dicts and top-level settings, as a user would write it."""
+    doc = {"slot": SLOT, "publication": SLOT, **settings, "rules": list(rules)}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def make_config(rules: Sequence[Mapping[str, Any]] | str, **settings: Any) -> Config:
+    """A Config from rule dicts (or YAML text), as a user would write it."""
+    return parse_config(rules if isinstance(rules, str) else config_yaml(rules, **settings))
+
+
+def write_config(path: Path, rules: Sequence[Mapping[str, Any]], **settings: Any) -> Config:
+    """Write a config file (see :func:`config_yaml`) and load it, so errors name ``path``."""
+    path.write_text(config_yaml(rules, **settings), encoding="utf-8")
+    return load_config(path)
+
+
+def cli(dsn: str, config: Config | Path, *args: str) -> Result:
+    """``listener --dsn DSN -c CONFIG ARGS...`` in this process (click's runner), 200 columns wide."""
+    path = config.source_path if isinstance(config, Config) else str(config)
+    assert path is not None, "the config was not loaded from a file"
+    return CliRunner().invoke(main, ["--dsn", dsn, "-c", path, *args], env={"COLUMNS": "200"})
+
+
+async def acli(dsn: str, config: Config | Path, *args: str) -> Result:
+    """:func:`cli` in a thread: it must not block the event loop an ingest or a service runs in."""
+    return await asyncio.to_thread(cli, dsn, config, *args)
 
 
 @dataclass

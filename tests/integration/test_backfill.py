@@ -12,14 +12,12 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
-from click.testing import CliRunner, Result
 
 from listener import install as setup
-from listener.cli.main import main
 from listener.ingest.backfill import Backfills, TableShape
-from listener.rules.config import Config, load_config
-from tests.support import _wait_for, events, running_ingest, wait_caught_up
+from listener.rules.config import Config
+from tests import support
+from tests.support import _wait_for, acli, cli, events, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -29,19 +27,9 @@ WAIT_S = 60.0
 
 
 def write_config(path: Path, rules: list[dict[str, Any]], **ingest: Any) -> Config:
-    doc: dict[str, Any] = {"slot": SLOT, "publication": SLOT, "rules": rules}
-    doc["ingest"] = {"backfill_chunk_rows": 100, "expand_ahead": 1_000_000, **ingest}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return load_config(path)
-
-
-def cli(dsn: str, config: Config, *args: str) -> Result:
-    assert config.source_path is not None
-    return CliRunner().invoke(main, ["--dsn", dsn, "-c", config.source_path, *args], env={"COLUMNS": "200"})
-
-
-async def acli(dsn: str, config: Config, *args: str) -> Result:
-    return await asyncio.to_thread(cli, dsn, config, *args)
+    return support.write_config(
+        path, rules, ingest={"backfill_chunk_rows": 100, "expand_ahead": 1_000_000, **ingest}
+    )
 
 
 def backfill_row(sql: Conn, backfill_id: int) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from listener import install as setup
-from tests.integration.test_backfill import ROWS, backfill_row, cli, read_events, wait_done, write_config
-from tests.support import running_ingest
+from tests.integration.test_backfill import ROWS, backfill_row, read_events, wait_done, write_config
+from tests.support import cli, running_ingest
 
 Conn = psycopg.Connection[tuple[object, ...]]
 # physical slots belong to the whole server, which the tests share: each test has its own victim

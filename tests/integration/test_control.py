@@ -18,15 +18,14 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from listener import service
-from listener.cli.main import main
 from listener.pg.lsn import format_lsn, parse_lsn
-from listener.rules.config import Config, load_config
+from listener.rules.config import Config
+from tests import support
 from tests.runtime_support import enqueue, prepare, run_row, step_names
-from tests.support import emit_marker, events
+from tests.support import acli, emit_marker, events
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -40,24 +39,7 @@ WAIT_S = 120.0
 
 
 def write_config(path: Path, *rules: dict[str, Any]) -> Config:
-    doc = {
-        "slot": SLOT,
-        "publication": SLOT,
-        "retain": {"duration": "1h"},
-        "ingest": {"backfill_chunk_rows": 50},
-        "rules": list(rules),
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return load_config(path)
-
-
-def cli(dsn: str, path: Path, *args: str) -> Result:
-    return CliRunner().invoke(main, ["--dsn", dsn, "-c", str(path), *args], env={"COLUMNS": "200"})
-
-
-async def acli(dsn: str, path: Path, *args: str) -> Result:
-    """The command in a thread: it must not block the event loop the service runs in."""
-    return await asyncio.to_thread(cli, dsn, path, *args)
+    return support.write_config(path, rules, retain={"duration": "1h"}, ingest={"backfill_chunk_rows": 50})
 
 
 @dataclass

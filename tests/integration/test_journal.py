@@ -23,15 +23,13 @@ from tests.integration.test_rewind import (
     AUDIT,
     NOTIFY,
     SLOT,
-    acli,
     checkpoint,
     insert,
     refused,
     runs,
     slot_flush,
-    write_config,
 )
-from tests.support import events, running_ingest, wait_caught_up
+from tests.support import acli, events, running_ingest, wait_caught_up, write_config
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

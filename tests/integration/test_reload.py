@@ -13,12 +13,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
 from listener.errors import ConfigError
 from listener.pg.lsn import parse_lsn
 from listener.queue.store import control_channel
 from listener.rules.config import load_config
+from tests import support
 from tests.support import _wait_for, events, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -40,8 +40,7 @@ RULE_B: dict[str, object] = {
 
 
 def write_config(path: Path, *rules: Mapping[str, object]) -> Path:
-    doc = {"slot": "listener_test", "publication": "listener_test", "rules": list(rules)}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    support.write_config(path, rules)
     return path
 
 

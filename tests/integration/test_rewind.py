@@ -13,16 +13,14 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from listener import install as setup
-from listener.cli.main import main
 from listener.ingest import pipeline as ingest_mod
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue.store import EventBatch, Retention, StateStore
-from listener.rules.config import Config, load_config
-from tests.support import events, running_ingest, wait_caught_up
+from listener.rules.config import Config
+from tests.support import acli, events, running_ingest, wait_caught_up, write_config
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -36,22 +34,6 @@ WAIT_S = 60.0
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def write_config(path: Path, rules: list[dict[str, Any]], **settings: Any) -> Config:
-    doc = {"slot": SLOT, "publication": SLOT, **settings, "rules": rules}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return load_config(path)
-
-
-def cli(dsn: str, config: Config, *args: str) -> Result:
-    assert config.source_path is not None
-    return CliRunner().invoke(main, ["--dsn", dsn, "-c", config.source_path, *args], env={"COLUMNS": "200"})
-
-
-async def acli(dsn: str, config: Config, *args: str) -> Result:
-    """The command in a thread: it must not block the event loop an ingest may be running in."""
-    return await asyncio.to_thread(cli, dsn, config, *args)
 
 
 def slot_flush(sql: Conn) -> int:
