@@ -104,6 +104,55 @@ class RuleEvaluationError(ListenerError):
         )
 
 
+class PredicateError(ListenerError, ValueError):
+    """A ``when:`` expression that cannot be compiled: says what is wrong, quotes the part, gives the fix.
+
+    ``fragment`` is the offending part (as PostgreSQL deparses it), ``position`` its 0-based character
+    offset in the predicate text, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        text: str | None = None,
+        fragment: str | None = None,
+        position: int | None = None,
+        hint: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        shown = message
+        if text is not None and position is not None:
+            shown += "\n" + _caret(text, position)
+        super().__init__(shown, hint=hint)
+        self.what = message
+        self.text = text
+        self.fragment = fragment
+        self.position = position
+        self.sqlstate = sqlstate  # set when a constant part always fails: the error PostgreSQL raises
+        # True when PostgreSQL would accept the expression but listener cannot evaluate it exactly
+        self.limitation = False
+
+
+class EvaluationError(ListenerError):
+    """Raised while evaluating, where PostgreSQL would raise (``sqlstate`` is its SQLSTATE).
+
+    ``sqlstate`` is None when the failure is a limit of listener rather than an error PostgreSQL would
+    raise (a date format listener does not parse)."""
+
+    def __init__(self, message: str, sqlstate: str | None, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.sqlstate = sqlstate
+
+
+def _caret(text: str, position: int) -> str:
+    """The line of ``text`` holding ``position``, with a caret under it."""
+    start = text.rfind("\n", 0, position) + 1
+    end = text.find("\n", position)
+    line = text[start : end if end >= 0 else len(text)]
+    return f"  {line}\n  {' ' * (position - start)}^"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Database and prerequisites: what the database said, and what it lacks that listener needs.
 
