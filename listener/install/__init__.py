@@ -15,12 +15,12 @@ removes both.
 
 Modules, each importing only those before it: :mod:`.privileges` (the role's rights, :class:`CheckResult`),
 :mod:`.publications` (planning, probing, statements), :mod:`.slots` (the replication slot),
-:mod:`.check` (``listener check``), :mod:`.init` (``listener init`` and ``listener drop``).
+:mod:`.checks` (``listener check``), :mod:`.provision` (``listener init`` and ``listener drop``).
 """
 
-from listener.install.check import check
-from listener.install.init import drop, init
+from listener.install.checks import check
 from listener.install.privileges import CheckResult
+from listener.install.provision import drop, init
 from listener.install.publications import (
     FILTER_SETTINGS,
     PROBE_LOCK_TIMEOUT_MS,

@@ -29,7 +29,7 @@ FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = %s
 """
 
 
-def _state_schema_fix(conn: Conn, schema: str) -> str:
+def state_schema_fix(conn: Conn, schema: str) -> str:
     """`listener init` when the role may create (or add to) the state schema, else the SQL a DBA runs:
     listener needs its own schema, never rights on the application's."""
     row = conn.execute(_SCHEMA_ACCESS, [schema]).fetchone()
@@ -53,7 +53,7 @@ FROM pg_roles WHERE rolname = current_user
 """
 
 
-def _check_replication(conn: Conn, service: managed.Service) -> CheckResult:
+def check_replication(conn: Conn, service: managed.Service) -> CheckResult:
     """The REPLICATION attribute, or on a service that grants replication by a role, that role."""
     row = conn.execute(_REPLICATION, [service.replication_role]).fetchone()
     assert row is not None

@@ -175,14 +175,14 @@ WHERE p.pubname = %s
 """
 
 
-def _publication_tables(conn: Conn, publication: str) -> set[str]:
+def publication_tables(conn: Conn, publication: str) -> set[str]:
     rows = conn.execute(
         "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [publication]
     ).fetchall()
     return {qualified_name(s, t) for s, t in rows}
 
 
-def _publication_problems(
+def publication_problems(
     conn: Conn, name: str, tables: Sequence[TablePlan], publish: str, planned: Pushdown
 ) -> list[str] | None:
     """How publication ``name`` differs from ``tables`` and ``publish`` (empty: it matches; None: there is
@@ -193,7 +193,7 @@ def _publication_problems(
     if row is None:
         return None
     problems: list[str] = []
-    have = _publication_tables(conn, name)
+    have = publication_tables(conn, name)
     wanted = {t.name for t in tables}
     if have != wanted:
         problems.append(f"tables {sorted(have)} (the rules need {sorted(wanted)})")
@@ -249,7 +249,7 @@ SELECT current_user, current_database(), has_database_privilege(current_database
 """
 
 
-def _publication_access(conn: Conn, name: str, tables: Sequence[TablePlan]) -> PublicationAccess:
+def publication_access(conn: Conn, name: str, tables: Sequence[TablePlan]) -> PublicationAccess:
     """Creating a publication needs CREATE on the database; altering one, owning it; both, owning every
     table put in it (https://www.postgresql.org/docs/current/sql-createpublication.html)."""
     row = conn.execute(
@@ -293,9 +293,7 @@ def publication_statements(
     return statements
 
 
-def _statements_text(
-    conn: Conn, name: str, tables: Sequence[TablePlan], publish: str, *, exists: bool
-) -> str:
+def statements_text(conn: Conn, name: str, tables: Sequence[TablePlan], publish: str, *, exists: bool) -> str:
     """:func:`publication_statements` as lines a DBA can paste into psql."""
     statements = publication_statements(conn, name, tables, publish, exists=exists)
     return "\n".join(f"{statement.as_string(conn)};" for statement in statements)
@@ -323,7 +321,7 @@ def ensure_publications(conn: Conn, planned: Pushdown, *, exact: Pushdown | None
     with _publication_errors(), conn.transaction():
         _pin_filter_settings(conn)
         for name, tables, publish, exact_tables, exact_publish in wanted:
-            access = _publication_access(conn, name, tables)
+            access = publication_access(conn, name, tables)
             if access.ours:
                 line = _set_publication(conn, name, tables, publish, planned)
             else:
@@ -342,7 +340,7 @@ def _verify_publication(
 ) -> str | None:
     """A publication listener may not create or alter: None when it matches (or, empty, is not needed),
     else ``PrerequisiteError`` with the SQL that makes it match."""
-    problems = _publication_problems(conn, name, tables, publish, planned)
+    problems = publication_problems(conn, name, tables, publish, planned)
     if problems is None and not tables and name != planned.plan.publication:
         return None  # the filtered publication, while no table has a row filter
     if problems == []:
@@ -350,7 +348,7 @@ def _verify_publication(
     what = "does not exist" if problems is None else "does not match the rules: " + "; ".join(problems)
     raise PrerequisiteError(
         f"publication {name!r} {what}; {access.why_not}",
-        hint=_statements_text(conn, name, tables, publish, exists=problems is not None),
+        hint=statements_text(conn, name, tables, publish, exists=problems is not None),
     )
 
 
@@ -369,7 +367,7 @@ def tail_publications(conn: Conn, own: str, config: Config, rules: RuleSet) -> t
     Its own, ``own``, carries every operation of the rule tables; a role that may not create it (see
     `Least privilege` in README) streams the config's publications instead, as a DBA made them."""
     tables = [TablePlan(s, t, rules.operations_for(s, t)) for s, t in rules.tables]
-    access = _publication_access(conn, own, tables)
+    access = publication_access(conn, own, tables)
     if access.ours:
         ensure_publication(conn, own, rules, all_ops=True)
         return [own], None
@@ -395,7 +393,7 @@ def _set_publication(
 ) -> str | None:
     """Create or alter ``publication`` (ours) to hold ``tables``; None when it already does (compared with
     ``planned``'s printed filters; never compared without it)."""
-    problems = _publication_problems(conn, publication, tables, publish, planned) if planned else None
+    problems = publication_problems(conn, publication, tables, publish, planned) if planned else None
     if problems == []:
         return None
     exists = problems is not None or bool(

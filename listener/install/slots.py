@@ -8,7 +8,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from listener.errors import PrerequisiteError
-from listener.install.privileges import _check_replication
+from listener.install.privileges import check_replication
 from listener.pg import managed, versions
 from listener.pg.conninfo import Conn
 from listener.pg.lsn import format_lsn
@@ -48,7 +48,7 @@ def ensure_slot(
     except pgerrors.InsufficientPrivilege as exc:
         raise PrerequisiteError(
             f"cannot create replication slot {slot!r}: {exc.diag.message_primary}",
-            hint=_check_replication(conn, managed.detect(conn)).fix or "see `listener check`",
+            hint=check_replication(conn, managed.detect(conn)).fix or "see `listener check`",
         ) from exc
     return [f"created replication slot {slot}"]
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from listener import install as setup
-from listener.install.check import _check_server
+from listener.install.checks import check_server
 from listener.pg import versions
 from listener.rules.catalog import read_tables
 from tests.conftest import drop_database, with_dbname
@@ -103,7 +103,7 @@ def test_check_names_each_feature_the_server_lacks_on_one_line(
 
 
 def test_a_server_older_than_14_is_refused_with_the_fix() -> None:
-    (result,) = _check_server(130012)
+    (result,) = check_server(130012)
     assert not result.ok
     assert result.detail == "PostgreSQL 13.12 is not supported: listener needs PostgreSQL 14 or newer"
     assert result.fix == "upgrade PostgreSQL"

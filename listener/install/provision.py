@@ -6,7 +6,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from listener.errors import PrerequisiteError, SlotInUseError
-from listener.install.privileges import _state_schema_fix
+from listener.install.privileges import state_schema_fix
 from listener.install.publications import compile_rules, ensure_publications, plan_pushdown
 from listener.install.slots import ensure_slot
 from listener.pg import conninfo
@@ -46,7 +46,7 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
             except pgerrors.InsufficientPrivilege as exc:
                 raise PrerequisiteError(
                     f"cannot create the state schema {config.state_schema}: {exc.diag.message_primary}",
-                    hint=_state_schema_fix(conn, config.state_schema),
+                    hint=state_schema_fix(conn, config.state_schema),
                 ) from exc
             checkpoint = store.checkpoint(conn, config.state_schema, config.slot)
         done.extend(ensure_publications(source, wide, exact=exact))

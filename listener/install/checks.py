@@ -9,15 +9,15 @@ from collections.abc import Sequence
 from psycopg import sql
 
 from listener.errors import ConfigError
-from listener.install.privileges import CheckResult, _check_replication, _state_schema_fix
+from listener.install.privileges import CheckResult, check_replication, state_schema_fix
 from listener.install.publications import (
     Pushdown,
-    _publication_access,
-    _publication_problems,
-    _publication_tables,
-    _statements_text,
     plan_pushdown,
+    publication_access,
+    publication_problems,
+    publication_tables,
     read_catalog,
+    statements_text,
 )
 from listener.install.slots import lost_slot
 from listener.pg import conninfo, managed, versions
@@ -39,7 +39,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
     add = results.append
     with conninfo.connection(source_dsn) as conn:
         service = managed.detect(conn)
-        results.extend(_check_server(conn.info.server_version))
+        results.extend(check_server(conn.info.server_version))
         wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
         add(
             CheckResult("wal_level", True, "wal_level = logical")
@@ -51,7 +51,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
                 service.logical,
             )
         )
-        add(_check_replication(conn, service))
+        add(check_replication(conn, service))
         results.extend(_check_slot(conn, config, service))
         slot_exists = bool(
             conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [config.slot]).fetchone()
@@ -72,7 +72,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
                     "state schema",
                     False,
                     f"state schema {config.state_schema} is {have}, listener needs version {latest}",
-                    _state_schema_fix(conn, config.state_schema),
+                    state_schema_fix(conn, config.state_schema),
                 )
             )
         checkpoint = store.checkpoint(conn, config.state_schema, config.slot)
@@ -82,7 +82,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
     return results
 
 
-def _check_server(server_version: int) -> list[CheckResult]:
+def check_server(server_version: int) -> list[CheckResult]:
     """The server's version, and one line for each feature it lacks: what listener does instead."""
     release = versions.major(server_version)
     if server_version >= 100000:
@@ -306,9 +306,9 @@ def _check_publications(conn: Conn, rules: RuleSet, planned: Pushdown) -> list[C
                 )
             ]
         wanted = {qualified_name(s, t) for s, t in rules.tables}
-        have = _publication_tables(conn, plan.publication)
+        have = publication_tables(conn, plan.publication)
         if plan.filtered is not None:
-            have |= _publication_tables(conn, plan.filtered)
+            have |= publication_tables(conn, plan.filtered)
         if have != wanted:
             return [
                 CheckResult(
@@ -349,8 +349,8 @@ def _check_publications(conn: Conn, rules: RuleSet, planned: Pushdown) -> list[C
 def _check_publication(
     conn: Conn, label: str, name: str, tables: Sequence[TablePlan], publish: str, planned: Pushdown
 ) -> CheckResult:
-    problems = _publication_problems(conn, name, tables, publish, planned)
-    access = _publication_access(conn, name, tables)
+    problems = publication_problems(conn, name, tables, publish, planned)
+    access = publication_access(conn, name, tables)
     if problems is None:
         if access.ours:
             return CheckResult(label, True, f"publication {name!r} will be created by init", warning=True)
@@ -360,13 +360,13 @@ def _check_publication(
             label,
             False,
             f"publication {name!r} does not exist, and {access.why_not}",
-            _statements_text(conn, name, tables, publish, exists=False),
+            statements_text(conn, name, tables, publish, exists=False),
         )
     if problems:
         detail = f"publication {name!r}: " + "; ".join(problems)
         if access.ours:
             return CheckResult(label, False, detail, "listener init")
-        fix = _statements_text(conn, name, tables, publish, exists=True)
+        fix = statements_text(conn, name, tables, publish, exists=True)
         return CheckResult(label, False, f"{detail}; {access.why_not}", fix)
     return CheckResult(
         label, True, f"publication {name!r} matches the rules: {len(tables)} table(s), {publish}"
