@@ -39,8 +39,8 @@ from typing import Any
 import psycopg
 
 from listener import install as setup
+from listener.ingest import Ingest
 from listener.ingest.backfill import OPEN
-from listener.ingest.pipeline import Ingest
 from listener.ops import backfill_requests as backfill
 from listener.queue.store import StateStore
 from listener.rules.config import Config, parse_config

@@ -61,9 +61,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-import listener.ingest.pipeline as ingest_module
+import listener.ingest.session as ingest_module
 from listener import install as setup
-from listener.ingest.pipeline import Ingest
+from listener.ingest import Ingest
 from listener.pg.embedded import bin_dir
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.pg.replication import READ_BATCH_MESSAGES, ReplicationSession

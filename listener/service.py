@@ -22,7 +22,7 @@ import psycopg
 
 from listener import install
 from listener.errors import ConfigError, ListenerError, ReloadDeferred, is_transient
-from listener.ingest.pipeline import Ingest, first_of
+from listener.ingest import Ingest
 from listener.pg import conninfo
 from listener.pg.lsn import format_lsn
 from listener.queue import store
@@ -30,6 +30,7 @@ from listener.queue.store import StateStore, control_channel
 from listener.rules.config import Config, load_config
 from listener.runtime import workflow as wf
 from listener.runtime.worker import Worker
+from listener.supervise import first_of
 
 logger = logging.getLogger(__name__)
 

@@ -105,6 +105,17 @@ async def sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
             await stop.wait()
 
 
+async def first_of(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of ``waits`` completes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @contextlib.asynccontextmanager
 async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
     """An :class:`asyncio.TaskGroup` that raises its first failure itself, not wrapped in an exception

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from listener import install as setup
 from listener.cli.main import main
-from listener.ingest.pipeline import Ingest
+from listener.ingest import Ingest
 from listener.queue.store import StateStore
 from listener.rules.config import Config, load_config, parse_config
 

@@ -499,7 +499,7 @@ async def tally(state: store.StateStore, batch: store.EventBatch, counts: dict[s
 async def dry_run(config: Config, source_dsn: str, state_dsn: str, target: Target) -> DryRun:
     """Re-read the target's range on a temporary copy of the slot; count, per rule, the events it holds
     and those already present.  Writes nothing; the slot and a running ingest are not touched."""
-    from listener.ingest.pipeline import Ingest
+    from listener.ingest import Ingest
     from listener.queue.store import EventBatch, RewindPlan, StateStore
 
     state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=1)

@@ -16,7 +16,7 @@ import pytest
 from click.testing import Result
 
 from listener import install as setup
-from listener.ingest import pipeline as ingest_mod
+from listener.ingest import state as ingest_mod
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue.store import EventBatch, Retention, StateStore
 from listener.rules.config import Config

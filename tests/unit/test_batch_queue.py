@@ -6,8 +6,23 @@ import asyncio
 
 import pytest
 
-from listener.ingest.pipeline import BatchQueue
+from listener.ingest.source import BatchQueue
 from listener.queue.store import EventBatch
+
+
+class Quiet:
+    """A source that acknowledges nothing."""
+
+    name = "test"
+
+    async def run(self, out: BatchQueue) -> None:
+        return None
+
+    def committed(self, batch: EventBatch) -> None:
+        return None
+
+
+SOURCE = Quiet()
 
 
 def batch(nbytes: int) -> EventBatch:
@@ -19,13 +34,13 @@ def batch(nbytes: int) -> EventBatch:
 async def test_a_put_waits_while_the_queued_bytes_would_pass_the_bound() -> None:
     queue = BatchQueue(max_batches=10, max_bytes=100)
     big = batch(150)
-    await queue.put(big)  # one batch always goes through, however big
+    await queue.put(big, SOURCE)  # one batch always goes through, however big
     assert queue.held == 150
-    second = asyncio.create_task(queue.put(batch(10)))
+    second = asyncio.create_task(queue.put(batch(10), SOURCE))
     await asyncio.sleep(0.05)
     assert not second.done()  # waits for the writer
     got = await queue.get()
-    assert got is big
+    assert got is not None and got[0] is big and got[1] is SOURCE
     queue.written(big)
     await asyncio.wait_for(second, 5)
     assert queue.held == 10
@@ -35,7 +50,7 @@ async def test_a_put_waits_while_the_queued_bytes_would_pass_the_bound() -> None
 async def test_small_batches_pass_up_to_the_bound() -> None:
     queue = BatchQueue(max_batches=10, max_bytes=100)
     for _ in range(5):
-        await asyncio.wait_for(queue.put(batch(20)), 5)
+        await asyncio.wait_for(queue.put(batch(20), SOURCE), 5)
     assert queue.held == 100 and queue.qsize() == 5
 
 
@@ -44,7 +59,7 @@ async def test_ending_a_writer_that_fails_with_the_queue_full_raises_its_failure
     batches from its full queue; ending it must raise its failure, never wait for room in that queue
     (the session then never ended: ingest stopped streaming for good after a server restart)."""
     queue = BatchQueue(max_batches=1)
-    await queue.put(batch(10))  # full: the writer was busy committing the batch before
+    await queue.put(batch(10), SOURCE)  # full: the writer was busy committing the batch before
 
     async def writer() -> None:
         await asyncio.sleep(0.05)

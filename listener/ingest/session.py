@@ -1,0 +1,220 @@
+"""Ingest: the service-level orchestration of the sources, the writer and their helpers.
+
+:class:`Ingest` runs one streaming session of the replication slot after the other (a lost connection of
+either database, a recorded rewind or a busy slot restarts it from the durable checkpoint, with backoff).
+In a session it runs, in one task group, the sources (:class:`~listener.ingest.reader.PgoutputSource`,
+:class:`~listener.ingest.notify.NotifySource`; the seam: :mod:`listener.ingest.source`), the writer
+(:mod:`listener.ingest.writer`), the expander of compact chunks and the backfill task; beside the
+sessions, the rewind watcher and the journal's pruner.
+
+With a retention window (``retain:``), the flush LSN trails the checkpoint: the writer records the
+checkpoint's history (``lsn_history``) every few seconds and confirms the newest history position older
+than the window, so the server keeps that WAL for ``listener rewind``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from listener.errors import ReplicationEnded, SlotInUseError, is_transient
+from listener.ingest import reload as reloading
+from listener.ingest.journal import prune_forever
+from listener.ingest.notify import NotifySource
+from listener.ingest.reader import PgoutputSource
+from listener.ingest.reload import Prepare
+from listener.ingest.rewinds import count_rewind, moved_past, next_rewind, watch_rewinds
+from listener.ingest.slot import slot_confirmed, slot_holder
+from listener.ingest.source import BatchQueue
+from listener.ingest.state import IngestState
+from listener.ingest.writer import write_batches
+from listener.pg.conninfo import connect_async
+from listener.pg.lsn import format_lsn
+from listener.pg.publications import streamed_publications
+from listener.pg.replication import ReplicationSession
+from listener.queue.store import EventBatch, RewindPlan
+from listener.rules.config import Config
+from listener.supervise import sleep_unless, spawn, supervised, task_group
+
+logger = logging.getLogger(__name__)
+
+SLOT_BUSY_RETRY_S = 15.0
+SLOT_BUSY_WAIT_S = 1.0  # ... looking again this often
+WATCHER_EXIT_S = 5.0  # how long a stopping ingest waits for the rewind watcher to let go of its connection
+
+
+class Ingest(IngestState):
+    """Streams ``slot`` and writes the events of ``rules`` to the state store."""
+
+    async def reload(self, config: Config, *, prepare: Prepare) -> int:
+        """Switch to ``config``'s rules at a precise point of the stream; return that LSN (see
+        :func:`listener.ingest.reload.reload`)."""
+        return await reloading.reload(self, config, prepare=prepare)
+
+    async def count_rewind(self, rewind: RewindPlan, count: Callable[[EventBatch], Awaitable[None]]) -> None:
+        """Re-read a rewind's range as it would be, handing each batch to ``count`` instead of writing it
+        (see :func:`listener.ingest.rewinds.count_rewind`)."""
+        await count_rewind(self, rewind, count)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stream until ``stop`` is set; reconnect with backoff after any connection loss.  The rewind
+        watcher and the journal's pruner run beside the stream, supervised: when one fails for good, ingest
+        stops (invariant 9)."""
+        done = asyncio.Event()
+        async with task_group() as tg:
+            background = [spawn(tg, "ingest-rewinds", lambda: watch_rewinds(self, done), stop=done)]
+            if self.journal is not None:
+                journal = self.journal
+                prune = functools.partial(prune_forever, self.store, journal, done)
+                background.append(spawn(tg, "ingest-journal", prune, stop=done))
+            try:
+                await supervised("ingest", lambda: self._sessions(stop), stop=stop, retry=self._retry)
+            finally:
+                done.set()  # the watcher ends by itself, releasing its connection
+                _, late = await asyncio.wait(background, timeout=WATCHER_EXIT_S)
+                for task in late:
+                    task.cancel()
+
+    async def _sessions(self, stop: asyncio.Event) -> None:
+        """One session after the other (a recorded rewind or a reload restarts it) until ``stop``."""
+        busy_since: float | None = None
+        while not stop.is_set():
+            try:
+                await self._run_session(stop)
+                busy_since = None
+            except SlotInUseError as exc:
+                # Right after a crash the server may hold the old walsender a moment longer: wait a little,
+                # saying so once, then stop with one line naming the holder and the fix.
+                holder = await slot_holder(self.source_dsn, self.slot)
+                if busy_since is None:
+                    busy_since = time.monotonic()
+                    logger.warning(
+                        "replication slot %r is in use by %s; waiting up to %.0fs for it to be released",
+                        self.slot,
+                        holder,
+                        SLOT_BUSY_RETRY_S,
+                    )
+                elif time.monotonic() - busy_since > SLOT_BUSY_RETRY_S:
+                    raise SlotInUseError(
+                        f"replication slot {self.slot!r} is in use by {holder}: one slot has one reader",
+                        hint="stop that process first (one `listener run` per slot), or give this "
+                        "configuration a slot of its own: `slot: NAME` in its config file",
+                    ) from exc
+                self.stats.reconnects += 1
+                self.streaming.clear()
+                await sleep_unless(stop, SLOT_BUSY_WAIT_S)
+
+    def _retry(self, exc: BaseException) -> bool:
+        """Which session failures the supervisor retries (after a backoff): transient ones."""
+        if not is_transient(exc):
+            return False  # a bug or a refusal that retrying cannot fix: stop loudly, acknowledge nothing
+        self.stats.reconnects += 1
+        self.streaming.clear()
+        return True
+
+    async def _run_session(self, stop: asyncio.Event) -> None:
+        self.streaming.clear()
+        self.restart.clear()
+        self.rewind = None
+        self.backfills.reset()
+        checkpoint = await self.store.read_checkpoint() or 0
+        await self.store.start_journal(enabled=self.journal is not None)
+        self.durable_lsn = checkpoint
+        self.stats.checkpoint = checkpoint
+        session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
+        self.session = session
+        self.catalog = await connect_async(self.source_dsn)
+        await self.compile_rules()
+        queue = BatchQueue()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            session.status_interval = self.status_interval
+            confirmed = await slot_confirmed(self.catalog, self.slot)
+            rewind = await next_rewind(self, confirmed)
+            start = checkpoint if rewind is None else rewind.start_lsn
+            # Without retention (and no rewind) the server is told the checkpoint at once, as it always
+            # was; otherwise the flush position starts where the slot is, so starting at the checkpoint
+            # (or a rewind's start) confirms nothing the window keeps.
+            flush = confirmed if self.retention is not None or rewind is not None else None
+            if self.retention is not None and confirmed is not None:
+                await self.store.seed_history(confirmed)
+            # the config's publication and, where the server has row filters, the filtered one
+            publications = await streamed_publications(self.catalog, self.publication)
+            await session.start(publication=publications, start_lsn=start, flush_lsn=flush)
+            if flush is not None:
+                # Now that this session holds the slot, its confirmed position can no longer move under
+                # us: a rewind must start at or after it, or the server started elsewhere without a word.
+                confirmed = await slot_confirmed(self.catalog, self.slot)
+                if confirmed is not None:
+                    session.confirm(confirmed)
+                if rewind is not None and confirmed is not None and confirmed > rewind.start_lsn:
+                    problem = moved_past(confirmed, rewind)
+                    logger.error("rewind %d refused: %s", rewind.id, problem)
+                    await self.store.fail_rewind(rewind.id, problem)
+                    self.restart.set()
+                    return
+            if rewind is not None:
+                await self.store.start_rewind(rewind.id)
+                logger.warning(
+                    "rewind %d: re-reading slot %s from %s up to %s%s",
+                    rewind.id,
+                    self.slot,
+                    format_lsn(start),
+                    format_lsn(rewind.up_to),
+                    f", rerunning rule {rewind.rerun_rule}" if rewind.rerun_rule else "",
+                )
+            logger.info(
+                "streaming slot %s from %s (pgoutput v%d)",
+                self.slot,
+                format_lsn(start),
+                session.protocol_version,
+            )
+            self.rewind = rewind
+            self.streaming.set()
+            source = PgoutputSource(self, session, checkpoint, rewind)
+            writer = asyncio.create_task(write_batches(self, queue), name="ingest-writer")
+            reader = asyncio.create_task(source.run(queue), name="ingest-reader")
+            stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
+            restarter = asyncio.create_task(self.restart.wait(), name="ingest-restart")
+            expander = asyncio.create_task(self.expander.run(), name="ingest-expander")
+            backfill = asyncio.create_task(self.backfills.run(), name="ingest-backfill")
+            watched = [expander, backfill]  # they only end by raising
+            if self.rules.channels:
+                listen = functools.partial(NotifySource(self).run, queue)
+                watched.append(asyncio.create_task(supervised("ingest-notify", listen), name="ingest-notify"))
+            tasks += [writer, reader, stopper, restarter, *watched]
+            done, _ = await asyncio.wait(
+                {writer, reader, stopper, restarter, *watched}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for background in watched:
+                if background in done:
+                    background.result()
+            if stopper in done or reader in done or restarter in done:
+                # Stop reading; let the writer commit what is queued (a clean stop loses no work), then
+                # report the final flush position.
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                await queue.end(writer)
+                await session.send_status()
+            for task in (reader, writer):
+                exc = task.exception() if task.done() and not task.cancelled() else None
+                if exc is not None:
+                    raise exc
+            if not stop.is_set() and not self.restart.is_set():
+                raise ReplicationEnded("the replication stream ended")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await session.close()
+            self.streaming.clear()
+            async with self.catalog_lock:  # a reload under way finishes with the catalog first
+                if self.catalog is not None:
+                    await self.catalog.close()
+                    self.catalog = None
+            self.session = None
+            self.expander.free.set()  # a bulk transaction cut short by a lost session holds nothing

@@ -1,0 +1,153 @@
+"""What the ingest's tasks share: its settings, rules, counters and the events they signal each other by.
+
+:class:`IngestState` is built once per ``listener run`` (``Ingest.from_config``) and outlives the sessions
+(``listener.ingest.session``): the reader, the writer, the NOTIFY listener, the rewind watcher and a reload
+read and update it, each from its own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import psycopg
+
+from listener.ingest.backfill import Backfills
+from listener.ingest.expand import Expander
+from listener.ingest.journal import JournalPolicy
+from listener.pg.changes import TypeRegistry
+from listener.pg.replication import ReplicationSession
+from listener.queue.store import EventBatch, Retention, RewindPlan, StateStore
+from listener.rules.compile import RuleSet, compile_rules
+from listener.rules.config import Config
+
+# A checkpoint that no event needs -- the server's position while idle, or the end of a transaction that
+# made no event (PostgreSQL 14 streams an empty Begin/Commit for every transaction in the database, 15+ one
+# for changes that no rule matches) -- is written at most this often; in between it waits for the next
+# batch that has events.  Each such write is WAL itself (when the state database is the source), which would
+# otherwise feed a loop of one write per transaction.
+IDLE_CHECKPOINT_INTERVAL_S = 10.0
+# With a retention window: at most one lsn_history row per this many seconds (the precision of
+# `listener rewind --to-time`, and how often the confirmed position can move).
+HISTORY_INTERVAL_S = 5.0
+# A running ingest looks for recorded rewinds this often when no NOTIFY arrives (invariant 7).
+REWIND_POLL_S = 5.0
+
+
+@dataclass(slots=True)
+class IngestStats:
+    changes: int = 0
+    events_inserted: int = 0
+    transactions: int = 0
+    batches: int = 0
+    reconnects: int = 0
+    checkpoint: int | None = None
+    rewound: int = 0  # transactions re-read by rewinds
+    rewinds: int = 0  # rewinds finished
+    notifies_dropped: int = 0  # NOTIFYs that arrived while NOTIFY_BUFFER_BYTES were waiting
+
+
+class IngestState:
+    """The settings and shared state of one ingest of ``slot`` into ``store`` by ``rules``."""
+
+    def __init__(
+        self,
+        *,
+        source_dsn: str,
+        store: StateStore,
+        rules: RuleSet | None,
+        slot: str,
+        publication: str,
+        batch_events: int = 5000,
+        batch_delay: float = 0.005,
+        status_interval: float = 10.0,
+        compact_after: int = 0,
+        compact_chunk_changes: int = 20000,
+        expand_ahead: int = 20000,
+        retention: Retention | None = None,
+        journal: JournalPolicy | None = None,
+        on_batch: Callable[[EventBatch, int], None] | None = None,
+        config: Config | None = None,
+    ) -> None:
+        self.source_dsn = source_dsn
+        self.config = config  # with rules=None: compiled against the catalog when a session starts
+        self.store = store
+        self.rules = rules or RuleSet(())
+        self.must_compile = rules is None
+        self.pending_rules: dict[str, tuple[Config | None, RuleSet]] = {}
+        self.reloads: list[int] = []  # LSNs at which new rules took effect
+        self.slot = slot
+        self.publication = publication
+        self.batch_events = batch_events
+        self.batch_delay = batch_delay
+        self.status_interval = status_interval
+        self.compact_after = compact_after
+        self.compact_chunk_changes = compact_chunk_changes
+        self.expand_ahead = expand_ahead
+        self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # following the server's position
+        self.empty_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # after transactions with no event
+        self.retention = retention
+        self.journal = journal  # the change journal (listener.journal): None when off
+        self.history_interval = HISTORY_INTERVAL_S
+        self.rewind_poll_interval = REWIND_POLL_S
+        self.rewind: RewindPlan | None = None  # the rewind the current session re-reads, until finished
+        self.on_batch = on_batch
+        self.stats = IngestStats()
+        self.types = TypeRegistry()
+        self.expander = Expander(store, self.types, self.resolve_types, ahead=expand_ahead)
+        self.backfills = Backfills(self)  # snapshot backfills: a task per session, hooks in the reader
+        self.durable_lsn = 0
+        self.streaming = asyncio.Event()  # set once a session is streaming
+        self.listening = asyncio.Event()  # set while LISTEN is issued on every rule channel
+        self.session: ReplicationSession | None = None
+        self.catalog: psycopg.AsyncConnection[Any] | None = None
+        self.catalog_lock = (
+            asyncio.Lock()
+        )  # a reload uses the session's catalog connection: not closed meanwhile
+        self.restart = asyncio.Event()  # end the session and start a new one (a rewind was recorded)
+        self.rewinds_changed = asyncio.Event()  # wakes the rewind watcher
+        self.history_at = -math.inf
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        source_dsn: str,
+        store: StateStore,
+        on_batch: Callable[[EventBatch, int], None] | None = None,
+    ) -> Self:
+        """An Ingest with the slot, publication, rules and batching of ``config``."""
+        return cls(
+            source_dsn=source_dsn,
+            store=store,
+            rules=None,
+            config=config,
+            slot=config.slot,
+            publication=config.publication,
+            batch_events=config.ingest.batch_events,
+            batch_delay=config.ingest.batch_delay_ms / 1000,
+            status_interval=config.ingest.status_interval_s,
+            compact_after=config.ingest.compact_after,
+            compact_chunk_changes=config.ingest.compact_chunk_changes,
+            expand_ahead=config.ingest.expand_ahead,
+            retention=Retention(config.retain.duration_s, config.retain.size_bytes)
+            if config.retain.enabled
+            else None,
+            journal=JournalPolicy(config.journal.keep_s) if config.journal.keep_s is not None else None,
+            on_batch=on_batch,
+        )
+
+    async def compile_rules(self) -> None:
+        """Compile the config's rules against the catalog, once (the first session)."""
+        if self.must_compile:
+            assert self.config is not None and self.catalog is not None
+            self.rules = await compile_rules(self.config, self.catalog)
+            self.must_compile = False
+
+    async def resolve_types(self, oids: Sequence[int]) -> None:
+        assert self.catalog is not None
+        await self.types.resolve(self.catalog, oids)

@@ -1,0 +1,41 @@
+"""The writer: commits each batch of the sources' events with its position, then lets the source
+acknowledge it (invariant 1: acknowledge after durable; the seam is :mod:`listener.ingest.source`)."""
+
+from __future__ import annotations
+
+import time
+
+from listener.ingest.source import BatchQueue
+from listener.ingest.state import IngestState
+
+
+async def write_batches(ingest: IngestState, queue: BatchQueue) -> None:
+    """Commit the batches of ``queue`` one by one (events + position, one state-database transaction),
+    each followed by its source's ``committed``; return at the end marker."""
+    retention = ingest.retention
+    stats = ingest.stats
+    while True:
+        item = await queue.get()
+        if item is None:
+            return
+        batch, source = item
+        del item
+        # With a retention window a history row goes with a checkpoint every ``history_interval``.
+        history_due = (
+            retention is not None
+            and batch.checkpoint is not None
+            and time.monotonic() - ingest.history_at >= ingest.history_interval
+        )
+        if history_due:
+            batch.retention = retention
+        inserted = await ingest.store.write_batch(batch)
+        queue.written(batch)
+        stats.batches += 1
+        stats.events_inserted += inserted
+        if history_due:
+            ingest.history_at = time.monotonic()
+        source.committed(batch)
+        if ingest.on_batch is not None:
+            ingest.on_batch(batch, inserted)
+        # not held while waiting for the next one: its payloads may be a huge row's (invariant 6)
+        del batch, source
