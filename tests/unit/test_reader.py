@@ -180,9 +180,7 @@ def expected_keys(name: str, resume_lsn: int = 0) -> list[str]:
     return out
 
 
-async def test_each_matched_change_makes_one_event_keyed_by_commit_lsn_and_table_ordinal() -> (
-    None
-):
+async def test_each_matched_change_makes_one_event_keyed_by_commit_lsn_and_table_ordinal() -> None:
     batches, _ = await read_all(list(captured("v1")), 1)
     expected = expected_keys("v1")
     assert len(expected) > 10  # the rules match a fair part of the capture
