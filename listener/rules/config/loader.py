@@ -28,7 +28,7 @@ from listener.rules.config.models import (
     Rule,
     WorkerSettings,
 )
-from listener.rules.config.validators import OPERATIONS, _show
+from listener.rules.config.validators import OPERATIONS, show
 
 # ---------------------------------------------------------------------------------------------------------
 # Loading: YAML node tree -> plain values + line numbers -> models -> errors that point at lines.
@@ -279,29 +279,29 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
         where, what = loc[:-1], f"unknown key {loc[-1]!r}"
         hint = _suggest_key(str(loc[-1]), loc[:-1])
     elif kind == "literal_error" and len(loc) >= 2 and loc[-2] == "on":
-        what = f"unknown operation {_show(value)}"
+        what = f"unknown operation {show(value)}"
         hint = f"use any of {', '.join(OPERATIONS)}, e.g. on: [insert, update]"
     elif kind in ("int_type", "int_parsing", "int_from_float"):
-        what, hint = f"expected a whole number, got {_show(value)}", _field_example(loc)
+        what, hint = f"expected a whole number, got {show(value)}", _field_example(loc)
     elif kind in ("float_type", "float_parsing", "finite_number"):
-        what, hint = f"expected a number, got {_show(value)}", _field_example(loc)
+        what, hint = f"expected a number, got {show(value)}", _field_example(loc)
     elif kind in ("greater_than", "greater_than_equal"):
-        bound = f"more than {_show(ctx['gt'])}" if kind == "greater_than" else f"at least {_show(ctx['ge'])}"
-        what, hint = f"must be {bound}, got {_show(value)}", _field_example(loc)
+        bound = f"more than {show(ctx['gt'])}" if kind == "greater_than" else f"at least {show(ctx['ge'])}"
+        what, hint = f"must be {bound}, got {show(value)}", _field_example(loc)
     elif kind in ("less_than", "less_than_equal"):
-        bound = f"less than {_show(ctx['lt'])}" if kind == "less_than" else f"at most {_show(ctx['le'])}"
-        what, hint = f"must be {bound}, got {_show(value)}", _field_example(loc)
+        bound = f"less than {show(ctx['lt'])}" if kind == "less_than" else f"at most {show(ctx['le'])}"
+        what, hint = f"must be {bound}, got {show(value)}", _field_example(loc)
     elif kind == "string_type":
-        what = f"expected text, got {_show(value)}"
+        what = f"expected text, got {show(value)}"
         hint = "quote the value: YAML reads unquoted numbers, true/false, null and dates as such"
     elif kind in ("model_type", "dict_type", "model_attributes_type"):
-        what = f"expected keys (`name: value` lines), got {_show(value)}"
+        what = f"expected keys (`name: value` lines), got {show(value)}"
         if where[:1] == ("rules",):
             hint = "write each rule as a list item: `- name: ...` then `table:`, `on:`, `workflow:` under it"
         elif where[:1] in (("ingest",), ("worker",), ("retain",), ("journal",)):
             hint = f"put its keys on indented lines under '{where[0]}:'"
     elif kind in ("tuple_type", "list_type"):
-        what = f"expected a list, got {_show(value)}"
+        what = f"expected a list, got {show(value)}"
         hint = (
             "write e.g. on: [insert, update]" if loc[-1:] == ("on",) else "write list items as `- ...` lines"
         )
@@ -363,7 +363,7 @@ def _field_example(loc: YamlPath) -> str | None:
     info = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
     if info is None:
         return None
-    return f"e.g. {loc[-1]}: {_show(info.default)}"
+    return f"e.g. {loc[-1]}: {show(info.default)}"
 
 
 def _format_path(path: YamlPath) -> str:

@@ -20,25 +20,25 @@ from pydantic import (
 )
 
 from listener.rules.config.names import split_table
-from listener.rules.config.units import _DURATION_HINT, _SIZE_HINT, parse_duration, parse_rate, parse_size
+from listener.rules.config.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_rate, parse_size
 from listener.rules.config.validators import (
     Operation,
     TableName,
-    _check_duration,
-    _check_key_template,
-    _check_rate,
-    _check_rule_name,
-    _check_size,
-    _check_slot,
-    _check_source_name,
-    _check_workflow,
-    _custom,
-    _dedupe_operations,
-    _payload_mapping,
-    _plain_identifier,
-    _unit_required,
-    _wrap_names,
-    _wrap_operations,
+    check_duration,
+    check_key_template,
+    check_rate,
+    check_rule_name,
+    check_size,
+    check_slot,
+    check_source_name,
+    check_workflow,
+    custom_error,
+    dedupe_operations,
+    payload_mapping,
+    plain_identifier,
+    unit_required,
+    wrap_names,
+    wrap_operations,
 )
 
 DEFAULT_CONFIG_FILE = "listener.yaml"
@@ -110,12 +110,12 @@ class RetainSettings(BaseModel):
 
     # by commit time: the slot keeps the WAL of transactions committed within this long before now
     duration: Annotated[
-        str | None, _unit_required("duration", _DURATION_HINT), AfterValidator(_check_duration)
+        str | None, unit_required("duration", DURATION_HINT), AfterValidator(check_duration)
     ] = None
     # by WAL bytes between the oldest rewindable position and the checkpoint, at most (caps `duration`)
-    size: Annotated[str | None, _unit_required("size", _SIZE_HINT), AfterValidator(_check_size)] = None
+    size: Annotated[str | None, unit_required("size", SIZE_HINT), AfterValidator(check_size)] = None
     # `listener status` warns when the slot holds more WAL than this (default: twice `size`, or 10GB)
-    warn_size: Annotated[str | None, _unit_required("size", _SIZE_HINT), AfterValidator(_check_size)] = None
+    warn_size: Annotated[str | None, unit_required("size", SIZE_HINT), AfterValidator(check_size)] = None
 
     @property
     def enabled(self) -> bool:
@@ -145,9 +145,9 @@ class JournalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # by commit time: the journal keeps the changes committed within this long before now
-    keep: Annotated[
-        str | None, _unit_required("duration", _DURATION_HINT), AfterValidator(_check_duration)
-    ] = None
+    keep: Annotated[str | None, unit_required("duration", DURATION_HINT), AfterValidator(check_duration)] = (
+        None
+    )
 
     @property
     def enabled(self) -> bool:
@@ -164,25 +164,25 @@ class Rule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Annotated[str, AfterValidator(_check_rule_name)]
+    name: Annotated[str, AfterValidator(check_rule_name)]
     # the source: exactly one of these three
     table: TableName | None = None
-    message: Annotated[str | None, _check_source_name("message")] = None
-    channel: Annotated[str | None, _check_source_name("channel")] = None
+    message: Annotated[str | None, check_source_name("message")] = None
+    channel: Annotated[str | None, check_source_name("channel")] = None
     on: Annotated[
-        tuple[Operation, ...] | None, BeforeValidator(_wrap_operations), AfterValidator(_dedupe_operations)
+        tuple[Operation, ...] | None, BeforeValidator(wrap_operations), AfterValidator(dedupe_operations)
     ] = None
-    workflow: Annotated[str, AfterValidator(_check_workflow)]
+    workflow: Annotated[str, AfterValidator(check_workflow)]
     # Table rules only: which changes match (a SQL boolean over new.<col> / old.<col>, compiled at load
     # time against the table's columns; never sent to the database), which columns must have changed
     # (updates), and what the workflow receives (columns picked and renamed; default: the whole row).
     when: str | None = None
-    changed: Annotated[tuple[str, ...] | None, BeforeValidator(_wrap_names)] = None
-    payload: Annotated[dict[str, str] | None, BeforeValidator(_payload_mapping)] = None
+    changed: Annotated[tuple[str, ...] | None, BeforeValidator(wrap_names)] = None
+    payload: Annotated[dict[str, str] | None, BeforeValidator(payload_mapping)] = None
     priority: int = Field(default=0, ge=-1000, le=1000, strict=True)  # higher runs are claimed first
     # Flow control (enforced in Postgres across all workers).  The key names what a change is about:
     # a template over the row, e.g. "{new.tenant_id}"; by default the row's primary key.
-    key: Annotated[str | None, AfterValidator(_check_key_template)] = None
+    key: Annotated[str | None, AfterValidator(check_key_template)] = None
     key_concurrency: int | None = Field(default=None, ge=1, strict=True)  # running runs per key, at most
     ordered: bool = False  # runs of one key start in commit order, one after the other
     # Table rules only: the first `listener run` that has this rule backfills the table's rows, once.
@@ -194,9 +194,9 @@ class Rule(BaseModel):
         if len(given) != 1:
             what = "names no source" if not given else f"has {' and '.join(given)}: pick one"
             hint = "give exactly one of `table: public.users`, `message: <prefix>` or `channel: <name>`"
-            raise _custom("rule_source", f"rule {what}", hint)
+            raise custom_error("rule_source", f"rule {what}", hint)
         if self.table is not None and self.on is None:
-            raise _custom(
+            raise custom_error(
                 "rule_on",
                 "a table rule needs `on:`",
                 "add e.g. `on: [insert, update]` (any of insert, update, delete, truncate)",
@@ -207,19 +207,19 @@ class Rule(BaseModel):
             ]
             if table_only:
                 source = "message" if self.message is not None else "channel"
-                raise _custom(
+                raise custom_error(
                     "table_only",
                     f"{', '.join(table_only)} only apply to table rules, not to a {source} rule",
                     f"remove {', '.join(table_only)}; a {source} rule's event carries the {source}'s payload",
                 )
         if self.snapshot and self.table is None:
-            raise _custom(
+            raise custom_error(
                 "table_only",
                 "snapshot: only applies to table rules",
                 "remove `snapshot:`, or give the rule a `table:`",
             )
         if self.changed is not None and self.on is not None and "update" not in self.on:
-            raise _custom(
+            raise custom_error(
                 "changed_without_update",
                 "`changed:` applies to updates, but `on:` has no update",
                 "add update to `on:`, or remove `changed:`",
@@ -259,9 +259,9 @@ class WorkflowLimit(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    workflow: Annotated[str, AfterValidator(_check_workflow)]
+    workflow: Annotated[str, AfterValidator(check_workflow)]
     concurrency: int | None = Field(default=None, ge=1, strict=True)
-    rate: Annotated[str | None, AfterValidator(_check_rate)] = None
+    rate: Annotated[str | None, AfterValidator(check_rate)] = None
 
     @property
     def rate_limit(self) -> tuple[int, float] | None:
@@ -276,9 +276,9 @@ class Config(BaseModel):
 
     dsn: str | None = None
     state_dsn: str | None = None
-    slot: Annotated[str, AfterValidator(_check_slot)] = DEFAULT_SLOT
-    publication: Annotated[str, _plain_identifier("publication")] = DEFAULT_PUBLICATION
-    state_schema: Annotated[str, _plain_identifier("state_schema")] = DEFAULT_STATE_SCHEMA
+    slot: Annotated[str, AfterValidator(check_slot)] = DEFAULT_SLOT
+    publication: Annotated[str, plain_identifier("publication")] = DEFAULT_PUBLICATION
+    state_schema: Annotated[str, plain_identifier("state_schema")] = DEFAULT_STATE_SCHEMA
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retain: RetainSettings = Field(default_factory=RetainSettings)
@@ -312,7 +312,7 @@ class Config(BaseModel):
         for index, rule in enumerate(self.rules):
             if rule.name in first:
                 hint = "give each rule its own name: it is part of every event's idempotency key"
-                raise _custom(
+                raise custom_error(
                     "duplicate_rule_name",
                     f"rule name {rule.name!r} is already used by rules[{first[rule.name]}]",
                     hint,

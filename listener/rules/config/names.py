@@ -76,9 +76,9 @@ def split_table(text: str) -> tuple[str, str]:
     return ("public", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-_KEY_FIELD = re.compile(r"\{(new|old)\.([^{}]+)\}")
+KEY_FIELD = re.compile(r"\{(new|old)\.([^{}]+)\}")
 
 
 def key_fields(template: str) -> list[tuple[str, str]]:
     """The (new|old, column) references of a key template."""
-    return [(m[1], m[2]) for m in _KEY_FIELD.finditer(template)]
+    return [(m[1], m[2]) for m in KEY_FIELD.finditer(template)]

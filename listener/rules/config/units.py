@@ -22,8 +22,8 @@ _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m|s)\s*", re.IGNOR
 _DURATION_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
-_DURATION_HINT = "write a number and a unit, e.g. 90s, 15m, 24h, 7d or 1h30m (s, m, h, d, w)"
-_SIZE_HINT = "write a number and a unit, e.g. 512MB, 10GB or 1.5TB (B, kB, MB, GB, TB; 1kB = 1024 bytes)"
+DURATION_HINT = "write a number and a unit, e.g. 90s, 15m, 24h, 7d or 1h30m (s, m, h, d, w)"
+SIZE_HINT = "write a number and a unit, e.g. 512MB, 10GB or 1.5TB (B, kB, MB, GB, TB; 1kB = 1024 bytes)"
 
 
 def parse_duration(text: str) -> float:

@@ -15,8 +15,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from listener.pg.publications import MAX_IDENTIFIER_BYTES
-from listener.rules.config.names import _KEY_FIELD, qualified_name, quote_ident, split_table
-from listener.rules.config.units import _DURATION_HINT, _SIZE_HINT, parse_duration, parse_rate, parse_size
+from listener.rules.config.names import KEY_FIELD, qualified_name, quote_ident, split_table
+from listener.rules.config.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_rate, parse_size
 
 Operation = Literal["insert", "update", "delete", "truncate"]
 OPERATIONS: tuple[Operation, ...] = ("insert", "update", "delete", "truncate")
@@ -25,8 +25,8 @@ _TABLE_HINT = (
 )
 
 
-def _custom(kind: str, message: str, hint: str, **context: Any) -> PydanticCustomError:
-    # Pre-formatted message (pydantic templates know no !r); _describe() shows the hint as the fix.
+def custom_error(kind: str, message: str, hint: str, **context: Any) -> PydanticCustomError:
+    # Pre-formatted message (pydantic templates know no !r); loader._describe() shows the hint as the fix.
     return PydanticCustomError(kind, "{message}", {"message": message, "hint": hint, **context})
 
 
@@ -34,31 +34,31 @@ def _normalize_table(value: str) -> str:
     try:
         return qualified_name(*split_table(value))
     except ValueError as exc:
-        raise _custom("table_name", str(exc), _TABLE_HINT) from None
+        raise custom_error("table_name", str(exc), _TABLE_HINT) from None
 
 
-def _check_rule_name(value: str) -> str:
+def check_rule_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", value):
         hint = "start with a letter or '_', then letters, digits, '_', '.' or '-', e.g. onboard_user"
-        raise _custom("rule_name", f"{value!r} is not a valid rule name", hint)
+        raise custom_error("rule_name", f"{value!r} is not a valid rule name", hint)
     return value
 
 
-def _check_workflow(value: str) -> str:
+def check_workflow(value: str) -> str:
     module, sep, function = value.partition(":")
     names = [*module.split("."), function]
     if not sep or not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
         hint = "write module.path:function, e.g. listener_examples.onboarding:welcome"
-        raise _custom("workflow_ref", f"{value!r} is not a workflow reference", hint)
+        raise custom_error("workflow_ref", f"{value!r} is not a workflow reference", hint)
     return value
 
 
-def _check_rate(value: str | None) -> str | None:
+def check_rate(value: str | None) -> str | None:
     if value is not None:
         try:
             parse_rate(value)
         except ValueError:
-            raise _custom(
+            raise custom_error(
                 "rate",
                 f"rate {value!r} is not N/period",
                 "write e.g. '60/minute' (second, minute, hour, day)",
@@ -66,40 +66,40 @@ def _check_rate(value: str | None) -> str | None:
     return value
 
 
-def _unit_required(kind: str, hint: str) -> BeforeValidator:
+def unit_required(kind: str, hint: str) -> BeforeValidator:
     def check(value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            raise _custom(kind, f"{_show(value)} has no unit", hint)
+            raise custom_error(kind, f"{show(value)} has no unit", hint)
         return value
 
     return BeforeValidator(check)
 
 
-def _check_duration(value: str | None) -> str | None:
+def check_duration(value: str | None) -> str | None:
     if value is not None:
         try:
             seconds = parse_duration(value)
         except ValueError:
-            raise _custom("duration", f"{value!r} is not a duration", _DURATION_HINT) from None
+            raise custom_error("duration", f"{value!r} is not a duration", DURATION_HINT) from None
         if seconds <= 0:
-            raise _custom("duration", f"duration {value!r} is not more than 0", _DURATION_HINT)
+            raise custom_error("duration", f"duration {value!r} is not more than 0", DURATION_HINT)
     return value
 
 
-def _check_size(value: str | None) -> str | None:
+def check_size(value: str | None) -> str | None:
     if value is not None:
         try:
             size = parse_size(value)
         except ValueError:
-            raise _custom("size", f"{value!r} is not a size", _SIZE_HINT) from None
+            raise custom_error("size", f"{value!r} is not a size", SIZE_HINT) from None
         if size <= 0:
-            raise _custom("size", f"size {value!r} is not more than 0", _SIZE_HINT)
+            raise custom_error("size", f"size {value!r} is not more than 0", SIZE_HINT)
     return value
 
 
-def _check_key_template(value: str | None) -> str | None:
-    if value is not None and not _KEY_FIELD.search(value):
-        raise _custom(
+def check_key_template(value: str | None) -> str | None:
+    if value is not None and not KEY_FIELD.search(value):
+        raise custom_error(
             "key_template",
             f"key {value!r} names no column",
             'use {new.column} or {old.column}, e.g. key: "{new.tenant_id}"',
@@ -107,7 +107,7 @@ def _check_key_template(value: str | None) -> str | None:
     return value
 
 
-def _check_source_name(what: str) -> AfterValidator:
+def check_source_name(what: str) -> AfterValidator:
     def check(value: str | None) -> str | None:
         if value is not None and (
             not value or (len(value.encode()) > MAX_IDENTIFIER_BYTES and what == "channel")
@@ -115,32 +115,32 @@ def _check_source_name(what: str) -> AfterValidator:
             hint = f"e.g. {what}: orders" + (
                 " (a channel name has at most 63 bytes)" if what == "channel" else ""
             )
-            raise _custom(f"{what}_name", f"{value!r} is not a valid {what} name", hint)
+            raise custom_error(f"{what}_name", f"{value!r} is not a valid {what} name", hint)
         return value
 
     return AfterValidator(check)
 
 
-def _wrap_names(value: Any) -> Any:
+def wrap_names(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list | tuple):
         if not value:
-            raise _custom("names_empty", "lists no column", "write e.g. changed: [status, priority]")
+            raise custom_error("names_empty", "lists no column", "write e.g. changed: [status, priority]")
         return tuple(v.strip() if isinstance(v, str) else v for v in value)
     return value
 
 
-def _payload_mapping(value: Any) -> Any:
+def payload_mapping(value: Any) -> Any:
     """``payload: [id, status]`` picks columns of the new row; ``payload: {ticket: new.id, was: old.status}``
     also renames them.  Both become {output name: "new.col" | "old.col"}."""
     if isinstance(value, list | tuple):
         if not value:
-            raise _custom("payload_empty", "lists no column", "write e.g. payload: [id, status]")
+            raise custom_error("payload_empty", "lists no column", "write e.g. payload: [id, status]")
         out: dict[str, Any] = {}
         for item in value:
             if not isinstance(item, str):
-                raise _custom(
+                raise custom_error(
                     "payload_item", f"{item!r} is not a column name", "write e.g. payload: [id, status]"
                 )
             side, _, column = item.strip().rpartition(".")
@@ -150,14 +150,14 @@ def _payload_mapping(value: Any) -> Any:
         shaped: dict[str, Any] = {}
         for name, ref in value.items():
             if not isinstance(ref, str):
-                raise _custom(
+                raise custom_error(
                     "payload_item",
                     f"payload.{name}: {ref!r} is not a column",
                     "write e.g. payload: {ticket: new.id}",
                 )
             side, _, column = ref.strip().rpartition(".")
             if side not in ("", "new", "old"):
-                raise _custom(
+                raise custom_error(
                     "payload_item",
                     f"payload.{name}: {ref!r} is not new.<column> or old.<column>",
                     "write e.g. payload: {ticket: new.id, was: old.status}",
@@ -167,7 +167,7 @@ def _payload_mapping(value: Any) -> Any:
     return value
 
 
-def _wrap_operations(value: Any) -> Any:
+def wrap_operations(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list | tuple):
@@ -175,26 +175,26 @@ def _wrap_operations(value: Any) -> Any:
     return value
 
 
-def _dedupe_operations(value: tuple[Operation, ...]) -> tuple[Operation, ...]:
+def dedupe_operations(value: tuple[Operation, ...]) -> tuple[Operation, ...]:
     if not value:
-        raise _custom("operations_empty", "lists no operation", "write e.g. on: [insert, update]")
+        raise custom_error("operations_empty", "lists no operation", "write e.g. on: [insert, update]")
     return tuple(dict.fromkeys(value))
 
 
-def _plain_identifier(what: str) -> AfterValidator:
+def plain_identifier(what: str) -> AfterValidator:
     def check(value: str) -> str:
         if quote_ident(value) != value or len(value) > MAX_IDENTIFIER_BYTES:
             hint = f"use lower-case letters, digits and '_' (not an SQL keyword), e.g. {what}: listener"
-            raise _custom("identifier", f"{value!r} is not a plain lower-case identifier", hint)
+            raise custom_error("identifier", f"{value!r} is not a plain lower-case identifier", hint)
         return value
 
     return AfterValidator(check)
 
 
-def _check_slot(value: str) -> str:
+def check_slot(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
         hint = "a slot name has 1 to 63 lower-case letters, digits or '_', e.g. slot: listener"
-        raise _custom("slot_name", f"{value!r} is not a valid replication slot name", hint)
+        raise custom_error("slot_name", f"{value!r} is not a valid replication slot name", hint)
     return value
 
 
@@ -202,7 +202,7 @@ TableName = Annotated[str, AfterValidator(_normalize_table)]
 """A table as ``schema.table`` in display form, quoted only where PostgreSQL's ``quote_ident`` would."""
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A value as the user wrote it in YAML."""
     if value is None:
         return "null"
