@@ -10,6 +10,7 @@ author meets (:class:`StepError`, :class:`Fenced`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import asyncpg
@@ -173,10 +174,53 @@ class ReplicationEnded(DatabaseError):
     """The server ended the COPY stream or the connection dropped; the caller may reconnect."""
 
 
+# SQLSTATEs the translations below name (PostgreSQL's src/backend/utils/errcodes.txt).
+INSUFFICIENT_PRIVILEGE = "42501"
+UNDEFINED_TABLE = "42P01"
+UNDEFINED_OBJECT = "42704"
+DUPLICATE_OBJECT = "42710"
+CONFIGURATION_LIMIT_EXCEEDED = "53400"
+OBJECT_NOT_IN_PREREQUISITE_STATE = "55000"
+OBJECT_IN_USE = "55006"
+READ_ONLY_SQL_TRANSACTION = "25006"
 # SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization, deadlock),
 # insufficient resources (disk full, too many connections), operator intervention (shutdown, a server
 # starting up or in recovery), system error; and a read-only transaction (the database failing over).
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+
+Fix = str | Callable[[], str]  # a fix, or how to find it (asked of the database only when needed)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a psycopg or asyncpg exception; None for other exceptions and client-side errors."""
+    code = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def from_driver(
+    exc: BaseException,
+    what: str,
+    *,
+    hint: str | None = None,
+    fixes: Mapping[str, Fix] | None = None,
+    error: type[DatabaseError] = DatabaseError,
+    detail: bool = True,
+) -> ListenerError:
+    """The one translation of a driver's exception (psycopg, asyncpg, or the OSError of a connection) into
+    listener's error, for the caller to raise ``from exc``.
+
+    When the exception's SQLSTATE (or its class, two characters) is a key of ``fixes``, the database lacks
+    something listener needs: a :class:`PrerequisiteError` (:class:`SlotInUseError` for object in use)
+    "``what``: the server's message", with that fix.  Else an ``error`` (:class:`DatabaseError`, or
+    :class:`ReplicationEnded` where the caller reconnects) "``what``: the driver's text", with ``hint``.
+    Without ``detail`` the message is ``what`` alone."""
+    code = sqlstate(exc)
+    for state, fix in (fixes or {}).items():
+        if code is not None and code.startswith(state):
+            primary = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc).strip()
+            cls = SlotInUseError if code == OBJECT_IN_USE else PrerequisiteError
+            return cls(f"{what}: {primary}" if detail else what, hint=fix if isinstance(fix, str) else fix())
+    return error(f"{what}: {str(exc).strip()}" if detail else what, hint=hint)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -189,9 +233,9 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
         return True  # could not connect: the server may come back
-    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
-    return isinstance(sqlstate, str) and (
-        sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "25006"
+    code = sqlstate(exc)
+    return code is not None and (
+        code.startswith(_TRANSIENT_SQLSTATE_CLASSES) or code == READ_ONLY_SQL_TRANSACTION
     )
 
 

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from listener.errors import ConfigError, DatabaseError
+from listener.errors import ConfigError, from_driver
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -120,7 +120,7 @@ def connect(
     try:
         return psycopg.connect(dsn, **params, **kwargs)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to {what}: {str(exc).strip()}", hint=DSN_HINT) from exc
+        raise from_driver(exc, f"cannot connect to {what}", hint=DSN_HINT) from exc
 
 
 async def connect_async(
@@ -132,7 +132,7 @@ async def connect_async(
     try:
         return await psycopg.AsyncConnection.connect(dsn, **params, **kwargs)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to {what}: {str(exc).strip()}", hint=DSN_HINT) from exc
+        raise from_driver(exc, f"cannot connect to {what}", hint=DSN_HINT) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------

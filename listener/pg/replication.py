@@ -24,7 +24,16 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import pq
 
-from listener.errors import DatabaseError, PrerequisiteError, ProtocolError, ReplicationEnded, SlotInUseError
+from listener.errors import (
+    CONFIGURATION_LIMIT_EXCEEDED,
+    DUPLICATE_OBJECT,
+    OBJECT_IN_USE,
+    UNDEFINED_OBJECT,
+    DatabaseError,
+    ProtocolError,
+    ReplicationEnded,
+    from_driver,
+)
 from listener.pg.conninfo import connect_async
 from listener.pg.lsn import format_lsn, parse_lsn
 
@@ -171,8 +180,11 @@ class ReplicationSession:
                 f"CREATE_REPLICATION_SLOT {_quote_ident(self.slot)} {temp}LOGICAL pgoutput {snapshot}"
             )
         except pgerrors.DuplicateObject as exc:
-            raise PrerequisiteError(
-                f"replication slot {self.slot!r} already exists", hint="choose another slot name"
+            raise from_driver(
+                exc,
+                f"replication slot {self.slot!r} already exists",
+                fixes={DUPLICATE_OBJECT: "choose another slot name"},
+                detail=False,
             ) from exc
         row = await cur.fetchone()
         assert row is not None
@@ -189,19 +201,16 @@ class ReplicationSession:
                 "SELECT lsn::text FROM pg_copy_logical_replication_slot("
                 f"{_quote_literal(source)}, {_quote_literal(self.slot)}, true)"
             )
-        except pgerrors.UndefinedObject as exc:
-            raise PrerequisiteError(
-                f"cannot copy replication slot {source!r}: {exc.diag.message_primary}",
-                hint="run `listener init` to create the slot and publication",
-            ) from exc
-        except pgerrors.ConfigurationLimitExceeded as exc:
-            raise PrerequisiteError(
-                f"cannot copy replication slot {source!r}: {exc.diag.message_primary}",
-                hint="a dry run needs one more replication slot for a moment: raise max_replication_slots "
-                "(then restart PostgreSQL), or drop an unused slot",
-            ) from exc
         except psycopg.Error as exc:
-            raise DatabaseError(f"cannot copy replication slot {source!r}: {str(exc).strip()}") from exc
+            raise from_driver(
+                exc,
+                f"cannot copy replication slot {source!r}",
+                fixes={
+                    UNDEFINED_OBJECT: "run `listener init` to create the slot and publication",
+                    CONFIGURATION_LIMIT_EXCEEDED: "a dry run needs one more replication slot for a moment: "
+                    "raise max_replication_slots (then restart PostgreSQL), or drop an unused slot",
+                },
+            ) from exc
         row = await cur.fetchone()
         assert row is not None and row[0] is not None
         return parse_lsn(str(row[0]))
@@ -242,19 +251,23 @@ class ReplicationSession:
         try:
             await self.conn.cursor().execute(command)
         except pgerrors.ObjectInUse as exc:
-            raise SlotInUseError(
-                f"replication slot {self.slot!r} is in use by another process: {exc.diag.message_primary}",
-                hint="stop the other listener (or pg_recvlogical) using it, or give this configuration "
-                "a slot of its own (`slot: NAME`); SELECT active_pid FROM pg_replication_slots WHERE "
-                f"slot_name = {_quote_literal(self.slot)} names the process",
+            raise from_driver(
+                exc,
+                f"replication slot {self.slot!r} is in use by another process",
+                fixes={
+                    OBJECT_IN_USE: "stop the other listener (or pg_recvlogical) using it, or give this "
+                    "configuration a slot of its own (`slot: NAME`); SELECT active_pid FROM "
+                    f"pg_replication_slots WHERE slot_name = {_quote_literal(self.slot)} names the process"
+                },
             ) from exc
         except pgerrors.UndefinedObject as exc:
-            raise PrerequisiteError(
-                f"cannot start replication: {exc.diag.message_primary}",
-                hint="run `listener init` to create the slot and publication",
+            raise from_driver(
+                exc,
+                "cannot start replication",
+                fixes={UNDEFINED_OBJECT: "run `listener init` to create the slot and publication"},
             ) from exc
         except psycopg.Error as exc:
-            raise DatabaseError(f"START_REPLICATION failed: {str(exc).strip()}") from exc
+            raise from_driver(exc, "START_REPLICATION failed") from exc
         self.received_lsn = max(self.received_lsn, start_lsn)
         self.flushed_lsn = max(self.flushed_lsn, start_lsn if flush_lsn is None else flush_lsn)
         self._last_status = time.monotonic()
@@ -365,21 +378,21 @@ class ReplicationSession:
         try:
             self.pgconn.consume_input()
         except psycopg.OperationalError as exc:
-            raise ReplicationEnded(f"replication connection lost: {str(exc).strip()}") from exc
+            raise from_driver(exc, "replication connection lost", error=ReplicationEnded) from exc
 
     def _put(self, data: bytes) -> None:
         try:
             if self.pgconn.put_copy_data(data) != 1:
                 raise ReplicationEnded(f"cannot send to the server: {self._error_message()}")
         except psycopg.OperationalError as exc:
-            raise ReplicationEnded(f"replication connection lost: {str(exc).strip()}") from exc
+            raise from_driver(exc, "replication connection lost", error=ReplicationEnded) from exc
 
     async def _flush_output(self) -> None:
         while True:
             try:
                 pending = self.pgconn.flush()
             except psycopg.OperationalError as exc:
-                raise ReplicationEnded(f"replication connection lost: {str(exc).strip()}") from exc
+                raise from_driver(exc, "replication connection lost", error=ReplicationEnded) from exc
             if pending == 0:
                 return
             await self._wait_fd(writable=True, timeout=None)

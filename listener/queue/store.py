@@ -17,7 +17,7 @@ import asyncpg
 import psycopg
 from psycopg import sql
 
-from listener.errors import DatabaseError
+from listener.errors import from_driver
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.rules.events import RunPolicy
@@ -541,8 +541,8 @@ class StateStore:
             params = asyncpg_params(dsn, {**SESSION_SETTINGS, "search_path": schema})
             pool = await asyncpg.create_pool(min_size=1, max_size=max_size, **params)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise DatabaseError(
-                f"cannot connect to the state database: {exc}", hint="check --state-dsn / LISTENER_STATE_DSN"
+            raise from_driver(
+                exc, "cannot connect to the state database", hint="check --state-dsn / LISTENER_STATE_DSN"
             ) from exc
         assert pool is not None
         return cls(pool, schema=schema, slot=slot)
