@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener.errors import PrerequisiteError, SlotInUseError
+from listener.errors import INSUFFICIENT_PRIVILEGE, SlotInUseError, from_driver
 from listener.install.privileges import state_schema_fix
 from listener.install.publications import compile_rules, ensure_publications, plan_pushdown
 from listener.install.slots import ensure_slot
@@ -44,9 +44,10 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
                 for m in store.migrate(conn, config.state_schema):
                     done.append(f"applied migration {m.version:04d}_{m.name}")
             except pgerrors.InsufficientPrivilege as exc:
-                raise PrerequisiteError(
-                    f"cannot create the state schema {config.state_schema}: {exc.diag.message_primary}",
-                    hint=state_schema_fix(conn, config.state_schema),
+                raise from_driver(
+                    exc,
+                    f"cannot create the state schema {config.state_schema}",
+                    fixes={INSUFFICIENT_PRIVILEGE: lambda: state_schema_fix(conn, config.state_schema)},
                 ) from exc
             checkpoint = store.checkpoint(conn, config.state_schema, config.slot)
         done.extend(ensure_publications(source, wide, exact=exact))

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener.errors import DatabaseError, PrerequisiteError
+from listener.errors import INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE, PrerequisiteError, from_driver
 from listener.pg.conninfo import Conn
 from listener.rules import pushdown
 from listener.rules.catalog import TableInfo, read_tables, rule_tables
@@ -116,8 +116,9 @@ def probe_pushdown(
                 if filter_error is not None or columns_error is not None:
                     refused[(table.schema, table.table)] = Refusal(filter_error, columns_error)
     except psycopg.Error as exc:
-        raise DatabaseError(
-            f"cannot try the planned row filters and column lists on the server: {str(exc).strip()}",
+        raise from_driver(
+            exc,
+            "cannot try the planned row filters and column lists on the server",
             hint="a long transaction or VACUUM may hold a rule table's lock: try again (see pg_locks)",
         ) from exc
     return refused, printed
@@ -419,12 +420,17 @@ def _publication_errors() -> Iterator[None]:
     try:
         yield
     except pgerrors.UndefinedTable as exc:
-        raise PrerequisiteError(
-            f"cannot publish the rule tables: {exc.diag.message_primary}",
-            hint="create the table or fix the rule's `table:` (see `listener check`)",
+        raise from_driver(
+            exc,
+            "cannot publish the rule tables",
+            fixes={UNDEFINED_TABLE: "create the table or fix the rule's `table:` (see `listener check`)"},
         ) from exc
     except pgerrors.InsufficientPrivilege as exc:
-        raise PrerequisiteError(
-            f"cannot create or alter the publication: {exc.diag.message_primary}",
-            hint="`listener check` prints the SQL to run as the owner of the rule tables",
+        raise from_driver(
+            exc,
+            "cannot create or alter the publication",
+            fixes={
+                INSUFFICIENT_PRIVILEGE: "`listener check` prints the SQL to run as the owner of the rule "
+                "tables"
+            },
         ) from exc

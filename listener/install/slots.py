@@ -7,7 +7,13 @@ from __future__ import annotations
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from listener.errors import PrerequisiteError
+from listener.errors import (
+    CONFIGURATION_LIMIT_EXCEEDED,
+    INSUFFICIENT_PRIVILEGE,
+    OBJECT_NOT_IN_PREREQUISITE_STATE,
+    PrerequisiteError,
+    from_driver,
+)
 from listener.install.privileges import check_replication
 from listener.pg import managed, versions
 from listener.pg.conninfo import Conn
@@ -34,21 +40,24 @@ def ensure_slot(
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
     except pgerrors.DuplicateObject:
         return []  # created concurrently
-    except pgerrors.ObjectNotInPrerequisiteState as exc:
-        raise PrerequisiteError(
-            f"cannot create replication slot {slot!r}: {exc.diag.message_primary}",
-            hint=managed.detect(conn).logical,
-        ) from exc
-    except pgerrors.ConfigurationLimitExceeded as exc:
-        raise PrerequisiteError(
-            f"cannot create replication slot {slot!r}: {exc.diag.message_primary}",
-            hint=managed.detect(conn).set_parameter("max_replication_slots", "a higher value")
-            + "; or drop an unused slot",
-        ) from exc
-    except pgerrors.InsufficientPrivilege as exc:
-        raise PrerequisiteError(
-            f"cannot create replication slot {slot!r}: {exc.diag.message_primary}",
-            hint=check_replication(conn, managed.detect(conn)).fix or "see `listener check`",
+    except (
+        pgerrors.ObjectNotInPrerequisiteState,
+        pgerrors.ConfigurationLimitExceeded,
+        pgerrors.InsufficientPrivilege,
+    ) as exc:
+        raise from_driver(
+            exc,
+            f"cannot create replication slot {slot!r}",
+            fixes={
+                OBJECT_NOT_IN_PREREQUISITE_STATE: lambda: managed.detect(conn).logical,
+                CONFIGURATION_LIMIT_EXCEEDED: lambda: (
+                    managed.detect(conn).set_parameter("max_replication_slots", "a higher value")
+                    + "; or drop an unused slot"
+                ),
+                INSUFFICIENT_PRIVILEGE: lambda: (
+                    check_replication(conn, managed.detect(conn)).fix or "see `listener check`"
+                ),
+            },
         ) from exc
     return [f"created replication slot {slot}"]
 
