@@ -25,7 +25,7 @@ from listener.errors import ConfigError, ListenerError, ReloadDeferred, is_trans
 from listener.ingest import Ingest
 from listener.pg import conninfo
 from listener.pg.lsn import format_lsn
-from listener.queue import store
+from listener.queue import queries, store
 from listener.queue.store import StateStore, control_channel
 from listener.rules.config import Config, load_config
 from listener.runtime import workflow as wf
@@ -50,11 +50,9 @@ def ask_reload(conn: StateConn, schema: str, slot: str, *, timeout: float) -> tu
     came within ``timeout`` seconds."""
     try:
         with conn.transaction():
-            row = conn.execute(
-                "INSERT INTO reload_requests (slot_name) VALUES (%s) RETURNING id", [slot]
-            ).fetchone()
+            row = conn.execute(queries.get("insert_reload_request"), [slot]).fetchone()
             assert row is not None
-            conn.execute("SELECT pg_notify(%s, '')", [control_channel(schema, "reload")])
+            conn.execute(queries.get("wake"), {"channel": control_channel(schema, "reload")})
     except psycopg.errors.UndefinedTable:
         raise ListenerError(
             f"the state schema {schema!r} has no reload_requests table: the running service is older",
@@ -63,7 +61,7 @@ def ask_reload(conn: StateConn, schema: str, slot: str, *, timeout: float) -> tu
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(ANSWER_POLL_S)
-        answer = conn.execute("SELECT ok, answer FROM reload_requests WHERE id = %s", [row[0]]).fetchone()
+        answer = conn.execute(queries.get("reload_answer"), [row[0]]).fetchone()
         if answer is not None and answer[0] is not None:
             return bool(answer[0]), str(answer[1])
     return None

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from listener.queue import store
+from listener.queue import queries, store
 from listener.runtime.worker import Worker
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -38,21 +38,18 @@ def enqueue(
     key_limit: int | None = None,
     ordered: bool = False,
 ) -> None:
-    """An event and its run, exactly as the ingest writer makes them (redelivery adds nothing)."""
+    """An event and its run, with the statement the ingest makes a backfill's with (redelivery adds
+    nothing): the event's key ``key`` as given, its rule ``r``."""
     payload = json.dumps({"new": new or {"id": 1, "text": key}, "old": None, "unchanged_toast": []})
-    sql.execute(
-        """
-        WITH ev AS (
-            INSERT INTO listener.events (idempotency_key, source, rule, workflow, op, table_name, payload)
-            VALUES (%s, 'test', 'r', %s, 'insert', 'public.t', %s::jsonb)
-            ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, workflow
+    event = {"keys": [key], "payloads": [payload], "run_keys": [run_key]}
+    rule = {"source": "test", "rule": "r", "workflow": workflow, "op": "insert", "table_name": "public.t"}
+    flow = {"gated": gated, "key_limit": key_limit, "ordered": ordered, "priority": 0}
+    with sql.transaction():
+        sql.execute("SET LOCAL search_path TO listener")
+        sql.execute(
+            queries.get("insert_keyed_events"), {**event, **rule, **flow, "lsn": None, "commit_time": None}
         )
-        INSERT INTO listener.runs (id, event_key, workflow, gated, key, key_limit, ordered)
-        SELECT idempotency_key, idempotency_key, workflow, %s, %s, %s, %s FROM ev
-        """,
-        [key, workflow, payload, gated, run_key, key_limit, ordered],
-    )
-    sql.execute("SELECT pg_notify('listener_events', '')")
+        sql.execute(queries.get("wake"), {"channel": store.notify_channel("listener")})
 
 
 def run_row(sql: Conn, run_id: str) -> dict[str, Any]:

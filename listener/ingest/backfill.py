@@ -50,6 +50,7 @@ from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_inf
 from listener.pg.conninfo import asyncpg_params, connect_async
 from listener.pg.copytext import Key, line_key
 from listener.pg.lsn import parse_lsn
+from listener.queue import queries
 from listener.queue.store import BackfillChunk, StateStore
 from listener.rules.catalog import TableInfo, read_tables_async
 from listener.rules.events import chunk_events
@@ -404,11 +405,7 @@ class Backfills:
             if rule.table is None or not getattr(rule, "snapshot", False):
                 continue
             async with self.store.pool.acquire() as conn:
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM backfills WHERE slot_name = $1 AND rule = $2 AND snapshot",
-                    self.ingest.slot,
-                    rule.name,
-                )
+                exists = await conn.fetchval(queries.get("snapshot_recorded"), self.ingest.slot, rule.name)
             if exists:
                 continue
             catalog = await connect_async(self.ingest.source_dsn)
@@ -424,8 +421,7 @@ class Backfills:
                 )
                 continue
             await self.store.pool.execute(
-                "INSERT INTO backfills (slot_name, rule, table_name, key_columns, snapshot)"
-                " VALUES ($1, $2, $3, $4, true) ON CONFLICT (slot_name, rule) WHERE snapshot DO NOTHING",
+                queries.get("record_snapshot"),
                 self.ingest.slot,
                 rule.name,
                 rule.table,
@@ -434,23 +430,14 @@ class Backfills:
             logger.warning("rule %s: initial snapshot recorded (snapshot: true)", rule.name)
 
     async def _next(self) -> Plan | None:
-        row = await self.store.pool.fetchrow(
-            "SELECT id, rule, table_name, where_sql, last_key, chunks FROM backfills"
-            " WHERE slot_name = $1 AND status IN ('pending', 'running') ORDER BY id LIMIT 1",
-            self.ingest.slot,
-        )
+        row = await self.store.pool.fetchrow(queries.get("next_backfill"), self.ingest.slot)
         return Plan(**dict(row)) if row is not None else None
 
     async def _fail(self, backfill_id: int, error: str) -> None:
-        await self.store.pool.execute(
-            "UPDATE backfills SET status = 'failed', error = $2, finished_at = now(), updated_at = now()"
-            " WHERE id = $1 AND status IN ('pending', 'running')",
-            backfill_id,
-            error,
-        )
+        await self.store.pool.execute(queries.get("fail_backfill"), backfill_id, error)
 
     async def _status(self, backfill_id: int) -> str:
-        return str(await self.store.pool.fetchval("SELECT status FROM backfills WHERE id = $1", backfill_id))
+        return str(await self.store.pool.fetchval(queries.get("backfill_status"), backfill_id))
 
     async def _carry_out(self, plan: Plan) -> None:
         rule = next((r for r in self.ingest.rules.rules if r.name == plan.rule and r.source == "table"), None)
@@ -488,11 +475,7 @@ class Backfills:
         flush = marker.info.server_version >= 170000  # pg_logical_emit_message(..., flush) is 17+
         # The walsender sends only flushed WAL: without the flush (17+) the mark would wait for the WAL
         # writer (wal_writer_delay), or for some other commit.
-        await self.store.pool.execute(
-            "UPDATE backfills SET status = 'running', started_at = coalesce(started_at, now()),"
-            " updated_at = now() WHERE id = $1 AND status = 'pending'",
-            plan.id,
-        )
+        await self.store.pool.execute(queries.get("start_backfill"), plan.id)
         ops = frozenset(rule.operations & {"insert", "update"}) | {"delete"}
         last_key, seq = plan.last_key, plan.chunks
         in_flight: deque[Window] = deque()

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 
 from listener.errors import ListenerError
 from listener.ingest.backfill import OPEN, SHAPE, check_where, table_shape
+from listener.queue import queries
 from listener.queue import store as store_mod
 from listener.rules.catalog import read_tables
 from listener.rules.config import Config
@@ -99,10 +100,7 @@ def plan(config: Config, source: psycopg.Connection[Any], rule_name: str, where:
     return Request(rule_name, rule.table, deparsed, shape.key_columns, estimate)
 
 
-_INSERT = """
-INSERT INTO backfills (slot_name, rule, table_name, where_sql, key_columns, rows_total, snapshot)
-VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id
-"""
+_INSERT = queries.get("insert_backfill")
 
 
 def record(config: Config, state: psycopg.Connection[Any], request: Request) -> int:
@@ -114,9 +112,8 @@ def record(config: Config, state: psycopg.Connection[Any], request: Request) -> 
              request.estimate, False],
         ).fetchone()  # fmt: skip
         assert row is not None
-        state.execute(
-            "SELECT pg_notify(%s, '')", [store_mod.control_channel(config.state_schema, "backfill")]
-        )
+        channel = store_mod.control_channel(config.state_schema, "backfill")
+        state.execute(queries.get("wake"), {"channel": channel})
     return int(row[0])
 
 
@@ -148,33 +145,14 @@ class BackfillRow:
         return out
 
 
-_COLUMNS = """
-b.id, b.rule, b.table_name, b.where_sql, b.status, b.snapshot, b.last_key, b.chunks, b.rows_read,
-b.rows_dropped, b.rows_total, b.error, b.created_at, b.started_at, b.updated_at, b.finished_at,
-coalesce((SELECT sum(c.rows) FROM backfill_chunks c WHERE c.backfill_id = b.id), 0)::int8 AS rows_unexpanded
-"""
-
-
 def list_backfills(state: psycopg.Connection[Any], slot: str, *, limit: int = 20) -> list[BackfillRow]:
     """The open backfills and the newest finished ones, oldest first."""
-    rows = (
-        state.cursor(row_factory=dict_row)
-        .execute(
-            f"""SELECT * FROM (SELECT {_COLUMNS} FROM backfills b WHERE b.slot_name = %s
-                ORDER BY b.status IN ('pending', 'running') DESC, b.id DESC LIMIT %s) x ORDER BY id""",
-            [slot, limit],
-        )
-        .fetchall()
-    )
+    rows = state.cursor(row_factory=dict_row).execute(queries.get("backfills"), [slot, limit]).fetchall()
     return [BackfillRow(**row) for row in rows]
 
 
 def get(state: psycopg.Connection[Any], backfill_id: int) -> BackfillRow:
-    row = (
-        state.cursor(row_factory=dict_row)
-        .execute(f"SELECT {_COLUMNS} FROM backfills b WHERE b.id = %s", [backfill_id])
-        .fetchone()
-    )
+    row = state.cursor(row_factory=dict_row).execute(queries.get("backfill"), [backfill_id]).fetchone()
     if row is None:
         raise ListenerError(f"no backfill {backfill_id}", hint="`listener backfill status` lists them")
     return BackfillRow(**row)
@@ -186,12 +164,8 @@ def cancel(state: psycopg.Connection[Any], schema: str, backfill_id: int) -> Bac
     row = get(state, backfill_id)
     if row.status not in OPEN:
         raise ListenerError(f"backfill {backfill_id} is {row.status}: nothing to cancel", hint="")
-    state.execute(
-        "UPDATE backfills SET status = 'cancelled', finished_at = now(), updated_at = now()"
-        " WHERE id = %s AND status IN ('pending', 'running')",
-        [backfill_id],
-    )
-    state.execute("SELECT pg_notify(%s, '')", [store_mod.control_channel(schema, "backfill")])
+    state.execute(queries.get("cancel_backfill"), [backfill_id])
+    state.execute(queries.get("wake"), {"channel": store_mod.control_channel(schema, "backfill")})
     return get(state, backfill_id)
 
 

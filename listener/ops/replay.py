@@ -27,6 +27,7 @@ from listener.ops.rewind import Conn, RuleCount, parse_time, tally
 from listener.pg import pgoutput as po
 from listener.pg.changes import RelationInfo, TypeRegistry
 from listener.pg.conninfo import connect_async
+from listener.queue import queries
 from listener.queue.store import EventBatch, RewindPlan, StateStore
 from listener.rules.compile import compile_rules
 from listener.rules.config import Config
@@ -99,7 +100,7 @@ def plan_replay(
             f"--from-time {from_time!r} ({utc_text(start)})",
             hint="give a --to-time after --from-time, or leave it out (up to now)",
         )
-    row = state.execute("SELECT since FROM journal_horizon WHERE slot_name = %s", [config.slot]).fetchone()
+    row = state.execute(queries.get("journal_horizon"), [config.slot]).fetchone()
     if row is None:
         raise ListenerError(
             f"the change journal of slot {config.slot!r} is empty: `listener run` has not run with "
@@ -157,20 +158,11 @@ class ReplayResult:
         }
 
 
-_RANGE = (
-    "commit_time >= $1 AND ($2::timestamptz IS NULL OR commit_time < $2) AND table_name = ANY($3::text[])"
-)
-_COUNT_ROWS = f"SELECT count(*), coalesce(sum(changes), 0)::int8 FROM journal WHERE {_RANGE}"
-_READ_ROWS = f"""
-SELECT commit_lsn::text AS commit_lsn, xid, commit_time, protocol, relation, first_ordinal, changes, data
-FROM journal WHERE {_RANGE} ORDER BY commit_lsn, relation_oid, first_ordinal
-"""
-# The generation of a replay's --rerun: above every run of the rule, and above every rewind's rerun of it.
-_RERUN_GENERATION = """
-SELECT greatest(
-    (SELECT coalesce(max(generation), 0) FROM runs WHERE starts_with(event_key, $1 || '/')),
-    (SELECT coalesce(max(generation), 0) FROM rewinds WHERE rerun_rule = $1)) + 1
-"""
+_COUNT_ROWS = queries.get("count_journal")
+_READ_ROWS = queries.get("read_journal")
+# The generation of a replay's --rerun: above every run of the rule (any commit LSN), and above every
+# rewind's rerun of it (sql/queries/rewind.sql, next_generation).
+_NEXT_GENERATION = queries.query("next_generation")
 NO_END_LSN = (1 << 64) - 1  # a --rerun applies to every change replayed
 REPLAY_BATCH_EVENTS = 5000
 READ_PREFETCH_ROWS = 8  # journal rows of up to about 1 MB each: memory stays bounded
@@ -199,7 +191,12 @@ async def replay(
         relations: dict[tuple[int, bytes], RelationInfo] = {}
         rewind: RewindPlan | None = None
         if plan.rerun and not dry_run:
-            generation = await state.pool.fetchval(_RERUN_GENERATION, plan.rules[0])
+            generation = await state.pool.fetchval(
+                _NEXT_GENERATION.asyncpg,
+                *_NEXT_GENERATION.args(
+                    rule=plan.rules[0], event_key=None, up_to=None, finished_too=True, **{"from": None}
+                ),
+            )
             result.generation = int(generation)
             rewind = RewindPlan(0, 0, NO_END_LSN, None, plan.rules[0], result.generation, plan.rules)
         args = (plan.from_time, plan.to_time, list(plan.tables))

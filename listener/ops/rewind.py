@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from listener.errors import ListenerError, OutsideWindow, PrerequisiteError, utc_text
 from listener.ops import runs as runs_mod
 from listener.pg.lsn import format_lsn, parse_lsn
-from listener.queue import store
+from listener.queue import queries, store
 from listener.rules.compile import RuleSet
 from listener.rules.config import Config, parse_duration
 
@@ -132,9 +132,7 @@ class Window:
 
 
 def read_checkpoint(state: Conn, slot: str) -> tuple[int, datetime] | None:
-    row = state.execute(
-        "SELECT lsn::text, updated_at FROM checkpoints WHERE slot_name = %s", [slot]
-    ).fetchone()
+    row = state.execute(queries.get("checkpoint_written"), [slot]).fetchone()
     return (parse_lsn(row[0]), row[1]) if row is not None else None
 
 
@@ -144,9 +142,7 @@ def window(state: Conn, slot: SlotState, checkpoint: int) -> Window | None:
     if slot.confirmed_flush is None or slot.confirmed_flush >= checkpoint:
         return None
     row = state.execute(
-        "SELECT lsn::text, commit_time FROM lsn_history WHERE slot_name = %s AND lsn >= %s::pg_lsn"
-        " ORDER BY lsn LIMIT 1",
-        [slot.name, format_lsn(slot.confirmed_flush)],
+        queries.get("oldest_history"), [slot.name, format_lsn(slot.confirmed_flush)]
     ).fetchone()
     if row is None:
         return Window(slot.confirmed_flush, None, checkpoint)
@@ -159,11 +155,7 @@ def window(state: Conn, slot: SlotState, checkpoint: int) -> Window | None:
 def lsn_at(state: Conn, slot: str, at: datetime, window: Window) -> tuple[int, datetime] | None:
     """The newest history position within the window whose transactions all committed before ``at``:
     starting there re-reads every transaction committed at or after ``at`` (and a few seconds more)."""
-    row = state.execute(
-        "SELECT lsn::text, commit_time FROM lsn_history WHERE slot_name = %s AND commit_time < %s"
-        " AND lsn >= %s::pg_lsn ORDER BY lsn DESC LIMIT 1",
-        [slot, at, format_lsn(window.oldest_lsn)],
-    ).fetchone()
+    row = state.execute(queries.get("history_before"), [slot, at, format_lsn(window.oldest_lsn)]).fetchone()
     return (parse_lsn(row[0]), row[1]) if row is not None else None
 
 
@@ -311,20 +303,12 @@ class Recorded:
     generation: int | None
 
 
-_REWIND_LOCK = "SELECT pg_advisory_xact_lock(hashtext('listener.rewind.' || current_schema() || '.' || %s))"
+_REWIND_LOCK = queries.get("rewind_lock")
 # The generation of a --rerun: above every run of the rule's events in the range, and above every earlier
-# rerun of the rule, so that its run ids KEY#generation are new.  (`listener retry --rerun` in turn counts
-# unfinished rewinds of the event's rule when it picks a generation: see runs._REWIND_GENERATION.)
-_RERUN_GENERATION = """
-SELECT greatest(
-    (SELECT coalesce(max(r.generation), 0) FROM runs r JOIN events e ON e.idempotency_key = r.event_key
-     WHERE e.rule = %(rule)s AND e.commit_lsn >= %(from)s::pg_lsn AND e.commit_lsn < %(up_to)s::pg_lsn),
-    (SELECT coalesce(max(generation), 0) FROM rewinds WHERE rerun_rule = %(rule)s)) + 1
-"""
-_INSERT_REWIND = """
-INSERT INTO rewinds (slot_name, from_lsn, up_to, rerun_rule, generation, rules)
-VALUES (%s, %s::pg_lsn, %s::pg_lsn, %s, %s, %s) RETURNING id
-"""
+# rerun of the rule, so that its run ids KEY#generation are new (sql/queries/rewind.sql, next_generation:
+# `listener replay --rerun` and `listener retry --rerun` pick theirs with the same statement).
+_NEXT_GENERATION = queries.get("next_generation")
+_INSERT_REWIND = queries.get("insert_rewind")
 
 
 def record(config: Config, source: Conn, state: Conn, target: Target) -> Recorded:
@@ -334,12 +318,14 @@ def record(config: Config, source: Conn, state: Conn, target: Target) -> Recorde
         "rule": target.rerun_rule,
         "from": format_lsn(target.from_lsn),
         "up_to": format_lsn(target.up_to),
+        "event_key": None,
+        "finished_too": True,
     }
     with state.transaction():
         state.execute(_REWIND_LOCK, [config.slot])
         generation = None
         if target.rerun_rule is not None:
-            row = state.execute(_RERUN_GENERATION, params).fetchone()
+            row = state.execute(_NEXT_GENERATION, params).fetchone()
             assert row is not None
             generation = int(row[0])
         row = state.execute(
@@ -355,14 +341,11 @@ def record(config: Config, source: Conn, state: Conn, target: Target) -> Recorde
         ).fetchone()
         assert row is not None
         rewind_id = int(row[0])
-        state.execute("SELECT pg_notify(%s, '')", [store.control_channel(config.state_schema, "rewind")])
+        state.execute(queries.get("wake"), {"channel": store.control_channel(config.state_schema, "rewind")})
     slot = slot_state(source, config.slot)
     if slot is not None and slot.confirmed_flush is not None and slot.confirmed_flush > target.from_lsn:
         error = f"the slot confirmed {format_lsn(slot.confirmed_flush)} before the rewind was recorded"
-        state.execute(
-            "UPDATE rewinds SET finished_at = now(), error = %s WHERE id = %s AND finished_at IS NULL",
-            [error, rewind_id],
-        )
+        state.execute(queries.get("fail_rewind"), {"error": error, "id": rewind_id})
         raise OutsideWindow(
             format_lsn(target.from_lsn),
             oldest_lsn=slot.confirmed_flush,
@@ -390,26 +373,11 @@ class RewindRow:
     error: str | None
 
 
-_REWIND_COLUMNS = """
-id, from_lsn::text AS from_lsn, up_to::text AS up_to, position::text AS position, rerun_rule, generation,
-events_inserted, runs_rerun, created_at, started_at, finished_at, error
-"""
-
-
 def rewinds(state: Conn, slot: str, *, finished: int = 5) -> list[RewindRow]:
     """The unfinished rewinds of ``slot`` and the last ``finished`` finished ones, oldest first."""
     rows = (
         state.cursor(row_factory=dict_row)
-        .execute(
-            f"""
-            (SELECT {_REWIND_COLUMNS} FROM rewinds WHERE slot_name = %(slot)s AND finished_at IS NULL)
-            UNION ALL
-            (SELECT {_REWIND_COLUMNS} FROM rewinds WHERE slot_name = %(slot)s AND finished_at IS NOT NULL
-             ORDER BY id DESC LIMIT %(n)s)
-            ORDER BY id
-            """,
-            {"slot": slot, "n": finished},
-        )
+        .execute(queries.get("rewinds"), {"slot": slot, "n": finished})
         .fetchall()
     )
     return [RewindRow(**row) for row in rows]
@@ -419,11 +387,7 @@ def wait_finished(state: Conn, rewind_id: int, *, timeout: float | None = None) 
     """Poll until the rewind is finished (or failed)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        row = (
-            state.cursor(row_factory=dict_row)
-            .execute(f"SELECT {_REWIND_COLUMNS} FROM rewinds WHERE id = %s", [rewind_id])
-            .fetchone()
-        )
+        row = state.cursor(row_factory=dict_row).execute(queries.get("rewind"), [rewind_id]).fetchone()
         assert row is not None
         if row["finished_at"] is not None:
             return RewindRow(**row)
@@ -476,10 +440,7 @@ class DryRun:
         }
 
 
-_EXISTING = """
-SELECT u.r, count(*) FROM unnest($1::text[], $2::text[]) AS u(k, r)
-WHERE EXISTS (SELECT 1 FROM events WHERE idempotency_key = u.k) GROUP BY u.r
-"""
+_EXISTING = queries.get("existing_events")
 
 
 async def tally(state: store.StateStore, batch: store.EventBatch, counts: dict[str, RuleCount]) -> None:

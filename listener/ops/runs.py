@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 
 from listener.errors import DatabaseError, NoSuchRun, PrerequisiteError, RunStateError
 from listener.pg import conninfo
-from listener.queue import store
+from listener.queue import queries, store
 
 STATUSES = ("pending", "running", "done", "dead", "cancelled")
 LIST_LIMIT = 50  # runs listed by default
@@ -146,93 +146,31 @@ class Cancelled:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# SQL.  Names are unqualified: the connection's search_path is the state schema.
+# SQL (sql/queries/runs.sql).  Names are unqualified: the connection's search_path is the state schema.
 
-_RUN_COLUMNS = """
-    r.id, r.event_key, r.generation, e.rule, r.workflow, r.status, r.attempt, r.failures,
-    r.created_at, r.started_at, r.finished_at,
-    extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)::float8 AS duration_s,
-    r.last_error
-"""
-# Newest first.  runs.seq has no index: this is a scan and a top-N sort, fine for an operator's command.
-_LIST = f"""
-SELECT {_RUN_COLUMNS}
-FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
-WHERE (%(statuses)s::text[] IS NULL OR r.status = ANY(%(statuses)s::text[]))
-  AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
-  AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
-ORDER BY r.seq DESC
-LIMIT %(limit)s
-"""
-_SHOW_RUN = f"""
-SELECT {_RUN_COLUMNS}, r.run_after, r.lease_owner, r.lease_expires, r.traceback
-FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
-WHERE r.id = %s
-"""
-_SHOW_EVENT = """
-SELECT idempotency_key, source, rule, workflow, op, table_name, lsn::text AS lsn,
-       commit_lsn::text AS commit_lsn, xid, commit_time, created_at, payload
-FROM events WHERE idempotency_key = %s
-"""
-_SHOW_STEPS = """
-SELECT name, attempt, started_at, finished_at,
-       extract(epoch FROM finished_at - started_at)::float8 AS duration_s, result
-FROM steps WHERE run_id = %s ORDER BY finished_at, name
-"""
-_SHOW_ATTEMPTS = """
-SELECT attempt, worker, started_at, finished_at,
-       extract(epoch FROM finished_at - started_at)::float8 AS duration_s, outcome, error
-FROM attempts WHERE run_id = %s ORDER BY attempt
-"""
-_GENERATIONS = "SELECT id, generation, status FROM runs WHERE event_key = %s ORDER BY generation"
-
-_RETRY_TARGET = "SELECT event_key FROM runs WHERE id = %s"
-# Two retries of one event at once would both compute the same next generation; the second then waits here
-# and, in its next statement (a new snapshot under READ COMMITTED), sees the first one's new run.
-_RETRY_LOCK = "SELECT pg_advisory_xact_lock(hashtext('listener.retry.' || current_schema() || '.' || %s))"
-_RETRY_RUNS = """
-SELECT id, generation, status, attempt, lease_owner FROM runs WHERE event_key = %s
-ORDER BY generation FOR UPDATE
-"""
-# An unfinished `listener rewind --rerun` of the event's rule has its generation fixed already: a retry
-# picks a higher one, so the rewind's run id KEY#generation stays free for it.
-_REWIND_GENERATION = """
-SELECT coalesce(max(w.generation), 0) AS g FROM rewinds w JOIN events e ON e.rule = w.rerun_rule
-WHERE e.idempotency_key = %s AND w.finished_at IS NULL
-"""
+_LIST = queries.get("list_runs")
+_SHOW_RUN = queries.get("show_run")
+_SHOW_EVENT = queries.get("show_event")
+_SHOW_STEPS = queries.get("show_steps")
+_SHOW_ATTEMPTS = queries.get("show_attempts")
+_GENERATIONS = queries.get("generations")
+_RETRY_TARGET = queries.get("retry_target")
+_RETRY_LOCK = queries.get("retry_lock")
+_RETRY_RUNS = queries.get("retry_runs")
+_NEXT_GENERATION = queries.get("next_generation")
+_WAKE = queries.get("wake")
 # A new generation copies what its run was made with from the event and rule (event_key, workflow, and the
 # flow-control settings), whatever columns those are; the columns of a run's own progress start afresh.
 _RUN_STATE_COLUMNS = frozenset(
     {"id", "seq", "generation", "status", "attempt", "failures", "run_after", "lease_owner", "lease_expires"}
     | {"last_error", "traceback", "created_at", "started_at", "finished_at"}
 )
-_RUN_COLUMNS_NOW = """
-SELECT column_name FROM information_schema.columns
-WHERE table_schema = current_schema() AND table_name = 'runs'
-  AND is_generated = 'NEVER' AND is_identity = 'NO'
-ORDER BY ordinal_position
-"""
-# `retry` without --rerun: the same run, a new attempt (the next claim increments `attempt`), its recorded
-# steps kept; failures start from zero so the workflow's retry policy applies afresh.
-_RESUME = """
-UPDATE runs SET status = 'pending', failures = 0, run_after = now(), finished_at = NULL,
-                lease_owner = NULL, lease_expires = NULL
-WHERE id = %s
-"""
-_RETRY_INSERT = """
-INSERT INTO runs (id, generation, {columns}) SELECT %s, %s, {columns} FROM runs WHERE id = %s
-"""
-
-_CANCEL_TARGET = "SELECT status, attempt, failures FROM runs WHERE id = %s FOR UPDATE"
-_CANCEL = """
-UPDATE runs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires = NULL
-WHERE id = %s
-"""
-# The attempt a worker is executing ends now; the worker's own fenced write of its outcome will be refused.
-_CANCEL_ATTEMPT = """
-UPDATE attempts SET finished_at = now(), outcome = 'cancelled'
-WHERE run_id = %s AND attempt = %s AND finished_at IS NULL
-"""
+_RUN_COLUMNS_NOW = queries.get("run_columns")
+_RESUME = queries.get("resume_run")
+_RETRY_INSERT = queries.query("insert_generation")
+_CANCEL_TARGET = queries.get("cancel_target")
+_CANCEL = queries.get("cancel_run")
+_CANCEL_ATTEMPT = queries.get("cancel_attempt")
 
 
 @contextmanager
@@ -307,17 +245,18 @@ def retry(conn: Conn, run_id: str, *, schema: str, rerun: bool = False) -> Retri
         _check_retry(this, runs, rerun=rerun)
         if not rerun:
             cur.execute(_RESUME, [run_id])
-            cur.execute("SELECT pg_notify(%s, '')", [store.notify_channel(schema)])
+            cur.execute(_WAKE, {"channel": store.notify_channel(schema)})
             return Retried(id=run_id, generation=this["generation"], retried=run_id, was=this["status"])
-        reserved = cur.execute(_REWIND_GENERATION, [key]).fetchone()
-        generation = max(max(r["generation"] for r in runs), reserved["g"] if reserved else 0) + 1
+        # above the event's runs (locked above) and the generations unfinished rewinds of its rule hold
+        params = {"event_key": key, "rule": None, "from": None, "up_to": None, "finished_too": False}
+        generation = int(conn.execute(_NEXT_GENERATION, params).fetchone()[0])  # type: ignore[index]
         new_id = f"{key}#{generation}"
         copied = [
             sql.Identifier(c)
             for (c,) in conn.execute(_RUN_COLUMNS_NOW).fetchall()
             if c not in _RUN_STATE_COLUMNS
         ]
-        insert = sql.SQL(_RETRY_INSERT).format(columns=sql.SQL(", ").join(copied))
+        insert = _RETRY_INSERT.compose(columns=sql.SQL(", ").join(copied))
         try:
             cur.execute(insert, [new_id, generation, run_id])
         except pgerrors.UniqueViolation as exc:  # not made by `listener retry`: its ids follow generations
@@ -328,7 +267,7 @@ def retry(conn: Conn, run_id: str, *, schema: str, rerun: bool = False) -> Retri
                 hint=f"`listener runs show {new_id}`",
             ) from exc
         # Delivered at commit: idle workers claim the new run now instead of at their next poll.
-        cur.execute("SELECT pg_notify(%s, '')", [store.notify_channel(schema)])
+        cur.execute(_WAKE, {"channel": store.notify_channel(schema)})
     return Retried(id=new_id, generation=generation, retried=run_id, was=this["status"])
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from listener.ops import rewind as rw
 from listener.pg.lsn import format_lsn
+from listener.queue import queries
 from listener.rules.config import Config
 
 COUNTED_STATUSES = ("pending", "running", "dead")
@@ -89,12 +90,10 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
                 "to_lsn": format_lsn(win.checkpoint),
             }
     status.journal = _journal(config, state)
-    for name, count in state.execute(
-        "SELECT status, count(*) FROM runs WHERE status = ANY(%s) GROUP BY status", [list(COUNTED_STATUSES)]
-    ).fetchall():
+    for name, count in state.execute(queries.get("count_runs"), [list(COUNTED_STATUSES)]).fetchall():
         status.runs[name] = int(count)
     status.rewinds = [asdict(row) for row in rw.rewinds(state, config.slot)]
-    row = state.execute("SELECT to_regclass('backfills')").fetchone()
+    row = state.execute(queries.get("regclass"), ["backfills"]).fetchone()
     if row is not None and row[0] is not None:  # a schema not migrated yet has none
         from listener.ops import backfill_requests
 
@@ -106,14 +105,10 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
 
 def _journal(config: Config, state: rw.Conn) -> dict[str, Any] | None:
     """The change journal: since when it is complete, its oldest row and its size on disk."""
-    exists = state.execute("SELECT to_regclass('journal') IS NOT NULL").fetchone()
-    if exists is None or not exists[0]:  # a state schema from before the journal: `listener init` adds it
+    exists = state.execute(queries.get("regclass"), ["journal"]).fetchone()
+    if exists is None or exists[0] is None:  # a state schema from before the journal: `listener init` adds it
         return None
-    row = state.execute(
-        "SELECT (SELECT since FROM journal_horizon WHERE slot_name = %s),"
-        " (SELECT min(commit_time) FROM journal), pg_total_relation_size('journal')",
-        [config.slot],
-    ).fetchone()
+    row = state.execute(queries.get("journal_summary"), [config.slot]).fetchone()
     assert row is not None
     since, oldest, size = row
     if not config.journal.enabled and oldest is None:

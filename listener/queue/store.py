@@ -20,6 +20,7 @@ from psycopg import sql
 from listener.errors import from_driver
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.pg.lsn import format_lsn, parse_lsn
+from listener.queue import queries
 from listener.rules.events import RunPolicy
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -51,31 +52,21 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[M
     applied: list[Migration] = []
     ident = sql.Identifier(schema)
     with conn.transaction():
-        # Serialise concurrent `init`s on the same schema; released at commit.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('listener.migrate.' || %s))", [schema])
+        conn.execute(queries.get("migrate_lock"), [schema])
         # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists: a role
         # that owns its schema, made for it by a DBA, may lack it.
-        if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone():
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(ident)
-        )
-        row = conn.execute(
-            sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(ident)
-        ).fetchone()
+        if not conn.execute(queries.get("schema_exists"), [schema]).fetchone():
+            conn.execute(queries.query("create_schema").compose(schema=ident))
+        conn.execute(queries.query("create_schema_migrations").compose(schema=ident))
+        row = conn.execute(queries.query("schema_version").compose(schema=ident)).fetchone()
         current = int(row[0]) if row else 0  # type: ignore[call-overload]
         for migration in load_migrations():
             if migration.version <= current:
                 continue
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+            conn.execute(queries.query("set_search_path").compose(schema=ident))
             conn.execute(migration.sql.encode())
             conn.execute(
-                sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(ident),
-                [migration.version, migration.name],
+                queries.query("record_migration").compose(schema=ident), [migration.version, migration.name]
             )
             applied.append(migration)
     return applied
@@ -83,12 +74,10 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[M
 
 def schema_version(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> int | None:
     """The applied migration version, or None when the schema was never initialised."""
-    row = conn.execute("SELECT to_regclass(%s)", [f"{_quote_ident(schema)}.schema_migrations"]).fetchone()
+    row = conn.execute(queries.get("regclass"), [f"{_quote_ident(schema)}.schema_migrations"]).fetchone()
     if row is None or row[0] is None:
         return None
-    row = conn.execute(
-        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(sql.Identifier(schema))
-    ).fetchone()
+    row = conn.execute(queries.query("schema_version").compose(schema=sql.Identifier(schema))).fetchone()
     return int(row[0]) if row else 0  # type: ignore[call-overload]
 
 
@@ -96,10 +85,7 @@ def checkpoint(conn: psycopg.Connection[tuple[object, ...]], schema: str, slot: 
     """The checkpoint of ``slot`` (None: none, or no state schema yet)."""
     if schema_version(conn, schema) is None:
         return None
-    row = conn.execute(
-        sql.SQL("SELECT lsn::text FROM {}.checkpoints WHERE slot_name = %s").format(sql.Identifier(schema)),
-        [slot],
-    ).fetchone()
+    row = conn.execute(queries.query("checkpoint").compose(schema=sql.Identifier(schema)), [slot]).fetchone()
     return parse_lsn(str(row[0])) if row is not None else None
 
 
@@ -107,12 +93,8 @@ def forget_checkpoint(conn: psycopg.Connection[tuple[object, ...]], schema: str,
     """Delete the checkpoint of ``slot`` (its slot is gone for good); return what it was."""
     if schema_version(conn, schema) is None:
         return None
-    row = conn.execute(
-        sql.SQL("DELETE FROM {}.checkpoints WHERE slot_name = %s RETURNING lsn::text").format(
-            sql.Identifier(schema)
-        ),
-        [slot],
-    ).fetchone()
+    statement = queries.query("forget_checkpoint").compose(schema=sql.Identifier(schema))
+    row = conn.execute(statement, [slot]).fetchone()
     return parse_lsn(str(row[0])) if row is not None else None
 
 
@@ -314,66 +296,41 @@ class BackfillChunk:
 _EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify"}  # rule source -> events.source
 
 
-# The batch's events (duplicates skipped by the primary key); `ev` holds the keys actually inserted.
-_EVENTS_CTE = """
-WITH src AS (
-    SELECT r[g] || '/' || c[g] || '/' || o AS key, r[g] AS rule, w[g] AS workflow, op[g] AS op, t[g] AS tbl,
-           CASE WHEN src[g] <> 'notify' THEN '0/0'::pg_lsn + l END AS lsn,
-           CASE WHEN src[g] <> 'notify' THEN c[g]::pg_lsn END AS commit_lsn,
-           x[g] AS xid, ct[g] AS commit_time,
-           p::jsonb AS payload, k, gated[g] AS gated, key_limit[g] AS key_limit, ordered[g] AS ordered,
-           prio[g] AS priority, src[g] AS source
-    FROM unnest($1::int4[], $2::int8[], $3::int4[], $4::text[], $5::text[]) AS u(g, l, o, p, k),
-         (SELECT $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::timestamptz[],
-                 $13::bool[], $14::int4[], $15::bool[], $16::int4[], $17::text[])
-             AS grp(r, w, op, t, c, x, ct, gated, key_limit, ordered, prio, src)
-), ev AS (
-    INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn, xid,
-                        commit_time, payload)
-    SELECT key, source, rule, workflow, op, tbl, lsn, commit_lsn, xid, commit_time, payload FROM src
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING idempotency_key
-)"""
+# The state schema's statements (sql/queries/*.sql), by the names they go by here.
+_INSERT_EVENTS = queries.get("insert_events")
+_INSERT_KEYED_EVENTS = queries.query("insert_keyed_events").asyncpg
+_WAKE = queries.query("wake").asyncpg
+_FILL_PAYLOAD = queries.get("fill_payload")
+_CREATE_LARGE_OBJECT = queries.get("create_large_object")
+_PUT_LARGE_OBJECT = queries.get("put_large_object")
+_UNLINK_LARGE_OBJECT = queries.get("unlink_large_object")
+_INSERT_CHUNK = queries.get("insert_chunk")
+_NEXT_CHUNK = queries.get("next_chunk")
+_DELETE_CHUNK = queries.get("delete_chunk")
+_RUNS_AHEAD = queries.get("runs_ahead")
+_INSERT_BACKFILL_CHUNK = queries.get("insert_backfill_chunk")
+_ADVANCE_BACKFILL = queries.get("advance_backfill")
+_NEXT_BACKFILL_CHUNK = queries.get("next_backfill_chunk")
+_DELETE_BACKFILL_CHUNK = queries.get("delete_backfill_chunk")
+_READ_CHECKPOINT = queries.get("read_checkpoint")
+_UPSERT_CHECKPOINT = queries.get("upsert_checkpoint")
+_RECORD_HISTORY = queries.get("record_history")
+_RETAIN_POSITION = queries.get("retain_position")
+_SEED_HISTORY = queries.get("seed_history")
+_PRUNE_HISTORY = queries.get("prune_history")
+_INSERT_JOURNAL = queries.get("insert_journal")
+_PRUNE_JOURNAL = queries.get("prune_journal")
+_START_JOURNAL_HORIZON = queries.get("start_journal_horizon")
+_DROP_JOURNAL_HORIZON = queries.get("drop_journal_horizon")
+_ADVANCE_JOURNAL_HORIZON = queries.get("advance_journal_horizon")
+_NEXT_REWIND = queries.get("next_rewind")
+_START_REWIND = queries.get("start_rewind")
+_FAIL_REWIND = queries.query("fail_rewind")
+_ADVANCE_REWIND = queries.get("advance_rewind")
+_PENDING_RELOADS = queries.get("pending_reloads")
+_ANSWER_RELOADS = queries.get("answer_reloads")
+_FORGET_RELOADS = queries.get("forget_reloads")
 
-_INSERT_EVENTS = (
-    _EVENTS_CTE
-    + """, runs_made AS (
-    -- one run per new event, its id the event's key (invariant 3); a redelivered event makes none
-    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
-    SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered, src.priority
-    FROM src JOIN ev ON ev.idempotency_key = src.key
-    RETURNING 1
-)
-SELECT count(*) FROM runs_made
-"""
-)
-
-# A batch holding re-read transactions of a rewind ($18 its --rerun rule or NULL, $19 its generation, $20
-# the end of its range): events as above; and for each change of the rerun rule committed in the range, a
-# run of the rewind's generation (id KEY#generation), whether its event is new or not.  A new event of that
-# rule therefore gets no generation-0 run: one new run per change, and a redelivery makes none.
-_INSERT_EVENTS_REWIND = (
-    _EVENTS_CTE
-    + """, runs_made AS (
-    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
-    SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered, src.priority
-    FROM src JOIN ev ON ev.idempotency_key = src.key
-    WHERE NOT coalesce(src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn, false)
-    RETURNING 1
-), reruns AS (
-    INSERT INTO runs (id, event_key, generation, workflow, gated, key, key_limit, ordered, priority)
-    SELECT src.key || '#' || $19::int4, src.key, $19::int4, src.workflow, src.gated, src.k, src.key_limit,
-           src.ordered, src.priority
-    FROM src WHERE src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn
-    ON CONFLICT (id) DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM ev) AS inserted,
-       (SELECT count(*) FROM ev JOIN src ON src.key = ev.idempotency_key
-        WHERE src.commit_lsn < $20::text::pg_lsn) AS rewound,
-       (SELECT count(*) FROM reruns) AS reruns
-"""
-)
 
 # A payload longer than this many characters (a huge row's) goes to the server in pieces of this size, through
 # a large object of the writer's transaction: sent whole, the driver would hold three more copies of it (the
@@ -381,10 +338,6 @@ SELECT (SELECT count(*) FROM ev) AS inserted,
 PAYLOAD_PIECE_CHARS = 4 << 20
 # The event is inserted with this stand-in payload, then filled from the large object (numbered here).
 _PAYLOAD_STAND_IN = '{{"listener_payload_pieces":{}}}'
-_FILL_PAYLOAD = """
-UPDATE events SET payload = convert_from(lo_get($2::oid), 'UTF8')::jsonb
-WHERE idempotency_key = $1 AND payload = $3::jsonb
-"""
 
 
 async def _send_in_pieces(conn: Any, oid: int, text: str) -> None:
@@ -392,138 +345,8 @@ async def _send_in_pieces(conn: Any, oid: int, text: str) -> None:
     offset = 0
     for start in range(0, len(text), PAYLOAD_PIECE_CHARS):
         piece = text[start : start + PAYLOAD_PIECE_CHARS].encode()
-        await conn.execute("SELECT lo_put($1::oid, $2, $3)", oid, offset, piece)
+        await conn.execute(_PUT_LARGE_OBJECT, oid, offset, piece)
         offset += len(piece)
-
-
-_INSERT_CHUNK = """
-INSERT INTO event_chunks (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
-                          protocol, relation, rules, data)
-VALUES ($1::text::pg_lsn, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)
-ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
-RETURNING changes
-"""
-
-_INSERT_BACKFILL_CHUNK = """
-INSERT INTO backfill_chunks (backfill_id, seq, rule, workflow, priority, table_name, columns, key_columns,
-                             lsn, read_at, rows, data)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9::text::pg_lsn, $10, $11, $12)
-ON CONFLICT (backfill_id, seq) DO NOTHING
-RETURNING rows
-"""
-
-# Backfill events ($1 keys, $2 payloads, $3 run keys) of one rule, each with its run; duplicates skipped.
-_INSERT_BACKFILL_EVENTS = """
-WITH src AS (
-    SELECT k AS key, p::jsonb AS payload, rk FROM unnest($1::text[], $2::text[], $3::text[]) AS u(k, p, rk)
-), ev AS (
-    INSERT INTO events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_time, payload)
-    SELECT key, 'backfill', $4, $5, 'read', $6, $7::text::pg_lsn, $8, payload FROM src
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING idempotency_key
-), runs_made AS (
-    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
-    SELECT src.key, src.key, $5, $9, src.rk, $10, $11, $12 FROM src JOIN ev ON ev.idempotency_key = src.key
-    RETURNING 1
-)
-SELECT count(*) FROM runs_made
-"""
-
-# A chunk's progress; `chunks < seq` makes a chunk committed twice count once.  A cancelled backfill keeps
-# its status (chunks in flight when it was cancelled still commit).
-_ADVANCE_BACKFILL = """
-UPDATE backfills SET last_key = $2, chunks = $3, rows_read = rows_read + $4, rows_dropped = rows_dropped + $5,
-       status = CASE WHEN status IN ('pending', 'running') THEN CASE WHEN $6 THEN 'done' ELSE 'running' END
-                     ELSE status END,
-       finished_at = CASE WHEN $6 THEN coalesce(finished_at, now()) ELSE finished_at END,
-       updated_at = now()
-WHERE id = $1 AND chunks < $3
-"""
-
-_NEXT_BACKFILL_CHUNK = """
-SELECT id, backfill_id, seq, rule, workflow, priority, table_name, columns::text AS columns, key_columns,
-       lsn::text AS lsn, read_at, rows, data
-FROM backfill_chunks ORDER BY id LIMIT 1
-"""
-
-_RUNS_AHEAD = """
-SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'pending' AND NOT gated LIMIT $1) AS ahead
-"""
-
-_NEXT_CHUNK = """
-SELECT id, commit_lsn::text AS commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time,
-       table_name, protocol, relation, rules::text AS rules, data
-FROM event_chunks WHERE id > $1 ORDER BY id LIMIT 1
-"""
-
-_UPSERT_CHECKPOINT = """
-INSERT INTO checkpoints (slot_name, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())
-ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at
-"""
-
-
-_ADVANCE_REWIND = """
-UPDATE rewinds SET position = coalesce($2::text::pg_lsn, position),
-                   events_inserted = events_inserted + $3, runs_rerun = runs_rerun + $4,
-                   finished_at = CASE WHEN $5 THEN now() ELSE finished_at END
-WHERE id = $1
-"""
-
-_RECORD_HISTORY = """
-INSERT INTO lsn_history (slot_name, lsn, commit_time) VALUES ($1, $2::text::pg_lsn, coalesce($3, now()))
-ON CONFLICT (slot_name, lsn) DO NOTHING
-"""
-
-# The position the slot may confirm: the newest history row older than the window ($2 seconds of commit
-# time); when the history spans more than the size cap ($3 = the checkpoint minus the cap: rows lie below
-# it), at least the oldest row within the cap; but never past an unfinished rewind's start.  NULL while
-# neither applies: the slot keeps what it has.
-_RETAIN_POSITION = """
-SELECT CASE WHEN w IS NULL THEN NULL ELSE least(w, r) END::text
-FROM (SELECT greatest(
-             (SELECT max(lsn) FROM lsn_history
-              WHERE slot_name = $1 AND commit_time <= now() - make_interval(secs => $2::float8)),
-             (SELECT min(lsn) FROM lsn_history
-              WHERE slot_name = $1 AND lsn >= $3::text::pg_lsn
-                AND EXISTS (SELECT 1 FROM lsn_history WHERE slot_name = $1 AND lsn < $3::text::pg_lsn))
-             ) AS w,
-             (SELECT min(coalesce(position, from_lsn)) FROM rewinds
-              WHERE slot_name = $1 AND finished_at IS NULL) AS r) AS x
-"""
-
-# Where the history begins when retention is switched on: the slot's confirmed position, with the time the
-# checkpoint (at or past it) was written, an upper bound of the commit times below it.
-_SEED_HISTORY = """
-INSERT INTO lsn_history (slot_name, lsn, commit_time)
-SELECT $1, $2::text::pg_lsn,
-       coalesce((SELECT updated_at FROM checkpoints WHERE slot_name = $1 AND lsn >= $2::text::pg_lsn), now())
-WHERE NOT EXISTS (SELECT 1 FROM lsn_history WHERE slot_name = $1 AND lsn <= $2::text::pg_lsn)
-ON CONFLICT (slot_name, lsn) DO NOTHING
-"""
-
-_PRUNE_HISTORY = "DELETE FROM lsn_history WHERE slot_name = $1 AND lsn < $2::text::pg_lsn"
-
-# One statement for all journal rows of a batch; a redelivered transaction's rows are dropped by the key.
-_INSERT_JOURNAL = """
-INSERT INTO journal (commit_lsn, relation_oid, first_ordinal, changes, xid, commit_time, table_name,
-                     protocol, relation, data)
-SELECT c::pg_lsn, o, f, n, x, t, tbl, p, r, d
-FROM unnest($1::text[], $2::oid[], $3::int4[], $4::int4[], $5::int8[], $6::timestamptz[], $7::text[],
-            $8::int4[], $9::bytea[], $10::bytea[]) AS u(c, o, f, n, x, t, tbl, p, r, d)
-ON CONFLICT (commit_lsn, relation_oid, first_ordinal) DO NOTHING
-"""
-
-# The oldest journal rows, a batch at a time ($1: the cutoff).
-_PRUNE_JOURNAL = """
-DELETE FROM journal WHERE (commit_lsn, relation_oid, first_ordinal) IN (
-    SELECT commit_lsn, relation_oid, first_ordinal FROM journal WHERE commit_time < $1 LIMIT $2)
-"""
-
-_NEXT_REWIND = """
-SELECT id, from_lsn::text AS from_lsn, up_to::text AS up_to, position::text AS position, rerun_rule,
-       generation, rules
-FROM rewinds WHERE slot_name = $1 AND finished_at IS NULL ORDER BY id LIMIT 1
-"""
 
 
 class StateStore:
@@ -551,7 +374,7 @@ class StateStore:
         await self.pool.close()
 
     async def read_checkpoint(self) -> int | None:
-        value = await self.pool.fetchval("SELECT lsn::text FROM checkpoints WHERE slot_name = $1", self.slot)
+        value = await self.pool.fetchval(_READ_CHECKPOINT, self.slot)
         return parse_lsn(value) if value is not None else None
 
     async def write_batch(self, batch: EventBatch) -> int:
@@ -621,25 +444,24 @@ class StateStore:
             payloads = list(payloads)
             for index, payload in enumerate(batch.payload):
                 if len(payload) > PAYLOAD_PIECE_CHARS:
-                    oid = await conn.fetchval("SELECT lo_create(0)")
+                    oid = await conn.fetchval(_CREATE_LARGE_OBJECT)
                     await _send_in_pieces(conn, oid, payload)
                     payloads[index] = _PAYLOAD_STAND_IN.format(oid)
                     huge[index] = oid, payloads[index]
         columns = (batch.group, batch.lsn, batch.ordinal, payloads, batch.key, *groups)
-        if rewind is None:
-            inserted = await conn.fetchval(_INSERT_EVENTS, *columns)
-        else:
+        rerun: tuple[str | None, int | None, str | None] = (None, None, None)
+        if rewind is not None:
             rerun = (rewind.rerun_rule, rewind.generation, format_lsn(rewind.up_to))
-            row = await conn.fetchrow(_INSERT_EVENTS_REWIND, *columns, *rerun)
-            assert row is not None
-            inserted, rewound, reruns = row["inserted"], row["rewound"], row["reruns"]
+        row = await conn.fetchrow(_INSERT_EVENTS, *columns, *rerun)
+        assert row is not None
+        inserted, rewound, reruns = row["inserted"], row["rewound"], row["reruns"]
         for index, (oid, stand_in) in huge.items():  # (an event inserted before keeps its payload)
             group = batch.groups[batch.group[index] - 1]
-            key = f"{group[0]}/{group[4]}/{batch.ordinal[index]}"  # as _EVENTS_CTE makes it
+            key = f"{group[0]}/{group[4]}/{batch.ordinal[index]}"  # as insert_events makes it
             await conn.execute(_FILL_PAYLOAD, key, oid, stand_in)
-            await conn.execute("SELECT lo_unlink($1::oid)", oid)
+            await conn.execute(_UNLINK_LARGE_OBJECT, oid)
         if inserted or reruns:
-            await conn.execute("SELECT pg_notify($1, '')", self.channel)
+            await conn.execute(_WAKE, self.channel)
         return int(inserted), int(rewound), int(reruns)
 
     async def _retain(
@@ -682,22 +504,14 @@ class StateStore:
         """At the start of a session: with the journal on, it is complete from now on (unless recorded
         earlier); with it off, it has a gap from now on, so no horizon (replay refuses)."""
         if enabled:
-            await self.pool.execute(
-                "INSERT INTO journal_horizon (slot_name, since) VALUES ($1, now()) ON CONFLICT DO NOTHING",
-                self.slot,
-            )
+            await self.pool.execute(_START_JOURNAL_HORIZON, self.slot)
         else:
-            await self.pool.execute("DELETE FROM journal_horizon WHERE slot_name = $1", self.slot)
+            await self.pool.execute(_DROP_JOURNAL_HORIZON, self.slot)
 
     async def prune_journal(self, keep_s: float, *, batch_rows: int) -> int:
         """Delete journal rows committed more than ``keep_s`` ago, ``batch_rows`` per transaction, and move
         the horizon up to that time first.  Returns the rows deleted."""
-        cutoff = await self.pool.fetchval(
-            "UPDATE journal_horizon SET since = greatest(since, now() - make_interval(secs => $2::float8))"
-            " WHERE slot_name = $1 RETURNING now() - make_interval(secs => $2::float8)",
-            self.slot,
-            keep_s,
-        )
+        cutoff = await self.pool.fetchval(_ADVANCE_JOURNAL_HORIZON, self.slot, keep_s)
         if cutoff is None:  # no horizon: the journal was switched off meanwhile
             return 0
         total = 0
@@ -726,41 +540,24 @@ class StateStore:
         )
 
     async def start_rewind(self, rewind_id: int) -> None:
-        await self.pool.execute(
-            "UPDATE rewinds SET started_at = coalesce(started_at, now()) WHERE id = $1", rewind_id
-        )
+        await self.pool.execute(_START_REWIND, rewind_id)
 
     async def fail_rewind(self, rewind_id: int, error: str) -> None:
         """End a rewind that cannot run, saying why (shown by `listener status` and `rewind --wait`)."""
-        await self.pool.execute(
-            "UPDATE rewinds SET finished_at = now(), error = $2 WHERE id = $1 AND finished_at IS NULL",
-            rewind_id,
-            error,
-        )
+        await self.pool.execute(_FAIL_REWIND.asyncpg, *_FAIL_REWIND.args(error=error, id=rewind_id))
 
     # -- reload requests ---------------------------------------------------------------------------------
 
     async def pending_reloads(self) -> list[int]:
         """The unanswered `listener reload` requests of this slot (rows of ``reload_requests``)."""
-        rows = await self.pool.fetch(
-            "SELECT id FROM reload_requests WHERE slot_name = $1 AND answered_at IS NULL ORDER BY id",
-            self.slot,
-        )
+        rows = await self.pool.fetch(_PENDING_RELOADS, self.slot)
         return [int(row["id"]) for row in rows]
 
     async def answer_reloads(self, ids: list[int], *, ok: bool, answer: str) -> None:
         """Answer the requests one reload served; forget answers older than a day."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE reload_requests SET answered_at = now(), ok = $2, answer = $3 WHERE id = ANY($1)",
-                ids,
-                ok,
-                answer,
-            )
-            await conn.execute(
-                "DELETE FROM reload_requests WHERE slot_name = $1 AND answered_at < now() - interval '1 day'",
-                self.slot,
-            )
+            await conn.execute(_ANSWER_RELOADS, ids, ok, answer)
+            await conn.execute(_FORGET_RELOADS, self.slot)
 
     # -- compact chunks -----------------------------------------------------------------------------------
 
@@ -776,7 +573,7 @@ class StateStore:
         """Insert a chunk's events (duplicates skipped) and delete the chunk, in one transaction.  Returns
         the number of events inserted, or None when the chunk was gone (expanded by someone else)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            deleted = await conn.fetchval("DELETE FROM event_chunks WHERE id = $1 RETURNING 1", chunk_id)
+            deleted = await conn.fetchval(_DELETE_CHUNK, chunk_id)
             if deleted is None:
                 return None
             return (await self._insert_events(conn, batch))[0]
@@ -830,12 +627,14 @@ class StateStore:
             return 0
         keys, payloads, run_keys = (list(column) for column in zip(*events, strict=True))
         inserted = await conn.fetchval(
-            _INSERT_BACKFILL_EVENTS,
+            _INSERT_KEYED_EVENTS,
             keys,
             payloads,
             run_keys,
+            "backfill",
             chunk.rule,
             chunk.workflow,
+            "read",
             chunk.table_name,
             format_lsn(chunk.lsn),
             chunk.read_at,
@@ -845,7 +644,7 @@ class StateStore:
             chunk.priority,
         )
         if inserted:
-            await conn.execute("SELECT pg_notify($1, '')", self.channel)
+            await conn.execute(_WAKE, self.channel)
         return int(inserted)
 
     async def next_backfill_chunk(self) -> asyncpg.Record | None:
@@ -857,7 +656,7 @@ class StateStore:
     ) -> int | None:
         """Insert a backfill chunk's events and delete the chunk, in one transaction (None: it was gone)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            deleted = await conn.fetchval("DELETE FROM backfill_chunks WHERE id = $1 RETURNING 1", chunk_id)
+            deleted = await conn.fetchval(_DELETE_BACKFILL_CHUNK, chunk_id)
             if deleted is None:
                 return None
             return await self.insert_backfill_events(conn, chunk, events)

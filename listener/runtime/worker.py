@@ -34,6 +34,7 @@ import asyncpg
 
 from listener.errors import ConfigError, Fenced, StepError, is_transient
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
+from listener.queue import queries
 from listener.queue.store import notify_channel
 from listener.rules.config import RUN_TIMEOUT_S, WorkflowLimit
 from listener.runtime import workflow as wf
@@ -48,136 +49,24 @@ ERROR_CHARS = 2_000  # a failure's stored error text, at most
 TRACEBACK_CHARS = 20_000  # and its stored traceback
 POLL_SECONDS = 5.0
 
-_CLAIM_TAIL = """
-, claimed AS (
-    UPDATE runs r
-    SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
-        lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
-    FROM c WHERE r.id = c.id
-    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow, r.key
-), logged AS (
-    INSERT INTO attempts (run_id, attempt, workflow, worker) SELECT id, attempt, workflow, $2 FROM claimed
-)
-SELECT c.id, c.event_key, c.attempt, c.failures, c.key, e.rule, e.workflow, e.op, e.table_name,
-       e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
-       coalesce(
-           (SELECT jsonb_object_agg(s.name, s.result) FROM steps s WHERE s.run_id = c.id), '{}'
-       )::text AS steps
-FROM claimed c JOIN events e ON e.idempotency_key = c.event_key
-ORDER BY c.seq
-"""
-# Runs without flow control: any number of workers claim at once, skipping each other's locked rows.
-_CLAIM = (
-    """
-WITH c AS (
-    SELECT id FROM runs
-    WHERE status = 'pending' AND NOT gated AND run_after <= now()
-    ORDER BY priority DESC, run_after, seq
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)"""
-    + _CLAIM_TAIL
-)
-# Gated runs: chosen under the claim lock (see Worker._claim_gated), then claimed by id.
-_CLAIM_CHOSEN = "WITH c AS (SELECT unnest($1::text[]) AS id)" + _CLAIM_TAIL
-_GATED_WAITING = (
-    "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'pending' AND gated AND run_after <= now())"
-)
-_GATED_CANDIDATES = """
-SELECT id, workflow, key, key_limit, ordered, seq FROM runs
-WHERE status = 'pending' AND gated AND run_after <= now()
-ORDER BY priority DESC, run_after, seq
-LIMIT $1
-"""
-_GATED_RUNNING = "SELECT workflow, key FROM runs WHERE status = 'running' AND gated"
-_KEY_HEADS = """
-SELECT key, min(seq) FROM runs
-WHERE key = ANY($1::text[]) AND gated AND status IN ('pending', 'running')
-GROUP BY key
-"""
-_RATE_USED = """
-SELECT count(*) FROM attempts WHERE workflow = $1 AND started_at > now() - make_interval(secs => $2)
-"""
+# The statements (sql/queries/runs.sql).
+_CLAIM = queries.get("claim")
+_CLAIM_CHOSEN = queries.get("claim_chosen")
+_CLAIM_LOCK = queries.get("claim_lock")
+_GATED_WAITING = queries.get("gated_waiting")
+_GATED_CANDIDATES = queries.get("gated_candidates")
+_GATED_RUNNING = queries.get("gated_running")
+_KEY_HEADS = queries.get("key_heads")
+_RATE_USED = queries.get("rate_used")
 GATED_SCAN = 500  # pending gated runs looked at per claim
 HELD_POLL_SECONDS = 0.25  # when limits hold runs back, look again this soon
 
-# Completion and failure are fenced: they apply only if this worker still holds this attempt.
-# Completions of many runs go in one statement (see Worker._flush_done): a round trip per batch, not per run.
-# Returns the runs this attempt completed: now, or already (a retry after the connection dropped between
-# the commit and its reply finds its own attempt done; only a claim changes a run's attempt).
-_DONE = """
-WITH d AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS d(id, attempt)),
-r AS (
-    UPDATE runs SET status = 'done', finished_at = now(), lease_owner = NULL, lease_expires = NULL,
-                    last_error = NULL, traceback = NULL
-    FROM d WHERE runs.id = d.id AND runs.attempt = d.attempt AND runs.status = 'running'
-    RETURNING runs.id, runs.attempt
-), a AS (
-    UPDATE attempts a SET finished_at = now(), outcome = 'done'
-    FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
-)
-SELECT id FROM r
-UNION ALL
-SELECT runs.id FROM runs JOIN d ON runs.id = d.id AND runs.attempt = d.attempt AND runs.status = 'done'
-"""
-_FAILED = """
-WITH r AS (
-    UPDATE runs
-    SET failures = failures + 1,
-        status = CASE WHEN failures + 1 >= $3 THEN 'dead' ELSE 'pending' END,
-        run_after = now() + make_interval(secs => $4),
-        finished_at = CASE WHEN failures + 1 >= $3 THEN now() END,
-        last_error = $5, traceback = $6, lease_owner = NULL, lease_expires = NULL
-    WHERE id = $1 AND attempt = $2 AND status = 'running'
-    RETURNING id, status
-)
-UPDATE attempts a SET finished_at = now(), outcome = CASE r.status WHEN 'dead' THEN 'dead' ELSE 'failed' END,
-                      error = $5
-FROM r WHERE a.run_id = r.id AND a.attempt = $2
-RETURNING r.status
-"""
-# Released at shutdown: back to pending at once; not a failure.
-_RELEASE = """
-WITH r AS (
-    UPDATE runs SET status = 'pending', run_after = now(), lease_owner = NULL, lease_expires = NULL
-    WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
-    RETURNING id, attempt
-)
-UPDATE attempts a SET finished_at = now(), outcome = 'released'
-FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
-"""
-_HEARTBEAT = """
-UPDATE runs SET lease_expires = now() + make_interval(secs => $3)
-WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
-"""
-# A lease that expired belongs to a dead (or stalled) worker: its run goes back to pending; the next
-# claim increments the attempt, which fences the old worker out.  The lost attempt counts as a failure, so
-# a run that kills its worker every time (out of memory, a crash in native code) ends dead after its
-# workflow's max_attempts (checked at the next claim, see Worker._execute) instead of running for ever.
-_RECLAIM = """
-WITH r AS (
-    UPDATE runs
-    SET status = 'pending', failures = failures + 1, lease_owner = NULL, lease_expires = NULL,
-        traceback = NULL,
-        last_error = format('lease expired: worker %s stopped renewing attempt %s', lease_owner, attempt)
-    WHERE status = 'running' AND lease_expires < now()
-    RETURNING id, attempt, last_error
-)
-UPDATE attempts a SET finished_at = now(), outcome = 'lease expired', error = r.last_error
-FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
-"""
-# A claimed run whose earlier attempts already used up its workflow's max_attempts: dead without running,
-# keeping the last error (fenced like a failure).
-_DEAD_AT_CLAIM = """
-WITH r AS (
-    UPDATE runs SET status = 'dead', finished_at = now(), lease_owner = NULL, lease_expires = NULL
-    WHERE id = $1 AND attempt = $2 AND status = 'running'
-    RETURNING id, last_error
-)
-UPDATE attempts a SET finished_at = now(), outcome = 'dead', error = 'not run: ' || coalesce(r.last_error, '')
-FROM r WHERE a.run_id = r.id AND a.attempt = $2
-RETURNING r.last_error
-"""
+_DONE = queries.get("complete_runs")
+_FAILED = queries.get("fail_run")
+_RELEASE = queries.get("release_runs")
+_HEARTBEAT = queries.get("heartbeat")
+_RECLAIM = queries.get("reclaim")
+_DEAD_AT_CLAIM = queries.get("dead_at_claim")
 
 
 @dataclass(slots=True)
@@ -335,7 +224,7 @@ class Worker:
         order.  One worker at a time decides (a transaction-scoped advisory lock), so the limits hold
         across all processes.  Returns the claimed rows, and whether limits held some runs back."""
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"listener.claim.{self.schema}")
+            await conn.execute(_CLAIM_LOCK, f"listener.claim.{self.schema}")
             candidates = await conn.fetch(_GATED_CANDIDATES, GATED_SCAN)
             if not candidates:
                 return [], False

@@ -43,6 +43,7 @@ import asyncpg
 
 from listener.errors import ConfigError, Fenced, StepError
 from listener.pg.changes import json_too_deep
+from listener.queue import queries
 
 Workflow = Callable[["Context"], Awaitable[Any] | Any]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,11 +151,8 @@ _current_step: contextvars.ContextVar[_StepScope | None] = contextvars.ContextVa
     "listener_step", default=None
 )
 
-_SAVE_STEP = """
-INSERT INTO steps (run_id, name, attempt, result, started_at) VALUES ($1, $2, $3, $4::jsonb, $5)
-"""
-# Fence: the run must still be ours (same attempt, still running); FOR SHARE serialises with a reclaim.
-_FENCE = "SELECT 1 FROM runs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR SHARE"
+_SAVE_STEP = queries.get("save_step")
+_FENCE = queries.get("fence")
 
 
 @dataclass

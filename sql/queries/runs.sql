@@ -1,0 +1,276 @@
+-- Runs: the workers' claims, leases, completions and failures (listener.runtime.worker), durable steps
+-- (listener.runtime.workflow), and the operator's commands on runs (listener.ops.runs).
+
+-- name: claim
+-- placeholders: asyncpg
+-- Runs without flow control ($1 at most, for worker $2, leased for $3 seconds): any number of
+-- workers claim at once, skipping each other's locked rows.  Each claim starts a new attempt (fencing
+-- the previous one out) and is logged in `attempts`; the claimed runs come with their event and the
+-- results of their steps recorded so far.
+WITH c AS (
+    SELECT id FROM runs
+    WHERE status = 'pending' AND NOT gated AND run_after <= now()
+    ORDER BY priority DESC, run_after, seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE runs r
+    SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
+        lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
+    FROM c WHERE r.id = c.id
+    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow, r.key
+), logged AS (
+    INSERT INTO attempts (run_id, attempt, workflow, worker) SELECT id, attempt, workflow, $2 FROM claimed
+)
+SELECT c.id, c.event_key, c.attempt, c.failures, c.key, e.rule, e.workflow, e.op, e.table_name,
+       e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
+       coalesce(
+           (SELECT jsonb_object_agg(s.name, s.result) FROM steps s WHERE s.run_id = c.id), '{}'
+       )::text AS steps
+FROM claimed c JOIN events e ON e.idempotency_key = c.event_key
+ORDER BY c.seq
+
+-- name: claim_chosen
+-- placeholders: asyncpg
+-- Gated runs: chosen under the claim lock (see Worker._claim_gated), then claimed by id ($1), as `claim`
+-- (the same statement after its first CTE).
+WITH c AS (SELECT unnest($1::text[]) AS id), claimed AS (
+    UPDATE runs r
+    SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
+        lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
+    FROM c WHERE r.id = c.id
+    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow, r.key
+), logged AS (
+    INSERT INTO attempts (run_id, attempt, workflow, worker) SELECT id, attempt, workflow, $2 FROM claimed
+)
+SELECT c.id, c.event_key, c.attempt, c.failures, c.key, e.rule, e.workflow, e.op, e.table_name,
+       e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
+       coalesce(
+           (SELECT jsonb_object_agg(s.name, s.result) FROM steps s WHERE s.run_id = c.id), '{}'
+       )::text AS steps
+FROM claimed c JOIN events e ON e.idempotency_key = c.event_key
+ORDER BY c.seq
+
+-- name: claim_lock
+-- placeholders: asyncpg
+-- The claim lock of gated runs (their flow-control limits are checked under it).
+SELECT pg_advisory_xact_lock(hashtext($1))
+
+-- name: gated_waiting
+-- placeholders: none
+SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'pending' AND gated AND run_after <= now())
+
+-- name: gated_candidates
+-- placeholders: asyncpg
+SELECT id, workflow, key, key_limit, ordered, seq FROM runs
+WHERE status = 'pending' AND gated AND run_after <= now()
+ORDER BY priority DESC, run_after, seq
+LIMIT $1
+
+-- name: gated_running
+-- placeholders: none
+SELECT workflow, key FROM runs WHERE status = 'running' AND gated
+
+-- name: key_heads
+-- placeholders: asyncpg
+SELECT key, min(seq) FROM runs
+WHERE key = ANY($1::text[]) AND gated AND status IN ('pending', 'running')
+GROUP BY key
+
+-- name: rate_used
+-- placeholders: asyncpg
+SELECT count(*) FROM attempts WHERE workflow = $1 AND started_at > now() - make_interval(secs => $2)
+
+-- name: complete_runs
+-- placeholders: asyncpg
+-- Completion and failure are fenced: they apply only if this worker still holds this attempt.
+-- Completions of many runs go in one statement (see Worker._flush_done): a round trip per batch, not per
+-- run.  Returns the runs this attempt completed: now, or already (a retry after the connection dropped
+-- between the commit and its reply finds its own attempt done; only a claim changes a run's attempt).
+WITH d AS (SELECT * FROM unnest($1::text[], $2::int4[]) AS d(id, attempt)),
+r AS (
+    UPDATE runs SET status = 'done', finished_at = now(), lease_owner = NULL, lease_expires = NULL,
+                    last_error = NULL, traceback = NULL
+    FROM d WHERE runs.id = d.id AND runs.attempt = d.attempt AND runs.status = 'running'
+    RETURNING runs.id, runs.attempt
+), a AS (
+    UPDATE attempts a SET finished_at = now(), outcome = 'done'
+    FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
+)
+SELECT id FROM r
+UNION ALL
+SELECT runs.id FROM runs JOIN d ON runs.id = d.id AND runs.attempt = d.attempt AND runs.status = 'done'
+
+-- name: fail_run
+-- placeholders: asyncpg
+WITH r AS (
+    UPDATE runs
+    SET failures = failures + 1,
+        status = CASE WHEN failures + 1 >= $3 THEN 'dead' ELSE 'pending' END,
+        run_after = now() + make_interval(secs => $4),
+        finished_at = CASE WHEN failures + 1 >= $3 THEN now() END,
+        last_error = $5, traceback = $6, lease_owner = NULL, lease_expires = NULL
+    WHERE id = $1 AND attempt = $2 AND status = 'running'
+    RETURNING id, status
+)
+UPDATE attempts a SET finished_at = now(), outcome = CASE r.status WHEN 'dead' THEN 'dead' ELSE 'failed' END,
+                      error = $5
+FROM r WHERE a.run_id = r.id AND a.attempt = $2
+RETURNING r.status
+
+-- name: release_runs
+-- placeholders: asyncpg
+-- Released at shutdown: back to pending at once; not a failure.
+WITH r AS (
+    UPDATE runs SET status = 'pending', run_after = now(), lease_owner = NULL, lease_expires = NULL
+    WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
+    RETURNING id, attempt
+)
+UPDATE attempts a SET finished_at = now(), outcome = 'released'
+FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
+
+-- name: heartbeat
+-- placeholders: asyncpg
+UPDATE runs SET lease_expires = now() + make_interval(secs => $3)
+WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
+
+-- name: reclaim
+-- placeholders: none
+-- A lease that expired belongs to a dead (or stalled) worker: its run goes back to pending; the next
+-- claim increments the attempt, which fences the old worker out.  The lost attempt counts as a failure, so
+-- a run that kills its worker every time (out of memory, a crash in native code) ends dead after its
+-- workflow's max_attempts (checked at the next claim, see Worker._execute) instead of running for ever.
+WITH r AS (
+    UPDATE runs
+    SET status = 'pending', failures = failures + 1, lease_owner = NULL, lease_expires = NULL,
+        traceback = NULL,
+        last_error = format('lease expired: worker %s stopped renewing attempt %s', lease_owner, attempt)
+    WHERE status = 'running' AND lease_expires < now()
+    RETURNING id, attempt, last_error
+)
+UPDATE attempts a SET finished_at = now(), outcome = 'lease expired', error = r.last_error
+FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
+
+-- name: dead_at_claim
+-- placeholders: asyncpg
+-- A claimed run whose earlier attempts already used up its workflow's max_attempts: dead without
+-- running, keeping the last error (fenced like a failure).
+WITH r AS (
+    UPDATE runs SET status = 'dead', finished_at = now(), lease_owner = NULL, lease_expires = NULL
+    WHERE id = $1 AND attempt = $2 AND status = 'running'
+    RETURNING id, last_error
+)
+UPDATE attempts a SET finished_at = now(), outcome = 'dead', error = 'not run: ' || coalesce(r.last_error, '')
+FROM r WHERE a.run_id = r.id AND a.attempt = $2
+RETURNING r.last_error
+
+-- name: save_step
+-- placeholders: asyncpg
+INSERT INTO steps (run_id, name, attempt, result, started_at) VALUES ($1, $2, $3, $4::jsonb, $5)
+
+-- name: fence
+-- placeholders: asyncpg
+-- Fence: the run must still be ours (same attempt, still running); FOR SHARE serialises with a reclaim.
+SELECT 1 FROM runs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR SHARE
+
+-- name: list_runs
+-- placeholders: psycopg
+-- Newest first.  runs.seq has no index: this is a scan and a top-N sort, fine for an operator's command.
+SELECT r.id, r.event_key, r.generation, e.rule, r.workflow, r.status, r.attempt, r.failures,
+       r.created_at, r.started_at, r.finished_at,
+       extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)::float8 AS duration_s,
+       r.last_error
+FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
+WHERE (%(statuses)s::text[] IS NULL OR r.status = ANY(%(statuses)s::text[]))
+  AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
+  AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
+ORDER BY r.seq DESC
+LIMIT %(limit)s
+
+-- name: show_run
+-- placeholders: psycopg
+SELECT r.id, r.event_key, r.generation, e.rule, r.workflow, r.status, r.attempt, r.failures,
+       r.created_at, r.started_at, r.finished_at,
+       extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)::float8 AS duration_s,
+       r.last_error, r.run_after, r.lease_owner, r.lease_expires, r.traceback
+FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
+WHERE r.id = %s
+
+-- name: show_event
+-- placeholders: psycopg
+SELECT idempotency_key, source, rule, workflow, op, table_name, lsn::text AS lsn,
+       commit_lsn::text AS commit_lsn, xid, commit_time, created_at, payload
+FROM events WHERE idempotency_key = %s
+
+-- name: show_steps
+-- placeholders: psycopg
+SELECT name, attempt, started_at, finished_at,
+       extract(epoch FROM finished_at - started_at)::float8 AS duration_s, result
+FROM steps WHERE run_id = %s ORDER BY finished_at, name
+
+-- name: show_attempts
+-- placeholders: psycopg
+SELECT attempt, worker, started_at, finished_at,
+       extract(epoch FROM finished_at - started_at)::float8 AS duration_s, outcome, error
+FROM attempts WHERE run_id = %s ORDER BY attempt
+
+-- name: generations
+-- placeholders: psycopg
+SELECT id, generation, status FROM runs WHERE event_key = %s ORDER BY generation
+
+-- name: retry_target
+-- placeholders: psycopg
+SELECT event_key FROM runs WHERE id = %s
+
+-- name: retry_lock
+-- placeholders: psycopg
+-- Two retries of one event at once would both compute the same next generation; the second then waits
+-- here and, in its next statement (a new snapshot under READ COMMITTED), sees the first one's new run.
+SELECT pg_advisory_xact_lock(hashtext('listener.retry.' || current_schema() || '.' || %s))
+
+-- name: retry_runs
+-- placeholders: psycopg
+SELECT id, generation, status, attempt, lease_owner FROM runs WHERE event_key = %s
+ORDER BY generation FOR UPDATE
+
+-- name: run_columns
+-- placeholders: none
+-- The columns of `runs` as they are now (a new generation copies those that are not its own progress).
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = 'runs'
+  AND is_generated = 'NEVER' AND is_identity = 'NO'
+ORDER BY ordinal_position
+
+-- name: resume_run
+-- placeholders: psycopg
+-- `retry` without --rerun: the same run, a new attempt (the next claim increments `attempt`), its recorded
+-- steps kept; failures start from zero so the workflow's retry policy applies afresh.
+UPDATE runs SET status = 'pending', failures = 0, run_after = now(), finished_at = NULL,
+                lease_owner = NULL, lease_expires = NULL
+WHERE id = %s
+
+-- name: insert_generation
+-- placeholders: psycopg
+-- identifiers: columns
+-- A new generation (id, generation) of a run, copying what the run was made with ({columns}).
+INSERT INTO runs (id, generation, {columns}) SELECT %s, %s, {columns} FROM runs WHERE id = %s
+
+-- name: cancel_target
+-- placeholders: psycopg
+SELECT status, attempt, failures FROM runs WHERE id = %s FOR UPDATE
+
+-- name: cancel_run
+-- placeholders: psycopg
+UPDATE runs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires = NULL
+WHERE id = %s
+
+-- name: cancel_attempt
+-- placeholders: psycopg
+-- The attempt a worker is executing ends now; the worker's own fenced write of its outcome will be refused.
+UPDATE attempts SET finished_at = now(), outcome = 'cancelled'
+WHERE run_id = %s AND attempt = %s AND finished_at IS NULL
+
+-- name: count_runs
+-- placeholders: psycopg
+-- Runs per status, of the statuses given (`listener status`).
+SELECT status, count(*) FROM runs WHERE status = ANY(%s) GROUP BY status
