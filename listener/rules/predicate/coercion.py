@@ -11,36 +11,36 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any, Final
 
-from listener.rules.predicate.dates import _date_ts, _ts_date
+from listener.rules.predicate.dates import date_ts, ts_date
 from listener.rules.predicate.errors import (
     INVALID_PARAMETER,
     NOT_SUPPORTED,
     NUMERIC_OUT_OF_RANGE,
     EvaluationError,
 )
-from listener.rules.predicate.jsonb import _jkind
-from listener.rules.predicate.operators import _NAN, _overflow, _signed_inf, _underflow
+from listener.rules.predicate.jsonb import jkind
+from listener.rules.predicate.operators import NAN, overflow, signed_inf, underflow
 from listener.rules.predicate.textin import (
-    _LABELS,
-    _jsonb_in,
-    _numeric_typmod,
-    _varchar_typmod,
+    LABELS,
     input_function,
+    jsonb_in,
+    numeric_typmod,
+    varchar_typmod,
 )
-from listener.rules.predicate.textout import _bool_text, _jsonb_text, _num_text, output_function
+from listener.rules.predicate.textout import bool_text, jsonb_text, num_text, output_function
 from listener.rules.predicate.types import (
-    _DT_RANK,
-    _EXACT,
-    _INT_LIMITS,
-    _NUM_RANK,
+    DT_RANK,
+    EXACT,
+    INT_LIMITS,
     INT_TYPES,
+    NUM_RANK,
     NUMERIC,
     TEXT,
     TEXTLIKE,
     PgType,
-    _exact_to_f4,
-    _num_norm,
-    _round_f4,
+    exact_to_f4,
+    num_norm,
+    round_f4,
 )
 
 _JKIND_NAMES: Final = ("null", "boolean", "number", "string", "array", "object")
@@ -52,7 +52,7 @@ def _jsonb_cast(target: PgType) -> Callable[[Any], Any]:
     convert = None if target.name in ("bool", "numeric") else _cast_value_fn(NUMERIC, target)
 
     def cast(v: Any) -> Any:
-        kind = _jkind(v)
+        kind = jkind(v)
         if kind == 0:
             return None
         if kind != wanted:
@@ -62,7 +62,7 @@ def _jsonb_cast(target: PgType) -> Callable[[Any], Any]:
         if wanted == 1:
             return v
         d = v if isinstance(v, Decimal) else Decimal(v)
-        return convert(d) if convert is not None else _num_norm(d)
+        return convert(d) if convert is not None else num_norm(d)
 
     return cast
 
@@ -78,7 +78,7 @@ class CastInfo:
 
 
 def _int_cast(target: str) -> Callable[[int], int]:
-    lo, hi, message = _INT_LIMITS[target]
+    lo, hi, message = INT_LIMITS[target]
 
     def cast(v: int) -> int:
         if lo <= v <= hi:
@@ -93,17 +93,17 @@ def _num_to_int(target: str) -> Callable[[Decimal], int]:
 
     def cast(d: Decimal) -> int:
         if d.is_nan():
-            raise EvaluationError("cannot convert NaN to " + _LABELS[target], NOT_SUPPORTED)
+            raise EvaluationError("cannot convert NaN to " + LABELS[target], NOT_SUPPORTED)
         if d.is_infinite():
-            raise EvaluationError("cannot convert infinity to " + _LABELS[target], NOT_SUPPORTED)
-        return check(int(d.to_integral_value(ROUND_HALF_UP, context=_EXACT)))
+            raise EvaluationError("cannot convert infinity to " + LABELS[target], NOT_SUPPORTED)
+        return check(int(d.to_integral_value(ROUND_HALF_UP, context=EXACT)))
 
     return cast
 
 
 def _float_to_int(target: str) -> Callable[[float], int]:
     check = _int_cast(target)
-    message = _INT_LIMITS[target][2]
+    message = INT_LIMITS[target][2]
 
     def cast(x: float) -> int:
         if x != x or math.isinf(x):
@@ -122,9 +122,9 @@ def _num_to_float(single: bool) -> Callable[[Decimal], float]:
         if not d.is_zero() and not -400 < d.adjusted() < 400:
             value = math.inf if d.adjusted() > 0 else 0.0
         else:
-            value = _exact_to_f4(Fraction(d)) if single else float(d)
+            value = exact_to_f4(Fraction(d)) if single else float(d)
         if math.isinf(value) or (value == 0 and not d.is_zero()):
-            raise EvaluationError(f'"{_num_text(d)}" is out of range for type {label}', NUMERIC_OUT_OF_RANGE)
+            raise EvaluationError(f'"{num_text(d)}" is out of range for type {label}', NUMERIC_OUT_OF_RANGE)
         return value
 
     return cast
@@ -135,25 +135,25 @@ def _float_to_num(single: bool) -> Callable[[float], Decimal]:
 
     def cast(x: float) -> Decimal:
         if x != x:
-            return _NAN
+            return NAN
         if math.isinf(x):
-            return _signed_inf(x < 0)
-        return _num_norm(Decimal(f"{x:.{digits}g}"))
+            return signed_inf(x < 0)
+        return num_norm(Decimal(f"{x:.{digits}g}"))
 
     return cast
 
 
 def _f8_to_f4(x: float) -> float:
-    r = _round_f4(x)
+    r = round_f4(x)
     if math.isinf(r) and not math.isinf(x):
-        raise _overflow()
+        raise overflow()
     if r == 0 and x != 0:
-        raise _underflow()
+        raise underflow()
     return r
 
 
 def _int_to_f4(v: int) -> float:
-    return _exact_to_f4(Fraction(v))
+    return exact_to_f4(Fraction(v))
 
 
 def _identity(v: Any) -> Any:
@@ -174,18 +174,18 @@ def cast_info(src: PgType, dst: PgType) -> CastInfo | None:
         inner = cast_info(src, NUMERIC)
         if inner is None:
             return None
-        typmod = _numeric_typmod(dst.typmod)
+        typmod = numeric_typmod(dst.typmod)
         inner_fn = inner.fn
         return CastInfo(lambda v: typmod(inner_fn(v)), inner.stable, inner.io)
     if d == "varchar" and dst.typmod:
         inner = cast_info(src, TEXT)
         if inner is None:
             return None
-        cut = _varchar_typmod(dst.typmod)
+        cut = varchar_typmod(dst.typmod)
         return CastInfo(lambda v: cut(inner.fn(v)), inner.stable, inner.io)
     if s == d and s not in ("enum", "other"):
         return CastInfo(_identity)
-    if s in _NUM_RANK and d in _NUM_RANK:
+    if s in NUM_RANK and d in NUM_RANK:
         fn = _cast_value_fn(src, dst)
         return CastInfo(fn) if fn is not None else None
     if s == "bool" and d == "int4":
@@ -196,7 +196,7 @@ def cast_info(src: PgType, dst: PgType) -> CastInfo | None:
         if s in TEXTLIKE:
             return CastInfo(_identity)
         if s == "bool":
-            return CastInfo(_bool_text)
+            return CastInfo(bool_text)
         if s == "other" and src.oid in _FUNCTION_TEXT_CASTS:
             return None
         if s == "other" and (src.oid >= 16384 and src.category not in ("E", "A")):
@@ -207,7 +207,7 @@ def cast_info(src: PgType, dst: PgType) -> CastInfo | None:
     if s in TEXTLIKE and d not in ("other",):
         parse = input_function(dst)
         return CastInfo(parse, d in _STABLE_IN, io=True)
-    if s in _DT_RANK and d in _DT_RANK:
+    if s in DT_RANK and d in DT_RANK:
         fn = _DT_CASTS.get((s, d))
         if fn is None:
             return None
@@ -215,17 +215,17 @@ def cast_info(src: PgType, dst: PgType) -> CastInfo | None:
     if s == "jsonb" and d in ("numeric", "int2", "int4", "int8", "float4", "float8", "bool"):
         return CastInfo(_jsonb_cast(dst))
     if s == "jsonb" and d == "json":
-        return CastInfo(_jsonb_text, io=True)
+        return CastInfo(jsonb_text, io=True)
     if s == "json" and d == "jsonb":
-        return CastInfo(_jsonb_in, io=True)
+        return CastInfo(jsonb_in, io=True)
     return None
 
 
 # the session time zone is UTC: timestamp and timestamptz hold the same microseconds
 _DT_CASTS: Final[dict[tuple[str, str], Callable[[Any], Any]]] = {
-    ("date", "timestamp"): _date_ts, ("date", "timestamptz"): _date_ts,
-    ("timestamp", "date"): _ts_date, ("timestamp", "timestamptz"): _identity,
-    ("timestamptz", "date"): _ts_date, ("timestamptz", "timestamp"): _identity,
+    ("date", "timestamp"): date_ts, ("date", "timestamptz"): date_ts,
+    ("timestamp", "date"): ts_date, ("timestamp", "timestamptz"): _identity,
+    ("timestamptz", "date"): ts_date, ("timestamptz", "timestamp"): _identity,
 }  # fmt: skip
 
 
@@ -266,8 +266,8 @@ def can_coerce_implicitly(src: PgType, dst: PgType) -> bool:
         return s not in ("enum", "other") or src.oid == dst.oid
     if s == "unknown":
         return True
-    if s in _NUM_RANK and d in _NUM_RANK:
-        return _NUM_RANK[s] < _NUM_RANK[d]
-    if s in _DT_RANK and d in _DT_RANK:
-        return _DT_RANK[s] < _DT_RANK[d]
+    if s in NUM_RANK and d in NUM_RANK:
+        return NUM_RANK[s] < NUM_RANK[d]
+    if s in DT_RANK and d in DT_RANK:
+        return DT_RANK[s] < DT_RANK[d]
     return s in TEXTLIKE and d in TEXTLIKE

@@ -13,10 +13,10 @@ from typing import Any
 from pglast import ast, parse_sql
 from pglast.stream import RawStream
 
-from listener.rules.predicate.compiler import _compare_example, _Compiler
-from listener.rules.predicate.errors import PredicateError, _unsupported
+from listener.rules.predicate.compiler import Compiler, compare_example
+from listener.rules.predicate.errors import PredicateError, unsupported
 from listener.rules.predicate.evaluator import Fn
-from listener.rules.predicate.parse import SELECT_PREFIX, _parse
+from listener.rules.predicate.parse import SELECT_PREFIX, parse_expression
 from listener.rules.predicate.types import BOOL, ColumnType
 
 # -------------------------------------------------------------------------------------------- predicate
@@ -125,7 +125,7 @@ def _evaluate_deep(fn: Fn, *args: Any) -> Any:
     if ok:
         return value
     if isinstance(value, RecursionError):
-        raise _unsupported(f"a jsonb value nests deeper than the {DEEP_JSON_LEVELS} levels listener reads")
+        raise unsupported(f"a jsonb value nests deeper than the {DEEP_JSON_LEVELS} levels listener reads")
     raise value
 
 
@@ -151,8 +151,8 @@ def compile_predicate(text: str, columns: Mapping[str, ColumnType], *, collation
 
 
 def _compile_predicate(text: str, columns: Mapping[str, ColumnType], collation: str) -> Predicate:
-    node, locations = _parse(text)
-    compiler = _Compiler(text, columns, collation, locations)
+    node, locations = parse_expression(text)
+    compiler = Compiler(text, columns, collation, locations)
     result = compiler.expr(node)
     if result.type.name == "unknown":
         result = compiler.literal_as(result, BOOL)
@@ -161,7 +161,7 @@ def _compile_predicate(text: str, columns: Mapping[str, ColumnType], collation: 
         raise compiler.error(
             f"the predicate must be a boolean expression, but {fragment} is {result.type.label}",
             node,
-            f"compare it, e.g. {_compare_example(fragment, result.type)}",
+            f"compare it, e.g. {compare_example(fragment, result.type)}",
         )
     compiler.failing_guard(result)
     reason = result.no_filter

@@ -18,13 +18,12 @@ from pglast.stream import RawStream
 
 from listener.rules.predicate.coercion import CastInfo, can_coerce_implicitly, cast_info
 from listener.rules.predicate.dates import (
-    _date_ts,
-    _date_ts_compared,
-    _ts_date,
     add_interval,
     date_mi,
     date_mii,
     date_pli,
+    date_ts,
+    date_ts_compared,
     interval_add,
     interval_div,
     interval_key,
@@ -32,23 +31,23 @@ from listener.rules.predicate.dates import (
     interval_neg,
     interval_sub,
     sub_interval,
+    ts_date,
     ts_diff,
 )
 from listener.rules.predicate.errors import EvaluationError, PredicateError
 from listener.rules.predicate.evaluator import (
-    _E,
     Fn,
-    _and_fn,
-    _const_fn,
-    _or_fn,
-    _raise_fn,
-    _strict1,
-    _strict2,
-    _strict3,
-    _utc_now,
+    TypedExpr,
+    and_fn,
+    const_fn,
+    or_fn,
+    raise_fn,
+    strict1,
+    strict2,
+    strict3,
+    utc_now,
 )
 from listener.rules.predicate.jsonb import (
-    _jsonb_ne,
     jsonb_as_text,
     jsonb_concat,
     jsonb_contains,
@@ -56,35 +55,36 @@ from listener.rules.predicate.jsonb import (
     jsonb_eq,
     jsonb_exists,
     jsonb_field,
+    jsonb_ne,
 )
 from listener.rules.predicate.like import ascii_lower, ascii_upper, like_escape, like_matcher
-from listener.rules.predicate.loaders import _CHEAP_LOADS, _column_fn, value_loader
+from listener.rules.predicate.loaders import CHEAP_LOADS, column_fn, value_loader
 from listener.rules.predicate.operators import (
-    _NAN_CMP,
-    _NUM_OPS,
-    _PLAIN_CMP,
-    _keyed,
+    NAN_CMP,
+    NUM_OPS,
+    PLAIN_CMP,
     float_ops,
     int_ops,
+    keyed,
     num_neg,
 )
 from listener.rules.predicate.parse import SELECT_PREFIX
-from listener.rules.predicate.textin import _num_in, _parse_int, input_function
+from listener.rules.predicate.textin import input_function, num_in, parse_integer
 from listener.rules.predicate.types import (
-    _CAST_NAMES,
-    _DT_RANK,
-    _EXAMPLES,
-    _INT_RANK,
-    _NUM_RANK,
     BOOL,
+    CAST_NAMES,
     DATE,
+    DT_RANK,
+    EXAMPLES,
     FLOAT4,
     FLOAT8,
     INT4,
     INT8,
+    INT_RANK,
     INT_TYPES,
     INTERVAL,
     JSONB,
+    NUM_RANK,
     NUMERIC,
     TEXT,
     TEXTLIKE,
@@ -174,7 +174,7 @@ def _plain(t: PgType) -> PgType:
     return t
 
 
-class _Compiler:
+class Compiler:
     def __init__(
         self, text: str, columns: Mapping[str, ColumnType], collation: str, locations: dict[int, int]
     ) -> None:
@@ -186,7 +186,7 @@ class _Compiler:
         self.locations = locations
         self.references: set[tuple[str, str]] = set()
         self.uses_now = False
-        self._columns: dict[tuple[str, str], _E] = {}
+        self._columns: dict[tuple[str, str], TypedExpr] = {}
 
     # -- messages
 
@@ -239,21 +239,21 @@ class _Compiler:
         t: PgType,
         fn: Fn,
         node: Any,
-        args: Sequence[_E],
+        args: Sequence[TypedExpr],
         *,
         stable: str | None = None,
         no_filter: str | None = None,
         collation: str | None = None,
         fold: bool = True,
         lazy: bool = False,
-    ) -> _E:
+    ) -> TypedExpr:
         """A node over ``args``: flags inherited; folded when every argument is a constant and the
         operation is immutable (a failure is deferred: it is raised only if the planner would fold it).
         ``lazy`` nodes (AND, OR, CASE, COALESCE) decide themselves which failing arguments count."""
         # an argument's reason comes first: it names the innermost cause (now(), old.x)
         stable = next((a.stable for a in args if a.stable), None) or stable
         no_filter = next((a.no_filter for a in args if a.no_filter), None) or no_filter or stable
-        e = _E(
+        e = TypedExpr(
             t,
             fn,
             node,
@@ -270,35 +270,39 @@ class _Compiler:
             try:
                 value = fn(None, None, None)
             except EvaluationError as exc:
-                e.const, e.error, e.fn, e.error_node = True, exc, _raise_fn(exc), node
+                e.const, e.error, e.fn, e.error_node = True, exc, raise_fn(exc), node
                 return e
-            e.const, e.value, e.fn = True, value, _const_fn(value)
+            e.const, e.value, e.fn = True, value, const_fn(value)
         return e
 
-    def null(self, t: PgType, node: Any, args: Sequence[_E] = (), **kw: Any) -> _E:
+    def null(self, t: PgType, node: Any, args: Sequence[TypedExpr] = (), **kw: Any) -> TypedExpr:
         return self.constant(t, None, node, args, **kw)
 
-    def constant(self, t: PgType, value: Any, node: Any, args: Sequence[_E] = (), **kw: Any) -> _E:
+    def constant(
+        self, t: PgType, value: Any, node: Any, args: Sequence[TypedExpr] = (), **kw: Any
+    ) -> TypedExpr:
         """A folded result: a constant that keeps its arguments' flags (row filter, references)."""
-        e = self.derive(t, _const_fn(value), node, args, fold=False, lazy=True, **kw)
+        e = self.derive(t, const_fn(value), node, args, fold=False, lazy=True, **kw)
         # a constant is immutable whatever it was made of (the planner dropped the rest); what a row
         # filter may contain is judged before simplification, so no_filter stays
         e.const, e.value, e.error, e.stable = True, value, None, None
         return e
 
-    def strict(self, impl: Callable[..., Any], args: Sequence[_E], t: PgType, node: Any, **kw: Any) -> _E:
+    def strict(
+        self, impl: Callable[..., Any], args: Sequence[TypedExpr], t: PgType, node: Any, **kw: Any
+    ) -> TypedExpr:
         """A strict function: NULL in, NULL out (a NULL constant argument folds the call to NULL)."""
         if not any(a.error for a in args) and any(a.is_null for a in args):
             return self.null(t, node, args, **kw)
         if len(args) == 1:
-            fn = _strict1(impl, args[0].fn)
+            fn = strict1(impl, args[0].fn)
         elif len(args) == 2:
-            fn = _strict2(impl, args[0], args[1])
+            fn = strict2(impl, args[0], args[1])
         else:
-            fn = _strict3(impl, args[0], args[1], args[2])
+            fn = strict3(impl, args[0], args[1], args[2])
         return self.derive(t, fn, node, args, **kw)
 
-    def failing_guard(self, e: _E) -> _E:
+    def failing_guard(self, e: TypedExpr) -> TypedExpr:
         if e.error is not None:
             node = e.error_node if e.error_node is not None else e.node
             error = self.error(
@@ -313,17 +317,17 @@ class _Compiler:
 
     # -- types and coercion
 
-    def literal_as(self, e: _E, target: PgType, node: Any | None = None) -> _E:
+    def literal_as(self, e: TypedExpr, target: PgType, node: Any | None = None) -> TypedExpr:
         """An unknown-typed literal takes a type: the type's input function reads it now (parse time)."""
         node = e.node if node is None else node
         if target.name in ("other", "unknown"):
             raise self.unevaluated(target, e.node)
         if e.value is None:
-            return _E(target, _const_fn(None), node, const=True)
+            return TypedExpr(target, const_fn(None), node, const=True)
         try:
             value = input_function(target)(e.literal if e.literal is not None else str(e.value))
         except EvaluationError as exc:
-            example = _EXAMPLES.get(target.name)
+            example = EXAMPLES.get(target.name)
             hint = f"write a value of type {target.label}" + (f", e.g. {example}" if example else "")
             if exc.sqlstate is None:
                 error = self.error(f"{self.fragment(e.node)}: {exc.message}", e.node, exc.hint or hint)
@@ -334,9 +338,9 @@ class _Compiler:
             )
             error.sqlstate = exc.sqlstate
             raise error from None
-        return _E(target, _const_fn(value), node, const=True, value=value, collation=e.collation)
+        return TypedExpr(target, const_fn(value), node, const=True, value=value, collation=e.collation)
 
-    def evaluable(self, *args: _E) -> None:
+    def evaluable(self, *args: TypedExpr) -> None:
         for a in args:
             if a.type.name == "other":
                 raise self.unevaluated(a.type, a.node)
@@ -349,14 +353,14 @@ class _Compiler:
             limitation=True,
         )
 
-    def compared_as(self, e: _E, target: PgType, node: Any) -> _E:
+    def compared_as(self, e: TypedExpr, target: PgType, node: Any) -> TypedExpr:
         """A date/time operand of a cross-type comparison: a date compared with a timestamp converts
         without failing (date_cmp_timestamp), the rest as an implicit cast."""
         if e.type.name == "date" and target.name != "date":
-            return self.strict(_date_ts_compared, [e], target, node)
+            return self.strict(date_ts_compared, [e], target, node)
         return self.coerce(e, target)
 
-    def coerce(self, e: _E, target: PgType) -> _E:
+    def coerce(self, e: TypedExpr, target: PgType) -> TypedExpr:
         """Implicit conversion of an operator argument to ``target``."""
         if e.type.name == "unknown":
             return self.literal_as(e, target)
@@ -374,7 +378,7 @@ class _Compiler:
             )
         return self.apply_cast(e, target, info, e.node)
 
-    def apply_cast(self, e: _E, target: PgType, info: CastInfo, node: Any) -> _E:
+    def apply_cast(self, e: TypedExpr, target: PgType, info: CastInfo, node: Any) -> TypedExpr:
         stable = f"{self.fragment(node)} depends on the session time zone" if info.stable else None
         no_filter = (
             f"{self.fragment(node)} converts through text, which PostgreSQL refuses in a row filter"
@@ -387,7 +391,7 @@ class _Compiler:
         )
 
     def common_type(
-        self, exprs: Sequence[_E], what: str, node: Any, *, required: bool = True
+        self, exprs: Sequence[TypedExpr], what: str, node: Any, *, required: bool = True
     ) -> PgType | None:
         """select_common_type (parse_coerce.c): the type CASE/COALESCE/IN values are converted to."""
         known = [e for e in exprs if e.type.name != "unknown"]
@@ -427,7 +431,7 @@ class _Compiler:
                 )
         return ptype
 
-    def boolean(self, e: _E, context: str, node: Any) -> _E:
+    def boolean(self, e: TypedExpr, context: str, node: Any) -> TypedExpr:
         if e.type.name == "bool":
             return e
         if e.type.name == "unknown":
@@ -435,13 +439,13 @@ class _Compiler:
         raise self.error(
             f"argument of {context} must be type boolean, not type {e.type.label}: {self.fragment(e.node)}",
             e.node,
-            "compare it to something, e.g. " + _compare_example(self.fragment(e.node), e.type),
+            "compare it to something, e.g. " + compare_example(self.fragment(e.node), e.type),
             sqlstate="42804",
         )
 
     # -- dispatch
 
-    def expr(self, node: Any) -> _E:
+    def expr(self, node: Any) -> TypedExpr:
         if isinstance(node, ast.A_Const):
             return self.a_const(node)
         if isinstance(node, ast.ColumnRef):
@@ -482,29 +486,29 @@ class _Compiler:
             raise self.refuse("a row constructor", node, "compare the columns one by one")
         raise self.refuse(type(node).__name__, node, "use comparisons, AND/OR/NOT, IN, LIKE, CASE, casts")
 
-    def a_const(self, node: Any) -> _E:
+    def a_const(self, node: Any) -> TypedExpr:
         if node.isnull:
-            return _E(UNKNOWN, _const_fn(None), node, const=True)
+            return TypedExpr(UNKNOWN, const_fn(None), node, const=True)
         v = node.val
         if isinstance(v, ast.Integer):
-            return _E(INT4, _const_fn(v.ival), node, const=True, value=v.ival)
+            return TypedExpr(INT4, const_fn(v.ival), node, const=True, value=v.ival)
         if isinstance(v, ast.Float):
             text = str(v.fval)
-            as_int = _parse_int(text)
+            as_int = parse_integer(text)
             if as_int is not None and -(2**63) <= as_int < 2**63:
                 t = INT4 if -(2**31) <= as_int < 2**31 else INT8
-                return _E(t, _const_fn(as_int), node, const=True, value=as_int)
-            d = _num_in(text)
-            return _E(NUMERIC, _const_fn(d), node, const=True, value=d)
+                return TypedExpr(t, const_fn(as_int), node, const=True, value=as_int)
+            d = num_in(text)
+            return TypedExpr(NUMERIC, const_fn(d), node, const=True, value=d)
         if isinstance(v, ast.Boolean):
             b = bool(v.boolval)
-            return _E(BOOL, _const_fn(b), node, const=True, value=b)
+            return TypedExpr(BOOL, const_fn(b), node, const=True, value=b)
         if isinstance(v, ast.String):
             s = str(v.sval)
-            return _E(UNKNOWN, _const_fn(s), node, const=True, value=s, literal=s)
+            return TypedExpr(UNKNOWN, const_fn(s), node, const=True, value=s, literal=s)
         raise self.refuse("a bit string", node, "compare integers or text instead")
 
-    def column(self, node: Any) -> _E:
+    def column(self, node: Any) -> TypedExpr:
         names: list[str] = []
         for f in node.fields:
             if isinstance(f, ast.A_Star):
@@ -547,14 +551,14 @@ class _Compiler:
             elif t.oid >= 16384:
                 no_filter = f"{side}.{name} has the user-defined type {t.label}, refused in a row filter"
             load = value_loader(t, f"{side}.{name}")
-            fn = _column_fn(side, name, load, memo=t.name not in _CHEAP_LOADS)
-            cached = _E(t, fn, node, has_var=True, no_filter=no_filter)
+            fn = column_fn(side, name, load, memo=t.name not in CHEAP_LOADS)
+            cached = TypedExpr(t, fn, node, has_var=True, no_filter=no_filter)
             self._columns[key] = cached
-        return _E(cached.type, cached.fn, node, has_var=True, no_filter=cached.no_filter)
+        return TypedExpr(cached.type, cached.fn, node, has_var=True, no_filter=cached.no_filter)
 
     # -- operators
 
-    def a_expr(self, node: Any) -> _E:
+    def a_expr(self, node: Any) -> TypedExpr:
         kind = node.kind
         if kind == A_Expr_Kind.AEXPR_OP:
             op = self.op_name(node)
@@ -599,7 +603,7 @@ class _Compiler:
             raise self.refuse("a schema-qualified operator", node, "use the built-in operator unqualified")
         return names[0]
 
-    def comparison(self, op: str, left: _E, right: _E, node: Any) -> _E:
+    def comparison(self, op: str, left: TypedExpr, right: TypedExpr, node: Any) -> TypedExpr:
         for side in (left, right):
             if side.is_null and side.type.name == "unknown":
                 raise self.error(
@@ -612,8 +616,8 @@ class _Compiler:
         return self.strict(cmp, [left, right], BOOL, node)
 
     def resolve_comparison(
-        self, op: str, left: _E, right: _E, node: Any
-    ) -> tuple[_E, _E, Callable[[Any, Any], bool]]:
+        self, op: str, left: TypedExpr, right: TypedExpr, node: Any
+    ) -> tuple[TypedExpr, TypedExpr, Callable[[Any, Any], bool]]:
         """Operator resolution for = <> < <= > >=: both sides converted to one type, and its comparator."""
         self.evaluable(left, right)
         lt, rt = left.type.name, right.type.name
@@ -625,21 +629,21 @@ class _Compiler:
             right = self.literal_as(right, _plain(left.type))
         lt, rt = left.type.name, right.type.name
         ordering = op not in ("=", "<>")
-        if lt in _NUM_RANK and rt in _NUM_RANK:
+        if lt in NUM_RANK and rt in NUM_RANK:
             if "float4" in (lt, rt) or "float8" in (lt, rt):
                 if lt != rt:
                     left, right = self.coerce(left, FLOAT8), self.coerce(right, FLOAT8)
-                return left, right, _NAN_CMP[op]
+                return left, right, NAN_CMP[op]
             if "numeric" in (lt, rt):
-                return self.coerce(left, NUMERIC), self.coerce(right, NUMERIC), _NAN_CMP[op]
-            return left, right, _PLAIN_CMP[op]
+                return self.coerce(left, NUMERIC), self.coerce(right, NUMERIC), NAN_CMP[op]
+            return left, right, PLAIN_CMP[op]
         if lt in TEXTLIKE and rt in TEXTLIKE:
             if ordering:
                 self.check_text_order(left, right, node)
-            return left, right, _PLAIN_CMP[op]
-        if lt in _DT_RANK and rt in _DT_RANK:
+            return left, right, PLAIN_CMP[op]
+        if lt in DT_RANK and rt in DT_RANK:
             if lt != rt:
-                target = left.type if _DT_RANK[lt] > _DT_RANK[rt] else right.type
+                target = left.type if DT_RANK[lt] > DT_RANK[rt] else right.type
                 stable = (
                     f"{self.fragment(node)} compares {left.type.label} with {right.type.label}, which "
                     "depends on the session time zone"
@@ -649,11 +653,11 @@ class _Compiler:
                 left, right = self.compared_as(left, target, node), self.compared_as(right, target, node)
                 if stable:
                     left = _flag(left, stable)
-            return left, right, _PLAIN_CMP[op]
+            return left, right, PLAIN_CMP[op]
         if lt == rt and lt in ("bool", "uuid"):
-            return left, right, _PLAIN_CMP[op]
+            return left, right, PLAIN_CMP[op]
         if lt == rt == "interval":
-            return left, right, _keyed(_PLAIN_CMP[op], interval_key)
+            return left, right, keyed(PLAIN_CMP[op], interval_key)
         if lt == rt == "jsonb":
             if ordering:
                 raise self.refuse(
@@ -661,7 +665,7 @@ class _Compiler:
                     node,
                     "compare extracted values, e.g. (new.data ->> 'n')::numeric > 5",
                 )
-            return left, right, jsonb_eq if op == "=" else _jsonb_ne
+            return left, right, jsonb_eq if op == "=" else jsonb_ne
         if lt == rt == "enum" and left.type.oid == right.type.oid:
             if ordering:
                 raise self.refuse(
@@ -669,7 +673,7 @@ class _Compiler:
                     node,
                     "compare with = or IN (listener does not know the enum's declared order)",
                 )
-            return left, right, _PLAIN_CMP[op]
+            return left, right, PLAIN_CMP[op]
         if "json" in (lt, rt):
             raise self.error(
                 f"could not identify an equality operator for type json: {self.fragment(node)}",
@@ -679,7 +683,7 @@ class _Compiler:
             )
         raise self.mismatch(op, left, right, node)
 
-    def mismatch(self, op: str, left: _E, right: _E, node: Any) -> PredicateError:
+    def mismatch(self, op: str, left: TypedExpr, right: TypedExpr, node: Any) -> PredicateError:
         lf, rf = self.fragment(left.node), self.fragment(right.node)
         if left.type.category == "S" and right.type.name != "unknown":
             hint = f"cast one side, e.g. {lf}::{right.type.label} {op} {rf}, or {lf} {op} {rf}::text"
@@ -694,7 +698,7 @@ class _Compiler:
             sqlstate="42883",
         )
 
-    def check_text_order(self, left: _E, right: _E, node: Any) -> None:
+    def check_text_order(self, left: TypedExpr, right: TypedExpr, node: Any) -> None:
         explicit = {c for c in (left.collation, right.collation) if c is not None}
         if explicit or self.code_point_order:
             return
@@ -707,7 +711,7 @@ class _Compiler:
             limitation=True,
         )
 
-    def check_ctype(self, args: Sequence[_E], node: Any, what: str) -> None:
+    def check_ctype(self, args: Sequence[TypedExpr], node: Any, what: str) -> None:
         if self.c_ctype or any(a.collation == "C" for a in args):
             return
         raise self.error(
@@ -719,7 +723,7 @@ class _Compiler:
             limitation=True,
         )
 
-    def arithmetic(self, op: str, left: _E, right: _E, node: Any) -> _E:
+    def arithmetic(self, op: str, left: TypedExpr, right: TypedExpr, node: Any) -> TypedExpr:
         self.evaluable(left, right)
         lt, rt = left.type.name, right.type.name
         if lt == "unknown" and rt == "unknown":
@@ -737,16 +741,16 @@ class _Compiler:
             else:
                 right = self.literal_as(right, partner)
             lt, rt = left.type.name, right.type.name
-        if lt in _NUM_RANK and rt in _NUM_RANK:
+        if lt in NUM_RANK and rt in NUM_RANK:
             if "float4" in (lt, rt) or "float8" in (lt, rt):
                 if op == "%":
                     raise self.mismatch(op, left, right, node)
                 target = FLOAT4 if lt == rt == "float4" else FLOAT8
                 ops = float_ops(target.name == "float4")
             elif "numeric" in (lt, rt):
-                target, ops = NUMERIC, _NUM_OPS  # type: ignore[assignment]
+                target, ops = NUMERIC, NUM_OPS  # type: ignore[assignment]
             else:
-                target = left.type if _INT_RANK[lt] >= _INT_RANK[rt] else right.type
+                target = left.type if INT_RANK[lt] >= INT_RANK[rt] else right.type
                 return self.strict(int_ops(target.name)[op], [left, right], target, node)
             return self.strict(ops[op], [self.coerce(left, target), self.coerce(right, target)], target, node)
         impl, result, stable = self.datetime_operator(op, left, right, node)
@@ -764,7 +768,7 @@ class _Compiler:
         k = known.name
         if k == "interval" and op in "*/":
             return FLOAT8  # interval * float8, float8 * interval, interval / float8
-        if k in _NUM_RANK or k == "interval":
+        if k in NUM_RANK or k == "interval":
             return _plain(known)
         if k in ("timestamp", "timestamptz"):
             if op == "+":
@@ -782,7 +786,7 @@ class _Compiler:
         )
 
     def datetime_operator(
-        self, op: str, left: _E, right: _E, node: Any
+        self, op: str, left: TypedExpr, right: TypedExpr, node: Any
     ) -> tuple[Callable[[Any, Any], Any], PgType, bool]:
         lt, rt = left.type.name, right.type.name
         small_int = ("int2", "int4")
@@ -794,9 +798,9 @@ class _Compiler:
             return date_mi, INT4, False
         if lt == "date" and rt == "interval" and op in "+-":
             fn = add_interval if op == "+" else sub_interval
-            return (lambda d, iv: fn(_date_ts(d), iv)), TIMESTAMP, False
+            return (lambda d, iv: fn(date_ts(d), iv)), TIMESTAMP, False
         if lt == "interval" and rt == "date" and op == "+":
-            return (lambda iv, d: add_interval(_date_ts(d), iv)), TIMESTAMP, False
+            return (lambda iv, d: add_interval(date_ts(d), iv)), TIMESTAMP, False
         if lt in ("timestamp", "timestamptz") and rt == "interval" and op in "+-":
             return (add_interval if op == "+" else sub_interval), left.type, lt == "timestamptz"
         if lt == "interval" and rt in ("timestamp", "timestamptz") and op == "+":
@@ -805,13 +809,13 @@ class _Compiler:
             return ts_diff, INTERVAL, lt != rt
         if lt == rt == "interval" and op in "+-":
             return (interval_add if op == "+" else interval_sub), INTERVAL, False
-        if lt == "interval" and rt in _NUM_RANK and op in "*/":
+        if lt == "interval" and rt in NUM_RANK and op in "*/":
             return (interval_mul if op == "*" else interval_div), INTERVAL, False
-        if lt in _NUM_RANK and rt == "interval" and op == "*":
+        if lt in NUM_RANK and rt == "interval" and op == "*":
             return (lambda factor, iv: interval_mul(iv, factor)), INTERVAL, False
         raise self.mismatch(op, left, right, node)
 
-    def unary(self, op: str, arg: _E, node: Any) -> _E:
+    def unary(self, op: str, arg: TypedExpr, node: Any) -> TypedExpr:
         t = arg.type.name
         if op == "-":
             if t in INT_TYPES:
@@ -822,7 +826,7 @@ class _Compiler:
                 return self.strict(operator.neg, [arg], arg.type, node)
             if t == "interval":
                 return self.strict(interval_neg, [arg], INTERVAL, node)
-        elif op == "+" and t in _NUM_RANK:
+        elif op == "+" and t in NUM_RANK:
             return arg
         if t == "unknown":
             raise self.error(
@@ -840,7 +844,7 @@ class _Compiler:
             )
         raise self.refuse(f"the prefix operator {op}", node, _OP_HINTS.get(op, "see the supported operators"))
 
-    def concat(self, left: _E, right: _E, node: Any) -> _E:
+    def concat(self, left: TypedExpr, right: TypedExpr, node: Any) -> TypedExpr:
         lt, rt = left.type.name, right.type.name
         if "jsonb" in (lt, rt) and (lt == rt or "unknown" in (lt, rt)):
             # jsonb || jsonb (an unknown literal is read as jsonb); jsonb || text is text concatenation
@@ -871,7 +875,7 @@ class _Compiler:
         collation = left.collation or right.collation
         return self.strict(operator.add, args, TEXT, node, no_filter=no_filter, collation=collation)
 
-    def json_op(self, op: str, left: _E, right: _E, node: Any) -> _E:
+    def json_op(self, op: str, left: TypedExpr, right: TypedExpr, node: Any) -> TypedExpr:
         if op == "<@":
             left, right, op = right, left, "@>"
         lt, rt = left.type.name, right.type.name
@@ -914,7 +918,7 @@ class _Compiler:
             raise self.mismatch(op, left, right, node)
         return self.strict(jsonb_exists, [left, right], BOOL, node)
 
-    def distinct(self, node: Any, distinct: bool) -> _E:
+    def distinct(self, node: Any, distinct: bool) -> TypedExpr:
         left, right, cmp = self.resolve_comparison("=", self.expr(node.lexpr), self.expr(node.rexpr), node)
         fa, fb = left.fn, right.fn
 
@@ -945,7 +949,7 @@ class _Compiler:
             fn = lambda n, o, t: not is_distinct(n, o, t)  # noqa: E731
         return self.derive(BOOL, fn, node, [left, right])
 
-    def nullif(self, node: Any) -> _E:
+    def nullif(self, node: Any) -> TypedExpr:
         left, right, cmp = self.resolve_comparison("=", self.expr(node.lexpr), self.expr(node.rexpr), node)
         fa, fb = left.fn, right.fn
 
@@ -958,13 +962,13 @@ class _Compiler:
 
         return self.derive(left.type, nullif, node, [left, right], collation=left.collation)
 
-    def in_list(self, node: Any, negated: bool) -> _E:
+    def in_list(self, node: Any, negated: bool) -> TypedExpr:
         """IN: constant items become one ``= ANY(array)`` over their common type (evaluated eagerly);
         items that read columns become a lazy OR chain after it (transformAExprIn)."""
         lhs = self.expr(node.lexpr)
         items = [self.expr(x) for x in node.rexpr]
         op = "<>" if negated else "="
-        parts: list[_E] = []
+        parts: list[TypedExpr] = []
         rest = items
         nonvars = [i for i in items if not i.has_var]
         if len(nonvars) > 1:
@@ -992,8 +996,8 @@ class _Compiler:
         return self.combine(negated, parts, node)  # IN is OR, NOT IN is AND
 
     def scalar_array(
-        self, lhs: _E, items: list[_E], cmp: Callable[[Any, Any], bool], use_or: bool, node: Any
-    ) -> _E:
+        self, lhs: TypedExpr, items: list[TypedExpr], cmp: Callable[[Any, Any], bool], use_or: bool, node: Any
+    ) -> TypedExpr:
         fl = lhs.fn
         if all(i.const and i.error is None for i in items) and cmp in (operator.eq, operator.ne):
             values = [i.value for i in items]
@@ -1040,7 +1044,7 @@ class _Compiler:
             fn = scalar_array_op
         return self.derive(BOOL, fn, node, [lhs, *items])
 
-    def like(self, node: Any, ilike: bool, negated: bool) -> _E:
+    def like(self, node: Any, ilike: bool, negated: bool) -> TypedExpr:
         left = self.expr(node.lexpr)
         pattern_node: Any = node.rexpr
         escape_call = isinstance(pattern_node, ast.FuncCall) and [
@@ -1086,7 +1090,7 @@ class _Compiler:
             return self.strict(impl, [left], BOOL, node, no_filter=pattern.no_filter)
         return self.strict(matches, [left, pattern], BOOL, node)
 
-    def text_arg(self, e: _E, context: str, node: Any) -> _E:
+    def text_arg(self, e: TypedExpr, context: str, node: Any) -> TypedExpr:
         if e.type.name == "unknown":
             return self.literal_as(e, TEXT)
         if e.type.name in TEXTLIKE:
@@ -1098,7 +1102,7 @@ class _Compiler:
             sqlstate="42883",
         )
 
-    def between(self, node: Any, kind: Any) -> _E:
+    def between(self, node: Any, kind: Any) -> TypedExpr:
         """transformAExprBetween: ``a >= x AND a <= y``; NOT: ``a < x OR a > y``; SYMMETRIC: either order.
         Each comparison is resolved before the next bound is looked at, as PostgreSQL does."""
         negated = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
@@ -1117,7 +1121,7 @@ class _Compiler:
 
     # -- boolean structure
 
-    def bool_expr(self, node: Any) -> _E:
+    def bool_expr(self, node: Any) -> TypedExpr:
         if node.boolop == BoolExprType.NOT_EXPR:
             arg = self.boolean(self.expr(node.args[0]), "NOT", node)
             return self.strict(operator.not_, [arg], BOOL, node)
@@ -1126,9 +1130,9 @@ class _Compiler:
         args = [self.boolean(self.expr(a), name, a) for a in node.args]
         return self.combine(is_and, args, node)
 
-    def combine(self, is_and: bool, args: Sequence[_E], node: Any) -> _E:
+    def combine(self, is_and: bool, args: Sequence[TypedExpr], node: Any) -> TypedExpr:
         """AND/OR with the planner's simplification: left to right, a decisive constant ends it."""
-        kept: list[_E] = []
+        kept: list[TypedExpr] = []
         have_null = False
         for a in args:
             if a.error is not None:
@@ -1144,13 +1148,13 @@ class _Compiler:
         if not kept:
             return self.constant(BOOL, None if have_null else is_and, node, args)
         if have_null:
-            kept.append(_E(BOOL, _const_fn(None), node, const=True))
+            kept.append(TypedExpr(BOOL, const_fn(None), node, const=True))
         if len(kept) == 1:
             return self.derive(BOOL, kept[0].fn, node, args, fold=False, lazy=True)
         fns = [a.fn for a in kept]
-        return self.derive(BOOL, _and_fn(fns) if is_and else _or_fn(fns), node, args, fold=False, lazy=True)
+        return self.derive(BOOL, and_fn(fns) if is_and else or_fn(fns), node, args, fold=False, lazy=True)
 
-    def null_test(self, node: Any) -> _E:
+    def null_test(self, node: Any) -> TypedExpr:
         arg = self.expr(node.arg)
         if arg.type.name == "unknown" and not arg.is_null:
             arg = self.literal_as(arg, TEXT)
@@ -1161,7 +1165,7 @@ class _Compiler:
             fn = lambda n, o, t: fa(n, o, t) is not None  # noqa: E731
         return self.derive(BOOL, fn, node, [arg])
 
-    def boolean_test(self, node: Any) -> _E:
+    def boolean_test(self, node: Any) -> TypedExpr:
         kind = node.booltesttype
         label = {
             BoolTestType.IS_TRUE: "IS TRUE", BoolTestType.IS_NOT_TRUE: "IS NOT TRUE",
@@ -1180,12 +1184,12 @@ class _Compiler:
         }
         return self.derive(BOOL, tests[kind], node, [arg])
 
-    def coalesce(self, node: Any) -> _E:
+    def coalesce(self, node: Any) -> TypedExpr:
         args = [self.expr(a) for a in node.args]
         t = self.common_type(args, "COALESCE", node)
         assert t is not None
         args = [self.coerce(a, t) for a in args]
-        kept: list[_E] = []
+        kept: list[TypedExpr] = []
         for a in args:  # simplification: NULL constants drop out, a non-NULL constant ends the list
             if a.error is not None:
                 return self.derive(t, a.fn, node, [a])
@@ -1213,9 +1217,9 @@ class _Compiler:
 
         return self.derive(t, coalesce, node, args, collation=collation, fold=False, lazy=True)
 
-    def case(self, node: Any) -> _E:
+    def case(self, node: Any) -> TypedExpr:
         arg = self.expr(node.arg) if node.arg is not None else None
-        arms: list[tuple[_E, _E]] = []
+        arms: list[tuple[TypedExpr, TypedExpr]] = []
         for when in node.args:
             if arg is not None:
                 cond = self.comparison("=", arg, self.expr(when.expr), when)
@@ -1225,14 +1229,14 @@ class _Compiler:
         default = (
             self.expr(node.defresult)
             if node.defresult is not None
-            else _E(UNKNOWN, _const_fn(None), node, const=True)
+            else TypedExpr(UNKNOWN, const_fn(None), node, const=True)
         )
         t = self.common_type([r for _, r in arms] + [default], "CASE", node)
         assert t is not None
         arms = [(c, self.coerce(r, t)) for c, r in arms]
         default = self.coerce(default, t)
         everything = [x for arm in arms for x in arm] + [default]
-        kept: list[tuple[_E, _E]] = []
+        kept: list[tuple[TypedExpr, TypedExpr]] = []
         for cond, result in arms:  # simplification, as eval_const_expressions does it
             if cond.error is not None:
                 return self.derive(t, cond.fn, node, [cond])
@@ -1261,7 +1265,7 @@ class _Compiler:
 
         return self.derive(t, case, node, everything, fold=False, lazy=True)
 
-    def collate(self, node: Any) -> _E:
+    def collate(self, node: Any) -> TypedExpr:
         e = self.expr(node.arg)
         names = [str(n.sval) for n in node.collname]
         name = names[-1]
@@ -1288,7 +1292,7 @@ class _Compiler:
             )
         return replace(e, collation="C" if name != "default" else None)
 
-    def type_cast(self, node: Any) -> _E:
+    def type_cast(self, node: Any) -> TypedExpr:
         target = self.type_name(node.typeName)
         arg = node.arg
         if isinstance(arg, ast.A_Const) and (arg.isnull or isinstance(arg.val, ast.String)):
@@ -1317,14 +1321,14 @@ class _Compiler:
             raise self.refuse(
                 f"the type {'.'.join(names)}",
                 tn,
-                "use a built-in type: " + ", ".join(sorted(set(_CAST_NAMES))),
+                "use a built-in type: " + ", ".join(sorted(set(CAST_NAMES))),
             )
         base = names[-1]
         if base in ("bpchar", "char", "character"):
             raise self.refuse("a cast to character(n)", tn, "cast to text or varchar")
-        t = _CAST_NAMES.get(base)
+        t = CAST_NAMES.get(base)
         if t is None:
-            raise self.refuse(f"the type {base}", tn, "use one of: " + ", ".join(sorted(set(_CAST_NAMES))))
+            raise self.refuse(f"the type {base}", tn, "use one of: " + ", ".join(sorted(set(CAST_NAMES))))
         mods: list[int] = []
         for m in tn.typmods or ():
             if not (isinstance(m, ast.A_Const) and isinstance(m.val, ast.Integer)):
@@ -1339,7 +1343,7 @@ class _Compiler:
             return PgType("varchar", f"character varying({mods[0]})", "S", typmod=(mods[0],), oid=t.oid)
         raise self.refuse(f"type modifiers on {t.label}", tn, f"write plain {base}")
 
-    def func_call(self, node: Any) -> _E:
+    def func_call(self, node: Any) -> TypedExpr:
         names = [str(n.sval) for n in node.funcname]
         name = names[-1]
         if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
@@ -1399,26 +1403,26 @@ class _Compiler:
         )
         raise self.refuse(what, node, f"supported functions: {_SUPPORTED_FUNCTIONS}")
 
-    def now(self, node: Any) -> _E:
+    def now(self, node: Any) -> TypedExpr:
         self.uses_now = True
-        return _E(
+        return TypedExpr(
             TIMESTAMPTZ,
-            _utc_now,
+            utc_now,
             node,
             stable="now() is the commit time, not immutable",
             no_filter="now() is not immutable; a publication row filter cannot use it",
         )
 
-    def sql_value_function(self, node: Any) -> _E:
+    def sql_value_function(self, node: Any) -> TypedExpr:
         Op = SVF
         if node.op == Op.SVFOP_CURRENT_TIMESTAMP:
             return self.now(node)
         if node.op == Op.SVFOP_CURRENT_DATE:
             now = self.now(node)
-            return self.derive(DATE, lambda n, o, t: _ts_date(_utc_now(n, o, t)), node, [now])
+            return self.derive(DATE, lambda n, o, t: ts_date(utc_now(n, o, t)), node, [now])
         if node.op == Op.SVFOP_LOCALTIMESTAMP:
             now = self.now(node)
-            return self.derive(TIMESTAMP, _utc_now, node, [now])
+            return self.derive(TIMESTAMP, utc_now, node, [now])
         if node.op in (Op.SVFOP_CURRENT_TIMESTAMP_N, Op.SVFOP_LOCALTIMESTAMP_N):
             raise self.refuse("a precision on current_timestamp", node, "write current_timestamp or now()")
         if node.op in (
@@ -1433,16 +1437,16 @@ class _Compiler:
         )
 
 
-def _retype(e: _E, t: PgType) -> _E:
+def _retype(e: TypedExpr, t: PgType) -> TypedExpr:
     return replace(e, type=t)
 
 
-def _flag(e: _E, stable: str) -> _E:
+def _flag(e: TypedExpr, stable: str) -> TypedExpr:
     return replace(e, stable=stable, no_filter=e.no_filter or stable)
 
 
-def _compare_example(fragment: str, t: PgType) -> str:
-    example = _EXAMPLES.get(t.name)
+def compare_example(fragment: str, t: PgType) -> str:
+    example = EXAMPLES.get(t.name)
     if t.category == "S":
         return f"{fragment} = 'value'"
     if example:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 from listener.rules.predicate.errors import DATETIME_OVERFLOW, DIVISION_BY_ZERO, EvaluationError
 from listener.rules.predicate.types import (
-    _TIMESTAMP_END_DAYS,
     DATEVAL_NOBEGIN,
     DATEVAL_NOEND,
     DT_NOBEGIN,
@@ -18,25 +17,26 @@ from listener.rules.predicate.types import (
     INTERVAL_NOBEGIN,
     INTERVAL_NOEND,
     POSTGRES_EPOCH_JDATE,
+    TIMESTAMP_END_DAYS,
     USECS_PER_DAY,
     Interval,
-    _date_out_of_range,
-    _days_in_month,
-    _interval_checked,
-    _ts_out_of_range,
-    _valid_date,
-    _valid_julian,
-    _valid_timestamp,
     date2j,
+    date_out_of_range,
+    days_in_month,
+    interval_checked,
     j2date,
+    ts_out_of_range,
+    valid_date,
+    valid_julian,
+    valid_timestamp,
 )
 
 # ---------------------------------------------------------------------------- dates, times, intervals
 
 
 def _checked_timestamp(t: int) -> int:
-    if not _valid_timestamp(t):
-        raise _ts_out_of_range()
+    if not valid_timestamp(t):
+        raise ts_out_of_range()
     return t
 
 
@@ -46,7 +46,7 @@ def add_interval(ts: int, iv: Interval) -> int:
     infinite interval makes the timestamp infinite (the opposite infinity is out of range)."""
     if iv in (INTERVAL_NOBEGIN, INTERVAL_NOEND):
         if ts == (DT_NOEND if iv == INTERVAL_NOBEGIN else DT_NOBEGIN):
-            raise _ts_out_of_range()
+            raise ts_out_of_range()
         return DT_NOBEGIN if iv == INTERVAL_NOBEGIN else DT_NOEND
     if ts in (DT_NOBEGIN, DT_NOEND):
         return ts
@@ -55,9 +55,9 @@ def add_interval(ts: int, iv: Interval) -> int:
         day_number, time = divmod(ts, USECS_PER_DAY)
         year, month, day = j2date(day_number + POSTGRES_EPOCH_JDATE)
         year, month0 = divmod(year * 12 + month - 1 + months, 12)
-        if not _valid_julian(year, month0 + 1):
-            raise _ts_out_of_range()
-        day = min(day, _days_in_month(year, month0 + 1))
+        if not valid_julian(year, month0 + 1):
+            raise ts_out_of_range()
+        day = min(day, days_in_month(year, month0 + 1))
         ts = _checked_timestamp((date2j(year, month0 + 1, day) - POSTGRES_EPOCH_JDATE) * USECS_PER_DAY + time)
     if days:
         ts = _checked_timestamp(ts + days * USECS_PER_DAY)
@@ -73,7 +73,7 @@ def _infinite_interval(iv: Interval) -> bool:
 def interval_neg(iv: Interval) -> Interval:
     if _infinite_interval(iv):
         return INTERVAL_NOEND if iv == INTERVAL_NOBEGIN else INTERVAL_NOBEGIN
-    return _interval_checked(-iv.months, -iv.days, -iv.micros)
+    return interval_checked(-iv.months, -iv.days, -iv.micros)
 
 
 def sub_interval(ts: int, iv: Interval) -> int:
@@ -85,7 +85,7 @@ def interval_add(a: Interval, b: Interval) -> Interval:
         if _infinite_interval(a) and _infinite_interval(b) and a != b:
             raise EvaluationError("interval out of range", DATETIME_OVERFLOW)
         return a if _infinite_interval(a) else b
-    return _interval_checked(a.months + b.months, a.days + b.days, a.micros + b.micros)
+    return interval_checked(a.months + b.months, a.days + b.days, a.micros + b.micros)
 
 
 def interval_sub(a: Interval, b: Interval) -> Interval:
@@ -93,7 +93,7 @@ def interval_sub(a: Interval, b: Interval) -> Interval:
         if a == b:
             raise EvaluationError("interval out of range", DATETIME_OVERFLOW)
         return a if _infinite_interval(a) else interval_neg(b)
-    return _interval_checked(a.months - b.months, a.days - b.days, a.micros - b.micros)
+    return interval_checked(a.months - b.months, a.days - b.days, a.micros - b.micros)
 
 
 def _interval_out_of_range() -> EvaluationError:
@@ -176,15 +176,15 @@ def ts_diff(a: int, b: int) -> Interval:
         raise EvaluationError("interval out of range", DATETIME_OVERFLOW)
     days = abs(micros) // USECS_PER_DAY * (1 if micros >= 0 else -1)  # TMODULO truncates toward zero
     micros -= days * USECS_PER_DAY
-    return _interval_checked(0, days, micros)
+    return interval_checked(0, days, micros)
 
 
 def _date_plus_days(d: int, n: int) -> int:
     if d in (DATEVAL_NOBEGIN, DATEVAL_NOEND):
         return d
     result = d + n
-    if not _valid_date(result):
-        raise _date_out_of_range()
+    if not valid_date(result):
+        raise date_out_of_range()
     return result
 
 
@@ -202,26 +202,26 @@ def date_mi(a: int, b: int) -> int:
     return a - b
 
 
-def _date_ts(d: int) -> int:
+def date_ts(d: int) -> int:
     """date2timestamp: the infinities map to the timestamp's; a date past 294276 AD does not convert."""
     if d == DATEVAL_NOBEGIN:
         return DT_NOBEGIN
     if d == DATEVAL_NOEND:
         return DT_NOEND
-    if d >= _TIMESTAMP_END_DAYS:
+    if d >= TIMESTAMP_END_DAYS:
         raise EvaluationError("date out of range for timestamp", DATETIME_OVERFLOW)
     return d * USECS_PER_DAY
 
 
-def _date_ts_compared(d: int) -> int:
+def date_ts_compared(d: int) -> int:
     """date2timestamp_opt_overflow, as date-vs-timestamp comparisons use it: a date past the timestamp
     range is later than every finite timestamp and earlier than infinity, never an error."""
-    if DATEVAL_NOBEGIN < d < DATEVAL_NOEND and d >= _TIMESTAMP_END_DAYS:
+    if DATEVAL_NOBEGIN < d < DATEVAL_NOEND and d >= TIMESTAMP_END_DAYS:
         return END_TIMESTAMP
-    return _date_ts(d)
+    return date_ts(d)
 
 
-def _ts_date(t: int) -> int:
+def ts_date(t: int) -> int:
     if t == DT_NOBEGIN:
         return DATEVAL_NOBEGIN
     if t == DT_NOEND:

@@ -35,15 +35,15 @@ UNTRANSLATABLE: Final = "22P05"
 NOT_SUPPORTED: Final = "0A000"
 
 
-def _invalid(type_label: str, text: str, sqlstate: str = INVALID_TEXT) -> EvaluationError:
+def invalid(type_label: str, text: str, sqlstate: str = INVALID_TEXT) -> EvaluationError:
     return EvaluationError(f'invalid input syntax for type {type_label}: "{text}"', sqlstate)
 
 
-def _unsupported(what: str) -> EvaluationError:
+def unsupported(what: str) -> EvaluationError:
     return EvaluationError(what, None)
 
 
-def _unread(type_label: str, text: str) -> EvaluationError:
+def unread(type_label: str, text: str) -> EvaluationError:
     """Text in a form PostgreSQL's date/time parser may accept but listener does not read."""
     return EvaluationError(
         f'listener cannot read "{text}" as {type_label}',

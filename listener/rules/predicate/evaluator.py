@@ -17,11 +17,11 @@ from listener.rules.predicate.types import PgType, timestamp_of
 Fn = Callable[[Any, Any, Any], Any]  # (new, old, now) -> value; None is SQL NULL
 
 
-def _const_fn(v: Any) -> Fn:
+def const_fn(v: Any) -> Fn:
     return lambda n, o, t: v
 
 
-def _raise_fn(exc: EvaluationError) -> Fn:
+def raise_fn(exc: EvaluationError) -> Fn:
     def fail(n: Any, o: Any, t: Any) -> Any:
         raise exc
 
@@ -29,7 +29,7 @@ def _raise_fn(exc: EvaluationError) -> Fn:
 
 
 @dataclass(slots=True)
-class _E:
+class TypedExpr:
     """A compiled subexpression: its type, its evaluator, and what the planner would know about it."""
 
     type: PgType
@@ -50,7 +50,7 @@ class _E:
         return self.const and self.error is None and self.value is None
 
 
-def _strict1(impl: Callable[[Any], Any], fa: Fn) -> Fn:
+def strict1(impl: Callable[[Any], Any], fa: Fn) -> Fn:
     def f(n: Any, o: Any, t: Any) -> Any:
         a = fa(n, o, t)
         return None if a is None else impl(a)
@@ -58,7 +58,7 @@ def _strict1(impl: Callable[[Any], Any], fa: Fn) -> Fn:
     return f
 
 
-def _strict2(impl: Callable[[Any, Any], Any], a: _E, b: _E) -> Fn:
+def strict2(impl: Callable[[Any, Any], Any], a: TypedExpr, b: TypedExpr) -> Fn:
     fa, fb = a.fn, b.fn
     if b.const and not a.const:
         cb = b.value
@@ -88,7 +88,7 @@ def _strict2(impl: Callable[[Any, Any], Any], a: _E, b: _E) -> Fn:
     return f
 
 
-def _strict3(impl: Callable[[Any, Any, Any], Any], a: _E, b: _E, c: _E) -> Fn:
+def strict3(impl: Callable[[Any, Any, Any], Any], a: TypedExpr, b: TypedExpr, c: TypedExpr) -> Fn:
     fa, fb, fc = a.fn, b.fn, c.fn
 
     def f(n: Any, o: Any, t: Any) -> Any:
@@ -102,7 +102,7 @@ def _strict3(impl: Callable[[Any, Any, Any], Any], a: _E, b: _E, c: _E) -> Fn:
     return f
 
 
-def _and_fn(fns: Sequence[Fn]) -> Fn:
+def and_fn(fns: Sequence[Fn]) -> Fn:
     if len(fns) == 2:
         f1, f2 = fns
 
@@ -130,7 +130,7 @@ def _and_fn(fns: Sequence[Fn]) -> Fn:
     return and_n
 
 
-def _or_fn(fns: Sequence[Fn]) -> Fn:
+def or_fn(fns: Sequence[Fn]) -> Fn:
     if len(fns) == 2:
         f1, f2 = fns
 
@@ -158,7 +158,7 @@ def _or_fn(fns: Sequence[Fn]) -> Fn:
     return or_n
 
 
-def _utc_now(n: Any, o: Any, t: datetime) -> int:
+def utc_now(n: Any, o: Any, t: datetime) -> int:
     if t is None:
         raise EvaluationError("now() needs the change's commit time", None)
     return timestamp_of(t)  # naive means UTC

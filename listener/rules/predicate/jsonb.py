@@ -7,13 +7,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Final
 
-from listener.rules.predicate.textout import _jsonb_text
+from listener.rules.predicate.textout import jsonb_text
 from listener.rules.predicate.types import JSON_NULL
 
 # ------------------------------------------------------------------------------------------------ jsonb
 
 
-def _jkind(v: Any) -> int:
+def jkind(v: Any) -> int:
     if v is None or v is JSON_NULL:
         return 0
     if v is True or v is False:
@@ -29,7 +29,7 @@ def _jkind(v: Any) -> int:
 
 def jsonb_eq(a: Any, b: Any) -> bool:
     """jsonb equality: same kinds all the way down (true is not 1), numbers by value, arrays in order."""
-    ka, kb = _jkind(a), _jkind(b)
+    ka, kb = jkind(a), jkind(b)
     if ka != kb:
         return False
     if ka == 0:
@@ -41,25 +41,25 @@ def jsonb_eq(a: Any, b: Any) -> bool:
     return a == b  # type: ignore[no-any-return]
 
 
-def _jsonb_ne(a: Any, b: Any) -> bool:
+def jsonb_ne(a: Any, b: Any) -> bool:
     return not jsonb_eq(a, b)
 
 
 def jsonb_contains(a: Any, b: Any) -> bool:
     """``a @> b`` (JsonbDeepContains).  A top-level scalar is a one-element array that may be contained
     in an array but may not contain one."""
-    ka, kb = _jkind(a), _jkind(b)
+    ka, kb = jkind(a), jkind(b)
     if ka < 4 and kb < 4:
         return jsonb_eq(a, b)
     if ka < 4:
         return False  # a scalar contains no container
     if kb < 4:
-        return ka == 4 and any(_jkind(x) == kb and jsonb_eq(x, b) for x in a)
+        return ka == 4 and any(jkind(x) == kb and jsonb_eq(x, b) for x in a)
     return _deep_contains(a, b)
 
 
 def _deep_contains(a: Any, b: Any) -> bool:
-    ka, kb = _jkind(a), _jkind(b)
+    ka, kb = jkind(a), jkind(b)
     if ka != kb:
         return False
     if ka == 5:
@@ -67,7 +67,7 @@ def _deep_contains(a: Any, b: Any) -> bool:
             if key not in a:
                 return False
             va = a[key]
-            kva, kvb = _jkind(va), _jkind(vb)
+            kva, kvb = jkind(va), jkind(vb)
             if kva != kvb:
                 return False
             if kvb < 4:
@@ -77,11 +77,11 @@ def _deep_contains(a: Any, b: Any) -> bool:
                 return False
         return True
     for vb in b:
-        kvb = _jkind(vb)
+        kvb = jkind(vb)
         if kvb < 4:
-            if not any(_jkind(x) == kvb and jsonb_eq(x, vb) for x in a):
+            if not any(jkind(x) == kvb and jsonb_eq(x, vb) for x in a):
                 return False
-        elif not any(_jkind(x) == kvb and _deep_contains(x, vb) for x in a):
+        elif not any(jkind(x) == kvb and _deep_contains(x, vb) for x in a):
             return False
     return True
 
@@ -97,8 +97,8 @@ def jsonb_exists(a: Any, key: str) -> bool:
 
 def jsonb_field(a: Any, key: str) -> Any:
     if isinstance(a, dict):
-        v = a.get(key, _MISSING)
-        if v is _MISSING:
+        v = a.get(key, MISSING)
+        if v is MISSING:
             return None
         return JSON_NULL if v is None else v
     return None
@@ -116,7 +116,7 @@ def jsonb_element(a: Any, index: int) -> Any:
     return None
 
 
-_MISSING: Final = object()
+MISSING: Final = object()
 
 
 def jsonb_concat(a: Any, b: Any) -> Any:
@@ -135,4 +135,4 @@ def jsonb_as_text(v: Any) -> str | None:
         return None
     if isinstance(v, str):
         return v
-    return _jsonb_text(v)
+    return jsonb_text(v)

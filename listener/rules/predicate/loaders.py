@@ -16,17 +16,17 @@ import psycopg.types.json
 from psycopg import pq
 from psycopg.adapt import AdaptersMap, Transformer
 
-from listener.rules.predicate.errors import EvaluationError, MissingValue, _unsupported
+from listener.rules.predicate.errors import EvaluationError, MissingValue, unsupported
 from listener.rules.predicate.evaluator import Fn
-from listener.rules.predicate.jsonb import _MISSING
-from listener.rules.predicate.textin import _datetime_in, _interval_in, _json_float, _json_int
+from listener.rules.predicate.jsonb import MISSING
+from listener.rules.predicate.textin import datetime_in, interval_in, json_float, json_int
 from listener.rules.predicate.types import (
     INT_TYPES,
     JSON_NULL,
     Interval,
     PgType,
-    _exact_to_f4,
     date_of,
+    exact_to_f4,
     timestamp_of,
 )
 
@@ -36,7 +36,7 @@ def _json_loads_pg(data: Any) -> Any:
 
 
 # jsonb text from the server: numbers as Decimal (PostgreSQL's numeric), never NaN/Infinity
-_decode_pg_json = json.JSONDecoder(parse_float=_json_float, parse_int=_json_int).decode
+_decode_pg_json = json.JSONDecoder(parse_float=json_float, parse_int=json_int).decode
 _ADAPTERS = AdaptersMap(psycopg.adapters)
 psycopg.types.json.set_json_loads(_json_loads_pg, _ADAPTERS)
 _TRANSFORMER = Transformer(_ADAPTERS)
@@ -61,10 +61,10 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
 
         def load_interval(raw: Any) -> Interval:
             try:
-                return _interval_in(_as_text(raw))
+                return interval_in(_as_text(raw))
             except EvaluationError as exc:
                 message = f"{where}: cannot read interval {_as_text(raw)!r} ({exc.message})"
-                raise _unsupported(message + "; listener reads IntervalStyle 'postgres'") from None
+                raise unsupported(message + "; listener reads IntervalStyle 'postgres'") from None
 
         return load_interval
     load = _TRANSFORMER.get_loader(t.oid, pq.Format.TEXT).load
@@ -76,7 +76,7 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
         except RecursionError:
             raise  # deep jsonb: evaluated again with a deeper stack (see _evaluate_deep)
         except Exception as exc:
-            raise _unsupported(
+            raise unsupported(
                 f"{where}: the {t.label} value {_as_text(raw)!r} cannot be read: {exc}"
             ) from None
         return JSON_NULL if jsonb and v is None else v
@@ -86,7 +86,7 @@ def value_loader(t: PgType, where: str) -> Callable[[Any], Any]:
         # PostgreSQL compares (0.1::float4 <> 0.1)
         def load_float4(raw: Any) -> float:
             v: float = load_value(raw)
-            return _exact_to_f4(Fraction(Decimal(_as_text(raw)))) if math.isfinite(v) else v
+            return exact_to_f4(Fraction(Decimal(_as_text(raw)))) if math.isfinite(v) else v
 
         return load_float4
     return load_value
@@ -97,7 +97,7 @@ def _datetime_loader(t: PgType, where: str) -> Callable[[Any], int]:
 
     psycopg's loader reads the common case fast; it refuses what Python's datetime cannot hold
     (``infinity``, BC, years past 9999: psycopg's docs, "Handling infinity date", suggest a custom
-    loader), and PostgreSQL's text of those is read by :func:`_datetime_in`."""
+    loader), and PostgreSQL's text of those is read by :func:`datetime_in`."""
     name = t.name
     fast = _TRANSFORMER.get_loader(t.oid, pq.Format.TEXT).load
     convert: Callable[[Any], int] = date_of if name == "date" else timestamp_of
@@ -108,24 +108,24 @@ def _datetime_loader(t: PgType, where: str) -> Callable[[Any], int]:
         except (psycopg.DataError, ValueError, OverflowError):
             text = _as_text(raw)
         try:
-            return _datetime_in(text, name)
+            return datetime_in(text, name)
         except EvaluationError as exc:
             message = f"{where}: the {t.label} value {text!r} cannot be read: {exc.message}"
-            raise _unsupported(message) from None
+            raise unsupported(message) from None
 
     return load_datetime
 
 
-_CHEAP_LOADS: Final = frozenset({"text", "varchar", "enum", "other", "json", "bpchar", "bool", *INT_TYPES})
+CHEAP_LOADS: Final = frozenset({"text", "varchar", "enum", "other", "json", "bpchar", "bool", *INT_TYPES})
 
 
-def _column_fn(side: str, name: str, load: Callable[[Any], Any], memo: bool) -> Fn:
+def column_fn(side: str, name: str, load: Callable[[Any], Any], memo: bool) -> Fn:
     """Reads one column of the new or old row: absent side -> NULL, absent key -> MissingValue.
 
     Values that are costly to load keep the last (raw, value) pair: the same raw object loads once even
     when the predicate names the column several times."""
     new = side == "new"
-    cell: tuple[Any, Any] = (_MISSING, None)
+    cell: tuple[Any, Any] = (MISSING, None)
 
     def cached(raw: Any) -> Any:
         nonlocal cell

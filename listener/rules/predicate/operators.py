@@ -13,14 +13,14 @@ from typing import Any, Final
 
 from listener.rules.predicate.errors import DIVISION_BY_ZERO, NUMERIC_OUT_OF_RANGE, EvaluationError
 from listener.rules.predicate.types import (
-    _EXACT,
-    _INT_LIMITS,
+    EXACT,
+    INT_LIMITS,
     NUMERIC_DSCALE_MAX,
     NUMERIC_MAX_DISPLAY_SCALE,
     NUMERIC_MIN_SIG_DIGITS,
-    _dscale,
-    _num_norm,
-    _round_f4,
+    dscale,
+    num_norm,
+    round_f4,
 )
 
 # ------------------------------------------------------------------------------------------ arithmetic
@@ -32,7 +32,7 @@ def _div0() -> EvaluationError:
 
 def int_ops(type_name: str) -> dict[str, Callable[..., int]]:
     """+ - * / % and unary minus for one integer width, raising PostgreSQL's out-of-range error."""
-    lo, hi, message = _INT_LIMITS[type_name]
+    lo, hi, message = INT_LIMITS[type_name]
 
     def check(v: int) -> int:
         if lo <= v <= hi:
@@ -66,7 +66,7 @@ def int_ops(type_name: str) -> dict[str, Callable[..., int]]:
     return {"+": add, "-": sub, "*": mul, "/": div, "%": mod, "neg": neg}
 
 
-_NAN = Decimal("NaN")
+NAN = Decimal("NaN")
 _ZERO = Decimal(0)
 
 
@@ -74,22 +74,22 @@ def _num_sign(d: Decimal) -> int:
     return 0 if d.is_zero() else (-1 if d.is_signed() else 1)
 
 
-def _signed_inf(negative: bool) -> Decimal:
+def signed_inf(negative: bool) -> Decimal:
     return Decimal("-Infinity") if negative else Decimal("Infinity")
 
 
 def num_add(a: Decimal, b: Decimal) -> Decimal:
     if a.is_finite() and b.is_finite():
-        return _num_norm(_EXACT.add(a, b))
+        return num_norm(EXACT.add(a, b))
     if a.is_nan() or b.is_nan():
-        return _NAN
+        return NAN
     if a.is_infinite() and b.is_infinite():
-        return a if a == b else _NAN
+        return a if a == b else NAN
     return a if a.is_infinite() else b
 
 
 def num_neg(a: Decimal) -> Decimal:
-    return a if a.is_nan() else _num_norm(_EXACT.minus(a))
+    return a if a.is_nan() else num_norm(EXACT.minus(a))
 
 
 def num_sub(a: Decimal, b: Decimal) -> Decimal:
@@ -98,16 +98,16 @@ def num_sub(a: Decimal, b: Decimal) -> Decimal:
 
 def num_mul(a: Decimal, b: Decimal) -> Decimal:
     if a.is_finite() and b.is_finite():
-        r = _EXACT.multiply(a, b)
-        if _dscale(r) > NUMERIC_DSCALE_MAX:
-            r = r.quantize(Decimal((0, (1,), -NUMERIC_DSCALE_MAX)), context=_EXACT)
-        return _num_norm(r)
+        r = EXACT.multiply(a, b)
+        if dscale(r) > NUMERIC_DSCALE_MAX:
+            r = r.quantize(Decimal((0, (1,), -NUMERIC_DSCALE_MAX)), context=EXACT)
+        return num_norm(r)
     if a.is_nan() or b.is_nan():
-        return _NAN
+        return NAN
     sa, sb = _num_sign(a), _num_sign(b)
     if sa == 0 or sb == 0:
-        return _NAN  # infinity times zero
-    return _signed_inf(sa * sb < 0)
+        return NAN  # infinity times zero
+    return signed_inf(sa * sb < 0)
 
 
 def _weight_first(d: Decimal) -> tuple[int, int]:
@@ -131,19 +131,19 @@ def div_scale(a: Decimal, b: Decimal) -> int:
     if f1 <= f2:
         qweight -= 1
     rscale = NUMERIC_MIN_SIG_DIGITS - qweight * 4
-    rscale = max(rscale, _dscale(a), _dscale(b), 0)
+    rscale = max(rscale, dscale(a), dscale(b), 0)
     return min(rscale, NUMERIC_MAX_DISPLAY_SCALE)
 
 
 def num_div(a: Decimal, b: Decimal) -> Decimal:
     if a.is_nan() or b.is_nan():
-        return _NAN
+        return NAN
     if a.is_infinite():
         if b.is_infinite():
-            return _NAN
+            return NAN
         if b.is_zero():
             raise _div0()
-        return _signed_inf(a.is_signed() != b.is_signed())
+        return signed_inf(a.is_signed() != b.is_signed())
     if b.is_infinite():
         return _ZERO
     if b.is_zero():
@@ -162,59 +162,59 @@ def num_div(a: Decimal, b: Decimal) -> Decimal:
     q, r = divmod(num, den)
     if 2 * r >= den:  # round half away from zero
         q += 1
-    return _num_norm(Decimal((sa != sb, tuple(map(int, str(q))), -rscale)))
+    return num_norm(Decimal((sa != sb, tuple(map(int, str(q))), -rscale)))
 
 
 def num_mod(a: Decimal, b: Decimal) -> Decimal:
     if a.is_nan() or b.is_nan():
-        return _NAN
+        return NAN
     if a.is_infinite():
         if b.is_zero():
             raise _div0()
-        return _NAN
+        return NAN
     if b.is_infinite():
         return a
     if b.is_zero():
         raise _div0()
-    return _num_norm(_EXACT.remainder(a, b))
+    return num_norm(EXACT.remainder(a, b))
 
 
-_NUM_OPS: Final[dict[str, Callable[..., Decimal]]] = {
+NUM_OPS: Final[dict[str, Callable[..., Decimal]]] = {
     "+": num_add, "-": num_sub, "*": num_mul, "/": num_div, "%": num_mod, "neg": num_neg,
 }  # fmt: skip
 
 
-def _overflow() -> EvaluationError:
+def overflow() -> EvaluationError:
     return EvaluationError("value out of range: overflow", NUMERIC_OUT_OF_RANGE)
 
 
-def _underflow() -> EvaluationError:
+def underflow() -> EvaluationError:
     return EvaluationError("value out of range: underflow", NUMERIC_OUT_OF_RANGE)
 
 
 def float_ops(single: bool) -> dict[str, Callable[..., float]]:
     """float8 (or float4) arithmetic with float.c's overflow, underflow and division-by-zero checks."""
-    rnd: Callable[[float], float] = _round_f4 if single else float
+    rnd: Callable[[float], float] = round_f4 if single else float
     isinf = math.isinf
 
     def add(a: float, b: float) -> float:
         r = rnd(a + b)
         if isinf(r) and not isinf(a) and not isinf(b):
-            raise _overflow()
+            raise overflow()
         return r
 
     def sub(a: float, b: float) -> float:
         r = rnd(a - b)
         if isinf(r) and not isinf(a) and not isinf(b):
-            raise _overflow()
+            raise overflow()
         return r
 
     def mul(a: float, b: float) -> float:
         r = rnd(a * b)
         if isinf(r) and not isinf(a) and not isinf(b):
-            raise _overflow()
+            raise overflow()
         if r == 0 and a != 0 and b != 0:
-            raise _underflow()
+            raise underflow()
         return r
 
     def div(a: float, b: float) -> float:
@@ -224,9 +224,9 @@ def float_ops(single: bool) -> dict[str, Callable[..., float]]:
             raise _div0()
         r = rnd(a / b)
         if isinf(r) and not isinf(a):
-            raise _overflow()
+            raise overflow()
         if r == 0 and a != 0 and not isinf(b):
-            raise _underflow()
+            raise underflow()
         return r
 
     def neg(a: float) -> float:
@@ -275,14 +275,14 @@ def _nan_ge(a: Any, b: Any) -> bool:
     return _nan_le(b, a)
 
 
-_PLAIN_CMP: Final[dict[str, Callable[[Any, Any], bool]]] = {
+PLAIN_CMP: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "=": operator.eq, "<>": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
     ">=": operator.ge,
 }  # fmt: skip
-_NAN_CMP: Final[dict[str, Callable[[Any, Any], bool]]] = {
+NAN_CMP: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "=": _nan_eq, "<>": _nan_ne, "<": _nan_lt, "<=": _nan_le, ">": _nan_gt, ">=": _nan_ge,
 }  # fmt: skip
 
 
-def _keyed(cmp: Callable[[Any, Any], bool], key: Callable[[Any], Any]) -> Callable[[Any, Any], bool]:
+def keyed(cmp: Callable[[Any, Any], bool], key: Callable[[Any], Any]) -> Callable[[Any, Any], bool]:
     return lambda a, b: cmp(key(a), key(b))

@@ -53,7 +53,7 @@ def _collect_locations(js: Any, node: Any, out: dict[int, int], to_char: Callabl
                 _collect_locations(value, child, out, to_char)
 
 
-def _parse(text: str) -> tuple[Any, dict[int, int]]:
+def parse_expression(text: str) -> tuple[Any, dict[int, int]]:
     """The expression node of ``SELECT <text>``, and node locations (characters into that string)."""
     if not text.strip():
         raise PredicateError("the predicate is empty", hint="write a condition, e.g. new.status = 'paid'")

@@ -22,37 +22,37 @@ from listener.rules.predicate.errors import (
     NUMERIC_OUT_OF_RANGE,
     UNTRANSLATABLE,
     EvaluationError,
-    _invalid,
-    _unread,
+    invalid,
+    unread,
 )
-from listener.rules.predicate.textout import _INFINITIES
+from listener.rules.predicate.textout import INFINITIES
 from listener.rules.predicate.types import (
-    _BY_OID,
-    _EXACT,
-    _INT_LIMITS,
-    _WS,
+    BY_OID,
     DATEVAL_NOBEGIN,
     DATEVAL_NOEND,
     DT_NOBEGIN,
     DT_NOEND,
+    EXACT,
+    INT_LIMITS,
     INT_TYPES,
     INTERVAL_NOBEGIN,
     INTERVAL_NOEND,
     JSON_NULL,
     POSTGRES_EPOCH_JDATE,
     USECS_PER_DAY,
+    WS,
     Interval,
     PgType,
-    _days_in_month,
-    _exact_to_f4,
-    _interval_checked,
-    _num_norm,
-    _valid_date,
-    _valid_julian,
-    _valid_timestamp,
     date2j,
     date_of,
+    days_in_month,
+    exact_to_f4,
+    interval_checked,
+    num_norm,
     timestamp_of,
+    valid_date,
+    valid_julian,
+    valid_timestamp,
 )
 
 # ----------------------------------------------------------------------- input functions (text -> value)
@@ -63,7 +63,7 @@ _INT_RE = re.compile(
 )
 
 
-def _parse_int(s: str) -> int | None:
+def parse_integer(s: str) -> int | None:
     m = _INT_RE.match(s)
     if m is None:
         return None
@@ -77,11 +77,11 @@ def _parse_int(s: str) -> int | None:
 
 def _int_in(s: str, type_name: str = "int4") -> int:
     """pg_strtoint32/64: decimal with underscores between digits, 0x/0o/0b prefixes, surrounding space."""
-    value = _parse_int(s)
-    label = _LABELS[type_name]
+    value = parse_integer(s)
+    label = LABELS[type_name]
     if value is None:
-        raise _invalid(label, s)
-    lo, hi, _ = _INT_LIMITS[type_name]
+        raise invalid(label, s)
+    lo, hi, _ = INT_LIMITS[type_name]
     if not lo <= value <= hi:
         raise EvaluationError(f'value "{s}" is out of range for type {label}', NUMERIC_OUT_OF_RANGE)
     return value
@@ -99,15 +99,15 @@ _NUM_SPECIAL: Final = {
 NUMERIC_MAX_EXPONENT: Final = 100_000  # far beyond any value numeric can hold; keeps Decimal bounded
 
 
-def _num_in(s: str) -> Decimal:
-    special = _NUM_SPECIAL.get(s.strip(_WS).lower())
+def num_in(s: str) -> Decimal:
+    special = _NUM_SPECIAL.get(s.strip(WS).lower())
     if special is not None:
         return special
     m = _NUM_RE.match(s)
     if m is None:
-        value = _parse_int(s)  # non-decimal integers: 0x1F
+        value = parse_integer(s)  # non-decimal integers: 0x1F
         if value is None:
-            raise _invalid("numeric", s)
+            raise invalid("numeric", s)
         return Decimal(value)
     sign, whole, frac, only_frac, exp = m.groups()
     text = f"{sign}{whole or ''}.{frac or only_frac or ''}".replace("_", "")
@@ -116,7 +116,7 @@ def _num_in(s: str) -> Decimal:
         if abs(exponent) > NUMERIC_MAX_EXPONENT:
             raise EvaluationError("value overflows numeric format", NUMERIC_OUT_OF_RANGE)
         text += f"E{exponent}"
-    return _num_norm(Decimal(text))
+    return num_norm(Decimal(text))
 
 
 _FLOAT_RE = re.compile(
@@ -129,13 +129,13 @@ _FLOAT_SPECIAL: Final = {
 
 
 def _float_in(s: str, type_name: str = "float8") -> float:
-    label = _LABELS[type_name]
-    body = s.strip(_WS)
+    label = LABELS[type_name]
+    body = s.strip(WS)
     special = _FLOAT_SPECIAL.get(body.lower())
     if special is not None:
         return special
     if not body or _FLOAT_RE.match(body) is None:
-        raise _invalid(label, s)
+        raise invalid(label, s)
     out_of_range = EvaluationError(f'"{s}" is out of range for type {label}', NUMERIC_OUT_OF_RANGE)
     if "x" in body.lower():
         try:
@@ -143,7 +143,7 @@ def _float_in(s: str, type_name: str = "float8") -> float:
         except OverflowError:
             raise out_of_range from None
         except ValueError:
-            raise _invalid(label, s) from None
+            raise invalid(label, s) from None
         exact = Fraction(value)
     else:
         d = Decimal(body)
@@ -152,14 +152,14 @@ def _float_in(s: str, type_name: str = "float8") -> float:
         exact = Fraction(d)
         value = float(body)  # correctly rounded, as strtod; keeps the sign of zero
     if type_name == "float4":
-        value = math.copysign(_exact_to_f4(exact), value)
+        value = math.copysign(exact_to_f4(exact), value)
     if math.isinf(value) or (value == 0 and exact != 0):
         raise out_of_range
     return value
 
 
 def _bool_in(s: str) -> bool:
-    v = s.strip(_WS).lower()
+    v = s.strip(WS).lower()
     if v:
         if v[0] == "t" and "true".startswith(v):
             return True
@@ -177,7 +177,7 @@ def _bool_in(s: str) -> bool:
             return True
         if v == "0":
             return False
-    raise _invalid("boolean", s)
+    raise invalid("boolean", s)
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -191,7 +191,7 @@ def _uuid_in(s: str) -> UUID:
     for byte in range(16):
         pair = src[i : i + 2]
         if len(pair) != 2 or pair[0] not in _HEX or pair[1] not in _HEX:
-            raise _invalid("uuid", s)
+            raise invalid("uuid", s)
         out.append(pair)
         i += 2
         if src[i : i + 1] == "-" and byte % 2 == 1 and byte < 15:
@@ -199,10 +199,10 @@ def _uuid_in(s: str) -> UUID:
     rest = src[i:]
     if s.startswith("{"):
         if not rest.startswith("}"):
-            raise _invalid("uuid", s)
+            raise invalid("uuid", s)
         rest = rest[1:]
     if rest:
-        raise _invalid("uuid", s)
+        raise invalid("uuid", s)
     return UUID("".join(out))
 
 
@@ -215,17 +215,17 @@ _DT_RE = re.compile(
 )
 
 
-def _datetime_in(s: str, type_name: str) -> int:
+def datetime_in(s: str, type_name: str) -> int:
     """ISO 8601 date/time input (the subset listener supports of PostgreSQL's datetime parser), with
     ``infinity``, ``-infinity``, ``epoch``, ``BC`` and years past 9999 up to PostgreSQL's limits.
 
     Returns the value as PostgreSQL stores it: days for 'date', microseconds for 'timestamp' (a zone in
     the text is ignored, as PostgreSQL does) and 'timestamptz' (in UTC; no zone means UTC, the session
     zone)."""
-    label = _LABELS[type_name]
-    word = s.strip(_WS).lower()
-    if word in _INFINITIES:
-        later = _INFINITIES[word] > 0
+    label = LABELS[type_name]
+    word = s.strip(WS).lower()
+    if word in INFINITIES:
+        later = INFINITIES[word] > 0
         if type_name == "date":
             return DATEVAL_NOEND if later else DATEVAL_NOBEGIN
         return DT_NOEND if later else DT_NOBEGIN
@@ -233,21 +233,21 @@ def _datetime_in(s: str, type_name: str) -> int:
         return date_of(date(1970, 1, 1)) if type_name == "date" else timestamp_of(datetime(1970, 1, 1))
     m = _DT_RE.match(s)
     if m is None:
-        raise _unread(label, s)
+        raise unread(label, s)
     year, month, day, hour, minute, second, frac, utc, zsign, zh, zm, zs, era = m.groups()
     y, mo, d = int(year), int(month), int(day)
     if y == 0:  # there is no year 0 in AD/BC notation
         raise EvaluationError(f'date/time field value out of range: "{s}"', DATETIME_OVERFLOW)
     if era is not None and era.lower() == "bc":
         y = 1 - y  # 1 BC is year 0
-    if not 1 <= mo <= 12 or not 1 <= d <= _days_in_month(y, mo):
+    if not 1 <= mo <= 12 or not 1 <= d <= days_in_month(y, mo):
         raise EvaluationError(f'date/time field value out of range: "{s}"', DATETIME_OVERFLOW)
     what = "date" if type_name == "date" else "timestamp"
-    if not _valid_julian(y, mo):
+    if not valid_julian(y, mo):
         raise EvaluationError(f'{what} out of range: "{s}"', DATETIME_OVERFLOW)
     days = date2j(y, mo, d) - POSTGRES_EPOCH_JDATE
     if type_name == "date":
-        if not _valid_date(days):
+        if not valid_date(days):
             raise EvaluationError(f'date out of range: "{s}"', DATETIME_OVERFLOW)
         return days
     h = int(hour or 0)
@@ -266,7 +266,7 @@ def _datetime_in(s: str, type_name: str) -> int:
     value = days * USECS_PER_DAY + ((h * 60 + mi) * 60 + sec) * 1_000_000 + usec
     if type_name == "timestamptz":
         value -= offset * 1_000_000
-    if not _valid_timestamp(value):
+    if not valid_timestamp(value):
         raise EvaluationError(f'timestamp out of range: "{s}"', DATETIME_OVERFLOW)
     del utc
     return value
@@ -306,20 +306,20 @@ def _c_trunc(x: float) -> int:
     return int(x)  # C's (int) cast truncates toward zero, as Python's int() does
 
 
-def _interval_in(s: str) -> Interval:
+def interval_in(s: str) -> Interval:
     """Interval input: ``[@] quantity unit ... [HH:MM[:SS[.frac]]] [ago]`` with DecodeInterval's rules for
     fractional units; a bare number is seconds, or days before a clock.  That covers IntervalStyle
     'postgres' output; ISO 8601 and SQL-standard forms are not read."""
-    body = s.strip(_WS)
-    if body.lower() in _INFINITIES:
-        return INTERVAL_NOEND if _INFINITIES[body.lower()] > 0 else INTERVAL_NOBEGIN
+    body = s.strip(WS)
+    if body.lower() in INFINITIES:
+        return INTERVAL_NOEND if INFINITIES[body.lower()] > 0 else INTERVAL_NOBEGIN
     tokens: list[re.Match[str]] = []
     pos = 0
     ago = False
     while pos < len(body):
         m = _IV_TOKEN.match(body, pos)
         if m is None or m.end() == pos or ago:
-            raise _unread("interval", s)
+            raise unread("interval", s)
         pos = m.end()
         word = (m["word"] or "").lower()
         if word == "ago":
@@ -327,7 +327,7 @@ def _interval_in(s: str) -> Interval:
         elif word != "@":
             tokens.append(m)
     if not tokens:
-        raise _unread("interval", s)
+        raise unread("interval", s)
     months = days = micros = 0
     for index, m in enumerate(tokens):
         if m["clock"] is not None:
@@ -337,7 +337,7 @@ def _interval_in(s: str) -> Interval:
         if m["unit"] is not None:
             unit = _INTERVAL_UNITS.get(m["unit"].lower())
             if unit is None:
-                raise _unread("interval", s)
+                raise unread("interval", s)
         else:  # a bare number: days before a clock; seconds when it is all there is
             following = tokens[index + 1] if index + 1 < len(tokens) else None
             if following is not None and following["clock"] is not None:
@@ -345,7 +345,7 @@ def _interval_in(s: str) -> Interval:
             elif len(tokens) == 1:
                 unit = "second"
             else:
-                raise _unread("interval", s)
+                raise unread("interval", s)
         whole_text, _, frac_text = num.partition(".")
         digits = whole_text.lstrip("+-")
         if len(digits) > 18:
@@ -373,7 +373,7 @@ def _interval_in(s: str) -> Interval:
             months += val * scale * 12 + round(fval * scale * 12)
     if ago:
         months, days, micros = -months, -days, -micros
-    return _interval_checked(months, days, micros, INTERVAL_FIELD_OVERFLOW)
+    return interval_checked(months, days, micros, INTERVAL_FIELD_OVERFLOW)
 
 
 def _fract_micros(f: float) -> int:
@@ -400,16 +400,16 @@ def _no_constant(name: str) -> Any:
     raise _JsonInputError(f"invalid token {name}")
 
 
-def _json_int(s: str) -> int | Decimal:
+def json_int(s: str) -> int | Decimal:
     return int(s) if len(s) < 4000 else Decimal(s)
 
 
-def _json_float(s: str) -> Decimal:
+def json_float(s: str) -> Decimal:
     return Decimal(s)
 
 
 _decode_json = json.JSONDecoder(
-    parse_float=_json_float, parse_int=_json_int, parse_constant=_no_constant
+    parse_float=json_float, parse_int=json_int, parse_constant=_no_constant
 ).decode
 
 
@@ -430,7 +430,7 @@ def _check_json_strings(v: Any, *, nul_ok: bool = False) -> None:
             stack.extend(x.values())
 
 
-def _jsonb_in(s: str, *, nul_ok: bool = False) -> Any:
+def jsonb_in(s: str, *, nul_ok: bool = False) -> Any:
     try:
         value = _decode_json(s)
         _check_json_strings(value, nul_ok=nul_ok)
@@ -440,11 +440,11 @@ def _jsonb_in(s: str, *, nul_ok: bool = False) -> Any:
 
 
 def _json_in(s: str) -> str:
-    _jsonb_in(s, nul_ok=True)  # validates; json keeps its text (and may hold \\u0000)
+    jsonb_in(s, nul_ok=True)  # validates; json keeps its text (and may hold \\u0000)
     return s
 
 
-_LABELS: Final = {t.name: t.label for t in _BY_OID.values() if t.oid != 19}
+LABELS: Final = {t.name: t.label for t in BY_OID.values() if t.oid != 19}
 
 
 def input_function(t: PgType) -> Callable[[str], Any]:
@@ -454,9 +454,9 @@ def input_function(t: PgType) -> Callable[[str], Any]:
         return lambda s: _int_in(s, name)
     if name == "numeric":
         if t.typmod:
-            coerce = _numeric_typmod(t.typmod)
-            return lambda s: coerce(_num_in(s))
-        return _num_in
+            coerce = numeric_typmod(t.typmod)
+            return lambda s: coerce(num_in(s))
+        return num_in
     if name in ("float4", "float8"):
         return lambda s: _float_in(s, name)
     if name == "bool":
@@ -464,28 +464,28 @@ def input_function(t: PgType) -> Callable[[str], Any]:
     if name == "text" or name == "enum":
         return str
     if name == "varchar":
-        return _varchar_typmod(t.typmod) if t.typmod else str
+        return varchar_typmod(t.typmod) if t.typmod else str
     if name == "bpchar":
         return lambda s: s.rstrip(" ")
     if name in ("date", "timestamp", "timestamptz"):
-        return lambda s: _datetime_in(s, name)
+        return lambda s: datetime_in(s, name)
     if name == "interval":
-        return _interval_in
+        return interval_in
     if name == "uuid":
         return _uuid_in
     if name == "jsonb":
-        return _jsonb_in
+        return jsonb_in
     if name == "json":
         return _json_in
     raise AssertionError(name)
 
 
-def _varchar_typmod(typmod: tuple[int, ...]) -> Callable[[str], str]:
+def varchar_typmod(typmod: tuple[int, ...]) -> Callable[[str], str]:
     n = typmod[0]
     return lambda s: s[:n]
 
 
-def _numeric_typmod(typmod: tuple[int, ...]) -> Callable[[Decimal], Decimal]:
+def numeric_typmod(typmod: tuple[int, ...]) -> Callable[[Decimal], Decimal]:
     """apply_typmod: round to the scale, then refuse more integer digits than precision - scale."""
     precision = typmod[0]
     scale = typmod[1] if len(typmod) > 1 else 0
@@ -497,9 +497,9 @@ def _numeric_typmod(typmod: tuple[int, ...]) -> Callable[[Decimal], Decimal]:
             return d
         if d.is_infinite():
             raise EvaluationError("numeric field overflow", NUMERIC_OUT_OF_RANGE)
-        rounded = d.quantize(quantum, context=_EXACT)
+        rounded = d.quantize(quantum, context=EXACT)
         if abs(rounded) >= limit:
             raise EvaluationError("numeric field overflow", NUMERIC_OUT_OF_RANGE)
-        return _num_norm(rounded)
+        return num_norm(rounded)
 
     return coerce

@@ -25,18 +25,18 @@ from listener.rules.predicate.types import (
     USECS_PER_DAY,
     Interval,
     PgType,
-    _exact_to_f4,
-    _num_norm,
+    exact_to_f4,
     j2date,
+    num_norm,
 )
 
 
-def _num_text(d: Decimal) -> str:
+def num_text(d: Decimal) -> str:
     if d.is_nan():
         return "NaN"
     if d.is_infinite():
         return "-Infinity" if d.is_signed() else "Infinity"
-    return format(_num_norm(d), "f")
+    return format(num_norm(d), "f")
 
 
 def _float8_text(x: float) -> str:
@@ -49,7 +49,7 @@ def _float4_text(x: float) -> str:
     if math.isfinite(x) and x != 0:
         for digits in range(1, 10):
             s = f"{x:.{digits}g}"
-            if _exact_to_f4(Fraction(Decimal(s))) == x:  # what strtof would read back
+            if exact_to_f4(Fraction(Decimal(s))) == x:  # what strtof would read back
                 return _float_text(x, s, 6)
     return _float_text(x, repr(x), 6)
 
@@ -114,7 +114,7 @@ def _tstz_text(t: int) -> str:
     return _timestamp_parts(t, "+00")
 
 
-_INFINITIES: Final = {"infinity": 1, "+infinity": 1, "-infinity": -1}
+INFINITIES: Final = {"infinity": 1, "+infinity": 1, "-infinity": -1}
 
 
 def _interval_text(iv: Interval) -> str:
@@ -151,7 +151,7 @@ def _json_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
-def _jsonb_text(v: Any) -> str:
+def jsonb_text(v: Any) -> str:
     """jsonb_out: keys ordered by length then bytes, ', ' and ': ' separators, numbers as numeric_out."""
     if v is None or v is JSON_NULL:
         return "null"
@@ -164,12 +164,12 @@ def _jsonb_text(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, Decimal):
-        return _num_text(v)
+        return num_text(v)
     if isinstance(v, list):
-        return "[" + ", ".join(_jsonb_text(x) for x in v) + "]"
+        return "[" + ", ".join(jsonb_text(x) for x in v) + "]"
     if isinstance(v, dict):
         keys = sorted(v, key=lambda k: (len(k.encode()), k.encode()))
-        return "{" + ", ".join(f"{_json_str(k)}: {_jsonb_text(v[k])}" for k in keys) + "}"
+        return "{" + ", ".join(f"{_json_str(k)}: {jsonb_text(v[k])}" for k in keys) + "}"
     raise TypeError(f"not a jsonb value: {v!r}")
 
 
@@ -177,7 +177,7 @@ def _bool_out(b: bool) -> str:
     return "t" if b else "f"
 
 
-def _bool_text(b: bool) -> str:
+def bool_text(b: bool) -> str:
     return "true" if b else "false"
 
 
@@ -187,7 +187,7 @@ def output_function(t: PgType) -> Callable[[Any], str]:
     if name in INT_TYPES:
         return str
     if name == "numeric":
-        return _num_text
+        return num_text
     if name == "float8":
         return _float8_text
     if name == "float4":
@@ -205,7 +205,7 @@ def output_function(t: PgType) -> Callable[[Any], str]:
     if name == "uuid":
         return str
     if name == "jsonb":
-        return _jsonb_text
+        return jsonb_text
     return _identity_text
 
 

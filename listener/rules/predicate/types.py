@@ -67,26 +67,26 @@ JSON = PgType("json", "json", "U", oid=114)
 UUID_T = PgType("uuid", "uuid", "U", oid=2950)
 UNKNOWN = PgType("unknown", "unknown", "X")
 
-_BY_OID: Final[dict[int, PgType]] = {
+BY_OID: Final[dict[int, PgType]] = {
     t.oid: t
     for t in (BOOL, INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, TEXT, VARCHAR, BPCHAR, DATE, TIMESTAMP,
               TIMESTAMPTZ, INTERVAL, JSONB, JSON, UUID_T)
 }  # fmt: skip
-_BY_OID[19] = PgType("text", "name", "S", oid=19)  # name behaves as text in every supported operation
+BY_OID[19] = PgType("text", "name", "S", oid=19)  # name behaves as text in every supported operation
 
 INT_TYPES: Final = ("int2", "int4", "int8")
-_INT_RANK: Final = {"int2": 0, "int4": 1, "int8": 2}
-_INT_LIMITS: Final = {
+INT_RANK: Final = {"int2": 0, "int4": 1, "int8": 2}
+INT_LIMITS: Final = {
     "int2": (-(2**15), 2**15 - 1, "smallint out of range"),
     "int4": (-(2**31), 2**31 - 1, "integer out of range"),
     "int8": (-(2**63), 2**63 - 1, "bigint out of range"),
 }
-_NUM_RANK: Final = {"int2": 0, "int4": 1, "int8": 2, "numeric": 3, "float4": 4, "float8": 5}
-_DT_RANK: Final = {"date": 0, "timestamp": 1, "timestamptz": 2}
+NUM_RANK: Final = {"int2": 0, "int4": 1, "int8": 2, "numeric": 3, "float4": 4, "float8": 5}
+DT_RANK: Final = {"date": 0, "timestamp": 1, "timestamptz": 2}
 TEXTLIKE: Final = ("text", "varchar", "bpchar")
 
 # type names a cast may target (TypeName.names[-1], as the parser spells them)
-_CAST_NAMES: Final[dict[str, PgType]] = {
+CAST_NAMES: Final[dict[str, PgType]] = {
     "int2": INT2, "smallint": INT2, "int4": INT4, "int": INT4, "integer": INT4, "int8": INT8,
     "bigint": INT8, "numeric": NUMERIC, "decimal": NUMERIC, "float4": FLOAT4, "real": FLOAT4,
     "float8": FLOAT8, "text": TEXT, "varchar": VARCHAR, "bool": BOOL, "boolean": BOOL, "date": DATE,
@@ -95,7 +95,7 @@ _CAST_NAMES: Final[dict[str, PgType]] = {
 }  # fmt: skip
 
 # examples for hints, by type name
-_EXAMPLES: Final = {
+EXAMPLES: Final = {
     "int2": "42", "int4": "42", "int8": "42", "numeric": "10.5", "float4": "1.5", "float8": "1.5",
     "bool": "true", "date": "'2024-01-31'", "timestamp": "'2024-01-31 12:00:00'",
     "timestamptz": "'2024-01-31 12:00:00+00'", "interval": "interval '1 day'",
@@ -107,7 +107,7 @@ _EXAMPLES: Final = {
 def column_pg_type(column: ColumnType) -> PgType:
     """The compiler's view of a column's type (unsupported types become 'other': usable only in
     ``IS [NOT] NULL`` and ``::text``)."""
-    known = _BY_OID.get(column.type_oid)
+    known = BY_OID.get(column.type_oid)
     if known is not None:
         if known.name == "varchar" and "(" in column.type_name:
             return PgType("varchar", column.type_name, "S", oid=known.oid)
@@ -148,26 +148,26 @@ JSON_NULL: Final = _JsonNull()
 USECS_PER_DAY: Final = 86_400_000_000
 
 # exact decimal arithmetic: add/subtract/multiply never round with this much precision
-_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_HALF_UP)
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_HALF_UP)
 _ONE = Decimal(1)
 NUMERIC_MIN_SIG_DIGITS: Final = 16  # numeric.c: result scale of division
 NUMERIC_MAX_DISPLAY_SCALE: Final = 1000
 NUMERIC_DSCALE_MAX: Final = 0x3FFF
-_WS: Final = " \t\n\r\v\f"
+WS: Final = " \t\n\r\v\f"
 
 
-def _num_norm(d: Decimal) -> Decimal:
+def num_norm(d: Decimal) -> Decimal:
     """PostgreSQL's numeric has no negative zero and no positive exponent (a display scale >= 0)."""
     if not d.is_finite():
         return d
     if d.is_zero() and d.is_signed():
         d = d.copy_abs()
     if d.as_tuple().exponent > 0:  # type: ignore[operator]
-        d = d.quantize(_ONE, context=_EXACT)
+        d = d.quantize(_ONE, context=EXACT)
     return d
 
 
-def _dscale(d: Decimal) -> int:
+def dscale(d: Decimal) -> int:
     exp = d.as_tuple().exponent
     return max(0, -exp) if isinstance(exp, int) else 0
 
@@ -176,7 +176,7 @@ _F4 = struct.Struct("f")
 FLT_MAX: Final = 3.4028234663852886e38
 
 
-def _round_f4(x: float) -> float:
+def round_f4(x: float) -> float:
     """A float8 rounded to float4 (one rounding: exact for results of float4 arithmetic)."""
     try:
         return float(_F4.unpack(_F4.pack(x))[0])
@@ -184,7 +184,7 @@ def _round_f4(x: float) -> float:
         return math.copysign(math.inf, x)
 
 
-def _exact_to_f4(q: Fraction) -> float:
+def exact_to_f4(q: Fraction) -> float:
     """An exact rational rounded once to the nearest float4 (ties to even), as strtof would."""
     if q == 0:
         return 0.0
@@ -212,7 +212,7 @@ DT_NOBEGIN: Final = -(2**63)
 DT_NOEND: Final = 2**63 - 1
 _DATE_MIN: Final = 0 - POSTGRES_EPOCH_JDATE  # 4714-11-24 BC
 _DATE_END: Final = 2147483494 - POSTGRES_EPOCH_JDATE  # 5874898-01-01
-_TIMESTAMP_END_DAYS: Final = 109203528 - POSTGRES_EPOCH_JDATE  # 294277-01-01
+TIMESTAMP_END_DAYS: Final = 109203528 - POSTGRES_EPOCH_JDATE  # 294277-01-01
 MIN_TIMESTAMP: Final = -211813488000000000
 END_TIMESTAMP: Final = 9223371331200000000
 _PG_EPOCH: Final = datetime(2000, 1, 1)
@@ -250,19 +250,19 @@ def j2date(jd: int) -> tuple[int, int, int]:
     return y - 4800, (quad + 10) % 12 + 1, julian - 7834 * quad // 256
 
 
-def _valid_date(d: int) -> bool:
+def valid_date(d: int) -> bool:
     return _DATE_MIN <= d < _DATE_END
 
 
-def _valid_timestamp(t: int) -> bool:
+def valid_timestamp(t: int) -> bool:
     return MIN_TIMESTAMP <= t < END_TIMESTAMP
 
 
-def _date_out_of_range() -> EvaluationError:
+def date_out_of_range() -> EvaluationError:
     return EvaluationError("date out of range", DATETIME_OVERFLOW)
 
 
-def _ts_out_of_range() -> EvaluationError:
+def ts_out_of_range() -> EvaluationError:
     return EvaluationError("timestamp out of range", DATETIME_OVERFLOW)
 
 
@@ -279,19 +279,19 @@ def timestamp_of(d: datetime) -> int:
 _DAYS_IN_MONTH: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def _days_in_month(year: int, month: int) -> int:
+def days_in_month(year: int, month: int) -> int:
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)  # year 0 (1 BC) is a leap year
     return _DAYS_IN_MONTH[month - 1] + (1 if month == 2 and leap else 0)
 
 
-def _valid_julian(year: int, month: int) -> bool:
+def valid_julian(year: int, month: int) -> bool:
     """IS_VALID_JULIAN: from 4714-11 BC (year -4713) to 5874898-06 (exclusive), by month."""
     return (year > -4713 or (year == -4713 and month >= 11)) and (
         year < 5874898 or (year == 5874898 and month < 6)
     )
 
 
-def _interval_checked(months: int, days: int, micros: int, sqlstate: str = DATETIME_OVERFLOW) -> Interval:
+def interval_checked(months: int, days: int, micros: int, sqlstate: str = DATETIME_OVERFLOW) -> Interval:
     if not (-(2**31) <= months < 2**31 and -(2**31) <= days < 2**31 and -(2**63) <= micros < 2**63):
         raise EvaluationError("interval out of range", sqlstate)
     return Interval(months, days, micros)
