@@ -26,7 +26,6 @@ import math
 import os
 import socket
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.queue import queries
 from listener.queue.store import notify_channel
 from listener.rules.config import RUN_TIMEOUT_S, WorkflowLimit
+from listener.runtime import flow
 from listener.runtime import workflow as wf
 from listener.supervise import ConnectionWatch, spawn, supervised, task_group
 
@@ -228,44 +228,17 @@ class Worker:
             candidates = await conn.fetch(_GATED_CANDIDATES, GATED_SCAN)
             if not candidates:
                 return [], False
-            by_workflow: Counter[str] = Counter()
-            by_key: Counter[str] = Counter()
-            for row in await conn.fetch(_GATED_RUNNING):
-                by_workflow[row["workflow"]] += 1
-                if row["key"] is not None:
-                    by_key[row["key"]] += 1
-            ordered_keys = sorted({c["key"] for c in candidates if c["ordered"] and c["key"] is not None})
-            heads = {k: seq for k, seq in await conn.fetch(_KEY_HEADS, ordered_keys)} if ordered_keys else {}
+            running = [(row["workflow"], row["key"]) for row in await conn.fetch(_GATED_RUNNING)]
+            keys = flow.ordered_keys(candidates)
+            heads = {k: seq for k, seq in await conn.fetch(_KEY_HEADS, keys)} if keys else {}
             rate_left: dict[str, int] = {}
             for name, workflow_limit in self.limits.items():
                 if workflow_limit.rate_limit is not None:
                     count, period = workflow_limit.rate_limit
                     rate_left[name] = count - int(await conn.fetchval(_RATE_USED, name, period))
-            chosen: list[str] = []
-            held = False
-            for c in candidates:
-                workflow, key = c["workflow"], c["key"]
-                limit = self.limits.get(workflow)
-                if (
-                    (
-                        limit is not None
-                        and limit.concurrency is not None
-                        and by_workflow[workflow] >= limit.concurrency
-                    )
-                    or (workflow in rate_left and rate_left[workflow] <= 0)
-                    or (key is not None and c["key_limit"] is not None and by_key[key] >= c["key_limit"])
-                    or (key is not None and c["ordered"] and (heads.get(key) != c["seq"] or by_key[key] > 0))
-                ):
-                    held = True
-                    continue
-                chosen.append(c["id"])
-                by_workflow[workflow] += 1
-                if key is not None:
-                    by_key[key] += 1
-                if workflow in rate_left:
-                    rate_left[workflow] -= 1
-                if len(chosen) >= free:
-                    break
+            chosen, held = flow.choose(
+                candidates, running=running, heads=heads, rate_left=rate_left, limits=self.limits, free=free
+            )
             if not chosen:
                 return [], held
             return await conn.fetch(_CLAIM_CHOSEN, chosen, self.worker_id, self.lease_seconds), held
