@@ -8,7 +8,7 @@
 -- gated, key limit, ordered, priority, source), duplicates skipped by the primary key, each new event with
 -- its run, the run's id the event's key (invariant 3): a redelivered event makes none.  The idempotency key
 -- `rule/commit LSN/ordinal` is built here (listener.rules.events.cdc_key is the same function; a test
--- holds them equal).
+-- holds them equal).  The ordinal goes as int8: a key, not a column, and cdc_key takes any ordinal.
 -- A batch holding re-read transactions of a rewind ($18 its --rerun rule, $19 its generation, $20 the end
 -- of its range; all NULL otherwise): for each change of the rerun rule committed in the range, a run of the
 -- rewind's generation (id KEY#generation), whether its event is new or not.  A new event of that rule
@@ -21,7 +21,7 @@ WITH src AS (
            x[g] AS xid, ct[g] AS commit_time,
            p::jsonb AS payload, k, gated[g] AS gated, key_limit[g] AS key_limit, ordered[g] AS ordered,
            prio[g] AS priority, src[g] AS source
-    FROM unnest($1::int4[], $2::int8[], $3::int4[], $4::text[], $5::text[]) AS u(g, l, o, p, k),
+    FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::text[], $5::text[]) AS u(g, l, o, p, k),
          (SELECT $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::timestamptz[],
                  $13::bool[], $14::int4[], $15::bool[], $16::int4[], $17::text[])
              AS grp(r, w, op, t, c, x, ct, gated, key_limit, ordered, prio, src)
