@@ -67,7 +67,8 @@ from listener.ingest import Ingest
 from listener.pg.embedded import bin_dir
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.pg.replication import READ_BATCH_MESSAGES, ReplicationSession
-from listener.queue.store import EventBatch, StateStore
+from listener.queue.batches import EventBatch
+from listener.queue.store import StateStore
 from listener.rules.config import Config, parse_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from listener.queue import store
+from listener.queue import migrations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
@@ -60,7 +60,7 @@ VARIANTS: list[tuple[str, str | None, str]] = [
 def measure(dsn: str, rows: int) -> list[tuple[str, float]]:
     out = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        store.migrate(conn, "listener")
+        migrations.migrate(conn, "listener")
         for name, ddl, tail in VARIANTS:
             if ddl is None:
                 conn.execute("TRUNCATE listener.events, listener.runs")

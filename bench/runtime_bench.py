@@ -74,7 +74,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import listener
 from listener.pg.conninfo import asyncpg_params
-from listener.queue import store
+from listener.queue import migrations
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -412,7 +412,7 @@ def listener_config(path: Path, concurrency: int, extra: str = "") -> Path:
 
 def enqueue_listener(dsn: str, jobs: int, workflow: str) -> float:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        store.migrate(conn, SCHEMA)
+        migrations.migrate(conn, SCHEMA)
         conn.execute(bench_workflows.EFFECTS_DDL)
         began = time.perf_counter()
         for first in range(1, jobs + 1, ENQUEUE_BATCH):

@@ -25,7 +25,7 @@ from listener.errors import ConfigError, ListenerError, ReloadDeferred, is_trans
 from listener.ingest import Ingest
 from listener.pg import conninfo
 from listener.pg.lsn import format_lsn
-from listener.queue import queries, store
+from listener.queue import migrations, queries
 from listener.queue.store import StateStore, control_channel
 from listener.rules.config import Config, load_config
 from listener.runtime import workflow as wf
@@ -279,7 +279,7 @@ async def run_workers(
     """Workers only, until ``stop`` is set or a signal arrives (`listener worker`)."""
     validate_workflows(config)
     with conninfo.connection(state_dsn) as conn:
-        store.migrate(conn, config.state_schema)
+        migrations.migrate(conn, config.state_schema)
     stop = stop or asyncio.Event()
     remove_handlers = install_signal_handlers(stop)
     loop = asyncio.get_running_loop()

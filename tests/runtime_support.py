@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from listener.queue import queries, store
+from listener.queue import migrations, queries, store
 from listener.runtime.worker import Worker
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS public.spans (run_id text, key text, started timestam
 
 
 def prepare(sql: Conn) -> None:
-    store.migrate(sql, "listener")
+    migrations.migrate(sql, "listener")
     sql.execute(EFFECTS_DDL)
 
 

@@ -596,9 +596,10 @@ def backfill(ctx: click.Context, rule: str | None, where: str | None, detach: bo
         runs_mod.connect(state_dsn, config.state_schema) as state,
     ):
         request = bf.plan(config, source, rule, where)
-        from listener.queue import store
+        from listener.queue import migrations
 
-        store.migrate(state, config.state_schema)  # a service not restarted since an upgrade lacks the table
+        # a service not restarted since an upgrade lacks the table
+        migrations.migrate(state, config.state_schema)
         backfill_id = bf.record(config, state, request)
         estimate = f", about {request.estimate:,} row(s)" if request.estimate is not None else ""
         err_console.print(

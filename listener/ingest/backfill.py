@@ -51,7 +51,8 @@ from listener.pg.conninfo import asyncpg_params, connect_async
 from listener.pg.copytext import Key, line_key
 from listener.pg.lsn import parse_lsn
 from listener.queue import queries
-from listener.queue.store import BackfillChunk, StateStore
+from listener.queue.batches import BackfillChunk
+from listener.queue.store import StateStore
 from listener.rules.catalog import TableInfo, read_tables_async
 from listener.rules.events import chunk_events
 

@@ -25,7 +25,8 @@ from listener.ingest.backfill import chunk_from_row
 from listener.pg import pgoutput as po
 from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_info
 from listener.pg.lsn import parse_lsn
-from listener.queue.store import EventBatch, StateStore
+from listener.queue.batches import EventBatch
+from listener.queue.store import StateStore
 from listener.rules.events import chunk_events
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ import struct
 from dataclasses import dataclass
 
 from listener.pg.changes import Assembler
-from listener.queue.store import RawChunk, StateStore
+from listener.queue.batches import RawChunk
+from listener.queue.store import StateStore
 
 logger = logging.getLogger(__name__)
 

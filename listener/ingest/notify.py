@@ -12,7 +12,7 @@ import asyncpg
 from listener.ingest.source import BATCH_BYTES, BatchQueue
 from listener.ingest.state import IngestState
 from listener.pg.conninfo import asyncpg_params
-from listener.queue.store import EventBatch
+from listener.queue.batches import EventBatch
 from listener.rules.events import append_notify_events
 from listener.supervise import ConnectionWatch
 

@@ -30,7 +30,7 @@ from listener.ingest.state import IngestState
 from listener.pg import pgoutput as po
 from listener.pg.changes import Assembler, Change, TxnBegin, TxnCommit
 from listener.pg.replication import READ_BATCH_BYTES, ReplicationSession
-from listener.queue.store import EventBatch, RawChunk, RewindPlan
+from listener.queue.batches import EventBatch, RawChunk, RewindPlan
 from listener.rules.compile import CompiledRule, RuleSet
 from listener.rules.events import (
     append_change_events,

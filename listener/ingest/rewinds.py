@@ -18,7 +18,8 @@ from listener.pg.conninfo import connect_async
 from listener.pg.lsn import format_lsn
 from listener.pg.publications import streamed_publications
 from listener.pg.replication import ReplicationSession
-from listener.queue.store import EventBatch, RewindPlan, StateStore, control_channel
+from listener.queue.batches import EventBatch, RewindPlan
+from listener.queue.store import StateStore, control_channel
 from listener.supervise import ConnectionWatch, first_of, task_group
 
 logger = logging.getLogger(__name__)

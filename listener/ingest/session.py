@@ -36,7 +36,7 @@ from listener.pg.conninfo import connect_async
 from listener.pg.lsn import format_lsn
 from listener.pg.publications import streamed_publications
 from listener.pg.replication import ReplicationSession
-from listener.queue.store import EventBatch, RewindPlan
+from listener.queue.batches import EventBatch, RewindPlan
 from listener.rules.config import Config
 from listener.supervise import sleep_unless, spawn, supervised, task_group
 

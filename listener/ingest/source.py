@@ -1,6 +1,6 @@
 """The source seam (DESIGN.md, invariant 11): every event source reaches the state store the same way.
 
-A source turns what happens at its origin into :class:`~listener.queue.store.EventBatch` es and puts them,
+A source turns what happens at its origin into :class:`~listener.queue.batches.EventBatch` es and puts them,
 each with itself, on the :class:`BatchQueue` of the ingest's one writer.  The writer commits a batch's
 events and its position (``batch.checkpoint`` and friends) in one state-database transaction, and only
 then calls :meth:`Source.committed`: that is where a source acknowledges to its origin.  Sources served
@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from listener.queue.store import EventBatch
+from listener.queue.batches import EventBatch
 from listener.supervise import first_of
 
 # A source submits a batch once its payloads, chunks and journal rows hold this much (invariant 6).

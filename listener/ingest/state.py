@@ -20,7 +20,8 @@ from listener.ingest.expand import Expander
 from listener.ingest.journal import JournalPolicy
 from listener.pg.changes import TypeRegistry
 from listener.pg.replication import ReplicationSession
-from listener.queue.store import EventBatch, Retention, RewindPlan, StateStore
+from listener.queue.batches import EventBatch, Retention, RewindPlan
+from listener.queue.store import StateStore
 from listener.rules.compile import RuleSet, compile_rules
 from listener.rules.config import Config
 

@@ -22,7 +22,7 @@ from listener.install.publications import (
 from listener.install.slots import lost_slot
 from listener.pg import conninfo, managed, versions
 from listener.pg.conninfo import Conn
-from listener.queue import store
+from listener.queue import migrations
 from listener.rules.compile import CompiledRule, RuleSet, compile_rule
 from listener.rules.config import Config, qualified_name
 from listener.rules.pushdown import TablePlan, describe_rule
@@ -61,8 +61,8 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
         results.extend(rule_results)
         results.extend(_check_publications(conn, structural, planned))
     with conninfo.connection(state_dsn, what="the state database") as conn:
-        version = store.schema_version(conn, config.state_schema)
-        latest = len(store.load_migrations())
+        version = migrations.schema_version(conn, config.state_schema)
+        latest = len(migrations.load_migrations())
         if version == latest:
             add(CheckResult("state schema", True, f"schema {config.state_schema} at version {version}"))
         else:
@@ -75,7 +75,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
                     state_schema_fix(conn, config.state_schema),
                 )
             )
-        checkpoint = store.checkpoint(conn, config.state_schema, config.slot)
+        checkpoint = migrations.checkpoint(conn, config.state_schema, config.slot)
         if checkpoint is not None and not slot_exists:
             lost = lost_slot(conn, config.slot, checkpoint, config.state_schema)
             add(CheckResult("checkpoint", False, lost.message, lost.hint))

@@ -12,7 +12,7 @@ from listener.install.slots import ensure_slot
 from listener.pg import conninfo
 from listener.pg.conninfo import Conn
 from listener.pg.lsn import format_lsn
-from listener.queue import store
+from listener.queue import migrations
 from listener.rules import pushdown
 from listener.rules.catalog import TableInfo, read_tables, rule_tables
 from listener.rules.compile import RuleSet
@@ -41,7 +41,7 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
             wide = plan_pushdown(source, config, rules, tables)
         with conninfo.connection(state_dsn, what="the state database") as conn:
             try:
-                for m in store.migrate(conn, config.state_schema):
+                for m in migrations.migrate(conn, config.state_schema):
                     done.append(f"applied migration {m.version:04d}_{m.name}")
             except pgerrors.InsufficientPrivilege as exc:
                 raise from_driver(
@@ -49,7 +49,7 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
                     f"cannot create the state schema {config.state_schema}",
                     fixes={INSUFFICIENT_PRIVILEGE: lambda: state_schema_fix(conn, config.state_schema)},
                 ) from exc
-            checkpoint = store.checkpoint(conn, config.state_schema, config.slot)
+            checkpoint = migrations.checkpoint(conn, config.state_schema, config.slot)
         done.extend(ensure_publications(source, wide, exact=exact))
         done.extend(ensure_slot(source, config.slot, checkpoint=checkpoint, schema=config.state_schema))
     return done
@@ -98,7 +98,7 @@ def drop(config: Config, source_dsn: str, state_dsn: str | None = None) -> list[
                 )
     if state_dsn is not None:
         with conninfo.connection(state_dsn, what="the state database") as conn:
-            forgotten = store.forget_checkpoint(conn, config.state_schema, config.slot)
+            forgotten = migrations.forget_checkpoint(conn, config.state_schema, config.slot)
         if forgotten is not None:
             done.append(f"forgot the checkpoint of slot {config.slot} (at {format_lsn(forgotten)})")
     return done

@@ -28,7 +28,8 @@ from listener.pg import pgoutput as po
 from listener.pg.changes import RelationInfo, TypeRegistry
 from listener.pg.conninfo import connect_async
 from listener.queue import queries
-from listener.queue.store import EventBatch, RewindPlan, StateStore
+from listener.queue.batches import EventBatch, RewindPlan
+from listener.queue.store import StateStore
 from listener.rules.compile import compile_rules
 from listener.rules.config import Config
 from listener.rules.events import append_change_events

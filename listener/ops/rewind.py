@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from listener.errors import ListenerError, OutsideWindow, PrerequisiteError, utc_text
 from listener.ops import runs as runs_mod
 from listener.pg.lsn import format_lsn, parse_lsn
-from listener.queue import queries, store
+from listener.queue import batches, queries, store
 from listener.rules.compile import RuleSet
 from listener.rules.config import Config, parse_duration
 
@@ -443,13 +443,10 @@ class DryRun:
 _EXISTING = queries.get("existing_events")
 
 
-async def tally(state: store.StateStore, batch: store.EventBatch, counts: dict[str, RuleCount]) -> None:
+async def tally(state: store.StateStore, batch: batches.EventBatch, counts: dict[str, RuleCount]) -> None:
     """Count a batch's events per rule, and those whose keys are already in the queue (dry runs)."""
-    keys, rules = [], []
-    for gid, ordinal in zip(batch.group, batch.ordinal, strict=True):
-        group = batch.groups[gid - 1]
-        keys.append(f"{group[0]}/{group[4]}/{ordinal}")  # rule/commit LSN/ordinal, as stored
-        rules.append(group[0])
+    keys = [batch.event_key(index) for index in range(len(batch))]  # as stored
+    rules = [batch.groups[gid - 1][0] for gid in batch.group]
     for rule, n in Counter(rules).items():
         counts[rule].events += n
     if keys:
@@ -461,7 +458,8 @@ async def dry_run(config: Config, source_dsn: str, state_dsn: str, target: Targe
     """Re-read the target's range on a temporary copy of the slot; count, per rule, the events it holds
     and those already present.  Writes nothing; the slot and a running ingest are not touched."""
     from listener.ingest import Ingest
-    from listener.queue.store import EventBatch, RewindPlan, StateStore
+    from listener.queue.batches import EventBatch, RewindPlan
+    from listener.queue.store import StateStore
 
     state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=1)
     result = DryRun(target.from_lsn, target.up_to, target.rerun_rule)

@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 
 from listener.errors import DatabaseError, NoSuchRun, PrerequisiteError, RunStateError
 from listener.pg import conninfo
-from listener.queue import queries, store
+from listener.queue import migrations, queries, store
 
 STATUSES = ("pending", "running", "done", "dead", "cancelled")
 LIST_LIMIT = 50  # runs listed by default
@@ -177,7 +177,7 @@ _CANCEL_ATTEMPT = queries.get("cancel_attempt")
 def connect(dsn: str, schema: str) -> Iterator[Conn]:
     """An autocommit connection to the state database with ``schema`` on the search path."""
     with conninfo.connection(dsn, what="the state database") as conn:
-        if store.schema_version(conn, schema) is None:
+        if migrations.schema_version(conn, schema) is None:
             raise PrerequisiteError(
                 f"the state schema {schema!r} does not exist in the state database: nothing has run yet",
                 hint="`listener init` (or `listener run`) creates it; check --state-dsn and `state_schema:`",

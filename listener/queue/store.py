@@ -1,105 +1,22 @@
-"""The state schema: migrations, the ingest checkpoint, the ingest batch write, retention and rewinds.
-
-Migrations are the numbered files in ``sql/`` (shipped as ``listener.sql``), applied in order under an
-advisory lock, each in its own transaction, recorded in ``schema_migrations``: safe to run twice and from
-two processes at once.  All SQL runs with ``search_path`` set to the state schema.
+"""The state database as the ingest writes it: the ``StateStore`` (an asyncpg pool) writes a batch's
+events, chunks, journal rows, backfill progress and checkpoint in one transaction (invariant 1), and keeps
+the retention history, the rewinds' and reload requests' rows and the compact chunks' expansion.  Also
+the names of the NOTIFY channels on the state schema.  All SQL runs with ``search_path`` set to the state
+schema; its text is in sql/queries (listener.queue.queries).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from typing import Any, Literal
 
 import asyncpg
-import psycopg
-from psycopg import sql
 
 from listener.errors import from_driver
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue import queries
-from listener.rules.events import RunPolicy
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def load_migrations() -> list[Migration]:
-    """The numbered migrations in version order; a gap or duplicate number is a packaging bug."""
-    found: list[Migration] = []
-    for entry in resources.files("listener.sql").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise RuntimeError(f"migration numbers must be 1..n without gaps, found {migration.version}")
-    return found
-
-
-def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[Migration]:
-    """Bring ``schema`` up to date; return the migrations applied now (empty when already current)."""
-    applied: list[Migration] = []
-    ident = sql.Identifier(schema)
-    with conn.transaction():
-        conn.execute(queries.get("migrate_lock"), [schema])
-        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists: a role
-        # that owns its schema, made for it by a DBA, may lack it.
-        if not conn.execute(queries.get("schema_exists"), [schema]).fetchone():
-            conn.execute(queries.query("create_schema").compose(schema=ident))
-        conn.execute(queries.query("create_schema_migrations").compose(schema=ident))
-        row = conn.execute(queries.query("schema_version").compose(schema=ident)).fetchone()
-        current = int(row[0]) if row else 0  # type: ignore[call-overload]
-        for migration in load_migrations():
-            if migration.version <= current:
-                continue
-            conn.execute(queries.query("set_search_path").compose(schema=ident))
-            conn.execute(migration.sql.encode())
-            conn.execute(
-                queries.query("record_migration").compose(schema=ident), [migration.version, migration.name]
-            )
-            applied.append(migration)
-    return applied
-
-
-def schema_version(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> int | None:
-    """The applied migration version, or None when the schema was never initialised."""
-    row = conn.execute(queries.get("regclass"), [f"{_quote_ident(schema)}.schema_migrations"]).fetchone()
-    if row is None or row[0] is None:
-        return None
-    row = conn.execute(queries.query("schema_version").compose(schema=sql.Identifier(schema))).fetchone()
-    return int(row[0]) if row else 0  # type: ignore[call-overload]
-
-
-def checkpoint(conn: psycopg.Connection[tuple[object, ...]], schema: str, slot: str) -> int | None:
-    """The checkpoint of ``slot`` (None: none, or no state schema yet)."""
-    if schema_version(conn, schema) is None:
-        return None
-    row = conn.execute(queries.query("checkpoint").compose(schema=sql.Identifier(schema)), [slot]).fetchone()
-    return parse_lsn(str(row[0])) if row is not None else None
-
-
-def forget_checkpoint(conn: psycopg.Connection[tuple[object, ...]], schema: str, slot: str) -> int | None:
-    """Delete the checkpoint of ``slot`` (its slot is gone for good); return what it was."""
-    if schema_version(conn, schema) is None:
-        return None
-    statement = queries.query("forget_checkpoint").compose(schema=sql.Identifier(schema))
-    row = conn.execute(statement, [slot]).fetchone()
-    return parse_lsn(str(row[0])) if row is not None else None
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+from listener.queue.batches import BackfillChunk, EventBatch, RawChunk, Retention, RewindPlan
 
 
 def notify_channel(schema: str) -> str:
@@ -115,185 +32,6 @@ def control_channel(schema: str, kind: ControlKind) -> str:
     ``rewinds``, ``backfills`` or ``reload_requests``).  Each kind has its own channel, so one never sets
     off another; it carries no data (invariant 7): a wake-up without a request row does nothing."""
     return f"{schema}_{kind}"
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """The retention window (``retain:``): the slot's confirmed position trails the checkpoint by
-    ``duration_s`` of commit time, and by no more than ``size_bytes`` of WAL (either may be None)."""
-
-    duration_s: float | None = None
-    size_bytes: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RewindPlan:
-    """An unfinished row of ``rewinds``: re-read the transactions committed in [from_lsn, up_to)."""
-
-    id: int
-    from_lsn: int
-    up_to: int
-    position: int | None  # end LSN of the last re-read transaction already durable, if any
-    rerun_rule: str | None
-    generation: int | None
-    rules: tuple[str, ...]  # the rules of the configuration that asked for it
-
-    @property
-    def start_lsn(self) -> int:
-        """Where streaming starts (again): after what is already durable."""
-        return self.position if self.position is not None else self.from_lsn
-
-
-@dataclass(slots=True)
-class EventBatch:
-    """Events for one state-database transaction, in columns, plus the checkpoint that goes with them.
-
-    What is the same for many events (rule, workflow, operation, table and the transaction's commit LSN,
-    xid and time) is stored once per *group*; each event names its group.  The idempotency key
-    ``rule/commit LSN/ordinal`` is assembled by the server.  This keeps the per-event cost of sending a
-    batch low: it is the hot path of a million-row transaction.
-    """
-
-    group: list[int] = field(default_factory=list)  # 1-based index into the group columns
-    lsn: list[int] = field(default_factory=list)  # WAL position of the change
-    ordinal: list[int] = field(default_factory=list)  # of the change among its table's, in the transaction
-    payload: list[str] = field(
-        default_factory=list
-    )  # JSON text: {"new": .., "old": .., "unchanged_toast": ..}
-    key: list[str | None] = field(default_factory=list)  # flow-control key of gated runs
-    # per group: rule, workflow, op, table, commit LSN (text; for NOTIFY what stands in for it in the key),
-    # xid, commit time, gated, key limit, ordered, priority, event source (cdc, message, notify)
-    groups: list[
-        tuple[
-            str,
-            str,
-            str | None,
-            str | None,
-            str,
-            int | None,
-            datetime | None,
-            bool,
-            int | None,
-            bool,
-            int,
-            str,
-        ]
-    ] = field(default_factory=list)
-    group_ids: dict[tuple[str, str | None, str | None, str], int] = field(default_factory=dict)
-    checkpoint: int | None = None  # end LSN of the last complete transaction in this batch
-    chunks: list[RawChunk] = field(default_factory=list)  # bulk changes stored compactly
-    # The change journal (`journal:`): the raw changes of the batch's transactions, per table (their
-    # ``rules`` unused); see sql/0006_journal.sql.
-    journal: list[RawChunk] = field(default_factory=list)
-    checkpoint_time: datetime | None = None  # commit time of that transaction (None: an idle checkpoint)
-    # Retention: set by the writer when a history row is due with this checkpoint; write_batch then
-    # records it and sets ``confirm`` to the position the slot may confirm (None: keep the current one).
-    retention: Retention | None = None
-    confirm: int | None = None
-    # Rewind: the rewind whose re-read transactions this batch may hold, how far they go, and whether the
-    # stream passed the end of its range (then it is finished with this batch).
-    rewind: RewindPlan | None = None
-    rewind_position: int | None = None
-    rewind_done: bool = False
-    # Backfill chunks that reached their high watermark in this batch (see listener/backfill.py)
-    backfill: list[BackfillChunk] = field(default_factory=list)
-    # About how much memory the batch's payloads, chunks and journal rows hold (their lengths): ingest
-    # bounds its buffers by this, not by counts (a few huge rows weigh more than thousands of small ones).
-    nbytes: int = 0
-
-    def __len__(self) -> int:
-        return len(self.payload)
-
-    def add(self, group: int, lsn: int, ordinal: int, payload: str, key: str | None = None) -> None:
-        """One event: its group (see ``group_id``), the change's LSN and ordinal, payload and run key."""
-        self.nbytes += len(payload)
-        self.group.append(group)
-        self.lsn.append(lsn)
-        self.ordinal.append(ordinal)
-        self.payload.append(payload)
-        self.key.append(key)
-
-    def group_id(
-        self,
-        rule: RunPolicy,
-        op: str | None,
-        table: str | None,
-        commit: str,
-        xid: int | None,
-        at: datetime | None,
-    ) -> int:
-        """The group of (rule, op, table) in the transaction committed at ``commit``, made on first use."""
-        key = (rule.name, op, table, commit)
-        gid = self.group_ids.get(key)
-        if gid is None:
-            self.groups.append(
-                (
-                    rule.name,
-                    rule.workflow,
-                    op,
-                    table,
-                    commit,
-                    xid,
-                    at,
-                    rule.gated,
-                    rule.key_limit,
-                    rule.ordered,
-                    rule.priority,
-                    _EVENT_SOURCE[rule.source],
-                )
-            )
-            gid = self.group_ids[key] = len(self.groups)
-        return gid
-
-
-@dataclass(slots=True)
-class RawChunk:
-    """Consecutive changes of one table in one transaction, kept as the server sent them (a row of
-    ``event_chunks``; see sql/0002_event_chunks.sql).  ``data`` holds, per change, its 8-byte LSN, the
-    4-byte length of its pgoutput message and the message."""
-
-    commit_lsn: int
-    relation_oid: int
-    first_ordinal: int
-    xid: int
-    commit_time: datetime
-    table_name: str
-    protocol: int
-    relation: bytes  # the Relation message
-    rules: str  # JSON: {"insert": [[rule, workflow], ...], ...}
-    data: bytearray = field(default_factory=bytearray)
-    changes: int = 0
-
-
-@dataclass(slots=True)
-class BackfillChunk:
-    """One chunk of a backfill at its high watermark: the rows that survived its window, and the progress
-    it makes (committed together: see sql/0005_backfill.sql).  The rows are either raw COPY text lines
-    (``data``, for the expander) or, for a rule that needs the row at ingest, ready ``events``."""
-
-    backfill_id: int
-    seq: int
-    rule: str
-    workflow: str
-    priority: int
-    gated: bool
-    key_limit: int | None
-    ordered: bool
-    table_name: str
-    columns: str  # JSON: [[name, type OID], ...]
-    key_positions: list[int]
-    lsn: int  # the high watermark
-    read_at: datetime
-    last_key: list[str] | None  # None: the table was empty
-    rows_read: int
-    rows_dropped: int
-    final: bool  # the last chunk: the backfill is done when it commits
-    data: bytes = b""  # the surviving rows as COPY text lines
-    rows: int = 0  # how many lines ``data`` holds
-    events: list[tuple[str, str, str | None]] | None = None  # (idempotency key, payload, run key)
-
-
-_EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify"}  # rule source -> events.source
 
 
 # The state schema's statements (sql/queries/*.sql), by the names they go by here.
@@ -456,9 +194,7 @@ class StateStore:
         assert row is not None
         inserted, rewound, reruns = row["inserted"], row["rewound"], row["reruns"]
         for index, (oid, stand_in) in huge.items():  # (an event inserted before keeps its payload)
-            group = batch.groups[batch.group[index] - 1]
-            key = f"{group[0]}/{group[4]}/{batch.ordinal[index]}"  # as insert_events makes it
-            await conn.execute(_FILL_PAYLOAD, key, oid, stand_in)
+            await conn.execute(_FILL_PAYLOAD, batch.event_key(index), oid, stand_in)
             await conn.execute(_UNLINK_LARGE_OBJECT, oid)
         if inserted or reruns:
             await conn.execute(_WAKE, self.channel)

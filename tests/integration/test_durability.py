@@ -13,7 +13,8 @@ from listener import install as setup
 from listener.errors import ProtocolError
 from listener.pg.lsn import parse_lsn
 from listener.pg.replication import ReplicationSession
-from listener.queue.store import EventBatch, StateStore
+from listener.queue.batches import EventBatch
+from listener.queue.store import StateStore
 from tests.support import current_wal_lsn, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 
 from listener.pg.lsn import format_lsn
-from listener.queue import store
-from listener.queue.store import EventBatch, StateStore
+from listener.queue import migrations
+from listener.queue.batches import EventBatch
+from listener.queue.store import StateStore
 from listener.rules.events import cdc_key
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -44,7 +45,7 @@ ORDINALS = [0, 1, 9, 10, 2**31 - 1, 2**31, 2**32 + 5, 2**53]
 
 
 async def test_the_sql_key_is_cdc_key(dsn: str, sql: Conn) -> None:
-    store.migrate(sql, "listener")
+    migrations.migrate(sql, "listener")
     server_text = {
         lsn: str(sql.execute("SELECT %s::pg_lsn::text", [format_lsn(lsn)]).fetchone()[0])  # type: ignore[index]
         for lsn in COMMITS
@@ -59,6 +60,7 @@ async def test_the_sql_key_is_cdc_key(dsn: str, sql: Conn) -> None:
                 payload = {"rule": rule, "commit": commit, "ordinal": ordinal}
                 batch.add(gid, min(commit, 2**63 - 1), ordinal, json.dumps(payload))
                 expected[cdc_key(rule, commit, ordinal)] = (rule, commit, ordinal)
+                assert batch.event_key(len(batch) - 1) == cdc_key(rule, commit, ordinal)
     state = await StateStore.connect(dsn, schema="listener", slot="keys")
     try:
         assert await state.insert_events(batch) == (len(expected), 0, 0)

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from listener.queue import store
-from listener.queue.store import EventBatch
+from listener.queue.batches import EventBatch
 from tests.support import events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

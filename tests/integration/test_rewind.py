@@ -18,7 +18,8 @@ from click.testing import Result
 from listener import install as setup
 from listener.ingest import state as ingest_mod
 from listener.pg.lsn import format_lsn, parse_lsn
-from listener.queue.store import EventBatch, Retention, StateStore
+from listener.queue.batches import EventBatch, Retention
+from listener.queue.store import StateStore
 from listener.rules.config import Config
 from tests.support import acli, events, running_ingest, wait_caught_up, write_config
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from listener.cli.main import main
 from listener.pg.conninfo import asyncpg_params
-from listener.queue import store
+from listener.queue import migrations, store
 from listener.runtime import worker
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -114,7 +114,7 @@ def state(dsn: str, sql: Conn, tmp_path: Path) -> Iterator[State]:
     """A state schema holding a done, a dead, a pending and a running run (created in that order)."""
     config = tmp_path / "listener.yaml"
     config.write_text(f"state_schema: {SCHEMA}\nrules: []\n")
-    store.migrate(sql, SCHEMA)
+    migrations.migrate(sql, SCHEMA)
     _event(sql, DONE, "orders_paid", "workflows.billing:charge", "0/1A2B3C4", {"id": 1, "total": 42})
     _event(sql, DEAD, "orders_mail", "workflows.mail:notify", "0/1A2B400", {"id": 2})
     _event(sql, PENDING, "users_new", "listener_examples.onboarding:welcome", "0/1A2B500", {"id": 3})

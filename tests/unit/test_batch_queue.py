@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from listener.ingest.source import BatchQueue
-from listener.queue.store import EventBatch
+from listener.queue.batches import EventBatch
 
 
 class Quiet:

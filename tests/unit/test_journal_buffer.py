@@ -12,7 +12,7 @@ import struct
 from listener.ingest.journal import JournalBuffer
 from listener.pg import pgoutput as po
 from listener.pg.changes import Assembler, TypeRegistry
-from listener.queue.store import RawChunk
+from listener.queue.batches import RawChunk
 from tests.unit.test_reader import captured
 
 _head = struct.Struct(">QI")

@@ -23,7 +23,8 @@ from listener.ingest.state import IngestState
 from listener.pg import pgoutput as po
 from listener.pg.lsn import format_lsn
 from listener.pg.replication import ReplicationSession
-from listener.queue.store import EventBatch, StateStore
+from listener.queue.batches import EventBatch
+from listener.queue.store import StateStore
 from listener.rules.compile import RuleSet
 from listener.rules.config import parse_config
 
