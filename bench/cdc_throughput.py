@@ -63,10 +63,11 @@ from psycopg.conninfo import make_conninfo
 
 import listener.ingest.session as ingest_module
 from listener import install as setup
+from listener.defaults import READ_BATCH_MESSAGES
 from listener.ingest import Ingest
 from listener.pg.embedded import bin_dir
 from listener.pg.lsn import format_lsn, parse_lsn
-from listener.pg.replication import READ_BATCH_MESSAGES, ReplicationSession
+from listener.pg.replication import ReplicationSession
 from listener.queue.batches import EventBatch
 from listener.queue.store import StateStore
 from listener.rules.config import Config, parse_config

@@ -21,6 +21,14 @@ import asyncpg
 import psycopg
 
 from listener import install
+from listener.defaults import (
+    RELOAD_ANSWER_POLL_S,
+    RELOAD_ATTEMPTS,
+    RELOAD_INTERVAL_S,
+    RELOAD_POLL_S,
+    RELOAD_RETRY_S,
+    RELOAD_WAIT_S,
+)
 from listener.errors import ConfigError, ListenerError, ReloadDeferred, is_transient
 from listener.ingest import Ingest
 from listener.pg import conninfo
@@ -35,13 +43,6 @@ from listener.supervise import first_of
 logger = logging.getLogger(__name__)
 
 StateConn = psycopg.Connection[tuple[Any, ...]]
-
-RELOAD_ATTEMPTS = 5  # a reload meeting a (re)starting session or a lost connection is tried this often
-RELOAD_WAIT_S = 30.0  # ... each time waiting this long at most for the session to stream
-RELOAD_RETRY_S = 0.5
-RELOAD_INTERVAL_S = 1.0  # at most one reload this often: requests meanwhile share the next one
-RELOAD_POLL_S = 5.0  # the reloader looks for request rows this often should a NOTIFY be lost
-ANSWER_POLL_S = 0.2  # `listener reload` looks at its request row this often
 
 
 def ask_reload(conn: StateConn, schema: str, slot: str, *, timeout: float) -> tuple[bool, str] | None:
@@ -60,7 +61,7 @@ def ask_reload(conn: StateConn, schema: str, slot: str, *, timeout: float) -> tu
         ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        time.sleep(ANSWER_POLL_S)
+        time.sleep(RELOAD_ANSWER_POLL_S)
         answer = conn.execute(queries.get("reload_answer"), [row[0]]).fetchone()
         if answer is not None and answer[0] is not None:
             return bool(answer[0]), str(answer[1])

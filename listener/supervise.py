@@ -19,15 +19,10 @@ from typing import Any
 
 import asyncpg
 
+from listener.defaults import HEALTHY_AFTER_S, RESTART_MAX_S, RESTART_MIN_S
 from listener.errors import ListenerError, is_transient
 
 logger = logging.getLogger(__name__)
-
-RESTART_MIN_S = 0.2
-RESTART_MAX_S = 30.0
-# A body that ran this long before failing was healthy: the failure starts a new outage (logged again,
-# backoff from the start).
-HEALTHY_AFTER_S = 30.0
 
 
 def describe(exc: BaseException) -> str:

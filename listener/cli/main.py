@@ -24,11 +24,12 @@ from rich.console import Console
 from listener import install as setup
 from listener.cli import views
 from listener.cli.render import dumps, markup_safe, printable, stdout_console, write_json_lines
+from listener.defaults import DEFAULT_CONFIG_FILE, RUNS_LIST_LIMIT
 from listener.errors import DatabaseError, ListenerError, ProtocolError
 from listener.ops import runs as runs_mod
 from listener.pg import conninfo
 from listener.pg.embedded import DEFAULT_DATA_DIR, EmbeddedPostgres, client_program
-from listener.rules.config import DEFAULT_CONFIG_FILE, Config, load_config, parse_config
+from listener.rules.config import Config, load_config, parse_config
 
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -391,7 +392,7 @@ def demo(opts: Options, rows: int) -> None:
 )
 @click.option("--workflow", help="Only runs of this workflow (module.path:function).")
 @click.option("--rule", help="Only runs of events of this rule.")
-@click.option("--limit", default=runs_mod.LIST_LIMIT, type=click.IntRange(min=1), help="Show at most N runs.")
+@click.option("--limit", default=RUNS_LIST_LIMIT, type=click.IntRange(min=1), help="Show at most N runs.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts (see above).")
 @click.pass_context
 def runs(

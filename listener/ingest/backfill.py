@@ -44,6 +44,16 @@ import asyncpg
 import psycopg
 from psycopg import sql
 
+from listener.defaults import (
+    BACKFILL_CANCEL_CHECK_S,
+    BACKFILL_CHUNK_ROWS,
+    BACKFILL_IN_FLIGHT,
+    BACKFILL_LOCK_RETRY_MAX_S,
+    BACKFILL_LOCK_RETRY_MIN_S,
+    BACKFILL_LOCK_TIMEOUT_MS,
+    BACKFILL_POLL_S,
+    BACKFILL_RETRY_S,
+)
 from listener.errors import BackfillFailed, ListenerError, is_transient
 from listener.pg import pgoutput as po
 from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_info
@@ -78,15 +88,7 @@ class Stream(Protocol):
 logger = logging.getLogger(__name__)
 
 PREFIX = "listener.backfill"  # the watermark messages
-CHUNK_ROWS = 20_000  # rows per chunk (the unit of progress, and of what a crash re-reads)
-IN_FLIGHT = 2  # chunks read ahead of the one waiting to be durable (memory: this many chunks at most)
-POLL_S = 5.0  # a running ingest looks for recorded backfills this often when no NOTIFY arrives
-RETRY_S = 1.0  # after a lost connection, try the backfill again after this long
 OPEN = ("pending", "running")
-LOCK_TIMEOUT_MS = 200  # the SHARE lock around a low mark waits for the table's writers at most this long
-LOCK_RETRY_MIN_S = 0.05  # ... then it tries again after this long, doubling up to LOCK_RETRY_MAX_S
-LOCK_RETRY_MAX_S = 2.0
-CANCEL_CHECK_S = 1.0  # a running backfill looks at its status this often (and when NOTIFY wakes it)
 
 
 def _last_line(data: bytes | bytearray) -> bytes:
@@ -258,8 +260,8 @@ class Backfills:
     def __init__(self, ingest: Stream, *, chunk_rows: int | None = None) -> None:
         self.ingest = ingest
         config = ingest.config
-        self.chunk_rows = chunk_rows or (config.ingest.backfill_chunk_rows if config else CHUNK_ROWS)
-        self.poll_interval = POLL_S
+        self.chunk_rows = chunk_rows or (config.ingest.backfill_chunk_rows if config else BACKFILL_CHUNK_ROWS)
+        self.poll_interval = BACKFILL_POLL_S
         self.wake = asyncio.Event()
         self.windows: dict[str, Window] = {}  # token -> window, from before its low mark to its high mark
         self.watched: dict[int, list[Window]] = {}  # relation OID -> windows open in the stream
@@ -395,7 +397,7 @@ class Backfills:
                     await self._fail(plan.id, f"{type(exc).__name__}: {exc}")
                     continue
                 logger.warning("backfill %d interrupted (%s); trying again", plan.id, exc)
-                await asyncio.sleep(RETRY_S)
+                await asyncio.sleep(BACKFILL_RETRY_S)
 
     async def _start_snapshots(self) -> None:
         """Rules with ``snapshot: true`` get one backfill, the first time this slot's ingest sees them."""
@@ -484,14 +486,14 @@ class Backfills:
         clock = self.clock
         checked = time.monotonic()
         while True:
-            # cancelled?  Looked at when the control channel spoke, and at least every CANCEL_CHECK_S
-            if self.wake.is_set() or time.monotonic() - checked >= CANCEL_CHECK_S:
+            # cancelled?  Looked at when the control channel spoke, and at least every BACKFILL_CANCEL_CHECK_S
+            if self.wake.is_set() or time.monotonic() - checked >= BACKFILL_CANCEL_CHECK_S:
                 self.wake.clear()
                 checked = time.monotonic()
                 if await self._status(plan.id) not in OPEN:
                     break
             began = time.perf_counter()
-            while len(in_flight) >= IN_FLIGHT:
+            while len(in_flight) >= BACKFILL_IN_FLIGHT:
                 await self._settle(in_flight.popleft())
             marked = time.perf_counter()
             clock.waiting_s += marked - began
@@ -545,10 +547,10 @@ class Backfills:
         row's older state.  So the mark and the snapshot are taken under a SHARE lock on the table, which
         waits for the table's writers to end and holds new ones back -- only until ``conn`` has imported
         the snapshot (a millisecond or two), never while the chunk is read."""
-        delay = LOCK_RETRY_MIN_S
+        delay = BACKFILL_LOCK_RETRY_MIN_S
         lock = sql.SQL(
             "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = {}; LOCK TABLE {} IN SHARE MODE"
-        ).format(sql.Literal(LOCK_TIMEOUT_MS), sql.Identifier(shape.schema, shape.name))
+        ).format(sql.Literal(BACKFILL_LOCK_TIMEOUT_MS), sql.Identifier(shape.schema, shape.name))
         while True:
             try:
                 await marker.execute(lock)  # one round trip: the lock is held as briefly as it can be
@@ -557,7 +559,7 @@ class Backfills:
                 await marker.execute("ROLLBACK")
                 logger.info("backfill: %s is busy; trying again in %.2fs", shape.name, delay)
                 await asyncio.sleep(delay)
-                delay = min(LOCK_RETRY_MAX_S, delay * 2)
+                delay = min(BACKFILL_LOCK_RETRY_MAX_S, delay * 2)
         try:
             # the snapshot is the statement's (taken first); the mark is not flushed: the high mark's
             # flush carries it to the walsender

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from listener.defaults import EXPAND_IDLE_POLL_S, EXPAND_POLL_S, EXPAND_SLICE_ROWS
 from listener.errors import ProtocolError
 from listener.ingest.backfill import chunk_from_row
 from listener.pg import pgoutput as po
@@ -30,10 +31,6 @@ from listener.queue.store import StateStore
 from listener.rules.events import chunk_events
 
 logger = logging.getLogger(__name__)
-
-EXPAND_POLL_S = 0.25  # while held back by `ahead`: how often to look whether the workers caught up
-IDLE_POLL_S = 5.0  # with no chunk known: a fallback in case a wake-up was missed
-RENDER_SLICE = 2000  # backfill rows rendered between two turns of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +188,8 @@ class Expander:
         info = relation_info(shape.relation(), self.types)
         lines = bytes(chunk.data).split(b"\n")
         events: list[tuple[str, str, str | None]] = []
-        for start in range(0, len(lines), RENDER_SLICE):
-            piece = b"\n".join(lines[start : start + RENDER_SLICE])
+        for start in range(0, len(lines), EXPAND_SLICE_ROWS):
+            piece = b"\n".join(lines[start : start + EXPAND_SLICE_ROWS])
             events += chunk_events(
                 piece, info, chunk.key_positions, None, chunk.rule, chunk.backfill_id, chunk.read_at
             )
@@ -211,5 +208,5 @@ class Expander:
             await self.free.wait()  # not while ingest streams a bulk transaction: leave it the CPU
             backlog = await self.expand_available()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(EXPAND_POLL_S if backlog else IDLE_POLL_S):
+                async with asyncio.timeout(EXPAND_POLL_S if backlog else EXPAND_IDLE_POLL_S):
                     await self.wake.wait()

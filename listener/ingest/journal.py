@@ -6,8 +6,8 @@ written in the state-db transaction of its batch.  On the hot path that is two a
 per change (:class:`JournalBuffer`); nothing is decoded or rendered for it.  `listener replay`
 (:mod:`listener.ops.replay`) reads them back.
 
-The running ingest prunes rows committed more than ``keep`` ago every ``PRUNE_INTERVAL_S``, in batches of
-``PRUNE_BATCH_ROWS``.
+The running ingest prunes rows committed more than ``keep`` ago every ``JOURNAL_PRUNE_INTERVAL_S``, in
+batches of ``JOURNAL_PRUNE_BATCH_ROWS``.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ import logging
 import struct
 from dataclasses import dataclass
 
+from listener.defaults import JOURNAL_PRUNE_BATCH_ROWS, JOURNAL_PRUNE_INTERVAL_S, JOURNAL_ROW_BYTES
 from listener.pg.changes import Assembler
 from listener.queue.batches import RawChunk
 from listener.queue.store import StateStore
 
 logger = logging.getLogger(__name__)
 
-PRUNE_INTERVAL_S = 60.0
-PRUNE_BATCH_ROWS = 1000
-CHUNK_BYTES = 1 << 20  # a journal row holds at most about this much (a huge transaction makes several)
 
 _unpack_oid = struct.Struct(">I").unpack_from
 _pack_head = struct.Struct(">QI").pack  # a change in a journal row: its LSN and its message's length
@@ -41,7 +39,7 @@ class JournalBuffer:
 
     def __init__(self, protocol: int, *, chunk_bytes: int | None = None) -> None:
         self.protocol = protocol
-        self.chunk_bytes = chunk_bytes or CHUNK_BYTES
+        self.chunk_bytes = chunk_bytes or JOURNAL_ROW_BYTES
         self.open: dict[int, RawChunk] = {}
 
     def add(
@@ -91,8 +89,8 @@ class JournalPolicy:
     """``journal:`` as the ingest uses it."""
 
     keep_s: float
-    prune_interval_s: float = PRUNE_INTERVAL_S
-    prune_batch_rows: int = PRUNE_BATCH_ROWS
+    prune_interval_s: float = JOURNAL_PRUNE_INTERVAL_S
+    prune_batch_rows: int = JOURNAL_PRUNE_BATCH_ROWS
 
 
 async def prune_forever(store: StateStore, policy: JournalPolicy, stop: asyncio.Event) -> None:

@@ -9,7 +9,8 @@ import uuid
 
 import asyncpg
 
-from listener.ingest.source import BATCH_BYTES, BatchQueue
+from listener.defaults import BATCH_BYTES, NOTIFY_BUFFER_BYTES
+from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.pg.conninfo import asyncpg_params
 from listener.queue.batches import EventBatch
@@ -17,9 +18,6 @@ from listener.rules.events import append_notify_events
 from listener.supervise import ConnectionWatch
 
 logger = logging.getLogger(__name__)
-
-# NOTIFYs waiting for the writer take at most this much memory (more are dropped: NOTIFY is at most once).
-NOTIFY_BUFFER_BYTES = 16 << 20
 
 
 class NotifySource:

@@ -21,15 +21,16 @@ import struct
 import time
 from datetime import datetime
 
+from listener.defaults import BATCH_BYTES, COMPACT_CHUNK_BYTES, JOURNAL_BATCH_ROWS, READ_BATCH_BYTES
 from listener.errors import ProtocolError
 from listener.ingest.backfill import PREFIX as BACKFILL_PREFIX
 from listener.ingest.journal import JournalBuffer
 from listener.ingest.reload import RELOAD_PREFIX, apply_reload
-from listener.ingest.source import BATCH_BYTES, BatchQueue
+from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.pg import pgoutput as po
 from listener.pg.changes import Assembler, Change, TxnBegin, TxnCommit
-from listener.pg.replication import READ_BATCH_BYTES, ReplicationSession
+from listener.pg.replication import ReplicationSession
 from listener.queue.batches import EventBatch, RawChunk, RewindPlan
 from listener.rules.compile import CompiledRule, RuleSet
 from listener.rules.events import (
@@ -40,11 +41,6 @@ from listener.rules.events import (
 
 logger = logging.getLogger(__name__)
 
-# A compact chunk closes at this many bytes of changes.
-CHUNK_BYTES = 16 << 20
-# With the change journal on, a huge transaction's full journal rows (about 1 MB each) go to the state
-# database this many at a time (between them, memory holds at most this many).
-JOURNAL_BATCH_ROWS = 8
 _NOTHING = memoryview(b"")
 _ROW_CHANGES = frozenset(b"IUD")  # Insert, Update, Delete: their relation OID follows the type byte
 _unpack_oid = struct.Struct(">I").unpack_from
@@ -204,7 +200,7 @@ class PgoutputSource:
             for lsn, payload in messages:
                 if journal is not None and not skipping and payload[0] in _ROW_CHANGES:
                     full = journal.add(lsn, payload, assembler, raw_relations)
-                    if full is not None:  # a huge transaction: its journal goes in rows of CHUNK_BYTES
+                    if full is not None:  # a huge transaction: its journal goes in rows of JOURNAL_ROW_BYTES
                         batch.journal.append(full)
                         batch.nbytes += len(full.data)
                         if len(batch.journal) >= JOURNAL_BATCH_ROWS or batch.nbytes >= BATCH_BYTES:
@@ -237,7 +233,7 @@ class PgoutputSource:
                         data += payload
                         chunk.changes += 1
                         stats.changes += 1
-                        if chunk.changes >= chunk_changes or len(data) >= CHUNK_BYTES:
+                        if chunk.changes >= chunk_changes or len(data) >= COMPACT_CHUNK_BYTES:
                             close_chunk(oid)
                             await submit()
                         continue

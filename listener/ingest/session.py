@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from listener.defaults import SLOT_BUSY_RETRY_S, SLOT_BUSY_WAIT_S, WATCHER_EXIT_S
 from listener.errors import ReplicationEnded, SlotInUseError, is_transient
 from listener.ingest import reload as reloading
 from listener.ingest.journal import prune_forever
@@ -41,10 +42,6 @@ from listener.rules.config import Config
 from listener.supervise import sleep_unless, spawn, supervised, task_group
 
 logger = logging.getLogger(__name__)
-
-SLOT_BUSY_RETRY_S = 15.0
-SLOT_BUSY_WAIT_S = 1.0  # ... looking again this often
-WATCHER_EXIT_S = 5.0  # how long a stopping ingest waits for the rewind watcher to let go of its connection
 
 
 class Ingest(IngestState):

@@ -35,15 +35,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from listener.defaults import WRITE_QUEUE_BATCHES, WRITE_QUEUE_BYTES
 from listener.queue.batches import EventBatch
 from listener.supervise import first_of
-
-# A source submits a batch once its payloads, chunks and journal rows hold this much (invariant 6).
-BATCH_BYTES = 16 << 20
-WRITE_QUEUE_BATCHES = 2
-# A put waits while the batches queued or being written hold this much (invariant 6: memory is bounded
-# in bytes; one batch always goes through, however big its single huge row).
-WRITE_QUEUE_BYTES = 32 << 20
 
 
 class Source(Protocol):

@@ -15,6 +15,7 @@ from typing import Any, Self
 
 import psycopg
 
+from listener.defaults import HISTORY_INTERVAL_S, IDLE_CHECKPOINT_INTERVAL_S, REWIND_POLL_S
 from listener.ingest.backfill import Backfills
 from listener.ingest.expand import Expander
 from listener.ingest.journal import JournalPolicy
@@ -24,18 +25,6 @@ from listener.queue.batches import EventBatch, Retention, RewindPlan
 from listener.queue.store import StateStore
 from listener.rules.compile import RuleSet, compile_rules
 from listener.rules.config import Config
-
-# A checkpoint that no event needs -- the server's position while idle, or the end of a transaction that
-# made no event (PostgreSQL 14 streams an empty Begin/Commit for every transaction in the database, 15+ one
-# for changes that no rule matches) -- is written at most this often; in between it waits for the next
-# batch that has events.  Each such write is WAL itself (when the state database is the source), which would
-# otherwise feed a loop of one write per transaction.
-IDLE_CHECKPOINT_INTERVAL_S = 10.0
-# With a retention window: at most one lsn_history row per this many seconds (the precision of
-# `listener rewind --to-time`, and how often the confirmed position can move).
-HISTORY_INTERVAL_S = 5.0
-# A running ingest looks for recorded rewinds this often when no NOTIFY arrives (invariant 7).
-REWIND_POLL_S = 5.0
 
 
 @dataclass(slots=True)

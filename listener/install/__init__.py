@@ -23,7 +23,6 @@ from listener.install.privileges import CheckResult
 from listener.install.provision import drop, init
 from listener.install.publications import (
     FILTER_SETTINGS,
-    PROBE_LOCK_TIMEOUT_MS,
     PublicationAccess,
     Pushdown,
     compile_rules,
@@ -39,7 +38,6 @@ from listener.install.slots import ensure_slot, lost_slot
 
 __all__ = [
     "FILTER_SETTINGS",
-    "PROBE_LOCK_TIMEOUT_MS",
     "CheckResult",
     "PublicationAccess",
     "Pushdown",

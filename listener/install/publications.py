@@ -14,6 +14,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from listener.defaults import PROBE_LOCK_TIMEOUT_MS
 from listener.errors import INSUFFICIENT_PRIVILEGE, UNDEFINED_TABLE, PrerequisiteError, from_driver
 from listener.pg.conninfo import Conn
 from listener.rules import pushdown
@@ -22,7 +23,6 @@ from listener.rules.compile import OPERATIONS, RuleSet
 from listener.rules.config import Config, qualified_name
 from listener.rules.pushdown import PublicationPlan, Refusal, TablePlan, publish_list
 
-PROBE_LOCK_TIMEOUT_MS = 10_000  # trying a row filter locks its table briefly; wait at most this long
 # The constants of a row filter are parsed once, when the publication is created, under that session's
 # settings: `at > '2024-01-01'` would otherwise mean midnight in the session's time zone, while
 # listener.predicate evaluates it in UTC, and 'a\b' a backspace with standard_conforming_strings off.

@@ -19,14 +19,13 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from listener.defaults import BACKFILL_FOLLOW_POLL_S
 from listener.errors import ListenerError
 from listener.ingest.backfill import OPEN, SHAPE, check_where, table_shape
 from listener.queue import queries
 from listener.queue import store as store_mod
 from listener.rules.catalog import read_tables
 from listener.rules.config import Config
-
-FOLLOW_POLL_S = 0.5  # `listener backfill` looks at its row this often
 
 
 def _table_ref(schema: str, table: str) -> str:
@@ -172,13 +171,13 @@ def cancel(state: psycopg.Connection[Any], schema: str, backfill_id: int) -> Bac
 def follow(
     state: psycopg.Connection[Any], backfill_id: int, progress: Callable[[BackfillRow], None] | None = None
 ) -> BackfillRow:
-    """Read the backfill's row every FOLLOW_POLL_S until the backfill ends, passing each to ``progress``;
-    return the last one."""
+    """Read the backfill's row every BACKFILL_FOLLOW_POLL_S until the backfill ends, passing each to
+    ``progress``; return the last one."""
     row = get(state, backfill_id)
     while True:
         if progress is not None:
             progress(row)
         if row.status not in OPEN:
             return row
-        time.sleep(FOLLOW_POLL_S)
+        time.sleep(BACKFILL_FOLLOW_POLL_S)
         row = get(state, backfill_id)

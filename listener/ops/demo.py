@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from listener import service
+from listener.defaults import DEMO_WAIT_S
 from listener.pg import conninfo
 from listener.rules.config import parse_config
 from listener.runtime.workflow import Event
 
 # The demo's tables: the same file creates them in `docker compose up` (docker-entrypoint-initdb.d).
 SCHEMA_SQL = resources.files("listener_examples").joinpath("demo.sql").read_text()
-
-WAIT_S = 30.0
 
 
 @dataclass
@@ -46,7 +45,7 @@ async def demo(dsn: str, *, rows: int = 6, on_streaming: Callable[[], None] | No
         service.run(config, dsn, dsn, stop=stop, on_event_start=on_start, ready=ready), name="service"
     )
     ready_wait = asyncio.create_task(ready.wait())
-    await asyncio.wait({ready_wait, task}, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({ready_wait, task}, timeout=DEMO_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         ready_wait.cancel()
         await task  # raises what stopped the service
@@ -54,7 +53,7 @@ async def demo(dsn: str, *, rows: int = 6, on_streaming: Callable[[], None] | No
     if not ready.is_set():
         stop.set()
         await task
-        raise TimeoutError(f"listener did not start streaming within {WAIT_S:.0f}s")
+        raise TimeoutError(f"listener did not start streaming within {DEMO_WAIT_S:.0f}s")
     if on_streaming is not None:
         on_streaming()
     expected = 0
@@ -77,7 +76,7 @@ async def demo(dsn: str, *, rows: int = 6, on_streaming: Callable[[], None] | No
                 )
                 expected += cur.rowcount
             await asyncio.sleep(0.2)
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + DEMO_WAIT_S
     while len(started) < expected and time.monotonic() < deadline and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)  # let the last workflows finish

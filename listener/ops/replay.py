@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from listener.defaults import REPLAY_BATCH_EVENTS, REPLAY_PREFETCH_ROWS
 from listener.errors import ListenerError, OutsideJournal, utc_text
 from listener.ingest.expand import decode_relation, stored_changes
 from listener.ops.rewind import Conn, RuleCount, parse_time, tally
@@ -165,8 +166,6 @@ _READ_ROWS = queries.get("read_journal")
 # rewind's rerun of it (sql/queries/rewind.sql, next_generation).
 _NEXT_GENERATION = queries.query("next_generation")
 NO_END_LSN = (1 << 64) - 1  # a --rerun applies to every change replayed
-REPLAY_BATCH_EVENTS = 5000
-READ_PREFETCH_ROWS = 8  # journal rows of up to about 1 MB each: memory stays bounded
 
 
 async def replay(
@@ -218,7 +217,7 @@ async def replay(
         if progress is not None:
             progress(0, total)
         async with state.pool.acquire() as conn, conn.transaction(readonly=True):
-            async for row in conn.cursor(_READ_ROWS, *args, prefetch=READ_PREFETCH_ROWS):
+            async for row in conn.cursor(_READ_ROWS, *args, prefetch=REPLAY_PREFETCH_ROWS):
                 info = relations.get((row["protocol"], row["relation"]))
                 if info is None:
                     info = await _relation(row["protocol"], row["relation"], types, catalog)

@@ -28,14 +28,13 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from listener.defaults import REWIND_WAIT_POLL_S
 from listener.errors import ListenerError, OutsideWindow, PrerequisiteError, utc_text
 from listener.ops import runs as runs_mod
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue import batches, queries, store
 from listener.rules.compile import RuleSet
 from listener.rules.config import Config, parse_duration
-
-WAIT_POLL_S = 0.5  # `listener rewind --wait` looks at the rewind this often
 
 Conn = runs_mod.Conn
 
@@ -396,7 +395,7 @@ def wait_finished(state: Conn, rewind_id: int, *, timeout: float | None = None) 
                 f"rewind {rewind_id} has not finished after {timeout:.0f}s",
                 hint="is `listener run` running? `listener status` shows the rewind's progress",
             )
-        time.sleep(WAIT_POLL_S)
+        time.sleep(REWIND_WAIT_POLL_S)
 
 
 # ---------------------------------------------------------------------------------------------------------

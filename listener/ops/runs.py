@@ -24,13 +24,12 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from listener.defaults import RUN_LOCK_WAIT_S, RUNS_LIST_LIMIT
 from listener.errors import DatabaseError, NoSuchRun, PrerequisiteError, RunStateError
 from listener.pg import conninfo
 from listener.queue import migrations, queries, store
 
 STATUSES = ("pending", "running", "done", "dead", "cancelled")
-LIST_LIMIT = 50  # runs listed by default
-LOCK_WAIT_S = 10  # longest wait for a run's row lock in retry and cancel
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -192,7 +191,7 @@ def list_runs(
     statuses: Sequence[str] = (),
     workflow: str | None = None,
     rule: str | None = None,
-    limit: int = LIST_LIMIT,
+    limit: int = RUNS_LIST_LIMIT,
 ) -> list[RunRow]:
     """Runs, newest first, filtered by status (any of), workflow and rule."""
     params = {"statuses": list(statuses) or None, "workflow": workflow, "rule": rule, "limit": limit}
@@ -348,11 +347,11 @@ def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
 
     A worker holds that lock for an instant when it claims or records, but for as long as a step's
     ``ctx.transaction()`` is open (FOR SHARE, until the step commits)."""
-    conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
+    conn.execute(f"SET LOCAL lock_timeout = '{RUN_LOCK_WAIT_S}s'")
     try:
         yield
     except pgerrors.LockNotAvailable as exc:
         raise DatabaseError(
-            f"run {run_id!r} stayed locked for {LOCK_WAIT_S}s (a step of its workflow is committing)",
+            f"run {run_id!r} stayed locked for {RUN_LOCK_WAIT_S}s (a step of its workflow is committing)",
             hint="try again in a moment",
         ) from exc

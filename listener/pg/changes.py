@@ -31,6 +31,7 @@ import psycopg
 from psycopg import postgres, pq
 from psycopg.adapt import AdaptersMap, Transformer
 
+from listener.defaults import HUGE_TEXT_BYTES, HUGE_TEXT_PIECE_BYTES, MAX_JSON_DEPTH
 from listener.errors import ProtocolError
 from listener.pg import pgoutput as po
 from listener.pg.lsn import format_lsn
@@ -123,10 +124,6 @@ class JsonText(str):
 
     __slots__ = ()
 
-
-# Python's json module (and psycopg's and asyncpg's json loaders with it) recurses once per level and
-# raises RecursionError near 1,000 levels, while PostgreSQL accepts thousands: deeper values stay text.
-MAX_JSON_DEPTH = 256
 
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_STRING_BYTES = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -346,9 +343,6 @@ class ColumnInfo:
 
 
 _encode_str = json.encoder.encode_basestring
-# Change.payload_json(huge=True): text values of this many bytes or more are escaped in pieces of the other
-HUGE_TEXT_BYTES = 1 << 20
-HUGE_TEXT_PIECE_BYTES = 1 << 20
 _STAND_IN = re.compile(r'"\\u0000(\d+)"')
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 

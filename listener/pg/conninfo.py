@@ -32,6 +32,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from listener.defaults import CONNECT_TIMEOUT_S
 from listener.errors import ConfigError, from_driver
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -270,9 +271,6 @@ def ssl_context(p: Mapping[str, str]) -> ssl.SSLContext:
 def _default_file(name: str) -> str | None:
     path = _DOT_POSTGRESQL.expanduser() / name
     return str(path) if os.path.exists(path) else None
-
-
-CONNECT_TIMEOUT_S = 10  # unless the DSN says otherwise
 
 
 @contextmanager

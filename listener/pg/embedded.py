@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import psycopg
 
+from listener.defaults import EMBEDDED_START_TIMEOUT_S, EMBEDDED_STOP_TIMEOUT_S
 from listener.errors import ListenerError
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = Path(".listener") / "pgdata"
 # PostgreSQL refuses to run as root; when we are root, the server runs as this system user.
 SERVER_OS_USER = "listener_pg"
-START_TIMEOUT_S = 60
-STOP_TIMEOUT_S = 60
 # In the data directory, written by listener after initdb: the superuser's password as a libpq password
 # file (0600, ours), named by every DSN of the server; its presence marks a cluster listener created.
 PASSFILE = "listener.pgpass"
@@ -299,7 +298,7 @@ class EmbeddedPostgres:
             str(log_file),
             "-w",
             "-t",
-            str(START_TIMEOUT_S),
+            str(EMBEDDED_START_TIMEOUT_S),
             "-o",
             f"-p {self.port} {options}",
             "start",
@@ -340,7 +339,7 @@ class EmbeddedPostgres:
             "fast",
             "-w",
             "-t",
-            str(STOP_TIMEOUT_S),
+            str(EMBEDDED_STOP_TIMEOUT_S),
             "stop",
             what="stop the embedded PostgreSQL server",
         )

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import pq
 
+from listener.defaults import FLUSH_REPORT_DELAY_S, READ_BATCH_BYTES, READ_BATCH_MESSAGES, STATUS_INTERVAL_S
 from listener.errors import (
     CONFIGURATION_LIMIT_EXCEEDED,
     DUPLICATE_OBJECT,
@@ -39,12 +40,6 @@ from listener.pg.lsn import format_lsn, parse_lsn
 
 logger = logging.getLogger(__name__)
 
-STATUS_INTERVAL_S = 10.0
-# After the flush position advances, tell the server within this delay (keeps the slot's
-# confirmed_flush_lsn close to what is durable without one message per batch).
-FLUSH_REPORT_DELAY_S = 0.05
-READ_BATCH_MESSAGES = 2048
-READ_BATCH_BYTES = 4 << 20  # ... or fewer: a read returns once it holds this much
 
 _PG_EPOCH_US = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from listener.defaults import PAYLOAD_PIECE_CHARS
 from listener.errors import from_driver
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.pg.lsn import format_lsn, parse_lsn
@@ -70,10 +71,6 @@ _ANSWER_RELOADS = queries.get("answer_reloads")
 _FORGET_RELOADS = queries.get("forget_reloads")
 
 
-# A payload longer than this many characters (a huge row's) goes to the server in pieces of this size, through
-# a large object of the writer's transaction: sent whole, the driver would hold three more copies of it (the
-# statement's arguments, its message, the socket's backlog) beside the payload itself (invariant 6).
-PAYLOAD_PIECE_CHARS = 4 << 20
 # The event is inserted with this stand-in payload, then filled from the large object (numbered here).
 _PAYLOAD_STAND_IN = '{{"listener_payload_pieces":{}}}'
 

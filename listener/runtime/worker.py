@@ -31,23 +31,28 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from listener.defaults import (
+    CLAIM_BATCH,
+    ERROR_CHARS,
+    GATED_SCAN,
+    GRACE_S,
+    HELD_POLL_S,
+    LEASE_S,
+    POLL_INTERVAL_S,
+    RUN_TIMEOUT_S,
+    TRACEBACK_CHARS,
+)
 from listener.errors import ConfigError, Fenced, StepError, is_transient
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.queue import queries
 from listener.queue.store import notify_channel
-from listener.rules.config import RUN_TIMEOUT_S, WorkflowLimit
+from listener.rules.config import WorkflowLimit
 from listener.runtime import flow
 from listener.runtime import workflow as wf
 from listener.supervise import ConnectionWatch, spawn, supervised, task_group
 
 logger = logging.getLogger(__name__)
 
-CLAIM_BATCH = 64
-LEASE_SECONDS = 30.0
-GRACE_SECONDS = 30.0
-ERROR_CHARS = 2_000  # a failure's stored error text, at most
-TRACEBACK_CHARS = 20_000  # and its stored traceback
-POLL_SECONDS = 5.0
 
 # The statements (sql/queries/runs.sql).
 _CLAIM = queries.get("claim")
@@ -58,8 +63,6 @@ _GATED_CANDIDATES = queries.get("gated_candidates")
 _GATED_RUNNING = queries.get("gated_running")
 _KEY_HEADS = queries.get("key_heads")
 _RATE_USED = queries.get("rate_used")
-GATED_SCAN = 500  # pending gated runs looked at per claim
-HELD_POLL_SECONDS = 0.25  # when limits hold runs back, look again this soon
 
 _DONE = queries.get("complete_runs")
 _FAILED = queries.get("fail_run")
@@ -88,9 +91,9 @@ class Worker:
         *,
         schema: str,
         concurrency: int = 16,
-        poll_interval: float = POLL_SECONDS,
-        lease_seconds: float = LEASE_SECONDS,
-        grace_seconds: float = GRACE_SECONDS,
+        poll_interval: float = POLL_INTERVAL_S,
+        lease_seconds: float = LEASE_S,
+        grace_seconds: float = GRACE_S,
         run_timeout: float = RUN_TIMEOUT_S,
         on_start: Callable[[wf.Event], None] | None = None,
         limits: Iterable[WorkflowLimit] = (),
@@ -168,7 +171,7 @@ class Worker:
                 task.add_done_callback(functools.partial(self._finished, row["id"]))
             if rows and len(rows) == free:
                 continue
-            timeout = min(self.poll_interval, HELD_POLL_SECONDS) if held else self.poll_interval
+            timeout = min(self.poll_interval, HELD_POLL_S) if held else self.poll_interval
             await _wait_any(self._wake, stop, timeout=timeout)
 
     async def _listen(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:

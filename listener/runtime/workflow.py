@@ -41,16 +41,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
+from listener.defaults import BACKOFF_BASE_S, BACKOFF_MAX_S, MAX_ATTEMPTS
 from listener.errors import ConfigError, Fenced, StepError
 from listener.pg.changes import json_too_deep
 from listener.queue import queries
 
 Workflow = Callable[["Context"], Awaitable[Any] | Any]
 F = TypeVar("F", bound=Callable[..., Any])
-
-MAX_ATTEMPTS = 5
-BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)

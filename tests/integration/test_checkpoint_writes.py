@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from listener.ingest.state import IDLE_CHECKPOINT_INTERVAL_S
+from listener.defaults import IDLE_CHECKPOINT_INTERVAL_S
 from tests.support import _wait_for, current_wal_lsn, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]

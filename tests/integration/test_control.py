@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from click.testing import Result
 
-from listener import service
+from listener import defaults, service
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.rules.config import Config
 from tests import support
@@ -276,7 +276,7 @@ async def test_requests_in_a_burst_share_reloads_at_most_one_a_second(
     rows = answered(sql)
     assert len(rows) == 30 and all(r[2] for r in rows)
     reloads = {r[3] for r in rows}  # each reload's answer names its own LSN
-    assert len(reloads) <= elapsed / service.RELOAD_INTERVAL_S + 2
+    assert len(reloads) <= elapsed / defaults.RELOAD_INTERVAL_S + 2
     assert len(reloads) < 30
 
 

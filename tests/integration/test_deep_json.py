@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from listener.pg.changes import MAX_JSON_DEPTH
+from listener.defaults import MAX_JSON_DEPTH
 from listener.runtime.workflow import Event
 from tests.support import _wait_for, make_config, running_ingest, wait_caught_up
 

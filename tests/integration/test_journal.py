@@ -126,7 +126,7 @@ async def test_a_huge_transaction_is_journaled_in_rows_of_bounded_size(
 ) -> None:
     from listener.ingest import journal as journal_mod
 
-    monkeypatch.setattr(journal_mod, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(journal_mod, "JOURNAL_ROW_BYTES", 2000)
     config = write_config(tmp_path / "a.yaml", [AUDIT], journal=JOURNAL)
     async with running_ingest(dsn, config) as run:
         items.execute("INSERT INTO items SELECT g, repeat('x', 50) FROM generate_series(1, 500) g")

@@ -9,8 +9,8 @@ import asyncio
 import psycopg
 import pytest
 
+from listener.defaults import ERROR_CHARS, TRACEBACK_CHARS
 from listener.rules.config import parse_config
-from listener.runtime.worker import ERROR_CHARS, TRACEBACK_CHARS
 from listener.service import make_worker
 from tests import sample_workflows
 from tests.runtime_support import calls, enqueue, prepare, run_row, running_worker, step_names, wait_until

@@ -8,11 +8,10 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from listener.defaults import DEFAULT_CONFIG_FILE, RETAIN_WARN_BYTES
 from listener.errors import ConfigError
 from listener.rules.config import (
-    DEFAULT_CONFIG_FILE,
     EXAMPLE_CONFIG,
-    RETAIN_WARN_BYTES,
     Config,
     IngestSettings,
     RetainSettings,

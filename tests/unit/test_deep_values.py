@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from listener.pg.changes import MAX_JSON_DEPTH, TypeRegistry, json_depth, json_or_text
+from listener.defaults import MAX_JSON_DEPTH
+from listener.pg.changes import TypeRegistry, json_depth, json_or_text
 from listener.rules.predicate import ColumnType, compile_predicate
 from listener.runtime.workflow import Event
 

@@ -6,29 +6,13 @@ pydantic error is then reported as ``file:line, rule 'name': field.path: what is
 
 Modules, each importing only those before it: :mod:`.names` (table names, key templates), :mod:`.units`
 (durations, sizes, rates), :mod:`.validators` (the models' field checks), :mod:`.models` (the pydantic
-models and defaults), :mod:`.loader` (YAML with line numbers -> models -> errors that point at lines).
+models; their defaults are in :mod:`listener.defaults`), :mod:`.loader` (YAML with line numbers -> models
+-> errors that point at lines).
 """
 
-from listener.rules.config.loader import MAX_DEPTH, MAX_VALUES, YamlPath, load_config, parse_config
+from listener.rules.config.loader import YamlPath, load_config, parse_config
 from listener.rules.config.models import (
-    BACKFILL_CHUNK_ROWS,
-    BATCH_DELAY_MS,
-    BATCH_EVENTS,
-    COMPACT_AFTER,
-    COMPACT_CHUNK_CHANGES,
-    DEFAULT_CONFIG_FILE,
-    DEFAULT_PUBLICATION,
-    DEFAULT_SLOT,
-    DEFAULT_STATE_SCHEMA,
     EXAMPLE_CONFIG,
-    EXPAND_AHEAD,
-    GRACE_S,
-    LEASE_S,
-    POLL_INTERVAL_S,
-    RETAIN_WARN_BYTES,
-    RUN_TIMEOUT_S,
-    STATUS_INTERVAL_S,
-    WORKER_CONCURRENCY,
     Config,
     IngestSettings,
     JournalSettings,
@@ -42,28 +26,9 @@ from listener.rules.config.units import parse_duration, parse_rate, parse_size
 from listener.rules.config.validators import OPERATIONS, Operation, TableName
 
 __all__ = [
-    "BACKFILL_CHUNK_ROWS",
-    "BATCH_DELAY_MS",
-    "BATCH_EVENTS",
-    "COMPACT_AFTER",
-    "COMPACT_CHUNK_CHANGES",
-    "DEFAULT_CONFIG_FILE",
-    "DEFAULT_PUBLICATION",
-    "DEFAULT_SLOT",
-    "DEFAULT_STATE_SCHEMA",
     "EXAMPLE_CONFIG",
-    "EXPAND_AHEAD",
-    "GRACE_S",
-    "LEASE_S",
-    "MAX_DEPTH",
-    "MAX_VALUES",
     "OPERATIONS",
-    "POLL_INTERVAL_S",
-    "RETAIN_WARN_BYTES",
-    "RUN_TIMEOUT_S",
     "SQL_KEYWORDS",
-    "STATUS_INTERVAL_S",
-    "WORKER_CONCURRENCY",
     "Config",
     "IngestSettings",
     "JournalSettings",

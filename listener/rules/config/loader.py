@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from listener.defaults import CONFIG_MAX_DEPTH, CONFIG_MAX_VALUES
 from listener.errors import ConfigError
 from listener.rules.config.models import (
     EXAMPLE_CONFIG,
@@ -121,22 +122,16 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
-# A configuration is a few hundred values a few levels deep.  PyYAML's composer recurses once per level
-# (RecursionError near 1,000) and aliases share nodes, so `*a` used ten times in ten levels is a billion
-# values ("billion laughs"): both are refused before anything is built.
-MAX_DEPTH = 64
-MAX_VALUES = 100_000
-
-
 def _check_shape(text: str, filename: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH, reading events (the parser keeps a stack, no recursion)."""
+    """Refuse nesting deeper than CONFIG_MAX_DEPTH, reading events (the parser keeps a stack, no
+    recursion)."""
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
-            if depth > MAX_DEPTH:
+            if depth > CONFIG_MAX_DEPTH:
                 raise ConfigError(
-                    f"the values nest more than {MAX_DEPTH} levels deep",
+                    f"the values nest more than {CONFIG_MAX_DEPTH} levels deep",
                     file=filename,
                     line=None if event.start_mark is None else event.start_mark.line + 1,
                     hint="a configuration is a few levels of keys and lists; remove the extra brackets",
@@ -185,9 +180,9 @@ def _build(
 ) -> Any:
     """Plain Python values for ``node``, recording the line of every key and list item on the way."""
     doc.values += 1
-    if doc.values > MAX_VALUES:
+    if doc.values > CONFIG_MAX_VALUES:
         raise ConfigError(
-            f"the file expands to more than {MAX_VALUES} values through YAML aliases (*name)",
+            f"the file expands to more than {CONFIG_MAX_VALUES} values through YAML aliases (*name)",
             file=filename,
             line=_line(node),
             hint="write the values out, or use an alias only for a small repeated part",

@@ -19,6 +19,24 @@ from pydantic import (
     model_validator,
 )
 
+from listener.defaults import (
+    BACKFILL_CHUNK_ROWS,
+    BATCH_DELAY_MS,
+    BATCH_EVENTS,
+    COMPACT_AFTER,
+    COMPACT_CHUNK_CHANGES,
+    DEFAULT_PUBLICATION,
+    DEFAULT_SLOT,
+    DEFAULT_STATE_SCHEMA,
+    EXPAND_AHEAD,
+    GRACE_S,
+    LEASE_S,
+    POLL_INTERVAL_S,
+    RETAIN_WARN_BYTES,
+    RUN_TIMEOUT_S,
+    STATUS_INTERVAL_S,
+    WORKER_CONCURRENCY,
+)
 from listener.rules.config.names import split_table
 from listener.rules.config.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_rate, parse_size
 from listener.rules.config.validators import (
@@ -40,24 +58,6 @@ from listener.rules.config.validators import (
     wrap_names,
     wrap_operations,
 )
-
-DEFAULT_CONFIG_FILE = "listener.yaml"
-DEFAULT_SLOT = "listener"
-DEFAULT_PUBLICATION = "listener"
-DEFAULT_STATE_SCHEMA = "listener"
-BATCH_EVENTS = 5000
-BATCH_DELAY_MS = 5.0
-STATUS_INTERVAL_S = 10.0
-COMPACT_AFTER = 2000
-COMPACT_CHUNK_CHANGES = 20000
-EXPAND_AHEAD = 20000
-BACKFILL_CHUNK_ROWS = 20000  # rows a backfill reads between two watermarks
-WORKER_CONCURRENCY = 16
-POLL_INTERVAL_S = 5.0
-LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
-GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
-RUN_TIMEOUT_S = 3600.0  # a run's timeout when its workflow sets none (@workflow(timeout=...))
-RETAIN_WARN_BYTES = 10 * 1024**3  # `listener status` warns above this much WAL held by the slot (no `size`)
 
 EXAMPLE_CONFIG = """\
 # listener.yaml: which row changes start which workflows
