@@ -356,7 +356,8 @@ def tail(opts: Options, max_changes: int | None) -> None:
         stop = asyncio.Event()
         remove = service.install_signal_handlers(stop)
         try:
-            await tail_mod.tail(config, dsn, max_changes=max_changes, stop=stop)
+            output = views.JsonLines(sys.stdout, sys.stderr)
+            await tail_mod.tail(config, dsn, output=output, max_changes=max_changes, stop=stop)
         finally:
             remove()
 

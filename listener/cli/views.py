@@ -1,15 +1,17 @@
-"""What the commands print for people: the tables and lines of ``runs``, ``status``, ``rewind``, ``replay``,
-``backfill`` and ``demo``, and their progress bars.  The commands' data comes from ``listener.ops``; JSON
-for scripts is :func:`listener.cli.render.dumps` of the same data.
+"""What the commands print: the tables and lines of ``runs``, ``status``, ``rewind``, ``replay``,
+``backfill`` and ``demo`` for people, their progress bars, and the JSON lines of ``tail``.  The commands'
+data comes from ``listener.ops``; JSON for scripts is :func:`listener.cli.render.dumps` of the same data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -31,6 +33,7 @@ from listener.ops.replay import ReplayResult
 from listener.ops.rewind import DryRun, RewindRow
 from listener.ops.runs import AttemptInfo, RunDetail, RunRow
 from listener.ops.status import Status, human_bytes
+from listener.pg.changes import Change, change_json
 from listener.pg.lsn import format_lsn
 
 ERROR_CELL_CHARS = 60  # of a run's last error, in the table of `listener runs`
@@ -501,3 +504,25 @@ def print_demo(console: Console, run: DemoRun) -> None:
         f"\n{len(started)} of {expected} changes ran their workflow. "
         "Try `listener tail` with your own rules next (see README)."
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# listener tail
+
+
+class JsonLines:
+    """`listener tail`'s output: a JSON line per change on ``out``, flushed after each read from the server;
+    tail's own notices on ``err``."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out = out
+        self.err = err
+
+    def change(self, change: Change) -> None:
+        self.out.write(json.dumps(change_json(change), ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def notice(self, text: str) -> None:
+        print(text, file=self.err, flush=True)

@@ -1,4 +1,4 @@
-"""`listener tail`: the decoded changes of the configured tables as JSON lines.
+"""`listener tail`: the decoded changes of the configured tables (written as JSON lines by the command).
 
 Streams from a temporary slot (dropped by the server when the session ends; the main slot is never
 touched) through a publication of its own for the rule tables with every operation, which tail drops on
@@ -9,22 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import sys
-from typing import TextIO
+from typing import Protocol
 
 from psycopg import sql
 
 from listener import install as setup
 from listener.pg import conninfo
 from listener.pg import pgoutput as po
-from listener.pg.changes import Assembler, Change, TxnCommit, TypeRegistry, change_json
+from listener.pg.changes import Assembler, Change, TxnCommit, TypeRegistry
 from listener.pg.conninfo import connect_async
 from listener.pg.publications import MAX_IDENTIFIER_BYTES
 from listener.pg.replication import ReplicationSession
 from listener.rules.compile import RuleSet
 from listener.rules.config import Config
+
+
+class TailOutput(Protocol):
+    """Where tail's changes go (the command writes them as JSON lines)."""
+
+    def change(self, change: Change) -> None:
+        """One change, as soon as it is decoded."""
+
+    def flush(self) -> None:
+        """The end of one read from the server."""
+
+    def notice(self, text: str) -> None:
+        """What tail says about itself: the publication it streams, then that it streams."""
 
 
 def tail_names(config: Config) -> tuple[str, str]:
@@ -42,23 +53,20 @@ async def tail(
     config: Config,
     dsn: str,
     *,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    output: TailOutput,
     max_changes: int | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Print changes until ``stop`` is set or ``max_changes`` were printed; return how many were."""
+    """Give ``output`` the changes until ``stop`` is set or ``max_changes`` came; return how many came."""
     stop = stop or asyncio.Event()
     rules = RuleSet(config.rules)
     publication, slot = tail_names(config)
     with conninfo.connection(dsn) as conn:
         publications, borrowed = setup.tail_publications(conn, publication, config, rules)
     if borrowed is not None:
-        print(
+        output.notice(
             f"listener tail: no publication of its own ({borrowed}); streaming {', '.join(publications)}, "
-            "which carry only the operations and rows the rules use",
-            file=err,
-            flush=True,
+            "which carry only the operations and rows the rules use"
         )
     printed = 0
     try:
@@ -67,7 +75,7 @@ async def tail(
             start = await session.create_slot(temporary=True)
             await session.start(publication=publications, start_lsn=start, messages=False)
             tables = ", ".join(f"{s}.{t}" for s, t in rules.tables) or "no tables"
-            print(f"listener tail: streaming changes of {tables} (Ctrl-C to stop)", file=err, flush=True)
+            output.notice(f"listener tail: streaming changes of {tables} (Ctrl-C to stop)")
             decoder = po.Decoder(session.protocol_version)
             types = TypeRegistry()
             assembler = Assembler(types)
@@ -92,13 +100,13 @@ async def tail(
                                 await types.resolve(catalog, unknown)
                                 assembler.relation(msg)
                         elif isinstance(item, Change):
-                            out.write(json.dumps(change_json(item), ensure_ascii=False) + "\n")
+                            output.change(item)
                             printed += 1
                         elif isinstance(item, TxnCommit):
                             session.confirm(item.end_lsn)
                         if max_changes is not None and printed >= max_changes:
                             break
-                    out.flush()
+                    output.flush()
         finally:
             await session.close()
     finally:

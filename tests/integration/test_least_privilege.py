@@ -20,6 +20,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from listener import install as setup
+from listener.cli.views import JsonLines
 from listener.errors import PrerequisiteError
 from listener.ops.tail import tail
 from tests.conftest import drop_database
@@ -198,7 +199,9 @@ async def test_tail_streams_the_dbas_publication_when_it_may_not_make_its_own(
 ) -> None:
     sql.execute("CREATE PUBLICATION listener_test FOR TABLE shop.orders WITH (publish = 'insert')")
     out, err, stop = io.StringIO(), io.StringIO(), asyncio.Event()
-    task = asyncio.create_task(tail(make_config(RULES[:1]), role, out=out, err=err, max_changes=1, stop=stop))
+    task = asyncio.create_task(
+        tail(make_config(RULES[:1]), role, output=JsonLines(out, err), max_changes=1, stop=stop)
+    )
     await _wait_for(lambda: "streaming changes" in err.getvalue() or task.done(), "tail to stream")
     sql.execute("INSERT INTO shop.orders VALUES (5)")
     assert await asyncio.wait_for(task, 60) == 1

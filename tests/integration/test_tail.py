@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from listener.cli.views import JsonLines
 from listener.ops.tail import tail, tail_names
 from listener.pg.lsn import parse_lsn
 from listener.rules.config import Config
@@ -79,7 +80,9 @@ async def _wait_for(cond: Callable[[], bool], what: str) -> None:
 async def running_tail(config: Config, dsn: str, max_changes: int | None = None) -> AsyncIterator[Tail]:
     """tail() as a task in this loop, yielded once it has said on stderr that it is streaming."""
     out, err, stop = io.StringIO(), io.StringIO(), asyncio.Event()
-    task = asyncio.create_task(tail(config, dsn, out=out, err=err, max_changes=max_changes, stop=stop))
+    task = asyncio.create_task(
+        tail(config, dsn, output=JsonLines(out, err), max_changes=max_changes, stop=stop)
+    )
     running = Tail(task, out, err, stop)
     try:
         await _wait_for(lambda: STREAMING in err.getvalue() or task.done(), "tail to stream")
