@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -23,6 +23,8 @@ from listener.defaults import HEALTHY_AFTER_S, RESTART_MAX_S, RESTART_MIN_S
 from listener.errors import ListenerError, is_transient
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def describe(exc: BaseException) -> str:
@@ -109,6 +111,38 @@ async def first_of(*waits: Awaitable[Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_first(*waits: asyncio.Event | asyncio.Task[Any], timeout: float | None = None) -> None:
+    """Wait until one of the events is set or one of the tasks is done (the tasks are left running), or
+    ``timeout`` seconds passed."""
+    waiters = [asyncio.ensure_future(w.wait()) for w in waits if isinstance(w, asyncio.Event)]
+    tasks = [w for w in waits if isinstance(w, asyncio.Task)]
+    try:
+        await asyncio.wait([*waiters, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def shielded(final: Awaitable[T]) -> T:
+    """Run a final write (a batch's commit, the checkpoint reported on stop) to its end even when the
+    caller is cancelled meanwhile: its transaction commits or rolls back, never stops half-way on a
+    connection that is then closed under it.  The cancellation goes on once it is done."""
+    task = asyncio.ensure_future(final)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True  # wait for the write, however often we are cancelled meanwhile
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 @contextlib.asynccontextmanager

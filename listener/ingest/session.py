@@ -19,7 +19,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from listener.defaults import SLOT_BUSY_RETRY_S, SLOT_BUSY_WAIT_S, WATCHER_EXIT_S
 from listener.errors import ReplicationEnded, SlotInUseError, is_transient
@@ -39,7 +38,7 @@ from listener.pg.publications import streamed_publications
 from listener.pg.replication import ReplicationSession
 from listener.queue.batches import EventBatch, RewindPlan
 from listener.rules.config import Config
-from listener.supervise import sleep_unless, spawn, supervised, task_group
+from listener.supervise import shielded, sleep_unless, spawn, supervised, task_group, wait_first
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +126,6 @@ class Ingest(IngestState):
         self.catalog = await connect_async(self.source_dsn)
         await self.compile_rules()
         queue = BatchQueue()
-        tasks: list[asyncio.Task[Any]] = []
         try:
             session.status_interval = self.status_interval
             confirmed = await slot_confirmed(self.catalog, self.slot)
@@ -172,41 +170,8 @@ class Ingest(IngestState):
             )
             self.rewind = rewind
             self.streaming.set()
-            source = PgoutputSource(self, session, checkpoint, rewind)
-            writer = asyncio.create_task(write_batches(self, queue), name="ingest-writer")
-            reader = asyncio.create_task(source.run(queue), name="ingest-reader")
-            stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
-            restarter = asyncio.create_task(self.restart.wait(), name="ingest-restart")
-            expander = asyncio.create_task(self.expander.run(), name="ingest-expander")
-            backfill = asyncio.create_task(self.backfills.run(), name="ingest-backfill")
-            watched = [expander, backfill]  # they only end by raising
-            if self.rules.channels:
-                listen = functools.partial(NotifySource(self).run, queue)
-                watched.append(asyncio.create_task(supervised("ingest-notify", listen), name="ingest-notify"))
-            tasks += [writer, reader, stopper, restarter, *watched]
-            done, _ = await asyncio.wait(
-                {writer, reader, stopper, restarter, *watched}, return_when=asyncio.FIRST_COMPLETED
-            )
-            for background in watched:
-                if background in done:
-                    background.result()
-            if stopper in done or reader in done or restarter in done:
-                # Stop reading; let the writer commit what is queued (a clean stop loses no work), then
-                # report the final flush position.
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                await queue.end(writer)
-                await session.send_status()
-            for task in (reader, writer):
-                exc = task.exception() if task.done() and not task.cancelled() else None
-                if exc is not None:
-                    raise exc
-            if not stop.is_set() and not self.restart.is_set():
-                raise ReplicationEnded("the replication stream ended")
+            await self._stream(stop, session, queue, PgoutputSource(self, session, checkpoint, rewind))
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await session.close()
             self.streaming.clear()
             async with self.catalog_lock:  # a reload under way finishes with the catalog first
@@ -215,3 +180,42 @@ class Ingest(IngestState):
                     self.catalog = None
             self.session = None
             self.expander.free.set()  # a bulk transaction cut short by a lost session holds nothing
+
+    async def _stream(
+        self, stop: asyncio.Event, session: ReplicationSession, queue: BatchQueue, source: PgoutputSource
+    ) -> None:
+        """The session's tasks, in one task group: the reader (the slot's source), the writer, the
+        expander, the backfill task and, with channel rules, the NOTIFY source.  Until ``stop``, a recorded
+        rewind (``restart``), the end of the reader or a failure: a failure of the writer or a helper
+        cancels the others and is raised; a stop lets the writer commit what is queued (a clean stop loses
+        no work), then reports the final flush position; a reader's failure is raised after that."""
+
+        async def read() -> BaseException | None:
+            try:
+                await source.run(queue)
+            except Exception as exc:  # raised below, once the writer committed what is queued
+                return exc
+            return None
+
+        async with task_group() as tg:
+            writer = tg.create_task(write_batches(self, queue), name="ingest-writer")
+            reader = tg.create_task(read(), name="ingest-reader")
+            helpers = [  # they only end by raising
+                tg.create_task(self.expander.run(), name="ingest-expander"),
+                tg.create_task(self.backfills.run(), name="ingest-backfill"),
+            ]
+            if self.rules.channels:
+                helpers.append(spawn(tg, "ingest-notify", functools.partial(NotifySource(self).run, queue)))
+            await wait_first(stop, self.restart, reader, writer)
+            if not writer.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                await queue.end(writer)
+                await shielded(session.send_status())
+            for helper in helpers:
+                helper.cancel()
+            failure = reader.result() if reader.done() and not reader.cancelled() else None
+            if failure is not None:
+                raise failure
+            if not stop.is_set() and not self.restart.is_set():
+                raise ReplicationEnded("the replication stream ended")

@@ -7,6 +7,7 @@ import time
 
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
+from listener.supervise import shielded
 
 
 async def write_batches(ingest: IngestState, queue: BatchQueue) -> None:
@@ -28,7 +29,8 @@ async def write_batches(ingest: IngestState, queue: BatchQueue) -> None:
         )
         if history_due:
             batch.retention = retention
-        inserted = await ingest.store.write_batch(batch)
+        # shielded: a cancelled ingest still commits the batch it is writing (or rolls it back), cleanly
+        inserted = await shielded(ingest.store.write_batch(batch))
         queue.written(batch)
         stats.batches += 1
         stats.events_inserted += inserted

@@ -49,7 +49,7 @@ from listener.queue.store import notify_channel
 from listener.rules.config import WorkflowLimit
 from listener.runtime import flow
 from listener.runtime import workflow as wf
-from listener.supervise import ConnectionWatch, spawn, supervised, task_group
+from listener.supervise import ConnectionWatch, spawn, supervised, task_group, wait_first
 
 logger = logging.getLogger(__name__)
 
@@ -139,17 +139,22 @@ class Worker:
                     spawn(tg, "worker-completions", functools.partial(self._flush_done, pool)),
                 ]
                 try:
-                    claims = functools.partial(self._claim_forever, pool, user_pool, stop)
-                    await supervised("worker-claims", claims, stop=stop)
+                    async with task_group() as runs:  # one task per claimed run (see _start)
+                        claims = functools.partial(self._claim_forever, pool, user_pool, stop, runs)
+                        try:
+                            await supervised("worker-claims", claims, stop=stop)
+                        finally:
+                            await self._shutdown(pool)
                 finally:
-                    await self._shutdown(pool)
                     for task in background:
                         task.cancel()
         finally:
             await pool.close()
             await user_pool.close()
 
-    async def _claim_forever(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    async def _claim_forever(
+        self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, stop: asyncio.Event, runs: asyncio.TaskGroup
+    ) -> None:
         last_reclaim = -math.inf
         loop = asyncio.get_running_loop()
         while not stop.is_set():
@@ -166,13 +171,13 @@ class Worker:
                 rows = [*rows, *gated]
             for row in rows:
                 self.stats.claimed += 1
-                task = asyncio.create_task(self._execute(pool, user_pool, row), name=f"run {row['id']}")
+                task = runs.create_task(self._start(pool, user_pool, row), name=f"run {row['id']}")
                 self._running[row["id"]] = (row["attempt"], task)
                 task.add_done_callback(functools.partial(self._finished, row["id"]))
             if rows and len(rows) == free:
                 continue
             timeout = min(self.poll_interval, HELD_POLL_S) if held else self.poll_interval
-            await _wait_any(self._wake, stop, timeout=timeout)
+            await wait_first(self._wake, stop, timeout=timeout)
 
     async def _listen(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
         """LISTEN for ingest's wake-ups until ``stop``; raises when the connection is lost."""
@@ -183,7 +188,7 @@ class Worker:
             with ConnectionWatch(conn, closed, "worker's LISTEN") as lost:
                 await conn.add_listener(channel, self._on_notify)
                 self._wake.set()  # what was announced while nobody listened
-                await _wait_any(closed, stop, timeout=None)
+                await wait_first(closed, stop)
                 lost.check()
         finally:
             with contextlib.suppress(Exception):
@@ -277,6 +282,18 @@ class Worker:
             await asyncio.shield(pool.execute(_RELEASE, unfinished, self.worker_id))
             self.stats.released += len(unfinished)
             logger.warning("released %d unfinished run(s) for other workers", len(unfinished))
+
+    async def _start(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, row: asyncpg.Record) -> None:
+        """A claimed run's task: its failure to record an end (a lost connection) is not the worker's --
+        the run's lease expires and it runs again -- so it never stops the task group of the runs."""
+        try:
+            await self._execute(pool, user_pool, row)
+        except Exception as exc:
+            logger.warning(
+                "run %s: its end was not recorded (%s); it runs again once its lease expires",
+                row["id"],
+                describe(exc),
+            )
 
     async def _execute(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, row: asyncpg.Record) -> None:
         run_id, attempt = row["id"], row["attempt"]
@@ -395,12 +412,3 @@ def _json(text: str) -> dict[str, object]:
     value = json.loads(text)
     assert isinstance(value, dict)
     return value
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float | None) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from listener.errors import is_transient
-from listener.supervise import ConnectionWatch, spawn, supervised, task_group
+from listener.supervise import ConnectionWatch, shielded, spawn, supervised, task_group, wait_first
 
 
 def test_transient_is_decided_by_exception_class_and_sqlstate() -> None:
@@ -100,3 +100,56 @@ def test_a_watched_connection_closed_by_the_server_reports_the_lost_connection()
         conn.closed = True
         assert wake.is_set()
         watch.check()
+
+
+async def test_a_shielded_write_finishes_when_its_caller_is_cancelled_then_the_cancellation_goes_on() -> None:
+    release = asyncio.Event()
+    began = asyncio.Event()
+    steps: list[str] = []
+
+    async def write() -> int:
+        steps.append("began")
+        began.set()
+        await release.wait()
+        steps.append("committed")
+        return 1
+
+    async def caller() -> int:
+        return await shielded(write())
+
+    task = asyncio.create_task(caller())
+    await asyncio.wait_for(began.wait(), 10)
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()  # cancelled again while it waits: still waits for the write
+    await asyncio.sleep(0)
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert steps == ["began", "committed"]
+
+
+async def test_a_shielded_write_returns_its_result_or_raises_its_failure() -> None:
+    async def ok() -> int:
+        return 7
+
+    async def fails() -> int:
+        raise ConnectionResetError("lost")
+
+    assert await shielded(ok()) == 7
+    with pytest.raises(ConnectionResetError):
+        await shielded(fails())
+
+
+async def test_wait_first_returns_at_the_first_event_or_task_and_leaves_the_tasks_running() -> None:
+    stop = asyncio.Event()
+    never = asyncio.Event()
+    sleeper = asyncio.create_task(asyncio.sleep(3600))
+    quick = asyncio.create_task(asyncio.sleep(0))
+    await asyncio.wait_for(wait_first(never, quick, sleeper), 10)
+    assert quick.done() and not sleeper.done()
+    stop.set()
+    await asyncio.wait_for(wait_first(never, stop, sleeper), 10)
+    assert not sleeper.done()
+    sleeper.cancel()
