@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from listener.defaults import RUN_LOCK_WAIT_S, RUNS_LIST_LIMIT
-from listener.errors import DatabaseError, NoSuchRun, PrerequisiteError, RunStateError
+from listener.errors import NoSuchRun, PrerequisiteError, RunStateError, from_driver
 from listener.pg import conninfo
 from listener.queue import migrations, queries, store
 
@@ -351,7 +351,9 @@ def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
     try:
         yield
     except pgerrors.LockNotAvailable as exc:
-        raise DatabaseError(
+        raise from_driver(
+            exc,
             f"run {run_id!r} stayed locked for {RUN_LOCK_WAIT_S}s (a step of its workflow is committing)",
             hint="try again in a moment",
+            detail=False,
         ) from exc
