@@ -137,7 +137,7 @@ def run_listener_on_uvloop(argv: list[str]) -> None:
     """The `listener` command on uvloop instead of asyncio's default loop (an experiment: listener ships
     on the default loop)."""
     uvloop = importlib.import_module("uvloop")
-    cli = importlib.import_module("listener.cli")
+    cli = importlib.import_module("listener.cli.main")
     uvloop.install()  # asyncio.run in the CLI then makes a uvloop loop
     cli.main(argv, prog_name="listener")
 

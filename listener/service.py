@@ -80,6 +80,19 @@ def workflow_errors(config: Config) -> dict[str, ConfigError]:
     return errors
 
 
+def workflow_checks(config: Config) -> list[install.CheckResult]:
+    """`listener check`: one failed check per rule whose workflow does not import, or one line saying
+    they all do."""
+    errors = workflow_errors(config)
+    if not errors:
+        dirs = ", ".join(str(d) for d in config.import_dirs())
+        return [install.CheckResult("workflows", True, f"{len(config.rules)} rule(s) import (from {dirs})")]
+    return [
+        install.CheckResult(f"workflow of rule {rule}", False, exc.message, exc.hint)
+        for rule, exc in errors.items()
+    ]
+
+
 def validate_workflows(config: Config) -> None:
     """Import every rule's workflow now: a typo fails at start, naming the rule, not at the first event."""
     for error in workflow_errors(config).values():

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from listener.defaults import BACKFILL_FOLLOW_POLL_S
 from listener.errors import ListenerError
 from listener.ingest.backfill import OPEN, SHAPE, check_where, table_shape
-from listener.queue import queries
+from listener.queue import migrations, queries
 from listener.queue import store as store_mod
 from listener.rules.catalog import read_tables
 from listener.rules.config import Config
@@ -114,6 +114,27 @@ def record(config: Config, state: psycopg.Connection[Any], request: Request) -> 
         channel = store_mod.control_channel(config.state_schema, "backfill")
         state.execute(queries.get("wake"), {"channel": channel})
     return int(row[0])
+
+
+def submit(
+    config: Config,
+    source: psycopg.Connection[Any],
+    state: psycopg.Connection[Any],
+    rule_name: str,
+    where: str | None,
+) -> tuple[int, Request]:
+    """Check the request and record it: its id, and the request as checked."""
+    request = plan(config, source, rule_name, where)
+    migrations.migrate(state, config.state_schema)  # a service not restarted since an upgrade lacks the table
+    return record(config, state, request), request
+
+
+def service_running(source: psycopg.Connection[Any], slot: str) -> bool:
+    """Whether a `listener run` streams from the slot (and so starts a recorded backfill now)."""
+    row = source.execute(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", [slot]
+    ).fetchone()
+    return row is not None and row[0] is not None
 
 
 @dataclass(frozen=True, slots=True)

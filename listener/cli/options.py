@@ -1,0 +1,66 @@
+"""What every command module shares: the global options, the error console, the exit codes, and the
+configuration and databases those options name (found by :mod:`listener.ops.environment`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from listener.ops import environment
+from listener.ops import runs as runs_mod
+from listener.rules.config import Config
+
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+# Exit codes (README "Exit codes"): a script can tell a failed check from a crash.
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # `check` found problems, `rules test` did not match
+EXIT_USAGE = 2  # a usage or configuration error (click's own usage errors exit 2 too)
+EXIT_RUNTIME = 3  # a runtime failure: a database or protocol error, or a bug (traceback)
+
+
+@dataclass
+class Options:
+    config_path: str | None
+    dsn: str | None
+    state_dsn: str | None
+    data_dir: str
+    verbose: int = 0
+
+    def announce_embedded(self, dsn: str) -> None:
+        err_console.print(f"[dim]embedded PostgreSQL ({self.data_dir}): {dsn}[/dim]")
+
+
+def load(opts: Options, *, required: bool = True) -> Config:
+    """The configuration ``--config`` names (else ./listener.yaml; else, unless required, no rules)."""
+    return environment.load(opts.config_path, required=required)
+
+
+@contextlib.contextmanager
+def databases(opts: Options, config: Config, *, create: bool = True) -> Iterator[tuple[str, str]]:
+    """(source DSN, state DSN), the embedded server started where no DSN is given."""
+    with environment.databases(
+        config,
+        dsn=opts.dsn,
+        state_dsn=opts.state_dsn,
+        data_dir=opts.data_dir,
+        create=create,
+        on_embedded=opts.announce_embedded,
+    ) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def state_connection(opts: Options, config: Config) -> Iterator[runs_mod.Conn]:
+    """A connection to the existing state schema (never a new embedded cluster)."""
+    with environment.state(
+        config,
+        dsn=opts.dsn,
+        state_dsn=opts.state_dsn,
+        data_dir=opts.data_dir,
+        on_embedded=opts.announce_embedded,
+    ) as conn:
+        yield conn

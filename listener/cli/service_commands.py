@@ -1,0 +1,117 @@
+"""`listener run`, `worker`, `reload` and `status`: the service, its workers, and where it stands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+import click
+
+from listener.cli import views
+from listener.cli.options import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    Options,
+    databases,
+    err_console,
+    load,
+    state_connection,
+)
+from listener.cli.render import dumps, markup_safe, stdout_console
+from listener.ops import runs as runs_mod
+from listener.pg import conninfo
+
+
+@click.command()
+@click.option("--no-workers", is_flag=True, help="Only ingest; run workers elsewhere.")
+@click.pass_obj
+def run(opts: Options, no_workers: bool) -> None:
+    """Ingest changes into the durable queue and run workflows (until SIGTERM / Ctrl-C)."""
+    from listener import service
+
+    config = load(opts)
+    with databases(opts, config) as (dsn, state_dsn), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(service.run(config, dsn, state_dsn, workers=not no_workers))
+
+
+@click.command()
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="Workflows at once (default: worker.concurrency)."
+)
+@click.pass_obj
+def worker(opts: Options, concurrency: int | None) -> None:
+    """Run workflows only (no ingest): start as many as you like, on any machines, against one state db."""
+    from listener import service
+
+    config = load(opts)
+    with databases(opts, config) as (_, state_dsn), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(service.run_workers(config, state_dsn, concurrency=concurrency))
+
+
+@click.command()
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the service's answer.")
+@click.pass_obj
+def reload(opts: Options, timeout: float) -> None:
+    """Make the running service re-read its config file; new rules apply from a precise LSN on.
+
+    Same as sending it SIGHUP, but works from any machine that reaches the state database, and prints
+    the answer: the LSN from which the new rules apply, or why the new config was refused (the old rules
+    keep running).
+
+    The request is a row of the state schema's reload_requests table (so asking needs a privilege on that
+    schema, not just a connection), and the answer is read from that row."""
+    from listener import service
+
+    config = load(opts)
+    with state_connection(opts, config) as conn:
+        found = service.ask_reload(conn, config.state_schema, config.slot, timeout=timeout)
+    if found is not None:
+        ok, answer = found
+        if ok:
+            lsn, _, count = answer.removeprefix("ok ").partition(" ")
+            click.echo(f"reloaded: the new rules apply from LSN {lsn}")
+            if count:
+                click.echo(count)
+            return
+        err_console.print(f"[red]{markup_safe(answer)}[/red]")
+        sys.exit(EXIT_USAGE)
+    err_console.print(
+        f"[red]no answer within {timeout:g}s: is `listener run` running against this state database?[/red]"
+    )
+    sys.exit(EXIT_RUNTIME)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts (see above).")
+@click.pass_obj
+def status(opts: Options, as_json: bool) -> None:
+    """Where ingest stands, the WAL the slot keeps, the rewindable range, rewinds and run counts.
+
+    \b
+    --json writes one JSON object with the keys:
+      slot, slot_exists, active_pid, checkpoint_lsn, checkpoint_at, confirmed_flush_lsn,
+      restart_lsn, current_wal_lsn, wal_status, retained_wal_bytes, warn_wal_bytes,
+      retain {duration, size} or null, rewindable {from_lsn, from_time, to_lsn} or null,
+      journal {keep, since, oldest_commit_time, bytes} or null,
+      runs {pending, running, dead}, rewinds [{id, from_lsn, up_to, position, rerun_rule,
+      generation, events_inserted, runs_rerun, created_at, started_at, finished_at, error}],
+      backfills [{id, rule, table_name, where_sql, status, rows_read, rows_dropped, rows_total,
+      ...} as `listener backfill status --json`], warnings [text]
+    """
+    from listener.ops import status as status_mod
+
+    config = load(opts, required=False)
+    with (
+        databases(opts, config, create=False) as (dsn, state_dsn),
+        conninfo.connection(dsn) as source,
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        found = status_mod.gather(config, source, state)
+    if as_json:
+        click.echo(dumps(found.to_json()))
+    else:
+        views.print_status(stdout_console(), found)
+
+
+COMMANDS = [run, worker, reload, status]
