@@ -155,3 +155,13 @@ BACKFILL_FOLLOW_POLL_S = 0.5  # `listener backfill` looks at its row this often
 REPLAY_BATCH_EVENTS = 5000
 REPLAY_PREFETCH_ROWS = 8  # journal rows of up to about 1 MB each: memory stays bounded
 DEMO_WAIT_S = 30.0
+DEMO_ROWS = 6  # `listener demo --rows`
+RELOAD_TIMEOUT_S = 30.0  # `listener reload --timeout`: how long to wait for the service's answer
+
+# ---------------------------------------------------------------------------------------------------------
+# The terminal (cli/).
+
+PIPE_COLUMNS = 200  # columns of a table written to a pipe or file, where no terminal width can be measured
+WIDE_COLUMNS = 150  # from this terminal width on, tables show every column (and steps, attempts as tables)
+ERROR_CELL_CHARS = 60  # of a run's last error, in the table of `listener runs`
+RESULT_CELL_CHARS = 60  # of a step's JSON result, in the table of `listener runs show`

@@ -22,6 +22,8 @@ from rich.markup import escape
 from rich.progress import Progress, ProgressColumn, TaskID
 from rich.text import Text
 
+from listener.defaults import PIPE_COLUMNS
+
 # C0 controls but newline and tab, DEL, and C1 controls (0x9b is a one-byte CSI on some terminals)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -44,14 +46,12 @@ def cell(text: str, style: str = "") -> Text:
 # ---------------------------------------------------------------------------------------------------------
 # Consoles, JSON for scripts, progress bars.
 
-PIPE_WIDTH = 200  # columns of a table written to a pipe or file, where no terminal width can be measured
-
 
 def stdout_console() -> Console:
-    """A console for tables on stdout: the terminal's width, or PIPE_WIDTH when piped (unless $COLUMNS)."""
+    """A console for tables on stdout: the terminal's width, or PIPE_COLUMNS when piped (unless $COLUMNS)."""
     console = Console(highlight=False)
     if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console = Console(highlight=False, width=PIPE_WIDTH)
+        console = Console(highlight=False, width=PIPE_COLUMNS)
     return console
 
 

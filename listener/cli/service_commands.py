@@ -19,6 +19,7 @@ from listener.cli.options import (
     state_connection,
 )
 from listener.cli.render import dumps, markup_safe, stdout_console
+from listener.defaults import RELOAD_TIMEOUT_S
 from listener.ops import runs as runs_mod
 from listener.pg import conninfo
 
@@ -50,7 +51,9 @@ def worker(opts: Options, concurrency: int | None) -> None:
 
 
 @click.command()
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the service's answer.")
+@click.option(
+    "--timeout", default=RELOAD_TIMEOUT_S, show_default=True, help="Seconds to wait for the service's answer."
+)
 @click.pass_obj
 def reload(opts: Options, timeout: float) -> None:
     """Make the running service re-read its config file; new rules apply from a precise LSN on.

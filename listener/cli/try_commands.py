@@ -19,6 +19,7 @@ from listener.cli.options import (
     load,
 )
 from listener.cli.render import printable
+from listener.defaults import DEMO_ROWS
 from listener.rules.config import parse_config
 
 
@@ -46,7 +47,7 @@ def tail(opts: Options, max_changes: int | None) -> None:
 
 
 @click.command()
-@click.option("--rows", default=6, type=click.IntRange(min=1), help="Sample rows to write.")
+@click.option("--rows", default=DEMO_ROWS, type=click.IntRange(min=1), help="Sample rows to write.")
 @click.pass_obj
 def demo(opts: Options, rows: int) -> None:
     """Create a sample schema, rules and workflows, write rows, and watch workflows react."""

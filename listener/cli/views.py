@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from listener.cli.render import cell, dumps, printable, progress_bar
+from listener.defaults import ERROR_CELL_CHARS, RESULT_CELL_CHARS, WIDE_COLUMNS
 from listener.ops import replay as journal
 from listener.ops.backfill_requests import BackfillRow
 from listener.ops.demo import DemoRun
@@ -35,10 +36,6 @@ from listener.ops.runs import AttemptInfo, RunDetail, RunRow
 from listener.ops.status import Status, human_bytes
 from listener.pg.changes import Change, change_json
 from listener.pg.lsn import format_lsn
-
-ERROR_CELL_CHARS = 60  # of a run's last error, in the table of `listener runs`
-RESULT_CELL_CHARS = 60  # of a step's JSON result, in the table of `listener runs show`
-WIDE_COLUMNS = 150  # from this terminal width on, tables show every column (and steps, attempts as tables)
 
 _STYLE = {"pending": "yellow", "running": "cyan", "done": "green", "dead": "bold red", "cancelled": "dim"}
 
