@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 # The statements (sql/queries/runs.sql).
 _CLAIM = queries.get("claim")
-_CLAIM_CHOSEN = queries.get("claim_chosen")
 _CLAIM_LOCK = queries.get("claim_lock")
 _GATED_WAITING = queries.get("gated_waiting")
 _GATED_CANDIDATES = queries.get("gated_candidates")
@@ -164,7 +163,7 @@ class Worker:
                 await pool.execute(_RECLAIM)  # only matters once a lease expired: not every claim
                 last_reclaim = loop.time()
             free = min(self.concurrency - len(self._running), CLAIM_BATCH)
-            rows = await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds) if free else []
+            rows = await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds, None) if free else []
             held = False
             if self.gating and free > len(rows) and await pool.fetchval(_GATED_WAITING):
                 gated, held = await self._claim_gated(pool, free - len(rows))
@@ -249,7 +248,7 @@ class Worker:
             )
             if not chosen:
                 return [], held
-            return await conn.fetch(_CLAIM_CHOSEN, chosen, self.worker_id, self.lease_seconds), held
+            return await conn.fetch(_CLAIM, 0, self.worker_id, self.lease_seconds, chosen), held
 
     def _on_notify(self, *args: object) -> None:
         self._wake.set()

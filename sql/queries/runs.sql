@@ -3,38 +3,21 @@
 
 -- name: claim
 -- placeholders: asyncpg
--- Runs without flow control ($1 at most, for worker $2, leased for $3 seconds): any number of
--- workers claim at once, skipping each other's locked rows.  Each claim starts a new attempt (fencing
--- the previous one out) and is logged in `attempts`; the claimed runs come with their event and the
--- results of their steps recorded so far.
-WITH c AS (
+-- Claim runs for worker $2, leased for $3 seconds.  Each claim starts a new attempt (fencing the previous
+-- one out, invariant 5) and is logged in `attempts`; the claimed runs come with their event and the
+-- results of their steps recorded so far.  Which runs:
+-- * $4 NULL: runs without flow control, $1 at most: any number of workers claim at once, skipping each
+--   other's locked rows;
+-- * $4 the ids of gated runs chosen under the claim lock (see Worker._claim_gated; $1 unused).
+WITH free AS (
     SELECT id FROM runs
-    WHERE status = 'pending' AND NOT gated AND run_after <= now()
+    WHERE $4::text[] IS NULL AND status = 'pending' AND NOT gated AND run_after <= now()
     ORDER BY priority DESC, run_after, seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), c AS (
+    SELECT id FROM free UNION ALL SELECT unnest($4::text[])
 ), claimed AS (
-    UPDATE runs r
-    SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
-        lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
-    FROM c WHERE r.id = c.id
-    RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow, r.key
-), logged AS (
-    INSERT INTO attempts (run_id, attempt, workflow, worker) SELECT id, attempt, workflow, $2 FROM claimed
-)
-SELECT c.id, c.event_key, c.attempt, c.failures, c.key, e.rule, e.workflow, e.op, e.table_name,
-       e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
-       coalesce(
-           (SELECT jsonb_object_agg(s.name, s.result) FROM steps s WHERE s.run_id = c.id), '{}'
-       )::text AS steps
-FROM claimed c JOIN events e ON e.idempotency_key = c.event_key
-ORDER BY c.seq
-
--- name: claim_chosen
--- placeholders: asyncpg
--- Gated runs: chosen under the claim lock (see Worker._claim_gated), then claimed by id ($1), as `claim`
--- (the same statement after its first CTE).
-WITH c AS (SELECT unnest($1::text[]) AS id), claimed AS (
     UPDATE runs r
     SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
         lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
