@@ -16,8 +16,8 @@ import psutil
 import psycopg
 
 from listener.ingest.expand import Expander
-from listener.pg.changes import TypeRegistry
 from listener.pg.embedded import EmbeddedPostgres
+from listener.pg.types import TypeRegistry
 from listener.queue.store import StateStore
 
 

@@ -56,10 +56,12 @@ from listener.defaults import (
 )
 from listener.errors import BackfillFailed, ListenerError, is_transient
 from listener.pg import pgoutput as po
-from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_info
+from listener.pg.changes import Change
 from listener.pg.conninfo import asyncpg_params, connect_async
 from listener.pg.copytext import Key, line_key
 from listener.pg.lsn import parse_lsn
+from listener.pg.relations import RelationInfo, relation_info
+from listener.pg.types import TypeRegistry
 from listener.queue import queries
 from listener.queue.batches import BackfillChunk
 from listener.queue.store import StateStore

@@ -24,8 +24,10 @@ from listener.defaults import EXPAND_IDLE_POLL_S, EXPAND_POLL_S, EXPAND_SLICE_RO
 from listener.errors import ProtocolError
 from listener.ingest.backfill import chunk_from_row
 from listener.pg import pgoutput as po
-from listener.pg.changes import Change, RelationInfo, TypeRegistry, relation_info
+from listener.pg.changes import Change
 from listener.pg.lsn import parse_lsn
+from listener.pg.relations import RelationInfo, relation_info
+from listener.pg.types import TypeRegistry
 from listener.queue.batches import EventBatch
 from listener.queue.store import StateStore
 from listener.rules.events import chunk_events

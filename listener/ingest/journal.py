@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from listener.defaults import JOURNAL_PRUNE_BATCH_ROWS, JOURNAL_PRUNE_INTERVAL_S, JOURNAL_ROW_BYTES
-from listener.pg.changes import Assembler
+from listener.pg.assembler import Assembler
 from listener.queue.batches import RawChunk
 from listener.queue.store import StateStore
 

@@ -29,7 +29,8 @@ from listener.ingest.reload import RELOAD_PREFIX, apply_reload
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.pg import pgoutput as po
-from listener.pg.changes import Assembler, Change, TxnBegin, TxnCommit
+from listener.pg.assembler import Assembler
+from listener.pg.changes import Change, TxnBegin, TxnCommit
 from listener.pg.replication import ReplicationSession
 from listener.queue.batches import EventBatch, RawChunk, RewindPlan
 from listener.rules.compile import CompiledRule, RuleSet

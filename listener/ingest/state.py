@@ -19,8 +19,8 @@ from listener.defaults import HISTORY_INTERVAL_S, IDLE_CHECKPOINT_INTERVAL_S, RE
 from listener.ingest.backfill import Backfills
 from listener.ingest.expand import Expander
 from listener.ingest.journal import JournalPolicy
-from listener.pg.changes import TypeRegistry
 from listener.pg.replication import ReplicationSession
+from listener.pg.types import TypeRegistry
 from listener.queue.batches import EventBatch, Retention, RewindPlan
 from listener.queue.store import StateStore
 from listener.rules.compile import RuleSet, compile_rules

@@ -26,8 +26,9 @@ from listener.errors import ListenerError, OutsideJournal, utc_text
 from listener.ingest.expand import decode_relation, stored_changes
 from listener.ops.rewind import Conn, RuleCount, parse_time, tally
 from listener.pg import pgoutput as po
-from listener.pg.changes import RelationInfo, TypeRegistry
 from listener.pg.conninfo import connect_async
+from listener.pg.relations import RelationInfo
+from listener.pg.types import TypeRegistry
 from listener.queue import queries
 from listener.queue.batches import EventBatch, RewindPlan
 from listener.queue.store import StateStore

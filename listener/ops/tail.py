@@ -17,10 +17,12 @@ from psycopg import sql
 from listener import install as setup
 from listener.pg import conninfo
 from listener.pg import pgoutput as po
-from listener.pg.changes import Assembler, Change, TxnCommit, TypeRegistry
+from listener.pg.assembler import Assembler
+from listener.pg.changes import Change, TxnCommit
 from listener.pg.conninfo import connect_async
 from listener.pg.publications import MAX_IDENTIFIER_BYTES
 from listener.pg.replication import ReplicationSession
+from listener.pg.types import TypeRegistry
 from listener.rules.compile import RuleSet
 from listener.rules.config import Config
 

@@ -24,9 +24,11 @@ from typing import Any, Protocol
 
 from listener.errors import RuleEvaluationError
 from listener.pg import pgoutput as po
-from listener.pg.changes import Change, RelationInfo, carried_as_text, json_or_text
+from listener.pg.changes import Change
 from listener.pg.copytext import Key, line_values
 from listener.pg.lsn import format_lsn
+from listener.pg.relations import RelationInfo
+from listener.pg.values import carried_as_text, json_or_text
 from listener.rules.compile import CompiledRule, RuleSet, changed_matches
 from listener.rules.predicate import EvaluationError, MissingValue
 

@@ -43,7 +43,7 @@ import asyncpg
 
 from listener.defaults import BACKOFF_BASE_S, BACKOFF_MAX_S, MAX_ATTEMPTS
 from listener.errors import ConfigError, Fenced, StepError
-from listener.pg.changes import json_too_deep
+from listener.pg.values import json_too_deep
 from listener.queue import queries
 
 Workflow = Callable[["Context"], Awaitable[Any] | Any]

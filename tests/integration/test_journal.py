@@ -16,8 +16,8 @@ import pytest
 
 from listener.ingest.expand import decode_relation, stored_changes
 from listener.ingest.journal import JournalPolicy, prune_forever
-from listener.pg.changes import TypeRegistry
 from listener.pg.lsn import parse_lsn
+from listener.pg.types import TypeRegistry
 from listener.queue.store import StateStore
 from tests.integration.test_rewind import (
     AUDIT,

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from listener.defaults import MAX_JSON_DEPTH
-from listener.pg.changes import TypeRegistry, json_depth, json_or_text
+from listener.pg.types import TypeRegistry
+from listener.pg.values import json_depth, json_or_text
 from listener.rules.predicate import ColumnType, compile_predicate
 from listener.runtime.workflow import Event
 
@@ -76,7 +77,7 @@ def test_predicates_read_deep_jsonb_as_postgresql_does(when: str, expected: bool
 
 
 def test_only_array_dimensions_are_searched_for_values_carried_as_text() -> None:
-    from listener.pg.changes import JsonText, PgArray, carried_as_text
+    from listener.pg.values import JsonText, PgArray, carried_as_text
 
     assert carried_as_text(JsonText("[[]]"))
     assert carried_as_text(PgArray([None, PgArray([JsonText("1e400")])]))  # a jsonb[][] element

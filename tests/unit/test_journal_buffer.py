@@ -11,7 +11,8 @@ import struct
 
 from listener.ingest.journal import JournalBuffer
 from listener.pg import pgoutput as po
-from listener.pg.changes import Assembler, TypeRegistry
+from listener.pg.assembler import Assembler
+from listener.pg.types import TypeRegistry
 from listener.queue.batches import RawChunk
 from tests.unit.test_reader import captured
 

@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listener.errors import ProtocolError
-from listener.pg.changes import Assembler, Change, TypeRegistry, change_json
+from listener.pg.assembler import Assembler
+from listener.pg.changes import Change, change_json
 from listener.pg.pgoutput import Decoder
+from listener.pg.types import TypeRegistry
 
 REL_OID = 16400
 # (name, type oid): int4, int8, bool, text, float8, numeric, jsonb, json, int4[], text[], jsonb[], bytea,

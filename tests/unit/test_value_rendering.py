@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from listener.pg.changes import TypeRegistry, fragment_for
+from listener.pg.relations import fragment_for
+from listener.pg.types import TypeRegistry
 
 CASES = [
     (23, b"-2147483648", -2147483648),
