@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from listener import install as setup
 from listener.cli.main import main
 from listener.ingest import Ingest
+from listener.ingest.source import Source
 from listener.queue.store import StateStore
 from listener.rules.config import Config, load_config, parse_config
 
@@ -78,13 +79,17 @@ class Running:
 
 
 @asynccontextmanager
-async def running_ingest(dsn: str, config: Config, *, init: bool = True) -> AsyncIterator[Running]:
-    """Ingest running in this event loop until the block ends (then stopped cleanly)."""
+async def running_ingest(
+    dsn: str, config: Config, *, init: bool = True, sources: Sequence[Source] = ()
+) -> AsyncIterator[Running]:
+    """Ingest running in this event loop until the block ends (then stopped cleanly), with ``sources``
+    beside the slot's (see listener.ingest.source)."""
     if init:
         await asyncio.to_thread(setup.init, config, dsn, dsn)
     store = await StateStore.connect(dsn, schema=config.state_schema, slot=config.slot)
     ingest = Ingest.from_config(config, source_dsn=dsn, store=store)
     ingest.empty_checkpoint_interval = IDLE_CHECKPOINT_S
+    ingest.sources.extend(sources)
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop), name="test-ingest")
     try:

@@ -204,8 +204,9 @@ class Ingest(IngestState):
                 tg.create_task(self.expander.run(), name="ingest-expander"),
                 tg.create_task(self.backfills.run(), name="ingest-backfill"),
             ]
-            if self.rules.channels:
-                helpers.append(spawn(tg, "ingest-notify", functools.partial(NotifySource(self).run, queue)))
+            # the other sources, each a supervised task putting its batches on the writer's queue
+            for other in [*([NotifySource(self)] if self.rules.channels else []), *self.sources]:
+                helpers.append(spawn(tg, f"ingest-{other.name}", functools.partial(other.run, queue)))
             await wait_first(stop, self.restart, reader, writer)
             if not writer.done():
                 reader.cancel()

@@ -20,14 +20,21 @@ How a new source (a webhook receiver, a schedule, a broker consumer) implements 
    (a delivery id, a tick's time, a broker offset), so that a redelivery inserts nothing new.
 2. Put the origin's position where the state transaction carries it (today ``checkpoint`` for the slot;
    a new kind of position is a new field of ``EventBatch`` that ``StateStore.write_batch`` stores in the
-   same transaction), then ``await out.put(batch, self)``.  The queue is bounded in bytes: a put waits
+   same transaction), then ``await out.put(batch, self)``.  The key's middle part (``commit`` of
+   ``group_id``) is an LSN for the slot's events; for events whose source is ``notify`` it is free text
+   (``sql/queries/events.sql``, ``insert_events``): a new kind of source names itself in the events'
+   ``source`` column the same way (``listener.queue.batches._EVENT_SOURCE`` and that statement).
+   The queue is bounded in bytes: a put waits
    while the writer is behind (back-pressure: stop fetching meanwhile).
 3. In ``committed(batch)``, acknowledge exactly what ``batch`` carried (answer the HTTP request, ack or
    commit the broker offset).  It runs on the writer's task, after the commit: keep it short and never
    let it raise for a transient reason (the events are durable already; on a restart the source resumes
    from the stored position, not the origin's).
-4. Run it beside the others: ``Ingest`` spawns the built-in ones in its session; a new one is one more
-   supervised task calling ``source.run(queue)``.
+4. Run it beside the others: append it to ``Ingest.sources`` before ``Ingest.run``.  Each streaming
+   session runs ``source.run(queue)`` as a supervised task of its task group, with that session's writer
+   queue (a transient failure restarts it after a backoff; a session that ends cancels it, and the next
+   session runs it again with its own queue: batches that a failing session leaves uncommitted are never
+   acknowledged, so the origin delivers them again, and their keys insert nothing twice).
 """
 
 from __future__ import annotations

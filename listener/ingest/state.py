@@ -19,6 +19,7 @@ from listener.defaults import HISTORY_INTERVAL_S, IDLE_CHECKPOINT_INTERVAL_S, RE
 from listener.ingest.backfill import Backfills
 from listener.ingest.expand import Expander
 from listener.ingest.journal import JournalPolicy
+from listener.ingest.source import Source
 from listener.pg.replication import ReplicationSession
 from listener.pg.types import TypeRegistry
 from listener.queue.batches import EventBatch, Retention, RewindPlan
@@ -92,6 +93,9 @@ class IngestState:
         self.durable_lsn = 0
         self.streaming = asyncio.Event()  # set once a session is streaming
         self.listening = asyncio.Event()  # set while LISTEN is issued on every rule channel
+        # Sources beside the slot's and NOTIFY (see listener.ingest.source): each session runs each one's
+        # ``run`` with its writer's queue, supervised; a source outlives sessions, so ``run`` may start again.
+        self.sources: list[Source] = []
         self.session: ReplicationSession | None = None
         self.catalog: psycopg.AsyncConnection[Any] | None = None
         self.catalog_lock = (

@@ -4,8 +4,6 @@ commits with its checkpoint, and nothing is left open (the final writes are shie
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from listener import install as setup
 from listener.ingest import Ingest
 from listener.queue.store import StateStore
-from tests.support import WAIT_S, events, make_config
+from tests.support import WAIT_S, _wait_for, events, make_config
 
 RULES = [{"name": "on_insert", "table": "items", "on": ["insert"], "workflow": "m:f"}]
 
@@ -22,14 +20,6 @@ def one(conn: psycopg.Connection[tuple[object, ...]], query: str) -> object:
     row = conn.execute(query).fetchone()
     assert row is not None
     return row[0]
-
-
-async def until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_cancelling_ingest_mid_write_commits_the_batch_and_its_checkpoint_cleanly(
@@ -42,13 +32,13 @@ async def test_cancelling_ingest_mid_write_commits_the_batch_and_its_checkpoint_
     ingest = Ingest.from_config(config, source_dsn=dsn, store=store)
     task = asyncio.create_task(ingest.run(asyncio.Event()), name="test-ingest")
     try:
-        await until(lambda: ingest.streaming.is_set() or task.done(), "ingest to stream")
+        await _wait_for(lambda: ingest.streaming.is_set() or task.done(), "ingest to stream")
         with psycopg.connect(dsn) as locker:
             # the writer's transaction will wait for this lock after it began: a write in flight
             locker.execute("LOCK TABLE listener.events IN EXCLUSIVE MODE")
             sql.execute("INSERT INTO items VALUES (1, 'apple')")
             waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
-            await until(lambda: one(sql, waiting) == 1 or task.done(), "the writer to wait for the lock")
+            await _wait_for(lambda: one(sql, waiting) == 1 or task.done(), "the writer to wait for the lock")
             assert not task.done()
             task.cancel()
             await asyncio.sleep(0)  # the cancellation reaches the writer while its write waits
