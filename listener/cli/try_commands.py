@@ -60,8 +60,8 @@ def demo(opts: Options, rows: int) -> None:
 
     with databases(opts, parse_config("rules: []\n")) as (dsn, _):
         done = asyncio.run(demo_mod.demo(dsn, rows=rows, on_streaming=on_streaming))
-    if done is not None:
-        views.print_demo(console, done)
+        if done is not None:  # printed before an embedded server stops, as it always was
+            views.print_demo(console, done)
 
 
 @click.group()
