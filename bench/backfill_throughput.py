@@ -40,7 +40,7 @@ import psycopg
 
 from listener import install as setup
 from listener.ingest import Ingest
-from listener.ingest.backfill import OPEN
+from listener.ingest.backfill_marks import OPEN
 from listener.ops import backfill_requests as backfill
 from listener.queue.store import StateStore
 from listener.rules.config import Config, parse_config

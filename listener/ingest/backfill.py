@@ -1,11 +1,13 @@
 """Snapshot backfill: give a rule the rows that already exist, while the live stream goes on.
 
+The running task (this module), the watermarks on the reader's side (:mod:`.backfill_marks`), the table
+as the task reads it (:mod:`.backfill_table`).
+
 `listener backfill --rule R [--where SQL]` checks the request and records it (a row of ``backfills``, see
-sql/0005_backfill.sql; :mod:`listener.backfill_requests`), then wakes the running ingest through the
-control channel, like a rewind.  The
-ingest's backfill task (:class:`Backfills`) reads the table in primary-key order, ``chunk_rows`` rows at a
-time (keyset pagination on the whole primary key), with the watermark algorithm of DBLog and Debezium's
-incremental snapshots:
+sql/0005_backfill.sql; :mod:`listener.ops.backfill_requests`), then wakes the running ingest through the
+control channel, like a rewind.  The ingest's backfill task (:class:`Backfills`) reads the table in
+primary-key order, ``chunk_rows`` rows at a time (keyset pagination on the whole primary key), with the
+watermark algorithm of DBLog and Debezium's incremental snapshots:
 
 1. write a non-transactional logical decoding message ``listener.backfill`` ``<id>:<n>:<session>:low``;
 2. read the chunk: ``COPY (SELECT ... WHERE key > last [AND where] ORDER BY key LIMIT n) TO STDOUT``;
@@ -29,14 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
-import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,18 +54,15 @@ from listener.defaults import (
     BACKFILL_RETRY_S,
 )
 from listener.errors import BackfillFailed, ListenerError, is_transient
-from listener.pg import pgoutput as po
-from listener.pg.changes import Change
+from listener.ingest.backfill_marks import EMIT, OPEN, PREFIX, Plan, Watermarks, Window, high_mark
+from listener.ingest.backfill_table import SHAPE, TableShape, check_where, table_shape
 from listener.pg.conninfo import asyncpg_params, connect_async
-from listener.pg.copytext import Key, line_key
-from listener.pg.lsn import parse_lsn
-from listener.pg.relations import RelationInfo, relation_info
+from listener.pg.copytext import line_key
+from listener.pg.relations import relation_info
 from listener.pg.types import TypeRegistry
 from listener.queue import queries
-from listener.queue.batches import BackfillChunk
 from listener.queue.store import StateStore
-from listener.rules.catalog import TableInfo, read_tables_async
-from listener.rules.events import chunk_events
+from listener.rules.catalog import read_tables_async
 
 if TYPE_CHECKING:
     from listener.rules.compile import CompiledRule, RuleSet
@@ -89,161 +85,10 @@ class Stream(Protocol):
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "listener.backfill"  # the watermark messages
-OPEN = ("pending", "running")
-
 
 def _last_line(data: bytes | bytearray) -> bytes:
     end = len(data) - 1  # data ends with a newline
     return bytes(data[data.rfind(b"\n", 0, end) + 1 : end])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The table, as the backfill reads it
-
-
-@dataclass(frozen=True, slots=True)
-class TableShape:
-    """A table's published columns (in order) and its primary key (in index order)."""
-
-    oid: int
-    schema: str
-    name: str
-    columns: tuple[tuple[str, int, int, str], ...]  # name, type OID, type modifier, format_type
-    key_columns: tuple[str, ...]
-
-    @property
-    def key_positions(self) -> list[int]:
-        names = [c[0] for c in self.columns]
-        return [names.index(k) for k in self.key_columns]
-
-    def relation(self) -> po.Relation:
-        keys = set(self.key_columns)
-        cols = tuple(po.Column(c[0] in keys, c[0], c[1], c[2]) for c in self.columns)
-        return po.Relation(None, self.oid, self.schema, self.name, "d", cols)
-
-
-SHAPE = """
-SELECT c.oid::int8, n.nspname, c.relname,
-       (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
-       (SELECT array_agg(a.atttypid::int8 ORDER BY a.attnum) FROM pg_attribute a
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
-       (SELECT array_agg(a.atttypmod ORDER BY a.attnum) FROM pg_attribute a
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
-       (SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
-       (SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        WHERE i.indrelid = c.oid AND i.indisprimary)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass(%s)
-"""
-
-
-def check_where(where: str, table: TableInfo, collation: str) -> str:
-    """``--where``: what a rule's ``when:`` allows -- one immutable boolean expression over the table's
-    columns (a bare column, or ``new.<column>``, is the row's), compiled by :mod:`listener.predicate`,
-    which knows every operator and function it accepts, none with a side effect.  Returns the expression
-    as PostgreSQL deparses it over bare columns: the only text of the user's that reaches the server.
-    Checked when the request is made and again when the service reads it from ``backfills``."""
-    from listener.rules.predicate import PredicateError, compile_predicate
-
-    def refuse(why: str, hint: str | None = None) -> ListenerError:
-        allowed = (
-            "--where allows what `when:` allows: one immutable boolean expression over the columns of "
-            f'{table.name} ({", ".join(table.columns)}), e.g. --where "id > 1000"'
-        )
-        return ListenerError(f"--where {where!r}: {why}", hint=f"{hint}; {allowed}" if hint else allowed)
-
-    try:
-        predicate = compile_predicate(where, table.columns, collation=collation)
-    except PredicateError as exc:
-        raise refuse(exc.message, exc.hint) from None
-    old = sorted(column for side, column in predicate.references if side == "old")
-    if old:
-        raise refuse(f"old.{old[0]}: a backfill reads rows as they are, which have no old values")
-    if predicate.stable is not None:
-        raise refuse(f"the expression is not immutable: {predicate.stable}")
-    return predicate.bare_sql()
-
-
-_EMIT = "SELECT pg_logical_emit_message(false, %s, %s)"
-
-
-def _high_mark(content: str, *, flush: bool) -> str:
-    """The high mark, ending the chunk's transaction in the same round trip.  ``content`` is our own token
-    ([0-9a-z:]), so it can be written into the statement."""
-    assert re.fullmatch(r"[0-9a-z:]+", content)
-    return (
-        f"SELECT pg_logical_emit_message(false, '{PREFIX}', '{content}'{', true' if flush else ''}); COMMIT"
-    )
-
-
-def table_shape(row: Sequence[Any] | None) -> TableShape | None:
-    if row is None:
-        return None
-    oid, schema, name, names, oids, mods, types, keys = row
-    columns = tuple(zip(names or (), oids or (), mods or (), types or (), strict=True))
-    return TableShape(int(oid), schema, name, columns, tuple(keys or ()))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Turning chunk rows into events (at the high mark, or in the expander)
-
-
-def chunk_from_row(row: Any) -> tuple[BackfillChunk, TableShape]:
-    """A ``backfill_chunks`` row as the expander sees it."""
-    columns = tuple((str(c[0]), int(c[1]), -1, "") for c in json.loads(row["columns"]))
-    key_positions = list(row["key_columns"])
-    shape = TableShape(0, "", row["table_name"], columns, tuple(columns[p][0] for p in key_positions))
-    chunk = BackfillChunk(
-        backfill_id=row["backfill_id"], seq=row["seq"], rule=row["rule"], workflow=row["workflow"],
-        priority=row["priority"], gated=False, key_limit=None, ordered=False, table_name=row["table_name"],
-        columns=row["columns"], key_positions=key_positions, lsn=parse_lsn(row["lsn"]),
-        read_at=row["read_at"], last_key=[], rows_read=0, rows_dropped=0, final=False, data=row["data"],
-        rows=row["rows"],
-    )  # fmt: skip
-    return chunk, shape
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The running ingest's side
-
-
-@dataclass(slots=True)
-class Plan:
-    """An open row of ``backfills``."""
-
-    id: int
-    rule: str
-    table_name: str
-    where_sql: str | None
-    last_key: list[str] | None
-    chunks: int
-
-
-@dataclass(slots=True)
-class Window:
-    """One chunk between its watermarks: the keys of the live changes seen there, and the chunk's rows."""
-
-    token: str
-    plan: Plan
-    rule: CompiledRule
-    shape: TableShape
-    info: RelationInfo
-    ops: frozenset[str]  # live operations that supersede a chunk row
-    seq: int
-    positions: dict[int, list[int]] = field(default_factory=dict)  # relation OID -> key positions
-    seen: set[Key] = field(default_factory=set)
-    data: bytes = b""
-    rows: int = 0
-    last_key: list[str] | None = None
-    final: bool = False
-    read_at: datetime | None = None
-    durable: asyncio.Event = field(default_factory=asyncio.Event)
-    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -256,125 +101,22 @@ class BackfillClock:
     waiting_s: float = 0.0  # for chunks in flight to become durable (reader and writer behind)
 
 
-class Backfills:
-    """Carries out recorded backfills inside a running ingest, and gives the reader its watermark hooks."""
+class Backfills(Watermarks):
+    """Carries out recorded backfills inside a running ingest; the reader's watermark hooks are its
+    :class:`Watermarks` side."""
 
     def __init__(self, ingest: Stream, *, chunk_rows: int | None = None) -> None:
+        super().__init__()
         self.ingest = ingest
         config = ingest.config
         self.chunk_rows = chunk_rows or (config.ingest.backfill_chunk_rows if config else BACKFILL_CHUNK_ROWS)
         self.poll_interval = BACKFILL_POLL_S
         self.wake = asyncio.Event()
-        self.windows: dict[str, Window] = {}  # token -> window, from before its low mark to its high mark
-        self.watched: dict[int, list[Window]] = {}  # relation OID -> windows open in the stream
-        self.session = secrets.token_hex(4)
-        self.rows_read = 0
-        self._pending: dict[tuple[int, int], Window] = {}  # chunks handed to the writer, by (id, seq)
         self.clock = BackfillClock()
 
     @property
     def store(self) -> StateStore:
         return self.ingest.store
-
-    def reset(self) -> None:
-        """A new replication session: marks written for the old one are ignored."""
-        self.windows.clear()
-        self.watched.clear()
-        self._pending.clear()
-        self.session = secrets.token_hex(4)
-
-    # -- reader hooks (synchronous, in the reader's loop) --------------------------------------------------
-
-    def note(self, change: Change) -> None:
-        """A live change of a table with an open window: remember its key (new and old)."""
-        rel = change.relation
-        assert rel is not None
-        for window in self.watched.get(rel.oid, ()):
-            if change.op not in window.ops:
-                continue
-            positions = window.positions.get(rel.oid)
-            if positions is None:
-                positions = window.positions[rel.oid] = [rel.positions[k] for k in window.shape.key_columns]
-            for values in (change.new, change.old):
-                if values is not None:
-                    window.seen.add(tuple(values[p] for p in positions))  # type: ignore[misc]
-
-    def note_raw(self, payload: bytes, decoder: po.Decoder, relations: dict[int, RelationInfo]) -> None:
-        """The same for a change the reader keeps raw (compact storage): decode just to read its key."""
-        msg = decoder.decode(payload)
-        if isinstance(msg, po.Insert):
-            change = Change("insert", 0, 0, "", 0, _EPOCH, relations[msg.relation_oid], 0, msg.new)
-        elif isinstance(msg, po.Update):
-            change = Change("update", 0, 0, "", 0, _EPOCH, relations[msg.relation_oid], 0, msg.new, msg.old)
-        elif isinstance(msg, po.Delete):
-            change = Change("delete", 0, 0, "", 0, _EPOCH, relations[msg.relation_oid], 0, None, msg.old)
-        else:
-            return
-        self.note(change)
-
-    def mark(self, msg: po.Message) -> BackfillChunk | None:
-        """A watermark: the low one opens its window, the high one closes it and returns the chunk to
-        commit.  Marks of another session (before a restart) or another process are ignored."""
-        token, _, kind = msg.content.decode(errors="replace").rpartition(":")
-        window = self.windows.get(token)
-        if window is None:
-            return None
-        if kind == "low":
-            self.watched.setdefault(window.shape.oid, []).append(window)
-            return None
-        open_ = self.watched.get(window.shape.oid, [])
-        if window in open_:
-            open_.remove(window)
-        del self.windows[token]
-        try:
-            return self._chunk(window, msg.lsn)
-        except ListenerError as exc:  # the rule cannot be evaluated for a row: that backfill fails
-            window.error = exc.message
-            window.durable.set()
-            return None
-
-    def _chunk(self, window: Window, lsn: int) -> BackfillChunk:
-        plan, rule, data = window.plan, window.rule, window.data
-        rows, dropped = window.rows, 0
-        if window.seen and data:
-            kept = bytearray()
-            positions = window.shape.key_positions
-            for line in data.split(b"\n"):
-                if not line:
-                    continue
-                if line_key(line, positions) in window.seen:
-                    dropped += 1
-                else:
-                    kept += line
-                    kept += b"\n"
-            data, rows = bytes(kept), rows - dropped
-        assert window.read_at is not None
-        chunk = BackfillChunk(
-            backfill_id=plan.id, seq=window.seq, rule=rule.name, workflow=rule.workflow,
-            priority=rule.priority, gated=rule.gated, key_limit=rule.key_limit, ordered=rule.ordered,
-            table_name=rule.qualified_table,
-            columns=json.dumps([[c[0], c[1]] for c in window.shape.columns]),
-            key_positions=window.shape.key_positions, lsn=lsn, read_at=window.read_at,
-            last_key=window.last_key, rows_read=window.rows, rows_dropped=dropped, final=window.final,
-            data=data, rows=rows,
-        )  # fmt: skip
-        if rule.needs_values:  # in stream order, now: when:, payload:, flow-control keys
-            chunk.events = chunk_events(
-                data, window.info, chunk.key_positions, rule, rule.name, plan.id, window.read_at
-            )
-            chunk.data, chunk.rows = b"", 0
-        self._pending[(plan.id, window.seq)] = window
-        return chunk
-
-    def committed(self, chunks: Sequence[BackfillChunk]) -> None:
-        """The writer committed these chunks (and their progress)."""
-        for chunk in chunks:
-            window = self._pending.pop((chunk.backfill_id, chunk.seq), None)
-            if window is not None:
-                self.rows_read += chunk.rows_read
-                window.durable.set()
-
-    # -- the task ------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Carry out open backfills one after the other, oldest first; wait for new ones (NOTIFY on the
@@ -523,7 +265,7 @@ class Backfills:
             window.final = rows < self.chunk_rows
             high = time.perf_counter()
             clock.copy_s += high - copied
-            await conn.execute(_high_mark(f"{token}:high", flush=flush))
+            await conn.execute(high_mark(f"{token}:high", flush=flush))
             clock.high_mark_s += time.perf_counter() - high
             in_flight.append(window)
             if window.final:
@@ -565,7 +307,7 @@ class Backfills:
         try:
             # the snapshot is the statement's (taken first); the mark is not flushed: the high mark's
             # flush carries it to the walsender
-            cur = await marker.execute("SELECT pg_export_snapshot(), " + _EMIT.removeprefix("SELECT "),
+            cur = await marker.execute("SELECT pg_export_snapshot(), " + EMIT.removeprefix("SELECT "),
                                        [PREFIX, content])  # fmt: skip
             row = await cur.fetchone()
             assert row is not None
@@ -617,6 +359,3 @@ class Backfills:
             keys,
             sql.Literal(self.chunk_rows),
         )
-
-
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)

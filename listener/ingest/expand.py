@@ -22,7 +22,7 @@ from typing import Any
 
 from listener.defaults import EXPAND_IDLE_POLL_S, EXPAND_POLL_S, EXPAND_SLICE_ROWS
 from listener.errors import ProtocolError
-from listener.ingest.backfill import chunk_from_row
+from listener.ingest.backfill_table import chunk_from_row
 from listener.pg import pgoutput as po
 from listener.pg.changes import Change
 from listener.pg.lsn import parse_lsn

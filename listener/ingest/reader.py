@@ -23,7 +23,7 @@ from datetime import datetime
 
 from listener.defaults import BATCH_BYTES, COMPACT_CHUNK_BYTES, JOURNAL_BATCH_ROWS, READ_BATCH_BYTES
 from listener.errors import ProtocolError
-from listener.ingest.backfill import PREFIX as BACKFILL_PREFIX
+from listener.ingest.backfill_marks import PREFIX as BACKFILL_PREFIX
 from listener.ingest.journal import JournalBuffer
 from listener.ingest.reload import RELOAD_PREFIX, apply_reload
 from listener.ingest.source import BatchQueue

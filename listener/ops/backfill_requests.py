@@ -1,9 +1,11 @@
-"""`listener backfill`: the command's side of a backfill (see :mod:`listener.backfill` for the ingest's).
+"""`listener backfill`: the command's side of a backfill (:mod:`listener.ingest.backfill` is the
+ingest's).
 
 It checks a request against the configuration and the catalog (the rule, the table's primary key, the
-``--where`` expression: what a rule's ``when:`` allows, see :func:`listener.backfill.check_where`),
-records it as a row of ``backfills`` and wakes the running ingest through the control channel, then
-follows the row with a progress bar.  ``status`` lists the backfills, ``cancel`` ends one.
+``--where`` expression: what a rule's ``when:`` allows, see
+:func:`listener.ingest.backfill_table.check_where`), records it as a row of ``backfills`` and wakes the
+running ingest through the control channel, then follows the row with a progress bar.  ``status`` lists
+the backfills, ``cancel`` ends one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from psycopg.rows import dict_row
 
 from listener.defaults import BACKFILL_FOLLOW_POLL_S
 from listener.errors import ListenerError
-from listener.ingest.backfill import OPEN, SHAPE, check_where, table_shape
+from listener.ingest.backfill_marks import OPEN
+from listener.ingest.backfill_table import SHAPE, check_where, table_shape
 from listener.queue import migrations, queries
 from listener.queue import store as store_mod
 from listener.rules.catalog import read_tables

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from listener import install as setup
-from listener.ingest.backfill import Backfills, TableShape
+from listener.ingest.backfill import Backfills
+from listener.ingest.backfill_table import TableShape
 from listener.rules.config import Config
 from tests import support
 from tests.support import _wait_for, acli, cli, events, running_ingest, wait_caught_up
