@@ -54,6 +54,7 @@ def rewind(
     slot and prints, per rule, the events it holds, how many already exist, and the runs it would make.
     """
     from listener.ops import rewind as rw
+    from listener.ops import rewind_dry_run
 
     config = load(opts)
     with (
@@ -69,7 +70,7 @@ def rewind(
                 highlight=False,
             )
         if dry_run:
-            result = rw.run_dry(config, dsn, state_dsn, target)
+            result = rewind_dry_run.run_dry(config, dsn, state_dsn, target)
             if as_json:
                 click.echo(dumps(result.to_json()))
             else:

@@ -31,7 +31,8 @@ from listener.ops import replay as journal
 from listener.ops.backfill_requests import BackfillRow
 from listener.ops.demo import DemoRun
 from listener.ops.replay import ReplayResult
-from listener.ops.rewind import DryRun, RewindRow
+from listener.ops.rewind import RewindRow
+from listener.ops.rewind_dry_run import DryRun
 from listener.ops.runs import AttemptInfo, RunDetail, RunRow
 from listener.ops.status import Status, human_bytes
 from listener.pg.changes import Change, change_json

@@ -24,7 +24,8 @@ import psycopg
 from listener.defaults import REPLAY_BATCH_EVENTS, REPLAY_PREFETCH_ROWS
 from listener.errors import ListenerError, OutsideJournal, utc_text
 from listener.ingest.expand import decode_relation, stored_changes
-from listener.ops.rewind import Conn, RuleCount, parse_time, tally
+from listener.ops.rewind_dry_run import RuleCount, tally
+from listener.ops.rewind_window import Conn, parse_time
 from listener.pg import pgoutput as po
 from listener.pg.conninfo import connect_async
 from listener.pg.relations import RelationInfo

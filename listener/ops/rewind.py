@@ -13,153 +13,34 @@ What the command checks first, each refusal saying what is wrong and how to fix 
 * ``--rerun RULE`` names a rule of the configuration.
 
 ``--dry-run`` re-reads the range the same way on a temporary copy of the slot and counts, per rule, the
-events it would produce and how many of them already exist, writing nothing.
+events it would produce and how many of them already exist, writing nothing (:mod:`.rewind_dry_run`).
+The window the target must lie in is read by :mod:`.rewind_window`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 from psycopg.rows import dict_row
 
 from listener.defaults import REWIND_WAIT_POLL_S
 from listener.errors import ListenerError, OutsideWindow, PrerequisiteError, utc_text
-from listener.ops import runs as runs_mod
-from listener.pg.lsn import format_lsn, parse_lsn
-from listener.queue import batches, queries, store
+from listener.ops.rewind_window import (
+    Conn,
+    lsn_at,
+    parse_target_lsn,
+    parse_time,
+    read_checkpoint,
+    slot_state,
+    window,
+)
+from listener.pg.lsn import format_lsn
+from listener.queue import queries, store
 from listener.rules.compile import RuleSet
-from listener.rules.config import Config, parse_duration
-
-Conn = runs_mod.Conn
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Parsing the target.
-
-
-def parse_time(text: str, *, now: datetime | None = None, option: str = "--to-time") -> datetime:
-    """``--to-time``: ISO 8601 (``2025-03-01T12:00:00+00:00``; without an offset, this machine's time
-    zone), or a duration ago (``2h``, ``90m``, ``1d``, ``2h ago``)."""
-    raw = text.strip()
-    ago = raw.removesuffix("ago").strip()
-    hint = (
-        "write ISO 8601, e.g. 2025-03-01T12:00:00+00:00 (no offset: this machine's time zone), "
-        "or a duration ago, e.g. 2h, 90m or 1d"
-    )
-    out_of_range = ListenerError(
-        f"{option} {text!r} is out of range: times go from year 1 to 9999", hint=hint
-    )
-    try:
-        return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(ago))
-    except ValueError:
-        pass
-    except OverflowError:  # further back than year 1
-        raise out_of_range from None
-    try:
-        value = datetime.fromisoformat(raw.replace(" UTC", "+00:00"))
-    except ValueError:
-        raise ListenerError(f"invalid time {text!r} for {option}", hint=hint) from None
-    try:
-        return value if value.tzinfo is not None else value.astimezone()
-    except (OverflowError, ValueError):  # year 1 in a time zone east of UTC
-        raise out_of_range from None
-
-
-def parse_target_lsn(text: str) -> int:
-    try:
-        return parse_lsn(text)
-    except ListenerError as exc:
-        raise ListenerError(f"{exc.message} for --to-lsn", hint=exc.hint) from None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The window, as the server and the history see it.
-
-
-@dataclass(frozen=True, slots=True)
-class SlotState:
-    """The replication slot, as pg_replication_slots shows it."""
-
-    name: str
-    active_pid: int | None
-    confirmed_flush: int | None
-    restart_lsn: int | None
-    wal_status: str | None
-    current_lsn: int | None
-    retained_bytes: int | None  # pg_current_wal_lsn() - restart_lsn: WAL the server keeps for this slot
-
-
-def slot_state(conn: Conn, slot: str) -> SlotState | None:
-    row = conn.execute(
-        """
-        SELECT active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
-               CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
-               CASE WHEN pg_is_in_recovery() THEN NULL
-                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END
-        FROM pg_replication_slots WHERE slot_name = %s
-        """,
-        [slot],
-    ).fetchone()
-    if row is None:
-        return None
-    pid, confirmed, restart, wal_status, current, retained = row
-    return SlotState(
-        name=slot,
-        active_pid=pid,
-        confirmed_flush=parse_lsn(confirmed) if confirmed else None,
-        restart_lsn=parse_lsn(restart) if restart else None,
-        wal_status=wal_status,
-        current_lsn=parse_lsn(current) if current else None,
-        retained_bytes=int(retained) if retained is not None else None,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """What `listener rewind` can reach: from ``oldest_lsn`` (committed at ``oldest_time``, when the
-    history knows) up to the checkpoint."""
-
-    oldest_lsn: int
-    oldest_time: datetime | None
-    checkpoint: int
-
-
-def read_checkpoint(state: Conn, slot: str) -> tuple[int, datetime] | None:
-    row = state.execute(queries.get("checkpoint_written"), [slot]).fetchone()
-    return (parse_lsn(row[0]), row[1]) if row is not None else None
-
-
-def window(state: Conn, slot: SlotState, checkpoint: int) -> Window | None:
-    """The rewindable range: from the oldest history position the slot still keeps (its confirmed
-    position, normally a history row itself) to the checkpoint; None when nothing lies behind it."""
-    if slot.confirmed_flush is None or slot.confirmed_flush >= checkpoint:
-        return None
-    row = state.execute(
-        queries.get("oldest_history"), [slot.name, format_lsn(slot.confirmed_flush)]
-    ).fetchone()
-    if row is None:
-        return Window(slot.confirmed_flush, None, checkpoint)
-    oldest = parse_lsn(row[0])
-    if oldest >= checkpoint:
-        return None
-    return Window(oldest, row[1], checkpoint)
-
-
-def lsn_at(state: Conn, slot: str, at: datetime, window: Window) -> tuple[int, datetime] | None:
-    """The newest history position within the window whose transactions all committed before ``at``:
-    starting there re-reads every transaction committed at or after ``at`` (and a few seconds more)."""
-    row = state.execute(queries.get("history_before"), [slot, at, format_lsn(window.oldest_lsn)]).fetchone()
-    return (parse_lsn(row[0]), row[1]) if row is not None else None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Planning and recording a rewind.
+from listener.rules.config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,93 +277,6 @@ def wait_finished(state: Conn, rewind_id: int, *, timeout: float | None = None) 
                 hint="is `listener run` running? `listener status` shows the rewind's progress",
             )
         time.sleep(REWIND_WAIT_POLL_S)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Dry run.
-
-
-@dataclass
-class RuleCount:
-    events: int = 0  # changes in the range the rule matches: one event each
-    present: int = 0  # of those, events already in the queue
-
-    @property
-    def new(self) -> int:
-        return self.events - self.present
-
-
-@dataclass
-class DryRun:
-    from_lsn: int
-    up_to: int
-    rerun_rule: str | None
-    transactions: int = 0
-    rules: dict[str, RuleCount] = field(default_factory=dict)
-
-    def runs(self, rule: str) -> int:
-        """New runs the rewind would make for ``rule``: one per new event, or, for the rerun rule, one per
-        matching change."""
-        count = self.rules[rule]
-        return count.events if rule == self.rerun_rule else count.new
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "from_lsn": format_lsn(self.from_lsn),
-            "up_to": format_lsn(self.up_to),
-            "rerun_rule": self.rerun_rule,
-            "transactions": self.transactions,
-            "rules": {
-                name: {**asdict(count), "new": count.new, "runs": self.runs(name)}
-                for name, count in self.rules.items()
-            },
-        }
-
-
-_EXISTING = queries.get("existing_events")
-
-
-async def tally(state: store.StateStore, batch: batches.EventBatch, counts: dict[str, RuleCount]) -> None:
-    """Count a batch's events per rule, and those whose keys are already in the queue (dry runs)."""
-    keys = [batch.event_key(index) for index in range(len(batch))]  # as stored
-    rules = [batch.groups[gid - 1][0] for gid in batch.group]
-    for rule, n in Counter(rules).items():
-        counts[rule].events += n
-    if keys:
-        for rule, n in await state.pool.fetch(_EXISTING, keys, rules):
-            counts[rule].present += n
-
-
-async def dry_run(config: Config, source_dsn: str, state_dsn: str, target: Target) -> DryRun:
-    """Re-read the target's range on a temporary copy of the slot; count, per rule, the events it holds
-    and those already present.  Writes nothing; the slot and a running ingest are not touched."""
-    from listener.ingest import Ingest
-    from listener.queue.batches import EventBatch, RewindPlan
-    from listener.queue.store import StateStore
-
-    state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=1)
-    result = DryRun(target.from_lsn, target.up_to, target.rerun_rule)
-    result.rules = {rule.name: RuleCount() for rule in config.rules}
-    try:
-        ingest = Ingest.from_config(config, source_dsn=source_dsn, store=state)
-
-        async def count(batch: EventBatch) -> None:
-            await tally(state, batch, result.rules)
-
-        plan_ = RewindPlan(0, target.from_lsn, target.up_to, None, target.rerun_rule, None, ())
-        await ingest.count_rewind(plan_, count)
-        result.transactions = ingest.stats.rewound
-    finally:
-        await state.close()
-    return result
-
-
-def run_dry(config: Config, source_dsn: str, state_dsn: str, target: Target) -> DryRun:
-    return asyncio.run(dry_run(config, source_dsn, state_dsn, target))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Output.
 
 
 def describe(target: Target, recorded: Recorded | None = None) -> str:

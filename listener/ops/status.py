@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from listener.ops import rewind as rw
+from listener.ops import rewind_window as rwin
 from listener.pg.lsn import format_lsn
 from listener.queue import queries
 from listener.rules.config import Config
@@ -45,9 +46,9 @@ class Status:
         return asdict(self)
 
 
-def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
-    slot = rw.slot_state(source, config.slot)
-    cp = rw.read_checkpoint(state, config.slot)
+def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
+    slot = rwin.slot_state(source, config.slot)
+    cp = rwin.read_checkpoint(state, config.slot)
     warn = config.retain.warn_bytes
     status = Status(
         slot=config.slot,
@@ -82,7 +83,7 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
             "`listener run` is keeping up"
         )
     if slot is not None and cp is not None:
-        win = rw.window(state, slot, cp[0])
+        win = rwin.window(state, slot, cp[0])
         if win is not None:
             status.rewindable = {
                 "from_lsn": format_lsn(win.oldest_lsn),
@@ -103,7 +104,7 @@ def gather(config: Config, source: rw.Conn, state: rw.Conn) -> Status:
     return status
 
 
-def _journal(config: Config, state: rw.Conn) -> dict[str, Any] | None:
+def _journal(config: Config, state: rwin.Conn) -> dict[str, Any] | None:
     """The change journal: since when it is complete, its oldest row and its size on disk."""
     exists = state.execute(queries.get("regclass"), ["journal"]).fetchone()
     if exists is None or exists[0] is None:  # a state schema from before the journal: `listener init` adds it

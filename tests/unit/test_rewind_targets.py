@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from listener.errors import ListenerError
-from listener.ops.rewind import parse_target_lsn, parse_time
+from listener.ops.rewind_window import parse_target_lsn, parse_time
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
