@@ -28,22 +28,12 @@ from listener.rules.config import parse_config
 @click.pass_obj
 def tail(opts: Options, max_changes: int | None) -> None:
     """Print the decoded changes of the configured tables as JSON lines (temporary slot)."""
-    from listener import service
     from listener.ops import tail as tail_mod
 
     config = load(opts)
-
-    async def go(dsn: str) -> None:
-        stop = asyncio.Event()
-        remove = service.install_signal_handlers(stop)
-        try:
-            output = views.JsonLines(sys.stdout, sys.stderr)
-            await tail_mod.tail(config, dsn, output=output, max_changes=max_changes, stop=stop)
-        finally:
-            remove()
-
     with databases(opts, config) as (dsn, _), contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(go(dsn))
+        output = views.JsonLines(sys.stdout, sys.stderr)
+        asyncio.run(tail_mod.tail_until_signal(config, dsn, output=output, max_changes=max_changes))
 
 
 @click.command()

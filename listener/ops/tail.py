@@ -116,3 +116,15 @@ async def tail(
             with conninfo.connection(dsn) as conn:
                 conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
     return printed
+
+
+async def tail_until_signal(config: Config, dsn: str, *, output: TailOutput, max_changes: int | None) -> int:
+    """`listener tail`: :func:`tail` until ``max_changes`` came, SIGINT or SIGTERM."""
+    from listener import service
+
+    stop = asyncio.Event()
+    remove = service.install_signal_handlers(stop)
+    try:
+        return await tail(config, dsn, output=output, max_changes=max_changes, stop=stop)
+    finally:
+        remove()
