@@ -57,7 +57,7 @@ WHERE c.oid = to_regclass(%s)
 
 def check_where(where: str, table: TableInfo, collation: str) -> str:
     """``--where``: what a rule's ``when:`` allows -- one immutable boolean expression over the table's
-    columns (a bare column, or ``new.<column>``, is the row's), compiled by :mod:`listener.predicate`,
+    columns (a bare column, or ``new.<column>``, is the row's), compiled by :mod:`listener.rules.predicate`,
     which knows every operator and function it accepts, none with a side effect.  Returns the expression
     as PostgreSQL deparses it over bare columns: the only text of the user's that reaches the server.
     Checked when the request is made and again when the service reads it from ``backfills``."""
