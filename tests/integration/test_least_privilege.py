@@ -26,6 +26,9 @@ from listener.ops.tail import tail
 from tests.conftest import drop_database
 from tests.support import _wait_for, events, make_config, running_ingest, wait_caught_up
 
+# The state schema is not there beforehand: these roles must be granted, or create, what they use.
+pytestmark = pytest.mark.bare_database
+
 Conn = psycopg.Connection[tuple[object, ...]]
 # Every table with an update rule: one publication on every version (see PLAIN_RULES' use).
 PLAIN_RULES = [

@@ -76,6 +76,7 @@ def rds_like(dsn: str, sql: Conn) -> Iterator[tuple[str, str]]:
             sql.execute("DROP ROLE rds_replication")
 
 
+@pytest.mark.bare_database
 def test_on_rds_replication_comes_from_the_rds_replication_role(
     dsn: str, sql: Conn, rds_like: tuple[str, str]
 ) -> None:

@@ -332,6 +332,7 @@ def test_unknown_run_exits_2_with_a_hint(state: State) -> None:
         assert "fix: `listener runs` lists the runs" in result.stderr
 
 
+@pytest.mark.bare_database
 def test_commands_before_init_say_so(dsn: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--dsn", dsn, "runs"])
     assert result.exit_code == 2

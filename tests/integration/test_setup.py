@@ -31,6 +31,7 @@ def by_name(results: list[setup.CheckResult]) -> dict[str, setup.CheckResult]:
     return {r.name: r for r in results}
 
 
+@pytest.mark.bare_database
 def test_check_on_a_ready_database_passes(dsn: str, sql: Conn) -> None:
     sql.execute("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
     results = by_name(setup.check(make_config([RULE]), dsn, dsn))
@@ -72,6 +73,7 @@ def test_insert_only_rules_publish_only_inserts(dsn: str, sql: Conn) -> None:
     assert row == (True, False, False)
 
 
+@pytest.mark.bare_database
 def test_init_is_idempotent_and_publishes_exactly_the_rule_tables(dsn: str, sql: Conn) -> None:
     sql.execute("CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)")
     config = make_config([RULE])
