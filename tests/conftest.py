@@ -27,9 +27,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from listener.defaults import DEFAULT_STATE_SCHEMA
 from listener.pg.embedded import EmbeddedPostgres
-from listener.queue.store import migrate
-from listener.rules.config import DEFAULT_STATE_SCHEMA
+from listener.queue.migrations import migrate
 
 # Test servers trade durability for speed: the tests kill listener, never the server.
 TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
