@@ -13,6 +13,7 @@ from listener.defaults import DEMO_WAIT_S
 from listener.pg import conninfo
 from listener.rules.config import parse_config
 from listener.runtime.workflow import Event
+from listener.supervise import task_group, wait_first
 
 # The demo's tables: the same file creates them in `docker compose up` (docker-entrypoint-initdb.d).
 SCHEMA_SQL = resources.files("listener_examples").joinpath("demo.sql").read_text()
@@ -41,18 +42,30 @@ async def demo(dsn: str, *, rows: int = 6, on_streaming: Callable[[], None] | No
 
     stop = asyncio.Event()
     ready = asyncio.Event()
-    task = asyncio.create_task(
-        service.run(config, dsn, dsn, stop=stop, on_event_start=on_start, ready=ready), name="service"
-    )
-    ready_wait = asyncio.create_task(ready.wait())
-    await asyncio.wait({ready_wait, task}, timeout=DEMO_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+    # The service runs in a task group: if it fails, the rows stop and its error is what this raises.
+    async with task_group() as tg:
+        task = tg.create_task(
+            service.run(config, dsn, dsn, stop=stop, on_event_start=on_start, ready=ready), name="service"
+        )
+        try:
+            return await _write_and_collect(dsn, rows, ready, task, started, on_streaming)
+        finally:
+            stop.set()
+
+
+async def _write_and_collect(
+    dsn: str,
+    rows: int,
+    ready: asyncio.Event,
+    task: asyncio.Task[None],
+    started: list[tuple[Event, float]],
+    on_streaming: Callable[[], None] | None,
+) -> DemoRun | None:
+    """Once the service streams, write the sample rows and wait for their workflows to start."""
+    await wait_first(ready, task, timeout=DEMO_WAIT_S)
     if task.done():
-        ready_wait.cancel()
-        await task  # raises what stopped the service
-        return None
+        return None  # it stopped by itself (had it failed, the task group would raise its error)
     if not ready.is_set():
-        stop.set()
-        await task
         raise TimeoutError(f"listener did not start streaming within {DEMO_WAIT_S:.0f}s")
     if on_streaming is not None:
         on_streaming()
@@ -80,6 +93,4 @@ async def demo(dsn: str, *, rows: int = 6, on_streaming: Callable[[], None] | No
     while len(started) < expected and time.monotonic() < deadline and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)  # let the last workflows finish
-    stop.set()
-    await task
     return DemoRun(expected, started)
