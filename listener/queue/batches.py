@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from listener.rules.events import RunPolicy
+from listener.rules.events import RunPolicy, event_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +102,9 @@ class EventBatch:
     def event_key(self, index: int) -> str:
         """The idempotency key of event ``index`` as the server builds it (sql/queries/events.sql,
         insert_events): ``rule/commit/ordinal``, the commit LSN's text (what stands in for it for NOTIFY)
-        as its group holds it; for a CDC change, listener.rules.events.cdc_key."""
+        as its group holds it (:func:`listener.rules.events.event_key`)."""
         group = self.groups[self.group[index] - 1]
-        return f"{group[0]}/{group[4]}/{self.ordinal[index]}"
+        return event_key(group[0], group[4], self.ordinal[index])
 
     def add(self, group: int, lsn: int, ordinal: int, payload: str, key: str | None = None) -> None:
         """One event: its group (see ``group_id``), the change's LSN and ordinal, payload and run key."""

@@ -70,9 +70,17 @@ class EventSink(Protocol):
     ) -> int: ...
 
 
+def event_key(rule: str, commit: str, ordinal: int) -> str:
+    """The idempotency key of a streamed event: ``rule/commit/ordinal``, ``commit`` being the commit LSN's
+    text (for NOTIFY, the ``notify/<session>`` that stands in for it).  The queue's insert builds the same
+    text in SQL (sql/queries/events.sql, ``insert_events``); tests/integration/test_event_keys.py checks
+    that they agree."""
+    return f"{rule}/{commit}/{ordinal}"
+
+
 def cdc_key(rule: str, commit_lsn: int, ordinal: int) -> str:
     """The idempotency key of a CDC change's (or a transactional message's) event."""
-    return f"{rule}/{format_lsn(commit_lsn)}/{ordinal}"
+    return event_key(rule, format_lsn(commit_lsn), ordinal)
 
 
 def key_text(key: Key) -> str:
