@@ -81,7 +81,7 @@ class IngestState:
         self.idle_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # following the server's position
         self.empty_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # after transactions with no event
         self.retention = retention
-        self.journal = journal  # the change journal (listener.journal): None when off
+        self.journal = journal  # the change journal (listener.ingest.journal): None when off
         self.history_interval = HISTORY_INTERVAL_S
         self.rewind_poll_interval = REWIND_POLL_S
         self.rewind: RewindPlan | None = None  # the rewind the current session re-reads, until finished

@@ -25,8 +25,8 @@ from listener.rules.pushdown import PublicationPlan, Refusal, TablePlan, publish
 
 # The constants of a row filter are parsed once, when the publication is created, under that session's
 # settings: `at > '2024-01-01'` would otherwise mean midnight in the session's time zone, while
-# listener.predicate evaluates it in UTC, and 'a\b' a backspace with standard_conforming_strings off.
-# Every session pins those (listener.conninfo.SESSION_SETTINGS); filters are also printed (pg_get_expr)
+# listener.rules.predicate evaluates it in UTC, and 'a\b' a backspace with standard_conforming_strings off.
+# Every session pins those (listener.pg.conninfo.SESSION_SETTINGS); filters are also printed (pg_get_expr)
 # under them.  Built-in names resolve in pg_catalog only.
 FILTER_SETTINGS = ("SET LOCAL search_path = pg_catalog, pg_temp",)
 
@@ -157,7 +157,7 @@ def _table_item(
     if columns is not None:
         parts.append(sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns)))
     if row_filter is not None:
-        # SQL that listener.predicate deparsed from the rule's parsed `when:`, not text from elsewhere.
+        # SQL that listener.rules.predicate deparsed from the rule's parsed `when:`, not text from elsewhere.
         parts.append(sql.SQL("WHERE ({})").format(sql.SQL(row_filter)))
     return sql.SQL(" ").join(parts)
 

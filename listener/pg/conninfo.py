@@ -41,7 +41,7 @@ AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
 # What listener's SQL text and value parsing assume, whatever the server's defaults.
 SESSION_SETTINGS: Mapping[str, str] = {
     "standard_conforming_strings": "on",  # 'a\b' is a, backslash, b (as pglast parses rules)
-    "TimeZone": "UTC",  # timestamp constants and output in UTC, as listener.predicate evaluates them
+    "TimeZone": "UTC",  # timestamp constants and output in UTC, as listener.rules.predicate evaluates them
     "DateStyle": "ISO, YMD",  # dates print and parse as psycopg's loaders expect
     "IntervalStyle": "postgres",
     "extra_float_digits": "3",  # floats print exactly (shortest round-trip form)

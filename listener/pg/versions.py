@@ -1,9 +1,10 @@
 """What each supported PostgreSQL version offers listener, and what listener does without it.
 
 listener runs on PostgreSQL 14 to 18 and adapts to the server it connects to: the version decides the
-pgoutput protocol version (:func:`listener.replication.protocol_version_for`), the collation query
-(:mod:`listener.catalog`), whether rules are pushed down (:mod:`listener.pushdown`), how a backfill's
-watermarks are flushed (:mod:`listener.backfill`) and whether the slot may fail over (:mod:`listener.setup`).
+pgoutput protocol version (:func:`listener.pg.replication.protocol_version_for`), the collation query
+(:mod:`listener.rules.catalog`), whether rules are pushed down (:mod:`listener.rules.pushdown`), how a
+backfill's watermarks are flushed (:mod:`listener.ingest.backfill`) and whether the slot may fail over
+(:mod:`listener.install`).
 This module lists what an older server lacks, for ``listener check`` (one line per missing feature) and
 README's version table.
 """

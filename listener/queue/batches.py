@@ -90,7 +90,7 @@ class EventBatch:
     rewind: RewindPlan | None = None
     rewind_position: int | None = None
     rewind_done: bool = False
-    # Backfill chunks that reached their high watermark in this batch (see listener/backfill.py)
+    # Backfill chunks that reached their high watermark in this batch (see listener/ingest/backfill.py)
     backfill: list[BackfillChunk] = field(default_factory=list)
     # About how much memory the batch's payloads, chunks and journal rows hold (their lengths): ingest
     # bounds its buffers by this, not by counts (a few huge rows weigh more than thousands of small ones).

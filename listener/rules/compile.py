@@ -3,7 +3,7 @@ synchronous.
 
 Matching by (table, operation) is a dictionary lookup prepared once at load time; the ingest loop caches
 the result per relation OID.  A rule's ``when:`` is compiled by :mod:`listener.rules.predicate` against the
-table's columns read from the catalog (:mod:`listener.catalog`), its ``changed:`` and ``payload:`` are
+table's columns read from the catalog (:mod:`listener.rules.catalog`), its ``changed:`` and ``payload:`` are
 checked against them too: a mistake is a ``ConfigError`` naming the rule, file:line and the fix, raised
 before anything streams.
 """

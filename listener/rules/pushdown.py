@@ -1,7 +1,7 @@
 """Pushdown: the part of the rules the server applies itself, so rows no rule wants never leave it.
 
 PostgreSQL 15+ publications take a row filter (``WHERE``) and a column list per table.  Both are planned
-here from the compiled rules, purely; :mod:`listener.setup` creates the publications (``listener init``),
+here from the compiled rules, purely; :mod:`listener.install` creates the publications (``listener init``),
 compares them (``listener check``) and ingest streams them.  listener's own evaluator still applies every
 rule afterwards: pushdown only removes rows and columns no rule can use.
 

@@ -1,4 +1,4 @@
-"""COPY text format and backfill keys (pure functions of listener.backfill)."""
+"""COPY text format and backfill keys (pure functions of listener.pg.copytext and listener.rules.events)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""listener.config: the models, table-name parsing, and errors that name file, line, rule and fix."""
+"""listener.rules.config: the models, table-name parsing, and errors that name file, line, rule and fix."""
 
 from __future__ import annotations
 

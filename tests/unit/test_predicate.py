@@ -1,4 +1,5 @@
-"""Rule predicates (listener.predicate): PostgreSQL's semantics, compiled once, evaluated without a server.
+"""Rule predicates (listener.rules.predicate): PostgreSQL's semantics, compiled once, evaluated without a
+server.
 
 Expected values marked "PG" were checked against PostgreSQL 18 (TimeZone UTC); the integration test
 tests/integration/test_predicate_conformance.py compares generated expressions with a live server.
