@@ -8,7 +8,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,19 @@ from listener.queue.store import StateStore
 
 
 @contextlib.contextmanager
-def server(dsn: str | None, *, prefix: str, keep: bool = False) -> Iterator[tuple[str, Path | None]]:
+def server(
+    dsn: str | None, *, prefix: str, keep: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, Path | None]]:
     """(DSN, data directory): the server named by ``dsn``, or else a fresh embedded PostgreSQL with default
-    durable settings in a temporary directory, stopped and removed afterwards (kept with ``keep``)."""
+    durable settings in a temporary directory, stopped and removed afterwards (kept with ``keep``).
+    ``settings``: extra server settings of the embedded server (e.g. ``shared_preload_libraries``)."""
     if dsn:
         yield dsn, None
         return
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     tmp.chmod(0o755)  # the server runs as another OS user when we are root
     data = tmp / "pgdata"
-    pg = EmbeddedPostgres(data)
+    pg = EmbeddedPostgres(data, settings=settings or {})
     try:
         print(f"starting embedded PostgreSQL in {data} ...", flush=True)
         yield pg.start(), data
