@@ -83,7 +83,7 @@ WORKFLOWS = {"noop": "bench_workflows:noop", "two-step": "bench_workflows:two_st
 APP_RUN = "bench_listener_run"  # application_name of the listener processes' connections
 APP_WORKER = "bench_listener_worker"
 APP_BENCH = "bench_sustained_load"  # this script's own connections
-POLL_S = 0.1
+POLL_S = 0.25  # waiting for the drain (its time comes from the server's timestamps, not the poll)
 SAMPLE_S = 0.5
 PGBENCH_SCRIPT = f"INSERT INTO public.{TABLE} (note) VALUES ('load');\n"
 
@@ -151,6 +151,7 @@ class LoadResult:
     listener_cpu_s: float
     pgbench_cpu_s: float
     server_cpu_s: dict[str, float]
+    server_waits: dict[str, dict[str, float]]
     pgbench_command: str
     statements: list[Statement] = field(default_factory=list)
     statements_total_ms: float = 0.0
@@ -181,6 +182,9 @@ class ServerCpu:
         self.base: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.role: dict[int, str] = {}
+        self.waits: dict[tuple[str, str], int] = {}  # (role, wait event) -> samples of an active backend
+        self.samples = 0
+        self.load_running = True  # wait events are counted while the load runs, not during the drain
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -198,8 +202,11 @@ class ServerCpu:
         return out
 
     def _roles(self, conn: psycopg.Connection[Any]) -> None:
-        for pid, backend_type, app in conn.execute(
-            "SELECT pid, backend_type, application_name FROM pg_stat_activity"
+        counting = self.load_running
+        self.samples += counting
+        for pid, backend_type, app, state, wait_type, wait in conn.execute(
+            "SELECT pid, backend_type, application_name, state, wait_event_type, wait_event"
+            " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
         ).fetchall():
             if backend_type == "walsender":
                 role = "walsender"
@@ -214,6 +221,9 @@ class ServerCpu:
             else:
                 role = "other"
             self.role.setdefault(pid, role)
+            if counting and role != "background" and (state == "active" or backend_type == "walsender"):
+                what = f"{wait_type}:{wait}" if wait_type else "on CPU"
+                self.waits[(role, what)] = self.waits.get((role, what), 0) + 1
 
     def __enter__(self) -> ServerCpu:
         self.base = self._times()
@@ -233,6 +243,13 @@ class ServerCpu:
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
         self.thread.join()
+
+    def busy(self) -> dict[str, dict[str, float]]:
+        """Per role: the average number of its active backends in each wait event (or on CPU)."""
+        out: dict[str, dict[str, float]] = {}
+        for (role, what), n in sorted(self.waits.items(), key=lambda kv: -kv[1]):
+            out.setdefault(role, {})[what] = n / max(1, self.samples)
+        return out
 
     def by_role(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -270,8 +287,9 @@ def count(conn: psycopg.Connection[Any], query: str) -> int:
     return int(row[0])
 
 
-def wait_ready(source: psycopg.Connection[Any], state_dsn: str, service: Workers) -> None:
-    """Insert probe rows until one's workflow has run, then until none is left."""
+def wait_ready(source: psycopg.Connection[Any], state_dsn: str, service: Workers) -> int:
+    """Insert probe rows until one's workflow has run, then until none is left: returns the runs done
+    by then (probes written before the slot existed have none)."""
     deadline = time.monotonic() + 120
     with psycopg.connect(state_dsn, autocommit=True) as state:
         while True:
@@ -283,8 +301,10 @@ def wait_ready(source: psycopg.Connection[Any], state_dsn: str, service: Workers
             with contextlib.suppress(psycopg.errors.UndefinedTable):  # the schema is made by `run`
                 if count(state, DONE) > 0:
                     break
+        time.sleep(1.0)  # the last probe's event
         while count(state, LEFT) > 0:
             time.sleep(POLL_S)
+        return count(state, DONE)
 
 
 def pgbench(args: argparse.Namespace, load: str, dsn: str, log_dir: Path) -> tuple[list[str], str, float]:
@@ -338,7 +358,7 @@ def run_load(args: argparse.Namespace, admin_dsn: str, load: str, log_dir: Path,
         extra: Workers | None = None
         try:
             with psycopg.connect(source_dsn, autocommit=True) as source:
-                wait_ready(source, state_dsn, service)
+                done_before = wait_ready(source, state_dsn, service)
             if args.extra_worker:
                 worker_cmd = listener_command(source_dsn, state_dsn, config, APP_WORKER, "worker")
                 extra = Workers(
@@ -352,8 +372,12 @@ def run_load(args: argparse.Namespace, admin_dsn: str, load: str, log_dir: Path,
             sampler = ServerCpu(admin_dsn, _POSTMASTER) if _POSTMASTER is not None else None
             with sampler if sampler is not None else contextlib.nullcontext():
                 command, output, pgbench_cpu = pgbench(args, load, source_dsn, log_dir)
+                if sampler is not None:
+                    sampler.load_running = False
                 with psycopg.connect(source_dsn, autocommit=True) as conn:
-                    target = count(conn, f"SELECT count(*) FROM public.{TABLE}")
+                    target = done_before + count(
+                        conn, f"SELECT count(*) FROM public.{TABLE} WHERE note = 'load'"
+                    )
                 wait_drained(state_dsn, target, service, args.timeout)
                 listener_cpu = sum(w.cpu_seconds() for w in processes) - cpu_before
             statements = _statements(state_dsn) if stats else []
@@ -364,7 +388,8 @@ def run_load(args: argparse.Namespace, admin_dsn: str, load: str, log_dir: Path,
         with psycopg.connect(state_dsn, autocommit=True) as conn:
             times = conn.execute(TIMES).fetchall()
     result = summarize(args, load, times, output, command, listener_cpu, pgbench_cpu)
-    result.server_cpu_s = sampler.by_role() if sampler is not None else {}
+    if sampler is not None:
+        result.server_cpu_s, result.server_waits = sampler.by_role(), sampler.busy()
     result.statements = statements
     result.statements_total_ms = sum(s.total_ms for s in statements)
     report.loads.append(result)
@@ -407,6 +432,7 @@ def summarize(
         listener_cpu_s=listener_cpu,
         pgbench_cpu_s=pgbench_cpu,
         server_cpu_s={},
+        server_waits={},
         pgbench_command=shlex.join(command),
     )
 
@@ -489,6 +515,14 @@ def render(report: Report) -> str:
         parts = [f"listener processes {r.listener_cpu_s * per:.2f}", f"pgbench {r.pgbench_cpu_s * per:.2f}"]
         parts += [f"server: {role} {sec * per:.2f}" for role, sec in r.server_cpu_s.items()]
         out.append(f"  {r.load:>5s}: " + ", ".join(parts) + f"  ({r.rows:,} rows)")
+    out.append("")
+    out.append(
+        "server backends while the load ran (pg_stat_activity every 0.5 s): mean active backends, by wait"
+    )
+    for r in report.loads:
+        for role, waits in r.server_waits.items():
+            shown = ", ".join(f"{w} {n:.2f}" for w, n in list(waits.items())[:5])
+            out.append(f"  {r.load:>5s} {role}: {shown}")
     for r in report.loads:
         if not r.statements:
             continue
