@@ -150,16 +150,22 @@ async def test_the_window_by_size_and_by_duration_moves_the_confirmed_position(
         # the whole window, and the window then rightly keeps nothing behind it.
         run.ingest.idle_checkpoint_interval = 3600.0
         start = slot_flush(items)
-        for i in range(12):  # about 10kB of WAL each
+        recorded = [start]  # every checkpoint this test saw, each with its history row
+        for i in range(12):  # about 10kB of WAL each, more when a server checkpoint adds full-page images
             items.execute(
                 "INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(%s::int, %s::int) g",
                 [i * 10 + 1, i * 10 + 10],
             )
             await wait_caught_up(run, dsn)
+            recorded.append(checkpoint(items))
         # the pruned history begins where the writer confirmed; wait for the status update to say so
         confirmed = await wait_slot_flush(items, oldest_history(items))
         cp = checkpoint(items)
-    assert start < confirmed < cp and size / 2 < cp - confirmed <= size  # kept, but no more than the cap
+    # Kept, but no more than the cap: the confirmed position is the oldest history point inside the window,
+    # the one before it lies outside. (How much WAL a batch takes is the server's business: a checkpoint
+    # in between makes the next batch carry full-page images, so the test asserts no size per batch.)
+    assert start < confirmed < cp and cp - confirmed <= size
+    assert cp - max(h for h in recorded if h < confirmed) > size
     assert oldest_history(items) == confirmed  # older history pruned
 
     # By duration, with no wall clock in the outcome: the window is an hour, and what was recorded before
