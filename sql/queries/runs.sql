@@ -15,23 +15,24 @@ WITH free AS (
     ORDER BY priority DESC, run_after, seq
     LIMIT $1
     FOR UPDATE SKIP LOCKED
-), c AS (
-    SELECT id FROM free UNION ALL SELECT unnest($4::text[])
 ), claimed AS (
     UPDATE runs r
     SET status = 'running', attempt = r.attempt + 1, lease_owner = $2,
         lease_expires = now() + make_interval(secs => $3), started_at = coalesce(r.started_at, now())
-    FROM c WHERE r.id = c.id
+    WHERE r.id = ANY (ARRAY(SELECT id FROM free UNION ALL SELECT unnest($4::text[])))
     RETURNING r.id, r.event_key, r.attempt, r.failures, r.seq, r.workflow, r.key
 ), logged AS (
     INSERT INTO attempts (run_id, attempt, workflow, worker) SELECT id, attempt, workflow, $2 FROM claimed
 )
 SELECT c.id, c.event_key, c.attempt, c.failures, c.key, e.rule, e.workflow, e.op, e.table_name,
        e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
-       coalesce(
+       CASE WHEN c.attempt > 1 THEN coalesce(
            (SELECT jsonb_object_agg(s.name, s.result) FROM steps s WHERE s.run_id = c.id), '{}'
-       )::text AS steps
-FROM claimed c JOIN events e ON e.idempotency_key = c.event_key
+       )::text ELSE '{}' END AS steps
+FROM claimed c
+-- one event per run, looked up by its key: a nested loop whatever the estimates (the statement is prepared,
+-- and a generic plan that expects `LIMIT $1` to take a tenth of the table would join all events by hash)
+CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.idempotency_key = c.event_key LIMIT 1) e
 ORDER BY c.seq
 
 -- name: claim_lock

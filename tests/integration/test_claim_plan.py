@@ -1,0 +1,82 @@
+"""The workers' statements are prepared (asyncpg), and after five executions PostgreSQL may run them with a
+generic plan, chosen without the parameters' values.  Those plans must still look runs up by index: a
+generic claim that expects `LIMIT $1` to take a tenth of the queue once joined every run and event by hash,
+ten times the time of the custom plan and growing with the tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from listener.queue import queries
+from tests.runtime_support import prepare
+
+Conn = psycopg.Connection[tuple[object, ...]]
+RUNS = 5000
+
+STATEMENTS = {
+    # name: (parameter types, the EXECUTE's arguments)
+    "claim": ("int, text, float8, text[]", "16, 'w', 30, NULL"),
+    "complete_runs": ("text[], int4[]", "ARRAY['r/2601', 'r/2602'], ARRAY[1, 1]"),
+    "handed_runs": ("text[]", "ARRAY['r/2601', 'r/2602']"),
+    "heartbeat": ("text[], text, float8", "ARRAY['r/2601'], 'w', 30"),
+}
+
+
+@pytest.fixture
+def queue(sql: Conn) -> Conn:
+    """A queue of 5,000 runs, half of them done (with their attempts and steps), and its statistics."""
+    prepare(sql)
+    sql.execute(
+        """
+        INSERT INTO listener.events (idempotency_key, source, rule, workflow, op, table_name, lsn, commit_lsn,
+                                     xid, commit_time, payload)
+        SELECT 'r/' || g, 'cdc', 'r', 'w', 'insert', 't', '0/0'::pg_lsn + g, '0/0'::pg_lsn + g, 1, now(),
+               '{"new": {"id": 1}}'
+        FROM generate_series(1, %(n)s) g
+        """,
+        {"n": RUNS},
+    )
+    sql.execute(
+        "INSERT INTO listener.runs (id, event_key, workflow) SELECT 'r/' || g, 'r/' || g, 'w' "
+        "FROM generate_series(1, %(n)s) g",
+        {"n": RUNS},
+    )
+    sql.execute("UPDATE listener.runs SET status = 'done', attempt = 1 WHERE seq <= %(n)s", {"n": RUNS // 2})
+    sql.execute(
+        "INSERT INTO listener.attempts (run_id, attempt, workflow, worker, finished_at, outcome) "
+        "SELECT id, 1, 'w', 'w0', now(), 'done' FROM listener.runs WHERE status = 'done'"
+    )
+    sql.execute(
+        "INSERT INTO listener.steps (run_id, name, attempt, result, started_at) "
+        "SELECT id, s, 1, '{}', now() FROM listener.runs, unnest(ARRAY['llm', 'save']) s WHERE status = 'done'"
+    )
+    sql.execute("ANALYZE listener.runs, listener.events, listener.steps, listener.attempts")
+    return sql
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes(child)
+
+
+@pytest.mark.parametrize("name", sorted(STATEMENTS))
+def test_the_generic_plan_of_a_worker_statement_looks_runs_up_by_index(queue: Conn, name: str) -> None:
+    types, arguments = STATEMENTS[name]
+    with queue.transaction(force_rollback=True):
+        queue.execute("SET LOCAL search_path TO listener")
+        queue.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        queue.execute(f"PREPARE s ({types}) AS {queries.get(name)}")
+        row = queue.execute(f"EXPLAIN (FORMAT JSON) EXECUTE s({arguments})").fetchone()
+        queue.execute("DEALLOCATE s")
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(str(row[0]))
+    found = [(n["Node Type"], n.get("Relation Name")) for n in nodes(plan[0]["Plan"])]
+    whole = [f for f in found if f[0] == "Seq Scan" and f[1] in ("runs", "events", "steps", "attempts")]
+    assert not whole, f"{name}: its generic plan reads whole tables: {found}"
+    assert ("Hash Join", None) not in found, f"{name}: its generic plan joins by hash: {found}"
