@@ -69,6 +69,7 @@ from listener.pg.embedded import bin_dir
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.pg.replication import ReplicationSession
 from listener.queue.batches import EventBatch
+from listener.queue.handoff import Offer
 from listener.queue.store import StateStore
 from listener.rules.config import Config, parse_config
 
@@ -153,10 +154,10 @@ class _TimedSession(ReplicationSession):
 class _TimedStore(StateStore):
     """The real store; sums the wall time of the batch writes."""
 
-    async def write_batch(self, batch: EventBatch) -> int:
+    async def write_batch(self, batch: EventBatch, offer: Offer | None = None) -> int:
         began = time.perf_counter()
         try:
-            return await super().write_batch(batch)
+            return await super().write_batch(batch, offer)
         finally:
             _Clock.write_s += time.perf_counter() - began
 

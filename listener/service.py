@@ -147,6 +147,7 @@ async def run(
             tg.create_task(_reloader(ingest, config, state_dsn, store, sighup, stop), name="reloader")
             if workers:
                 worker = make_worker(config, state_dsn, on_start=on_event_start)
+                ingest.handoff = worker  # new runs go to the local worker without a claim when it is free
                 tg.create_task(_until_done(worker.run(stop), stop), name="worker")
             if ready is not None:
                 tg.create_task(_signal_ready(ingest, ready), name="ready")

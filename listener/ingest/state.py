@@ -23,6 +23,7 @@ from listener.ingest.source import Source
 from listener.pg.replication import ReplicationSession
 from listener.pg.types import TypeRegistry
 from listener.queue.batches import EventBatch, Retention, RewindPlan
+from listener.queue.handoff import Handoff
 from listener.queue.store import StateStore
 from listener.rules.compile import RuleSet, compile_rules
 from listener.rules.config import Config
@@ -86,6 +87,9 @@ class IngestState:
         self.rewind_poll_interval = REWIND_POLL_S
         self.rewind: RewindPlan | None = None  # the rewind the current session re-reads, until finished
         self.on_batch = on_batch
+        # The local worker that takes new runs without a claim (listener.queue.handoff); None: every run is
+        # claimed.  Set by the service that runs both.
+        self.handoff: Handoff | None = None
         self.stats = IngestStats()
         self.types = TypeRegistry()
         self.expander = Expander(store, self.types, self.resolve_types, ahead=expand_ahead)

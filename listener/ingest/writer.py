@@ -29,8 +29,20 @@ async def write_batches(ingest: IngestState, queue: BatchQueue) -> None:
         )
         if history_due:
             batch.retention = retention
-        # shielded: a cancelled ingest still commits the batch it is writing (or rolls it back), cleanly
-        inserted = await shielded(ingest.store.write_batch(batch))
+        # The local workers' free slots, when they have nothing else to do (listener.queue.handoff).
+        handoff = ingest.handoff
+        offer = handoff.offer() if handoff is not None and batch.payload else None
+        try:
+            # shielded: a cancelled ingest still commits the batch it is writing (or rolls it back), cleanly
+            inserted = await shielded(ingest.store.write_batch(batch, offer))
+        except BaseException:
+            if offer is not None:
+                assert handoff is not None
+                handoff.withdraw(offer)
+            raise
+        if handoff is not None and (offer is not None or batch.left_pending):
+            handoff.hand(offer, batch.handed, left_pending=batch.left_pending)
+            batch.handed = []
         queue.written(batch)
         stats.batches += 1
         stats.events_inserted += inserted

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from listener.rules.events import RunPolicy, event_key
 
@@ -90,6 +91,10 @@ class EventBatch:
     rewind: RewindPlan | None = None
     rewind_position: int | None = None
     rewind_done: bool = False
+    # The hand-off (listener.queue.handoff), set by write_batch when it was given an offer: the runs it
+    # committed as claimed by the offering worker (claim-shaped rows), and whether it also made pending ones.
+    handed: list[Any] = field(default_factory=list)
+    left_pending: bool = False
     # Backfill chunks that reached their high watermark in this batch (see listener/ingest/backfill.py)
     backfill: list[BackfillChunk] = field(default_factory=list)
     # About how much memory the batch's payloads, chunks and journal rows hold (their lengths): ingest

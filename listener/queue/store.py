@@ -18,6 +18,7 @@ from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue import queries
 from listener.queue.batches import BackfillChunk, EventBatch, RawChunk, Retention, RewindPlan
+from listener.queue.handoff import Offer
 
 
 def notify_channel(schema: str) -> str:
@@ -40,6 +41,7 @@ _INSERT_EVENTS = queries.get("insert_events")
 _INSERT_KEYED_EVENTS = queries.query("insert_keyed_events").asyncpg
 _WAKE = queries.query("wake").asyncpg
 _FILL_PAYLOAD = queries.get("fill_payload")
+_HANDED_RUNS = queries.get("handed_runs")
 _CREATE_LARGE_OBJECT = queries.get("create_large_object")
 _PUT_LARGE_OBJECT = queries.get("put_large_object")
 _UNLINK_LARGE_OBJECT = queries.get("unlink_large_object")
@@ -112,9 +114,10 @@ class StateStore:
         value = await self.pool.fetchval(_READ_CHECKPOINT, self.slot)
         return parse_lsn(value) if value is not None else None
 
-    async def write_batch(self, batch: EventBatch) -> int:
+    async def write_batch(self, batch: EventBatch, offer: Offer | None = None) -> int:
         """Insert the batch's events (duplicates skipped) and chunks, and move the checkpoint, in one
-        transaction.
+        transaction.  With an ``offer``, up to its slots of the new runs are committed as claimed by its
+        worker, and ``batch.handed`` holds them (listener.queue.handoff).
 
         Returns the number of events actually inserted, counting the changes of new chunks.  Only after
         this returns may the flush LSN sent to the server move to ``batch.checkpoint`` (invariant 1), or,
@@ -122,7 +125,7 @@ class StateStore:
         history row.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted, rewound, reruns = await self._insert_events(conn, batch)
+            inserted, rewound, reruns = await self._insert_events(conn, batch, offer)
             for chunk in batch.chunks:
                 stored = await conn.fetchval(
                     _INSERT_CHUNK,
@@ -164,10 +167,15 @@ class StateStore:
             return await self._insert_events(conn, batch)
 
     async def _insert_events(
-        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, batch: EventBatch
+        self,
+        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        batch: EventBatch,
+        offer: Offer | None = None,
     ) -> tuple[int, int, int]:
         """Insert the batch's events and their runs: (events inserted, events re-read by a rewind, runs
-        made for a rewind's --rerun)."""
+        made for a rewind's --rerun); with an ``offer``, the runs handed to its worker go to
+        ``batch.handed`` (a rewind's batch hands none)."""
+        batch.handed, batch.left_pending = [], False
         if not batch.payload:
             return 0, 0, 0
         inserted = rewound = reruns = 0
@@ -187,13 +195,20 @@ class StateStore:
         rerun: tuple[str | None, int | None, str | None] = (None, None, None)
         if rewind is not None:
             rerun = (rewind.rerun_rule, rewind.generation, format_lsn(rewind.up_to))
-        row = await conn.fetchrow(_INSERT_EVENTS, *columns, *rerun)
+        handoff: tuple[int | None, str | None, float | None] = (None, None, None)
+        if offer is not None and rewind is None:
+            handoff = (offer.slots, offer.worker_id, offer.lease_seconds)
+        row = await conn.fetchrow(_INSERT_EVENTS, *columns, *rerun, *handoff)
         assert row is not None
-        inserted, rewound, reruns = row["inserted"], row["rewound"], row["reruns"]
+        inserted, rewound, reruns, handed = row["inserted"], row["rewound"], row["reruns"], row["handed"]
         for index, (oid, stand_in) in huge.items():  # (an event inserted before keeps its payload)
             await conn.execute(_FILL_PAYLOAD, batch.event_key(index), oid, stand_in)
             await conn.execute(_UNLINK_LARGE_OBJECT, oid)
-        if inserted or reruns:
+        if handed:
+            batch.handed = await conn.fetch(_HANDED_RUNS, handed)
+        # the workers' wake-up: for runs left to claim (the handed ones have their worker)
+        batch.left_pending = bool(reruns or inserted > len(batch.handed))
+        if batch.left_pending:
             await conn.execute(_WAKE, self.channel)
         return int(inserted), int(rewound), int(reruns)
 

@@ -26,7 +26,7 @@ import math
 import os
 import socket
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -45,6 +45,7 @@ from listener.defaults import (
 from listener.errors import ConfigError, Fenced, StepError, is_transient
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.queue import queries
+from listener.queue.handoff import Offer
 from listener.queue.store import notify_channel
 from listener.rules.config import WorkflowLimit
 from listener.runtime import flow
@@ -74,6 +75,7 @@ _DEAD_AT_CLAIM = queries.get("dead_at_claim")
 @dataclass(slots=True)
 class WorkerStats:
     claimed: int = 0
+    handed: int = 0  # of the claimed: handed over by the local ingest (listener.queue.handoff)
     done: int = 0
     failed: int = 0
     dead: int = 0
@@ -115,6 +117,12 @@ class Worker:
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
+        # The hand-off (listener.queue.handoff): slots offered to the ingest writer and not yet handed back;
+        # offers are made only while the last claim found nothing more to take (``_caught_up``) and the
+        # claims are running (``_launch`` set).
+        self._offered = 0
+        self._caught_up = False
+        self._launch: Callable[[asyncpg.Record], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run workflows until ``stop`` is set.  Its tasks (claims, LISTEN, lease heartbeat,
@@ -156,27 +164,82 @@ class Worker:
     ) -> None:
         last_reclaim = -math.inf
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            # Cleared before the claim: a NOTIFY arriving while we claim must wake the next wait.
-            self._wake.clear()
-            if loop.time() - last_reclaim >= self.lease_seconds / 3:
-                await pool.execute(_RECLAIM)  # only matters once a lease expired: not every claim
-                last_reclaim = loop.time()
-            free = min(self.concurrency - len(self._running), CLAIM_BATCH)
-            rows = await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds, None) if free else []
-            held = False
-            if self.gating and free > len(rows) and await pool.fetchval(_GATED_WAITING):
-                gated, held = await self._claim_gated(pool, free - len(rows))
-                rows = [*rows, *gated]
-            for row in rows:
-                self.stats.claimed += 1
-                task = runs.create_task(self._start(pool, user_pool, row), name=f"run {row['id']}")
-                self._running[row["id"]] = (row["attempt"], task)
-                task.add_done_callback(functools.partial(self._finished, row["id"]))
-            if rows and len(rows) == free:
-                continue
-            timeout = min(self.poll_interval, HELD_POLL_S) if held else self.poll_interval
-            await wait_first(self._wake, stop, timeout=timeout)
+
+        def launch(row: asyncpg.Record) -> None:
+            self.stats.claimed += 1
+            task = runs.create_task(self._start(pool, user_pool, row), name=f"run {row['id']}")
+            self._running[row["id"]] = (row["attempt"], task)
+            task.add_done_callback(functools.partial(self._finished, row["id"]))
+
+        self._launch = launch
+        try:
+            while not stop.is_set():
+                # Cleared before the claim: a NOTIFY arriving while we claim must wake the next wait.
+                self._wake.clear()
+                if loop.time() - last_reclaim >= self.lease_seconds / 3:
+                    await pool.execute(_RECLAIM)  # only matters once a lease expired: not every claim
+                    last_reclaim = loop.time()
+                free = min(self.concurrency - len(self._running) - self._offered, CLAIM_BATCH)
+                rows = (
+                    await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds, None)
+                    if free > 0
+                    else []
+                )
+                held = False
+                if self.gating and free > len(rows) and await pool.fetchval(_GATED_WAITING):
+                    gated, held = await self._claim_gated(pool, free - len(rows))
+                    rows = [*rows, *gated]
+                for row in rows:
+                    launch(row)
+                if free > 0 and len(rows) == free:
+                    continue
+                # Nothing more to claim: new runs may come by hand-off until a wake-up says otherwise (a
+                # slot that frees up while runs wait on disk wakes the loop too, see _finished).
+                self._caught_up = free > len(rows) and not held
+                timeout = min(self.poll_interval, HELD_POLL_S) if held else self.poll_interval
+                await wait_first(self._wake, stop, timeout=timeout)
+        finally:
+            self._launch = None
+            self._caught_up = False
+
+    @property
+    def taking_handoff(self) -> bool:
+        """Whether the next batch of the local ingest may hand this worker runs (it has nothing to claim)."""
+        return self._caught_up and self._launch is not None
+
+    def offer(self) -> Offer | None:
+        """Free slots for the local ingest's next batch (listener.queue.handoff): only while the last claim
+        found nothing more to take, so handed runs never overtake runs waiting on disk."""
+        free = self.concurrency - len(self._running) - self._offered
+        if not self.taking_handoff or free <= 0:
+            return None
+        self._offered += free
+        return Offer(self.worker_id, self.lease_seconds, free)
+
+    def hand(self, offer: Offer | None, rows: Sequence[asyncpg.Record], *, left_pending: bool) -> None:
+        """Start the runs the ingest committed as claimed by this worker.  Should the claims have stopped
+        meanwhile (shutdown), they are not started: their leases expire and they are claimed again."""
+        if offer is not None:
+            self._offered -= offer.slots
+        if left_pending:
+            self._caught_up = False
+            self._wake.set()
+        launch = self._launch
+        if launch is None:
+            if rows:
+                logger.warning(
+                    "%d handed run(s) not started (stopping): they run again once their leases expire",
+                    len(rows),
+                )
+            return
+        for row in rows:
+            self.stats.handed += 1
+            launch(row)
+
+    def withdraw(self, offer: Offer) -> None:
+        """The ingest's batch was not committed: the offered slots are free again."""
+        self._offered -= offer.slots
+        self._wake.set()
 
     async def _listen(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
         """LISTEN for ingest's wake-ups until ``stop``; raises when the connection is lost."""
@@ -251,11 +314,13 @@ class Worker:
             return await conn.fetch(_CLAIM, 0, self.worker_id, self.lease_seconds, chosen), held
 
     def _on_notify(self, *args: object) -> None:
+        self._caught_up = False  # runs to claim (no hand-off until a claim finds none left)
         self._wake.set()
 
     def _finished(self, run_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(run_id, None)
-        self._wake.set()  # a slot is free: claim more
+        if not self._caught_up:  # a slot is free: claim more (caught up, new runs come by hand-off)
+            self._wake.set()
 
     async def _heartbeat(self, pool: asyncpg.Pool) -> None:
         """Renew the leases of the running runs, until cancelled."""

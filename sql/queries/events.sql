@@ -13,15 +13,18 @@
 -- of its range; all NULL otherwise): for each change of the rerun rule committed in the range, a run of the
 -- rewind's generation (id KEY#generation), whether its event is new or not.  A new event of that rule
 -- therefore gets no generation-0 run: one new run per change, and a redelivery makes none.
--- Returns (events inserted, of them in the rewind's range, rerun runs made).
+-- The hand-off (listener.queue.handoff; $21 NULL: none): the first $21 new ungated runs of the batch are
+-- made claimed already, by worker $22 for $23 seconds (attempt 1, logged in `attempts` like a claim's),
+-- for that worker to start once this transaction commits; the rest are pending as usual.
+-- Returns (events inserted, of them in the rewind's range, rerun runs made, the ids of the runs handed).
 WITH src AS (
     SELECT r[g] || '/' || c[g] || '/' || o AS key, r[g] AS rule, w[g] AS workflow, op[g] AS op, t[g] AS tbl,
            CASE WHEN src[g] <> 'notify' THEN '0/0'::pg_lsn + l END AS lsn,
            CASE WHEN src[g] <> 'notify' THEN c[g]::pg_lsn END AS commit_lsn,
            x[g] AS xid, ct[g] AS commit_time,
            p::jsonb AS payload, k, gated[g] AS gated, key_limit[g] AS key_limit, ordered[g] AS ordered,
-           prio[g] AS priority, src[g] AS source
-    FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::text[], $5::text[]) AS u(g, l, o, p, k),
+           prio[g] AS priority, src[g] AS source, n
+    FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::text[], $5::text[]) WITH ORDINALITY AS u(g, l, o, p, k, n),
          (SELECT $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::timestamptz[],
                  $13::bool[], $14::int4[], $15::bool[], $16::int4[], $17::text[])
              AS grp(r, w, op, t, c, x, ct, gated, key_limit, ordered, prio, src)
@@ -31,12 +34,25 @@ WITH src AS (
     SELECT key, source, rule, workflow, op, tbl, lsn, commit_lsn, xid, commit_time, payload FROM src
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING idempotency_key
-), runs_made AS (
-    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority)
-    SELECT src.key, src.key, src.workflow, src.gated, src.k, src.key_limit, src.ordered, src.priority
+), made AS (
+    SELECT src.*,
+           coalesce(NOT src.gated AND row_number() OVER (PARTITION BY src.gated ORDER BY src.n) <= $21, false)
+               AS handed
     FROM src JOIN ev ON ev.idempotency_key = src.key
     WHERE $18::text IS NULL OR NOT coalesce(src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn, false)
-    RETURNING 1
+), runs_made AS (
+    INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority, status, attempt,
+                      lease_owner, lease_expires, started_at)
+    SELECT key, key, workflow, gated, k, key_limit, ordered, priority,
+           CASE WHEN handed THEN 'running' ELSE 'pending' END, CASE WHEN handed THEN 1 ELSE 0 END,
+           CASE WHEN handed THEN $22::text END, CASE WHEN handed THEN now() + make_interval(secs => $23) END,
+           CASE WHEN handed THEN now() END
+    FROM made
+    RETURNING id, workflow, status
+), handed AS (
+    INSERT INTO attempts (run_id, attempt, workflow, worker)
+    SELECT id, 1, workflow, $22::text FROM runs_made WHERE status = 'running'
+    RETURNING run_id
 ), reruns AS (
     INSERT INTO runs (id, event_key, generation, workflow, gated, key, key_limit, ordered, priority)
     SELECT src.key || '#' || $19::int4, src.key, $19::int4, src.workflow, src.gated, src.k, src.key_limit,
@@ -48,7 +64,18 @@ WITH src AS (
 SELECT (SELECT count(*) FROM ev) AS inserted,
        (SELECT count(*) FROM ev JOIN src ON src.key = ev.idempotency_key
         WHERE $20::text IS NOT NULL AND src.commit_lsn < $20::text::pg_lsn) AS rewound,
-       (SELECT count(*) FROM reruns) AS reruns
+       (SELECT count(*) FROM reruns) AS reruns,
+       (SELECT array_agg(run_id) FROM handed) AS handed
+
+-- name: handed_runs
+-- placeholders: asyncpg
+-- The runs insert_events handed to a worker, as a claim returns them (their steps: none yet).
+SELECT r.id, r.event_key, r.attempt, r.failures, r.key, e.rule, e.workflow, e.op, e.table_name,
+       e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
+       '{}' AS steps
+FROM runs r JOIN events e ON e.idempotency_key = r.event_key
+WHERE r.id = ANY($1::text[])
+ORDER BY r.seq
 
 -- name: wake
 -- placeholders: psycopg

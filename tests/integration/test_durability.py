@@ -14,6 +14,7 @@ from listener.errors import ProtocolError
 from listener.pg.lsn import parse_lsn
 from listener.pg.replication import ReplicationSession
 from listener.queue.batches import EventBatch
+from listener.queue.handoff import Offer
 from listener.queue.store import StateStore
 from tests.support import current_wal_lsn, events, make_config, running_ingest, wait_caught_up
 
@@ -105,12 +106,12 @@ async def test_a_crash_mid_transaction_replays_it_without_duplicates(
     original = StateStore.write_batch
     calls = 0
 
-    async def flaky(self: StateStore, batch: EventBatch) -> int:
+    async def flaky(self: StateStore, batch: EventBatch, offer: Offer | None = None) -> int:
         nonlocal calls
         calls += 1
         if calls == 4:  # after three chunks of the big transaction are committed
             raise ConnectionResetError("connection to the state database lost (test)")
-        return await original(self, batch)
+        return await original(self, batch, offer)
 
     async with running_ingest(dsn, config) as run:
         monkeypatch.setattr(StateStore, "write_batch", flaky)
