@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from listener.pg.lsn import format_lsn
 from listener.rules.events import RunPolicy, event_key
 
 
@@ -110,6 +111,31 @@ class EventBatch:
         as its group holds it (:func:`listener.rules.events.event_key`)."""
         group = self.groups[self.group[index] - 1]
         return event_key(group[0], group[4], self.ordinal[index])
+
+    def handed_run(self, index: int) -> dict[str, Any]:
+        """Event ``index``'s run as a claim returns it (sql/queries/runs.sql), for the worker it was handed
+        to (listener.queue.handoff): attempt 1, no failure, no step yet.  Built from the batch, as the
+        server stores it: a NOTIFY's event has no LSN."""
+        rule, workflow, op, table, commit, xid, at, *_, source = self.groups[self.group[index] - 1]
+        key = event_key(rule, commit, self.ordinal[index])
+        in_wal = source != "notify"
+        return {
+            "id": key,
+            "event_key": key,
+            "attempt": 1,
+            "failures": 0,
+            "key": self.key[index],
+            "rule": rule,
+            "workflow": workflow,
+            "op": op,
+            "table_name": table,
+            "lsn": format_lsn(self.lsn[index]) if in_wal else None,
+            "commit_lsn": commit if in_wal else None,
+            "xid": xid,
+            "commit_time": at,
+            "payload": self.payload[index],
+            "steps": "{}",
+        }
 
     def add(self, group: int, lsn: int, ordinal: int, payload: str, key: str | None = None) -> None:
         """One event: its group (see ``group_id``), the change's LSN and ordinal, payload and run key."""

@@ -41,7 +41,6 @@ _INSERT_EVENTS = queries.get("insert_events")
 _INSERT_KEYED_EVENTS = queries.query("insert_keyed_events").asyncpg
 _WAKE = queries.query("wake").asyncpg
 _FILL_PAYLOAD = queries.get("fill_payload")
-_HANDED_RUNS = queries.get("handed_runs")
 _CREATE_LARGE_OBJECT = queries.get("create_large_object")
 _PUT_LARGE_OBJECT = queries.get("put_large_object")
 _UNLINK_LARGE_OBJECT = queries.get("unlink_large_object")
@@ -86,6 +85,19 @@ async def _send_in_pieces(conn: Any, oid: int, text: str) -> None:
         offset += len(piece)
 
 
+def _events_only(batch: EventBatch) -> bool:
+    """Whether a batch holds nothing but events and its checkpoint: no compact or backfill chunks, journal
+    rows, rewind, history row or payload to send in pieces (write_batch's one-statement case)."""
+    return not (
+        batch.chunks
+        or batch.backfill
+        or batch.journal
+        or batch.rewind is not None
+        or batch.retention is not None
+        or (batch.nbytes > PAYLOAD_PIECE_CHARS and max(map(len, batch.payload)) > PAYLOAD_PIECE_CHARS)
+    )
+
+
 class StateStore:
     """The state database as ingest sees it (asyncpg: binary protocol, prepared statements)."""
 
@@ -124,6 +136,15 @@ class StateStore:
         with a retention window, to ``batch.confirm``, which this sets when ``batch.retention`` asks for a
         history row.
         """
+        if batch.checkpoint is not None and _events_only(batch):
+            # the common case (a few small transactions' events, their position): one statement, which is
+            # its own transaction -- no BEGIN and COMMIT round trips
+            async with self.pool.acquire() as conn:
+                if batch.payload:
+                    checkpoint = (self.slot, format_lsn(batch.checkpoint))
+                    return (await self._insert_events(conn, batch, offer, checkpoint))[0]
+                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
+                return 0
         async with self.pool.acquire() as conn, conn.transaction():
             inserted, rewound, reruns = await self._insert_events(conn, batch, offer)
             for chunk in batch.chunks:
@@ -171,10 +192,12 @@ class StateStore:
         conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
         batch: EventBatch,
         offer: Offer | None = None,
+        checkpoint: tuple[str, str] | None = None,
     ) -> tuple[int, int, int]:
-        """Insert the batch's events and their runs: (events inserted, events re-read by a rewind, runs
-        made for a rewind's --rerun); with an ``offer``, the runs handed to its worker go to
-        ``batch.handed`` (a rewind's batch hands none)."""
+        """Insert the batch's events and their runs, and wake the workers if they have runs to claim:
+        (events inserted, events re-read by a rewind, runs made for a rewind's --rerun).  With an
+        ``offer``, the runs handed to its worker go to ``batch.handed`` (a rewind's batch hands none);
+        with a ``checkpoint`` (slot, LSN), the statement also moves it."""
         batch.handed, batch.left_pending = [], False
         if not batch.payload:
             return 0, 0, 0
@@ -198,18 +221,18 @@ class StateStore:
         handoff: tuple[int | None, str | None, float | None] = (None, None, None)
         if offer is not None and rewind is None:
             handoff = (offer.slots, offer.worker_id, offer.lease_seconds)
-        row = await conn.fetchrow(_INSERT_EVENTS, *columns, *rerun, *handoff)
+        row = await conn.fetchrow(
+            _INSERT_EVENTS, *columns, *rerun, *handoff, self.channel, *(checkpoint or (None, None))
+        )
         assert row is not None
         inserted, rewound, reruns, handed = row["inserted"], row["rewound"], row["reruns"], row["handed"]
         for index, (oid, stand_in) in huge.items():  # (an event inserted before keeps its payload)
             await conn.execute(_FILL_PAYLOAD, batch.event_key(index), oid, stand_in)
             await conn.execute(_UNLINK_LARGE_OBJECT, oid)
         if handed:
-            batch.handed = await conn.fetch(_HANDED_RUNS, handed)
-        # the workers' wake-up: for runs left to claim (the handed ones have their worker)
+            batch.handed = [batch.handed_run(n - 1) for n in handed]
+        # the statement woke the workers if runs were left to claim (the handed ones have their worker)
         batch.left_pending = bool(reruns or inserted > len(batch.handed))
-        if batch.left_pending:
-            await conn.execute(_WAKE, self.channel)
         return int(inserted), int(rewound), int(reruns)
 
     async def _retain(

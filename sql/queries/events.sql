@@ -16,7 +16,11 @@
 -- The hand-off (listener.queue.handoff; $21 NULL: none): the first $21 new ungated runs of the batch are
 -- made claimed already, by worker $22 for $23 seconds (attempt 1, logged in `attempts` like a claim's),
 -- for that worker to start once this transaction commits; the rest are pending as usual.
--- Returns (events inserted, of them in the rewind's range, rerun runs made, the ids of the runs handed).
+-- With $24 (the workers' channel), a NOTIFY wakes them when the batch made runs to claim (not every new run
+-- was handed).  With $25 (the slot), the checkpoint moves to $26 in the same statement: a batch of events
+-- and its position, one statement in one transaction, one round trip (StateStore.write_batch).
+-- Returns (events inserted, of them in the rewind's range, rerun runs made, the positions in the batch,
+-- from 1, of the events whose runs were handed).
 WITH src AS (
     SELECT r[g] || '/' || c[g] || '/' || o AS key, r[g] AS rule, w[g] AS workflow, op[g] AS op, t[g] AS tbl,
            CASE WHEN src[g] <> 'notify' THEN '0/0'::pg_lsn + l END AS lsn,
@@ -52,7 +56,6 @@ WITH src AS (
 ), handed AS (
     INSERT INTO attempts (run_id, attempt, workflow, worker)
     SELECT id, 1, workflow, $22::text FROM runs_made WHERE status = 'running'
-    RETURNING run_id
 ), reruns AS (
     INSERT INTO runs (id, event_key, generation, workflow, gated, key, key_limit, ordered, priority)
     SELECT src.key || '#' || $19::int4, src.key, $19::int4, src.workflow, src.gated, src.k, src.key_limit,
@@ -60,22 +63,20 @@ WITH src AS (
     FROM src WHERE $18::text IS NOT NULL AND src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
+), checkpoint AS (
+    INSERT INTO checkpoints (slot_name, lsn, updated_at)
+    SELECT $25::text, $26::text::pg_lsn, now() WHERE $25::text IS NOT NULL
+    ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at
 )
 SELECT (SELECT count(*) FROM ev) AS inserted,
        (SELECT count(*) FROM ev JOIN src ON src.key = ev.idempotency_key
         WHERE $20::text IS NOT NULL AND src.commit_lsn < $20::text::pg_lsn) AS rewound,
        (SELECT count(*) FROM reruns) AS reruns,
-       (SELECT array_agg(run_id) FROM handed) AS handed
-
--- name: handed_runs
--- placeholders: asyncpg
--- The runs insert_events handed to a worker, as a claim returns them (their steps: none yet).
-SELECT r.id, r.event_key, r.attempt, r.failures, r.key, e.rule, e.workflow, e.op, e.table_name,
-       e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload::text AS payload,
-       '{}' AS steps
-FROM runs r JOIN events e ON e.idempotency_key = r.event_key
-WHERE r.id = ANY($1::text[])
-ORDER BY r.seq
+       (SELECT array_agg(n ORDER BY n) FROM made WHERE handed) AS handed,
+       CASE WHEN $24::text IS NOT NULL
+                 AND ((SELECT count(*) FROM ev) > (SELECT count(*) FROM made WHERE handed)
+                      OR EXISTS (SELECT FROM reruns))
+            THEN pg_notify($24::text, '') END AS woke
 
 -- name: wake
 -- placeholders: psycopg

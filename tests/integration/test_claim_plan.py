@@ -1,7 +1,9 @@
-"""The workers' statements are prepared (asyncpg), and after five executions PostgreSQL may run them with a
-generic plan, chosen without the parameters' values.  Those plans must still look runs up by index: a
-generic claim that expects `LIMIT $1` to take a tenth of the queue once joined every run and event by hash,
-ten times the time of the custom plan and growing with the tables."""
+"""The workers' statements are prepared (asyncpg), and PostgreSQL may run a prepared statement with a
+generic plan, chosen without the parameters' values.  Workers ask for custom plans
+(``plan_cache_mode``, listener.runtime.worker); their statements are also written so that a generic plan
+over a full queue still looks runs up by index.  A generic claim that expected `LIMIT $1` to take a tenth
+of the queue once joined every run and event by hash: ten times the custom plan's time, growing with the
+tables."""
 
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ STATEMENTS = {
     # name: (parameter types, the EXECUTE's arguments)
     "claim": ("int, text, float8, text[]", "16, 'w', 30, NULL"),
     "complete_runs": ("text[], int4[]", "ARRAY['r/2601', 'r/2602'], ARRAY[1, 1]"),
-    "handed_runs": ("text[]", "ARRAY['r/2601', 'r/2602']"),
     "heartbeat": ("text[], text, float8", "ARRAY['r/2601'], 'w', 30"),
 }
 
@@ -53,7 +54,8 @@ def queue(sql: Conn) -> Conn:
     )
     sql.execute(
         "INSERT INTO listener.steps (run_id, name, attempt, result, started_at) "
-        "SELECT id, s, 1, '{}', now() FROM listener.runs, unnest(ARRAY['llm', 'save']) s WHERE status = 'done'"
+        "SELECT id, s, 1, '{}', now() FROM listener.runs, unnest(ARRAY['llm', 'save']) s "
+        "WHERE status = 'done'"
     )
     sql.execute("ANALYZE listener.runs, listener.events, listener.steps, listener.attempts")
     return sql
