@@ -27,7 +27,7 @@ EXPAND_AHEAD = 20000
 BACKFILL_CHUNK_ROWS = 20_000  # rows a backfill reads between two watermarks (the unit of progress and of
 # what a crash re-reads)
 # worker:
-WORKER_CONCURRENCY = 16
+WORKER_CONCURRENCY = 64
 POLL_INTERVAL_S = 5.0
 LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
 GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
@@ -121,6 +121,10 @@ BACKFILL_CANCEL_CHECK_S = 1.0  # a running backfill looks at its status this oft
 # Workers and workflows (runtime/).
 
 CLAIM_BATCH = 64  # runs claimed at once, at most
+# Connections a worker process opens for its workflows' steps (ctx.transaction(), step records), at most:
+# more workflows than this run at once (worker.concurrency), but only this many hold a transaction, so a
+# few worker processes stay well inside the server's max_connections.
+STEP_CONNECTIONS = 16
 GATED_SCAN = 500  # pending gated runs looked at per claim
 HELD_POLL_S = 0.25  # when limits hold runs back, look again this soon
 ERROR_CHARS = 2_000  # a failure's stored error text, at most

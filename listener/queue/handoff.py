@@ -9,9 +9,11 @@ usual.  Once the transaction commits, the writer *hands* the worker those runs a
 What a claim guarantees still holds: the run is durable before it starts (it commits with its event and the
 checkpoint), it is leased (a worker that dies before or after the hand-off loses the lease and the run is
 claimed again, attempt 2), and the attempt fences it.  What it saves is the claim: a statement, a commit and
-a round trip per run, and the wake-up's latency.  When the worker is behind (runs are waiting on disk) it
-offers nothing and claims in order as before, so the hand-off never jumps a backlog, and the backlog stays
-on disk, never in memory: a worker is offered no more runs than it has free slots.
+a round trip per run, and the wake-up's latency.  When the worker is behind (a claim found as many runs
+as it had room for, or every slot is busy) it offers nothing and claims in order as before, so the
+hand-off never jumps a backlog; only a batch's own leftovers (more new runs than free slots), claimed at
+once, may be overtaken by the next batches.  The backlog stays on disk, never in memory: a worker is
+offered no more runs than it has free slots.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from listener.defaults import (
     LEASE_S,
     POLL_INTERVAL_S,
     RUN_TIMEOUT_S,
+    STEP_CONNECTIONS,
     TRACEBACK_CHARS,
 )
 from listener.errors import ConfigError, Fenced, StepError, is_transient
@@ -117,6 +118,10 @@ class Worker:
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
+        # The runs whose workflow code is running: ``concurrency`` bounds these.  A run whose workflow
+        # returned waits for its completion's commit (batched, see _flush_done) outside them, its lease
+        # still renewed: the next run need not wait for that commit.
+        self._busy: set[str] = set()
         # The hand-off (listener.queue.handoff): slots offered to the ingest writer and not yet handed back;
         # offers are made only while the last claim found nothing more to take (``_caught_up``) and the
         # claims are running (``_launch`` set).
@@ -128,14 +133,22 @@ class Worker:
         """Claim and run workflows until ``stop`` is set.  Its tasks (claims, LISTEN, lease heartbeat,
         completions) run supervised: a lost connection or a database restart is retried with backoff,
         any other failure stops the worker (invariant 9)."""
-        params = asyncpg_params(self.dsn, {**SESSION_SETTINGS, "search_path": self.schema})
+        # Custom plans: asyncpg prepares every statement, and PostgreSQL may switch a prepared statement to a
+        # generic plan, made once with the tables' sizes of that moment and kept.  A worker starts beside
+        # an empty queue, so that plan reads whole tables -- runs, attempts, events -- which is cheap
+        # then and costs milliseconds per claim and completion once they hold 100,000 rows.  Planning
+        # each execution costs about 0.2 ms.
+        settings = {**SESSION_SETTINGS, "search_path": self.schema, "plan_cache_mode": "force_custom_plan"}
+        params = asyncpg_params(self.dsn, settings)
         # The worker's own queries run on connections it never hands to user code, so they need no
         # reset between uses (asyncpg's default costs a round trip per release).  Workflow code gets
         # its steps' connections from a pool that does reset them, with the database's own settings.  Pools
         # reconnect on their own.
         pool = await asyncpg.create_pool(min_size=2, max_size=4, reset=_keep_session, **params)
         user_params = asyncpg_params(self.dsn, {"search_path": self.schema})
-        user_pool = await asyncpg.create_pool(min_size=1, max_size=max(2, self.concurrency), **user_params)
+        user_pool = await asyncpg.create_pool(
+            min_size=1, max_size=max(2, min(self.concurrency, STEP_CONNECTIONS)), **user_params
+        )
         assert pool is not None and user_pool is not None
         try:
             async with task_group() as tg:
@@ -169,6 +182,7 @@ class Worker:
             self.stats.claimed += 1
             task = runs.create_task(self._start(pool, user_pool, row), name=f"run {row['id']}")
             self._running[row["id"]] = (row["attempt"], task)
+            self._busy.add(row["id"])
             task.add_done_callback(functools.partial(self._finished, row["id"]))
 
         self._launch = launch
@@ -179,7 +193,7 @@ class Worker:
                 if loop.time() - last_reclaim >= self.lease_seconds / 3:
                     await pool.execute(_RECLAIM)  # only matters once a lease expired: not every claim
                     last_reclaim = loop.time()
-                free = min(self.concurrency - len(self._running) - self._offered, CLAIM_BATCH)
+                free = min(self.concurrency - len(self._busy) - self._offered, CLAIM_BATCH)
                 rows = (
                     await pool.fetch(_CLAIM, free, self.worker_id, self.lease_seconds, None)
                     if free > 0
@@ -210,7 +224,7 @@ class Worker:
     def offer(self) -> Offer | None:
         """Free slots for the local ingest's next batch (listener.queue.handoff): only while the last claim
         found nothing more to take, so handed runs never overtake runs waiting on disk."""
-        free = self.concurrency - len(self._running) - self._offered
+        free = self.concurrency - len(self._busy) - self._offered
         if not self.taking_handoff or free <= 0:
             return None
         self._offered += free
@@ -222,7 +236,8 @@ class Worker:
         if offer is not None:
             self._offered -= offer.slots
         if left_pending:
-            self._caught_up = False
+            # Claim the batch's leftovers now.  Later batches may still be handed meanwhile (they overtake
+            # at most these leftovers); a claim that finds a backlog, or every slot busy, ends the hand-off.
             self._wake.set()
         launch = self._launch
         if launch is None:
@@ -314,13 +329,20 @@ class Worker:
             return await conn.fetch(_CLAIM, 0, self.worker_id, self.lease_seconds, chosen), held
 
     def _on_notify(self, *args: object) -> None:
-        self._caught_up = False  # runs to claim (no hand-off until a claim finds none left)
+        # Only a wake-up: the claim it causes tells whether runs wait on disk (a notification of the local
+        # ingest's own batch arrives after the hand() that already said so, and after the claim it caused).
         self._wake.set()
 
     def _finished(self, run_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(run_id, None)
-        if not self._caught_up:  # a slot is free: claim more (caught up, new runs come by hand-off)
-            self._wake.set()
+        self._free_slot(run_id)
+
+    def _free_slot(self, run_id: str) -> None:
+        """The run's workflow code is over (its end may still be committing): its slot is free."""
+        if run_id in self._busy:
+            self._busy.discard(run_id)
+            if not self._caught_up:  # claim more (caught up, new runs come by hand-off)
+                self._wake.set()
 
     async def _heartbeat(self, pool: asyncpg.Pool) -> None:
         """Renew the leases of the running runs, until cancelled."""
@@ -391,6 +413,7 @@ class Worker:
         except BaseException as exc:  # whatever user code raises (even SystemExit) is data
             failure = exc
         else:
+            self._free_slot(run_id)
             if not await self._complete(run_id, attempt):
                 self.stats.fenced += 1
                 logger.warning(
@@ -399,6 +422,7 @@ class Worker:
             else:
                 self.stats.done += 1
             return
+        self._free_slot(run_id)
         await self._fail(pool, run_id, attempt, row["failures"], failure, policy, timeout)
 
     async def _dead_at_claim(self, pool: asyncpg.Pool, run_id: str, attempt: int, failures: int) -> None:

@@ -6,12 +6,14 @@ once the lease expires."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from listener.queue.handoff import Offer
 from tests import sample_workflows
@@ -84,7 +86,7 @@ async def test_a_busy_worker_is_handed_its_free_slots_and_the_rest_wait_on_disk(
             assert runs(items) == [(1, "running", 1), (2, "running", 1)] + [
                 (i, "pending", 0) for i in (3, 4, 5)
             ]
-            assert worker.stats.handed == 2 and not worker.taking_handoff
+            assert worker.stats.handed == 2 and worker.offer() is None  # no free slot
             # Ingest does not wait for the workers: 200 more rows are durable events and pending runs while
             # both slots stay busy, and the worker holds only its two runs.
             items.execute("INSERT INTO items SELECT g, 'text ' || g FROM generate_series(6, 205) g")
@@ -98,6 +100,19 @@ async def test_a_busy_worker_is_handed_its_free_slots_and_the_rest_wait_on_disk(
     assert runs(items) == [(i, "done", 1) for i in range(1, 206)]
 
 
+def claimed_rows(dsn: str) -> list[dict[str, Any]]:
+    """The runs' rows as the claim statement returns them (sql/queries/runs.sql), in order."""
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(
+            """
+            SELECT r.id, r.event_key, r.attempt, r.failures, r.key, e.rule, e.workflow, e.op, e.table_name,
+                   e.lsn::text AS lsn, e.commit_lsn::text AS commit_lsn, e.xid, e.commit_time, e.payload,
+                   '{}' AS steps
+            FROM listener.runs r JOIN listener.events e ON e.idempotency_key = r.event_key ORDER BY r.seq
+            """
+        ).fetchall()
+
+
 class Ghost:
     """A worker that takes every run handed to it and dies before starting any (its process was killed
     right after the ingest's commit)."""
@@ -105,12 +120,14 @@ class Ghost:
     def __init__(self, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
         self.handed: list[str] = []
+        self.rows: list[Any] = []
 
     def offer(self) -> Offer | None:
         return Offer("ghost", self.lease_seconds, 10)
 
     def hand(self, offer: Offer | None, rows: Sequence[Any], *, left_pending: bool) -> None:
         self.handed += [row["id"] for row in rows]
+        self.rows += rows
 
     def withdraw(self, offer: Offer) -> None:
         pass
@@ -128,6 +145,8 @@ async def test_runs_handed_to_a_worker_that_died_run_elsewhere_once_the_lease_ex
     # durable and leased: committed as running, attempt 1, the ghost's
     leases = items.execute("SELECT status, attempt, lease_owner FROM listener.runs").fetchall()
     assert leases == [("running", 1, "ghost")] * 2
+    # what the worker was handed is what a claim of those runs returns (the payload as JSON)
+    assert [{**row, "payload": json.loads(row["payload"])} for row in ghost.rows] == claimed_rows(dsn)
     await asyncio.sleep(0.6)  # the ghost's lease expires
     async with running_worker(dsn) as worker:  # reclaims at once, then claims: attempt 2, which fences
         await wait_until(lambda: worker.stats.done == 2, "both runs done by the living worker")

@@ -114,7 +114,7 @@ def test_defaults() -> None:
     assert config.ingest == IngestSettings()
     assert (config.ingest.batch_events, config.ingest.batch_delay_ms) == (5000, 5)
     assert config.ingest.status_interval_s == 10
-    assert (config.worker.concurrency, config.worker.poll_interval_s) == (16, 5)
+    assert (config.worker.concurrency, config.worker.poll_interval_s) == (64, 5)
     assert config.rules == ()
     assert config.source_path is None
 

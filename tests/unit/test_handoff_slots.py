@@ -31,14 +31,20 @@ def test_an_offer_holds_the_free_slots_until_the_batch_commits_or_fails() -> Non
     assert worker.taking_handoff
 
 
-def test_a_batch_that_left_runs_on_disk_ends_the_hand_off_until_a_claim_finds_none() -> None:
+def test_a_batch_that_left_runs_on_disk_wakes_the_claims_and_a_full_worker_is_offered_nothing() -> None:
     worker, started = idle_worker(2)
     offer = worker.offer()
     assert offer is not None
     rows: list[Any] = [{"id": "a"}, {"id": "b"}]
+    worker._busy.update(("a", "b"))  # what launching them does
+    worker._wake.clear()
     worker.hand(offer, rows, left_pending=True)
     assert len(started) == 2
-    assert not worker.taking_handoff and worker.offer() is None  # claim first: runs wait on disk
+    assert worker._wake.is_set()  # the claims take the batch's leftovers at once
+    assert worker.offer() is None  # both slots busy: the next batch's runs wait on disk
+    worker._free_slot("a")
+    offer = worker.offer()
+    assert offer is not None and offer.slots == 1
 
 
 def test_no_offer_from_a_worker_that_is_not_claiming() -> None:
