@@ -74,7 +74,7 @@ PROBE_LOCK_TIMEOUT_MS = 10_000  # trying a row filter locks its table briefly; w
 
 # A source submits a batch once its payloads, chunks and journal rows hold this much (invariant 6).
 BATCH_BYTES = 16 << 20
-WRITE_QUEUE_BATCHES = 2
+WRITE_QUEUE_BATCHES = 1
 # A put waits while the batches queued or being written hold this much (invariant 6: memory is bounded
 # in bytes; one batch always goes through, however big its single huge row).
 WRITE_QUEUE_BYTES = 32 << 20
