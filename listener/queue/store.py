@@ -94,8 +94,13 @@ def _events_only(batch: EventBatch) -> bool:
         or batch.journal
         or batch.rewind is not None
         or batch.retention is not None
-        or (batch.nbytes > PAYLOAD_PIECE_CHARS and max(map(len, batch.payload)) > PAYLOAD_PIECE_CHARS)
+        or _has_huge_payload(batch)
     )
+
+
+def _has_huge_payload(batch: EventBatch) -> bool:
+    """Whether a payload of the batch is long enough to go to the server in pieces (PAYLOAD_PIECE_CHARS)."""
+    return batch.nbytes > PAYLOAD_PIECE_CHARS and max(map(len, batch.payload)) > PAYLOAD_PIECE_CHARS
 
 
 class StateStore:
@@ -206,7 +211,7 @@ class StateStore:
         groups = list(zip(*batch.groups, strict=True))
         payloads = batch.payload
         huge: dict[int, tuple[int, str]] = {}  # index -> large object, stand-in: payloads sent in pieces
-        if batch.nbytes > PAYLOAD_PIECE_CHARS and max(map(len, payloads)) > PAYLOAD_PIECE_CHARS:
+        if _has_huge_payload(batch):
             payloads = list(payloads)
             for index, payload in enumerate(batch.payload):
                 if len(payload) > PAYLOAD_PIECE_CHARS:

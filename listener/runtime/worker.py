@@ -207,8 +207,8 @@ class Worker:
                     launch(row)
                 if free > 0 and len(rows) == free:
                     continue
-                # Nothing more to claim: new runs may come by hand-off until a wake-up says otherwise (a
-                # slot that frees up while runs wait on disk wakes the loop too, see _finished).
+                # Nothing more to claim: new runs may come by hand-off until a claim finds a backlog or
+                # every slot busy (a slot that frees up then wakes the loop, see _free_slot).
                 self._caught_up = free > len(rows) and not held
                 timeout = min(self.poll_interval, HELD_POLL_S) if held else self.poll_interval
                 await wait_first(self._wake, stop, timeout=timeout)
@@ -223,7 +223,8 @@ class Worker:
 
     def offer(self) -> Offer | None:
         """Free slots for the local ingest's next batch (listener.queue.handoff): only while the last claim
-        found nothing more to take, so handed runs never overtake runs waiting on disk."""
+        found nothing more to take, so handed runs never overtake a backlog (only a batch's own leftovers,
+        see hand)."""
         free = self.concurrency - len(self._busy) - self._offered
         if not self.taking_handoff or free <= 0:
             return None

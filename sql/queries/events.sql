@@ -53,7 +53,7 @@ WITH src AS (
            CASE WHEN handed THEN now() END
     FROM made
     RETURNING id, workflow, status
-), handed AS (
+), logged AS (
     INSERT INTO attempts (run_id, attempt, workflow, worker)
     SELECT id, 1, workflow, $22::text FROM runs_made WHERE status = 'running'
 ), reruns AS (
