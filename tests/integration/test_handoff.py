@@ -80,13 +80,15 @@ async def test_a_busy_worker_is_handed_its_free_slots_and_the_rest_wait_on_disk(
             items.execute(
                 "INSERT INTO items SELECT g, 'text ' || g FROM generate_series(1, 5) g"
             )  # one batch
-            await wait_until(lambda: len(runs(items)) == 5, "five runs")
+            # The batch commits before the writer hands its runs over (a moment later, on this loop): wait
+            # for the hand itself, not only for the committed rows.
+            await wait_until(lambda: worker.stats.handed == 2 and len(runs(items)) == 5, "two of five handed")
             # The first two of the batch were handed (claimed in the batch's own transaction); the other
             # three wait on disk, since the worker has no slot for them: nothing is held in memory.
             assert runs(items) == [(1, "running", 1), (2, "running", 1)] + [
                 (i, "pending", 0) for i in (3, 4, 5)
             ]
-            assert worker.stats.handed == 2 and worker.offer() is None  # no free slot
+            assert worker.offer() is None  # no free slot
             # Ingest does not wait for the workers: 200 more rows are durable events and pending runs while
             # both slots stay busy, and the worker holds only its two runs.
             items.execute("INSERT INTO items SELECT g, 'text ' || g FROM generate_series(6, 205) g")
