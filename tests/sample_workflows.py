@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable
 
 from listener.workflow import Context, workflow
 
@@ -84,6 +85,31 @@ async def poison(ctx: Context) -> None:
 
 async def not_json(ctx: Context) -> None:
     await ctx.step("opaque", lambda: object())
+
+
+def _text(value: str) -> str:
+    return value
+
+
+async def _both(first: Awaitable[object], second: Awaitable[object]) -> None:
+    """Await both at once, then raise the first one's exception, if any."""
+    for outcome in await asyncio.gather(first, second, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def unstorable_beside_good(ctx: Context) -> None:
+    """Two steps at once (so the worker records them in one batch): one returns a lone surrogate, which
+    jsonb refuses; the other is fine and is recorded."""
+    await _both(ctx.step("good", _text, "fine"), ctx.step("bad", _text, "\ud800"))
+
+
+async def nul_in_result(ctx: Context) -> None:
+    await ctx.step("nul", _text, "a\x00b")
+
+
+async def same_step_twice_at_once(ctx: Context) -> None:
+    await _both(ctx.step("twin", asyncio.sleep, 0.05), ctx.step("twin", asyncio.sleep, 0.05))
 
 
 async def rolls_back(ctx: Context) -> None:

@@ -51,6 +51,7 @@ from listener.queue.store import notify_channel
 from listener.rules.config import WorkflowLimit
 from listener.runtime import flow
 from listener.runtime import workflow as wf
+from listener.runtime.batching import Batched
 from listener.supervise import ConnectionWatch, spawn, supervised, task_group, wait_first
 
 logger = logging.getLogger(__name__)
@@ -66,11 +67,28 @@ _KEY_HEADS = queries.get("key_heads")
 _RATE_USED = queries.get("rate_used")
 
 _DONE = queries.get("complete_runs")
+_SAVE_STEPS = queries.get("save_steps")
 _FAILED = queries.get("fail_run")
 _RELEASE = queries.get("release_runs")
 _HEARTBEAT = queries.get("heartbeat")
 _RECLAIM = queries.get("reclaim")
 _DEAD_AT_CLAIM = queries.get("dead_at_claim")
+
+
+# The sessions of the worker's own statements.
+WORKER_SETTINGS = {
+    # Custom plans: asyncpg prepares every statement, and PostgreSQL may switch a prepared statement to a
+    # generic plan, made once with the tables' sizes of that moment and kept.  A worker starts beside an
+    # empty queue, so that plan reads whole tables -- runs, attempts, events -- which is cheap then and
+    # costs milliseconds per claim and completion once they hold 100,000 rows.  Planning each execution
+    # costs about 0.2 ms.
+    "plan_cache_mode": "force_custom_plan",
+    # Under load the statistics of `runs` lag behind: planned as if a handful of runs were pending, a
+    # claim reads every pending run by bitmap and sorts them all (5 ms for 5 runs out of 3,000, measured
+    # by bench/sustained_load.py), where the ordered scan of runs_claimable reads the first few.  Every
+    # statement of the worker looks rows up by key or takes the first few in an index's order.
+    "enable_bitmapscan": "off",
+}
 
 
 @dataclass(slots=True)
@@ -113,13 +131,14 @@ class Worker:
         self.limits = {limit.workflow: limit for limit in limits}
         # whether gated runs can exist (the config has limits or gated rules): saves a query per claim
         self.gating = gating or bool(self.limits)
-        self._done: list[tuple[str, int, asyncio.Future[bool]]] = []
-        self._done_ready = asyncio.Event()
+        # Completions and step records of many runs, each sent in one statement (group commit).
+        self._completions: Batched[tuple[str, int], bool] = Batched()
+        self._steps: Batched[wf.StepRecord, bool] = Batched()
         self.stats = WorkerStats()
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # run id -> (attempt, task)
         # The runs whose workflow code is running: ``concurrency`` bounds these.  A run whose workflow
-        # returned waits for its completion's commit (batched, see _flush_done) outside them, its lease
+        # returned waits for its completion's commit (batched, see _complete) outside them, its lease
         # still renewed: the next run need not wait for that commit.
         self._busy: set[str] = set()
         # The hand-off (listener.queue.handoff): slots offered to the ingest writer and not yet handed back;
@@ -133,18 +152,12 @@ class Worker:
         """Claim and run workflows until ``stop`` is set.  Its tasks (claims, LISTEN, lease heartbeat,
         completions) run supervised: a lost connection or a database restart is retried with backoff,
         any other failure stops the worker (invariant 9)."""
-        # Custom plans: asyncpg prepares every statement, and PostgreSQL may switch a prepared statement to a
-        # generic plan, made once with the tables' sizes of that moment and kept.  A worker starts beside
-        # an empty queue, so that plan reads whole tables -- runs, attempts, events -- which is cheap
-        # then and costs milliseconds per claim and completion once they hold 100,000 rows.  Planning
-        # each execution costs about 0.2 ms.
-        settings = {**SESSION_SETTINGS, "search_path": self.schema, "plan_cache_mode": "force_custom_plan"}
-        params = asyncpg_params(self.dsn, settings)
+        params = asyncpg_params(self.dsn, {**SESSION_SETTINGS, **WORKER_SETTINGS, "search_path": self.schema})
         # The worker's own queries run on connections it never hands to user code, so they need no
         # reset between uses (asyncpg's default costs a round trip per release).  Workflow code gets
         # its steps' connections from a pool that does reset them, with the database's own settings.  Pools
         # reconnect on their own.
-        pool = await asyncpg.create_pool(min_size=2, max_size=4, reset=_keep_session, **params)
+        pool = await asyncpg.create_pool(min_size=2, max_size=6, reset=_keep_session, **params)
         user_params = asyncpg_params(self.dsn, {"search_path": self.schema})
         user_pool = await asyncpg.create_pool(
             min_size=1, max_size=max(2, min(self.concurrency, STEP_CONNECTIONS)), **user_params
@@ -156,7 +169,16 @@ class Worker:
                 # these two also serve the runs that finish during the shutdown's grace period
                 background = [
                     spawn(tg, "worker-heartbeat", functools.partial(self._heartbeat, pool)),
-                    spawn(tg, "worker-completions", functools.partial(self._flush_done, pool)),
+                    spawn(
+                        tg,
+                        "worker-completions",
+                        functools.partial(self._completions.serve, functools.partial(_complete_runs, pool)),
+                    ),
+                    spawn(
+                        tg,
+                        "worker-steps",
+                        functools.partial(self._steps.serve, functools.partial(_save_steps, pool)),
+                    ),
                 ]
                 try:
                     async with task_group() as runs:  # one task per claimed run (see _start)
@@ -273,37 +295,10 @@ class Worker:
                 await conn.remove_listener(channel, self._on_notify)
             await pool.release(conn)
 
-    async def _flush_done(self, pool: asyncpg.Pool) -> None:
-        """Commit the completions of finished runs, all that are waiting in one statement.  A lost
-        connection keeps them for the next try (the supervisor's backoff); another failure is theirs."""
-        while True:
-            await self._done_ready.wait()
-            self._done_ready.clear()
-            items, self._done = self._done, []
-            if not items:
-                continue
-            try:
-                rows = await pool.fetch(_DONE, [i[0] for i in items], [i[1] for i in items])
-            except Exception as exc:
-                if is_transient(exc):
-                    self._done[:0] = items
-                    self._done_ready.set()
-                else:  # the runs stay running; their leases expire and they run again
-                    for _, _, fut in items:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                raise
-            completed = {row[0] for row in rows}
-            for run_id, _, fut in items:
-                if not fut.done():
-                    fut.set_result(run_id in completed)
-
     async def _complete(self, run_id: str, attempt: int) -> bool:
-        """Record the run done (fenced by its attempt); True once committed, False if refused."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._done.append((run_id, attempt, fut))
-        self._done_ready.set()
-        return await fut
+        """Record the run done (fenced by its attempt); True once committed, False if refused.  A failure
+        to record it leaves the run running: its lease expires and it runs again."""
+        return await self._completions.submit((run_id, attempt))
 
     async def _claim_gated(self, pool: asyncpg.Pool, free: int) -> tuple[list[asyncpg.Record], bool]:
         """Claim runs under flow control: per-workflow concurrency and rate, per-key concurrency and
@@ -390,7 +385,12 @@ class Worker:
         try:
             event = wf.Event.from_row(row)
             ctx = wf.Context(
-                event, run_id=run_id, attempt=attempt, pool=user_pool, recorded=_json(row["steps"])
+                event,
+                run_id=run_id,
+                attempt=attempt,
+                pool=user_pool,
+                save_step=self._steps.submit,
+                recorded=_json(row["steps"]),
             )
             fn = wf.resolve(event.workflow, rule=event.rule)
             policy = wf.policy_of(fn)
@@ -491,6 +491,48 @@ def storable(text: str, limit: int) -> str:
     room = limit - 40  # what the marker takes, at most
     head, tail = text[: room // 2], text[len(text) - (room - room // 2) :]
     return f"{head}\n[... {len(text) - room} characters cut ...]\n{tail}"
+
+
+async def _complete_runs(pool: asyncpg.Pool, runs: Sequence[tuple[str, int]]) -> list[bool]:
+    """Whether each run (id, attempt) is now done; a run missing from the answer was fenced out."""
+    rows = await pool.fetch(_DONE, [run_id for run_id, _ in runs], [attempt for _, attempt in runs])
+    completed = {row[0] for row in rows}
+    return [run_id in completed for run_id, _ in runs]
+
+
+async def _save_steps(pool: asyncpg.Pool, steps: Sequence[wf.StepRecord]) -> list[bool | BaseException]:
+    """Record steps of many runs in one statement; whether each was recorded, or else fenced out.  A
+    batch the server refuses (a result it cannot store) is sent again step by step, so that the refusal
+    is the one step's, not its neighbours'."""
+    try:
+        return await _save_steps_once(pool, steps)
+    except asyncpg.PostgresError as exc:
+        if is_transient(exc):
+            raise
+        if len(steps) == 1:
+            return [exc]
+    outcomes: list[bool | BaseException] = []
+    for step in steps:
+        try:
+            outcomes += await _save_steps_once(pool, [step])
+        except asyncpg.PostgresError as exc:
+            if is_transient(exc):
+                raise
+            outcomes.append(exc)
+    return outcomes
+
+
+async def _save_steps_once(pool: asyncpg.Pool, steps: Sequence[wf.StepRecord]) -> list[bool | BaseException]:
+    rows = await pool.fetch(
+        _SAVE_STEPS,
+        [s.run_id for s in steps],
+        [s.name for s in steps],
+        [s.attempt for s in steps],
+        [s.result for s in steps],
+        [s.started for s in steps],
+    )
+    saved = {(row[0], row[1]) for row in rows}
+    return [(s.run_id, s.name) in saved for s in steps]
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

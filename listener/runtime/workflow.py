@@ -29,6 +29,7 @@ import importlib
 import inspect
 import json
 import random
+import re
 import sys
 import threading
 import traceback
@@ -150,6 +151,23 @@ _current_step: contextvars.ContextVar[_StepScope | None] = contextvars.ContextVa
 
 _SAVE_STEP = queries.get("save_step")
 _FENCE = queries.get("fence")
+# A NUL character (json.dumps writes it \u0000 after an even number of backslashes), which jsonb refuses.
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A step's result to record, outside any transaction of the workflow's (see Context.save_step)."""
+
+    run_id: str
+    name: str
+    attempt: int
+    result: str  # JSON
+    started: datetime
+
+
+#: Records a step, fenced by its attempt: True once committed, False if the attempt was fenced out.
+SaveStep = Callable[[StepRecord], Awaitable[bool]]
 
 
 @dataclass
@@ -159,9 +177,11 @@ class Context:
     event: Event
     run_id: str = ""
     attempt: int = 0
-    pool: asyncpg.Pool | None = None
+    pool: asyncpg.Pool | None = None  # the connections of ctx.transaction()
+    save_step: SaveStep | None = None  # records a step without a ctx.transaction() (the worker batches them)
     recorded: dict[str, Any] = field(default_factory=dict)  # step name -> recorded result
     calls: list[str] = field(default_factory=list)  # steps run (not replayed) in this attempt
+    running: set[str] = field(default_factory=set, repr=False)  # steps started and not yet recorded
 
     def step_key(self, name: str | None = None) -> str:
         """A stable idempotency key for a step (the current one by default): the same on every retry, for
@@ -190,6 +210,11 @@ class Context:
             return self.recorded[name]
         if _current_step.get() is not None:
             raise StepError(f"step {name!r} inside step {_current_step.get().name!r}: steps do not nest")  # type: ignore[union-attr]
+        if name in self.running:
+            raise StepError(
+                f"step {name!r} started while a step of that name is running in the same run",
+                hint="give steps that run at the same time (asyncio.gather) different names",
+            )
         policy = Policy(max_attempts=retries + 1, backoff_base=backoff_base, timeout=timeout)
         tries = 0
         while True:
@@ -211,34 +236,24 @@ class Context:
         kwargs: dict[str, Any],
         timeout: float | None,
     ) -> Any:
-        assert self.pool is not None, "a Context without a pool cannot run steps"
+        assert self.pool is not None and self.save_step is not None, "a Context of a worker runs steps"
         scope = _StepScope(name)
         token = _current_step.set(scope)
         started = datetime.now().astimezone()
+        self.running.add(name)
         try:
             try:
                 async with asyncio.timeout(timeout):
                     result = await call(fn, *args, **kwargs)
-                try:
-                    encoded = json.dumps(result, allow_nan=False)
-                except (TypeError, ValueError) as exc:
-                    raise StepError(
-                        f"step {name!r} of workflow {self.event.workflow} returned a value that is not "
-                        f"JSON-serialisable: {exc}",
-                        hint="return plain data (dict, list, str, int, float, bool, None) from the step",
-                    ) from exc
-                if scope.conn is None:
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        await self._record(conn, name, encoded, started)
-                else:
-                    await self._record(scope.conn, name, encoded, started)
-                    await scope.tx.commit()
+                encoded = self._encode(name, result)
+                await self._save(scope, encoded, started)
             except BaseException:
                 if scope.tx is not None:
                     with contextlib.suppress(Exception):
                         await scope.tx.rollback()
                 raise
         finally:
+            self.running.discard(name)
             if scope.conn is not None:
                 await self.pool.release(scope.conn)
             _current_step.reset(token)
@@ -246,12 +261,47 @@ class Context:
         self.calls.append(name)
         return self.recorded[name]
 
-    async def _record(self, conn: StateConnection, name: str, encoded: str, started: datetime) -> None:
-        if await conn.fetchval(_FENCE, self.run_id, self.attempt) is None:
-            raise Fenced(
-                f"run {self.run_id} attempt {self.attempt} no longer holds its lease; step {name!r} dropped"
+    def _encode(self, name: str, result: Any) -> str:
+        """A step's result as the JSON its record holds; a StepError if jsonb cannot hold it."""
+        try:
+            encoded = json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StepError(
+                f"step {name!r} of workflow {self.event.workflow} returned a value that is not "
+                f"JSON-serialisable: {exc}",
+                hint="return plain data (dict, list, str, int, float, bool, None) from the step",
+            ) from exc
+        if "\\u0000" in encoded and _NUL.search(encoded):
+            raise StepError(
+                f"step {name!r} of workflow {self.event.workflow} returned a string holding the "
+                "character NUL (\\u0000), which PostgreSQL's jsonb cannot store",
+                hint="remove NUL characters from the step's result (text.replace('\\x00', ''))",
             )
-        await conn.execute(_SAVE_STEP, self.run_id, name, self.attempt, encoded, started)
+        return encoded
+
+    async def _save(self, scope: _StepScope, encoded: str, started: datetime) -> None:
+        """Record the step: alone (batched with other runs' steps by the worker), or in the transaction
+        of its ctx.transaction(), fenced when that began and holding the fence's lock since."""
+        assert self.save_step is not None
+        try:
+            if scope.conn is None:
+                record = StepRecord(self.run_id, scope.name, self.attempt, encoded, started)
+                if not await self.save_step(record):
+                    raise self._fenced(f"step {scope.name!r} dropped")
+            else:
+                await scope.conn.execute(_SAVE_STEP, self.run_id, scope.name, self.attempt, encoded, started)
+                await scope.tx.commit()
+        except asyncpg.PostgresError as exc:
+            if (exc.sqlstate or "")[:2] not in ("22", "54"):  # not a value it cannot store: not the step's
+                raise
+            raise StepError(
+                f"step {scope.name!r} of workflow {self.event.workflow} returned a value PostgreSQL "
+                f"cannot store as jsonb: {exc}",
+                hint="return plain data that PostgreSQL's jsonb accepts from the step",
+            ) from exc
+
+    def _fenced(self, what: str) -> Fenced:
+        return Fenced(f"run {self.run_id} attempt {self.attempt} no longer holds its lease; {what}")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StateConnection]:
@@ -270,7 +320,7 @@ class Context:
             scope.conn, scope.tx = conn, conn.transaction()
             await scope.tx.start()
             if await conn.fetchval(_FENCE, self.run_id, self.attempt) is None:
-                raise Fenced(f"run {self.run_id} attempt {self.attempt} no longer holds its lease")
+                raise self._fenced(f"step {scope.name!r} dropped")
         yield scope.conn
 
 

@@ -150,7 +150,25 @@ RETURNING r.last_error
 
 -- name: save_step
 -- placeholders: asyncpg
+-- A step whose transaction (ctx.transaction) the fence below already holds.
 INSERT INTO steps (run_id, name, attempt, result, started_at) VALUES ($1, $2, $3, $4::jsonb, $5)
+
+-- name: save_steps
+-- placeholders: asyncpg
+-- The records of steps of many runs (see Worker._send_steps), each fenced like save_step: one statement
+-- and one commit.  Returns the steps recorded: now, or already by the same attempt (a retry after the
+-- connection dropped between the commit and its reply).  A step missing from the answer was fenced out.
+WITH s AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::timestamptz[])
+        AS s(run_id, name, attempt, result, started_at)
+), live AS (
+    SELECT s.* FROM s JOIN runs r ON r.id = s.run_id AND r.attempt = s.attempt AND r.status = 'running'
+    FOR SHARE OF r
+)
+INSERT INTO steps AS t (run_id, name, attempt, result, started_at)
+SELECT run_id, name, attempt, result::jsonb, started_at FROM live
+ON CONFLICT (run_id, name) DO UPDATE SET attempt = t.attempt WHERE t.attempt = excluded.attempt
+RETURNING t.run_id, t.name
 
 -- name: fence
 -- placeholders: asyncpg

@@ -93,6 +93,42 @@ async def test_a_result_that_is_not_json_names_the_step(dsn: str, sql: Conn) -> 
     assert row["failures"] == 1  # deterministic: no pointless retries
 
 
+async def test_a_result_jsonb_refuses_fails_its_step_not_the_steps_recorded_beside_it(
+    dsn: str, sql: Conn
+) -> None:
+    prepare(sql)
+    enqueue(sql, "u1", f"{WF}:unstorable_beside_good")
+    enqueue(sql, "u2", f"{WF}:nul_in_result")
+    async with running_worker(dsn) as worker:
+        await wait_until(lambda: run_row(sql, "u1")["status"] == "dead", "run u1 to die")
+        await wait_until(lambda: run_row(sql, "u2")["status"] == "dead", "run u2 to die")
+    first, second = run_row(sql, "u1"), run_row(sql, "u2")
+    # PostgreSQL's own refusal, named after the step; dead at once, as any retry would fail the same way
+    assert first["last_error"].startswith(
+        "StepError: step 'bad' of workflow tests.sample_workflows:unstorable_beside_good returned a value "
+        "PostgreSQL cannot store as jsonb: "
+    )
+    assert "surrogate" in first["last_error"] and first["failures"] == 1
+    assert step_names(sql, "u1") == ["good"]  # sent in the same batch, and recorded
+    # NUL is refused before it is sent, with the fix
+    assert second["last_error"] == (
+        "StepError: step 'nul' of workflow tests.sample_workflows:nul_in_result returned a string holding "
+        "the character NUL (\\u0000), which PostgreSQL's jsonb cannot store\n"
+        "  fix: remove NUL characters from the step's result (text.replace('\\x00', ''))"
+    )
+    assert worker.stats.dead == 2
+
+
+async def test_two_steps_of_one_name_at_once_are_refused(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "t1", f"{WF}:same_step_twice_at_once")
+    async with running_worker(dsn):
+        await wait_until(lambda: run_row(sql, "t1")["status"] == "dead", "the run to die")
+    assert run_row(sql, "t1")["last_error"].startswith(
+        "StepError: step 'twin' started while a step of that name is running in the same run"
+    )
+
+
 async def test_a_workflow_that_does_not_import_dies_at_once_naming_it(dsn: str, sql: Conn) -> None:
     prepare(sql)
     enqueue(sql, "k7", f"{WF}:no_such_function")

@@ -4,15 +4,19 @@ for good stops the service loudly, naming itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import psycopg
 import pytest
 
 from listener.pg.conninfo import asyncpg_params
-from listener.runtime.worker import Worker
+from listener.runtime.worker import Worker, _complete_runs, _save_steps
+from listener.runtime.workflow import StepRecord
 from listener.supervise import supervised
 from tests.runtime_support import enqueue, prepare, run_row, running_worker
 from tests.support import _wait_for, events, make_config, running_ingest
@@ -115,24 +119,55 @@ class LosesFirstReply:
 
 async def test_a_completion_committed_before_its_reply_was_lost_counts_as_done(dsn: str, sql: Conn) -> None:
     """The completion's retry finds its own attempt already done: recognised as done, not refused."""
+    worker = running_attempt(dsn, sql)
+    async with reply_lost_once(dsn) as pool:
+        send = functools.partial(_complete_runs, pool)  # type: ignore[arg-type]
+        async with serving(functools.partial(worker._completions.serve, send)):
+            assert await asyncio.wait_for(worker._complete("k1", 1), 30) is True
+    assert run_row(sql, "k1")["status"] == "done"
+
+
+async def test_a_step_recorded_before_its_reply_was_lost_counts_as_recorded(dsn: str, sql: Conn) -> None:
+    """The step record's retry finds its own attempt's record: recognised as recorded, not as fenced."""
+    worker = running_attempt(dsn, sql)
+    record = StepRecord("k1", "llm", 1, '{"summary": "s"}', datetime.now(UTC))
+    async with reply_lost_once(dsn) as pool:
+        send = functools.partial(_save_steps, pool)  # type: ignore[arg-type]
+        async with serving(functools.partial(worker._steps.serve, send)):
+            assert await asyncio.wait_for(worker._steps.submit(record), 30) is True
+    assert sql.execute("SELECT name, attempt, result FROM listener.steps").fetchall() == [
+        ("llm", 1, {"summary": "s"})
+    ]
+
+
+def running_attempt(dsn: str, sql: Conn) -> Worker:
+    """Run k1 running as attempt 1, and a worker (not started) to record its writes."""
     prepare(sql)
     enqueue(sql, "k1", f"{WF}:two_steps")
     sql.execute(
         "UPDATE listener.runs SET status = 'running', attempt = 1, lease_owner = 'w',"
         " lease_expires = now() + interval '1 minute' WHERE id = 'k1'"
     )
-    worker = Worker(dsn, schema="listener")
-    pool = await asyncpg.create_pool(
-        min_size=1, max_size=2, **asyncpg_params(dsn, {"search_path": "listener"})
-    )
+    return Worker(dsn, schema="listener")
+
+
+@contextlib.asynccontextmanager
+async def reply_lost_once(dsn: str) -> AsyncIterator[LosesFirstReply]:
+    params = asyncpg_params(dsn, {"search_path": "listener"})
+    pool = await asyncpg.create_pool(min_size=1, max_size=2, **params)
     assert pool is not None
-    flush = asyncio.create_task(
-        supervised("worker-completions", functools.partial(worker._flush_done, LosesFirstReply(pool)))  # type: ignore[arg-type]
-    )
     try:
-        assert await asyncio.wait_for(worker._complete("k1", 1), 30) is True
+        yield LosesFirstReply(pool)
     finally:
-        flush.cancel()
-        await asyncio.gather(flush, return_exceptions=True)
         await pool.close()
-    assert run_row(sql, "k1")["status"] == "done"
+
+
+@contextlib.asynccontextmanager
+async def serving(serve: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """``serve`` supervised (a lost connection is retried) while the block runs."""
+    task = asyncio.create_task(supervised("batches", serve))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
