@@ -31,6 +31,7 @@ WORKER_CONCURRENCY = 64
 POLL_INTERVAL_S = 5.0
 LEASE_S = 30.0  # a claimed run's lease, renewed by heartbeat every third of it
 GRACE_S = 30.0  # on SIGTERM, how long running workflows may take to finish before their leases are released
+THREAD_IDLE_S = 60.0  # a thread of plain step functions kept this long after its last one
 RUN_TIMEOUT_S = 3600.0  # a run's timeout when its workflow sets none (@workflow(timeout=...))
 # retain:
 RETAIN_WARN_BYTES = 10 * 1024**3  # `listener status` warns above this much WAL held by the slot (no `size`)

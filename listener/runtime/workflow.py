@@ -28,6 +28,7 @@ import contextvars
 import importlib
 import inspect
 import json
+import queue
 import random
 import re
 import sys
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
-from listener.defaults import BACKOFF_BASE_S, BACKOFF_MAX_S, MAX_ATTEMPTS
+from listener.defaults import BACKOFF_BASE_S, BACKOFF_MAX_S, MAX_ATTEMPTS, THREAD_IDLE_S
 from listener.errors import ConfigError, Fenced, StepError
 from listener.pg.values import json_too_deep
 from listener.queue import queries
@@ -411,14 +412,15 @@ async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a new daemon thread (with this context's variables), awaited.
+    """``fn(*args, **kwargs)`` in a daemon thread of its own (with this context's variables), awaited.
 
     Not ``asyncio.to_thread``: a timed-out or shut-down run cannot stop its thread, and that thread would
     then hold one of the default executor's few slots for as long as it runs, and block the process's exit.
-    A daemon thread of its own does neither."""
+    A daemon thread of its own does neither (see _Threads)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Any] = loop.create_future()
     context = contextvars.copy_context()
+    name = f"listener {getattr(fn, '__qualname__', fn)!s:.60}"
 
     def settle(result: Any, exc: BaseException | None) -> None:
         if done.done():  # abandoned: the run timed out or was cancelled meanwhile
@@ -428,7 +430,8 @@ async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         else:
             done.set_result(result)
 
-    def target() -> None:
+    def job() -> None:
+        threading.current_thread().name = name
         try:
             result, exc = context.run(fn, *args, **kwargs), None
         except BaseException as raised:  # whatever it raises is the run's failure, in the loop's thread
@@ -436,7 +439,44 @@ async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(settle, result, exc)
 
-    threading.Thread(
-        target=target, name=f"listener {getattr(fn, '__qualname__', fn)!s:.60}", daemon=True
-    ).start()
+    _THREADS.run(job)
     return await done
+
+
+class _Threads:
+    """Daemon threads for plain functions, each running one function at a time, and kept a while when
+    done to run the next one: starting a thread costs more than a short step.  A function that never
+    returns holds only its own thread; a new one starts whenever no thread is idle, so there is no bound
+    that hung functions could exhaust, and none of them keeps the process from exiting."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # that thread's: it takes the job
+                self._jobs.put(job)
+                return
+        threading.Thread(target=self._serve, args=(job,), name="listener", daemon=True).start()
+
+    def _serve(self, job: Callable[[], None]) -> None:
+        while True:
+            job()  # never raises (see in_thread)
+            with self._lock:
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self._lock:
+                    try:  # a job put after the wait timed out: this thread was counted idle for it
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
+
+
+_THREADS = _Threads(idle_s=THREAD_IDLE_S)
