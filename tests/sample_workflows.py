@@ -87,6 +87,30 @@ async def not_json(ctx: Context) -> None:
     await ctx.step("opaque", lambda: object())
 
 
+HELD: asyncio.Event | None = None  # set by holds_transaction once inside its step's transaction
+
+
+async def holds_transaction(ctx: Context) -> None:
+    """A step that keeps its transaction (and with it its run's row) open until the test opens GATE: a
+    slow call made inside ctx.transaction()."""
+
+    async def slow() -> str:
+        async with ctx.transaction() as conn:
+            await conn.execute("SELECT 1")
+            if HELD is not None:
+                HELD.set()
+            await _wait_for_gate()
+        return "held"
+
+    await ctx.step("slow", slow)
+
+
+async def beats_then_steps(ctx: Context) -> None:
+    """Runs through a few lease heartbeats (short leases in the test), then records a step."""
+    await asyncio.sleep(1.2)
+    await ctx.step("after", _text, "x")
+
+
 def _text(value: str) -> str:
     return value
 

@@ -120,8 +120,14 @@ FROM r WHERE a.run_id = r.id AND a.attempt = r.attempt
 
 -- name: heartbeat
 -- placeholders: asyncpg
+-- Skips the runs whose row a step's transaction holds (ctx.transaction() fences with FOR SHARE): waiting
+-- for the slowest of those would hold every other run's row meanwhile, and with it their steps and
+-- completions, and renew no lease.  A run is renewed at the next beat after its step commits.
 UPDATE runs SET lease_expires = now() + make_interval(secs => $3)
-WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
+WHERE id IN (
+    SELECT id FROM runs WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
+    FOR NO KEY UPDATE SKIP LOCKED
+)
 
 -- name: reclaim
 -- placeholders: none
@@ -129,12 +135,16 @@ WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'
 -- claim increments the attempt, which fences the old worker out.  The lost attempt counts as a failure, so
 -- a run that kills its worker every time (out of memory, a crash in native code) ends dead after its
 -- workflow's max_attempts (checked at the next claim, see Worker._execute) instead of running for ever.
+-- A run whose row a step's transaction holds is skipped: its worker is alive, inside that step (waiting
+-- would stop the claims of the worker that reclaims until the step ends); it is taken once the step ends.
 WITH r AS (
     UPDATE runs
     SET status = 'pending', failures = failures + 1, lease_owner = NULL, lease_expires = NULL,
         traceback = NULL,
         last_error = format('lease expired: worker %s stopped renewing attempt %s', lease_owner, attempt)
-    WHERE status = 'running' AND lease_expires < now()
+    WHERE id IN (
+        SELECT id FROM runs WHERE status = 'running' AND lease_expires < now() FOR NO KEY UPDATE SKIP LOCKED
+    )
     RETURNING id, attempt, last_error
 )
 UPDATE attempts a SET finished_at = now(), outcome = 'lease expired', error = r.last_error

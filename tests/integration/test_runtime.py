@@ -4,6 +4,7 @@ effects, retries, dead runs, timeouts, and fencing of a worker that lost its lea
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import psycopg
 
@@ -127,6 +128,40 @@ async def test_two_steps_of_one_name_at_once_are_refused(dsn: str, sql: Conn) ->
     assert run_row(sql, "t1")["last_error"].startswith(
         "StepError: step 'twin' started while a step of that name is running in the same run"
     )
+
+
+def now(sql: Conn) -> datetime:
+    row = sql.execute("SELECT now()").fetchone()
+    assert row is not None and isinstance(row[0], datetime)
+    return row[0]
+
+
+async def test_a_step_holding_its_transaction_stalls_no_other_run(dsn: str, sql: Conn) -> None:
+    """A ctx.transaction() step holds its run's row (the fence) while the user's code keeps the transaction
+    open.  The heartbeat and the reclaim skip that row instead of waiting for it, so the worker's other
+    runs record their steps and complete meanwhile, and its claims go on."""
+    prepare(sql)
+    sample_workflows.GATE, sample_workflows.HELD = asyncio.Event(), asyncio.Event()
+    try:
+        async with running_worker(dsn, lease_seconds=1.5) as worker:  # a heartbeat every 0.5 s
+            # k1's row comes before k2's, by key and on disk: a heartbeat that waited for k2 would hold
+            # k1's row meanwhile, and k1's step would wait for it
+            enqueue(sql, "k1", f"{WF}:beats_then_steps")
+            enqueue(sql, "k2", f"{WF}:holds_transaction")
+            await asyncio.wait_for(sample_workflows.HELD.wait(), 30)
+            await wait_until(lambda: run_row(sql, "k1")["status"] == "done", "the other run", timeout=8)
+            assert step_names(sql, "k1") == ["after"]
+            # k2's lease expires inside its step; the reclaim skips it, and the claims go on
+            await wait_until(lambda: run_row(sql, "k2")["lease_expires"] < now(sql), "k2's lease to expire")
+            await asyncio.sleep(1.0)  # the claims' loop runs the reclaim every 0.5 s
+            enqueue(sql, "k3", f"{WF}:beats_then_steps")
+            await wait_until(lambda: run_row(sql, "k3")["status"] == "done", "a run claimed later", timeout=8)
+            assert run_row(sql, "k2")["status"] == "running" and sample_workflows.HELD.is_set()
+            sample_workflows.GATE.set()
+            await wait_until(lambda: run_row(sql, "k2")["status"] == "done", "the held run", timeout=30)
+    finally:
+        sample_workflows.GATE = sample_workflows.HELD = None
+    assert step_names(sql, "k2") == ["slow"] and worker.stats.done >= 3
 
 
 async def test_a_workflow_that_does_not_import_dies_at_once_naming_it(dsn: str, sql: Conn) -> None:
