@@ -151,7 +151,6 @@ _current_step: contextvars.ContextVar[_StepScope | None] = contextvars.ContextVa
 )
 
 _SAVE_STEP = queries.get("save_step")
-_FENCE = queries.get("fence")
 # A NUL character (json.dumps writes it \u0000 after an even number of backslashes), which jsonb refuses.
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -281,8 +280,8 @@ class Context:
         return encoded
 
     async def _save(self, scope: _StepScope, encoded: str, started: datetime) -> None:
-        """Record the step: alone (batched with other runs' steps by the worker), or in the transaction
-        of its ctx.transaction(), fenced when that began and holding the fence's lock since."""
+        """Record the step: alone (batched with other runs' steps by the worker), or last in the
+        transaction of its ctx.transaction(), fenced there (see the save_step query)."""
         assert self.save_step is not None
         try:
             if scope.conn is None:
@@ -290,7 +289,11 @@ class Context:
                 if not await self.save_step(record):
                     raise self._fenced(f"step {scope.name!r} dropped")
             else:
-                await scope.conn.execute(_SAVE_STEP, self.run_id, scope.name, self.attempt, encoded, started)
+                status = await scope.conn.execute(
+                    _SAVE_STEP, self.run_id, scope.name, self.attempt, encoded, started
+                )
+                if status != "INSERT 0 1":
+                    raise self._fenced(f"step {scope.name!r} and its transaction rolled back")
                 await scope.tx.commit()
         except asyncpg.PostgresError as exc:
             if (exc.sqlstate or "")[:2] not in ("22", "54"):  # not a value it cannot store: not the step's
@@ -307,7 +310,9 @@ class Context:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StateConnection]:
         """A connection to the state database inside the current step's transaction: what is written
-        through it commits together with the step's record, or not at all."""
+        through it commits together with the step's record, or not at all.  The run is fenced when the
+        step is recorded, at the end: a run whose lease was lost meanwhile (another worker took it over)
+        rolls back, and its run's row is not held while the step's code runs, so its lease is renewed."""
         scope = _current_step.get()
         if scope is None:
             raise StepError(
@@ -320,8 +325,6 @@ class Context:
             conn = await self.pool.acquire()
             scope.conn, scope.tx = conn, conn.transaction()
             await scope.tx.start()
-            if await conn.fetchval(_FENCE, self.run_id, self.attempt) is None:
-                raise self._fenced(f"step {scope.name!r} dropped")
         yield scope.conn
 
 

@@ -165,8 +165,12 @@ RETURNING r.last_error
 
 -- name: save_step
 -- placeholders: asyncpg
--- A step whose transaction (ctx.transaction) the fence below already holds.
-INSERT INTO steps (run_id, name, attempt, result, started_at) VALUES ($1, $2, $3, $4::jsonb, $5)
+-- The record of a step with a ctx.transaction(), written last in that transaction and fenced there: the
+-- run must still be ours (same attempt, still running).  FOR SHARE holds the run's row from here to the
+-- commit, so a reclaim (which updates it) cannot slip between this check and the commit; the user's writes
+-- before it commit only if it recorded the step.  No row written: fenced out, and the caller rolls back.
+INSERT INTO steps (run_id, name, attempt, result, started_at)
+SELECT $1, $2, $3, $4::jsonb, $5 FROM runs WHERE id = $1 AND attempt = $3 AND status = 'running' FOR SHARE
 
 -- name: save_steps
 -- placeholders: asyncpg
@@ -184,11 +188,6 @@ INSERT INTO steps AS t (run_id, name, attempt, result, started_at)
 SELECT run_id, name, attempt, result::jsonb, started_at FROM live
 ON CONFLICT (run_id, name) DO UPDATE SET attempt = t.attempt WHERE t.attempt = excluded.attempt
 RETURNING t.run_id, t.name
-
--- name: fence
--- placeholders: asyncpg
--- Fence: the run must still be ours (same attempt, still running); FOR SHARE serialises with a reclaim.
-SELECT 1 FROM runs WHERE id = $1 AND attempt = $2 AND status = 'running' FOR SHARE
 
 -- name: list_runs
 -- placeholders: psycopg

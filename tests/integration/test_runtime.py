@@ -4,7 +4,7 @@ effects, retries, dead runs, timeouts, and fencing of a worker that lost its lea
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -136,10 +136,12 @@ def now(sql: Conn) -> datetime:
     return row[0]
 
 
-async def test_a_step_holding_its_transaction_stalls_no_other_run(dsn: str, sql: Conn) -> None:
-    """A ctx.transaction() step holds its run's row (the fence) while the user's code keeps the transaction
-    open.  The heartbeat and the reclaim skip that row instead of waiting for it, so the worker's other
-    runs record their steps and complete meanwhile, and its claims go on."""
+async def test_a_step_holding_its_transaction_keeps_its_lease_and_stalls_no_other_run(
+    dsn: str, sql: Conn
+) -> None:
+    """A ctx.transaction() step whose code keeps the transaction open does not hold its run's row (the
+    fence comes last, with the step's record): the heartbeat renews that run's lease meanwhile, the
+    worker's other runs record their steps and complete, and its claims go on."""
     prepare(sql)
     sample_workflows.GATE, sample_workflows.HELD = asyncio.Event(), asyncio.Event()
     try:
@@ -151,17 +153,20 @@ async def test_a_step_holding_its_transaction_stalls_no_other_run(dsn: str, sql:
             await asyncio.wait_for(sample_workflows.HELD.wait(), 30)
             await wait_until(lambda: run_row(sql, "k1")["status"] == "done", "the other run", timeout=8)
             assert step_names(sql, "k1") == ["after"]
-            # k2's lease expires inside its step; the reclaim skips it, and the claims go on
-            await wait_until(lambda: run_row(sql, "k2")["lease_expires"] < now(sql), "k2's lease to expire")
-            await asyncio.sleep(1.0)  # the claims' loop runs the reclaim every 0.5 s
+            held_since = now(sql)
+            await asyncio.sleep(2.5)  # longer than the lease: only renewals keep it
+            k2 = run_row(sql, "k2")
+            assert k2["status"] == "running" and k2["attempt"] == 1
+            assert k2["lease_expires"] > held_since + timedelta(seconds=2.5), "k2's lease was not renewed"
             enqueue(sql, "k3", f"{WF}:beats_then_steps")
             await wait_until(lambda: run_row(sql, "k3")["status"] == "done", "a run claimed later", timeout=8)
-            assert run_row(sql, "k2")["status"] == "running" and sample_workflows.HELD.is_set()
+            assert run_row(sql, "k2")["attempt"] == 1 and sample_workflows.HELD.is_set()
             sample_workflows.GATE.set()
             await wait_until(lambda: run_row(sql, "k2")["status"] == "done", "the held run", timeout=30)
     finally:
         sample_workflows.GATE = sample_workflows.HELD = None
-    assert step_names(sql, "k2") == ["slow"] and worker.stats.done >= 3
+    assert step_names(sql, "k2") == ["slow"] and run_row(sql, "k2")["attempt"] == 1
+    assert worker.stats.done >= 3 and worker.stats.fenced == 0
 
 
 async def test_a_workflow_that_does_not_import_dies_at_once_naming_it(dsn: str, sql: Conn) -> None:
