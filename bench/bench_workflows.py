@@ -133,12 +133,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def run_listener_on_uvloop(argv: list[str]) -> None:
-    """The `listener` command on uvloop instead of asyncio's default loop (an experiment: listener ships
-    on the default loop)."""
-    uvloop = importlib.import_module("uvloop")
+def run_listener_on_asyncio(argv: list[str]) -> None:
+    """The `listener` command on asyncio's default loop instead of uvloop (listener's own: see
+    listener.supervise.new_event_loop), to measure what the loop is worth."""
+    supervise = importlib.import_module("listener.supervise")
     cli = importlib.import_module("listener.cli.main")
-    uvloop.install()  # asyncio.run in the CLI then makes a uvloop loop
+    supervise.new_event_loop = asyncio.new_event_loop
     cli.main(argv, prog_name="listener")
 
 
@@ -146,14 +146,14 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    if sys.argv[1:2] == ["listener-uvloop"]:  # `listener-uvloop ARGS...`: ARGS go to the listener command
-        run_listener_on_uvloop(sys.argv[2:])
+    if sys.argv[1:2] == ["listener-asyncio"]:  # `listener-asyncio ARGS...`: ARGS go to the listener command
+        run_listener_on_asyncio(sys.argv[2:])
         sys.exit(0)
     parser = argparse.ArgumentParser(description="worker processes for bench/runtime_bench.py")
     sub = parser.add_subparsers(dest="system", required=True)
     pgq = sub.add_parser("pgqueuer", help="a PgQueuer worker for the no-op job")
     pgq.add_argument("--batch-size", type=int, default=10, help="as `pgq run --batch-size`")
     pgq.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-    sub.add_parser("listener-uvloop", help="`listener ARGS...` on uvloop")
+    sub.add_parser("listener-asyncio", help="`listener ARGS...` on asyncio's default loop")
     args = parser.parse_args()
     run_pgqueuer(args.batch_size, args.loop)

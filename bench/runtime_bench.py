@@ -17,9 +17,9 @@ and memoized two-step workflows (not a test).
     same server, enqueued, ANALYZEd and CHECKPOINTed before its workers start.  Also shown: when the
     first job was done (process start, imports, connect, first claim) and the rate between 10% and 90%
     done (steady state), CPU time of the worker processes and of the server's processes.  PgQueuer runs
-    as ``pgq run`` does, on uvloop (a dependency of pgqueuer); two more rows can be asked for with
-    ``--systems``: ``pgqueuer-asyncio`` (PgQueuer on asyncio's default loop, as listener runs) and
-    ``listener-uvloop`` (listener on uvloop: an experiment, listener ships on the default loop).
+    as ``pgq run`` does, on uvloop (a dependency of pgqueuer), as listener runs; two more rows can be
+    asked for with ``--systems``: ``pgqueuer-asyncio`` and ``listener-asyncio`` (each on asyncio's default
+    loop instead, to measure what the loop is worth).
 (c) ``steps``: ``--step-runs`` two-step workflows (a memoized no-op step returning a small dict, then a
     step whose insert commits with its record through ``ctx.transaction()``), 1 worker process.
 
@@ -34,7 +34,7 @@ Without them (b) runs listener alone and says so.  Run from the repository root 
     python bench/runtime_bench.py throughput --jobs 20000 --processes 1,2 --concurrency 16
     python bench/runtime_bench.py steps --step-runs 10000
     python bench/runtime_bench.py throughput \\
-        --systems listener,pgqueuer,procrastinate,listener-uvloop,pgqueuer-asyncio
+        --systems listener,pgqueuer,procrastinate,listener-asyncio,pgqueuer-asyncio
     python bench/runtime_bench.py throughput --systems listener \\
         --worker-prefix "py-spy record -r 250 -f speedscope -o /tmp/worker{i}.json --"
 
@@ -87,9 +87,9 @@ COMPETITOR_BATCH = 1000
 POLL_S = 0.02
 INSTALL_HINT = "pip install pgqueuer procrastinate   (benchmark only: not project dependencies)"
 SYSTEMS = ("listener", "pgqueuer", "procrastinate")  # the default comparison
-# also: "listener-uvloop" (listener on uvloop, an experiment) and "pgqueuer-asyncio" (pgqueuer on asyncio's
-# default loop instead of the uvloop that `pgq run` uses)
-ALL_SYSTEMS = (*SYSTEMS, "listener-uvloop", "pgqueuer-asyncio")
+# also: "listener-asyncio" and "pgqueuer-asyncio": each on asyncio's default loop instead of the uvloop that
+# `listener` and `pgq run` use
+ALL_SYSTEMS = (*SYSTEMS, "listener-asyncio", "pgqueuer-asyncio")
 
 ENQUEUE_LISTENER = f"""
 WITH ev AS (
@@ -398,10 +398,10 @@ def wait_drained(
 # The three systems: prepare (schema + enqueue), worker command, "how many left", verification
 
 
-def listener_command(uvloop: bool, dsn: str, config: Path, command: str) -> list[str]:
+def listener_command(on_asyncio: bool, dsn: str, config: Path, command: str) -> list[str]:
     args = ["--dsn", dsn, "-c", str(config), command]
-    if uvloop:
-        return [sys.executable, str(BENCH_DIR / "bench_workflows.py"), "listener-uvloop", *args]
+    if on_asyncio:
+        return [sys.executable, str(BENCH_DIR / "bench_workflows.py"), "listener-asyncio", *args]
     return [sys.executable, "-m", "listener", *args]
 
 
@@ -525,7 +525,7 @@ def drain(args: argparse.Namespace, admin_dsn: str, system: str, processes: int,
         if system.startswith("listener"):
             enqueue_s = enqueue_listener(dsn, jobs, "bench_workflows:noop")
             config = listener_config(log_dir / f"{system}-p{processes}.yaml", conc)
-            base = listener_command(system == "listener-uvloop", dsn, config, "worker")
+            base = listener_command(system == "listener-asyncio", dsn, config, "worker")
             commands = [_prefixed(args, i) + base for i in range(processes)]
             remaining, verify, concurrency = LISTENER_REMAINING, verify_listener, f"{conc} runs"
         elif system.startswith("pgqueuer"):
@@ -581,7 +581,7 @@ def throughput(args: argparse.Namespace, admin_dsn: str, log_dir: Path, report: 
     for system in systems:
         if system not in ALL_SYSTEMS:
             raise SystemExit(f"unknown system {system!r}: choose from {', '.join(ALL_SYSTEMS)}")
-        module = {"listener-uvloop": "uvloop", "pgqueuer-asyncio": "pgqueuer"}.get(system, system)
+        module = {"listener-asyncio": "listener", "pgqueuer-asyncio": "pgqueuer"}.get(system, system)
         if module != "listener" and competitor_missing(module):
             report.skipped.append(system)
             print(f"  {system} is not installed: skipped.  To compare, run:\n    {INSTALL_HINT}", flush=True)

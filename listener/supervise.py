@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -25,6 +25,23 @@ from listener.errors import ListenerError, is_transient
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The service's event loop: uvloop's (libuv), a dependency except on Windows, where asyncio's own
+    is used.  The worker spends most of its time in the loop and in socket writes to the database;
+    uvloop does both with about a fifth less CPU per run (README "Sustained load")."""
+    try:
+        import uvloop
+    except ImportError:  # Windows: uvloop does not build there
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on :func:`new_event_loop`."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 def describe(exc: BaseException) -> str:

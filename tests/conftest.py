@@ -22,11 +22,13 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from listener import supervise
 from listener.defaults import DEFAULT_STATE_SCHEMA
 from listener.pg.embedded import EmbeddedPostgres
 from listener.queue.migrations import migrate
@@ -48,6 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
         [sys.executable, str(PG_BINARIES), major], check=True, stdout=subprocess.PIPE, text=True
     )
     os.environ["LISTENER_PG_BIN"] = found.stdout.strip()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Async tests run on the event loop the service runs on (uvloop where it is installed)."""
+    return {"service_loop": supervise.new_event_loop}
 
 
 # Any of these set, and no LISTENER_TEST_DSN: the tests use the server the PG* variables name.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 
 import click
 
+from listener import supervise
 from listener.cli import views
 from listener.cli.options import (
     EXIT_RUNTIME,
@@ -33,7 +33,7 @@ def run(opts: Options, no_workers: bool) -> None:
 
     config = load(opts)
     with databases(opts, config) as (dsn, state_dsn), contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(service.run(config, dsn, state_dsn, workers=not no_workers))
+        supervise.run(service.run(config, dsn, state_dsn, workers=not no_workers))
 
 
 @click.command()
@@ -47,7 +47,7 @@ def worker(opts: Options, concurrency: int | None) -> None:
 
     config = load(opts)
     with databases(opts, config) as (_, state_dsn), contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(service.run_workers(config, state_dsn, concurrency=concurrency))
+        supervise.run(service.run_workers(config, state_dsn, concurrency=concurrency))
 
 
 @click.command()

@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from listener import supervise
 from listener.cli import views
 from listener.cli.options import (
     EXIT_PROBLEMS,
@@ -49,7 +50,7 @@ def demo(opts: Options, rows: int) -> None:
         console.print("[bold]listener is streaming.[/bold] Writing sample rows...\n")
 
     with databases(opts, parse_config("rules: []\n")) as (dsn, _):
-        done = asyncio.run(demo_mod.demo(dsn, rows=rows, on_streaming=on_streaming))
+        done = supervise.run(demo_mod.demo(dsn, rows=rows, on_streaming=on_streaming))
         if done is not None:  # printed before an embedded server stops, as it always was
             views.print_demo(console, done)
 
