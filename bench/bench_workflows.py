@@ -136,8 +136,9 @@ def __getattr__(name: str) -> Any:
 def run_listener_on_asyncio(argv: list[str]) -> None:
     """The `listener` command on asyncio's default loop instead of uvloop (listener's own: see
     listener.supervise.new_event_loop), to measure what the loop is worth."""
-    supervise = importlib.import_module("listener.supervise")
-    cli = importlib.import_module("listener.cli.main")
+    from listener import supervise
+    from listener.cli import main as cli
+
     supervise.new_event_loop = asyncio.new_event_loop
     cli.main(argv, prog_name="listener")
 
