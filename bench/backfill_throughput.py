@@ -39,6 +39,7 @@ from typing import Any
 import psycopg
 
 from listener import install as setup
+from listener import supervise
 from listener.ingest import Ingest
 from listener.ingest.backfill_marks import OPEN
 from listener.ops import backfill_requests as backfill
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print("(a) COPY TO STDOUT ...", flush=True)
         copy_s, copy_bytes = run_copy(dsn)
         print("(b) backfill, then (c) expansion ...", flush=True)
-        b_s, chunks, during, clock, c_s, expanded, events = asyncio.run(run_backfill(dsn, config))
+        b_s, chunks, during, clock, c_s, expanded, events = supervise.run(run_backfill(dsn, config))
         machine = benchlib.machine_facts(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:  # leave no slot pinning WAL behind
             conn.execute("SELECT pg_drop_replication_slot(%s)", [SLOT])

@@ -63,6 +63,7 @@ from psycopg.conninfo import make_conninfo
 
 import listener.ingest.session as ingest_module
 from listener import install as setup
+from listener import supervise
 from listener.defaults import READ_BATCH_MESSAGES
 from listener.ingest import Ingest
 from listener.pg.embedded import bin_dir
@@ -217,7 +218,7 @@ def child_main(args: argparse.Namespace) -> int:
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
-    result = asyncio.run(_child_ingest(args.dsn, args.state_dsn or args.dsn, until, args.timeout))
+    result = supervise.run(_child_ingest(args.dsn, args.state_dsn or args.dsn, until, args.timeout))
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
