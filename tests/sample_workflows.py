@@ -128,6 +128,18 @@ async def unstorable_beside_good(ctx: Context) -> None:
     await _both(ctx.step("good", _text, "fine"), ctx.step("bad", _text, "\ud800"))
 
 
+def _deep(levels: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def too_deep_result(ctx: Context) -> None:
+    """A step result nested deeper than JSON can be encoded (Python's recursion limit)."""
+    await ctx.step("deep", _deep, 5000)
+
+
 async def nul_in_result(ctx: Context) -> None:
     await ctx.step("nul", _text, "a\x00b")
 

@@ -271,6 +271,13 @@ class Context:
                 f"JSON-serialisable: {exc}",
                 hint="return plain data (dict, list, str, int, float, bool, None) from the step",
             ) from exc
+        except RecursionError as exc:  # nested deeper than Python's recursion limit (about 1,000 levels)
+            raise StepError(
+                f"step {name!r} of workflow {self.event.workflow} returned a value nested too deeply to "
+                f"encode as JSON: {exc}",
+                hint="return a flatter result (fewer than about 900 levels of nested lists and dicts), or "
+                "store the deep document yourself inside ctx.transaction() and return its id",
+            ) from exc
         if "\\u0000" in encoded and _NUL.search(encoded):
             raise StepError(
                 f"step {name!r} of workflow {self.event.workflow} returned a string holding the "

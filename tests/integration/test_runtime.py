@@ -94,6 +94,20 @@ async def test_a_result_that_is_not_json_names_the_step(dsn: str, sql: Conn) -> 
     assert row["failures"] == 1  # deterministic: no pointless retries
 
 
+async def test_a_result_too_deep_to_encode_names_the_step_and_dies_at_once(dsn: str, sql: Conn) -> None:
+    prepare(sql)
+    enqueue(sql, "d1", f"{WF}:too_deep_result")
+    async with running_worker(dsn) as worker:
+        await wait_until(lambda: run_row(sql, "d1")["status"] == "dead", "the run to die")
+    row = run_row(sql, "d1")
+    assert row["last_error"].startswith(
+        "StepError: step 'deep' of workflow tests.sample_workflows:too_deep_result returned a value nested "
+        "too deeply to encode as JSON: maximum recursion depth exceeded"
+    )
+    assert "fix: return a flatter result" in row["last_error"]
+    assert row["failures"] == 1 and step_names(sql, "d1") == [] and worker.stats.dead == 1
+
+
 async def test_a_result_jsonb_refuses_fails_its_step_not_the_steps_recorded_beside_it(
     dsn: str, sql: Conn
 ) -> None:
