@@ -15,12 +15,11 @@ import math
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import psycopg
 
-from listener import install
 from listener.defaults import (
     RELOAD_ANSWER_POLL_S,
     RELOAD_ATTEMPTS,
@@ -30,7 +29,6 @@ from listener.defaults import (
     RELOAD_WAIT_S,
 )
 from listener.errors import ConfigError, ListenerError, ReloadDeferred, is_transient
-from listener.ingest import Ingest
 from listener.pg import conninfo
 from listener.pg.lsn import format_lsn
 from listener.queue import migrations, queries
@@ -39,6 +37,10 @@ from listener.rules.config import Config, load_config
 from listener.runtime import workflow as wf
 from listener.runtime.worker import Worker
 from listener.supervise import first_of
+
+if TYPE_CHECKING:  # imported where used: `listener worker` needs neither ingest nor the installer
+    from listener import install
+    from listener.ingest import Ingest
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ def workflow_errors(config: Config) -> dict[str, ConfigError]:
 def workflow_checks(config: Config) -> list[install.CheckResult]:
     """`listener check`: one failed check per rule whose workflow does not import, or one line saying
     they all do."""
+    from listener import install
+
     errors = workflow_errors(config)
     if not errors:
         dirs = ", ".join(str(d) for d in config.import_dirs())
@@ -133,6 +137,9 @@ async def run(
 ) -> None:
     """Run ingest (and workers) until ``stop`` is set or a signal arrives."""
     validate_workflows(config)
+    from listener import install
+    from listener.ingest import Ingest
+
     await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
     stop = stop or asyncio.Event()
     remove_handlers = install_signal_handlers(stop)
@@ -350,4 +357,6 @@ async def _signal_ready(ingest: Ingest, ready: asyncio.Event) -> None:
 
 def _prepare(source_dsn: str, state_dsn: str, config: Config, keep: Config | None) -> None:
     """`listener init` for a reload: publications for ``config`` (with ``keep``: for the old rules too)."""
+    from listener import install
+
     install.init(config, source_dsn, state_dsn, keep=keep)

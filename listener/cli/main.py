@@ -7,6 +7,7 @@ neither --dsn, LISTENER_DSN nor `dsn:` in the config — listener starts the emb
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import traceback
@@ -14,15 +15,6 @@ from typing import Any
 
 import click
 
-from listener.cli import (
-    backfill_commands,
-    db_commands,
-    rewind_commands,
-    runs_commands,
-    service_commands,
-    setup_commands,
-    try_commands,
-)
 from listener.cli.options import EXIT_RUNTIME, EXIT_USAGE, Options, err_console
 from listener.cli.render import markup_safe
 from listener.defaults import DEFAULT_CONFIG_FILE
@@ -80,9 +72,45 @@ def _global_options() -> list[click.Option]:
     ]
 
 
+# Each command's module, imported when the command is looked up (to run it, or by `--help`, which lists
+# them all): `listener worker` starts without importing ingest, the installer or the renderers it does not
+# use.  tests/unit/test_cli_commands.py checks this table against each module's COMMANDS.
+COMMAND_MODULES = {
+    "check": "setup_commands",
+    "init": "setup_commands",
+    "drop": "setup_commands",
+    "run": "service_commands",
+    "worker": "service_commands",
+    "reload": "service_commands",
+    "status": "service_commands",
+    "runs": "runs_commands",
+    "retry": "runs_commands",
+    "cancel": "runs_commands",
+    "rewind": "rewind_commands",
+    "replay": "rewind_commands",
+    "backfill": "backfill_commands",
+    "db": "db_commands",
+    "tail": "try_commands",
+    "demo": "try_commands",
+    "rules": "try_commands",
+}
+
+
 class _Group(click.Group):
     """The `listener` group: a ListenerError prints its message and fix, a bug its traceback; each with
-    its exit code."""
+    its exit code.  Its commands are loaded from their modules when first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is not None and cmd_name not in self.commands:
+            module = importlib.import_module(f"listener.cli.{module_name}")
+            for command in module.COMMANDS:
+                if command.name not in self.commands:
+                    self.add_command(_with_global_options(command))
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -156,19 +184,6 @@ def _with_global_options(command: click.Command) -> click.Command:
         for sub in command.commands.values():
             _with_global_options(sub)
     return command
-
-
-for _module in (
-    setup_commands,
-    service_commands,
-    runs_commands,
-    rewind_commands,
-    backfill_commands,
-    db_commands,
-    try_commands,
-):
-    for _command in _module.COMMANDS:
-        main.add_command(_with_global_options(_command))
 
 
 if __name__ == "__main__":

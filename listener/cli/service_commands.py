@@ -8,7 +8,6 @@ import sys
 import click
 
 from listener import supervise
-from listener.cli import views
 from listener.cli.options import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -114,6 +113,8 @@ def status(opts: Options, as_json: bool) -> None:
     if as_json:
         click.echo(dumps(found.to_json()))
     else:
+        from listener.cli import views
+
         views.print_status(stdout_console(), found)
 
 
