@@ -126,6 +126,10 @@ CLAIM_BATCH = 64  # runs claimed at once, at most
 # more workflows than this run at once (worker.concurrency), but only this many hold a transaction, so a
 # few worker processes stay well inside the server's max_connections.
 STEP_CONNECTIONS = 16
+# `listener run`'s worker processes (listener.runtime.processes)
+CHILD_START_TIMEOUT_S = 30.0  # starting one (the interpreter, not its imports)
+CHILD_EXIT_MARGIN_S = 15.0  # after its grace period, how long a stopping one may take before it is killed
+CHILD_SIGNALLED_S = 2.0  # one that stopped on a signal: how long the service waits for the signal's twin
 GATED_SCAN = 500  # pending gated runs looked at per claim
 HELD_POLL_S = 0.25  # when limits hold runs back, look again this soon
 ERROR_CHARS = 2_000  # a failure's stored error text, at most

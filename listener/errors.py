@@ -166,6 +166,10 @@ class DatabaseError(ListenerError):
     """A database operation failed for a reason the user can act on (connection refused, auth, ...)."""
 
 
+class ProcessDied(ListenerError):
+    """A process the service started (a worker process of `listener run`) exited while the service ran."""
+
+
 class SlotInUseError(PrerequisiteError):
     """The replication slot is active in another process."""
 

@@ -34,6 +34,7 @@ from listener.pg.lsn import format_lsn
 from listener.queue import migrations, queries
 from listener.queue.store import StateStore, control_channel
 from listener.rules.config import Config, load_config
+from listener.runtime import processes as children
 from listener.runtime import workflow as wf
 from listener.runtime.worker import Worker
 from listener.supervise import first_of
@@ -131,14 +132,23 @@ async def run(
     state_dsn: str,
     *,
     workers: bool = True,
+    processes: int = 0,
+    verbose: int = 0,
     stop: asyncio.Event | None = None,
     on_event_start: Callable[[wf.Event], None] | None = None,
     ready: asyncio.Event | None = None,
 ) -> None:
-    """Run ingest (and workers) until ``stop`` is set or a signal arrives."""
-    validate_workflows(config)
+    """Run ingest (and workers: in this process, and in ``processes`` `listener worker` children started
+    with ``verbose`` -v flags) until ``stop`` is set or a signal arrives."""
     from listener import install
     from listener.ingest import Ingest
+
+    validate_workflows(config)
+    if workers and processes and config.source_path is None:
+        raise ConfigError(
+            "worker processes need the service's config file, and this config was not read from one",
+            hint="pass the config file (-c), or run with worker processes 0",
+        )
 
     await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
     stop = stop or asyncio.Event()
@@ -156,6 +166,15 @@ async def run(
                 worker = make_worker(config, state_dsn, on_start=on_event_start)
                 ingest.handoff = worker  # new runs go to the local worker without a claim when it is free
                 tg.create_task(_until_done(worker.run(stop), stop), name="worker")
+                if processes and config.source_path is not None:
+                    spawned = children.run_children(
+                        processes,
+                        command=children.child_command(verbose),
+                        env=children.child_environment(config.source_path, source_dsn, state_dsn),
+                        grace_s=config.worker.grace_s,
+                        stop=stop,
+                    )
+                    tg.create_task(_until_done(spawned, stop), name="worker-processes")
             if ready is not None:
                 tg.create_task(_signal_ready(ingest, ready), name="ready")
     finally:
@@ -296,15 +315,23 @@ async def _reload_once(ingest: Ingest, path: str | None, state_dsn: str, stop: a
 
 
 async def run_workers(
-    config: Config, state_dsn: str, *, concurrency: int | None = None, stop: asyncio.Event | None = None
+    config: Config,
+    state_dsn: str,
+    *,
+    concurrency: int | None = None,
+    stop: asyncio.Event | None = None,
+    stop_with_parent: bool = False,
 ) -> None:
-    """Workers only, until ``stop`` is set or a signal arrives (`listener worker`)."""
+    """Workers only, until ``stop`` is set or a signal arrives (`listener worker`); with
+    ``stop_with_parent`` also when standard input closes (a child of `listener run`)."""
     validate_workflows(config)
     with conninfo.connection(state_dsn) as conn:
         migrations.migrate(conn, config.state_schema)
     stop = stop or asyncio.Event()
     remove_handlers = install_signal_handlers(stop)
     loop = asyncio.get_running_loop()
+    if stop_with_parent:
+        children.stop_when_stdin_closes(functools.partial(loop.call_soon_threadsafe, stop.set))
     # SIGHUP (a closed terminal, or a `kill -HUP` meant for `listener run`) would end the process with its
     # runs left `running` until their leases expire: a worker has nothing to reload; it says so, goes on.
     loop.add_signal_handler(

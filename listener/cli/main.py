@@ -18,7 +18,7 @@ import click
 from listener.cli.options import EXIT_RUNTIME, EXIT_USAGE, Options, err_console
 from listener.cli.render import markup_safe
 from listener.defaults import DEFAULT_CONFIG_FILE
-from listener.errors import DatabaseError, ListenerError, ProtocolError
+from listener.errors import DatabaseError, ListenerError, ProcessDied, ProtocolError
 from listener.pg.embedded import DEFAULT_DATA_DIR
 
 
@@ -26,7 +26,7 @@ def _fail(exc: ListenerError) -> None:
     err_console.print(f"[bold red]error:[/bold red] {markup_safe(exc.message)}", highlight=False)
     if exc.hint:
         err_console.print(f"  [bold]fix:[/bold] {markup_safe(exc.hint)}", highlight=False)
-    sys.exit(EXIT_RUNTIME if isinstance(exc, DatabaseError | ProtocolError) else EXIT_USAGE)
+    sys.exit(EXIT_RUNTIME if isinstance(exc, DatabaseError | ProtocolError | ProcessDied) else EXIT_USAGE)
 
 
 def _set_verbosity(verbose: int) -> None:

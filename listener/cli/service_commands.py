@@ -25,28 +25,51 @@ from listener.pg import conninfo
 
 @click.command()
 @click.option("--no-workers", is_flag=True, help="Only ingest; run workers elsewhere.")
+@click.option(
+    "--worker-processes",
+    type=click.IntRange(min=0),
+    help="`listener worker` processes to start beside this one (default: worker.processes, or 1 on a "
+    "machine with 2 cores or more).",
+)
 @click.pass_obj
-def run(opts: Options, no_workers: bool) -> None:
+def run(opts: Options, no_workers: bool, worker_processes: int | None) -> None:
     """Ingest changes into the durable queue and run workflows (until SIGTERM / Ctrl-C)."""
     from listener import service
+    from listener.runtime import processes
 
     config = load(opts)
+    if worker_processes is None:
+        worker_processes = config.worker.processes
+    if worker_processes is None:
+        worker_processes = processes.auto_count()
     with databases(opts, config) as (dsn, state_dsn), contextlib.suppress(KeyboardInterrupt):
-        supervise.run(service.run(config, dsn, state_dsn, workers=not no_workers))
+        supervise.run(
+            service.run(
+                config,
+                dsn,
+                state_dsn,
+                workers=not no_workers,
+                processes=worker_processes,
+                verbose=opts.verbose,
+            )
+        )
 
 
 @click.command()
 @click.option(
     "--concurrency", type=click.IntRange(min=1), help="Workflows at once (default: worker.concurrency)."
 )
+@click.option("--stop-with-parent", is_flag=True, hidden=True, help="Stop when standard input closes.")
 @click.pass_obj
-def worker(opts: Options, concurrency: int | None) -> None:
+def worker(opts: Options, concurrency: int | None, stop_with_parent: bool) -> None:
     """Run workflows only (no ingest): start as many as you like, on any machines, against one state db."""
     from listener import service
 
     config = load(opts)
     with databases(opts, config) as (_, state_dsn), contextlib.suppress(KeyboardInterrupt):
-        supervise.run(service.run_workers(config, state_dsn, concurrency=concurrency))
+        supervise.run(
+            service.run_workers(config, state_dsn, concurrency=concurrency, stop_with_parent=stop_with_parent)
+        )
 
 
 @click.command()

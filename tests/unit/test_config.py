@@ -234,7 +234,10 @@ def test_misplaced_and_unrecognizable_keys(tmp_path: Path) -> None:
     assert load_error(tmp_path, "table: users\n").hint == "'table' belongs inside a rule, under 'rules:'"
     error = load_error(tmp_path, "worker:\n  zzz: 1\n")
     assert error.line == 2
-    assert error.hint == "valid keys here: concurrency, poll_interval_s, lease_s, grace_s, run_timeout_s"
+    assert (
+        error.hint
+        == "valid keys here: concurrency, processes, poll_interval_s, lease_s, grace_s, run_timeout_s"
+    )
 
 
 def test_bad_operation_lists_the_allowed_ones(tmp_path: Path) -> None:

@@ -96,6 +96,8 @@ class WorkerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     concurrency: int = Field(default=WORKER_CONCURRENCY, ge=1, strict=True)
+    # `listener worker` processes `listener run` starts beside its own (None: one on two cores or more)
+    processes: int | None = Field(default=None, ge=0, strict=True)
     poll_interval_s: float = Field(default=POLL_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
     lease_s: float = Field(default=LEASE_S, gt=0, strict=True, allow_inf_nan=False)
     grace_s: float = Field(default=GRACE_S, ge=0, strict=True, allow_inf_nan=False)
