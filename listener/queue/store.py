@@ -103,28 +103,44 @@ def _has_huge_payload(batch: EventBatch) -> bool:
     return batch.nbytes > PAYLOAD_PIECE_CHARS and max(map(len, batch.payload)) > PAYLOAD_PIECE_CHARS
 
 
-class StateStore:
-    """The state database as ingest sees it (asyncpg: binary protocol, prepared statements)."""
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's ``reset`` that keeps the session: for connections that only ever run listener's own
+    statements, which leave no session state behind (no SET, LISTEN, cursor or session lock).  asyncpg's
+    default reset costs a round trip per release, on the path from a commit to the next."""
 
-    def __init__(self, pool: asyncpg.Pool, *, schema: str, slot: str) -> None:
+
+class StateStore:
+    """The state database as ingest sees it (asyncpg: binary protocol, prepared statements).
+
+    Two pools: ``writer`` for the batches (events, runs, the checkpoint), which never leave session state
+    and so skip the reset between uses; ``pool`` for the rest (some LISTEN), reset as asyncpg does."""
+
+    def __init__(self, pool: asyncpg.Pool, writer: asyncpg.Pool, *, schema: str, slot: str) -> None:
         self.pool = pool
+        self.writer = writer
         self.schema = schema
         self.slot = slot
         self.channel = notify_channel(schema)
 
     @classmethod
     async def connect(cls, dsn: str, *, schema: str, slot: str, max_size: int = 4) -> StateStore:
+        pools: list[asyncpg.Pool] = []
         try:
             params = asyncpg_params(dsn, {**SESSION_SETTINGS, "search_path": schema})
-            pool = await asyncpg.create_pool(min_size=1, max_size=max_size, **params)
+            for reset, size in ((None, max_size), (keep_session, 2)):
+                pool = await asyncpg.create_pool(min_size=1, max_size=size, reset=reset, **params)
+                assert pool is not None
+                pools.append(pool)
         except (OSError, asyncpg.PostgresError) as exc:
+            for pool in pools:
+                await pool.close()
             raise from_driver(
                 exc, "cannot connect to the state database", hint="check --state-dsn / LISTENER_STATE_DSN"
             ) from exc
-        assert pool is not None
-        return cls(pool, schema=schema, slot=slot)
+        return cls(pools[0], pools[1], schema=schema, slot=slot)
 
     async def close(self) -> None:
+        await self.writer.close()
         await self.pool.close()
 
     async def read_checkpoint(self) -> int | None:
@@ -144,13 +160,13 @@ class StateStore:
         if batch.checkpoint is not None and _events_only(batch):
             # the common case (a few small transactions' events, their position): one statement, which is
             # its own transaction -- no BEGIN and COMMIT round trips
-            async with self.pool.acquire() as conn:
+            async with self.writer.acquire() as conn:
                 if batch.payload:
                     checkpoint = (self.slot, format_lsn(batch.checkpoint))
                     return (await self._insert_events(conn, batch, offer, checkpoint))[0]
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
                 return 0
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writer.acquire() as conn, conn.transaction():
             inserted, rewound, reruns = await self._insert_events(conn, batch, offer)
             for chunk in batch.chunks:
                 stored = await conn.fetchval(
@@ -189,7 +205,7 @@ class StateStore:
     async def insert_events(self, batch: EventBatch) -> tuple[int, int, int]:
         """Insert the events of a batch made outside the ingest (`listener replay`), in one transaction:
         (events inserted, events in a rewind's range, runs of a rewind's --rerun)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.writer.acquire() as conn, conn.transaction():
             return await self._insert_events(conn, batch)
 
     async def _insert_events(

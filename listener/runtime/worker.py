@@ -47,7 +47,7 @@ from listener.errors import ConfigError, Fenced, StepError, is_transient
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.queue import queries
 from listener.queue.handoff import Offer
-from listener.queue.store import notify_channel
+from listener.queue.store import keep_session, notify_channel
 from listener.rules.config import WorkflowLimit
 from listener.runtime import flow
 from listener.runtime import workflow as wf
@@ -157,7 +157,7 @@ class Worker:
         # reset between uses (asyncpg's default costs a round trip per release).  Workflow code gets
         # its steps' connections from a pool that does reset them, with the database's own settings.  Pools
         # reconnect on their own.
-        pool = await asyncpg.create_pool(min_size=2, max_size=6, reset=_keep_session, **params)
+        pool = await asyncpg.create_pool(min_size=2, max_size=6, reset=keep_session, **params)
         user_params = asyncpg_params(self.dsn, {"search_path": self.schema})
         user_pool = await asyncpg.create_pool(
             min_size=1, max_size=max(2, min(self.concurrency, STEP_CONNECTIONS)), **user_params
@@ -533,10 +533,6 @@ async def _save_steps_once(pool: asyncpg.Pool, steps: Sequence[wf.StepRecord]) -
     )
     saved = {(row[0], row[1]) for row in rows}
     return [(s.run_id, s.name) in saved for s in steps]
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Release without reset: these connections only ever run the worker's own statements."""
 
 
 def _json(text: str) -> dict[str, object]:

@@ -69,7 +69,8 @@ async def test_every_session_pins_the_settings_whatever_database_role_and_pgopti
             await session.conn.close()
         store = await StateStore.connect(target, schema=config.state_schema, slot="unused")
         try:
-            assert tuple(await store.pool.fetchrow(SHOW)) == PINNED  # type: ignore[arg-type]
+            for pool in (store.pool, store.writer):  # the writer's pool keeps its session between uses
+                assert tuple(await pool.fetchrow(SHOW)) == PINNED  # type: ignore[arg-type]
         finally:
             await store.close()
         conn2 = await asyncpg.connect(**asyncpg_params(target))
