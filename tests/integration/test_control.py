@@ -303,8 +303,10 @@ def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
     try:
         deadline = time.monotonic() + WAIT_S
         while (
-            holder := sql.execute(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s AND active", [SLOT]
+            holder := sql.execute(  # held by the walsender, not the backend that created the slot
+                "SELECT s.active_pid FROM pg_replication_slots s JOIN pg_stat_replication r"
+                " ON r.pid = s.active_pid WHERE s.slot_name = %s",
+                [SLOT],
             ).fetchone()
         ) is None:
             assert first.poll() is None, (tmp_path / "first.log").read_text()
