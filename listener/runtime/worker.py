@@ -160,7 +160,10 @@ class Worker:
         pool = await asyncpg.create_pool(min_size=2, max_size=6, reset=keep_session, **params)
         user_params = asyncpg_params(self.dsn, {"search_path": self.schema})
         user_pool = await asyncpg.create_pool(
-            min_size=1, max_size=max(2, min(self.concurrency, STEP_CONNECTIONS)), **user_params
+            min_size=1,
+            max_size=max(2, min(self.concurrency, STEP_CONNECTIONS)),
+            connection_class=wf.StepConnection,
+            **user_params,
         )
         assert pool is not None and user_pool is not None
         try:

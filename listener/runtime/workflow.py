@@ -146,6 +146,42 @@ if TYPE_CHECKING:  # asyncpg's runtime class takes no subscript; only the type c
 
     StateConnection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 
+class StepConnection(asyncpg.Connection):
+    """The connections of ``ctx.transaction()``: reset like any pooled asyncpg connection (advisory locks,
+    cursors, LISTENs and settings the workflow's code left behind), but after a step's commit the reset
+    travels in the COMMIT's own message, and the release sends nothing: one round trip fewer per step.
+
+    It relies on asyncpg's Transaction committing with ``execute("COMMIT;")``; should that ever change,
+    the commit and the reset are sent apart again, as asyncpg does."""
+
+    _COMMIT = "COMMIT;"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reset_at_commit = False  # set for the next COMMIT only
+        self._was_reset = False  # the COMMIT carried the reset: the release sends none
+
+    def reset_at_commit(self) -> None:
+        """Send the session's reset with the transaction's COMMIT, which comes next."""
+        self._reset_at_commit = True
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        if self._reset_at_commit and query == self._COMMIT and not args:
+            self._reset_at_commit = False
+            # an error in the COMMIT skips the rest of the message: then the release resets as usual
+            await super().execute(f"{query}\n{super().get_reset_query()}", timeout=timeout)
+            self._was_reset = True
+            return "COMMIT"
+        self._reset_at_commit = False
+        return await super().execute(query, *args, timeout=timeout)
+
+    def get_reset_query(self) -> str:
+        if self._was_reset:
+            self._was_reset = False
+            return ""
+        return super().get_reset_query()
+
+
 _current_step: contextvars.ContextVar[_StepScope | None] = contextvars.ContextVar(
     "listener_step", default=None
 )
@@ -301,6 +337,9 @@ class Context:
                 )
                 if status != "INSERT 0 1":
                     raise self._fenced(f"step {scope.name!r} and its transaction rolled back")
+                reset_at_commit = getattr(scope.conn, "reset_at_commit", None)  # a StepConnection's
+                if reset_at_commit is not None:
+                    reset_at_commit()
                 await scope.tx.commit()
         except asyncpg.PostgresError as exc:
             if (exc.sqlstate or "")[:2] not in ("22", "54"):  # not a value it cannot store: not the step's
