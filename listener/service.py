@@ -144,7 +144,8 @@ async def run(
     from listener.ingest import Ingest
 
     validate_workflows(config)
-    if workers and processes and config.source_path is None:
+    source_path = config.source_path if workers and processes else None  # the children's config file
+    if workers and processes and source_path is None:
         raise ConfigError(
             "worker processes need the service's config file, and this config was not read from one",
             hint="pass the config file (-c), or run with worker processes 0",
@@ -166,11 +167,11 @@ async def run(
                 worker = make_worker(config, state_dsn, on_start=on_event_start)
                 ingest.handoff = worker  # new runs go to the local worker without a claim when it is free
                 tg.create_task(_until_done(worker.run(stop), stop), name="worker")
-                if processes and config.source_path is not None:
+                if source_path is not None:
                     spawned = children.run_children(
                         processes,
                         command=children.child_command(verbose),
-                        env=children.child_environment(config.source_path, source_dsn, state_dsn),
+                        env=children.child_environment(source_path, source_dsn, state_dsn),
                         grace_s=config.worker.grace_s,
                         stop=stop,
                     )

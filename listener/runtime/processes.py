@@ -64,7 +64,7 @@ async def run_children(
     stop: asyncio.Event,
 ) -> None:
     """Run ``count`` children until ``stop`` is set, then stop them and wait for them (their grace period,
-    and a margin) before returning.  A child that exits before ``stop`` raises ListenerError."""
+    and a margin) before returning.  A child that exits before ``stop`` raises ProcessDied."""
     async with asyncio.TaskGroup() as tg:
         for index in range(1, count + 1):
             tg.create_task(_child(index, command, env, grace_s, stop), name=f"worker-process-{index}")

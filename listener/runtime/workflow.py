@@ -146,6 +146,7 @@ if TYPE_CHECKING:  # asyncpg's runtime class takes no subscript; only the type c
 
     StateConnection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 
+
 class StepConnection(asyncpg.Connection):
     """The connections of ``ctx.transaction()``: reset like any pooled asyncpg connection (advisory locks,
     cursors, LISTENs and settings the workflow's code left behind), but after a step's commit the reset
@@ -180,6 +181,13 @@ class StepConnection(asyncpg.Connection):
             self._was_reset = False
             return ""
         return super().get_reset_query()
+
+
+def reset_at_commit(conn: StateConnection) -> None:
+    """Have a StepConnection send its reset with the COMMIT that comes next (other connections: no-op)."""
+    method = getattr(conn, "reset_at_commit", None)  # the pool's proxy passes it to its connection
+    if method is not None:
+        method()
 
 
 _current_step: contextvars.ContextVar[_StepScope | None] = contextvars.ContextVar(
@@ -337,9 +345,7 @@ class Context:
                 )
                 if status != "INSERT 0 1":
                     raise self._fenced(f"step {scope.name!r} and its transaction rolled back")
-                reset_at_commit = getattr(scope.conn, "reset_at_commit", None)  # a StepConnection's
-                if reset_at_commit is not None:
-                    reset_at_commit()
+                reset_at_commit(scope.conn)
                 await scope.tx.commit()
         except asyncpg.PostgresError as exc:
             if (exc.sqlstate or "")[:2] not in ("22", "54"):  # not a value it cannot store: not the step's

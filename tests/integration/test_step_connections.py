@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 
 from listener.pg.conninfo import asyncpg_params
-from listener.runtime.workflow import StepConnection
+from listener.runtime.workflow import StepConnection, reset_at_commit
+
+if TYPE_CHECKING:
+    from listener.runtime.workflow import StateConnection
 
 
 @asynccontextmanager
@@ -26,7 +30,7 @@ async def one_connection_pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-async def leave_state_behind(conn: asyncpg.Connection) -> None:
+async def leave_state_behind(conn: StateConnection) -> None:
     await conn.execute("SET statement_timeout = '7s'")
     await conn.execute("SELECT pg_advisory_lock(4242)")
     await conn.execute("LISTEN step_channel")
@@ -37,7 +41,8 @@ async def assert_clean(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT current_setting('statement_timeout') AS timeout,"
-            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks,"
+            " (SELECT count(*) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks,"
             " (SELECT count(*) FROM pg_listening_channels()) AS channels,"
             " (SELECT count(*) FROM pg_cursors WHERE name = 'leftover') AS cursors"
         )
@@ -45,10 +50,8 @@ async def assert_clean(pool: asyncpg.Pool) -> None:
         assert dict(row) == {"timeout": "0", "locks": 0, "channels": 0, "cursors": 0}
 
 
-@pytest.mark.parametrize("reset_at_commit", [True, False])
-async def test_a_committed_steps_session_is_reset_in_the_commits_message(
-    dsn: str, reset_at_commit: bool
-) -> None:
+@pytest.mark.parametrize("merged", [True, False])
+async def test_a_committed_steps_session_is_reset_in_the_commits_message(dsn: str, merged: bool) -> None:
     sent: list[str] = []
     async with one_connection_pool(dsn) as pool:
         async with pool.acquire() as conn:
@@ -57,12 +60,12 @@ async def test_a_committed_steps_session_is_reset_in_the_commits_message(
             tx = conn.transaction()
             await tx.start()
             await leave_state_behind(conn)
-            if reset_at_commit:
-                conn.reset_at_commit()
+            if merged:
+                reset_at_commit(conn)
             await tx.commit()
         await asyncio.sleep(0.1)  # asyncpg calls query loggers soon after, not at once
         after_commit = sent[[q.startswith("COMMIT;") for q in sent].index(True) :]
-        if reset_at_commit:
+        if merged:
             assert after_commit == [f"COMMIT;\n{reset}"]  # one message, nothing at the release
         else:
             assert after_commit == ["COMMIT;", reset]
@@ -81,7 +84,7 @@ async def test_a_failed_commit_still_resets_at_the_release(dsn: str) -> None:
             await tx.start()
             await leave_state_behind(conn)
             await conn.execute("INSERT INTO child VALUES (1)")
-            conn.reset_at_commit()
+            reset_at_commit(conn)
             with pytest.raises(asyncpg.ForeignKeyViolationError):
                 await tx.commit()
             await conn.execute("SET statement_timeout = '9s'")  # outside any transaction: kept until reset
