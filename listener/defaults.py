@@ -174,3 +174,9 @@ PIPE_COLUMNS = 200  # columns of a table written to a pipe or file, where no ter
 WIDE_COLUMNS = 150  # from this terminal width on, tables show every column (and steps, attempts as tables)
 ERROR_CELL_CHARS = 60  # of a run's last error, in the table of `listener runs`
 RESULT_CELL_CHARS = 60  # of a step's JSON result, in the table of `listener runs show`
+
+# ---------------------------------------------------------------------------------------------------------
+# The HTTP server (http/), when the config has an `http:` section.
+
+HTTP_SHUTDOWN_GRACE_S = 5.0  # requests still running this long after the stop are cut off
+HTTP_BACKLOG = 2048  # the listening socket's accept queue

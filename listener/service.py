@@ -151,37 +151,52 @@ async def run(
             hint="pass the config file (-c), or run with worker processes 0",
         )
 
-    await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
-    stop = stop or asyncio.Event()
-    remove_handlers = install_signal_handlers(stop)
-    store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
-    ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
-    sighup = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, sighup.set)
+    http_socket = None
+    if config.http is not None:  # bound first: a port in use fails before anything is installed
+        from listener.http import server as http_server
+
+        http_socket = http_server.bind(config)
     try:
-        async with _first_listener_error(), asyncio.TaskGroup() as tg:
-            tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
-            tg.create_task(_reloader(ingest, config, state_dsn, store, sighup, stop), name="reloader")
-            if workers:
-                worker = make_worker(config, state_dsn, on_start=on_event_start)
-                ingest.handoff = worker  # new runs go to the local worker without a claim when it is free
-                tg.create_task(_until_done(worker.run(stop), stop), name="worker")
-                if source_path is not None:
-                    spawned = children.run_children(
-                        processes,
-                        command=children.child_command(verbose),
-                        env=children.child_environment(source_path, source_dsn, state_dsn),
-                        grace_s=config.worker.grace_s,
-                        stop=stop,
-                    )
-                    tg.create_task(_until_done(spawned, stop), name="worker-processes")
-            if ready is not None:
-                tg.create_task(_signal_ready(ingest, ready), name="ready")
+        await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
+        stop = stop or asyncio.Event()
+        remove_handlers = install_signal_handlers(stop)
+        store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
+        ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
+        sighup = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, sighup.set)
+        try:
+            async with _first_listener_error(), asyncio.TaskGroup() as tg:
+                tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
+                tg.create_task(_reloader(ingest, config, state_dsn, store, sighup, stop), name="reloader")
+                if workers:
+                    worker = make_worker(config, state_dsn, on_start=on_event_start)
+                    ingest.handoff = worker  # new runs go to the local worker without a claim when it is free
+                    tg.create_task(_until_done(worker.run(stop), stop), name="worker")
+                    if source_path is not None:
+                        spawned = children.run_children(
+                            processes,
+                            command=children.child_command(verbose),
+                            env=children.child_environment(source_path, source_dsn, state_dsn),
+                            grace_s=config.worker.grace_s,
+                            stop=stop,
+                        )
+                        tg.create_task(_until_done(spawned, stop), name="worker-processes")
+                if http_socket is not None:
+                    from listener.http.app import make_app
+
+                    app = make_app(functools.partial(_not_ready, ingest))
+                    serving = http_server.serve(app, config, stop, http_socket)
+                    tg.create_task(_until_done(serving, stop), name="http")
+                if ready is not None:
+                    tg.create_task(_signal_ready(ingest, ready), name="ready")
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            remove_handlers()
+            await store.close()
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
-        remove_handlers()
-        await store.close()
+        if http_socket is not None:
+            http_socket.close()
 
 
 @contextlib.asynccontextmanager
@@ -375,6 +390,13 @@ async def _until_done(coro: object, stop: asyncio.Event) -> None:
         await coro  # type: ignore[misc]
     finally:
         stop.set()
+
+
+def _not_ready(ingest: Ingest) -> str | None:
+    """Why the service is not ready (``GET /readyz``), or None."""
+    if ingest.streaming.is_set():
+        return None
+    return "ingest is not streaming from the replication slot (starting, or reconnecting)"
 
 
 async def _signal_ready(ingest: Ingest, ready: asyncio.Event) -> None:

@@ -33,6 +33,8 @@ def _set_verbosity(verbose: int) -> None:
     level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+    # where the HTTP server listens is said even without -v (one line at its start)
+    logging.getLogger("listener.http.server").setLevel(min(level, logging.INFO))
 
 
 def _late_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:

@@ -3,7 +3,7 @@
 Every import counts: at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. The
 stages, bottom to top (README, "Architecture")::
 
-    errors, defaults  <  supervise  <  pg/  <  rules/  <  queue/  <  ingest/, runtime/  <  install
+    errors, defaults  <  supervise  <  pg/  <  rules/  <  queue/  <  ingest/, runtime/  <  install, http/
         <  service  <  ops/  <  cli/  <  listener.workflow, listener.__main__ (public entry points)
 
 A module may import a module of a lower stage, or of its own package. The two packages of one stage
@@ -32,6 +32,7 @@ STAGES: dict[str, int] = {
     "listener.ingest": 5,
     "listener.runtime": 5,
     "listener.install": 6,
+    "listener.http": 6,
     "listener.service": 7,
     "listener.ops": 8,
     "listener.cli": 9,

@@ -115,6 +115,10 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
             line = doc.lines.get(("rules", index, key))
             if line is not None:
                 config._field_lines[(rule.name, key)] = line
+    for section, key in (("http", "listen"),):  # settings whose value only fails once the service runs
+        line = doc.lines.get((section, key))
+        if line is not None:
+            config._setting_lines[(section, key)] = line
     return config
 
 

@@ -30,6 +30,7 @@ from listener.defaults import (
     DEFAULT_STATE_SCHEMA,
     EXPAND_AHEAD,
     GRACE_S,
+    HTTP_SHUTDOWN_GRACE_S,
     LEASE_S,
     POLL_INTERVAL_S,
     RETAIN_WARN_BYTES,
@@ -44,6 +45,7 @@ from listener.rules.config.validators import (
     TableName,
     check_duration,
     check_key_template,
+    check_listen,
     check_rate,
     check_rule_name,
     check_size,
@@ -52,6 +54,7 @@ from listener.rules.config.validators import (
     check_workflow,
     custom_error,
     dedupe_operations,
+    parse_listen,
     payload_mapping,
     plain_identifier,
     unit_required,
@@ -102,6 +105,22 @@ class WorkerSettings(BaseModel):
     lease_s: float = Field(default=LEASE_S, gt=0, strict=True, allow_inf_nan=False)
     grace_s: float = Field(default=GRACE_S, ge=0, strict=True, allow_inf_nan=False)
     run_timeout_s: float = Field(default=RUN_TIMEOUT_S, gt=0, strict=True, allow_inf_nan=False)
+
+
+class HttpSettings(BaseModel):
+    """The HTTP server `listener run` starts when the config has an ``http:`` section (health endpoints
+    today; webhooks and metrics will be served by the same one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: Annotated[str, AfterValidator(check_listen)]  # host:port
+    # a request still running this long after the service was told to stop is cut off
+    shutdown_grace_s: float = Field(default=HTTP_SHUTDOWN_GRACE_S, ge=0, strict=True, allow_inf_nan=False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of ``listen``."""
+        return parse_listen(self.listen)
 
 
 class RetainSettings(BaseModel):
@@ -285,6 +304,7 @@ class Config(BaseModel):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retain: RetainSettings = Field(default_factory=RetainSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    http: HttpSettings | None = None
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
     # Directories to import workflows from, relative to the config file's, before the config file's own
@@ -294,6 +314,7 @@ class Config(BaseModel):
     _source_path: str | None = PrivateAttr(default=None)
     _rule_lines: dict[str, int] = PrivateAttr(default_factory=dict)
     _field_lines: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)
+    _setting_lines: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)  # (section, key)
 
     @field_validator("workflows_path", mode="before")
     @classmethod
@@ -340,7 +361,12 @@ class Config(BaseModel):
         copy._source_path = path
         copy._rule_lines = dict(self._rule_lines)
         copy._field_lines = dict(self._field_lines)
+        copy._setting_lines = dict(self._setting_lines)
         return copy
+
+    def setting_place(self, section: str, key: str) -> tuple[str | None, int | None]:
+        """(file, line) of a setting such as ``http: listen:``."""
+        return self._source_path, self._setting_lines.get((section, key))
 
     def field_place(self, rule: str, key: str) -> tuple[str | None, int | None]:
         """(file, line) of a rule's ``key:`` -- or of the rule, when that key is not written."""

@@ -191,6 +191,37 @@ def plain_identifier(what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+_LISTEN_HINT = (
+    'write host:port, e.g. listen: "127.0.0.1:8080" (one machine), "0.0.0.0:8080" (every IPv4 address) '
+    'or "[::1]:8080" (IPv6); port 0 picks a free port'
+)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6 address]:port``) as (host, port); ValueError names what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{value!r} is not host:port")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"{value!r}: an IPv6 address goes in brackets, as [::1]:8080")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: an IPv6 address goes in brackets, as [::1]:8080")
+    number = int(port)
+    if number > 65535:
+        raise ValueError(f"{value!r}: port {number} is beyond 65535")
+    return host, number
+
+
+def check_listen(value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise custom_error("listen", str(exc), _LISTEN_HINT) from None
+    return value
+
+
 def check_slot(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
         hint = "a slot name has 1 to 63 lower-case letters, digits or '_', e.g. slot: listener"

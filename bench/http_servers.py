@@ -1,0 +1,187 @@
+"""Which ASGI server `listener run` embeds for ``http:``: uvicorn or granian, measured (not a test).
+
+Each server runs listener's own application (``listener.http.app``; ``GET /healthz``) the way the service
+would run it: in one process, on one uvloop event loop, started from Python (uvicorn's ``Server.serve``,
+granian's ``server.embed.Server``).  ``wrk`` (Debian's package) loads each for ``--duration`` seconds with
+``--connections`` keep-alive connections from ``--threads`` threads, on the same machine; the servers take
+turns, ``--rounds`` times.  Reported per run: requests/s, latency p50 / p99 (wrk's), and the server
+process's CPU seconds per 10,000 requests.
+
+    python bench/http_servers.py                      # both, 3 rounds of 10 s
+    python bench/http_servers.py --servers uvicorn    # one
+
+granian is not a dependency of listener: ``pip install granian`` to measure it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from benchlib import cpu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVERS = ("uvicorn", "granian")
+
+# The server process: listener's app on a port it was given, one uvloop loop, until killed.
+_SERVE = """
+import asyncio, sys
+import uvloop
+from listener.http.app import make_app
+
+server, port = sys.argv[1], int(sys.argv[2])
+app = make_app(lambda: None)
+
+async def main() -> None:
+    if server == "uvicorn":
+        import uvicorn
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="off", ws="none",
+                                log_config=None, access_log=False, server_header=False)
+        await uvicorn.Server(config).serve()
+    else:
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+        await Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGI, websockets=False,
+                     log_enabled=False).serve()
+
+uvloop.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start (exit {process.poll()})")
+        time.sleep(0.05)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    """Requests/s and the latency percentiles (ms) of ``wrk --latency``'s report."""
+    out: dict[str, float] = {}
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if rate is None:
+        raise SystemExit(f"unexpected wrk output:\n{text}")
+    out["requests_per_s"] = float(rate.group(1))
+    for name, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE):
+        out[f"p{name}_ms"] = float(value) * _UNITS[unit]
+    requests = re.search(r"(\d+) requests in", text)
+    out["requests"] = float(requests.group(1)) if requests else 0.0
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return out
+
+
+def measure(server: str, args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", _SERVE, server, str(port)], env=env)
+    try:
+        wait_listening(port, process)
+        handle = psutil.Process(process.pid)
+        before = handle.cpu_times()
+        wrk = subprocess.run(
+            [
+                args.wrk,
+                f"-t{args.threads}",
+                f"-c{args.connections}",
+                f"-d{args.duration}s",
+                "--latency",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        after = handle.cpu_times()
+    finally:
+        process.kill()
+        process.wait()
+    result: dict[str, Any] = {"server": server, **parse_wrk(wrk.stdout)}
+    cpu = (after.user + after.system) - (before.user + before.system)
+    result["server_cpu_s_per_10k"] = cpu / max(result["requests"], 1.0) * 10_000
+    return result
+
+
+def versions() -> str:
+    found = []
+    for name in ("uvicorn", "httptools", "granian", "uvloop"):
+        try:
+            module = __import__(name)
+            found.append(f"{name} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            found.append(f"{name} (not installed)")
+    return ", ".join(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: uvicorn, granian")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each server takes")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run (wrk -d)")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (wrk -c)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (wrk -t)")
+    parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    args = parser.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for server in servers:
+        if server not in SERVERS:
+            parser.error(f"unknown server {server!r}: choose from {', '.join(SERVERS)}")
+    if shutil.which(args.wrk) is None:
+        parser.error("wrk is needed: apt-get install wrk (or --wrk PATH)")
+    results = []
+    for round_ in range(1, args.rounds + 1):
+        for server in servers:
+            result = measure(server, args)
+            result["round"] = round_
+            results.append(result)
+            p50, p99 = result.get("p50_ms", float("nan")), result.get("p99_ms", float("nan"))
+            cpu, refused = result["server_cpu_s_per_10k"], result["non_2xx"]
+            print(
+                f"round {round_} {server:8} {result['requests_per_s']:>10,.0f} requests/s"
+                f" p50 {p50:.2f} ms p99 {p99:.2f} ms  server CPU {cpu:.2f} s per 10k, non-2xx {refused:.0f}",
+                flush=True,
+            )
+    print()
+    print(
+        f"machine     {os.cpu_count()} cores, {psutil.virtual_memory().total / 1e9:.1f} GB RAM, {cpu_model()}"
+    )
+    print(f"python      {platform.python_version()} / {platform.platform()}")
+    print(f"packages    {versions()}")
+    print(
+        f"load        wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency (same machine)"
+    )
+    print(f"command     {' '.join([sys.executable, *sys.argv])}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

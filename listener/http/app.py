@@ -1,0 +1,80 @@
+"""The ASGI application `listener run` serves when its config has an ``http:`` section.
+
+Today it answers the health checks of a load balancer, systemd or Kubernetes:
+
+- ``GET /healthz``: 200 while the service runs (liveness: its event loop answers);
+- ``GET /readyz``: 200 once ingest streams from the replication slot, else 503 with the reason
+  (readiness: events committed now will be picked up).
+
+Anything else is 404 (405 for another method on those paths).  Every answer is a small JSON object.  The
+webhooks and ``/metrics`` will be served by the same application.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Why the service is not ready, or None when it is.
+NotReady = Callable[[], str | None]
+
+_HEALTH_METHODS = ("GET", "HEAD")
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Send one complete JSON response (no body for HEAD)."""
+    data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    fields = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    fields += [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": fields})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
+
+
+def make_app(not_ready: NotReady) -> App:
+    """The service's application; ``not_ready`` says why the service is not ready (None: it is)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # served without lifespan events, but answer them if asked
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":  # a websocket: refused by the server before it reaches here
+            return
+        path, method = scope["path"], scope["method"]
+        if path not in ("/healthz", "/readyz"):
+            await respond(send, 404, {"error": f"no such path: {path}"}, method=method)
+            return
+        if method not in _HEALTH_METHODS:
+            allow = ", ".join(_HEALTH_METHODS)
+            await respond(send, 405, {"error": f"{method} {path}: use {allow}"}, headers={"allow": allow})
+            return
+        if path == "/healthz":
+            await respond(send, 200, {"status": "ok"}, method=method)
+            return
+        reason = not_ready()
+        if reason is None:
+            await respond(send, 200, {"status": "ready"}, method=method)
+        else:
+            await respond(send, 503, {"status": "not ready", "reason": reason}, method=method)
+
+    return app
