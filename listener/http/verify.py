@@ -1,0 +1,234 @@
+"""Webhook signature presets: is this request what the provider sent, and which delivery is it?
+
+Each preset checks the provider's signature over the raw body bytes (HMAC-SHA256, compared in constant
+time), against every configured secret (several during a key rotation) and every signature the request
+carries (providers send several while they rotate theirs); where the provider signs a timestamp, it must
+lie within ``tolerance`` of now in both directions (a replayed old request, or a clock far ahead).  It
+returns the provider's delivery id, which makes the event's idempotency key: a redelivery of the same
+delivery is the same event.
+
+- ``standard``: ``webhook-signature: v1,<base64> ...`` over ``id.timestamp.body``; id ``webhook-id``
+- ``stripe``: ``Stripe-Signature: t=<ts>,v1=<hex>,...`` over ``ts.body``; id the event's ``id``
+- ``github``: ``X-Hub-Signature-256: sha256=<hex>`` over the body; id ``X-GitHub-Delivery``
+- ``shopify``: ``X-Shopify-Hmac-Sha256: <base64>`` over the body; id ``X-Shopify-Webhook-Id``
+- ``slack``: ``X-Slack-Signature: v0=<hex>`` over ``v0:ts:body``; no id (the body's SHA-256 stands in)
+- ``hmac-sha256``: ``X-Signature: [sha256=]<hex>`` over the body; no id
+- ``none``: no check, for a trusted network only; no id
+
+Standard Webhooks secrets are written as the provider shows them (``whsec_<base64>``).  The providers'
+own libraries (``standardwebhooks``, ``stripe``, ``slack_sdk``) sign the requests of the tests; they are not
+used here because each fixes the tolerance, checks one direction of it, or does not tell a bad
+signature from a stale timestamp, which get different answers (401, 400).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+PRESETS = ("standard", "stripe", "github", "shopify", "slack", "hmac-sha256", "none")
+
+
+class Refused(Exception):
+    """The request is not accepted: ``status`` (401 bad or missing signature, 400 stale or malformed)
+    and the reason, which the response carries."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What a verified request says of itself: the provider's delivery id, if it sends one."""
+
+    delivery_id: str | None
+
+
+#: (raw body, headers with lower-case names, now as epoch seconds) -> Verified, or raises Refused
+Verifier = Callable[[bytes, Mapping[str, str], float], Verified]
+
+
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    value = headers.get(name)
+    if not value:
+        raise Refused(401, f"no {name} header: is the webhook's signing turned on at the provider?")
+    return value
+
+
+def _match(expected: Iterable[bytes], given: Iterable[bytes]) -> None:
+    """Some expected signature equals some given one (constant time per comparison), or 401."""
+    given = list(given)
+    if not any(hmac.compare_digest(e, g) for e in expected for g in given):
+        raise Refused(401, "the signature matches no configured secret")
+
+
+def _fresh(timestamp: str, now: float, tolerance_s: float, header: str) -> None:
+    try:
+        at = float(int(timestamp))
+    except ValueError:
+        raise Refused(400, f"{header} {timestamp!r} is not a Unix time in seconds") from None
+    if abs(now - at) > tolerance_s:
+        direction = "old" if at < now else "far in the future"
+        raise Refused(
+            400,
+            f"the signed timestamp is {abs(now - at):.0f} s {direction} (tolerance {tolerance_s:.0f} s): a "
+            "replayed request, or a clock that is off",
+        )
+
+
+def _hex(value: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return b""  # matches nothing
+
+
+def _b64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _standard(secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    keys = [_b64(s.removeprefix("whsec_") + "=" * (-len(s.removeprefix("whsec_")) % 4)) for s in secrets]
+
+    def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
+        delivery = _header(headers, "webhook-id")
+        timestamp = _header(headers, "webhook-timestamp")
+        signatures = _header(headers, "webhook-signature")
+        _fresh(timestamp, now, tolerance_s, "webhook-timestamp")
+        signed = f"{delivery}.{timestamp}.".encode() + body
+        given = [
+            _b64(sig) for version, _, sig in (s.partition(",") for s in signatures.split()) if version == "v1"
+        ]
+        _match((_mac(key, signed) for key in keys), given)
+        return Verified(delivery)
+
+    return verify
+
+
+def _stripe(secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    keys = [s.encode() for s in secrets]
+
+    def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
+        fields = [item.partition("=") for item in _header(headers, "stripe-signature").split(",")]
+        timestamps = [value.strip() for name, _, value in fields if name.strip() == "t"]
+        if len(timestamps) != 1:
+            raise Refused(401, "stripe-signature has no single t=<timestamp>")
+        _fresh(timestamps[0], now, tolerance_s, "stripe-signature t=")
+        signed = timestamps[0].encode() + b"." + body
+        _match(
+            (_mac(key, signed) for key in keys), (_hex(v.strip()) for n, _, v in fields if n.strip() == "v1")
+        )
+        try:
+            event = json.loads(body)
+        except ValueError:
+            event = None
+        delivery = event.get("id") if isinstance(event, dict) else None
+        return Verified(delivery if isinstance(delivery, str) and delivery else None)
+
+    return verify
+
+
+def _github(secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    keys = [s.encode() for s in secrets]
+
+    def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
+        scheme, _, signature = _header(headers, "x-hub-signature-256").partition("=")
+        if scheme != "sha256":
+            raise Refused(401, "x-hub-signature-256 is not sha256=<hex>")
+        _match((_mac(key, body) for key in keys), [_hex(signature)])
+        return Verified(headers.get("x-github-delivery") or None)
+
+    return verify
+
+
+def _shopify(secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    keys = [s.encode() for s in secrets]
+
+    def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
+        signature = _header(headers, "x-shopify-hmac-sha256")
+        _match((_mac(key, body) for key in keys), [_b64(signature)])
+        triggered = headers.get("x-shopify-triggered-at")
+        if triggered:
+            try:
+                at = datetime.fromisoformat(triggered).timestamp()
+            except ValueError:
+                raise Refused(400, f"x-shopify-triggered-at {triggered!r} is not an ISO 8601 time") from None
+            _fresh(str(int(at)), now, tolerance_s, "x-shopify-triggered-at")
+        return Verified(headers.get("x-shopify-webhook-id") or headers.get("x-shopify-event-id") or None)
+
+    return verify
+
+
+def _slack(secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    keys = [s.encode() for s in secrets]
+
+    def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
+        timestamp = _header(headers, "x-slack-request-timestamp")
+        version, _, signature = _header(headers, "x-slack-signature").partition("=")
+        if version != "v0":
+            raise Refused(401, "x-slack-signature is not v0=<hex>")
+        _fresh(timestamp, now, tolerance_s, "x-slack-request-timestamp")
+        signed = f"v0:{timestamp}:".encode() + body
+        _match((_mac(key, signed) for key in keys), [_hex(signature)])
+        return Verified(None)
+
+    return verify
+
+
+def _hmac_sha256(secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    keys = [s.encode() for s in secrets]
+
+    def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
+        signature = _header(headers, "x-signature").removeprefix("sha256=")
+        _match((_mac(key, body) for key in keys), [_hex(signature)])
+        return Verified(None)
+
+    return verify
+
+
+def _none(secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
+        return Verified(None)
+
+    return verify
+
+
+_MAKERS: dict[str, Callable[[Sequence[str], float], Verifier]] = {
+    "standard": _standard,
+    "stripe": _stripe,
+    "github": _github,
+    "shopify": _shopify,
+    "slack": _slack,
+    "hmac-sha256": _hmac_sha256,
+    "none": _none,
+}
+
+
+def verifier(preset: str, secrets: Sequence[str], tolerance_s: float) -> Verifier:
+    """The verifier of ``preset`` with ``secrets`` (any may have signed; none for ``none``)."""
+    if preset not in _MAKERS:
+        raise ValueError(f"unknown preset {preset!r}: one of {', '.join(PRESETS)}")
+    if preset != "none" and not secrets:
+        raise ValueError(f"preset {preset!r} needs a secret")
+    return _MAKERS[preset](secrets, tolerance_s)
+
+
+def body_id(body: bytes) -> str:
+    """The delivery id of a provider that sends none: the body's SHA-256 (hex), so an identical
+    redelivery is the same event."""
+    return hashlib.sha256(body).hexdigest()
