@@ -180,3 +180,8 @@ RESULT_CELL_CHARS = 60  # of a step's JSON result, in the table of `listener run
 
 HTTP_SHUTDOWN_GRACE_S = 5.0  # requests still running this long after the stop are cut off
 HTTP_BACKLOG = 2048  # the listening socket's accept queue
+WEBHOOK_TOLERANCE = "5m"  # how far a signed timestamp may be from now, either way
+WEBHOOK_MAX_BODY = "1MB"  # a larger request body is refused (413)
+WEBHOOK_WRITE_TIMEOUT_S = 10.0  # a request not durable by then is answered 503 (the provider retries)
+WEBHOOK_PENDING_BYTES = 64 << 20  # bodies waiting to be written, at most; beyond, 503 (never more in memory)
+WEBHOOK_RETRY_AFTER_S = 5  # the Retry-After of a 503

@@ -156,12 +156,19 @@ async def run(
         from listener.http import server as http_server
 
         http_socket = http_server.bind(config)
+    webhooks = None
+    if config.webhooks:  # their secrets are read now: a missing one fails before anything is installed
+        from listener.http.webhooks import WebhookSource
+
+        webhooks = WebhookSource(config)
     try:
         await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
         stop = stop or asyncio.Event()
         remove_handlers = install_signal_handlers(stop)
         store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
         ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
+        if webhooks is not None:
+            webhooks.attach(ingest)
         sighup = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, sighup.set)
@@ -185,7 +192,9 @@ async def run(
                 if http_socket is not None:
                     from listener.http.app import make_app
 
-                    app = make_app(functools.partial(_not_ready, ingest))
+                    app = make_app(
+                        functools.partial(_not_ready, ingest), webhooks.handle if webhooks else None
+                    )
                     serving = http_server.serve(app, config, stop, http_socket)
                     tg.create_task(_until_done(serving, stop), name="http")
                 if ready is not None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -162,3 +165,29 @@ def reachable_tmpdir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+_HTTP_LINE = re.compile(r"HTTP server listening on (http://127\.0\.0\.1:\d+) ")
+
+
+@contextmanager
+def http_service(
+    args: Sequence[str], env: Mapping[str, str], log: Path, wait_s: float = 60.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m listener ARGS`` (a `listener run` with ``http:`` on port 0) in a subprocess logging to
+    ``log``: yields it and the URL its HTTP server announced; killed at the end if still running."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "listener", *args], cwd=ROOT, env=dict(env), stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + wait_s
+        while not (found := _HTTP_LINE.search(log.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield process, found.group(1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -6,8 +6,8 @@ Today it answers the health checks of a load balancer, systemd or Kubernetes:
 - ``GET /readyz``: 200 once ingest streams from the replication slot, else 503 with the reason
   (readiness: events committed now will be picked up).
 
-Anything else is 404 (405 for another method on those paths).  Every answer is a small JSON object.  The
-webhooks and ``/metrics`` will be served by the same application.
+and the ``webhooks:`` paths (``listener.http.webhooks``).  Anything else is 404 (405 for another method on
+those paths).  Every answer is a small JSON object.  ``/metrics`` will be served by the same application.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Why the service is not ready, or None when it is.
 NotReady = Callable[[], str | None]
+#: Answers a request to one of its paths (True), or leaves it (False): the webhooks (listener.http.webhooks)
+Handler = Callable[[Scope, Receive, Send], Awaitable[bool]]
 
 _HEALTH_METHODS = ("GET", "HEAD")
 
@@ -46,8 +48,9 @@ async def respond(
     await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
 
 
-def make_app(not_ready: NotReady) -> App:
-    """The service's application; ``not_ready`` says why the service is not ready (None: it is)."""
+def make_app(not_ready: NotReady, webhooks: Handler | None = None) -> App:
+    """The service's application; ``not_ready`` says why the service is not ready (None: it is);
+    ``webhooks`` answers the webhooks' paths."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # served without lifespan events, but answer them if asked
@@ -61,6 +64,8 @@ def make_app(not_ready: NotReady) -> App:
         if scope["type"] != "http":  # a websocket: refused by the server before it reaches here
             return
         path, method = scope["path"], scope["method"]
+        if webhooks is not None and await webhooks(scope, receive, send):
+            return
         if path not in ("/healthz", "/readyz"):
             await respond(send, 404, {"error": f"no such path: {path}"}, method=method)
             return

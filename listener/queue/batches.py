@@ -118,7 +118,7 @@ class EventBatch:
         server stores it: a NOTIFY's event has no LSN."""
         rule, workflow, op, table, commit, xid, at, *_, source = self.groups[self.group[index] - 1]
         key = event_key(rule, commit, self.ordinal[index])
-        in_wal = source != "notify"
+        in_wal = source not in ("notify", "webhook")
         return {
             "id": key,
             "event_key": key,
@@ -226,4 +226,5 @@ class BackfillChunk:
     events: list[tuple[str, str, str | None]] | None = None  # (idempotency key, payload, run key)
 
 
-_EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify"}  # rule source -> events.source
+# rule source -> events.source; the events of the last two have no LSN (their key's middle is free text)
+_EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify", "webhook": "webhook"}

@@ -21,7 +21,7 @@ import psycopg
 from listener.errors import ConfigError
 from listener.rules.catalog import TableInfo, read_tables_async, rule_tables
 from listener.rules.config import Config, Rule, WorkflowLimit, key_fields
-from listener.rules.predicate import MissingValue, PredicateError
+from listener.rules.predicate import ColumnType, MissingValue, PredicateError
 
 if TYPE_CHECKING:
     from listener.rules.predicate import Predicate
@@ -50,8 +50,8 @@ class CompiledRule:
     predicate: Predicate | None = None  # when:
     changed: tuple[str, ...] = ()  # changed: (updates match only if one of these changed)
     payload: tuple[tuple[str, str, str], ...] = ()  # payload: (output name, "new" | "old", column)
-    source: str = "table"  # table, message or channel
-    topic: str = ""  # the message prefix or the channel of a message / channel rule
+    source: str = "table"  # table, message, channel or webhook
+    topic: str = ""  # the message prefix, the channel, or the webhook's name of a non-table rule
 
     @property
     def qualified_table(self) -> str:
@@ -82,6 +82,31 @@ def _column_hint(table: TableInfo, column: str) -> str:
     )
 
 
+# What a webhook rule's `when:` sees of a request (listener.http.webhooks builds the values).
+WEBHOOK_COLUMNS = {
+    "body": ColumnType("body", 3802, "jsonb", "U"),  # the body, parsed (JSON, or a form as an object)
+    "headers": ColumnType("headers", 3802, "jsonb", "U"),  # {"lower-case name": "value", ...}
+    "query": ColumnType("query", 3802, "jsonb", "U"),  # {"name": "value", ...}
+    "method": ColumnType("method", 25, "text", "S"),
+    "path": ColumnType("path", 25, "text", "S"),
+}
+
+
+def _webhook_predicate(rule: Rule, locate: Locate | None) -> Predicate | None:
+    if rule.when is None:
+        return None
+    from listener.rules.predicate import compile_predicate
+
+    try:
+        return compile_predicate(rule.when, WEBHOOK_COLUMNS)
+    except PredicateError as exc:
+        raise _error(locate, rule.name, "when", f"when: {exc.message}", _webhook_hint(exc)) from exc
+
+
+def _webhook_hint(exc: PredicateError) -> str:
+    return f"{_predicate_hint(exc)}; a webhook rule sees body, headers, query (jsonb), method, path (text)"
+
+
 def compile_rule(
     rule: Rule,
     limited: frozenset[str] = frozenset(),
@@ -94,6 +119,12 @@ def compile_rule(
     """One rule, checked against its table's catalog info.  ``structural``: without that info, only what
     the rule listens to (for setup, which needs tables and operations, not predicates)."""
     name = rule.name
+    if rule.source == "webhook":
+        assert rule.webhook is not None
+        return CompiledRule(
+            name, "", "", frozenset(), rule.workflow, priority=rule.priority, source="webhook",
+            topic=rule.webhook, predicate=_webhook_predicate(rule, locate),
+        )  # fmt: skip
     if rule.source != "table":
         topic = rule.message if rule.message is not None else rule.channel
         assert topic is not None
@@ -261,7 +292,11 @@ class RuleSet:
         index: dict[tuple[str, str], dict[str, list[CompiledRule]]] = {}
         self.messages: dict[str, tuple[CompiledRule, ...]] = {}
         self.channels: dict[str, tuple[CompiledRule, ...]] = {}
+        self.webhooks: dict[str, tuple[CompiledRule, ...]] = {}  # by the `webhooks:` entry's name
         for rule in self.rules:
+            if rule.source == "webhook":
+                self.webhooks[rule.topic] = (*self.webhooks.get(rule.topic, ()), rule)
+                continue
             if rule.source == "message":
                 self.messages[rule.topic] = (*self.messages.get(rule.topic, ()), rule)
                 continue

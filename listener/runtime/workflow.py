@@ -109,6 +109,9 @@ class Event:
     # values carried as their PostgreSQL text instead of JSON (json nested deeper than Python's json
     # module can read, a number beyond float range): column names, payload names, or "data"
     as_text: tuple[str, ...] = ()
+    # a webhook's request: webhook, delivery_id, method, path, query, headers (credentials left out);
+    # its body is ``data``
+    request: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Event:
@@ -131,6 +134,7 @@ class Event:
             key=row.get("key"),
             data=payload.get("data"),
             as_text=tuple(payload.get("as_text", ())),
+            request=payload.get("request"),
         )
 
 

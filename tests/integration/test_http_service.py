@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support import write_config
+from tests.support import http_service, write_config
 
 Conn = psycopg.Connection[tuple[object, ...]]
 ROOT = Path(__file__).parents[2]
@@ -43,20 +43,8 @@ def test_listener_run_serves_health_and_readiness_and_stops_cleanly(
     write_config(path, [RULE], http={"listen": "127.0.0.1:0"}, worker={"processes": 0})
     log = tmp_path / "run.log"
     env = {**os.environ, "LISTENER_DSN": dsn}
-    with log.open("wb") as out:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "listener", "run", "-c", str(path)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    try:
+    with http_service(["run", "-c", str(path)], env, log) as (run, base):
         deadline = time.monotonic() + WAIT_S
-        while not (found := LISTENING.search(log.read_text())):
-            assert run.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        base = found.group(1)
         assert get(f"{base}/healthz") == (200, {"status": "ok"})
         while (answer := get(f"{base}/readyz"))[0] != 200:  # ready once ingest streams
             assert answer[0] == 503 and time.monotonic() < deadline, answer
@@ -76,10 +64,6 @@ def test_listener_run_serves_health_and_readiness_and_stops_cleanly(
         assert get(f"{base}/healthz") == (200, {"status": "ok"})
         run.send_signal(signal.SIGTERM)
         assert run.wait(WAIT_S) == 0, log.read_text()
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     text = log.read_text()
     assert len(LISTENING.findall(text)) == 1 and "Traceback" not in text, text
     port = int(base.rpartition(":")[2])

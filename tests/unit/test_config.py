@@ -504,7 +504,7 @@ def test_journal_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, mes
             "    table: t\n    message: orders\n    on: [insert]\n",
             "name: r",
             "rule has table and message: pick one",
-            "exactly one of `table: public.users`, `message: <prefix>` or `channel: <name>`",
+            "exactly one of `table: public.users`, `message: <prefix>`, `channel: <name>` or `webhook:",
         ),
         ("    table: t\n", "name: r", "a table rule needs `on:`", "on: [insert, update]"),
         (
@@ -561,3 +561,12 @@ def test_rule_language_mistakes_point_at_the_line_and_say_the_fix(
     assert error.line == line_of(text, bad_line)
     assert says in str(error)
     assert error.hint is not None and fix in error.hint
+
+
+def test_the_readme_configuration_block_is_valid() -> None:
+    """README's "Configuration" block, every section of it, is a valid config."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("### Configuration") :].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(block)
+    assert [w.name for w in config.webhooks] == ["stripe"] and config.http is not None
+    assert {r.source for r in config.rules} == {"table", "webhook"}

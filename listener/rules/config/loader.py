@@ -115,10 +115,13 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
             line = doc.lines.get(("rules", index, key))
             if line is not None:
                 config._field_lines[(rule.name, key)] = line
-    for section, key in (("http", "listen"),):  # settings whose value only fails once the service runs
-        line = doc.lines.get((section, key))
+    # settings whose value only fails once the service runs: `http: listen:`, each `webhooks:` entry
+    places: list[tuple[tuple[str | int, ...], tuple[str, str]]] = [(("http", "listen"), ("http", "listen"))]
+    places += [(("webhooks", index), ("webhooks", str(index))) for index in range(len(config.webhooks))]
+    for path, name in places:
+        line = doc.lines.get(path)
         if line is not None:
-            config._setting_lines[(section, key)] = line
+            config._setting_lines[name] = line
     return config
 
 
@@ -271,6 +274,10 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
     where: YamlPath = loc
     if kind == "duplicate_rule_name":
         where = ("rules", ctx["index"], "name")
+    elif kind == "unknown_webhook":
+        where = ("rules", ctx["index"], "webhook")
+    elif kind == "duplicate_webhook":
+        where = ("webhooks", ctx["index"])
     if kind == "missing":
         where, what = loc[:-1], f"missing required key {loc[-1]!r}"
         hint = _MISSING_HINTS.get(str(loc[-1]))

@@ -36,6 +36,8 @@ from listener.defaults import (
     RETAIN_WARN_BYTES,
     RUN_TIMEOUT_S,
     STATUS_INTERVAL_S,
+    WEBHOOK_MAX_BODY,
+    WEBHOOK_TOLERANCE,
     WORKER_CONCURRENCY,
 )
 from listener.rules.config.names import split_table
@@ -44,6 +46,7 @@ from listener.rules.config.validators import (
     Operation,
     TableName,
     check_duration,
+    check_env_name,
     check_key_template,
     check_listen,
     check_rate,
@@ -51,6 +54,8 @@ from listener.rules.config.validators import (
     check_size,
     check_slot,
     check_source_name,
+    check_verify_preset,
+    check_webhook_path,
     check_workflow,
     custom_error,
     dedupe_operations,
@@ -123,6 +128,44 @@ class HttpSettings(BaseModel):
         return parse_listen(self.listen)
 
 
+class WebhookSettings(BaseModel):
+    """One webhook endpoint of the HTTP server: where providers POST, and how their requests are verified
+    (listener.http.verify); rules name it with ``webhook:``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, AfterValidator(check_rule_name)]
+    path: Annotated[str, AfterValidator(check_webhook_path)]
+    verify: Annotated[str, AfterValidator(check_verify_preset)]
+    # the environment variable holding the secret (several, separated by spaces, while keys rotate)
+    secret_env: Annotated[str | None, AfterValidator(check_env_name)] = None
+    # how far a signed timestamp may be from now, either way (presets that sign one)
+    tolerance: Annotated[str, unit_required("duration", DURATION_HINT), AfterValidator(check_duration)] = (
+        WEBHOOK_TOLERANCE
+    )
+    # a larger body is refused (413) before it is read further
+    max_body: Annotated[str, unit_required("size", SIZE_HINT), AfterValidator(check_size)] = WEBHOOK_MAX_BODY
+
+    @model_validator(mode="after")
+    def _secret_unless_none(self) -> WebhookSettings:
+        if self.verify != "none" and self.secret_env is None:
+            raise custom_error(
+                "webhook_secret",
+                f"webhook {self.name!r} verifies with {self.verify!r} and needs `secret_env:`",
+                "name the environment variable that holds the provider's signing secret, e.g. "
+                "secret_env: STRIPE_WEBHOOK_SECRET (or `verify: none` on a trusted network only)",
+            )
+        return self
+
+    @property
+    def tolerance_s(self) -> float:
+        return parse_duration(self.tolerance)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return parse_size(self.max_body)
+
+
 class RetainSettings(BaseModel):
     """The retention window: how much already-ingested WAL the slot keeps, so `listener rewind` can re-read
     it.  Without ``duration`` and ``size`` nothing is kept (the slot confirms the checkpoint)."""
@@ -186,10 +229,11 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, AfterValidator(check_rule_name)]
-    # the source: exactly one of these three
+    # the source: exactly one of these four
     table: TableName | None = None
     message: Annotated[str | None, check_source_name("message")] = None
     channel: Annotated[str | None, check_source_name("channel")] = None
+    webhook: Annotated[str | None, check_source_name("webhook")] = None  # a `webhooks:` entry's name
     on: Annotated[
         tuple[Operation, ...] | None, BeforeValidator(wrap_operations), AfterValidator(dedupe_operations)
     ] = None
@@ -211,18 +255,35 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Rule:
-        given = [k for k in ("table", "message", "channel") if getattr(self, k) is not None]
+        given = [k for k in ("table", "message", "channel", "webhook") if getattr(self, k) is not None]
         if len(given) != 1:
             what = "names no source" if not given else f"has {' and '.join(given)}: pick one"
-            hint = "give exactly one of `table: public.users`, `message: <prefix>` or `channel: <name>`"
+            hint = (
+                "give exactly one of `table: public.users`, `message: <prefix>`, `channel: <name>` or "
+                "`webhook: <name of a webhooks: entry>`"
+            )
             raise custom_error("rule_source", f"rule {what}", hint)
+        if self.webhook is not None:
+            refused = [
+                k
+                for k in ("on", "changed", "payload", "key", "key_concurrency")
+                if getattr(self, k) is not None
+            ]
+            refused += ["ordered"] if self.ordered else []
+            if refused:
+                raise custom_error(
+                    "table_only",
+                    f"{', '.join(refused)} do not apply to a webhook rule (yet)",
+                    f"remove {', '.join(refused)}; a webhook rule's event carries the request (body, "
+                    "headers, query, method, path) and `when:` may test it",
+                )
         if self.table is not None and self.on is None:
             raise custom_error(
                 "rule_on",
                 "a table rule needs `on:`",
                 "add e.g. `on: [insert, update]` (any of insert, update, delete, truncate)",
             )
-        if self.table is None:
+        if self.table is None and self.webhook is None:
             table_only = [
                 k for k in ("on", "when", "changed", "payload", "key") if getattr(self, k) is not None
             ]
@@ -253,8 +314,10 @@ class Rule(BaseModel):
 
     @property
     def source(self) -> str:
-        """``table``, ``message`` or ``channel``."""
-        return "table" if self.table is not None else "message" if self.message is not None else "channel"
+        """``table``, ``message``, ``channel`` or ``webhook``."""
+        if self.table is not None:
+            return "table"
+        return "message" if self.message is not None else "webhook" if self.webhook is not None else "channel"
 
     @property
     def gated(self) -> bool:
@@ -305,6 +368,7 @@ class Config(BaseModel):
     retain: RetainSettings = Field(default_factory=RetainSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
     http: HttpSettings | None = None
+    webhooks: tuple[WebhookSettings, ...] = ()
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
     # Directories to import workflows from, relative to the config file's, before the config file's own
@@ -321,13 +385,44 @@ class Config(BaseModel):
     def _one_path_or_several(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
 
-    @field_validator("ingest", "worker", "retain", "journal", "rules", mode="before")
+    @field_validator("ingest", "worker", "retain", "journal", "rules", "webhooks", mode="before")
     @classmethod
     def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
         if value is None:
-            return () if info.field_name == "rules" else {}
+            return () if info.field_name in ("rules", "webhooks") else {}
         return value
+
+    @model_validator(mode="after")
+    def _webhooks_are_served(self) -> Config:
+        names: dict[str, int] = {}
+        paths: dict[str, int] = {}
+        for index, hook in enumerate(self.webhooks):
+            for seen, value, what in ((names, hook.name, "name"), (paths, hook.path, "path")):
+                if value in seen:
+                    raise custom_error(
+                        "duplicate_webhook",
+                        f"webhook {what} {value!r} is already used by webhooks[{seen[value]}]",
+                        f"give each webhook its own {what}",
+                        index=index,
+                    )
+                seen[value] = index
+        if self.webhooks and self.http is None:
+            raise custom_error(
+                "webhooks_need_http",
+                "`webhooks:` are served by the HTTP server, and there is no `http:` section",
+                'add `http: {listen: "0.0.0.0:8080"}` (the address the providers reach)',
+            )
+        for index, rule in enumerate(self.rules):
+            if rule.webhook is not None and rule.webhook not in names:
+                known = ", ".join(names) or "none"
+                raise custom_error(
+                    "unknown_webhook",
+                    f"rule {rule.name!r} names webhook {rule.webhook!r}, which `webhooks:` does not define",
+                    f"define it under `webhooks:` (name, path, verify, secret_env), or name one of: {known}",
+                    index=index,
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Config:

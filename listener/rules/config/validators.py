@@ -222,6 +222,40 @@ def check_listen(value: str) -> str:
     return value
 
 
+_PRESETS = ("standard", "stripe", "github", "shopify", "slack", "hmac-sha256", "none")  # listener.http.verify
+
+
+def check_verify_preset(value: str) -> str:
+    if value not in _PRESETS:
+        raise custom_error(
+            "verify_preset",
+            f"{value!r} is not a signature preset",
+            f"use one of {', '.join(_PRESETS)} (hmac-sha256: an X-Signature header of the body's HMAC)",
+        )
+    return value
+
+
+def check_webhook_path(value: str) -> str:
+    if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", value) or value in ("/healthz", "/readyz"):
+        raise custom_error(
+            "webhook_path",
+            f"{value!r} is not a webhook path",
+            "a path starting with '/', without spaces, query or fragment, other than /healthz and /readyz, "
+            "e.g. path: /hooks/stripe",
+        )
+    return value
+
+
+def check_env_name(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise custom_error(
+            "env_name",
+            f"{value!r} is not an environment variable name",
+            "name the variable, not its value: e.g. secret_env: STRIPE_WEBHOOK_SECRET",
+        )
+    return value
+
+
 def check_slot(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
         hint = "a slot name has 1 to 63 lower-case letters, digits or '_', e.g. slot: listener"

@@ -1,0 +1,380 @@
+"""Webhooks: a provider's POST becomes events, durable before the provider hears 2xx, once per delivery.
+
+A request to a ``webhooks:`` entry's ``path`` is read (at most ``max_body``: 413), verified by the entry's
+preset (``listener.http.verify``: 401, or 400 for a stale timestamp), and its body parsed (JSON, or an
+HTML form as an object: else 400 with the reason).  The rules naming the webhook are evaluated on it
+(``when:`` sees ``body``, ``headers``, ``query`` as jsonb and ``method``, ``path`` as text, with
+PostgreSQL's semantics), and each matching rule makes one event, keyed ``rule/webhook/delivery id/0``: the
+provider's delivery id (or the body's SHA-256 when it sends none), so a redelivery inserts nothing.
+
+The events go through the source seam (``listener.ingest.source``): :class:`WebhookSource` is one of the
+ingest's sources.  It puts all the deliveries that arrived meanwhile in one batch (a group commit), and the
+request is answered 200 only after the writer committed that batch (``committed``).  When ingest is not
+streaming (starting, reconnecting), when the batch is not durable within ``WEBHOOK_WRITE_TIMEOUT_S``, or
+when ``WEBHOOK_PENDING_BYTES`` of bodies already wait, the answer is 503 with ``Retry-After``: the provider
+delivers again, and nothing answered 2xx is ever lost.  No workflow code runs in the handler.
+
+Everything a request carries is checked before it joins a batch, so that no body can make the state
+database refuse a batch (which would stop the ingest session and the requests batched with it): the body
+must be UTF-8, and JSON that jsonb accepts (no ``\\u0000``, no lone surrogate, numbers in numeric's range,
+nesting within what Python parses); a query or form value must not hold NUL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from listener.defaults import (
+    BATCH_BYTES,
+    WEBHOOK_PENDING_BYTES,
+    WEBHOOK_RETRY_AFTER_S,
+    WEBHOOK_WRITE_TIMEOUT_S,
+)
+from listener.errors import ConfigError
+from listener.http.app import Receive, Scope, Send, respond
+from listener.http.verify import Refused, Verifier, body_id, verifier
+from listener.ingest.source import BatchQueue
+from listener.ingest.state import IngestState
+from listener.queue.batches import EventBatch
+from listener.rules.compile import CompiledRule
+from listener.rules.config import Config, WebhookSettings
+from listener.rules.predicate import EvaluationError
+
+logger = logging.getLogger(__name__)
+
+# headers that carry credentials: never stored in an event
+REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 after an even number of backslashes
+_MAX_ID_CHARS = 200  # a longer delivery id (or one with control characters) is keyed by its SHA-256
+_NUMERIC_MAX_WEIGHT = 131_071  # PostgreSQL numeric: digits before the decimal point, at most (minus one)
+_NUMERIC_MAX_SCALE = 16_383  # and after it
+
+
+class _Unfit(ValueError):
+    """A body jsonb would not take."""
+
+
+def _number(text: str) -> Decimal:
+    """A JSON number, refused beyond what PostgreSQL's numeric reads (measured on 18: 1e131071 and
+    1e-16383 are read, 1e131072, 0.5e-16383 and 0e-99999 overflow)."""
+    value = Decimal(text)
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # JSON numbers are finite
+    if value.adjusted() > _NUMERIC_MAX_WEIGHT or -exponent > _NUMERIC_MAX_SCALE:
+        raise _Unfit(f"the number {text[:40]} is beyond PostgreSQL's numeric range")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise _Unfit(f"{name} is not JSON")
+
+
+_decode = json.JSONDecoder(parse_float=_number, parse_int=_number, parse_constant=_constant).decode
+
+
+def _check_strings(value: Any) -> None:
+    """No lone surrogate (``\\ud800`` escapes) anywhere: jsonb refuses them."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")  # raises on a surrogate
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def parse_body(raw: bytes, content_type: str) -> str:
+    """The body as JSON text that jsonb takes (JSON as sent; a form as an object); _Unfit says why not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unfit(f"the body is not UTF-8 (byte {exc.start})") from None
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        fields = _pairs(text, "form field")
+        return json.dumps(fields, ensure_ascii=False)
+    if "\\u0000" in text and _NUL.search(text):
+        raise _Unfit("the body holds \\u0000 (NUL), which PostgreSQL's jsonb cannot store")
+    try:
+        value = _decode(text)
+        _check_strings(value)
+    except UnicodeEncodeError:
+        raise _Unfit(
+            "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which jsonb refuses"
+        ) from None
+    except RecursionError:
+        raise _Unfit("the body nests too deeply to parse") from None
+    except _Unfit:
+        raise
+    except ValueError as exc:
+        raise _Unfit(f"the body is not JSON: {exc}") from None
+    return text
+
+
+def _pairs(text: str, what: str) -> dict[str, str]:
+    try:
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _Unfit(f"a {what} is not UTF-8: {exc}") from None
+    for name, value in pairs:
+        if "\x00" in name or "\x00" in value:
+            raise _Unfit(f"a {what} holds NUL, which PostgreSQL cannot store")
+    return dict(pairs)  # a repeated name: its last value
+
+
+def _delivery_key(webhook: str, delivery: str) -> str:
+    if len(delivery) > _MAX_ID_CHARS or not delivery.isprintable():
+        delivery = "sha256:" + hashlib.sha256(delivery.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{webhook}/{delivery}"
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One verified request's events, waiting to be durable."""
+
+    key: str  # webhook/delivery id: the events' commit stand-in
+    events: list[tuple[CompiledRule, str]]  # (rule, payload JSON)
+    received: datetime
+    nbytes: int
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    settings: WebhookSettings
+    verify: Verifier
+
+
+def _secrets(config: Config, index: int, hook: WebhookSettings, environ: Mapping[str, str]) -> list[str]:
+    if hook.secret_env is None:
+        return []
+    value = environ.get(hook.secret_env, "")
+    secrets = value.split()
+    if not secrets:
+        file, line = config.setting_place("webhooks", str(index))
+        raise ConfigError(
+            f"webhook {hook.name!r}: the environment variable {hook.secret_env} is not set (or empty)",
+            file=file,
+            line=line,
+            hint=f"export {hook.secret_env}=<the signing secret the provider shows> before `listener run` "
+            "(several, separated by spaces, while the provider rotates keys)",
+        )
+    return secrets
+
+
+class WebhookSource:
+    """The webhooks of a config, as an ingest source and as the HTTP handler of their paths."""
+
+    name = "webhook"
+
+    def __init__(self, config: Config, environ: Mapping[str, str] = os.environ) -> None:
+        """The endpoints of ``config``'s webhooks, with their secrets (a missing one: ConfigError)."""
+        self.ingest: IngestState | None = None  # the ingest whose rules and writer it serves (attach)
+        self.endpoints = {
+            hook.path: _Endpoint(
+                hook, verifier(hook.verify, _secrets(config, i, hook, environ), hook.tolerance_s)
+            )
+            for i, hook in enumerate(config.webhooks)
+        }
+        self._waiting: list[_Delivery] = []
+        self._arrived = asyncio.Event()
+        self._pending_bytes = 0  # of the deliveries not yet durable
+        self._in_flight: dict[int, list[_Delivery]] = {}  # id(batch) -> its deliveries
+
+    def attach(self, ingest: IngestState) -> None:
+        """Serve ``ingest``: its rules judge the requests, and this source joins its sources."""
+        self.ingest = ingest
+        ingest.sources.append(self)
+
+    # -- the source seam --------------------------------------------------------------------------------
+
+    async def run(self, out: BatchQueue) -> None:
+        """Put the deliveries that arrive in batches on ``out``, all that wait in one batch (up to
+        ``BATCH_BYTES``).  Ended (a session ends), it answers the ones put and not committed 503."""
+        try:
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                while self._waiting:
+                    batch, taken = self._batch()
+                    if not batch.payload:
+                        continue
+                    self._in_flight[id(batch)] = taken
+                    await out.put(batch, self)
+        finally:  # one session at a time: what is in flight now was put by this one
+            lost = ConnectionError("the ingest session ended before the commit")
+            for deliveries in self._in_flight.values():
+                for delivery in deliveries:
+                    self._settle(delivery, lost)
+            self._in_flight.clear()
+
+    def committed(self, batch: EventBatch) -> None:
+        for delivery in self._in_flight.pop(id(batch), []):
+            self._settle(delivery, None)
+
+    def _batch(self) -> tuple[EventBatch, list[_Delivery]]:
+        batch = EventBatch()
+        taken: list[_Delivery] = []
+        keys: set[str] = set()
+        rest: list[_Delivery] = []
+        for delivery in self._waiting:
+            if delivery.done.done():  # its request gave up waiting
+                self._pending_bytes -= delivery.nbytes
+                continue
+            if batch.nbytes >= BATCH_BYTES:
+                rest.append(delivery)
+                continue
+            taken.append(delivery)
+            if delivery.key in keys:  # the same delivery twice (a redelivery racing the first): once
+                continue
+            keys.add(delivery.key)
+            for rule, payload in delivery.events:
+                gid = batch.group_id(rule, None, None, delivery.key, None, delivery.received)
+                batch.add(gid, 0, 0, payload)
+        self._waiting = rest
+        return batch, taken
+
+    def _settle(self, delivery: _Delivery, error: BaseException | None) -> None:
+        self._pending_bytes -= delivery.nbytes
+        if delivery.done.done():
+            return
+        if error is None:
+            delivery.done.set_result(None)
+        else:
+            delivery.done.set_exception(error)
+
+    # -- HTTP -------------------------------------------------------------------------------------------
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a request to a webhook's path (True), or leave it (False: not a webhook's path)."""
+        endpoint = self.endpoints.get(scope["path"])
+        if endpoint is None:
+            return False
+        method = scope["method"]
+        if method != "POST":
+            await respond(
+                send,
+                405,
+                {"error": f"{method} {scope['path']}: webhooks are POSTed"},
+                headers={"allow": "POST"},
+            )
+            return True
+        if self.ingest is None:
+            status, answer, retry = 503, {"error": "the service is starting: retry"}, True
+        else:
+            status, answer, retry = await self._answer(self.ingest, endpoint, scope, receive)
+        headers = {"retry-after": str(WEBHOOK_RETRY_AFTER_S)} if retry else None
+        await respond(send, status, answer, headers=headers)
+        return True
+
+    async def _answer(
+        self, ingest: IngestState, endpoint: _Endpoint, scope: Scope, receive: Receive
+    ) -> tuple[int, dict[str, Any], bool]:
+        hook = endpoint.settings
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        limit = hook.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return (
+                413,
+                {"error": f"the body is larger than {hook.max_body} (webhook {hook.name!r}: max_body)"},
+                False,
+            )
+        raw = await _read_body(receive, limit)
+        if raw is None:
+            return (
+                413,
+                {"error": f"the body is larger than {hook.max_body} (webhook {hook.name!r}: max_body)"},
+                False,
+            )
+        try:
+            verified = endpoint.verify(raw, headers, time.time())
+        except Refused as refused:
+            return refused.status, {"error": refused.reason}, False
+        try:
+            body = parse_body(raw, headers.get("content-type", ""))
+            query = _pairs(scope.get("query_string", b"").decode("latin-1"), "query parameter")
+        except _Unfit as unfit:
+            return 400, {"error": str(unfit)}, False
+        visible = {name: value for name, value in headers.items() if name not in REDACTED_HEADERS}
+        delivery_id = verified.delivery_id or body_id(raw)
+        columns = {
+            "body": body,
+            "headers": json.dumps(visible),
+            "query": json.dumps(query),
+            "method": scope["method"],
+            "path": scope["path"],
+        }
+        received = datetime.now(UTC)
+        try:
+            matched = [
+                rule for rule in ingest.rules.webhooks.get(hook.name, ()) if _matches(rule, columns, received)
+            ]
+        except EvaluationError as exc:
+            logger.error("webhook %s, delivery %s: a rule's `when:` failed: %s", hook.name, delivery_id, exc)
+            return 500, {"error": f"a rule's `when:` failed on this request: {exc}"}, False
+        if not matched:
+            return 200, {"status": "accepted", "events": 0, "delivery": delivery_id}, False
+        request = {
+            "webhook": hook.name,
+            "delivery_id": delivery_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": query,
+            "headers": visible,
+        }
+        payload = f'{{"data": {body}, "request": {json.dumps(request)}}}'
+        if not ingest.streaming.is_set():
+            return 503, {"error": "ingest is not streaming (starting, or reconnecting): retry"}, True
+        if self._pending_bytes + len(payload) > WEBHOOK_PENDING_BYTES and self._pending_bytes:
+            return 503, {"error": "too many requests wait to be written: retry"}, True
+        delivery = _Delivery(
+            _delivery_key(hook.name, delivery_id), [(r, payload) for r in matched], received, len(payload)
+        )
+        self._pending_bytes += delivery.nbytes
+        self._waiting.append(delivery)
+        self._arrived.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(delivery.done), WEBHOOK_WRITE_TIMEOUT_S)
+        except (TimeoutError, ConnectionError):
+            if not delivery.done.done():
+                delivery.done.cancel()  # dropped from the next batch, if not in one yet
+            return 503, {"error": "the events were not durable in time: retry"}, True
+        return 200, {"status": "accepted", "events": len(matched), "delivery": delivery_id}, False
+
+
+def _matches(rule: CompiledRule, columns: Mapping[str, str], now: datetime) -> bool:
+    return rule.predicate is None or rule.predicate.matches(columns, None, now)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(parts)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
