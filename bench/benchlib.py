@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shutil
+import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -83,3 +86,51 @@ async def expand_all(dsn: str, store: StateStore, types: TypeRegistry) -> tuple[
         began = time.perf_counter()
         await expander.expand_available()
         return time.perf_counter() - began, expander.stats.changes
+
+
+# -------------------------------------------------------------------------------------------------------
+# HTTP load: a free port, waiting for a server, and wrk (Debian's package) with its report parsed
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nobody listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until something accepts connections on ``port``; SystemExit when ``process`` ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start (exit {process.poll()})")
+        time.sleep(0.05)
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(
+    wrk: str, url: str, *, threads: int, connections: int, duration: int, script: Path | None = None
+) -> dict[str, float]:
+    """``wrk --latency`` on ``url``: requests/s, requests, p50/p99 (ms), non-2xx answers, socket errors."""
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    command += ["-s", str(script)] if script is not None else []
+    done = subprocess.run([*command, url], capture_output=True, text=True, check=True)
+    text = done.stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    if rate is None or total is None:
+        raise SystemExit(f"unexpected wrk output:\n{text}{done.stderr}")
+    out = {"requests_per_s": float(rate.group(1)), "requests": float(total.group(1))}
+    for name, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE):
+        out[f"p{name}_ms"] = float(value) * _WRK_UNITS[unit]
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non_2xx"] = float(refused.group(1)) if refused else 0.0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["socket_errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
+    return out

@@ -19,17 +19,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-from benchlib import cpu_model
+from benchlib import cpu_model, free_port, run_wrk, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("uvicorn", "granian")
@@ -59,42 +56,6 @@ uvloop.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the server did not start (exit {process.poll()})")
-        time.sleep(0.05)
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def parse_wrk(text: str) -> dict[str, float]:
-    """Requests/s and the latency percentiles (ms) of ``wrk --latency``'s report."""
-    out: dict[str, float] = {}
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if rate is None:
-        raise SystemExit(f"unexpected wrk output:\n{text}")
-    out["requests_per_s"] = float(rate.group(1))
-    for name, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE):
-        out[f"p{name}_ms"] = float(value) * _UNITS[unit]
-    requests = re.search(r"(\d+) requests in", text)
-    out["requests"] = float(requests.group(1)) if requests else 0.0
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    out["non_2xx"] = float(errors.group(1)) if errors else 0.0
-    return out
-
-
 def measure(server: str, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -103,24 +64,18 @@ def measure(server: str, args: argparse.Namespace) -> dict[str, Any]:
         wait_listening(port, process)
         handle = psutil.Process(process.pid)
         before = handle.cpu_times()
-        wrk = subprocess.run(
-            [
-                args.wrk,
-                f"-t{args.threads}",
-                f"-c{args.connections}",
-                f"-d{args.duration}s",
-                "--latency",
-                f"http://127.0.0.1:{port}/healthz",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+        wrk = run_wrk(
+            args.wrk,
+            f"http://127.0.0.1:{port}/healthz",
+            threads=args.threads,
+            connections=args.connections,
+            duration=args.duration,
         )
         after = handle.cpu_times()
     finally:
         process.kill()
         process.wait()
-    result: dict[str, Any] = {"server": server, **parse_wrk(wrk.stdout)}
+    result: dict[str, Any] = {"server": server, **wrk}
     cpu = (after.user + after.system) - (before.user + before.system)
     result["server_cpu_s_per_10k"] = cpu / max(result["requests"], 1.0) * 10_000
     return result

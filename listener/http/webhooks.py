@@ -23,6 +23,7 @@ nesting within what Python parses); a query or form value must not hold NUL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -82,6 +83,19 @@ def _constant(name: str) -> Any:
 
 
 _decode = json.JSONDecoder(parse_float=_number, parse_int=_number, parse_constant=_constant).decode
+_decode_plain = json.JSONDecoder(parse_constant=_constant).decode
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate: paired, or not
+_EXPONENT = re.compile(r"[0-9.][eE][+-]?[0-9]")  # maybe a number with an exponent (or such text)
+
+
+def _decode_checked(text: str) -> Any:
+    """JSON text, its numbers checked against numeric's range.  The common body takes the C decoder
+    alone: without an exponent, and shorter than numeric's 16383 digits after the point, no number in it
+    can be out of range (an integer too long for Python's int falls back to the checked decoder)."""
+    if len(text) < _NUMERIC_MAX_SCALE and not _EXPONENT.search(text):
+        with contextlib.suppress(ValueError):
+            return _decode_plain(text)
+    return _decode(text)
 
 
 def _check_strings(value: Any) -> None:
@@ -110,8 +124,9 @@ def parse_body(raw: bytes, content_type: str) -> str:
     if "\\u0000" in text and _NUL.search(text):
         raise _Unfit("the body holds \\u0000 (NUL), which PostgreSQL's jsonb cannot store")
     try:
-        value = _decode(text)
-        _check_strings(value)
+        value = _decode_checked(text)
+        if "\\u" in text and _SURROGATE.search(text):
+            _check_strings(value)
     except UnicodeEncodeError:
         raise _Unfit(
             "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which jsonb refuses"
@@ -290,19 +305,15 @@ class WebhookSource:
             headers[name.decode("latin-1").lower()] = value.decode("latin-1")
         limit = hook.max_body_bytes
         declared = headers.get("content-length", "")
+        too_large = (
+            413,
+            {"error": f"the body is larger than {hook.max_body} (webhook {hook.name!r}: max_body)"},
+        )
         if declared.isdigit() and int(declared) > limit:
-            return (
-                413,
-                {"error": f"the body is larger than {hook.max_body} (webhook {hook.name!r}: max_body)"},
-                False,
-            )
+            return (*too_large, False)
         raw = await _read_body(receive, limit)
         if raw is None:
-            return (
-                413,
-                {"error": f"the body is larger than {hook.max_body} (webhook {hook.name!r}: max_body)"},
-                False,
-            )
+            return (*too_large, False)
         try:
             verified = endpoint.verify(raw, headers, time.time())
         except Refused as refused:
@@ -312,12 +323,15 @@ class WebhookSource:
             query = _pairs(scope.get("query_string", b"").decode("latin-1"), "query parameter")
         except _Unfit as unfit:
             return 400, {"error": str(unfit)}, False
+        if not ingest.streaming.is_set():  # before the rules: they are compiled when a session starts
+            return 503, {"error": "ingest is not streaming (starting, or reconnecting): retry"}, True
         visible = {name: value for name, value in headers.items() if name not in REDACTED_HEADERS}
         delivery_id = verified.delivery_id or body_id(raw)
+        headers_json, query_json = json.dumps(visible), json.dumps(query)  # for the rules and the event
         columns = {
             "body": body,
-            "headers": json.dumps(visible),
-            "query": json.dumps(query),
+            "headers": headers_json,
+            "query": query_json,
             "method": scope["method"],
             "path": scope["path"],
         }
@@ -331,17 +345,16 @@ class WebhookSource:
             return 500, {"error": f"a rule's `when:` failed on this request: {exc}"}, False
         if not matched:
             return 200, {"status": "accepted", "events": 0, "delivery": delivery_id}, False
-        request = {
-            "webhook": hook.name,
-            "delivery_id": delivery_id,
-            "method": scope["method"],
-            "path": scope["path"],
-            "query": query,
-            "headers": visible,
-        }
-        payload = f'{{"data": {body}, "request": {json.dumps(request)}}}'
-        if not ingest.streaming.is_set():
-            return 503, {"error": "ingest is not streaming (starting, or reconnecting): retry"}, True
+        request = json.dumps(
+            {
+                "webhook": hook.name,
+                "delivery_id": delivery_id,
+                "method": scope["method"],
+                "path": scope["path"],
+            }
+        )
+        request = f'{request[:-1]}, "query": {query_json}, "headers": {headers_json}}}'
+        payload = f'{{"data": {body}, "request": {request}}}'
         if self._pending_bytes + len(payload) > WEBHOOK_PENDING_BYTES and self._pending_bytes:
             return 503, {"error": "too many requests wait to be written: retry"}, True
         delivery = _Delivery(
@@ -351,10 +364,9 @@ class WebhookSource:
         self._waiting.append(delivery)
         self._arrived.set()
         try:
-            await asyncio.wait_for(asyncio.shield(delivery.done), WEBHOOK_WRITE_TIMEOUT_S)
+            async with asyncio.timeout(WEBHOOK_WRITE_TIMEOUT_S):  # cancels the wait: dropped from the
+                await delivery.done  # next batch, if not in one yet
         except (TimeoutError, ConnectionError):
-            if not delivery.done.done():
-                delivery.done.cancel()  # dropped from the next batch, if not in one yet
             return 503, {"error": "the events were not durable in time: retry"}, True
         return 200, {"status": "accepted", "events": len(matched), "delivery": delivery_id}, False
 
