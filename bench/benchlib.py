@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -134,3 +135,25 @@ def run_wrk(
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     out["socket_errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
     return out
+
+
+def add_wrk_options(parser: argparse.ArgumentParser) -> None:
+    """--duration, --connections, --threads, --wrk (checked at parse time: wrk must exist)."""
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run (wrk -d)")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (wrk -c)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (wrk -t)")
+    parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
+
+
+def wrk_url(args: argparse.Namespace, url: str, script: Path | None = None) -> dict[str, float]:
+    """:func:`run_wrk` with the options of :func:`add_wrk_options`."""
+    if shutil.which(args.wrk) is None:
+        raise SystemExit("wrk is needed: apt-get install wrk (or --wrk PATH)")
+    return run_wrk(
+        args.wrk,
+        url,
+        threads=args.threads,
+        connections=args.connections,
+        duration=args.duration,
+        script=script,
+    )

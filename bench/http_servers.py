@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
-from benchlib import cpu_model, free_port, run_wrk, wait_listening
+from benchlib import add_wrk_options, cpu_model, free_port, wait_listening, wrk_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("uvicorn", "granian")
@@ -64,13 +63,7 @@ def measure(server: str, args: argparse.Namespace) -> dict[str, Any]:
         wait_listening(port, process)
         handle = psutil.Process(process.pid)
         before = handle.cpu_times()
-        wrk = run_wrk(
-            args.wrk,
-            f"http://127.0.0.1:{port}/healthz",
-            threads=args.threads,
-            connections=args.connections,
-            duration=args.duration,
-        )
+        wrk = wrk_url(args, f"http://127.0.0.1:{port}/healthz")
         after = handle.cpu_times()
     finally:
         process.kill()
@@ -98,18 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: uvicorn, granian")
     parser.add_argument("--rounds", type=int, default=3, help="turns each server takes")
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run (wrk -d)")
-    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (wrk -c)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (wrk -t)")
-    parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
+    add_wrk_options(parser)
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for server in servers:
         if server not in SERVERS:
             parser.error(f"unknown server {server!r}: choose from {', '.join(SERVERS)}")
-    if shutil.which(args.wrk) is None:
-        parser.error("wrk is needed: apt-get install wrk (or --wrk PATH)")
     results = []
     for round_ in range(1, args.rounds + 1):
         for server in servers:

@@ -39,7 +39,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from benchlib import cpu_model, free_port, run_wrk, server, wait_listening
+from benchlib import add_wrk_options, cpu_model, free_port, server, wait_listening, wrk_url
 from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,14 +146,7 @@ def measure(system: str, admin: str, args: argparse.Namespace, work: Path, round
         before = handle.cpu_times()
         script = work / "post.lua"
         script.write_text(_LUA)
-        load = run_wrk(
-            args.wrk,
-            f"http://127.0.0.1:{port}",
-            threads=args.threads,
-            connections=args.connections,
-            duration=args.duration,
-            script=script,
-        )
+        load = wrk_url(args, f"http://127.0.0.1:{port}", script)
         result: dict[str, Any] = {"system": system, "round": round_, **load}
         after = handle.cpu_times()
     finally:
@@ -202,17 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="a scratch server (default: a fresh embedded PostgreSQL)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated: listener, baseline")
     parser.add_argument("--rounds", type=int, default=3, help="turns each system takes")
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run (wrk -d)")
-    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (wrk -c)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (wrk -t)")
-    parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
+    add_wrk_options(parser)
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if any(s not in SYSTEMS for s in systems):
         parser.error(f"--systems: choose from {', '.join(SYSTEMS)}")
-    if shutil.which(args.wrk) is None:
-        parser.error("wrk is needed: apt-get install wrk (or --wrk PATH)")
     results = []
     work = Path(tempfile.mkdtemp(prefix="listener-bench-webhook-"))
     with server(args.dsn, prefix="listener-bench-webhook-") as (admin, _):
