@@ -104,6 +104,8 @@ def _b64(value: str) -> bytes:
 
 def _standard(secrets: Sequence[str], tolerance_s: float) -> Verifier:
     keys = [_b64(s.removeprefix("whsec_") + "=" * (-len(s.removeprefix("whsec_")) % 4)) for s in secrets]
+    if not all(keys):
+        raise ValueError("a Standard Webhooks secret is whsec_ followed by base64, as the provider shows it")
 
     def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
         delivery = _header(headers, "webhook-id")

@@ -191,6 +191,19 @@ def _secrets(config: Config, index: int, hook: WebhookSettings, environ: Mapping
     return secrets
 
 
+def _verifier(config: Config, index: int, hook: WebhookSettings, environ: Mapping[str, str]) -> Verifier:
+    try:
+        return verifier(hook.verify, _secrets(config, index, hook, environ), hook.tolerance_s)
+    except ValueError as exc:  # a secret the preset cannot use
+        file, line = config.setting_place("webhooks", str(index))
+        raise ConfigError(
+            f"webhook {hook.name!r}: the secret in {hook.secret_env} cannot be used: {exc}",
+            file=file,
+            line=line,
+            hint=f"copy the signing secret into {hook.secret_env} exactly as the provider shows it",
+        ) from None
+
+
 class WebhookSource:
     """The webhooks of a config, as an ingest source and as the HTTP handler of their paths."""
 
@@ -200,9 +213,7 @@ class WebhookSource:
         """The endpoints of ``config``'s webhooks, with their secrets (a missing one: ConfigError)."""
         self.ingest: IngestState | None = None  # the ingest whose rules and writer it serves (attach)
         self.endpoints = {
-            hook.path: _Endpoint(
-                hook, verifier(hook.verify, _secrets(config, i, hook, environ), hook.tolerance_s)
-            )
+            hook.path: _Endpoint(hook, _verifier(config, i, hook, environ))
             for i, hook in enumerate(config.webhooks)
         }
         self._waiting: list[_Delivery] = []

@@ -194,3 +194,17 @@ def test_a_form_body_is_an_object_and_json_is_kept_as_sent() -> None:
     }
     text = '{"n": 1.50, "big": 1e131071}'
     assert parse_body(text.encode(), "application/json") == text  # exactly as the provider sent it
+
+
+def test_a_standard_secret_that_is_not_whsec_base64_is_refused_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "listener.yaml"
+    text = (
+        HEAD.replace("verify: stripe", "verify: standard") + "  - {name: r, webhook: stripe, workflow: m:f}\n"
+    )
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    with pytest.raises(ConfigError) as info:
+        WebhookSource(config, environ={"STRIPE_WEBHOOK_SECRET": "whsec_not*base64!"})
+    assert str(info.value).startswith(f"{path}:4: webhook 'stripe': the secret in STRIPE_WEBHOOK_SECRET")
+    assert "whsec_ followed by base64" in str(info.value)
+    assert info.value.hint is not None and "exactly as the provider shows it" in info.value.hint
