@@ -185,3 +185,11 @@ WEBHOOK_MAX_BODY = "1MB"  # a larger request body is refused (413)
 WEBHOOK_WRITE_TIMEOUT_S = 10.0  # a request not durable by then is answered 503 (the provider retries)
 WEBHOOK_PENDING_BYTES = 64 << 20  # bodies waiting to be written, at most; beyond, 503 (never more in memory)
 WEBHOOK_RETRY_AFTER_S = 5  # the Retry-After of a 503
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedules (`schedules:`; listener.rules.schedules, listener.ingest.schedules)
+
+SCHEDULE_TZ = "UTC"  # the time zone of a cron spec that names none
+SCHEDULE_CATCHUP = "1h"  # ticks missed while down are made up when no older than this
+SCHEDULE_MISSED_COUNTED = 100_000  # missed ticks counted one by one, at most (then "more than")
+SCHEDULE_NEXT_SHOWN = 3  # `listener schedules`: upcoming ticks shown per schedule

@@ -50,7 +50,7 @@ class CompiledRule:
     predicate: Predicate | None = None  # when:
     changed: tuple[str, ...] = ()  # changed: (updates match only if one of these changed)
     payload: tuple[tuple[str, str, str], ...] = ()  # payload: (output name, "new" | "old", column)
-    source: str = "table"  # table, message, channel or webhook
+    source: str = "table"  # table, message, channel, webhook or schedule
     topic: str = ""  # the message prefix, the channel, or the webhook's name of a non-table rule
 
     @property

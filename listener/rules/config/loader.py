@@ -115,9 +115,11 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
             line = doc.lines.get(("rules", index, key))
             if line is not None:
                 config._field_lines[(rule.name, key)] = line
-    # settings whose value only fails once the service runs: `http: listen:`, each `webhooks:` entry
+    # settings whose value only fails once the service runs: `http: listen:`, each `webhooks:` and
+    # `schedules:` entry
     places: list[tuple[tuple[str | int, ...], tuple[str, str]]] = [(("http", "listen"), ("http", "listen"))]
     places += [(("webhooks", index), ("webhooks", str(index))) for index in range(len(config.webhooks))]
+    places += [(("schedules", index), ("schedules", str(index))) for index in range(len(config.schedules))]
     for path, name in places:
         line = doc.lines.get(path)
         if line is not None:
@@ -278,6 +280,8 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
         where = ("rules", ctx["index"], "webhook")
     elif kind == "duplicate_webhook":
         where = ("webhooks", ctx["index"])
+    elif kind == "duplicate_schedule":
+        where = ("schedules", ctx["index"], "name")
     if kind == "missing":
         where, what = loc[:-1], f"missing required key {loc[-1]!r}"
         hint = _MISSING_HINTS.get(str(loc[-1]))
@@ -287,6 +291,9 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
     elif kind == "literal_error" and len(loc) >= 2 and loc[-2] == "on":
         what = f"unknown operation {show(value)}"
         hint = f"use any of {', '.join(OPERATIONS)}, e.g. on: [insert, update]"
+    elif kind == "literal_error" and loc[-1] == "overlap":
+        what = f"unknown overlap {show(value)}"
+        hint = "use skip (no run while the last tick's is unfinished), buffer_one (one may wait) or allow"
     elif kind in ("int_type", "int_parsing", "int_from_float"):
         what, hint = f"expected a whole number, got {show(value)}", _field_example(loc)
     elif kind in ("float_type", "float_parsing", "finite_number"):

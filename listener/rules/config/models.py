@@ -5,7 +5,7 @@ defaults a file may leave out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -35,6 +35,8 @@ from listener.defaults import (
     POLL_INTERVAL_S,
     RETAIN_WARN_BYTES,
     RUN_TIMEOUT_S,
+    SCHEDULE_CATCHUP,
+    SCHEDULE_TZ,
     STATUS_INTERVAL_S,
     WEBHOOK_MAX_BODY,
     WEBHOOK_TOLERANCE,
@@ -45,7 +47,9 @@ from listener.rules.config.units import DURATION_HINT, SIZE_HINT, parse_duration
 from listener.rules.config.validators import (
     Operation,
     TableName,
+    check_cron,
     check_duration,
+    check_duration_or_zero,
     check_env_name,
     check_key_template,
     check_listen,
@@ -54,8 +58,10 @@ from listener.rules.config.validators import (
     check_size,
     check_slot,
     check_source_name,
+    check_time_zone,
     check_verify_preset,
     check_webhook_path,
+    check_whole_seconds,
     check_workflow,
     custom_error,
     dedupe_operations,
@@ -164,6 +170,73 @@ class WebhookSettings(BaseModel):
     @property
     def max_body_bytes(self) -> int:
         return parse_size(self.max_body)
+
+
+Overlap = Literal["skip", "buffer_one", "allow"]
+
+
+class ScheduleSettings(BaseModel):
+    """One schedule: its ticks (``cron:`` in ``tz:``, or ``every:``), each one event keyed
+    ``schedule/NAME/tick in UTC/0`` that starts ``workflow`` (listener.rules.schedules)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, AfterValidator(check_rule_name)]
+    cron: Annotated[str | None, AfterValidator(check_cron)] = None
+    every: Annotated[
+        str | None,
+        unit_required("duration", DURATION_HINT),
+        AfterValidator(check_duration),
+        AfterValidator(check_whole_seconds),
+    ] = None
+    tz: Annotated[str, AfterValidator(check_time_zone)] = SCHEDULE_TZ
+    workflow: Annotated[str, AfterValidator(check_workflow)]
+    # ticks missed while no `listener run` ran are made up when they are no older than this (0s: none)
+    catchup: Annotated[
+        str, unit_required("duration", DURATION_HINT), AfterValidator(check_duration_or_zero)
+    ] = SCHEDULE_CATCHUP
+    # a tick while an earlier tick's run is unfinished: no run (skip), a run unless one already waits
+    # (buffer_one), or a run that may overlap the earlier one (allow)
+    overlap: Overlap = "skip"
+    # each tick's run is started up to this much later (the same delay on every replica, per tick)
+    jitter: Annotated[
+        str | None, unit_required("duration", DURATION_HINT), AfterValidator(check_duration)
+    ] = None
+    priority: int = Field(default=0, ge=-1000, le=1000, strict=True)
+
+    @model_validator(mode="after")
+    def _cron_or_every(self) -> ScheduleSettings:
+        if (self.cron is None) == (self.every is None):
+            raise custom_error(
+                "schedule_spec",
+                f"schedule {self.name!r} needs exactly one of `cron:` and `every:`",
+                'e.g. cron: "0 2 * * *" (with tz: Europe/Paris) or every: 30s',
+            )
+        if self.every is not None and self.jitter is not None and self.jitter_s >= self.every_s:
+            raise custom_error(
+                "schedule_jitter",
+                f"schedule {self.name!r}: jitter {self.jitter} is not shorter than every {self.every}",
+                "make the jitter shorter than the interval, or remove it",
+            )
+        return self
+
+    @property
+    def every_s(self) -> int:
+        assert self.every is not None
+        return int(parse_duration(self.every))
+
+    @property
+    def catchup_s(self) -> float:
+        return parse_duration(self.catchup)
+
+    @property
+    def jitter_s(self) -> float:
+        return parse_duration(self.jitter) if self.jitter is not None else 0.0
+
+    @property
+    def gated(self) -> bool:
+        """Whether the schedule's runs go one at a time (skip, buffer_one)."""
+        return self.overlap != "allow"
 
 
 class RetainSettings(BaseModel):
@@ -369,6 +442,7 @@ class Config(BaseModel):
     journal: JournalSettings = Field(default_factory=JournalSettings)
     http: HttpSettings | None = None
     webhooks: tuple[WebhookSettings, ...] = ()
+    schedules: tuple[ScheduleSettings, ...] = ()
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
     # Directories to import workflows from, relative to the config file's, before the config file's own
@@ -385,13 +459,27 @@ class Config(BaseModel):
     def _one_path_or_several(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
 
-    @field_validator("ingest", "worker", "retain", "journal", "rules", "webhooks", mode="before")
+    @field_validator("ingest", "worker", "retain", "journal", "rules", "webhooks", "schedules", mode="before")
     @classmethod
     def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
         if value is None:
-            return () if info.field_name in ("rules", "webhooks") else {}
+            return () if info.field_name in ("rules", "webhooks", "schedules") else {}
         return value
+
+    @model_validator(mode="after")
+    def _unique_schedule_names(self) -> Config:
+        first: dict[str, int] = {}
+        for index, schedule in enumerate(self.schedules):
+            if schedule.name in first:
+                raise custom_error(
+                    "duplicate_schedule",
+                    f"schedule name {schedule.name!r} is already used by schedules[{first[schedule.name]}]",
+                    "give each schedule its own name: it is part of every tick's idempotency key",
+                    index=index,
+                )
+            first[schedule.name] = index
+        return self
 
     @model_validator(mode="after")
     def _webhooks_are_served(self) -> Config:

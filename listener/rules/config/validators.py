@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import keyword
 import re
+import zoneinfo
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import cronsim
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -253,6 +256,69 @@ def check_env_name(value: str | None) -> str | None:
             f"{value!r} is not an environment variable name",
             "name the variable, not its value: e.g. secret_env: STRIPE_WEBHOOK_SECRET",
         )
+    return value
+
+
+# the nicknames Debian's cron knows (crontab(5)); @reboot has no tick
+CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_CRON_HINT = (
+    'five fields: minute hour day-of-month month day-of-week, e.g. cron: "0 2 * * *" (02:00 daily) or '
+    '"*/15 9-17 * * 1-5"; a sixth field in front for seconds; or @hourly, @daily, @weekly, @monthly, @yearly'
+)
+
+
+def cron_fields(value: str) -> str:
+    """A cron spec with its nickname (``@daily``) written out."""
+    return CRON_ALIASES.get(value.strip().lower(), value)
+
+
+def check_cron(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            next(cronsim.CronSim(cron_fields(value), datetime(2000, 1, 1, tzinfo=UTC)))
+        except cronsim.CronSimError as exc:
+            raise custom_error("cron", f"{value!r} is not a cron spec: {exc}", _CRON_HINT) from None
+        except StopIteration:  # e.g. "0 0 30 2 *", which cronsim already refuses: a spec that never fires
+            raise custom_error("cron", f"{value!r} never fires", _CRON_HINT) from None
+    return value
+
+
+def check_time_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise custom_error(
+            "time_zone",
+            f"{value!r} is not a time zone",
+            "name an IANA time zone, e.g. tz: Europe/Paris, America/New_York or UTC",
+        ) from None
+    return value
+
+
+def check_whole_seconds(value: str | None) -> str | None:
+    """A duration of whole seconds, at least one (`every:`: ticks are keyed to the second)."""
+    if value is not None:
+        seconds = parse_duration(value)
+        if seconds < 1 or seconds != int(seconds):
+            raise custom_error(
+                "duration", f"every {value!r} is not a whole number of seconds", "e.g. every: 30s, 5m or 1h"
+            )
+    return value
+
+
+def check_duration_or_zero(value: str) -> str:
+    try:
+        parse_duration(value)
+    except ValueError:
+        raise custom_error("duration", f"{value!r} is not a duration", DURATION_HINT + "; or 0s") from None
     return value
 
 
