@@ -72,7 +72,8 @@ def ask_reload(conn: StateConn, schema: str, slot: str, *, timeout: float) -> tu
 
 
 def workflow_errors(config: Config) -> dict[str, ConfigError]:
-    """Import every rule's workflow (from the config's import directories); the failures by rule name."""
+    """Import every rule's and schedule's workflow (from the config's import directories); the failures by
+    rule name (``schedule/NAME`` for a schedule)."""
     wf.use_import_dirs(config.import_dirs())
     errors: dict[str, ConfigError] = {}
     for rule in config.rules:
@@ -80,12 +81,18 @@ def workflow_errors(config: Config) -> dict[str, ConfigError]:
             wf.resolve(rule.workflow, rule=rule.name, place=config.field_place(rule.name, "workflow"))
         except ConfigError as exc:
             errors[rule.name] = exc
+    for index, schedule in enumerate(config.schedules):
+        name = f"schedule/{schedule.name}"
+        try:
+            wf.resolve(schedule.workflow, rule=name, place=config.setting_place("schedules", str(index)))
+        except ConfigError as exc:
+            errors[name] = exc
     return errors
 
 
 def workflow_checks(config: Config) -> list[install.CheckResult]:
-    """`listener check`: one failed check per rule whose workflow does not import, or one line saying
-    they all do."""
+    """`listener check`: one failed check per rule (or schedule) whose workflow does not import, or one
+    line saying they all do."""
     from listener import install
 
     errors = workflow_errors(config)
@@ -169,6 +176,11 @@ async def run(
         ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
         if webhooks is not None:
             webhooks.attach(ingest)
+        if config.schedules:
+            from listener.ingest.schedules import ScheduleSource
+            from listener.rules.schedules import Schedule
+
+            ScheduleSource([Schedule(s) for s in config.schedules]).attach(ingest)
         sighup = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, sighup.set)
@@ -389,7 +401,7 @@ def make_worker(
         run_timeout=config.worker.run_timeout_s,
         on_start=on_start,
         limits=config.limits,
-        gating=any(rule.gated for rule in config.rules),
+        gating=any(rule.gated for rule in config.rules) or any(s.gated for s in config.schedules),
     )
 
 

@@ -83,16 +83,23 @@ class Running:
 
 @asynccontextmanager
 async def running_ingest(
-    dsn: str, config: Config, *, init: bool = True, sources: Sequence[Source] = ()
+    dsn: str,
+    config: Config,
+    *,
+    init: bool = True,
+    sources: Sequence[Source] = (),
+    attach: Sequence[Callable[[Ingest], None]] = (),
 ) -> AsyncIterator[Running]:
     """Ingest running in this event loop until the block ends (then stopped cleanly), with ``sources``
-    beside the slot's (see listener.ingest.source)."""
+    beside the slot's (see listener.ingest.source), and those that ``attach`` themselves to it."""
     if init:
         await asyncio.to_thread(setup.init, config, dsn, dsn)
     store = await StateStore.connect(dsn, schema=config.state_schema, slot=config.slot)
     ingest = Ingest.from_config(config, source_dsn=dsn, store=store)
     ingest.empty_checkpoint_interval = IDLE_CHECKPOINT_S
     ingest.sources.extend(sources)
+    for join in attach:
+        join(ingest)
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop), name="test-ingest")
     try:

@@ -95,6 +95,7 @@ COMMAND_MODULES = {
     "tail": "try_commands",
     "demo": "try_commands",
     "rules": "try_commands",
+    "schedules": "schedule_commands",
 }
 
 

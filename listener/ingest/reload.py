@@ -37,7 +37,7 @@ async def reload(ingest: IngestState, config: Config, *, prepare: Prepare) -> in
     `listener init`'s), then a non-transactional logical decoding message ``listener.reload`` is
     written: transactions committed before it were matched by the old rules, those after it by the new
     ones, and none is lost or matched twice on the way."""
-    for key in ("slot", "publication", "state_schema", "dsn", "state_dsn", "http", "webhooks"):
+    for key in ("slot", "publication", "state_schema", "dsn", "state_dsn", "http", "webhooks", "schedules"):
         if getattr(config, key) != getattr(ingest.config, key) and ingest.config is not None:
             raise ConfigError(
                 f"reload cannot change `{key}:`",

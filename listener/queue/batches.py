@@ -96,6 +96,8 @@ class EventBatch:
     # committed as claimed by the offering worker (claim-shaped rows), and whether it also made pending ones.
     handed: list[Any] = field(default_factory=list)
     left_pending: bool = False
+    # Schedules (listener.ingest.schedules): the last tick done (fired, skipped or missed) by name
+    ticks: dict[str, datetime] = field(default_factory=dict)
     # Backfill chunks that reached their high watermark in this batch (see listener/ingest/backfill.py)
     backfill: list[BackfillChunk] = field(default_factory=list)
     # About how much memory the batch's payloads, chunks and journal rows hold (their lengths): ingest
@@ -118,7 +120,7 @@ class EventBatch:
         server stores it: a NOTIFY's event has no LSN."""
         rule, workflow, op, table, commit, xid, at, *_, source = self.groups[self.group[index] - 1]
         key = event_key(rule, commit, self.ordinal[index])
-        in_wal = source not in ("notify", "webhook")
+        in_wal = source not in ("notify", "webhook", "schedule")
         return {
             "id": key,
             "event_key": key,
@@ -226,5 +228,11 @@ class BackfillChunk:
     events: list[tuple[str, str, str | None]] | None = None  # (idempotency key, payload, run key)
 
 
-# rule source -> events.source; the events of the last two have no LSN (their key's middle is free text)
-_EVENT_SOURCE = {"table": "cdc", "message": "message", "channel": "notify", "webhook": "webhook"}
+# rule source -> events.source; the events of the last three have no LSN (their key's middle is free text)
+_EVENT_SOURCE = {
+    "table": "cdc",
+    "message": "message",
+    "channel": "notify",
+    "webhook": "webhook",
+    "schedule": "schedule",
+}

@@ -68,6 +68,9 @@ _START_REWIND = queries.get("start_rewind")
 _FAIL_REWIND = queries.query("fail_rewind")
 _ADVANCE_REWIND = queries.get("advance_rewind")
 _PENDING_RELOADS = queries.get("pending_reloads")
+_SCHEDULE_STATES = queries.get("schedule_states")
+_ADVANCE_SCHEDULES = queries.get("advance_schedules")
+_SCHEDULE_GATE = queries.get("schedule_gate")
 _ANSWER_RELOADS = queries.get("answer_reloads")
 _FORGET_RELOADS = queries.get("forget_reloads")
 
@@ -94,6 +97,7 @@ def _events_only(batch: EventBatch) -> bool:
         or batch.journal
         or batch.rewind is not None
         or batch.retention is not None
+        or batch.ticks
         or _has_huge_payload(batch)
     )
 
@@ -194,6 +198,8 @@ class StateStore:
                 await conn.execute(_ADVANCE_REWIND, rewind.id, position, rewound, reruns, batch.rewind_done)
             if batch.journal:
                 await self._insert_journal(conn, batch.journal)
+            if batch.ticks:
+                await conn.execute(_ADVANCE_SCHEDULES, list(batch.ticks), list(batch.ticks.values()))
             if batch.checkpoint is not None:
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
                 if batch.retention is not None:
@@ -350,6 +356,19 @@ class StateStore:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_ANSWER_RELOADS, ids, ok, answer)
             await conn.execute(_FORGET_RELOADS, self.slot)
+
+    # -- schedules --------------------------------------------------------------------------------------
+
+    async def schedule_states(self, names: list[str]) -> dict[str, tuple[datetime, bool]]:
+        """(last tick done, paused) of the named schedules that have a row (sql/0008_schedules.sql)."""
+        rows = await self.pool.fetch(_SCHEDULE_STATES, names)
+        return {row["name"]: (row["last_tick"], row["paused"]) for row in rows}
+
+    async def schedule_gate(self, name: str, run_key: str | None, tick_key: str) -> tuple[bool, int, int]:
+        """Before a tick fires: (paused, pending runs, running runs) of the schedule's other ticks."""
+        row = await self.pool.fetchrow(_SCHEDULE_GATE, name, run_key, tick_key)
+        assert row is not None
+        return bool(row["paused"]), int(row["pending"]), int(row["running"])
 
     # -- compact chunks -----------------------------------------------------------------------------------
 
