@@ -1,13 +1,14 @@
 """Webhook signature presets: is this request what the provider sent, and which delivery is it?
 
 Each preset checks the provider's signature over the raw body bytes (HMAC-SHA256, compared in constant
-time), against every configured secret (several during a key rotation) and every signature the request
-carries (providers send several while they rotate theirs); where the provider signs a timestamp, it must
-lie within ``tolerance`` of now in both directions (a replayed old request, or a clock far ahead).  It
-returns the provider's delivery id, which makes the event's idempotency key: a redelivery of the same
-delivery is the same event.
+time; or ed25519, for Standard Webhooks' asymmetric ``v1a``), against every configured secret (several
+during a key rotation) and every signature the request carries (providers send several while they rotate
+theirs); where the provider signs a timestamp, it must lie within ``tolerance`` of now in both directions
+(a replayed old request, or a clock far ahead).  It returns the provider's delivery id, which makes the
+event's idempotency key: a redelivery of the same delivery is the same event.
 
-- ``standard``: ``webhook-signature: v1,<base64> ...`` over ``id.timestamp.body``; id ``webhook-id``
+- ``standard``: ``webhook-signature: v1,<base64> v1a,<base64> ...`` over ``id.timestamp.body`` (``v1``
+  HMAC-SHA256 with a ``whsec_`` secret, ``v1a`` ed25519 with a ``whpk_`` public key); id ``webhook-id``
 - ``stripe``: ``Stripe-Signature: t=<ts>,v1=<hex>,...`` over ``ts.body``; id the event's ``id``
 - ``github``: ``X-Hub-Signature-256: sha256=<hex>`` over the body; id ``X-GitHub-Delivery``
 - ``shopify``: ``X-Shopify-Hmac-Sha256: <base64>`` over the body; id ``X-Shopify-Webhook-Id``
@@ -15,7 +16,9 @@ delivery is the same event.
 - ``hmac-sha256``: ``X-Signature: [sha256=]<hex>`` over the body; no id
 - ``none``: no check, for a trusted network only; no id
 
-Standard Webhooks secrets are written as the provider shows them (``whsec_<base64>``).  The providers'
+Standard Webhooks secrets are written as the provider shows them: ``whsec_<base64>`` for a symmetric
+secret, ``whpk_<base64 of the 32-byte key>`` for an ed25519 public key; any mix of the two may be
+configured (a rotation from one to the other), each checking the signatures of its own kind.  The providers'
 own libraries (``standardwebhooks``, ``stripe``, ``slack_sdk``) sign the requests of the tests; they are not
 used here because each fixes the tolerance, checks one direction of it, or does not tell a bad
 signature from a stale timestamp, which get different answers (401, 400).
@@ -32,7 +35,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 PRESETS = ("standard", "stripe", "github", "shopify", "slack", "hmac-sha256", "none")
+MAX_SIGNATURES = 16  # in one header: providers send one, or a few while they rotate keys
 
 
 class Refused(Exception):
@@ -102,10 +109,56 @@ def _b64(value: str) -> bytes:
         return b""
 
 
+def _padded_b64(value: str) -> bytes:
+    """Base64 whose trailing ``=`` may have been left off (as some providers show their keys)."""
+    return _b64(value + "=" * (-len(value) % 4))
+
+
+def _ed25519_public_key(secret: str) -> Ed25519PublicKey:
+    """The key of ``whpk_<base64 of the 32-byte raw ed25519 public key>``, or ValueError."""
+    raw = _padded_b64(secret.removeprefix("whpk_"))
+    if not raw:
+        raise ValueError(
+            "a Standard Webhooks public key is whpk_ followed by base64, as the provider shows it: this one "
+            "is not base64"
+        )
+    if len(raw) != 32:
+        raise ValueError(
+            "a Standard Webhooks public key is whpk_ followed by the base64 of the 32-byte ed25519 key: this "
+            f"one decodes to {len(raw)} bytes"
+        )
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _ed25519_match(key: Ed25519PublicKey, signature: bytes, signed: bytes) -> bool:
+    try:
+        key.verify(signature, signed)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def _standard(secrets: Sequence[str], tolerance_s: float) -> Verifier:
-    keys = [_b64(s.removeprefix("whsec_") + "=" * (-len(s.removeprefix("whsec_")) % 4)) for s in secrets]
+    if any(s.startswith("whsk_") for s in secrets):
+        raise ValueError(
+            "whsk_ is the signer's secret key of Standard Webhooks' asymmetric signatures: configure its "
+            "public key, whpk_, as the provider shows it"
+        )
+    public_keys = [_ed25519_public_key(s) for s in secrets if s.startswith("whpk_")]
+    keys = [_padded_b64(s.removeprefix("whsec_")) for s in secrets if not s.startswith("whpk_")]
     if not all(keys):
         raise ValueError("a Standard Webhooks secret is whsec_ followed by base64, as the provider shows it")
+    # the kinds of signature (their version in webhook-signature) that the configured keys check
+    kinds = [
+        (version, what)
+        for version, what, have in (("v1", "whsec_ secrets", keys), ("v1a", "whpk_ public keys", public_keys))
+        if have
+    ]
+    none_of_ours = (
+        f"webhook-signature has no {' or '.join(v for v, _ in kinds)} signature, the "
+        f"kind{'s' if len(kinds) > 1 else ''} the configured {' and '.join(w for _, w in kinds)} check"
+    )
+    no_match = "the signature matches no configured " + ("secret or public key" if public_keys else "secret")
 
     def verify(body: bytes, headers: Mapping[str, str], now: float) -> Verified:
         delivery = _header(headers, "webhook-id")
@@ -113,11 +166,23 @@ def _standard(secrets: Sequence[str], tolerance_s: float) -> Verifier:
         signatures = _header(headers, "webhook-signature")
         _fresh(timestamp, now, tolerance_s, "webhook-timestamp")
         signed = f"{delivery}.{timestamp}.".encode() + body
-        given = [
-            _b64(sig) for version, _, sig in (s.partition(",") for s in signatures.split()) if version == "v1"
-        ]
-        _match((_mac(key, signed) for key in keys), given)
-        return Verified(delivery)
+        # a version this verifier does not know, or has no key for, is ignored
+        entries = signatures.split()
+        if len(entries) > MAX_SIGNATURES:  # each costs a check (an ed25519 one ~0.1 ms): no padding
+            raise Refused(
+                401, f"webhook-signature carries {len(entries)} signatures, more than {MAX_SIGNATURES}"
+            )
+        given = [(version, _b64(sig)) for version, _, sig in (s.partition(",") for s in entries)]
+        symmetric = [sig for version, sig in given if version == "v1"] if keys else []
+        asymmetric = [sig for version, sig in given if version == "v1a"] if public_keys else []
+        if not symmetric and not asymmetric:
+            raise Refused(401, none_of_ours)
+        expected = [_mac(key, signed) for key in keys] if symmetric else []
+        if any(hmac.compare_digest(e, g) for e in expected for g in symmetric) or any(
+            _ed25519_match(key, sig, signed) for key in public_keys for sig in asymmetric
+        ):
+            return Verified(delivery)
+        raise Refused(401, no_match)
 
     return verify
 

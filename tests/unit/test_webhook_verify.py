@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 
 import pytest
 import stripe
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from slack_sdk.signature import SignatureVerifier
 from standardwebhooks.webhooks import Webhook
 
-from listener.http.verify import PRESETS, Refused, Verified, body_id, verifier
+from listener.http.verify import MAX_SIGNATURES, PRESETS, Refused, Verified, body_id, verifier
 
 NOW = time.time()
 BODY = json.dumps({"id": "evt_1Q2w3E", "type": "payment_intent.succeeded", "data": {"object": {"amount": 5}}})
@@ -71,6 +73,95 @@ def test_standard_refusals() -> None:
     # a signature for another delivery id does not carry over (the id is signed)
     moved = {**standard_headers(), "webhook-id": "msg_other"}
     assert refused("standard", [STANDARD_SECRET], moved).status == 401
+
+
+# --- Standard Webhooks' asymmetric v1a (ed25519, the `cryptography` package signs) ------------------------
+
+SIGNER = Ed25519PrivateKey.generate()
+
+
+def whpk(key: Ed25519PrivateKey = SIGNER) -> str:
+    """The verifier's key as the provider shows it: whpk_ and the base64 of the 32-byte raw public key."""
+    return "whpk_" + base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def v1a(key: Ed25519PrivateKey = SIGNER, at: float = NOW, msg_id: str = "msg_2b", body: bytes = RAW) -> str:
+    signature = key.sign(f"{msg_id}.{int(at)}.".encode() + body)
+    return "v1a," + base64.b64encode(signature).decode()
+
+
+def asymmetric_headers(signature: str | None = None, at: float = NOW) -> dict[str, str]:
+    return {
+        "webhook-id": "msg_2b",
+        "webhook-timestamp": str(int(at)),
+        "webhook-signature": signature or v1a(),
+    }
+
+
+def test_standard_accepts_an_ed25519_v1a_signature_with_the_whpk_public_key() -> None:
+    verified = verifier("standard", [whpk()], TOLERANCE)(RAW, asymmetric_headers(), NOW)
+    assert verified == Verified("msg_2b")
+    # among signatures of versions it does not know, and with the whpk_'s trailing = left off
+    headers = asymmetric_headers(f"v2a,c29tZXRoaW5nLWVsc2U= {v1a()} v9,xyz")
+    assert verifier("standard", [whpk().rstrip("=")], TOLERANCE)(RAW, headers, NOW) == Verified("msg_2b")
+
+
+def test_standard_rotation_between_whsec_and_whpk_keys_in_either_direction() -> None:
+    secrets = [STANDARD_SECRET, whpk()]
+    wrong_v1 = standard_headers("whsec_" + base64.b64encode(b"a-key-nobody-configured-here!").decode())
+    # a wrong v1 signature and a right v1a one
+    headers = asymmetric_headers(f"{wrong_v1['webhook-signature']} {v1a()}")
+    assert verifier("standard", secrets, TOLERANCE)(RAW, headers, NOW) == Verified("msg_2b")
+    # and the other way round: a right v1 signature and a v1a one by another key
+    headers = asymmetric_headers(
+        f"{standard_headers()['webhook-signature']} {v1a(Ed25519PrivateKey.generate())}"
+    )
+    assert verifier("standard", secrets, TOLERANCE)(RAW, headers, NOW) == Verified("msg_2b")
+    # several public keys: the one that signed is enough
+    other = whpk(Ed25519PrivateKey.generate())
+    assert verifier("standard", [other, whpk()], TOLERANCE)(RAW, asymmetric_headers(), NOW).delivery_id
+
+
+def test_standard_refuses_a_v1a_signature_by_another_key_or_over_another_body() -> None:
+    by_another = refused("standard", [whpk()], asymmetric_headers(v1a(Ed25519PrivateKey.generate())))
+    assert by_another.status == 401 and "matches no configured" in by_another.reason
+    assert refused("standard", [whpk()], asymmetric_headers(), RAW + b" ").status == 401  # tampered
+    assert refused("standard", [whpk()], asymmetric_headers(v1a(msg_id="msg_other"))).status == 401
+    assert refused("standard", [whpk()], asymmetric_headers("v1a,not*base64!")).status == 401
+    both = refused("standard", [STANDARD_SECRET, whpk()], asymmetric_headers(v1a(body=b"{}")))
+    assert both.status == 401 and both.reason == "the signature matches no configured secret or public key"
+    stale = refused("standard", [whpk()], asymmetric_headers(v1a(at=NOW - 3600), at=NOW - 3600))
+    assert stale.status == 400 and "old" in stale.reason
+
+
+def test_standard_refuses_signatures_of_a_kind_it_has_no_key_for() -> None:
+    only_v1a = refused("standard", [STANDARD_SECRET], asymmetric_headers())
+    assert only_v1a.status == 401
+    assert (
+        only_v1a.reason
+        == "webhook-signature has no v1 signature, the kind the configured whsec_ secrets check"
+    )
+    only_v1 = refused("standard", [whpk()], standard_headers())
+    assert only_v1.status == 401 and "no v1a signature" in only_v1.reason
+    unknown = refused("standard", [STANDARD_SECRET, whpk()], asymmetric_headers("v2a,c29tZQ=="))
+    assert unknown.status == 401 and "no v1 or v1a signature" in unknown.reason
+
+
+def test_standard_refuses_a_header_padded_with_signatures_before_checking_any() -> None:
+    """Each signature costs a check (ed25519's is slow): a header may not make a request expensive."""
+    padded = asymmetric_headers(" ".join(["v1a,c29tZQ=="] * MAX_SIGNATURES + [v1a()]))
+    too_many = refused("standard", [whpk()], padded)
+    assert too_many.status == 401 and f"more than {MAX_SIGNATURES}" in too_many.reason
+
+
+def test_a_whpk_key_that_is_not_base64_of_32_bytes_is_a_configuration_error() -> None:
+    short = "whpk_" + base64.b64encode(b"sixteen-byte-key").decode()
+    with pytest.raises(ValueError, match="32-byte ed25519 key: this one decodes to 16 bytes"):
+        verifier("standard", [STANDARD_SECRET, short], TOLERANCE)
+    with pytest.raises(ValueError, match=r"whpk_ followed by base64.*is not base64"):
+        verifier("standard", ["whpk_not*base64!"], TOLERANCE)
+    with pytest.raises(ValueError, match="whsk_ is the signer's secret key"):
+        verifier("standard", ["whsk_" + base64.b64encode(b"k" * 32).decode()], TOLERANCE)
 
 
 # --- Stripe -----------------------------------------------------------------------------------------------
