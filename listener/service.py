@@ -178,9 +178,9 @@ async def run(
             webhooks.attach(ingest)
         if config.schedules:
             from listener.ingest.schedules import ScheduleSource
-            from listener.rules.schedules import Schedule
+            from listener.rules.schedules import schedules_of
 
-            ScheduleSource([Schedule(s) for s in config.schedules]).attach(ingest)
+            ScheduleSource(schedules_of(config)).attach(ingest)
         sighup = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, sighup.set)

@@ -162,7 +162,7 @@ class _Delivery:
     """One verified request's events, waiting to be durable."""
 
     key: str  # webhook/delivery id: the events' commit stand-in
-    events: list[tuple[CompiledRule, str]]  # (rule, payload JSON)
+    events: list[tuple[CompiledRule, str, str | None]]  # (rule, payload JSON, run key)
     received: datetime
     nbytes: int
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -268,9 +268,9 @@ class WebhookSource:
             if delivery.key in keys:  # the same delivery twice (a redelivery racing the first): once
                 continue
             keys.add(delivery.key)
-            for rule, payload in delivery.events:
+            for rule, payload, run_key in delivery.events:
                 gid = batch.group_id(rule, None, None, delivery.key, None, delivery.received)
-                batch.add(gid, 0, 0, payload)
+                batch.add(gid, 0, 0, payload, run_key)
         self._waiting = rest
         return batch, taken
 
@@ -365,12 +365,20 @@ class WebhookSource:
             }
         )
         request = f'{request[:-1]}, "query": {query_json}, "headers": {headers_json}}}'
-        payload = f'{{"data": {body}, "request": {request}}}'
-        if self._pending_bytes + len(payload) > WEBHOOK_PENDING_BYTES and self._pending_bytes:
+        whole = f'{{"data": {body}, "request": {request}}}'  # the payload of rules without `payload:`
+        parts = RequestParts(body, visible, query, scope["method"], scope["path"])
+        events = [
+            (
+                rule,
+                f'{{"data": {parts.picked(rule)}, "request": {request}}}' if rule.payload else whole,
+                parts.run_key(rule) if rule.gated else None,
+            )
+            for rule in matched
+        ]
+        nbytes = sum(len(payload) for _, payload, _ in events)
+        if self._pending_bytes + nbytes > WEBHOOK_PENDING_BYTES and self._pending_bytes:
             return 503, {"error": "too many requests wait to be written: retry"}, True
-        delivery = _Delivery(
-            _delivery_key(hook.name, delivery_id), [(r, payload) for r in matched], received, len(payload)
-        )
+        delivery = _Delivery(_delivery_key(hook.name, delivery_id), events, received, nbytes)
         self._pending_bytes += delivery.nbytes
         self._waiting.append(delivery)
         self._arrived.set()
@@ -380,6 +388,63 @@ class WebhookSource:
         except (TimeoutError, ConnectionError):
             return 503, {"error": "the events were not durable in time: retry"}, True
         return 200, {"status": "accepted", "events": len(matched), "delivery": delivery_id}, False
+
+
+class RequestParts:
+    """The parts of a request a webhook rule's ``key:`` and ``payload:`` pick from (names.request_ref),
+    the body parsed once, when first needed.  Its numbers with a fraction or an exponent stay as sent:
+    each is parsed as a stand-in string (NUL, its index, NUL: a body holds no NUL) for its text."""
+
+    def __init__(
+        self, body: str, headers: dict[str, str], query: dict[str, str], method: str, path: str
+    ) -> None:
+        self._body_text = body
+        self._numbers: list[str] = []
+        self._parts: dict[str, Any] = {"headers": headers, "query": query, "method": method, "path": path}
+
+    def _number(self, text: str) -> str:
+        self._numbers.append(text)
+        return f"\x00{len(self._numbers) - 1}\x00"
+
+    def get(self, root: str, path: str) -> Any:
+        """The value at ``path`` (dotted; a number indexes an array) in part ``root``, or None."""
+        if root == "body" and root not in self._parts:
+            self._parts["body"] = json.loads(self._body_text, parse_float=self._number)
+        value = self._parts[root]
+        for step in path.split(".") if path else ():
+            if isinstance(value, dict):
+                value = value.get(step.lower() if root == "headers" else step)
+            elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+                value = value[int(step)]
+            else:
+                return None
+        return value
+
+    def run_key(self, rule: CompiledRule) -> str | None:
+        """The flow-control key of a gated rule's run: its template's fields, scoped by rule (as a table
+        rule's, listener.rules.events.run_key); None when the request has none of them."""
+        values = [self.get(root, path) for root, path in rule.key_fields]
+        if all(value is None for value in values):
+            return None
+        return rule.name + ":" + "|".join(self._text(value) for value in values)
+
+    def picked(self, rule: CompiledRule) -> str:
+        """``payload:``'s object: each name with the part it picks (null where the request has none)."""
+        return self._json({out: self.get(root, path) for out, root, path in rule.payload})
+
+    def _text(self, value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return self._numbers[int(value[1:-1])] if value.startswith("\x00") else value
+        return self._json(value)
+
+    def _json(self, value: Any) -> str:
+        text = json.dumps(value, ensure_ascii=False)
+        return _NUMBER_MARK.sub(lambda m: self._numbers[int(m[1])], text) if self._numbers else text
+
+
+_NUMBER_MARK = re.compile(r'"\\u0000(\d+)\\u0000"')  # a number's stand-in, as json.dumps writes it
 
 
 def _matches(rule: CompiledRule, columns: Mapping[str, str], now: datetime) -> bool:

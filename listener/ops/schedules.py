@@ -18,7 +18,7 @@ from listener.errors import ConfigError, ListenerError
 from listener.queue import queries
 from listener.queue.store import notify_channel
 from listener.rules.config import Config
-from listener.rules.schedules import MANUAL, Schedule
+from listener.rules.schedules import MANUAL, Schedule, schedules_of
 
 Conn = psycopg.Connection[Any]
 
@@ -58,9 +58,9 @@ def _utc(at: datetime | None) -> str | None:
 
 def find(config: Config, name: str) -> Schedule:
     """The configured schedule ``name``; a ConfigError listing the others."""
-    for settings in config.schedules:
-        if settings.name == name:
-            return Schedule(settings)
+    for schedule in schedules_of(config):
+        if schedule.name == name:
+            return schedule
     known = ", ".join(s.name for s in config.schedules) or "none"
     raise ConfigError(
         f"no schedule named {name!r} in {config.source_path or 'the configuration'}",
@@ -126,7 +126,7 @@ def trigger(conn: Conn, config: Config, name: str, *, now: datetime | None = Non
         "workflow": settings.workflow,
         "tick": at,
         "payload": schedule.payload(at, MANUAL, 0, at),
-        "gated": settings.gated,
+        "gated": schedule.rule().gated,
         "run_key": schedule.run_key,
         "key_limit": 1 if settings.gated else None,
         "priority": settings.priority,

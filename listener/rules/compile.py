@@ -21,6 +21,7 @@ import psycopg
 from listener.errors import ConfigError
 from listener.rules.catalog import TableInfo, read_tables_async, rule_tables
 from listener.rules.config import Config, Rule, WorkflowLimit, key_fields
+from listener.rules.config.names import request_key_fields, request_ref
 from listener.rules.predicate import ColumnType, MissingValue, PredicateError
 
 if TYPE_CHECKING:
@@ -42,14 +43,17 @@ class CompiledRule:
     gated: bool = False
     key_limit: int | None = None
     ordered: bool = False
-    key_fields: tuple[tuple[str, str], ...] = ()  # ("new" | "old", column) of the key template; () = PK
+    # ("new" | "old", column) of the key template; () = PK.  A webhook rule's: (request part, path), as
+    # listener.rules.config.names.request_ref reads them
+    key_fields: tuple[tuple[str, str], ...] = ()
     # without a key template: the columns of the default key, the table's row key (TableInfo.row_key);
     # () when unknown (no catalog), then the replica identity columns the server sends are used
     key_columns: tuple[str, ...] = ()
     priority: int = 0
     predicate: Predicate | None = None  # when:
     changed: tuple[str, ...] = ()  # changed: (updates match only if one of these changed)
-    payload: tuple[tuple[str, str, str], ...] = ()  # payload: (output name, "new" | "old", column)
+    # payload: (output name, "new" | "old", column); a webhook rule's: (output name, request part, path)
+    payload: tuple[tuple[str, str, str], ...] = ()
     source: str = "table"  # table, message, channel, webhook or schedule
     topic: str = ""  # the message prefix, the channel, or the webhook's name of a non-table rule
 
@@ -107,6 +111,12 @@ def _webhook_hint(exc: PredicateError) -> str:
     return f"{_predicate_hint(exc)}; a webhook rule sees body, headers, query (jsonb), method, path (text)"
 
 
+def _request_part(ref: str) -> tuple[str, str]:
+    part = request_ref(ref)
+    assert part is not None, ref  # checked when the config was read
+    return part
+
+
 def compile_rule(
     rule: Rule,
     limited: frozenset[str] = frozenset(),
@@ -119,18 +129,24 @@ def compile_rule(
     """One rule, checked against its table's catalog info.  ``structural``: without that info, only what
     the rule listens to (for setup, which needs tables and operations, not predicates)."""
     name = rule.name
+    # a workflow with `limits:` is claimed under them, whatever the rule's source
+    gated = rule.gated or rule.workflow in limited
     if rule.source == "webhook":
         assert rule.webhook is not None
         return CompiledRule(
             name, "", "", frozenset(), rule.workflow, priority=rule.priority, source="webhook",
-            topic=rule.webhook, predicate=_webhook_predicate(rule, locate),
+            topic=rule.webhook, predicate=_webhook_predicate(rule, locate), gated=gated,
+            key_limit=rule.key_concurrency if not rule.ordered else 1, ordered=rule.ordered,
+            key_fields=tuple(request_key_fields(rule.key) or ()) if rule.key else (),
+            payload=tuple((out, *_request_part(ref)) for out, ref in (rule.payload or {}).items()),
         )  # fmt: skip
     if rule.source != "table":
         topic = rule.message if rule.message is not None else rule.channel
         assert topic is not None
         return CompiledRule(
-            name, "", "", frozenset(), rule.workflow, priority=rule.priority, source=rule.source, topic=topic
-        )
+            name, "", "", frozenset(), rule.workflow, priority=rule.priority, source=rule.source, topic=topic,
+            gated=gated,
+        )  # fmt: skip
     needs_catalog = rule.when is not None or rule.changed or rule.payload
     if needs_catalog and table is None and structural:
         return CompiledRule(
@@ -181,7 +197,7 @@ def compile_rule(
         rule.table_name,
         frozenset(rule.operations),
         rule.workflow,
-        gated=rule.gated or rule.workflow in limited,
+        gated=gated,
         key_limit=rule.key_concurrency if not rule.ordered else 1,
         ordered=rule.ordered,
         key_fields=tuple(key_fields(rule.key)) if rule.key else (),

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 import cronsim
 
 from listener.rules.compile import CompiledRule
-from listener.rules.config import ScheduleSettings
+from listener.rules.config import Config, ScheduleSettings
 from listener.rules.config.validators import cron_fields
 
 MANUAL = "manual"  # the trigger of a tick asked for by `listener schedules trigger`
@@ -44,6 +44,7 @@ class Schedule:
     """A ``schedules:`` entry, ready to tick."""
 
     settings: ScheduleSettings
+    limited: bool = False  # its workflow has `limits:`: its runs are claimed under them
 
     @property
     def name(self) -> str:
@@ -72,7 +73,7 @@ class Schedule:
             "",
             frozenset(),
             s.workflow,
-            gated=s.gated,
+            gated=s.gated or self.limited,
             key_limit=1 if s.gated else None,
             priority=s.priority,
             source="schedule",
@@ -129,6 +130,12 @@ class Schedule:
             "fired_at": fired.astimezone(UTC).isoformat(),
         }
         return json.dumps({"data": data})
+
+
+def schedules_of(config: Config) -> list[Schedule]:
+    """The config's schedules, ready to tick."""
+    limited = {limit.workflow for limit in config.limits}
+    return [Schedule(s, limited=s.workflow in limited) for s in config.schedules]
 
 
 def missed_between(

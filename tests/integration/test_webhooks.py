@@ -42,9 +42,18 @@ WEBHOOKS = [
     },
     {"name": "stripe", "path": "/hooks/stripe", "verify": "stripe", "secret_env": "T_STRIPE"},
 ]
-RULES = [
+RULES: list[dict[str, Any]] = [
     {"name": "paid", "webhook": "svix", "when": "body->>'type' = 'invoice.paid'", "workflow": WORKFLOW},
     {"name": "charged", "webhook": "stripe", "workflow": WORKFLOW},
+    {
+        "name": "picked",
+        "webhook": "svix",
+        "when": "body->>'type' = 'invoice.picked'",
+        "workflow": WORKFLOW,
+        "key": "{body.data.customer}",
+        "key_concurrency": 1,
+        "payload": {"customer": "body.data.customer", "amount": "body.data.amount", "shop": "headers.x-shop"},
+    },
 ]
 
 
@@ -136,6 +145,22 @@ def test_a_signed_delivery_is_durable_when_answered_and_once_however_often_it_co
         {"status": "accepted", "events": 0, "delivery": "msg_two"},
     )
     assert len(stored(sql)) == 1
+
+
+def test_a_rule_s_payload_and_key_pick_from_the_request(service: Service, sql: Conn) -> None:
+    body = b'{"type": "invoice.picked", "data": {"customer": "cus_9", "amount": 12.50, "lines": [1, 2]}}'
+    headers = {**signed(body, "msg_pick"), "x-shop": "shop-1"}
+    status, answer, _ = post(f"{service.base}/hooks/svix", body, headers)
+    assert (status, answer["events"]) == (200, 1)
+    row = sql.execute(
+        "SELECT e.payload, r.gated, r.key, r.key_limit FROM listener.events e"
+        " JOIN listener.runs r ON r.event_key = e.idempotency_key WHERE e.rule = 'picked'"
+    ).fetchone()
+    assert row is not None
+    payload, gated, key, key_limit = row
+    assert payload["data"] == {"customer": "cus_9", "amount": 12.50, "shop": "shop-1"}  # type: ignore[index]
+    assert payload["request"]["delivery_id"] == "msg_pick"  # type: ignore[index]
+    assert (gated, key, key_limit) == (True, "picked:cus_9", 1)
 
 
 def test_stripe_deliveries_are_keyed_by_the_event_id(service: Service, sql: Conn) -> None:

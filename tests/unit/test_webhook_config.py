@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from listener.errors import ConfigError
-from listener.http.webhooks import WebhookSource, parse_body
+from listener.http.webhooks import RequestParts, WebhookSource, parse_body
 from listener.rules.compile import RuleSet
 from listener.rules.config import load_config, parse_config
 from listener.rules.pushdown import describe_rule
+from listener.rules.schedules import schedules_of
 
 HEAD = """\
 http:
@@ -108,14 +109,26 @@ def test_when_sees_the_request_with_postgresqls_semantics(
         (
             HEAD + "  - {name: r, webhook: stripe, ordered: true, key_concurrency: 2, workflow: m:f}\n",
             10,
-            "key_concurrency, ordered do not apply to a webhook rule (yet)",
-            "remove key_concurrency, ordered",
+            "a webhook rule's key_concurrency: and ordered: need `key:`",
+            'key: "{body.data.object.customer}"',
+        ),
+        (
+            HEAD + "  - name: r\n    webhook: stripe\n    key: '{new.id}'\n    workflow: m:f\n",
+            12,
+            "key '{new.id}' names something other than a part of the request",
+            "body.<path>",
+        ),
+        (
+            HEAD + "  - name: r\n    webhook: stripe\n    workflow: m:f\n    payload: {who: new.user}\n",
+            13,
+            "payload.who: 'new.user' is not a part of the request",
+            "payload: {customer: body.data.object.customer",
         ),
         (
             HEAD + "  - {name: r, webhook: stripe, on: [insert], workflow: m:f}\n",
             10,
-            "on do not apply to a webhook rule (yet)",
-            "`when:` may test it",
+            "on do not apply to a webhook rule",
+            "`payload:` and `key:` pick from it",
         ),
         (
             HEAD.replace("verify: stripe", "verify: gitlab"),
@@ -208,3 +221,57 @@ def test_a_standard_secret_that_is_not_whsec_base64_is_refused_at_start(tmp_path
     assert str(info.value).startswith(f"{path}:4: webhook 'stripe': the secret in STRIPE_WEBHOOK_SECRET")
     assert "whsec_ followed by base64" in str(info.value)
     assert info.value.hint is not None and "exactly as the provider shows it" in info.value.hint
+
+
+def test_a_webhook_rule_picks_its_payload_and_its_key_from_the_request_exactly() -> None:
+    config = parse_config(
+        HEAD
+        + """\
+  - name: paid
+    webhook: stripe
+    workflow: workflows.billing:on_payment
+    key: "{body.data.object.customer}/{headers.X-Shop}"
+    key_concurrency: 1
+    payload: {customer: body.data.object.customer, amount: body.data.object.amount, first: body.items.0,
+              kind: body.type, method: method, page: query.page, absent: body.nothing.here}
+limits:
+  - {workflow: "workflows.limited:run", concurrency: 2}
+"""
+    )
+    [rule] = RuleSet.from_config(config, {}).webhooks["stripe"]
+    assert rule.gated and rule.key_limit == 1
+    body = '{"type": "charge", "data": {"object": {"customer": "cus_1", "amount": 1.10e3}}, "items": [7.50]}'
+    parts = RequestParts(body, {"x-shop": "s1"}, {"page": "2"}, "POST", "/hooks/stripe")
+    assert parts.run_key(rule) == "paid:cus_1|s1"
+    assert json.loads(parts.picked(rule)) == {
+        "customer": "cus_1",
+        "amount": 1100,
+        "first": 7.5,
+        "kind": "charge",
+        "method": "POST",
+        "page": "2",
+        "absent": None,
+    }
+    assert '"amount": 1.10e3' in parts.picked(rule) and '"first": 7.50' in parts.picked(rule)  # as sent
+
+
+def test_a_workflow_with_limits_is_claimed_under_them_whatever_starts_it() -> None:
+    """`limits:` apply to runs of gated rules only: a channel, message or webhook rule, or a schedule,
+    whose workflow has limits makes gated runs too."""
+    config = parse_config(
+        HEAD
+        + """\
+  - {name: hook, webhook: stripe, workflow: "w.x:limited"}
+  - {name: note, channel: jobs, workflow: "w.x:limited"}
+  - {name: said, message: app, workflow: "w.x:limited"}
+  - {name: free, channel: other, workflow: "w.x:free"}
+schedules:
+  - {name: beat, every: 1s, overlap: allow, workflow: "w.x:limited"}
+limits:
+  - {workflow: "w.x:limited", rate: 5/second}
+"""
+    )
+    rules = {rule.name: rule for rule in RuleSet.from_config(config, {}).rules}
+    assert [rules[n].gated for n in ("hook", "note", "said", "free")] == [True, True, True, False]
+    [beat] = schedules_of(config)
+    assert beat.rule().gated and beat.run_key is None  # limited by workflow, not one at a time

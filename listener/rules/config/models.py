@@ -337,18 +337,19 @@ class Rule(BaseModel):
             )
             raise custom_error("rule_source", f"rule {what}", hint)
         if self.webhook is not None:
-            refused = [
-                k
-                for k in ("on", "changed", "payload", "key", "key_concurrency")
-                if getattr(self, k) is not None
-            ]
-            refused += ["ordered"] if self.ordered else []
+            refused = [k for k in ("on", "changed") if getattr(self, k) is not None]
             if refused:
                 raise custom_error(
                     "table_only",
-                    f"{', '.join(refused)} do not apply to a webhook rule (yet)",
+                    f"{', '.join(refused)} do not apply to a webhook rule",
                     f"remove {', '.join(refused)}; a webhook rule's event carries the request (body, "
-                    "headers, query, method, path) and `when:` may test it",
+                    "headers, query, method, path); `when:` tests it, `payload:` and `key:` pick from it",
+                )
+            if self.gated and self.key is None:
+                raise custom_error(
+                    "webhook_key",
+                    "a webhook rule's key_concurrency: and ordered: need `key:` (there is no row key)",
+                    'name what the runs are about, e.g. key: "{body.data.object.customer}"',
                 )
         if self.table is not None and self.on is None:
             raise custom_error(

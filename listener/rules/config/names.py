@@ -82,3 +82,32 @@ KEY_FIELD = re.compile(r"\{(new|old)\.([^{}]+)\}")
 def key_fields(template: str) -> list[tuple[str, str]]:
     """The (new|old, column) references of a key template."""
     return [(m[1], m[2]) for m in KEY_FIELD.finditer(template)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a webhook rule's `key:` and `payload:` name of a request: ``body.data.object.customer`` (a path into
+# the parsed body; a number picks an array element), ``headers.x-shop-domain``, ``query.page``, ``method``,
+# ``path``; ``body``, ``headers`` and ``query`` alone are the whole value.
+
+WEBHOOK_ROOTS = ("body", "headers", "query", "method", "path")
+TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def request_ref(text: str) -> tuple[str, str] | None:
+    """``"body.data.id"`` -> ``("body", "data.id")``; None when ``text`` names no part of a request."""
+    root, dot, rest = text.strip().partition(".")
+    if root not in WEBHOOK_ROOTS:
+        return None
+    if not dot:
+        return root, ""
+    if root in ("method", "path") or not all(rest.split(".")):
+        return None
+    return root, rest
+
+
+def request_key_fields(template: str) -> list[tuple[str, str]] | None:
+    """The request parts a webhook rule's key template names, or None when a field is not one."""
+    fields = [request_ref(m[1]) for m in TEMPLATE_FIELD.finditer(template)]
+    if not fields or any(f is None for f in fields):
+        return None
+    return [f for f in fields if f is not None]

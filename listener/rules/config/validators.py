@@ -14,11 +14,19 @@ import cronsim
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
 
 from listener.pg.publications import MAX_IDENTIFIER_BYTES
-from listener.rules.config.names import KEY_FIELD, qualified_name, quote_ident, split_table
+from listener.rules.config.names import (
+    KEY_FIELD,
+    qualified_name,
+    quote_ident,
+    request_key_fields,
+    request_ref,
+    split_table,
+)
 from listener.rules.config.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_rate, parse_size
 
 Operation = Literal["insert", "update", "delete", "truncate"]
@@ -100,8 +108,23 @@ def check_size(value: str | None) -> str | None:
     return value
 
 
-def check_key_template(value: str | None) -> str | None:
-    if value is not None and not KEY_FIELD.search(value):
+_REQUEST_HINT = (
+    "name parts of the request: body.<path> (e.g. body.data.object.customer; a number picks an array "
+    "element), headers.<name>, query.<name>, method or path"
+)
+
+
+def check_key_template(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None:
+        return value
+    if info.data.get("webhook") is not None:  # a webhook rule's key names parts of the request
+        if request_key_fields(value) is None:
+            raise custom_error(
+                "key_template",
+                f"key {value!r} names something other than a part of the request",
+                f'{_REQUEST_HINT}, in braces: e.g. key: "{{body.data.object.customer}}"',
+            )
+    elif not KEY_FIELD.search(value):
         raise custom_error(
             "key_template",
             f"key {value!r} names no column",
@@ -134,9 +157,12 @@ def wrap_names(value: Any) -> Any:
     return value
 
 
-def payload_mapping(value: Any) -> Any:
+def payload_mapping(value: Any, info: ValidationInfo) -> Any:
     """``payload: [id, status]`` picks columns of the new row; ``payload: {ticket: new.id, was: old.status}``
-    also renames them.  Both become {output name: "new.col" | "old.col"}."""
+    also renames them.  Both become {output name: "new.col" | "old.col"}.  A webhook rule's picks parts of
+    the request instead (``[body.type]``, ``{customer: body.data.object.customer}``), kept as written."""
+    if info.data.get("webhook") is not None:
+        return _request_payload(value)
     if isinstance(value, list | tuple):
         if not value:
             raise custom_error("payload_empty", "lists no column", "write e.g. payload: [id, status]")
@@ -168,6 +194,26 @@ def payload_mapping(value: Any) -> Any:
             shaped[str(name)] = f"{side or 'new'}.{column}"
         return shaped
     return value
+
+
+def _request_payload(value: Any) -> Any:
+    example = "write e.g. payload: {customer: body.data.object.customer, kind: body.type}"
+    if isinstance(value, list | tuple):
+        if not value:
+            raise custom_error("payload_empty", "lists nothing", "write e.g. payload: [body.type, body.id]")
+        value = {str(item).rpartition(".")[2]: item for item in value}
+    if not isinstance(value, dict):
+        return value
+    shaped: dict[str, Any] = {}
+    for name, ref in value.items():
+        if not isinstance(ref, str) or request_ref(ref) is None:
+            raise custom_error(
+                "payload_item",
+                f"payload.{name}: {ref!r} is not a part of the request",
+                f"{_REQUEST_HINT}; {example}",
+            )
+        shaped[str(name)] = ref.strip()
+    return shaped
 
 
 def wrap_operations(value: Any) -> Any:
