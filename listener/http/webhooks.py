@@ -10,9 +10,10 @@ provider's delivery id (or the body's SHA-256 when it sends none), so a redelive
 The events go through the source seam (``listener.ingest.source``): :class:`WebhookSource` is one of the
 ingest's sources.  It puts all the deliveries that arrived meanwhile in one batch (a group commit), and the
 request is answered 200 only after the writer committed that batch (``committed``).  When ingest is not
-streaming (starting, reconnecting), when the batch is not durable within ``WEBHOOK_WRITE_TIMEOUT_S``, or
-when ``WEBHOOK_PENDING_BYTES`` of bodies already wait, the answer is 503 with ``Retry-After``: the provider
-delivers again, and nothing answered 2xx is ever lost.  No workflow code runs in the handler.
+streaming (starting, reconnecting), when the batch is not durable within ``WEBHOOK_WRITE_TIMEOUT_S``,
+when ``WEBHOOK_PENDING_BYTES`` of bodies already wait, or when more runs than ``http: max_backlog:`` wait
+in the queue, the answer is 503 with ``Retry-After``: the provider delivers again, and nothing answered
+2xx is ever lost.  No workflow code runs in the handler.
 
 Everything a request carries is checked before it joins a batch, so that no body can make the state
 database refuse a batch (which would stop the ingest session and the requests batched with it): the body
@@ -39,11 +40,12 @@ from typing import Any
 
 from listener.defaults import (
     BATCH_BYTES,
+    WEBHOOK_BACKLOG_POLL_S,
     WEBHOOK_PENDING_BYTES,
     WEBHOOK_RETRY_AFTER_S,
     WEBHOOK_WRITE_TIMEOUT_S,
 )
-from listener.errors import ConfigError
+from listener.errors import ConfigError, is_transient
 from listener.http.app import Receive, Scope, Send, respond
 from listener.http.verify import Refused, Verifier, body_id, verifier
 from listener.ingest.source import BatchQueue
@@ -220,6 +222,8 @@ class WebhookSource:
         self._arrived = asyncio.Event()
         self._pending_bytes = 0  # of the deliveries not yet durable
         self._in_flight: dict[int, list[_Delivery]] = {}  # id(batch) -> its deliveries
+        self.max_backlog = config.http.max_backlog if config.http is not None else None
+        self._backlog_full = False  # more than max_backlog runs wait: new events are refused (503)
 
     def attach(self, ingest: IngestState) -> None:
         """Serve ``ingest``: its rules judge the requests, and this source joins its sources."""
@@ -230,7 +234,37 @@ class WebhookSource:
 
     async def run(self, out: BatchQueue) -> None:
         """Put the deliveries that arrive in batches on ``out``, all that wait in one batch (up to
-        ``BATCH_BYTES``).  Ended (a session ends), it answers the ones put and not committed 503."""
+        ``BATCH_BYTES``); beside it, count the queue's backlog against ``max_backlog``.  Ended (a session
+        ends), it answers the ones put and not committed 503."""
+        async with asyncio.TaskGroup() as tasks:
+            if self.max_backlog is not None:
+                tasks.create_task(self._watch_backlog(self.max_backlog), name="webhook-backlog")
+            await self._put_batches(out)
+
+    async def _watch_backlog(self, limit: int) -> None:
+        """Every ``WEBHOOK_BACKLOG_POLL_S``, whether more than ``limit`` runs are pending; a transient
+        failure to count keeps the last answer (a state database that is down refuses the writes anyway)."""
+        assert self.ingest is not None
+        while True:
+            try:
+                full = await self.ingest.store.runs_waiting(limit + 1) > limit
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+            else:
+                if full != self._backlog_full:
+                    logger.warning(
+                        "webhooks: %s %d runs wait in the queue (http: max_backlog): %s",
+                        "more than" if full else "no more than",
+                        limit,
+                        "new events are answered 503 until the workers catch up"
+                        if full
+                        else "accepting again",
+                    )
+                self._backlog_full = full
+            await asyncio.sleep(WEBHOOK_BACKLOG_POLL_S)
+
+    async def _put_batches(self, out: BatchQueue) -> None:
         try:
             while True:
                 await self._arrived.wait()
@@ -356,6 +390,9 @@ class WebhookSource:
             return 500, {"error": f"a rule's `when:` failed on this request: {exc}"}, False
         if not matched:
             return 200, {"status": "accepted", "events": 0, "delivery": delivery_id}, False
+        if self._backlog_full:
+            error = f"more than {self.max_backlog} runs wait in the queue (http: max_backlog): retry"
+            return 503, {"error": error}, True
         request = json.dumps(
             {
                 "webhook": hook.name,

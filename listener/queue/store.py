@@ -48,6 +48,7 @@ _INSERT_CHUNK = queries.get("insert_chunk")
 _NEXT_CHUNK = queries.get("next_chunk")
 _DELETE_CHUNK = queries.get("delete_chunk")
 _RUNS_AHEAD = queries.get("runs_ahead")
+_RUNS_WAITING = queries.get("runs_waiting")
 _INSERT_BACKFILL_CHUNK = queries.get("insert_backfill_chunk")
 _ADVANCE_BACKFILL = queries.get("advance_backfill")
 _NEXT_BACKFILL_CHUNK = queries.get("next_backfill_chunk")
@@ -371,6 +372,10 @@ class StateStore:
         return bool(row["paused"]), int(row["pending"]), int(row["running"])
 
     # -- compact chunks -----------------------------------------------------------------------------------
+
+    async def runs_waiting(self, limit: int) -> int:
+        """Pending runs, counted up to ``limit``."""
+        return int(await self.pool.fetchval(_RUNS_WAITING, limit))
 
     async def runs_ahead(self, limit: int) -> int:
         """Pending ungated runs, counted up to ``limit``: how far the expander is ahead of the workers."""

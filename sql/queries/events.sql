@@ -122,6 +122,11 @@ FROM event_chunks WHERE id > $1 ORDER BY id LIMIT 1
 -- placeholders: asyncpg
 DELETE FROM event_chunks WHERE id = $1 RETURNING 1
 
+-- name: runs_waiting
+-- placeholders: asyncpg
+-- Pending runs, counted up to $1 (the webhooks' `max_backlog`, listener.http.webhooks).
+SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'pending' LIMIT $1) AS waiting
+
 -- name: runs_ahead
 -- placeholders: asyncpg
 -- Pending ungated runs, counted up to $1: how far the expander is ahead of the workers.

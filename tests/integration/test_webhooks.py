@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +67,14 @@ class Service:
 
 @pytest.fixture
 def service(dsn: str, sql: Conn, tmp_path: Path) -> Iterator[Service]:
+    with start_service(dsn, tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def start_service(dsn: str, tmp_path: Path, **http: Any) -> Iterator[Service]:
     path = tmp_path / "listener.yaml"
-    write_config(path, RULES, http={"listen": "127.0.0.1:0"}, webhooks=WEBHOOKS)
+    write_config(path, RULES, http={"listen": "127.0.0.1:0", **http}, webhooks=WEBHOOKS)
     log = tmp_path / "run.log"
     env = {**os.environ, "LISTENER_DSN": dsn, "T_STANDARD": STANDARD_SECRET, "T_STRIPE": STRIPE_SECRET}
     # no workers: the runs stay pending, to be counted
@@ -226,6 +233,37 @@ def test_concurrent_deliveries_are_committed_together_and_each_answered(service:
         "SELECT count(DISTINCT xmin::text) FROM listener.events WHERE source = 'webhook'"
     ).fetchone()
     assert batches is not None and int(str(batches[0])) < 200  # group-committed: fewer transactions
+
+
+def deliver(base: str, n: int) -> tuple[int, Any, dict[str, str]]:
+    body = json.dumps({"type": "invoice.paid", "n": n}).encode()
+    return post(f"{base}/hooks/svix", body, signed(body, f"msg_{n}"))
+
+
+def test_over_max_backlog_new_events_are_answered_503_until_the_workers_catch_up(
+    dsn: str, sql: Conn, tmp_path: Path
+) -> None:
+    with start_service(dsn, tmp_path, max_backlog=3) as service:  # no workers: the runs wait
+        base = service.base
+        assert [deliver(base, n)[0] for n in range(4)] == [
+            200
+        ] * 4  # counted once a second: may pass a little
+        deadline = time.monotonic() + WAIT_S
+        while (answer := deliver(base, 100))[0] == 200:
+            assert time.monotonic() < deadline, service.log.read_text()
+            sql.execute("DELETE FROM listener.runs WHERE id = 'paid/svix/msg_100/0'")
+            sql.execute("DELETE FROM listener.events WHERE idempotency_key = 'paid/svix/msg_100/0'")
+            time.sleep(0.2)
+        status, error, headers = answer
+        assert status == 503 and headers["retry-after"] == "5" and "max_backlog" in error["error"], answer
+        assert len(stored(sql)) == 4  # refused: nothing stored
+        other = json.dumps({"type": "invoice.created"}).encode()  # no rule wants it: still accepted
+        assert post(f"{base}/hooks/svix", other, signed(other, "msg_other"))[0] == 200
+        sql.execute("UPDATE listener.runs SET status = 'done'")  # the workers caught up
+        while deliver(base, 101)[0] != 200:
+            assert time.monotonic() < deadline, service.log.read_text()
+            time.sleep(0.2)
+        assert "more than 3 runs wait in the queue" in service.log.read_text()
 
 
 def test_a_missing_secret_stops_listener_run_before_it_starts(dsn: str, sql: Conn, tmp_path: Path) -> None:

@@ -127,6 +127,8 @@ class HttpSettings(BaseModel):
     listen: Annotated[str, AfterValidator(check_listen)]  # host:port
     # a request still running this long after the service was told to stop is cut off
     shutdown_grace_s: float = Field(default=HTTP_SHUTDOWN_GRACE_S, ge=0, strict=True, allow_inf_nan=False)
+    # webhooks are answered 503 (Retry-After) while more runs than this wait in the queue (none: no limit)
+    max_backlog: int | None = Field(default=None, ge=1, strict=True)
 
     @property
     def address(self) -> tuple[str, int]:
