@@ -185,6 +185,8 @@ WEBHOOK_MAX_BODY = "1MB"  # a larger request body is refused (413)
 WEBHOOK_WRITE_TIMEOUT_S = 10.0  # a request not durable by then is answered 503 (the provider retries)
 WEBHOOK_PENDING_BYTES = 64 << 20  # bodies waiting to be written, at most; beyond, 503 (never more in memory)
 WEBHOOK_RETRY_AFTER_S = 5  # the Retry-After of a 503
+WEBHOOK_PRUNE_INTERVAL_S = 60.0  # how often requests older than a webhook's `keep:` are forgotten
+WEBHOOK_PRUNE_ROWS = 10_000  # per statement (short transactions, however many are due)
 WEBHOOK_BACKLOG_POLL_S = 1.0  # how often the queue's backlog is counted against `http: max_backlog:`
 
 # ---------------------------------------------------------------------------------------------------------

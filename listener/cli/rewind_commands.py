@@ -17,6 +17,7 @@ from listener.cli.options import (
 from listener.cli.render import dumps, markup_safe, stdout_console
 from listener.ops import runs as runs_mod
 from listener.pg import conninfo
+from listener.rules.config import Config
 
 
 @click.command()
@@ -101,12 +102,19 @@ def rewind(
 @click.command()
 @click.option(
     "--from-time",
+    "--since",
+    "from_time",
     metavar="TIME",
     required=True,
-    help="Replay what committed at or after TIME: ISO 8601, or a duration ago (2h, 90m, 3d).",
+    help="Replay what committed (was received) at or after TIME: ISO 8601, or a duration ago (2h, 3d).",
 )
 @click.option("--to-time", metavar="TIME", help="... and before TIME (default: up to now).")
-@click.option("--rule", metavar="RULE", help="Only this rule (default: every rule on a table).")
+@click.option(
+    "--webhook", metavar="NAME", help="Replay webhook NAME's kept requests (its `keep:`), not the journal."
+)
+@click.option(
+    "--rule", metavar="RULE", help="Only this rule (default: every rule on a table, or the webhook)."
+)
 @click.option(
     "--rerun", is_flag=True, help="With --rule: one new run per matching change (a new generation)."
 )
@@ -117,12 +125,14 @@ def replay(
     opts: Options,
     from_time: str,
     to_time: str | None,
+    webhook: str | None,
     rule: str | None,
     rerun: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Evaluate the current rules again on the change journal (`journal:`), beyond the WAL the slot keeps.
+    """Evaluate the current rules again on the change journal (`journal:`), beyond the WAL the slot keeps;
+    or, with --webhook, on a webhook's kept requests (its `keep:`).
 
     Reads the journal's changes committed in the range, decodes them as ingest does and inserts the
     events of the rules of this configuration.  Events whose idempotency keys exist are skipped, so only
@@ -136,6 +146,9 @@ def replay(
     from listener.ops import replay as journal
 
     config = load(opts)
+    if webhook is not None:
+        _replay_webhook(opts, config, webhook, from_time, to_time, rule, rerun, dry_run, as_json)
+        return
     with (
         databases(opts, config) as (dsn, state_dsn),
         runs_mod.connect(state_dsn, config.state_schema) as state,
@@ -154,6 +167,39 @@ def replay(
         click.echo(dumps(result.to_json()))
     else:
         views.print_replay(stdout_console(), result)
+
+
+def _replay_webhook(
+    opts: Options,
+    config: Config,
+    webhook: str,
+    from_time: str,
+    to_time: str | None,
+    rule: str | None,
+    rerun: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    from listener.ops import replay as journal
+    from listener.ops import webhook_replay
+
+    with (
+        databases(opts, config) as (_, state_dsn),
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        plan = webhook_replay.plan_webhook_replay(
+            config, state, webhook=webhook, from_time=from_time, to_time=to_time, rule=rule, rerun=rerun
+        )
+    if as_json:
+        result = webhook_replay.run_webhook_replay(config, state_dsn, plan, dry_run=dry_run)
+        click.echo(dumps(result.to_json()))
+        return
+    err_console.print(journal.describe(plan), highlight=False)
+    with views.replay_progress(err_console, f"webhook {webhook}'s requests", "requests") as progress:
+        result = webhook_replay.run_webhook_replay(
+            config, state_dsn, plan, dry_run=dry_run, progress=progress
+        )
+    views.print_replay(stdout_console(), result)
 
 
 COMMANDS = [rewind, replay]

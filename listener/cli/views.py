@@ -380,7 +380,9 @@ def print_replay(console: Console, result: ReplayResult) -> None:
     plan = result.plan
     rerun = plan.rules[0] if plan.rerun else None
     table = Table(
-        title=f"{journal.describe(plan)}: {result.changes} change(s) in {result.rows} journal row(s)",
+        title=f"{journal.describe(plan)}: {result.changes} request(s)"
+        if plan.webhook is not None
+        else f"{journal.describe(plan)}: {result.changes} change(s) in {result.rows} journal row(s)",
         title_justify="left",
         caption="dry run: nothing was written" if result.dry_run else None,
         caption_justify="left",
@@ -401,14 +403,16 @@ def print_replay(console: Console, result: ReplayResult) -> None:
         console.print(f"{result.inserted} new event(s){reruns}")
 
 
-def replay_progress(console: Console) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
-    """The bar of `listener replay` on ``console`` while the journal is read (gone once it is done)."""
+def replay_progress(
+    console: Console, what: str = "the journal", unit: str = "changes"
+) -> contextlib.AbstractContextManager[Callable[[int, int], None]]:
+    """The bar of `listener replay` on ``console`` while ``what`` is read (gone once it is done)."""
     return progress_bar(
         console,
-        TextColumn("replaying the journal"),
+        TextColumn(f"replaying {what}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("changes"),
+        TextColumn(unit),
         TimeRemainingColumn(),
         description="replay",
         transient=True,

@@ -32,7 +32,7 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,6 +42,8 @@ from listener.defaults import (
     BATCH_BYTES,
     WEBHOOK_BACKLOG_POLL_S,
     WEBHOOK_PENDING_BYTES,
+    WEBHOOK_PRUNE_INTERVAL_S,
+    WEBHOOK_PRUNE_ROWS,
     WEBHOOK_RETRY_AFTER_S,
     WEBHOOK_WRITE_TIMEOUT_S,
 )
@@ -167,6 +169,7 @@ class _Delivery:
     events: list[tuple[CompiledRule, str, str | None]]  # (rule, payload JSON, run key)
     received: datetime
     nbytes: int
+    kept: tuple[Any, ...] | None  # the request's row of webhook_requests (its webhook has `keep:`)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -239,7 +242,31 @@ class WebhookSource:
         async with asyncio.TaskGroup() as tasks:
             if self.max_backlog is not None:
                 tasks.create_task(self._watch_backlog(self.max_backlog), name="webhook-backlog")
+            kept = {e.settings.name: e.settings.keep_s for e in self.endpoints.values()}
+            if any(keep is not None for keep in kept.values()):
+                tasks.create_task(self._prune(kept), name="webhook-prune")
             await self._put_batches(out)
+
+    async def _prune(self, keep: dict[str, float | None]) -> None:
+        """Forget the kept requests older than their webhook's ``keep:``, every ``WEBHOOK_PRUNE_INTERVAL_S``
+        (a transient failure waits for the next round)."""
+        assert self.ingest is not None
+        store = self.ingest.store
+        while True:
+            for webhook, keep_s in keep.items():
+                if keep_s is None:
+                    continue
+                try:
+                    gone = WEBHOOK_PRUNE_ROWS
+                    while gone == WEBHOOK_PRUNE_ROWS:  # more may be due
+                        gone = await store.prune_webhook_requests(webhook, keep_s, WEBHOOK_PRUNE_ROWS)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    logger.warning(
+                        "webhook %s: cannot forget old requests (%s); trying again later", webhook, exc
+                    )
+            await asyncio.sleep(WEBHOOK_PRUNE_INTERVAL_S)
 
     async def _watch_backlog(self, limit: int) -> None:
         """Every ``WEBHOOK_BACKLOG_POLL_S``, whether more than ``limit`` runs are pending; a transient
@@ -271,7 +298,7 @@ class WebhookSource:
                 self._arrived.clear()
                 while self._waiting:
                     batch, taken = self._batch()
-                    if not batch.payload:
+                    if not taken:
                         continue
                     self._in_flight[id(batch)] = taken
                     await out.put(batch, self)
@@ -302,6 +329,8 @@ class WebhookSource:
             if delivery.key in keys:  # the same delivery twice (a redelivery racing the first): once
                 continue
             keys.add(delivery.key)
+            if delivery.kept is not None:
+                batch.requests.append(delivery.kept)
             for rule, payload, run_key in delivery.events:
                 gid = batch.group_id(rule, None, None, delivery.key, None, delivery.received)
                 batch.add(gid, 0, 0, payload, run_key)
@@ -372,50 +401,23 @@ class WebhookSource:
             return 503, {"error": "ingest is not streaming (starting, or reconnecting): retry"}, True
         visible = {name: value for name, value in headers.items() if name not in REDACTED_HEADERS}
         delivery_id = verified.delivery_id or body_id(raw)
-        headers_json, query_json = json.dumps(visible), json.dumps(query)  # for the rules and the event
-        columns = {
-            "body": body,
-            "headers": headers_json,
-            "query": query_json,
-            "method": scope["method"],
-            "path": scope["path"],
-        }
+        request = Request(hook.name, delivery_id, body, visible, query, scope["method"], scope["path"])
         received = datetime.now(UTC)
         try:
-            matched = [
-                rule for rule in ingest.rules.webhooks.get(hook.name, ()) if _matches(rule, columns, received)
-            ]
+            events = request.events(ingest.rules.webhooks.get(hook.name, ()), received)
         except EvaluationError as exc:
             logger.error("webhook %s, delivery %s: a rule's `when:` failed: %s", hook.name, delivery_id, exc)
             return 500, {"error": f"a rule's `when:` failed on this request: {exc}"}, False
-        if not matched:
+        kept = request.row(received) if hook.keep is not None else None
+        if not events and kept is None:
             return 200, {"status": "accepted", "events": 0, "delivery": delivery_id}, False
-        if self._backlog_full:
+        if events and self._backlog_full:
             error = f"more than {self.max_backlog} runs wait in the queue (http: max_backlog): retry"
             return 503, {"error": error}, True
-        request = json.dumps(
-            {
-                "webhook": hook.name,
-                "delivery_id": delivery_id,
-                "method": scope["method"],
-                "path": scope["path"],
-            }
-        )
-        request = f'{request[:-1]}, "query": {query_json}, "headers": {headers_json}}}'
-        whole = f'{{"data": {body}, "request": {request}}}'  # the payload of rules without `payload:`
-        parts = RequestParts(body, visible, query, scope["method"], scope["path"])
-        events = [
-            (
-                rule,
-                f'{{"data": {parts.picked(rule)}, "request": {request}}}' if rule.payload else whole,
-                parts.run_key(rule) if rule.gated else None,
-            )
-            for rule in matched
-        ]
-        nbytes = sum(len(payload) for _, payload, _ in events)
+        nbytes = sum(len(payload) for _, payload, _ in events) + len(body)
         if self._pending_bytes + nbytes > WEBHOOK_PENDING_BYTES and self._pending_bytes:
             return 503, {"error": "too many requests wait to be written: retry"}, True
-        delivery = _Delivery(_delivery_key(hook.name, delivery_id), events, received, nbytes)
+        delivery = _Delivery(request.key, events, received, nbytes, kept)
         self._pending_bytes += delivery.nbytes
         self._waiting.append(delivery)
         self._arrived.set()
@@ -424,7 +426,75 @@ class WebhookSource:
                 await delivery.done  # next batch, if not in one yet
         except (TimeoutError, ConnectionError):
             return 503, {"error": "the events were not durable in time: retry"}, True
-        return 200, {"status": "accepted", "events": len(matched), "delivery": delivery_id}, False
+        return 200, {"status": "accepted", "events": len(events), "delivery": delivery_id}, False
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A verified request, as the rules see it: ``body`` JSON text (as sent; a form as an object),
+    ``headers`` without credentials (lower-case names), ``query``; the same live and in a replay."""
+
+    webhook: str
+    delivery_id: str
+    body: str
+    headers: dict[str, str]
+    query: dict[str, str]
+    method: str
+    path: str
+
+    @property
+    def key(self) -> str:
+        """What stands in for a commit LSN in its events' keys: ``webhook/delivery id``."""
+        return _delivery_key(self.webhook, self.delivery_id)
+
+    def events(
+        self, rules: Sequence[CompiledRule], received: datetime
+    ) -> list[tuple[CompiledRule, str, str | None]]:
+        """(rule, payload JSON, run key) of each of ``rules`` whose ``when:`` matches this request (an
+        EvaluationError when one fails on it)."""
+        headers_json, query_json = json.dumps(self.headers), json.dumps(self.query)
+        columns = {
+            "body": self.body,
+            "headers": headers_json,
+            "query": query_json,
+            "method": self.method,
+            "path": self.path,
+        }
+        matched = [rule for rule in rules if _matches(rule, columns, received)]
+        if not matched:
+            return []
+        request = json.dumps(
+            {
+                "webhook": self.webhook,
+                "delivery_id": self.delivery_id,
+                "method": self.method,
+                "path": self.path,
+            }
+        )
+        request = f'{request[:-1]}, "query": {query_json}, "headers": {headers_json}}}'
+        whole = f'{{"data": {self.body}, "request": {request}}}'  # the payload of rules without `payload:`
+        parts = RequestParts(self.body, self.headers, self.query, self.method, self.path)
+        return [
+            (
+                rule,
+                f'{{"data": {parts.picked(rule)}, "request": {request}}}' if rule.payload else whole,
+                parts.run_key(rule) if rule.gated else None,
+            )
+            for rule in matched
+        ]
+
+    def row(self, received: datetime) -> tuple[Any, ...]:
+        """Its row of ``webhook_requests`` (sql/0009_webhook_requests.sql), for `listener replay`."""
+        return (
+            self.webhook,
+            self.delivery_id,
+            received,
+            self.method,
+            self.path,
+            json.dumps(self.query),
+            json.dumps(self.headers),
+            self.body,
+        )
 
 
 class RequestParts:

@@ -55,6 +55,7 @@ class ReplayPlan:
     rules: tuple[str, ...]
     tables: tuple[str, ...]  # their tables, as journal.table_name names them
     rerun: bool
+    webhook: str | None = None  # a webhook's kept requests instead (listener.ops.webhook_replay)
 
 
 def plan_replay(
@@ -145,6 +146,7 @@ class ReplayResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "webhook": self.plan.webhook,
             "from_time": self.plan.from_time,
             "to_time": self.plan.to_time,
             "journal_since": self.plan.since,
@@ -271,4 +273,6 @@ def run_replay(
 
 def describe(plan: ReplayPlan) -> str:
     end = utc_text(plan.to_time) if plan.to_time is not None else "now"
+    if plan.webhook is not None:
+        return f"replay: webhook {plan.webhook}'s requests received from {utc_text(plan.from_time)} to {end}"
     return f"replay: journal changes committed from {utc_text(plan.from_time)} to {end}"

@@ -96,6 +96,8 @@ class EventBatch:
     # committed as claimed by the offering worker (claim-shaped rows), and whether it also made pending ones.
     handed: list[Any] = field(default_factory=list)
     left_pending: bool = False
+    # Webhooks with `keep:` (listener.http.webhooks): their requests, rows of webhook_requests
+    requests: list[tuple[Any, ...]] = field(default_factory=list)
     # Schedules (listener.ingest.schedules): the last tick done (fired, skipped or missed) by name
     ticks: dict[str, datetime] = field(default_factory=dict)
     # Backfill chunks that reached their high watermark in this batch (see listener/ingest/backfill.py)

@@ -72,6 +72,8 @@ _PENDING_RELOADS = queries.get("pending_reloads")
 _SCHEDULE_STATES = queries.get("schedule_states")
 _ADVANCE_SCHEDULES = queries.get("advance_schedules")
 _SCHEDULE_GATE = queries.get("schedule_gate")
+_INSERT_WEBHOOK_REQUESTS = queries.get("insert_webhook_requests")
+_PRUNE_WEBHOOK_REQUESTS = queries.get("prune_webhook_requests")
 _ANSWER_RELOADS = queries.get("answer_reloads")
 _FORGET_RELOADS = queries.get("forget_reloads")
 
@@ -99,6 +101,7 @@ def _events_only(batch: EventBatch) -> bool:
         or batch.rewind is not None
         or batch.retention is not None
         or batch.ticks
+        or batch.requests
         or _has_huge_payload(batch)
     )
 
@@ -199,6 +202,8 @@ class StateStore:
                 await conn.execute(_ADVANCE_REWIND, rewind.id, position, rewound, reruns, batch.rewind_done)
             if batch.journal:
                 await self._insert_journal(conn, batch.journal)
+            if batch.requests:
+                await conn.execute(_INSERT_WEBHOOK_REQUESTS, *map(list, zip(*batch.requests, strict=True)))
             if batch.ticks:
                 await conn.execute(_ADVANCE_SCHEDULES, list(batch.ticks), list(batch.ticks.values()))
             if batch.checkpoint is not None:
@@ -370,6 +375,10 @@ class StateStore:
         row = await self.pool.fetchrow(_SCHEDULE_GATE, name, run_key, tick_key)
         assert row is not None
         return bool(row["paused"]), int(row["pending"]), int(row["running"])
+
+    async def prune_webhook_requests(self, webhook: str, keep_s: float, limit: int) -> int:
+        """Forget up to ``limit`` of ``webhook``'s kept requests received more than ``keep_s`` ago."""
+        return int(await self.pool.fetchval(_PRUNE_WEBHOOK_REQUESTS, webhook, keep_s, limit))
 
     # -- compact chunks -----------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@
 -- A batch holding re-read transactions of a rewind ($18 its --rerun rule, $19 its generation, $20 the end
 -- of its range; all NULL otherwise): for each change of the rerun rule committed in the range, a run of the
 -- rewind's generation (id KEY#generation), whether its event is new or not.  A new event of that rule
--- therefore gets no generation-0 run: one new run per change, and a redelivery makes none.
+-- therefore gets no generation-0 run: one new run per change, and a redelivery makes none.  (`listener
+-- replay --webhook --rerun` uses the same for a webhook's events, which have no LSN: each is in range.)
 -- The hand-off (listener.queue.handoff; $21 NULL: none): the first $21 new ungated runs of the batch are
 -- made claimed already, by worker $22 for $23 seconds (attempt 1, logged in `attempts` like a claim's),
 -- for that worker to start once this transaction commits; the rest are pending as usual.
@@ -44,7 +45,8 @@ WITH src AS (
            coalesce(NOT src.gated AND row_number() OVER (PARTITION BY src.gated ORDER BY src.n) <= $21, false)
                AS handed
     FROM src JOIN ev ON ev.idempotency_key = src.key
-    WHERE $18::text IS NULL OR NOT coalesce(src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn, false)
+    WHERE $18::text IS NULL
+       OR NOT coalesce(src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn, src.rule = $18::text)
 ), runs_made AS (
     INSERT INTO runs (id, event_key, workflow, gated, key, key_limit, ordered, priority, status, attempt,
                       lease_owner, lease_expires, started_at)
@@ -61,7 +63,8 @@ WITH src AS (
     INSERT INTO runs (id, event_key, generation, workflow, gated, key, key_limit, ordered, priority)
     SELECT src.key || '#' || $19::int4, src.key, $19::int4, src.workflow, src.gated, src.k, src.key_limit,
            src.ordered, src.priority
-    FROM src WHERE $18::text IS NOT NULL AND src.rule = $18::text AND src.commit_lsn < $20::text::pg_lsn
+    FROM src WHERE $18::text IS NOT NULL AND src.rule = $18::text
+          AND coalesce(src.commit_lsn < $20::text::pg_lsn, src.commit_lsn IS NULL)
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 ), checkpoint AS (

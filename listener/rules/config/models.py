@@ -153,6 +153,10 @@ class WebhookSettings(BaseModel):
     )
     # a larger body is refused (413) before it is read further
     max_body: Annotated[str, unit_required("size", SIZE_HINT), AfterValidator(check_size)] = WEBHOOK_MAX_BODY
+    # the verified requests are kept this long, for `listener replay --webhook` (absent: not kept)
+    keep: Annotated[str | None, unit_required("duration", DURATION_HINT), AfterValidator(check_duration)] = (
+        None
+    )
 
     @model_validator(mode="after")
     def _secret_unless_none(self) -> WebhookSettings:
@@ -172,6 +176,10 @@ class WebhookSettings(BaseModel):
     @property
     def max_body_bytes(self) -> int:
         return parse_size(self.max_body)
+
+    @property
+    def keep_s(self) -> float | None:
+        return parse_duration(self.keep) if self.keep is not None else None
 
 
 Overlap = Literal["skip", "buffer_one", "allow"]
