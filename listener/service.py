@@ -158,20 +158,19 @@ async def run(
             hint="pass the config file (-c), or run with worker processes 0",
         )
 
-    http_socket = None
-    if config.http is not None:  # bound first: a port in use fails before anything is installed
-        from listener.http import server as http_server
-
-        http_socket = http_server.bind(config)
     webhooks = None
     if config.webhooks:  # their secrets are read now: a missing one fails before anything is installed
         from listener.http.webhooks import WebhookSource
 
         webhooks = WebhookSource(config)
+    http_socket = None
+    if config.http is not None:  # bound first: a port in use fails before anything is installed
+        from listener.http import server as http_server
+
+        http_socket = http_server.bind(config)
     try:
         await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
         stop = stop or asyncio.Event()
-        remove_handlers = install_signal_handlers(stop)
         store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
         ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
         if webhooks is not None:
@@ -181,6 +180,7 @@ async def run(
             from listener.rules.schedules import schedules_of
 
             ScheduleSource(schedules_of(config)).attach(ingest)
+        remove_handlers = install_signal_handlers(stop)
         sighup = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, sighup.set)
