@@ -165,13 +165,19 @@ class StateStore:
         with a retention window, to ``batch.confirm``, which this sets when ``batch.retention`` asks for a
         history row.
         """
-        if batch.checkpoint is not None and _events_only(batch):
-            # the common case (a few small transactions' events, their position): one statement, which is
-            # its own transaction -- no BEGIN and COMMIT round trips
+        if _events_only(batch):
+            # the common case (a few small transactions' events and their position, or the events of a
+            # source that keeps no position, e.g. webhooks): one statement, which is its own transaction
+            # -- no BEGIN and COMMIT round trips
+            if batch.checkpoint is None and not batch.payload:
+                return 0
             async with self.writer.acquire() as conn:
+                checkpoint = (
+                    (self.slot, format_lsn(batch.checkpoint)) if batch.checkpoint is not None else None
+                )
                 if batch.payload:
-                    checkpoint = (self.slot, format_lsn(batch.checkpoint))
                     return (await self._insert_events(conn, batch, offer, checkpoint))[0]
+                assert batch.checkpoint is not None
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
                 return 0
         async with self.writer.acquire() as conn, conn.transaction():
