@@ -187,6 +187,7 @@ WEBHOOK_PENDING_BYTES = 64 << 20  # bodies waiting to be written, at most; beyon
 WEBHOOK_RETRY_AFTER_S = 5  # the Retry-After of a 503
 WEBHOOK_PRUNE_INTERVAL_S = 60.0  # how often requests older than a webhook's `keep:` are forgotten
 WEBHOOK_PRUNE_ROWS = 10_000  # per statement (short transactions, however many are due)
+WEBHOOK_WRITERS = 2  # webhook batches committed at once, each on its own connection (they have no order)
 WEBHOOK_BACKLOG_POLL_S = 1.0  # how often the queue's backlog is counted against `http: max_backlog:`
 
 # ---------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from listener.defaults import (
     RELOAD_POLL_S,
     RELOAD_RETRY_S,
     RELOAD_WAIT_S,
+    WEBHOOK_WRITERS,
 )
 from listener.errors import ConfigError, ListenerError, ReloadDeferred, is_transient
 from listener.pg import conninfo
@@ -171,7 +172,10 @@ async def run(
     try:
         await asyncio.to_thread(install.init, config, source_dsn, state_dsn)
         stop = stop or asyncio.Event()
-        store = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot)
+        writers = 2 + (WEBHOOK_WRITERS if webhooks is not None else 0)  # the webhooks write their own
+        store = await StateStore.connect(
+            state_dsn, schema=config.state_schema, slot=config.slot, writers=writers
+        )
         ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
         if webhooks is not None:
             webhooks.attach(ingest)

@@ -7,9 +7,11 @@ HTML form as an object: else 400 with the reason).  The rules naming the webhook
 PostgreSQL's semantics), and each matching rule makes one event, keyed ``rule/webhook/delivery id/0``: the
 provider's delivery id (or the body's SHA-256 when it sends none), so a redelivery inserts nothing.
 
-The events go through the source seam (``listener.ingest.source``): :class:`WebhookSource` is one of the
-ingest's sources.  It puts all the deliveries that arrived meanwhile in one batch (a group commit), and the
-request is answered 200 only after the writer committed that batch (``committed``).  When ingest is not
+:class:`WebhookSource` is one of the ingest's sources (``listener.ingest.source``): it runs in each
+streaming session, with the session's rules.  It puts all the deliveries that arrived meanwhile in one
+batch (a group commit) and commits it itself, up to ``WEBHOOK_WRITERS`` batches at once (they carry no
+position, so they need not queue behind the slot's); a request is answered 200 only after its batch
+committed.  When ingest is not
 streaming (starting, reconnecting), when the batch is not durable within ``WEBHOOK_WRITE_TIMEOUT_S``,
 when ``WEBHOOK_PENDING_BYTES`` of bodies already wait, or when more runs than ``http: max_backlog:`` wait
 in the queue, the answer is 503 with ``Retry-After``: the provider delivers again, and nothing answered
@@ -46,6 +48,7 @@ from listener.defaults import (
     WEBHOOK_PRUNE_ROWS,
     WEBHOOK_RETRY_AFTER_S,
     WEBHOOK_WRITE_TIMEOUT_S,
+    WEBHOOK_WRITERS,
 )
 from listener.errors import ConfigError, is_transient
 from listener.http.app import Receive, Scope, Send, respond
@@ -56,6 +59,7 @@ from listener.queue.batches import EventBatch
 from listener.rules.compile import CompiledRule
 from listener.rules.config import Config, WebhookSettings
 from listener.rules.predicate import EvaluationError
+from listener.supervise import shielded
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +228,6 @@ class WebhookSource:
         self._waiting: list[_Delivery] = []
         self._arrived = asyncio.Event()
         self._pending_bytes = 0  # of the deliveries not yet durable
-        self._in_flight: dict[int, list[_Delivery]] = {}  # id(batch) -> its deliveries
         self.max_backlog = config.http.max_backlog if config.http is not None else None
         self._backlog_full = False  # more than max_backlog runs wait: new events are refused (503)
 
@@ -236,16 +239,19 @@ class WebhookSource:
     # -- the source seam --------------------------------------------------------------------------------
 
     async def run(self, out: BatchQueue) -> None:
-        """Put the deliveries that arrive in batches on ``out``, all that wait in one batch (up to
-        ``BATCH_BYTES``); beside it, count the queue's backlog against ``max_backlog``.  Ended (a session
-        ends), it answers the ones put and not committed 503."""
+        """Write the deliveries that arrive in batches, all that wait in one batch (up to ``BATCH_BYTES``),
+        up to ``WEBHOOK_WRITERS`` batches at once, each a transaction of its own on a writer connection
+        (``StateStore.write_batch``): webhook batches carry no position, so their order does not matter
+        and they need not queue behind the slot's (``out`` is not used).  Beside them, count the queue's
+        backlog against ``max_backlog`` and forget requests older than ``keep:``.  Ended (a session
+        ends), it answers the deliveries not yet committed 503."""
         async with asyncio.TaskGroup() as tasks:
             if self.max_backlog is not None:
                 tasks.create_task(self._watch_backlog(self.max_backlog), name="webhook-backlog")
             kept = {e.settings.name: e.settings.keep_s for e in self.endpoints.values()}
             if any(keep is not None for keep in kept.values()):
                 tasks.create_task(self._prune(kept), name="webhook-prune")
-            await self._put_batches(out)
+            await self._write_batches(tasks)
 
     async def _prune(self, keep: dict[str, float | None]) -> None:
         """Forget the kept requests older than their webhook's ``keep:``, every ``WEBHOOK_PRUNE_INTERVAL_S``
@@ -291,27 +297,46 @@ class WebhookSource:
                 self._backlog_full = full
             await asyncio.sleep(WEBHOOK_BACKLOG_POLL_S)
 
-    async def _put_batches(self, out: BatchQueue) -> None:
+    async def _write_batches(self, tasks: asyncio.TaskGroup) -> None:
+        """Batches of what waits, each written by a task of ``tasks`` once a writer is free (meanwhile
+        more deliveries join the next batch)."""
+        writers = asyncio.Semaphore(WEBHOOK_WRITERS)
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._waiting:
+                await writers.acquire()
+                batch, taken = self._batch()
+                if not taken:
+                    writers.release()
+                    continue
+                tasks.create_task(self._write(batch, taken, writers), name="webhook-write")
+
+    async def _write(self, batch: EventBatch, taken: list[_Delivery], writers: asyncio.Semaphore) -> None:
+        """Commit ``batch``, then answer its deliveries 200; if it fails, 503 (a failure that retrying
+        cannot mend stops the source: the service stops loudly)."""
+        assert self.ingest is not None
+        ingest = self.ingest
         try:
-            while True:
-                await self._arrived.wait()
-                self._arrived.clear()
-                while self._waiting:
-                    batch, taken = self._batch()
-                    if not taken:
-                        continue
-                    self._in_flight[id(batch)] = taken
-                    await out.put(batch, self)
-        finally:  # one session at a time: what is in flight now was put by this one
-            lost = ConnectionError("the ingest session ended before the commit")
-            for deliveries in self._in_flight.values():
-                for delivery in deliveries:
-                    self._settle(delivery, lost)
-            self._in_flight.clear()
+            # shielded: a session that ends meanwhile lets the transaction finish (its answers are 503)
+            inserted = await shielded(ingest.store.write_batch(batch))
+        except BaseException as exc:
+            lost = ConnectionError("the events were not written")
+            for delivery in taken:
+                self._settle(delivery, lost)
+            if isinstance(exc, Exception) and is_transient(exc):
+                logger.warning("webhooks: a batch of %d request(s) was not written: %s", len(taken), exc)
+                return
+            raise
+        finally:
+            writers.release()
+        ingest.stats.batches += 1
+        ingest.stats.events_inserted += inserted
+        for delivery in taken:
+            self._settle(delivery, None)
 
     def committed(self, batch: EventBatch) -> None:
-        for delivery in self._in_flight.pop(id(batch), []):
-            self._settle(delivery, None)
+        """Nothing: the webhooks write their own batches (``run``)."""
 
     def _batch(self) -> tuple[EventBatch, list[_Delivery]]:
         batch = EventBatch()

@@ -12,6 +12,9 @@ today:
   messages come through the slot, and ``committed`` hands the chunk back to ``listener.ingest.backfill``.
 - :class:`listener.ingest.notify.NotifySource`: LISTEN/NOTIFY (keys ``notify/session/counter``); NOTIFY
   has no position the server keeps, so ``committed`` has nothing to acknowledge (at most once).
+- :class:`listener.http.webhooks.WebhookSource` (keys ``rule/webhook/delivery id/0``; no position: the
+  provider redelivers until answered 2xx) and :class:`listener.ingest.schedules.ScheduleSource` (keys
+  ``schedule/NAME/tick/0``; position: each schedule's last tick, in the ``schedules`` table).
 
 How a new source (a webhook receiver, a schedule, a broker consumer) implements it:
 
@@ -30,6 +33,10 @@ How a new source (a webhook receiver, a schedule, a broker consumer) implements 
    commit the broker offset).  It runs on the writer's task, after the commit: keep it short and never
    let it raise for a transient reason (the events are durable already; on a restart the source resumes
    from the stored position, not the origin's).
+   A source whose batches carry no position, so that their order does not matter, may instead commit
+   them itself with ``StateStore.write_batch``, several at once on the writer pool's connections (the
+   webhooks do: a request waits for its own commit, not for the slot's batches), acknowledging each
+   after its commit all the same.
 4. Run it beside the others: append it to ``Ingest.sources`` before ``Ingest.run``.  Each streaming
    session runs ``source.run(queue)`` as a supervised task of its task group, with that session's writer
    queue (a transient failure restarts it after a backoff; a session that ends cancels it, and the next

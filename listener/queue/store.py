@@ -131,11 +131,15 @@ class StateStore:
         self.channel = notify_channel(schema)
 
     @classmethod
-    async def connect(cls, dsn: str, *, schema: str, slot: str, max_size: int = 4) -> StateStore:
+    async def connect(
+        cls, dsn: str, *, schema: str, slot: str, max_size: int = 4, writers: int = 2
+    ) -> StateStore:
+        """Pools of ``max_size`` connections for everything, and of ``writers`` for ``write_batch`` (kept
+        sessions: no reset round trip on release): the ingest's writer, and those of the webhooks."""
         pools: list[asyncpg.Pool] = []
         try:
             params = asyncpg_params(dsn, {**SESSION_SETTINGS, "search_path": schema})
-            for reset, size in ((None, max_size), (keep_session, 2)):
+            for reset, size in ((None, max_size), (keep_session, writers)):
                 pool = await asyncpg.create_pool(min_size=1, max_size=size, reset=reset, **params)
                 assert pool is not None
                 pools.append(pool)
