@@ -97,14 +97,7 @@ def plan_replay(
             hint="add e.g.\n    journal:\n      keep: 7d\n  and restart `listener run`; from then on it "
             "keeps the rule tables' changes for 7 days (README 'Beyond the window: the change journal')",
         )
-    start = parse_time(from_time, now=now, option="--from-time")
-    end = parse_time(to_time, now=now, option="--to-time") if to_time is not None else None
-    if end is not None and end <= start:
-        raise ListenerError(
-            f"--to-time {to_time!r} ({utc_text(end)}) is not after "
-            f"--from-time {from_time!r} ({utc_text(start)})",
-            hint="give a --to-time after --from-time, or leave it out (up to now)",
-        )
+    start, end = time_range(from_time, to_time, now=now)
     row = state.execute(queries.get("journal_horizon"), [config.slot]).fetchone()
     if row is None:
         raise ListenerError(
@@ -126,6 +119,21 @@ def plan_replay(
         tables=tuple(sorted({f"{r.schema_name}.{r.table_name}" for r in table_rules})),
         rerun=rerun,
     )
+
+
+def time_range(
+    from_time: str, to_time: str | None, *, now: datetime | None, option: str = "--from-time"
+) -> tuple[datetime, datetime | None]:
+    """[start, end) of a replay (end None: up to now); refused when the end is not after the start."""
+    start = parse_time(from_time, now=now, option=option)
+    end = parse_time(to_time, now=now, option="--to-time") if to_time is not None else None
+    if end is not None and end <= start:
+        raise ListenerError(
+            f"--to-time {to_time!r} ({utc_text(end)}) is not after "
+            f"{option} {from_time!r} ({utc_text(start)})",
+            hint=f"give a --to-time after {option}, or leave it out (up to now)",
+        )
+    return start, end
 
 
 @dataclass
@@ -172,6 +180,43 @@ _NEXT_GENERATION = queries.query("next_generation")
 NO_END_LSN = (1 << 64) - 1  # a --rerun applies to every change replayed
 
 
+class ReplaySink:
+    """Where a replay's events go: batches of ``REPLAY_BATCH_EVENTS``, each counted per rule (new or
+    already present) and, unless a dry run, inserted; with ``--rerun`` as a new generation of its rule."""
+
+    def __init__(self, state: StateStore, result: ReplayResult) -> None:
+        self.state = state
+        self.result = result
+        self.rewind: RewindPlan | None = None
+        self.batch = EventBatch()
+
+    async def start(self) -> None:
+        """Take the --rerun's generation (above every run of the rule), unless a dry run."""
+        plan, result = self.result.plan, self.result
+        if plan.rerun and not result.dry_run:
+            generation = await self.state.pool.fetchval(
+                _NEXT_GENERATION.asyncpg,
+                *_NEXT_GENERATION.args(
+                    rule=plan.rules[0], event_key=None, up_to=None, finished_too=True, **{"from": None}
+                ),
+            )
+            result.generation = int(generation)
+            self.rewind = RewindPlan(0, 0, NO_END_LSN, None, plan.rules[0], result.generation, plan.rules)
+        self.batch = EventBatch(rewind=self.rewind)
+
+    async def flush(self, *, unless_below: int = 0) -> None:
+        """Count and insert the batch (when it holds at least ``unless_below`` events)."""
+        batch, result = self.batch, self.result
+        if len(batch) < unless_below:
+            return
+        await tally(self.state, batch, result.rules)
+        if not result.dry_run and batch.payload:
+            inserted, _, reruns = await self.state.insert_events(batch)
+            result.inserted += inserted
+            result.reruns += reruns
+        self.batch = EventBatch(rewind=self.rewind)
+
+
 async def replay(
     config: Config,
     source_dsn: str,
@@ -193,29 +238,11 @@ async def replay(
         rules = await compile_rules(config, catalog)
         types = TypeRegistry()
         relations: dict[tuple[int, bytes], RelationInfo] = {}
-        rewind: RewindPlan | None = None
-        if plan.rerun and not dry_run:
-            generation = await state.pool.fetchval(
-                _NEXT_GENERATION.asyncpg,
-                *_NEXT_GENERATION.args(
-                    rule=plan.rules[0], event_key=None, up_to=None, finished_too=True, **{"from": None}
-                ),
-            )
-            result.generation = int(generation)
-            rewind = RewindPlan(0, 0, NO_END_LSN, None, plan.rules[0], result.generation, plan.rules)
+        sink = ReplaySink(state, result)
+        await sink.start()
         args = (plan.from_time, plan.to_time, list(plan.tables))
         count = await state.pool.fetchrow(_COUNT_ROWS, *args)
         assert count is not None
-        batch = EventBatch(rewind=rewind)
-
-        async def flush() -> None:
-            nonlocal batch
-            await tally(state, batch, result.rules)
-            if not dry_run and batch.payload:
-                inserted, _, reruns = await state.insert_events(batch)
-                result.inserted += inserted
-                result.reruns += reruns
-            batch = EventBatch(rewind=rewind)
 
         total = int(count[1])
         if progress is not None:
@@ -233,14 +260,13 @@ async def replay(
                 ):  # fmt: skip
                     matched = tuple(r for r in by_op.get(change.op, ()) if r.name in wanted)
                     if matched:
-                        append_change_events(batch, change, matched)
+                        append_change_events(sink.batch, change, matched)
                 result.rows += 1
                 result.changes += row["changes"]
                 if progress is not None:
                     progress(result.changes, total)
-                if len(batch) >= REPLAY_BATCH_EVENTS:
-                    await flush()
-        await flush()
+                await sink.flush(unless_below=REPLAY_BATCH_EVENTS)
+        await sink.flush()
     finally:
         await state.close()
         await catalog.close()

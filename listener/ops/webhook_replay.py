@@ -17,20 +17,18 @@ from collections.abc import Callable
 from datetime import datetime
 
 from listener.defaults import REPLAY_BATCH_EVENTS, REPLAY_PREFETCH_ROWS
-from listener.errors import ListenerError, utc_text
+from listener.errors import ListenerError
 from listener.http.webhooks import Request
-from listener.ops.replay import NO_END_LSN, ReplayPlan, ReplayResult
-from listener.ops.rewind_dry_run import RuleCount, tally
-from listener.ops.rewind_window import Conn, parse_time
+from listener.ops.replay import ReplayPlan, ReplayResult, ReplaySink, time_range
+from listener.ops.rewind_dry_run import RuleCount
+from listener.ops.rewind_window import Conn
 from listener.queue import queries
-from listener.queue.batches import EventBatch, RewindPlan
 from listener.queue.store import StateStore
 from listener.rules.compile import RuleSet
 from listener.rules.config import Config
 
 _COUNT = queries.get("count_webhook_requests")
 _READ = queries.get("read_webhook_requests")
-_NEXT_GENERATION = queries.query("next_generation")
 
 
 def plan_webhook_replay(
@@ -73,13 +71,7 @@ def plan_webhook_replay(
             hint=f"e.g. listener replay --webhook {webhook} --since 2d --rerun --rule "
             + (names[0] if names else "RULE"),
         )
-    start = parse_time(from_time, now=now, option="--since")
-    end = parse_time(to_time, now=now, option="--to-time") if to_time is not None else None
-    if end is not None and end <= start:
-        raise ListenerError(
-            f"--to-time {to_time!r} ({utc_text(end)}) is not after --since {from_time!r} ({utc_text(start)})",
-            hint="give a --to-time after --since, or leave it out (up to now)",
-        )
+    start, end = time_range(from_time, to_time, now=now, option="--since")
     row = state.execute(
         "SELECT min(received_at) FROM webhook_requests WHERE webhook = %s", [webhook]
     ).fetchone()
@@ -115,32 +107,14 @@ async def replay_webhook(
     )
     state = await StateStore.connect(state_dsn, schema=config.state_schema, slot=config.slot, max_size=2)
     try:
-        rewind: RewindPlan | None = None
-        if plan.rerun and not dry_run:
-            generation = await state.pool.fetchval(
-                _NEXT_GENERATION.asyncpg,
-                *_NEXT_GENERATION.args(
-                    rule=plan.rules[0], event_key=None, up_to=None, finished_too=True, **{"from": None}
-                ),
-            )
-            result.generation = int(generation)
-            rewind = RewindPlan(0, 0, NO_END_LSN, None, plan.rules[0], result.generation, plan.rules)
+        sink = ReplaySink(state, result)
+        await sink.start()
         args = (plan.webhook, plan.from_time, plan.to_time)
         count = await state.pool.fetchrow(_COUNT, *args)
         assert count is not None
         total = int(count["requests"])
         if progress is not None:
             progress(0, total)
-        batch = EventBatch(rewind=rewind)
-
-        async def flush() -> None:
-            nonlocal batch
-            await tally(state, batch, result.rules)
-            if not dry_run and batch.payload:
-                inserted, _, reruns = await state.insert_events(batch)
-                result.inserted += inserted
-                result.reruns += reruns
-            batch = EventBatch(rewind=rewind)
 
         async with state.pool.acquire() as conn, conn.transaction(readonly=True):
             async for row in conn.cursor(_READ, *args, prefetch=REPLAY_PREFETCH_ROWS):
@@ -155,15 +129,14 @@ async def replay_webhook(
                 )
                 received = row["received_at"]
                 for rule, payload, run_key in request.events(rules, received):
-                    group = batch.group_id(rule, None, None, request.key, None, received)
-                    batch.add(group, 0, 0, payload, run_key)
+                    group = sink.batch.group_id(rule, None, None, request.key, None, received)
+                    sink.batch.add(group, 0, 0, payload, run_key)
                 result.rows += 1
                 result.changes += 1
                 if progress is not None:
                     progress(result.rows, total)
-                if len(batch) >= REPLAY_BATCH_EVENTS:
-                    await flush()
-        await flush()
+                await sink.flush(unless_below=REPLAY_BATCH_EVENTS)
+        await sink.flush()
     finally:
         await state.close()
     return result

@@ -282,3 +282,47 @@ def test_a_missing_secret_stops_listener_run_before_it_starts(dsn: str, sql: Con
     [error] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert f"{path}:" in error and "webhook 'svix': the environment variable T_STANDARD is not set" in error
     assert "export T_STANDARD=" in done.stderr and "Traceback" not in done.stderr
+
+
+def events_per_delivery(sql: Conn) -> dict[str, int]:
+    rows = sql.execute(
+        "SELECT payload->'data'->>'n', count(*) FROM listener.events WHERE source = 'webhook' GROUP BY 1"
+    ).fetchall()
+    return {str(n): int(str(count)) for n, count in rows}
+
+
+def test_state_connections_cut_under_load_lose_no_acknowledged_delivery(service: Service, sql: Conn) -> None:
+    """Every connection of the service to the database (walsender, writers, pools) is terminated three
+    times while clients POST: each request is answered 200 or 503, each 200 has its one event, and the
+    deliveries sent again afterwards are all accepted, once each."""
+    stop = time.monotonic() + 6
+
+    def client(first: int) -> dict[int, int]:
+        answers: dict[int, int] = {}
+        n = first
+        while time.monotonic() < stop:
+            answers[n] = deliver(service.base, n)[0]
+            n += 8
+        return answers
+
+    with ThreadPoolExecutor(9) as pool:
+        clients = [pool.submit(client, first) for first in range(8)]
+        for _ in range(3):
+            time.sleep(1.5)
+            sql.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        answers = {n: status for c in clients for n, status in c.result().items()}
+    assert set(answers.values()) <= {200, 503}, answers
+    assert 503 in answers.values() and list(answers.values()).count(200) > 50, answers
+    stored = events_per_delivery(sql)
+    assert all(stored.get(str(n)) == 1 for n, status in answers.items() if status == 200)  # durable
+    assert all(count == 1 for count in stored.values())
+    deadline = time.monotonic() + WAIT_S
+    for n in sorted(answers):  # the provider delivers again what was not accepted (and the rest)
+        while (status := deliver(service.base, n)[0]) != 200:
+            assert status == 503 and time.monotonic() < deadline, status
+            time.sleep(0.1)
+    stored = events_per_delivery(sql)
+    assert stored == {str(n): 1 for n in answers}
