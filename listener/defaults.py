@@ -195,5 +195,6 @@ WEBHOOK_BACKLOG_POLL_S = 1.0  # how often the queue's backlog is counted against
 
 SCHEDULE_TZ = "UTC"  # the time zone of a cron spec that names none
 SCHEDULE_CATCHUP = "1h"  # ticks missed while down are made up when no older than this
+SCHEDULE_STALL_S = 60.0  # a tick later than this (and catchup:) in a running service is missed, not fired
 SCHEDULE_MISSED_COUNTED = 100_000  # missed ticks counted one by one, at most (then "more than")
 SCHEDULE_NEXT_SHOWN = 3  # `listener schedules`: upcoming ticks shown per schedule

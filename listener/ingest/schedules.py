@@ -19,9 +19,9 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from listener.defaults import SCHEDULE_MISSED_COUNTED
+from listener.defaults import SCHEDULE_MISSED_COUNTED, SCHEDULE_STALL_S
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.queue.batches import EventBatch
@@ -42,12 +42,28 @@ class _Plan:
 
     def __init__(self, schedule: Schedule, due: list[datetime], after: datetime, missed: int) -> None:
         self.schedule = schedule
-        made_up = ((tick, "catchup") for tick in due)
-        ahead = ((tick, "tick") for tick in schedule.ticks_after(due[-1] if due else after))
-        self._ticks: Iterator[tuple[datetime, str]] = itertools.chain(made_up, ahead)
-        self.tick, self.trigger = next(self._ticks)
         self.missed = missed  # older ticks not made up, told by the next event
         self.skipped = 0  # ticks skipped in a row (overlap, pause), for the log
+        self._from(due, after)
+
+    def _from(self, due: list[datetime], after: datetime) -> None:
+        made_up = ((tick, "catchup") for tick in due)
+        ahead = ((tick, "tick") for tick in self.schedule.ticks_after(due[-1] if due else after))
+        self._ticks: Iterator[tuple[datetime, str]] = itertools.chain(made_up, ahead)
+        self.tick, self.trigger = next(self._ticks)
+
+    def drop_stale(self, now: datetime) -> tuple[int, datetime | None, datetime | None]:
+        """Skip the coming ticks older than ``catchup:`` at ``now`` when the next is more than that (and
+        ``SCHEDULE_STALL_S``) late, the writer or the database stalled: like those missed while no service
+        ran, they are counted, not fired.  (how many, the first, the last)"""
+        late = (now - self.schedule.fire_at(self.tick)).total_seconds()
+        if late <= max(self.schedule.settings.catchup_s, SCHEDULE_STALL_S):
+            return 0, None, None
+        before = self.tick - timedelta(microseconds=1)
+        due, older, first, final = missed_between(self.schedule, before, now, SCHEDULE_MISSED_COUNTED)
+        self.missed += older
+        self._from(due, now)
+        return older, first, final
 
     @property
     def fire_at(self) -> datetime:
@@ -90,10 +106,16 @@ class ScheduleSource:
             plans = await self._start(out)
             while True:
                 plan = min(plans, key=lambda p: p.fire_at)
-                wait = (plan.fire_at - self.clock()).total_seconds()
+                now = self.clock()
+                wait = (plan.fire_at - now).total_seconds()
                 if wait > 0:
                     await asyncio.sleep(min(wait, _LONGEST_SLEEP_S))
                     continue
+                stale, first, final = plan.drop_stale(now)
+                if stale:
+                    assert first is not None and final is not None
+                    self._report_missed(plan.schedule, stale, first, final, "were not fired in time")
+                    continue  # the plan's next tick may not be due yet
                 await self._fire(out, plan)
                 plan.advance()
         finally:
@@ -117,17 +139,7 @@ class ScheduleSource:
             if older:
                 assert first is not None and final is not None
                 start.ticks[schedule.name] = final
-                logger.warning(
-                    "schedule %r: %s%d tick(s) from %s to %s were missed while no `listener run` ran, "
-                    "more than catchup: %s ago; not made up (the next event says missed: %d)",
-                    schedule.name,
-                    "at least " if older >= SCHEDULE_MISSED_COUNTED else "",
-                    older,
-                    tick_text(first),
-                    tick_text(final),
-                    schedule.settings.catchup,
-                    older,
-                )
+                self._report_missed(schedule, older, first, final, "were missed while no `listener run` ran")
             if due:
                 logger.info(
                     "schedule %r: making up %d tick(s) missed since %s",
@@ -139,6 +151,21 @@ class ScheduleSource:
         if start.ticks:
             await self._put(out, start)
         return plans
+
+    @staticmethod
+    def _report_missed(schedule: Schedule, count: int, first: datetime, final: datetime, why: str) -> None:
+        logger.warning(
+            "schedule %r: %s%d tick(s) from %s to %s %s, more than catchup: %s ago; not made up (the next "
+            "event says missed: %d)",
+            schedule.name,
+            "at least " if count >= SCHEDULE_MISSED_COUNTED else "",
+            count,
+            tick_text(first),
+            tick_text(final),
+            why,
+            schedule.settings.catchup,
+            count,
+        )
 
     async def _fire(self, out: BatchQueue, plan: _Plan) -> None:
         """One tick: its event (unless paused or held back by ``overlap:``) and its place, durable."""

@@ -192,3 +192,34 @@ def test_the_schedules_command_lists_state_and_next_ticks(sql: Conn, tmp_path: P
     unknown = cli(sql.info.dsn, cfg, "schedules", "trigger", "nope")
     assert unknown.exit_code == 2 and "no schedule named 'nope'" in unknown.output
     assert "nightly, beat" in unknown.output
+
+
+async def test_ticks_late_by_more_than_catchup_in_a_running_service_are_counted_not_fired(
+    sql: Conn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stall longer than `catchup:` (here the clock jumps two minutes, as after a frozen VM) is treated
+    like downtime: the ticks within `catchup:` of now are made up, the older ones counted."""
+    cfg = config(tmp_path, overlap="allow", catchup="10s")
+    jump = timedelta(0)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + jump
+
+    source = ScheduleSource([Schedule(s) for s in cfg.schedules], clock=clock)
+    with caplog.at_level(logging.WARNING, logger="listener.ingest.schedules"):
+        async with running_ingest(sql.info.dsn, cfg, attach=[source.attach]):
+            await _wait_for(lambda: len(ticks(sql)) >= 2, "two ticks")
+            jump = timedelta(minutes=2)
+            await _wait_for(lambda: any(e["payload"]["data"]["missed"] for e in ticks(sql)), "the stall")
+            await asyncio.sleep(1.5)
+    found = ticks(sql)
+    at = seconds(found)
+    gaps = [(a, b) for a, b in itertools.pairwise(at) if b - a > timedelta(seconds=1)]
+    assert len(gaps) == 1, at
+    before, after = gaps[0]
+    first_after = found[at.index(after)]["payload"]["data"]
+    assert first_after["trigger"] == "catchup"
+    assert first_after["missed"] == (after - before).seconds - 1 >= 100  # every tick fired or counted
+    made_up = [e for e in found if e["payload"]["data"]["trigger"] == "catchup"]
+    assert 9 <= len(made_up) <= 12, made_up  # those within catchup: 10s of the jumped clock
+    assert "were not fired in time" in caplog.text
