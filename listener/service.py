@@ -100,7 +100,10 @@ def workflow_checks(config: Config) -> list[install.CheckResult]:
     errors = workflow_errors(config)
     if not errors:
         dirs = ", ".join(str(d) for d in config.import_dirs())
-        return [install.CheckResult("workflows", True, f"{len(config.rules)} rule(s) import (from {dirs})")]
+        what = f"{len(config.rules)} rule(s)"
+        if config.schedules:
+            what += f" and {len(config.schedules)} schedule(s)"
+        return [install.CheckResult("workflows", True, f"{what} import (from {dirs})")]
     return [
         install.CheckResult(f"workflow of rule {rule}", False, exc.message, exc.hint)
         for rule, exc in errors.items()

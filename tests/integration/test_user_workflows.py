@@ -111,3 +111,23 @@ def test_check_reports_each_import_failure_with_rule_file_and_line(
     assert {
         f"workflow of rule {r}" for r in ("missing", "syntax", "raising", "dependency", "no_function")
     } <= failed
+
+
+def test_check_imports_the_schedules_workflows_too(tmp_path: Path, dsn: str, sql: Conn) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "fine.py").write_text("async def f(ctx):\n    return 1\n")
+    config = project / "listener.yaml"
+    head = "rules:\n" + rule("ok", "fine:f") + "schedules:\n  - name: beat\n    every: 1m\n"
+    config.write_text(head + "    workflow: fine:f\n")
+    proc = check(dsn, config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "✓ workflows: 1 rule(s) and 1 schedule(s) import" in proc.stdout
+    config.write_text(head + "    workflow: fine:nope\n")
+    proc = check(dsn, config)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (
+        f"✗ workflow of rule schedule/beat: {config}:7, rule 'schedule/beat': workflow 'fine:nope'"
+        in proc.stdout
+    )
