@@ -83,16 +83,24 @@ def service(dsn: str, sql: Conn, tmp_path: Path) -> Iterator[tuple[subprocess.Po
         proc.wait(WAIT_S)
 
 
+def command_line(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def the_child(proc: subprocess.Popen[bytes], log: Path) -> int:
     found: list[int] = []
 
     def started() -> bool:
+        # Between fork and exec the child still shows the service's own command line.
         found[:] = children_of(proc.pid)
-        return bool(found)
+        return bool(found) and b"worker" in command_line(found[0])
 
     wait_for("the worker process", started, proc, log)
     assert len(found) == 1, found
-    cmdline = Path(f"/proc/{found[0]}/cmdline").read_bytes().split(b"\0")
+    cmdline = command_line(found[0])
     assert b"worker" in cmdline and not any(b"dbname" in arg or b"host=" in arg for arg in cmdline), cmdline
     return found[0]
 
