@@ -100,6 +100,14 @@ HISTORY_INTERVAL_S = 5.0
 REWIND_POLL_S = 5.0
 SLOT_BUSY_RETRY_S = 15.0
 SLOT_BUSY_WAIT_S = 1.0  # ... looking again this often
+# Leadership among replicas (ingest/leadership.py): a standby tries the slot's lock this often; the leader
+# checks its lock's connection this often and stands down when a check gets no answer within the timeout;
+# the server drops a vanished leader's connection (and lock) after LEADER_KEEPALIVE_S idle and 3 probes
+# LEADER_KEEPALIVE_S apart unanswered (about 20 s; over TCP).
+LEADER_POLL_S = 1.0
+LEADER_CHECK_S = 1.0
+LEADER_CHECK_TIMEOUT_S = 5.0
+LEADER_KEEPALIVE_S = 5
 WATCHER_EXIT_S = 5.0  # how long a stopping ingest waits for the rewind watcher to let go of its connection
 # NOTIFYs waiting for the writer take at most this much memory (more are dropped: NOTIFY is at most once).
 NOTIFY_BUFFER_BYTES = 16 << 20

@@ -174,6 +174,14 @@ class SlotInUseError(PrerequisiteError):
     """The replication slot is active in another process."""
 
 
+class Deposed(Exception):
+    """Another replica leads the slot now: the state database refused this one's checkpoint write (its
+    leader epoch is no longer the slot's, sql/0010_leaders.sql), and the events of that transaction."""
+
+
+FENCED = "LF001"  # the SQLSTATE of that refusal
+
+
 class ReplicationEnded(DatabaseError):
     """The server ended the COPY stream or the connection dropped; the caller may reconnect."""
 

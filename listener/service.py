@@ -285,13 +285,23 @@ async def _reloader(
                 if conn is None:
                     conn = await store.pool.acquire()
                     await conn.add_listener(channel, on_request)
-                pending = await store.pending_reloads()
+                if (
+                    ingest.lease is not None
+                ):  # the leader answers the requests; a standby has no rules running
+                    pending = await store.pending_reloads()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 logger.warning("cannot look for reload requests (%s); trying again", exc)
                 await _release(store, conn, channel, on_request)
                 conn = None
+            if sighup.is_set() and ingest.campaign is not None and ingest.campaign.role == "standby":
+                sighup.clear()
+                logger.warning(
+                    "SIGHUP received by a standby: its rules are not running; `listener reload` reloads the "
+                    "leader's, and this replica reads its config file again when it is restarted"
+                )
+                continue
             if pending or sighup.is_set():
                 if (pause := last + RELOAD_INTERVAL_S - time.monotonic()) > 0:
                     with contextlib.suppress(TimeoutError):
@@ -434,8 +444,14 @@ async def _until_done(coro: object, stop: asyncio.Event) -> None:
 
 
 def _not_ready(ingest: Ingest) -> str | None:
-    """Why the service is not ready (``GET /readyz``), or None."""
+    """Why the service is not ready (``GET /readyz``), or None: ready while it streams the slot, or while
+    it stands by for another replica that does (its state connection working) and has no webhooks to
+    serve."""
     if ingest.streaming.is_set():
+        return None
+    if ingest.campaign is not None and ingest.campaign.role == "standby":
+        if ingest.config is not None and ingest.config.webhooks:
+            return "a standby: the leader serves the webhooks (this replica answers them 503)"
         return None
     return "ingest is not streaming from the replication slot (starting, or reconnecting)"
 

@@ -64,6 +64,19 @@ async def acli(dsn: str, config: Config | Path, *args: str) -> Result:
     return await asyncio.to_thread(cli, dsn, config, *args)
 
 
+@dataclass(frozen=True)
+class BatchRule:
+    """What ``EventBatch.group_id`` reads of a rule, for tests that build batches by hand."""
+
+    name: str = "rows"
+    workflow: str = "m:f"
+    gated: bool = False
+    key_limit: int | None = None
+    ordered: bool = False
+    priority: int = 0
+    source: str = "table"
+
+
 @dataclass
 class Running:
     ingest: Ingest

@@ -273,6 +273,9 @@ def print_status(console: Console, s: Status) -> None:
     grid.add_column()
     running = f"in use by PID {s.active_pid}" if s.active_pid else "not in use (no `listener run` streaming)"
     grid.add_row("slot", cell(f"{s.slot}: {running}" if s.slot_exists else f"{s.slot}: missing"))
+    if s.leader is not None:
+        who = f"{s.leader['holder']} (epoch {s.leader['epoch']}, since {_time(s.leader['since'])})"
+        grid.add_row("leader", cell(who if s.leader["running"] else f"none running; the last was {who}"))
     grid.add_row("checkpoint", cell(f"{s.checkpoint_lsn or '-'} (written {_time(s.checkpoint_at)})"))
     grid.add_row("confirmed", cell(f"{s.confirmed_flush_lsn or '-'} (restart_lsn {s.restart_lsn or '-'})"))
     if s.retain is None:

@@ -21,9 +21,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from listener.defaults import SLOT_BUSY_RETRY_S, SLOT_BUSY_WAIT_S, WATCHER_EXIT_S
-from listener.errors import ReplicationEnded, SlotInUseError, is_transient
+from listener.errors import Deposed, ReplicationEnded, SlotInUseError, is_transient
 from listener.ingest import reload as reloading
 from listener.ingest.journal import prune_forever
+from listener.ingest.leadership import Campaign, Lease
 from listener.ingest.notify import NotifySource
 from listener.ingest.reader import PgoutputSource
 from listener.ingest.reload import Prepare
@@ -38,7 +39,15 @@ from listener.pg.publications import streamed_publications
 from listener.pg.replication import ReplicationSession
 from listener.queue.batches import EventBatch, RewindPlan
 from listener.rules.config import Config
-from listener.supervise import shielded, sleep_unless, spawn, supervised, task_group, wait_first
+from listener.supervise import (
+    first_of,
+    shielded,
+    sleep_unless,
+    spawn,
+    supervised,
+    task_group,
+    wait_first,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +66,52 @@ class Ingest(IngestState):
         await count_rewind(self, rewind, count)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stream until ``stop`` is set; reconnect with backoff after any connection loss.  The rewind
-        watcher and the journal's pruner run beside the stream, supervised: when one fails for good, ingest
-        stops (invariant 9)."""
-        done = asyncio.Event()
+        """Stream until ``stop`` is set, as the slot's leader among the replicas of the service (a standby
+        until then: listener.ingest.leadership); reconnect with backoff after any connection loss."""
+        campaign = Campaign(self.store.dsn, schema=self.store.schema, slot=self.slot)
+        self.campaign = campaign
+        try:
+            await supervised("ingest-leadership", lambda: self._campaign(campaign, stop), stop=stop)
+        finally:
+            await campaign.resign()
+
+    async def _campaign(self, campaign: Campaign, stop: asyncio.Event) -> None:
+        """Lead the slot whenever this replica holds its lock, until ``stop``."""
+        while not stop.is_set():
+            lease = await campaign.lead(stop)
+            if lease is None:
+                return
+            self.store.epoch = lease.epoch
+            try:
+                await self._lead(campaign, lease, stop)
+            finally:
+                self.store.epoch = None
+            if lease.lost.is_set():
+                await campaign.close()  # a new connection campaigns: the old one may hold the lock still
+
+    async def _lead(self, campaign: Campaign, lease: Lease, stop: asyncio.Event) -> None:
+        """Stream until ``stop`` or until the lease is lost.  The rewind watcher, the journal's pruner and
+        the lock's watch run beside the stream, supervised: when one fails for good, ingest stops
+        (invariant 9)."""
+        done = asyncio.Event()  # ``stop`` or the lease lost: the sessions end
         async with task_group() as tg:
-            background = [spawn(tg, "ingest-rewinds", lambda: watch_rewinds(self, done), stop=done)]
+            relay = tg.create_task(first_of(stop.wait(), lease.lost.wait()), name="ingest-lease")
+            relay.add_done_callback(lambda _: done.set())
+            background = [
+                spawn(tg, "ingest-rewinds", lambda: watch_rewinds(self, done), stop=done),
+                tg.create_task(campaign.hold(lease, done), name="ingest-lock"),
+            ]
             if self.journal is not None:
                 journal = self.journal
                 prune = functools.partial(prune_forever, self.store, journal, done)
                 background.append(spawn(tg, "ingest-journal", prune, stop=done))
+            self.lease = lease
             try:
-                await supervised("ingest", lambda: self._sessions(stop), stop=stop, retry=self._retry)
+                await supervised("ingest", lambda: self._sessions(done), stop=done, retry=self._retry)
             finally:
+                self.lease = None
                 done.set()  # the watcher ends by itself, releasing its connection
+                relay.cancel()
                 _, late = await asyncio.wait(background, timeout=WATCHER_EXIT_S)
                 for task in late:
                     task.cancel()
@@ -82,6 +123,12 @@ class Ingest(IngestState):
             try:
                 await self._run_session(stop)
                 busy_since = None
+            except Deposed as exc:
+                # Another replica leads now (this one's lock connection failed): stand down at once.
+                logger.warning("slot %r: %s; standing by", self.slot, str(exc).splitlines()[0])
+                if self.lease is not None:
+                    self.lease.lost.set()
+                return
             except SlotInUseError as exc:
                 # Right after a crash the server may hold the old walsender a moment longer: wait a little,
                 # saying so once, then stop with one line naming the holder and the fix.

@@ -19,6 +19,7 @@ from listener.defaults import HISTORY_INTERVAL_S, IDLE_CHECKPOINT_INTERVAL_S, RE
 from listener.ingest.backfill import Backfills
 from listener.ingest.expand import Expander
 from listener.ingest.journal import JournalPolicy
+from listener.ingest.leadership import Campaign, Lease
 from listener.ingest.source import Source
 from listener.pg.replication import ReplicationSession
 from listener.pg.types import TypeRegistry
@@ -101,6 +102,9 @@ class IngestState:
         # ``run`` with its writer's queue, supervised; a source outlives sessions, so ``run`` may start again.
         self.sources: list[Source] = []
         self.session: ReplicationSession | None = None
+        # This replica's candidacy for the slot (listener.ingest.leadership), and its lease while it leads.
+        self.campaign: Campaign | None = None
+        self.lease: Lease | None = None
         self.catalog: psycopg.AsyncConnection[Any] | None = None
         self.catalog_lock = (
             asyncio.Lock()

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from listener.ingest.leadership import lock_key
 from listener.ops import rewind as rw
 from listener.ops import rewind_window as rwin
 from listener.pg.lsn import format_lsn
@@ -38,6 +39,8 @@ class Status:
     rewindable: dict[str, Any] | None  # from_lsn, from_time, to_lsn
     journal: dict[str, Any] | None  # keep, since, oldest_commit_time, bytes (None: off and empty)
     runs: dict[str, int]
+    # the slot's leader among the replicas: epoch, holder, since, running (its lock held now); None: never
+    leader: dict[str, Any] | None = None
     rewinds: list[dict[str, Any]] = field(default_factory=list)
     backfills: list[dict[str, Any]] = field(default_factory=list)  # see `listener backfill status`
     warnings: list[str] = field(default_factory=list)
@@ -94,6 +97,7 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
     for name, count in state.execute(queries.get("count_runs"), [list(COUNTED_STATUSES)]).fetchall():
         status.runs[name] = int(count)
     status.rewinds = [asdict(row) for row in rw.rewinds(state, config.slot)]
+    status.leader = _leader(config, state)
     row = state.execute(queries.get("regclass"), ["backfills"]).fetchone()
     if row is not None and row[0] is not None:  # a schema not migrated yet has none
         from listener.ops import backfill_requests
@@ -102,6 +106,21 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
             b.to_json() for b in backfill_requests.list_backfills(state, config.slot, limit=5)
         ]
     return status
+
+
+def _leader(config: Config, state: rwin.Conn) -> dict[str, Any] | None:
+    """The slot's last elected leader (listener.ingest.leadership), and whether it runs now."""
+    row = state.execute(queries.get("regclass"), ["leaders"]).fetchone()
+    if row is None or row[0] is None:  # a schema not migrated yet has none
+        return None
+    found = state.execute(
+        queries.get("leader_of"), {"slot": config.slot, "key": lock_key(config.state_schema, config.slot)}
+    )
+    leader = found.fetchone()
+    if leader is None:
+        return None
+    epoch, holder, since, running = leader
+    return {"epoch": int(epoch), "holder": str(holder), "since": since, "running": bool(running)}
 
 
 def _journal(config: Config, state: rwin.Conn) -> dict[str, Any] | None:

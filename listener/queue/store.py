@@ -13,7 +13,7 @@ from typing import Any, Literal
 import asyncpg
 
 from listener.defaults import PAYLOAD_PIECE_CHARS
-from listener.errors import from_driver
+from listener.errors import FENCED, Deposed, from_driver, sqlstate
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue import queries
@@ -123,12 +123,17 @@ class StateStore:
     Two pools: ``writer`` for the batches (events, runs, the checkpoint), which never leave session state
     and so skip the reset between uses; ``pool`` for the rest (some LISTEN), reset as asyncpg does."""
 
-    def __init__(self, pool: asyncpg.Pool, writer: asyncpg.Pool, *, schema: str, slot: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, writer: asyncpg.Pool, *, schema: str, slot: str, dsn: str = ""
+    ) -> None:
         self.pool = pool
         self.writer = writer
         self.schema = schema
         self.slot = slot
+        self.dsn = dsn
         self.channel = notify_channel(schema)
+        # The leader epoch the checkpoint writes carry (listener.ingest.leadership): None writes unfenced.
+        self.epoch: int | None = None
 
     @classmethod
     async def connect(
@@ -149,7 +154,7 @@ class StateStore:
             raise from_driver(
                 exc, "cannot connect to the state database", hint="check --state-dsn / LISTENER_STATE_DSN"
             ) from exc
-        return cls(pools[0], pools[1], schema=schema, slot=slot)
+        return cls(pools[0], pools[1], schema=schema, slot=slot, dsn=dsn)
 
     async def close(self) -> None:
         await self.writer.close()
@@ -169,6 +174,14 @@ class StateStore:
         with a retention window, to ``batch.confirm``, which this sets when ``batch.retention`` asks for a
         history row.
         """
+        try:
+            return await self._write_batch(batch, offer)
+        except asyncpg.PostgresError as exc:
+            if sqlstate(exc) == FENCED:
+                raise Deposed(str(exc)) from exc
+            raise
+
+    async def _write_batch(self, batch: EventBatch, offer: Offer | None) -> int:
         if _events_only(batch):
             # the common case (a few small transactions' events and their position, or the events of a
             # source that keeps no position, e.g. webhooks): one statement, which is its own transaction
@@ -177,12 +190,14 @@ class StateStore:
                 return 0
             async with self.writer.acquire() as conn:
                 checkpoint = (
-                    (self.slot, format_lsn(batch.checkpoint)) if batch.checkpoint is not None else None
+                    (self.slot, format_lsn(batch.checkpoint), self.epoch)
+                    if batch.checkpoint is not None
+                    else None
                 )
                 if batch.payload:
                     return (await self._insert_events(conn, batch, offer, checkpoint))[0]
                 assert batch.checkpoint is not None
-                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
+                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint), self.epoch)
                 return 0
         async with self.writer.acquire() as conn, conn.transaction():
             inserted, rewound, reruns = await self._insert_events(conn, batch, offer)
@@ -217,7 +232,7 @@ class StateStore:
             if batch.ticks:
                 await conn.execute(_ADVANCE_SCHEDULES, list(batch.ticks), list(batch.ticks.values()))
             if batch.checkpoint is not None:
-                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint))
+                await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint), self.epoch)
                 if batch.retention is not None:
                     batch.confirm = await self._retain(
                         conn, batch.checkpoint, batch.checkpoint_time, batch.retention
@@ -235,12 +250,12 @@ class StateStore:
         conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
         batch: EventBatch,
         offer: Offer | None = None,
-        checkpoint: tuple[str, str] | None = None,
+        checkpoint: tuple[str, str, int | None] | None = None,
     ) -> tuple[int, int, int]:
         """Insert the batch's events and their runs, and wake the workers if they have runs to claim:
         (events inserted, events re-read by a rewind, runs made for a rewind's --rerun).  With an
         ``offer``, the runs handed to its worker go to ``batch.handed`` (a rewind's batch hands none);
-        with a ``checkpoint`` (slot, LSN), the statement also moves it."""
+        with a ``checkpoint`` (slot, LSN, leader epoch), the statement also moves it."""
         batch.handed, batch.left_pending = [], False
         if not batch.payload:
             return 0, 0, 0
@@ -265,7 +280,7 @@ class StateStore:
         if offer is not None and rewind is None:
             handoff = (offer.slots, offer.worker_id, offer.lease_seconds)
         row = await conn.fetchrow(
-            _INSERT_EVENTS, *columns, *rerun, *handoff, self.channel, *(checkpoint or (None, None))
+            _INSERT_EVENTS, *columns, *rerun, *handoff, self.channel, *(checkpoint or (None, None, None))
         )
         assert row is not None
         inserted, rewound, reruns, handed = row["inserted"], row["rewound"], row["reruns"], row["handed"]

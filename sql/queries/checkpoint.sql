@@ -16,8 +16,9 @@ SELECT lsn::text FROM checkpoints WHERE slot_name = $1
 
 -- name: upsert_checkpoint
 -- placeholders: asyncpg
-INSERT INTO checkpoints (slot_name, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())
-ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at
+-- $3: the writer's leader epoch (sql/0010_leaders.sql: a deposed leader's write is refused).
+INSERT INTO checkpoints (slot_name, lsn, updated_at, epoch) VALUES ($1, $2::text::pg_lsn, now(), $3)
+ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at, epoch = excluded.epoch
 
 -- name: record_history
 -- placeholders: asyncpg

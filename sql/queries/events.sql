@@ -19,8 +19,9 @@
 -- made claimed already, by worker $22 for $23 seconds (attempt 1, logged in `attempts` like a claim's),
 -- for that worker to start once this transaction commits; the rest are pending as usual.
 -- With $24 (the workers' channel), a NOTIFY wakes them when the batch made runs to claim (not every new run
--- was handed).  With $25 (the slot), the checkpoint moves to $26 in the same statement: a batch of events
--- and its position, one statement in one transaction, one round trip (StateStore.write_batch).
+-- was handed).  With $25 (the slot), the checkpoint moves to $26 in the same statement, written by leader
+-- epoch $27 (sql/0010_leaders.sql): a batch of events and its position, one statement in one transaction,
+-- one round trip (StateStore.write_batch).
 -- Returns (events inserted, of them in the rewind's range, rerun runs made, the positions in the batch,
 -- from 1, of the events whose runs were handed).
 WITH src AS (
@@ -68,9 +69,10 @@ WITH src AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING 1
 ), checkpoint AS (
-    INSERT INTO checkpoints (slot_name, lsn, updated_at)
-    SELECT $25::text, $26::text::pg_lsn, now() WHERE $25::text IS NOT NULL
-    ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at
+    INSERT INTO checkpoints (slot_name, lsn, updated_at, epoch)
+    SELECT $25::text, $26::text::pg_lsn, now(), $27::int8 WHERE $25::text IS NOT NULL
+    ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at,
+                                          epoch = excluded.epoch
 )
 SELECT (SELECT count(*) FROM ev) AS inserted,
        (SELECT count(*) FROM ev JOIN src ON src.key = ev.idempotency_key

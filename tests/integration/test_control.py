@@ -287,9 +287,12 @@ async def test_requests_in_a_burst_share_reloads_at_most_one_a_second(
 ROOT = Path(__file__).parents[2]
 
 
-def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
+def test_a_second_run_on_the_same_slot_stands_by_or_says_who_holds_it_in_one_line(
     dsn: str, sql: Conn, tmp_path: Path
 ) -> None:
+    """A second `listener run` of the same state schema is a replica: it stands by, saying so in one line
+    naming the leader.  One of another state schema cannot be one (its checkpoint is another): it stops with
+    one line naming the slot's holder and the fix."""
     sql.execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
     path = tmp_path / "listener.yaml"
     write_config(path, LIVE)
@@ -297,9 +300,10 @@ def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
     other_schema.write_text(path.read_text() + "state_schema: other_state\n")
     env = {**os.environ, "LISTENER_DSN": dsn}
     run = [sys.executable, "-m", "listener", "run", "--no-workers", "-c"]
-    seconds: list[subprocess.Popen[str]] = []
+    processes: list[subprocess.Popen[Any]] = []
     with (tmp_path / "first.log").open("wb") as log:
         first = subprocess.Popen([*run, str(path)], cwd=ROOT, env=env, stdout=log, stderr=log)
+    processes.append(first)
     try:
         deadline = time.monotonic() + WAIT_S
         while (
@@ -312,20 +316,28 @@ def test_a_second_run_on_the_same_slot_says_who_holds_it_in_one_line(
             assert first.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        seconds += [
-            subprocess.Popen([*run, str(p)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-            for p in (path, other_schema)  # the same state schema, and another one
-        ]
-        for second in seconds:
-            _, err = second.communicate(timeout=WAIT_S)  # never a silent retry forever
-            assert second.returncode == 2, err
-            assert "Traceback" not in err and "--slot" not in err, err
-            lines = [line for line in err.splitlines() if "error:" in line]
-            assert len(lines) == 1 and f"slot {SLOT!r}" in lines[0] and f"PID {holder[0]}" in lines[0], err
-            assert "fix:" in err and "slot:" in err, err
+        standby_log = tmp_path / "standby.log"
+        with standby_log.open("wb") as log:
+            standby = subprocess.Popen([*run, str(path)], cwd=ROOT, env=env, stdout=log, stderr=log)
+        other = subprocess.Popen(
+            [*run, str(other_schema)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        )
+        processes += [standby, other]
+        _, err = other.communicate(timeout=WAIT_S)  # never a silent retry forever
+        assert other.returncode == 2, err
+        assert "Traceback" not in err and "--slot" not in err, err
+        lines = [line for line in err.splitlines() if "error:" in line]
+        assert len(lines) == 1 and f"slot {SLOT!r}" in lines[0] and f"PID {holder[0]}" in lines[0], err
+        assert "fix:" in err and "slot:" in err, err
+        assert standby.poll() is None, standby_log.read_text()  # the replica waits
+        said = standby_log.read_text().splitlines()
+        assert len(said) == 1 and said[0].split(": ", 1)[1].startswith(f"standby: slot {SLOT!r}"), said
+        assert f"PID {first.pid} (epoch 1" in said[0], said
         assert first.poll() is None  # the first one runs on
+        standby.terminate()
+        standby.wait(WAIT_S)
+        assert standby.returncode == 0, standby_log.read_text()
     finally:
-        processes: list[subprocess.Popen[Any]] = [first, *seconds]
         for process in processes:  # none left running when an assert fails
             if process.poll() is None:
                 process.terminate()

@@ -6,7 +6,6 @@ event_chunks)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -16,19 +15,9 @@ from listener.queue import migrations
 from listener.queue.batches import EventBatch
 from listener.queue.store import StateStore
 from listener.rules.events import cdc_key
+from tests.support import BatchRule as Rule
 
 Conn = psycopg.Connection[tuple[object, ...]]
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    workflow: str = "m:f"
-    gated: bool = False
-    key_limit: int | None = None
-    ordered: bool = False
-    priority: int = 0
-    source: str = "table"
 
 
 RULES = ["r", "a/b/c", "/", "règle/ü😀", "x'); DROP TABLE events; --", " spaced "]
