@@ -21,6 +21,7 @@ DEFAULT_STATE_SCHEMA = "listener"
 BATCH_EVENTS = 5000
 BATCH_DELAY_MS = 5.0
 STATUS_INTERVAL_S = 10.0  # and the replication session's standby status updates
+HEARTBEAT_S = 60.0  # a heartbeat message when the slot sent nothing for this long (0: none)
 COMPACT_AFTER = 2000
 COMPACT_CHUNK_CHANGES = 20000
 EXPAND_AHEAD = 20000
@@ -100,6 +101,10 @@ HISTORY_INTERVAL_S = 5.0
 REWIND_POLL_S = 5.0
 SLOT_BUSY_RETRY_S = 15.0
 SLOT_BUSY_WAIT_S = 1.0  # ... looking again this often
+# The streaming slot's health (ingest/heartbeat.py): read this often; warned about once the WAL it may
+# still hold before max_slot_wal_keep_size invalidates it (safe_wal_size) is below this part of that size.
+SLOT_WATCH_S = 30.0
+SLOT_SAFE_WAL_WARN_FRACTION = 0.2
 # Leadership among replicas (ingest/leadership.py): a standby tries the slot's lock this often; the leader
 # checks its lock's connection this often and stands down when a check gets no answer within the timeout;
 # the server drops a vanished leader's connection (and lock) after LEADER_KEEPALIVE_S idle and 3 probes

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import psycopg
 
+from listener import logs
 from listener.defaults import (
     RELOAD_ANSWER_POLL_S,
     RELOAD_ATTEMPTS,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # imported where used: `listener worker` needs neither ingest
     from listener.ingest import Ingest
 
 logger = logging.getLogger(__name__)
+startup = logging.getLogger(logs.STARTUP_LOGGER)
 
 StateConn = psycopg.Connection[tuple[Any, ...]]
 
@@ -155,6 +157,7 @@ async def run(
     workers: bool = True,
     processes: int = 0,
     verbose: int = 0,
+    log_format: str = "text",
     stop: asyncio.Event | None = None,
     on_event_start: Callable[[wf.Event], None] | None = None,
     ready: asyncio.Event | None = None,
@@ -190,6 +193,14 @@ async def run(
             state_dsn, schema=config.state_schema, slot=config.slot, writers=writers
         )
         ingest = Ingest.from_config(config, source_dsn=source_dsn, store=store)
+        address = http_server.url(http_socket) if http_socket is not None else None
+        if not workers:
+            running = "no workers (`listener worker` runs them)"
+        else:
+            running = (
+                f"workers in this process and {processes} worker process(es)" if processes else "workers"
+            )
+        ingest.announce = functools.partial(_announce, config, source_dsn, state_dsn, address, running)
         if webhooks is not None:
             webhooks.attach(ingest)
         if config.schedules:
@@ -213,7 +224,7 @@ async def run(
                     if source_path is not None:
                         spawned = children.run_children(
                             processes,
-                            command=children.child_command(verbose),
+                            command=children.child_command(verbose, log_format),
                             env=children.child_environment(source_path, source_dsn, state_dsn),
                             grace_s=config.worker.grace_s,
                             stop=stop,
@@ -311,7 +322,13 @@ async def _reloader(
                 hup = sighup.is_set()
                 sighup.clear()
                 answer = await _reload_once(ingest, config.source_path, state_dsn, stop)
-                logger.warning("reload (%s): %s", _origin(hup, pending), answer)
+                logger.log(
+                    logging.INFO if answer.startswith("ok ") else logging.WARNING,
+                    "reload (%s): %s",
+                    _origin(hup, pending),
+                    answer,
+                    extra=logs.fields(slot=config.slot),
+                )
                 if pending:
                     try:
                         await store.answer_reloads(pending, ok=answer.startswith("ok "), answer=answer)
@@ -433,6 +450,43 @@ def make_worker(
         limits=config.limits,
         gating=any(rule.gated for rule in config.rules) or any(s.gated for s in config.schedules),
     )
+
+
+def _announce(
+    config: Config, source_dsn: str, state_dsn: str, http: str | None, workers: str, role: str
+) -> None:
+    """The startup line of `listener run`, once it knows whether it leads the slot: what it watches, from
+    where, which slot, leader or standby, the HTTP address (shown without -v too)."""
+    watched = watch_summary(config)
+    where = conninfo.where(source_dsn)
+    state = "the same database" if state_dsn == source_dsn else conninfo.where(state_dsn)
+    startup.info(
+        "listener run: %s; watching %s on %s (state: %s, schema %s); %s; %s",
+        role,
+        watched,
+        where,
+        state,
+        config.state_schema,
+        workers,
+        f"HTTP on {http}" if http else "no HTTP server",
+        extra=logs.fields(slot=config.slot),
+    )
+
+
+def watch_summary(config: Config) -> str:
+    """What the rules and schedules watch, in a few words: ``3 rule(s): tables a, b; webhook w``."""
+    kinds: dict[str, set[str]] = {}
+    for rule in config.rules:
+        for kind, name in (("table", rule.table), ("message prefix", rule.message), ("channel", rule.channel),
+                           ("webhook", rule.webhook)):  # fmt: skip
+            if name:
+                kinds.setdefault(kind, set()).add(str(name))
+    for schedule in config.schedules:
+        kinds.setdefault("schedule", set()).add(schedule.name)
+    parts = [
+        f"{kind}{'s' if len(names) > 1 else ''} {', '.join(sorted(names))}" for kind, names in kinds.items()
+    ]
+    return f"{len(config.rules)} rule(s)" + (": " + "; ".join(parts) if parts else "")
 
 
 async def _until_done(coro: object, stop: asyncio.Event) -> None:

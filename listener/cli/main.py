@@ -11,14 +11,17 @@ import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
+from listener import logs
 from listener.cli.options import EXIT_RUNTIME, EXIT_USAGE, Options, err_console
 from listener.cli.render import markup_safe
 from listener.defaults import DEFAULT_CONFIG_FILE
 from listener.errors import DatabaseError, ListenerError, ProcessDied, ProtocolError
+from listener.logs import STARTUP_LOGGER
 from listener.pg.embedded import DEFAULT_DATA_DIR
 
 
@@ -29,12 +32,12 @@ def _fail(exc: ListenerError) -> None:
     sys.exit(EXIT_RUNTIME if isinstance(exc, DatabaseError | ProtocolError | ProcessDied) else EXIT_USAGE)
 
 
-def _set_verbosity(verbose: int) -> None:
+def _set_logging(verbose: int, log_format: str) -> None:
     level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)
-    # where the HTTP server listens is said even without -v (one line at its start)
-    logging.getLogger("listener.http.server").setLevel(min(level, logging.INFO))
+    logs.configure(level, "json" if log_format == "json" else "text")
+    # the service's startup line, and where the HTTP server listens, are said even without -v
+    for name in (STARTUP_LOGGER, "listener.http.server"):
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
 
 
 def _late_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -46,16 +49,20 @@ def _late_global(ctx: click.Context, param: click.Parameter, value: Any) -> None
         return
     if param.name == "verbose":
         opts.verbose += value
-        _set_verbosity(opts.verbose)
+        _set_logging(opts.verbose, opts.log_format)
+    elif param.name == "log_format":
+        opts.log_format = value
+        _set_logging(opts.verbose, opts.log_format)
     else:
         setattr(opts, param.name, value)
 
 
-def _late(*decls: str, help: str, count: bool = False) -> click.Option:
+def _late(*decls: str, help: str, count: bool = False, choices: Sequence[str] = ()) -> click.Option:
     return click.Option(
         list(decls),
         help=help,
         count=count,
+        type=click.Choice(choices) if choices else None,
         callback=_late_global,
         expose_value=False,
         is_eager=True,
@@ -71,6 +78,9 @@ def _global_options() -> list[click.Option]:
         _late("--state-dsn", help="State database (as before the command)."),
         _late("--data-dir", help="Embedded server's data directory (as before the command)."),
         _late("-v", "--verbose", count=True, help="More logging (as before the command)."),
+        _late(
+            "--log-format", help="Log lines as text or JSON (as before the command).", choices=logs.FORMATS
+        ),
     ]
 
 
@@ -158,6 +168,14 @@ class _Group(click.Group):
     help="Data directory of the embedded server, used when no DSN is given.",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    envvar="LISTENER_LOG_FORMAT",
+    show_envvar=True,
+    help='Log lines as text, or as one JSON object per line (fields: README "Logs").',
+)
 @click.version_option(package_name="listener", message="listener %(version)s")
 @click.pass_context
 def main(
@@ -167,6 +185,7 @@ def main(
     state_dsn: str | None,
     data_dir: str,
     verbose: int,
+    log_format: str,
 ) -> None:
     """listener: PostgreSQL row changes → durable, exactly-once workflow runs.
 
@@ -176,8 +195,8 @@ def main(
     Exit codes: 0 ok; 1 problems found (`check`) or no match (`rules test`);
     2 a usage or configuration error; 3 a runtime failure (database, protocol, a bug).
     """
-    _set_verbosity(verbose)
-    ctx.obj = Options(config_path, dsn, state_dsn, data_dir, verbose)
+    _set_logging(verbose, log_format)
+    ctx.obj = Options(config_path, dsn, state_dsn, data_dir, verbose, log_format)
 
 
 def _with_global_options(command: click.Command) -> click.Command:

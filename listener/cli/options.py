@@ -4,11 +4,13 @@ configuration and databases those options name (found by :mod:`listener.ops.envi
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rich.console import Console
 
+from listener.logs import STARTUP_LOGGER
 from listener.ops import environment
 from listener.ops import runs as runs_mod
 from listener.rules.config import Config
@@ -29,9 +31,13 @@ class Options:
     state_dsn: str | None
     data_dir: str
     verbose: int = 0
+    log_format: str = "text"  # listener.logs.FORMATS
 
     def announce_embedded(self, dsn: str) -> None:
-        err_console.print(f"[dim]embedded PostgreSQL ({self.data_dir}): {dsn}[/dim]")
+        if self.log_format == "json":  # standard error holds nothing but log lines
+            logging.getLogger(STARTUP_LOGGER).info("embedded PostgreSQL (%s): %s", self.data_dir, dsn)
+        else:
+            err_console.print(f"[dim]embedded PostgreSQL ({self.data_dir}): {dsn}[/dim]")
 
 
 def load(opts: Options, *, required: bool = True) -> Config:

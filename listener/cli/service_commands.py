@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from listener import supervise
+from listener import logs, supervise
 from listener.cli.options import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -38,6 +38,7 @@ def run(opts: Options, no_workers: bool, worker_processes: int | None) -> None:
     from listener.runtime import processes
 
     config = load(opts)
+    logs.set_context(slot=config.slot)
     if worker_processes is None:
         worker_processes = config.worker.processes
     if worker_processes is None:
@@ -51,6 +52,7 @@ def run(opts: Options, no_workers: bool, worker_processes: int | None) -> None:
                 workers=not no_workers,
                 processes=worker_processes,
                 verbose=opts.verbose,
+                log_format=opts.log_format,
             )
         )
 

@@ -55,6 +55,7 @@ from listener.http.app import Receive, Scope, Send, respond
 from listener.http.verify import Refused, Verifier, body_id, verifier
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
+from listener.logs import fields
 from listener.queue.batches import EventBatch
 from listener.rules.compile import CompiledRule
 from listener.rules.config import Config, WebhookSettings
@@ -431,7 +432,13 @@ class WebhookSource:
         try:
             events = request.events(ingest.rules.webhooks.get(hook.name, ()), received)
         except EvaluationError as exc:
-            logger.error("webhook %s, delivery %s: a rule's `when:` failed: %s", hook.name, delivery_id, exc)
+            logger.error(
+                "webhook %s, delivery %s: a rule's `when:` failed: %s",
+                hook.name,
+                delivery_id,
+                exc,
+                extra=fields(webhook=hook.name),
+            )
             return 500, {"error": f"a rule's `when:` failed on this request: {exc}"}, False
         kept = request.row(received) if hook.keep is not None else None
         if not events and kept is None:

@@ -56,6 +56,7 @@ from listener.defaults import (
 from listener.errors import BackfillFailed, ListenerError, is_transient
 from listener.ingest.backfill_marks import EMIT, OPEN, PREFIX, Plan, Watermarks, Window, high_mark
 from listener.ingest.backfill_table import SHAPE, TableShape, check_where, table_shape
+from listener.logs import fields
 from listener.pg.conninfo import asyncpg_params, connect_async
 from listener.pg.copytext import line_key
 from listener.pg.relations import relation_info
@@ -174,7 +175,9 @@ class Backfills(Watermarks):
                 rule.table,
                 list(shape.key_columns),
             )
-            logger.warning("rule %s: initial snapshot recorded (snapshot: true)", rule.name)
+            logger.info(
+                "rule %s: initial snapshot recorded (snapshot: true)", rule.name, extra=fields(rule=rule.name)
+            )
 
     async def _next(self) -> Plan | None:
         row = await self.store.pool.fetchrow(queries.get("next_backfill"), self.ingest.slot)

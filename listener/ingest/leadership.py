@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -34,6 +35,7 @@ from listener.defaults import (
     LEADER_KEEPALIVE_S,
     LEADER_POLL_S,
 )
+from listener.logs import fields
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.queue import queries
 from listener.supervise import describe, sleep_unless
@@ -89,6 +91,9 @@ class Campaign:
         self.conn: asyncpg.Connection | None = None
         self.role = "starting"  # "leader", "standby"
         self.stood_by = False  # it was a standby: leading is a takeover
+        # Says the first outcome (leader or standby, in words) instead of this module's own line, once:
+        # the service's startup line (listener.service).
+        self.announce: Callable[[str], None] | None = None
 
     async def _connect(self) -> asyncpg.Connection:
         # Server-side keepalives: a leader whose host vanished frees the lock within about
@@ -116,25 +121,37 @@ class Campaign:
             except BaseException:
                 self.role = "starting"  # not a healthy standby while it cannot reach the state database
                 raise
+            extra = fields(slot=self.slot, epoch=epoch or None)
             if held:
-                self.role = "leader"
                 if self.stood_by:
-                    logger.warning("taking over slot %r as its leader (epoch %d)", self.slot, epoch)
-                else:
-                    logger.info("leading slot %r (epoch %d)", self.slot, epoch)
+                    logger.warning(
+                        "taking over slot %r as its leader (epoch %d)", self.slot, epoch, extra=extra
+                    )
+                elif not self._announced(f"leader of slot {self.slot!r} (epoch {epoch})"):
+                    logger.info("leading slot %r (epoch %d)", self.slot, epoch, extra=extra)
+                self.role = "leader"
                 return Lease(epoch)
-            self.role, self.stood_by = "standby", True
             if not announced:
                 announced = True
                 leader = await self.leader()
-                logger.warning(
-                    "standby: slot %r is streamed by another replica, %s; this one takes over when that one "
-                    "stops (its workers run meanwhile)",
-                    self.slot,
-                    leader.describe() if leader is not None else "(not recorded yet)",
+                text = (
+                    f"standby for slot {self.slot!r}, streamed by another replica, "
+                    f"{leader.describe() if leader is not None else '(not recorded yet)'}; this one takes "
+                    "over when that one stops (its workers run meanwhile)"
                 )
+                if not self._announced(text):
+                    logger.warning("%s", text, extra=extra)
+            self.role, self.stood_by = "standby", True
             await sleep_unless(stop, LEADER_POLL_S)
         return None
+
+    def _announced(self, text: str) -> bool:
+        """Hand the first outcome to ``announce`` (True), or leave it to the caller to log (False)."""
+        announce, self.announce = self.announce, None
+        if announce is None:
+            return False
+        announce(text)
+        return True
 
     async def leader(self) -> Leader | None:
         assert self.conn is not None
@@ -155,6 +172,7 @@ class Campaign:
                     self.slot,
                     describe(exc),
                     lease.epoch,
+                    extra=fields(slot=self.slot, epoch=lease.epoch),
                 )
                 self.role = "starting"
                 await self.close()

@@ -24,10 +24,12 @@ from datetime import datetime
 from listener.defaults import BATCH_BYTES, COMPACT_CHUNK_BYTES, JOURNAL_BATCH_ROWS, READ_BATCH_BYTES
 from listener.errors import ProtocolError
 from listener.ingest.backfill_marks import PREFIX as BACKFILL_PREFIX
+from listener.ingest.heartbeat import HEARTBEAT_PREFIX, heartbeat_lag
 from listener.ingest.journal import JournalBuffer
 from listener.ingest.reload import RELOAD_PREFIX, apply_reload
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
+from listener.logs import fields
 from listener.pg import pgoutput as po
 from listener.pg.assembler import Assembler
 from listener.pg.changes import Change, TxnBegin, TxnCommit
@@ -90,7 +92,9 @@ class PgoutputSource:
                 self.session.confirm(batch.confirm)
         if batch.rewind_done and batch.rewind is not None:
             ingest.stats.rewinds += 1
-            logger.warning("rewind %d finished", batch.rewind.id)
+            logger.info(
+                "rewind %d finished", batch.rewind.id, extra=fields(slot=ingest.slot, rewind=batch.rewind.id)
+            )
             ingest.rewind = None
             ingest.rewinds_changed.set()  # another one may be waiting
 
@@ -260,6 +264,16 @@ class PgoutputSource:
                             if apply_reload(ingest, msg.content.decode(errors="replace"), msg.lsn):
                                 rules_by_oid.clear()
                                 compact_by_oid.clear()
+                            continue
+                        if msg.prefix == HEARTBEAT_PREFIX and not msg.transactional:
+                            lag = heartbeat_lag(msg.content, ingest.slot)
+                            if lag is not None:
+                                stats.lag_s = lag
+                            # a position outside any transaction, everything before it handled: the
+                            # checkpoint moves to it (the slot's positions follow while rule tables idle)
+                            if not assembler.in_transaction and not rewind_end and lsn > submitted_checkpoint:
+                                batch.checkpoint, batch.checkpoint_time = lsn, None
+                                await submit()
                             continue
                         if msg.prefix == BACKFILL_PREFIX and not msg.transactional:
                             backfilled = ingest.backfills.mark(msg)

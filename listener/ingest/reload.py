@@ -16,6 +16,7 @@ import psycopg
 
 from listener.errors import ConfigError, ReloadDeferred
 from listener.ingest.state import IngestState
+from listener.logs import fields
 from listener.pg.lsn import format_lsn
 from listener.rules.compile import compile_rules
 from listener.rules.config import Config
@@ -77,7 +78,10 @@ def apply_reload(ingest: IngestState, token: str, lsn: int) -> bool:
         return False
     ingest.config, ingest.rules = pending
     ingest.reloads.append(lsn)
-    logger.warning(
-        "rules reloaded: %d rule(s) apply from LSN %s on", len(ingest.rules.rules), format_lsn(lsn)
+    logger.info(
+        "rules reloaded: %d rule(s) apply from LSN %s on",
+        len(ingest.rules.rules),
+        format_lsn(lsn),
+        extra=fields(slot=ingest.slot, lsn=format_lsn(lsn)),
     )
     return True

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from listener.defaults import SCHEDULE_MISSED_COUNTED, SCHEDULE_STALL_S
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
+from listener.logs import fields
 from listener.queue.batches import EventBatch
 from listener.queue.store import StateStore
 from listener.rules.schedules import Schedule, missed_between, tick_text
@@ -146,6 +147,7 @@ class ScheduleSource:
                     schedule.name,
                     len(due),
                     tick_text(last),
+                    extra=fields(schedule=schedule.name),
                 )
             plans.append(_Plan(schedule, due, now, older))
         if start.ticks:
@@ -165,6 +167,7 @@ class ScheduleSource:
             why,
             schedule.settings.catchup,
             count,
+            extra=fields(schedule=schedule.name),
         )
 
     async def _fire(self, out: BatchQueue, plan: _Plan) -> None:
@@ -194,11 +197,18 @@ class ScheduleSource:
                     schedule.name,
                     tick_text(tick),
                     plan.skipped,
+                    extra=fields(schedule=schedule.name),
                 )
             plan.missed = plan.skipped = 0
         else:
             if not plan.skipped:
-                logger.info("schedule %r: tick %s skipped: %s", schedule.name, tick_text(tick), why)
+                logger.info(
+                    "schedule %r: tick %s skipped: %s",
+                    schedule.name,
+                    tick_text(tick),
+                    why,
+                    extra=fields(schedule=schedule.name),
+                )
             plan.skipped += 1
         await self._put(out, batch)
 

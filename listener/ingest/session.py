@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from listener.defaults import SLOT_BUSY_RETRY_S, SLOT_BUSY_WAIT_S, WATCHER_EXIT_S
 from listener.errors import Deposed, ReplicationEnded, SlotInUseError, is_transient
 from listener.ingest import reload as reloading
+from listener.ingest.heartbeat import beat, invalidation_error, slot_invalidated
 from listener.ingest.journal import prune_forever
 from listener.ingest.leadership import Campaign, Lease
 from listener.ingest.notify import NotifySource
@@ -33,6 +34,7 @@ from listener.ingest.slot import slot_confirmed, slot_holder
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.ingest.writer import write_batches
+from listener.logs import fields
 from listener.pg.conninfo import connect_async
 from listener.pg.lsn import format_lsn
 from listener.pg.publications import streamed_publications
@@ -69,6 +71,7 @@ class Ingest(IngestState):
         """Stream until ``stop`` is set, as the slot's leader among the replicas of the service (a standby
         until then: listener.ingest.leadership); reconnect with backoff after any connection loss."""
         campaign = Campaign(self.store.dsn, schema=self.store.schema, slot=self.slot)
+        campaign.announce = self.announce
         self.campaign = campaign
         try:
             await supervised("ingest-leadership", lambda: self._campaign(campaign, stop), stop=stop)
@@ -119,13 +122,19 @@ class Ingest(IngestState):
     async def _sessions(self, stop: asyncio.Event) -> None:
         """One session after the other (a recorded rewind or a reload restarts it) until ``stop``."""
         busy_since: float | None = None
+        restarted = False  # the last session ended on purpose (a rewind, a reload): its walsender may linger
         while not stop.is_set():
             try:
                 await self._run_session(stop)
-                busy_since = None
+                busy_since, restarted = None, True
             except Deposed as exc:
                 # Another replica leads now (this one's lock connection failed): stand down at once.
-                logger.warning("slot %r: %s; standing by", self.slot, str(exc).splitlines()[0])
+                logger.warning(
+                    "slot %r: %s; standing by",
+                    self.slot,
+                    str(exc).splitlines()[0],
+                    extra=fields(slot=self.slot, epoch=self.store.epoch),
+                )
                 if self.lease is not None:
                     self.lease.lost.set()
                 return
@@ -135,11 +144,13 @@ class Ingest(IngestState):
                 holder = await slot_holder(self.source_dsn, self.slot)
                 if busy_since is None:
                     busy_since = time.monotonic()
-                    logger.warning(
+                    logger.log(
+                        logging.INFO if restarted else logging.WARNING,
                         "replication slot %r is in use by %s; waiting up to %.0fs for it to be released",
                         self.slot,
                         holder,
                         SLOT_BUSY_RETRY_S,
+                        extra=fields(slot=self.slot),
                     )
                 elif time.monotonic() - busy_since > SLOT_BUSY_RETRY_S:
                     raise SlotInUseError(
@@ -174,6 +185,9 @@ class Ingest(IngestState):
         await self.compile_rules()
         queue = BatchQueue()
         try:
+            invalidated = await slot_invalidated(self.catalog, self.slot)
+            if invalidated is not None:  # never a silent new start from "now"
+                raise invalidation_error(self.slot, invalidated)
             session.status_interval = self.status_interval
             confirmed = await slot_confirmed(self.catalog, self.slot)
             rewind = await next_rewind(self, confirmed)
@@ -201,7 +215,7 @@ class Ingest(IngestState):
                     return
             if rewind is not None:
                 await self.store.start_rewind(rewind.id)
-                logger.warning(
+                logger.info(
                     "rewind %d: re-reading slot %s from %s up to %s%s",
                     rewind.id,
                     self.slot,
@@ -250,6 +264,7 @@ class Ingest(IngestState):
             helpers = [  # they only end by raising
                 tg.create_task(self.expander.run(), name="ingest-expander"),
                 tg.create_task(self.backfills.run(), name="ingest-backfill"),
+                spawn(tg, "ingest-heartbeat", functools.partial(beat, self, session)),
             ]
             # the other sources, each a supervised task putting its batches on the writer's queue
             for other in [*([NotifySource(self)] if self.rules.channels else []), *self.sources]:

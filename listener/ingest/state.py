@@ -41,6 +41,8 @@ class IngestStats:
     rewound: int = 0  # transactions re-read by rewinds
     rewinds: int = 0  # rewinds finished
     notifies_dropped: int = 0  # NOTIFYs that arrived while NOTIFY_BUFFER_BYTES were waiting
+    heartbeats: int = 0  # heartbeat messages written (listener.ingest.heartbeat)
+    lag_s: float | None = None  # end-to-end: from this slot's last heartbeat written to it read back
 
 
 class IngestState:
@@ -57,6 +59,7 @@ class IngestState:
         batch_events: int = 5000,
         batch_delay: float = 0.005,
         status_interval: float = 10.0,
+        heartbeat_s: float = 0.0,
         compact_after: int = 0,
         compact_chunk_changes: int = 20000,
         expand_ahead: int = 20000,
@@ -77,6 +80,7 @@ class IngestState:
         self.batch_events = batch_events
         self.batch_delay = batch_delay
         self.status_interval = status_interval
+        self.heartbeat_s = heartbeat_s  # listener.ingest.heartbeat (0: none)
         self.compact_after = compact_after
         self.compact_chunk_changes = compact_chunk_changes
         self.expand_ahead = expand_ahead
@@ -105,6 +109,7 @@ class IngestState:
         # This replica's candidacy for the slot (listener.ingest.leadership), and its lease while it leads.
         self.campaign: Campaign | None = None
         self.lease: Lease | None = None
+        self.announce: Callable[[str], None] | None = None  # see Campaign.announce
         self.catalog: psycopg.AsyncConnection[Any] | None = None
         self.catalog_lock = (
             asyncio.Lock()
@@ -133,6 +138,7 @@ class IngestState:
             batch_events=config.ingest.batch_events,
             batch_delay=config.ingest.batch_delay_ms / 1000,
             status_interval=config.ingest.status_interval_s,
+            heartbeat_s=config.ingest.heartbeat_s,
             compact_after=config.ingest.compact_after,
             compact_chunk_changes=config.ingest.compact_chunk_changes,
             expand_ahead=config.ingest.expand_ahead,

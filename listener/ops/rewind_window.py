@@ -62,6 +62,10 @@ class SlotState:
     wal_status: str | None
     current_lsn: int | None
     retained_bytes: int | None  # pg_current_wal_lsn() - restart_lsn: WAL the server keeps for this slot
+    # WAL that may still be written before max_slot_wal_keep_size invalidates the slot, and that size
+    # (None: no limit)
+    safe_wal_bytes: int | None = None
+    keep_wal_bytes: int | None = None
 
 
 def slot_state(conn: Conn, slot: str) -> SlotState | None:
@@ -70,14 +74,15 @@ def slot_state(conn: Conn, slot: str) -> SlotState | None:
         SELECT active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
                CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
                CASE WHEN pg_is_in_recovery() THEN NULL
-                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END
+                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END,
+               safe_wal_size, pg_size_bytes(nullif(current_setting('max_slot_wal_keep_size'), '-1'))
         FROM pg_replication_slots WHERE slot_name = %s
         """,
         [slot],
     ).fetchone()
     if row is None:
         return None
-    pid, confirmed, restart, wal_status, current, retained = row
+    pid, confirmed, restart, wal_status, current, retained, safe, keep = row
     return SlotState(
         name=slot,
         active_pid=pid,
@@ -86,6 +91,8 @@ def slot_state(conn: Conn, slot: str) -> SlotState | None:
         wal_status=wal_status,
         current_lsn=parse_lsn(current) if current else None,
         retained_bytes=int(retained) if retained is not None else None,
+        safe_wal_bytes=int(safe) if safe is not None else None,
+        keep_wal_bytes=int(keep) if keep is not None else None,
     )
 
 

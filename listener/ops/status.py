@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from listener.defaults import SLOT_SAFE_WAL_WARN_FRACTION
+from listener.ingest.heartbeat import invalidation_error
 from listener.ingest.leadership import lock_key
 from listener.ops import rewind as rw
 from listener.ops import rewind_window as rwin
@@ -75,9 +77,14 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
     if slot is None:
         status.warnings.append(f"replication slot {config.slot!r} does not exist: run `listener init`")
     elif slot.wal_status == "lost":
+        lost = invalidation_error(config.slot, "wal_removed: max_slot_wal_keep_size")
+        status.warnings.append(f"{lost.message}; {lost.hint}")
+    if slot is not None and slot.wal_status != "lost" and near_invalidation(slot):
+        assert slot.safe_wal_bytes is not None and slot.keep_wal_bytes is not None
         status.warnings.append(
-            f"slot {config.slot!r} lost WAL it needed (max_slot_wal_keep_size): it can no longer be "
-            "streamed; drop it (`listener drop`) and start again"
+            f"slot {config.slot!r} is {human_bytes(slot.safe_wal_bytes)} of WAL from being invalidated by "
+            f"max_slot_wal_keep_size ({human_bytes(slot.keep_wal_bytes)}; wal_status {slot.wal_status}): "
+            "`listener run` is behind or stopped; let it catch up, or raise max_slot_wal_keep_size"
         )
     if slot is not None and slot.retained_bytes is not None and slot.retained_bytes > warn:
         status.warnings.append(
@@ -106,6 +113,14 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
             b.to_json() for b in backfill_requests.list_backfills(state, config.slot, limit=5)
         ]
     return status
+
+
+def near_invalidation(slot: rwin.SlotState) -> bool:
+    """Whether the WAL the slot may still fall behind by before max_slot_wal_keep_size invalidates it is
+    below SLOT_SAFE_WAL_WARN_FRACTION of that size (as `listener run` warns: listener.ingest.heartbeat)."""
+    if slot.safe_wal_bytes is None or slot.keep_wal_bytes is None:
+        return False
+    return slot.safe_wal_bytes < slot.keep_wal_bytes * SLOT_SAFE_WAL_WARN_FRACTION
 
 
 def _leader(config: Config, state: rwin.Conn) -> dict[str, Any] | None:

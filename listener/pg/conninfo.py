@@ -62,6 +62,13 @@ def redact(dsn: str) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
+def where(dsn: str) -> str:
+    """``user@host:port/dbname`` as libpq resolves ``dsn``, for a log line (no password, no file names)."""
+    p = resolve(dsn)
+    host = p.get("host") or p.get("hostaddr") or "localhost"
+    return f"{p.get('user', '')}@{host}:{p.get('port') or '5432'}/{p.get('dbname', '')}"
+
+
 def resolve(dsn: str) -> dict[str, str]:
     """Every connection parameter as libpq will use it for ``dsn``: the DSN's own values, then its
     ``service`` entry, then the ``PG*`` variables (and ``PGSERVICE``'s entry), then libpq's defaults."""

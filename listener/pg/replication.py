@@ -132,6 +132,7 @@ class ReplicationSession:
         self.protocol_version = protocol_version_for(self.server_version)
         self.status_interval = STATUS_INTERVAL_S
         self.received_lsn = 0  # highest WAL position seen (XLogData end or keepalive wal_end)
+        self.received_at = time.monotonic()  # when the last XLogData arrived (or the session started)
         # The server's sent position from its last keepalive: every transaction committed before it has
         # been sent to us already (used to advance an idle checkpoint).
         self.keepalive_lsn = 0
@@ -331,11 +332,15 @@ class ReplicationSession:
                 if await self._wait_readable(timeout):
                     self._consume_input()
                 else:
+                    if out:
+                        self.received_at = time.monotonic()
                     return out
             elif nbytes == -1:
                 raise ReplicationEnded(self._end_of_copy_message())
             else:
                 raise ReplicationEnded(f"replication stream failed: {self._error_message()}")
+        if out:
+            self.received_at = time.monotonic()
         await self._maybe_send_status()
         return out
 

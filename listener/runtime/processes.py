@@ -41,9 +41,10 @@ def auto_count() -> int:
     return 1 if cores >= 2 else 0
 
 
-def child_command(verbose: int) -> list[str]:
+def child_command(verbose: int, log_format: str = "text") -> list[str]:
     """The command line of a child: no DSN, no config path (those go in its environment)."""
-    return [sys.executable, "-m", "listener", *(["-v"] * verbose), "worker", "--stop-with-parent"]
+    logging_options = [*(["-v"] * verbose), "--log-format", log_format]
+    return [sys.executable, "-m", "listener", *logging_options, "worker", "--stop-with-parent"]
 
 
 def child_environment(config_path: str, source_dsn: str, state_dsn: str) -> dict[str, str]:

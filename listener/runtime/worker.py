@@ -44,6 +44,7 @@ from listener.defaults import (
     TRACEBACK_CHARS,
 )
 from listener.errors import ConfigError, Fenced, StepError, is_transient
+from listener.logs import fields
 from listener.pg.conninfo import SESSION_SETTINGS, asyncpg_params
 from listener.queue import queries
 from listener.queue.handoff import Offer
@@ -378,6 +379,7 @@ class Worker:
                 "run %s: its end was not recorded (%s); it runs again once its lease expires",
                 row["id"],
                 describe(exc),
+                extra=fields(run_id=row["id"], attempt=row["attempt"], workflow=row["workflow"]),
             )
 
     async def _execute(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, row: asyncpg.Record) -> None:
@@ -412,7 +414,7 @@ class Worker:
             failure = exc  # raised by the workflow's code itself: a failed attempt like any other
         except Fenced as exc:
             self.stats.fenced += 1
-            logger.warning("%s", exc)
+            logger.warning("%s", exc, extra=fields(run_id=run_id, attempt=attempt, workflow=row["workflow"]))
             return
         except BaseException as exc:  # whatever user code raises (even SystemExit) is data
             failure = exc
@@ -421,7 +423,10 @@ class Worker:
             if not await self._complete(run_id, attempt):
                 self.stats.fenced += 1
                 logger.warning(
-                    "run %s attempt %d finished after losing its lease: completion refused", run_id, attempt
+                    "run %s attempt %d finished after losing its lease: completion refused",
+                    run_id,
+                    attempt,
+                    extra=fields(run_id=run_id, attempt=attempt, workflow=row["workflow"]),
                 )
             else:
                 self.stats.done += 1
@@ -432,7 +437,8 @@ class Worker:
     async def _dead_at_claim(self, pool: asyncpg.Pool, run_id: str, attempt: int, failures: int) -> None:
         error = await pool.fetchval(_DEAD_AT_CLAIM, run_id, attempt)
         self.stats.dead += 1
-        logger.error("run %s is dead after %d attempt(s): %s", run_id, failures, error)
+        extra = fields(run_id=run_id, attempt=attempt)
+        logger.error("run %s is dead after %d attempt(s): %s", run_id, failures, error, extra=extra)
 
     async def _fail(
         self,
@@ -463,17 +469,24 @@ class Worker:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as db_exc:
             # the lease will expire and count as this failed attempt
             logger.error(
-                "run %s attempt %d failed (%s) and could not be recorded: %s", run_id, attempt, error, db_exc
+                "run %s attempt %d failed (%s) and could not be recorded: %s",
+                run_id,
+                attempt,
+                error,
+                db_exc,
+                extra=fields(run_id=run_id, attempt=attempt),
             )
             return
         if status is None:
             self.stats.fenced += 1
         elif status == "dead":
             self.stats.dead += 1
-            logger.error("run %s is dead after %d attempt(s): %s", run_id, failures + 1, error)
+            extra = fields(run_id=run_id, attempt=attempt)
+            logger.error("run %s is dead after %d attempt(s): %s", run_id, failures + 1, error, extra=extra)
         else:
             self.stats.failed += 1
-            logger.warning("run %s attempt %d failed (will retry): %s", run_id, attempt, error)
+            extra = fields(run_id=run_id, attempt=attempt)
+            logger.warning("run %s attempt %d failed (will retry): %s", run_id, attempt, error, extra=extra)
 
 
 def describe(exc: BaseException) -> str:

@@ -72,7 +72,7 @@ def test_kill_9_of_the_leader_hands_the_slot_to_the_standby_without_loss_or_dupl
     procs = [start_listener(dsn, config, logs[0])]
     wait_until(lambda: leader(sql)[1] == procs[0].pid, "the first leader", logs)
     procs.append(start_listener(dsn, config, logs[1]))
-    wait_until(lambda: "standby: slot 'ha'" in logs[1].read_text(), "the second replica to stand by", logs)
+    wait_until(lambda: "standby for slot 'ha'" in logs[1].read_text(), "the second replica to stand by", logs)
 
     inserted: list[int] = []
     stop_writing = threading.Event()
@@ -111,7 +111,7 @@ def test_kill_9_of_the_leader_hands_the_slot_to_the_standby_without_loss_or_dupl
             before = logs[index].stat().st_size
             procs[index] = start_listener(dsn, config, logs[index])
             wait_until(
-                lambda: b"standby: slot 'ha'" in logs[index].read_bytes()[before:],  # noqa: B023
+                lambda: b"standby for slot 'ha'" in logs[index].read_bytes()[before:],  # noqa: B023
                 "the restarted replica to stand by",
                 logs,
             )

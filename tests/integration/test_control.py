@@ -331,7 +331,8 @@ def test_a_second_run_on_the_same_slot_stands_by_or_says_who_holds_it_in_one_lin
         assert "fix:" in err and "slot:" in err, err
         assert standby.poll() is None, standby_log.read_text()  # the replica waits
         said = standby_log.read_text().splitlines()
-        assert len(said) == 1 and said[0].split(": ", 1)[1].startswith(f"standby: slot {SLOT!r}"), said
+        # one line, at the default verbosity: the startup line, saying it stands by and for whom
+        assert len(said) == 1 and f"listener run: standby for slot {SLOT!r}, streamed by" in said[0], said
         assert f"PID {first.pid} (epoch 1" in said[0], said
         assert first.poll() is None  # the first one runs on
         standby.terminate()

@@ -66,6 +66,12 @@ def test_listener_run_serves_health_and_readiness_and_stops_cleanly(
         assert run.wait(WAIT_S) == 0, log.read_text()
     text = log.read_text()
     assert len(LISTENING.findall(text)) == 1 and "Traceback" not in text, text
+    # the startup line, shown without -v: leader or standby, what is watched, where, and the HTTP address
+    startup = [line for line in text.splitlines() if " INFO listener.startup: " in line]
+    assert (
+        len(startup) == 1 and "listener run: leader of slot 'listener_test' (epoch 1); watching" in startup[0]
+    )
+    assert f"HTTP on {base}" in startup[0], startup
     port = int(base.rpartition(":")[2])
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # the port is let go

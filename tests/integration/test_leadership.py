@@ -110,7 +110,7 @@ async def test_a_second_replica_stands_by_and_takes_over_when_the_leader_stops(
         await second.close()
     got = events(dsn)
     assert sorted(e["payload"]["new"]["id"] for e in got) == list(range(1, 81))  # none lost, none twice
-    standby_lines = [r for r in caplog.records if r.getMessage().startswith("standby: slot")]
+    standby_lines = [r for r in caplog.records if r.getMessage().startswith("standby for slot")]
     assert len(standby_lines) == 1, [r.getMessage() for r in standby_lines]
     assert "epoch 1" in standby_lines[0].getMessage()  # it names the leader it waits for
     assert any("taking over slot" in r.getMessage() for r in caplog.records)

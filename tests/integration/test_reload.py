@@ -107,7 +107,12 @@ def test_listener_reload_asks_the_running_service(dsn: str, sql: Conn, tmp_path:
     env = {**os.environ, "LISTENER_DSN": dsn, "LISTENER_CONFIG": str(path)}
     log = (tmp_path / "run.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "listener", "run", "--no-workers"], cwd=ROOT, env=env, stdout=log, stderr=log
+        # -v: a reload that went through is said at INFO (routine)
+        [sys.executable, "-m", "listener", "-v", "run", "--no-workers"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     try:
         sql.execute("SELECT 1")

@@ -15,8 +15,20 @@ def test_a_child_gets_no_dsn_or_config_on_its_command_line_only_in_its_environme
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    command = processes.child_command(verbose=2)
-    assert command == [sys.executable, "-m", "listener", "-v", "-v", "worker", "--stop-with-parent"]
+    command = processes.child_command(verbose=2, log_format="json")  # logs as its parent does
+    assert command == [
+        *(
+            sys.executable,
+            "-m",
+            "listener",
+            "-v",
+            "-v",
+            "--log-format",
+            "json",
+            "worker",
+            "--stop-with-parent",
+        )
+    ]
     env = processes.child_environment("conf/listener.yaml", "host=a password=secret", "host=b")
     assert env["LISTENER_CONFIG"] == str(tmp_path / "conf" / "listener.yaml")  # absolute: cwd may differ
     assert (env["LISTENER_DSN"], env["LISTENER_STATE_DSN"]) == ("host=a password=secret", "host=b")

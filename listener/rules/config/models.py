@@ -30,6 +30,7 @@ from listener.defaults import (
     DEFAULT_STATE_SCHEMA,
     EXPAND_AHEAD,
     GRACE_S,
+    HEARTBEAT_S,
     HTTP_SHUTDOWN_GRACE_S,
     LEASE_S,
     POLL_INTERVAL_S,
@@ -94,6 +95,8 @@ class IngestSettings(BaseModel):
     batch_events: int = Field(default=BATCH_EVENTS, ge=1, strict=True)
     batch_delay_ms: float = Field(default=BATCH_DELAY_MS, ge=0, strict=True, allow_inf_nan=False)
     status_interval_s: float = Field(default=STATUS_INTERVAL_S, gt=0, strict=True, allow_inf_nan=False)
+    # a heartbeat (a logical decoding message) when the slot sent nothing for this long; 0: none
+    heartbeat_s: float = Field(default=HEARTBEAT_S, ge=0, strict=True, allow_inf_nan=False)
     # bulk transactions: after this many events of one table in one transaction, that table's further
     # changes are stored compactly (raw, in chunks of compact_chunk_changes) and expanded into runs later,
     # at most expand_ahead runs ahead of the workers.  0 turns compact storage off.
