@@ -133,11 +133,31 @@ async def beat(ingest: IngestState, session: ReplicationSession) -> None:
                 checked = time.monotonic()
             idle = time.monotonic() - session.received_at
             if interval and idle >= interval:
-                await conn.execute(_EMIT, [HEARTBEAT_PREFIX, heartbeat_content(ingest.slot)])
-                ingest.stats.heartbeats += 1
-                idle = 0.0
+                await _emit(ingest, conn)
+                interval, idle = ingest.heartbeat_s, 0.0
         wait = checked + SLOT_WATCH_S - time.monotonic()
         await asyncio.sleep(max(0.0, min(wait, interval - idle) if interval else wait))
 
 
 _EMIT = "SELECT pg_logical_emit_message(false, %s, %s)"
+
+
+async def _emit(ingest: IngestState, conn: psycopg.AsyncConnection[Any]) -> None:
+    """One heartbeat; a role that may not write it turns them off, with a warning saying how to fix it
+    (not worth stopping for: the checkpoint still follows the server's keepalives)."""
+    try:
+        await conn.execute(_EMIT, [HEARTBEAT_PREFIX, heartbeat_content(ingest.slot)])
+    except psycopg.errors.InsufficientPrivilege as exc:
+        user = conn.info.user
+        logger.warning(
+            "heartbeats off: role %s may not write them (%s); the slot follows the server's keepalives only. "
+            "Fix: GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO %s (from 17: "
+            "(boolean, text, text, boolean)), or set ingest.heartbeat_s: 0",
+            user,
+            str(exc).strip(),
+            user,
+            extra=fields(slot=ingest.slot),
+        )
+        ingest.heartbeat_s = 0.0
+    else:
+        ingest.stats.heartbeats += 1

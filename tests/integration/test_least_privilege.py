@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,3 +272,28 @@ def test_a_state_database_of_its_own_instead_of_a_schema(dsn: str, sql: Conn, ro
 
 def by_name(results: list[setup.CheckResult]) -> dict[str, setup.CheckResult]:
     return {r.name: r for r in results}
+
+
+async def test_a_role_that_may_not_write_heartbeats_streams_on_without_them(
+    dsn: str, sql: Conn, role: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(RULES, ingest={"heartbeat_s": 0.2})
+    for fix in dict.fromkeys(r.fix for r in failures(setup.check(config, role, role)).values()):
+        assert fix is not None
+        sql.execute(fix.encode())  # the DBA, as in the test above
+    for (signature,) in sql.execute(
+        "SELECT oid::regprocedure::text FROM pg_proc WHERE proname = 'pg_logical_emit_message'"
+    ).fetchall():
+        sql.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC")  # this database's catalog only
+    caplog.set_level(logging.WARNING, logger="listener")
+    async with running_ingest(role, config) as run:
+        deadline = time.monotonic() + 30
+        while not any("heartbeats off: role" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline and not run.task.done(), caplog.text
+            await asyncio.sleep(0.05)
+        sql.execute("INSERT INTO shop.orders VALUES (1, false)")
+        await wait_caught_up(run, dsn)
+        assert run.ingest.stats.heartbeats == 0 and run.ingest.heartbeat_s == 0
+    offs = [r.getMessage() for r in caplog.records if "heartbeats off" in r.getMessage()]
+    assert len(offs) == 1 and "GRANT EXECUTE ON FUNCTION pg_logical_emit_message" in offs[0], offs
+    assert [(e["rule"], e["payload"]["new"]["id"]) for e in events(dsn)] == [("new_order", 1)]
