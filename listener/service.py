@@ -201,6 +201,7 @@ async def run(
                 f"workers in this process and {processes} worker process(es)" if processes else "workers"
             )
         ingest.announce = functools.partial(_announce, config, source_dsn, state_dsn, address, running)
+        ingest.takeover = functools.partial(takeover_rules, ingest, source_dsn, state_dsn)
         if webhooks is not None:
             webhooks.attach(ingest)
         if config.schedules:
@@ -310,7 +311,7 @@ async def _reloader(
                 sighup.clear()
                 logger.warning(
                     "SIGHUP received by a standby: its rules are not running; `listener reload` reloads the "
-                    "leader's, and this replica reads its config file again when it is restarted"
+                    "leader's, and this replica reads its config file again when it takes over"
                 )
                 continue
             if pending or sighup.is_set():
@@ -450,6 +451,30 @@ def make_worker(
         limits=config.limits,
         gating=any(rule.gated for rule in config.rules) or any(s.gated for s in config.schedules),
     )
+
+
+async def takeover_rules(ingest: Ingest, source_dsn: str, state_dsn: str) -> None:
+    """Before a standby's first session as the slot's leader: the rules of its config file as it is now
+    (the leader it replaces may have reloaded them), with their publications (`listener init`).  A file
+    that does not load, or changes what a reload cannot, leaves the rules it started with, and says so."""
+    from listener import install
+    from listener.ingest.reload import check_reloadable
+
+    path = ingest.config.source_path if ingest.config is not None else None
+    if path is None:
+        return
+    try:
+        new = load_config(path)
+        check_reloadable(ingest.config, new)
+        validate_workflows(new)
+        await asyncio.to_thread(install.init, new, source_dsn, state_dsn)
+    except ListenerError as exc:
+        logger.warning(
+            "taking over with the rules this replica started with: %s", str(exc).replace("\n", " ")
+        )
+        return
+    ingest.config, ingest.must_compile = new, True
+    logger.info("taking over with the rules of %s: %d rule(s)", path, len(new.rules))
 
 
 def _announce(

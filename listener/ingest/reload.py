@@ -38,18 +38,21 @@ async def reload(ingest: IngestState, config: Config, *, prepare: Prepare) -> in
     `listener init`'s), then a non-transactional logical decoding message ``listener.reload`` is
     written: transactions committed before it were matched by the old rules, those after it by the new
     ones, and none is lost or matched twice on the way."""
-    for key in ("slot", "publication", "state_schema", "dsn", "state_dsn", "http", "webhooks", "schedules"):
-        if getattr(config, key) != getattr(ingest.config, key) and ingest.config is not None:
-            raise ConfigError(
-                f"reload cannot change `{key}:`",
-                hint="restart listener to change it",
-                file=config.source_path,
-            )
+    check_reloadable(ingest.config, config)
     async with ingest.catalog_lock:  # a session ending meanwhile waits to close the connection
         catalog = ingest.catalog
         if catalog is None or not ingest.streaming.is_set():
             raise ReloadDeferred("ingest is not streaming")
         return await _reload(ingest, config, catalog, prepare)
+
+
+def check_reloadable(old: Config | None, new: Config) -> None:
+    """Refuse a new config that changes what only a restart can (a ConfigError naming the key)."""
+    for key in ("slot", "publication", "state_schema", "dsn", "state_dsn", "http", "webhooks", "schedules"):
+        if old is not None and getattr(new, key) != getattr(old, key):
+            raise ConfigError(
+                f"reload cannot change `{key}:`", hint="restart listener to change it", file=new.source_path
+            )
 
 
 async def _reload(

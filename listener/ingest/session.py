@@ -84,6 +84,8 @@ class Ingest(IngestState):
             lease = await campaign.lead(stop)
             if lease is None:
                 return
+            if campaign.stood_by and self.takeover is not None:
+                await self.takeover()
             self.store.epoch = lease.epoch
             try:
                 await self._lead(campaign, lease, stop)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -110,6 +110,9 @@ class IngestState:
         self.campaign: Campaign | None = None
         self.lease: Lease | None = None
         self.announce: Callable[[str], None] | None = None  # see Campaign.announce
+        # Run when this replica takes the slot over from another: the service reads the config file again
+        # (listener.service.takeover_rules), so a standby streams the rules as they are now.
+        self.takeover: Callable[[], Awaitable[None]] | None = None
         self.catalog: psycopg.AsyncConnection[Any] | None = None
         self.catalog_lock = (
             asyncio.Lock()

@@ -4,6 +4,7 @@ checkpoint write is refused (listener.ingest.leadership, sql/0010_leaders.sql)."
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -178,3 +179,40 @@ async def test_a_leader_whose_lock_connection_dies_stands_down_and_leads_again(
         await wait_caught_up(run, dsn)
     assert sorted(e["payload"]["new"]["id"] for e in events(dsn)) == list(range(1, 41))
     assert any("lost the lock of slot" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_standby_takes_over_with_the_rules_its_config_file_holds_now(
+    dsn: str, sql: Conn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leader may have reloaded new rules since the standby started: the standby reads its config file
+    again when it takes over (and keeps the rules it has when the file is refused)."""
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    sql.execute("CREATE TABLE more (id int PRIMARY KEY)")
+    path = tmp_path / "listener.yaml"
+    workflow = "listener_examples.onboarding:welcome"  # the file is read as a service reads it: importable
+    rules = [{**RULES[0], "workflow": workflow}]
+    config = write_config(path, rules)
+    more = [*rules, {"name": "more_rows", "table": "more", "on": ["insert"], "workflow": workflow}]
+    second = await StateStore.connect(dsn, schema="listener", slot=SLOT)
+    caplog.set_level(logging.INFO, logger="listener")
+    try:
+        async with running_ingest(dsn, config) as first:
+            other = Ingest.from_config(config, source_dsn=dsn, store=second)
+            other.takeover = functools.partial(service.takeover_rules, other, dsn, dsn)
+            stop = asyncio.Event()
+            task = asyncio.create_task(other.run(stop))
+            await wait(lambda: other.campaign is not None and other.campaign.role == "standby", "a standby")
+            write_config(path, more)  # (the leader would reload it)
+            first.stop.set()
+            await asyncio.wait_for(first.task, 60)
+            await wait(lambda: other.streaming.is_set() or task.done(), "the takeover", TAKEOVER_S)
+            assert [rule.name for rule in other.rules.rules] == ["rows", "more_rows"]
+            sql.execute("INSERT INTO more VALUES (7)")
+            target = current_wal_lsn(dsn)
+            await wait(lambda: other.durable_lsn > target, "the new leader to catch up")
+            stop.set()
+            await asyncio.wait_for(task, 60)
+    finally:
+        await second.close()
+    assert [(e["rule"], e["payload"]["new"]["id"]) for e in events(dsn)] == [("more_rows", 7)]
+    assert any("taking over with the rules of" in r.getMessage() for r in caplog.records)
