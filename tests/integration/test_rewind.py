@@ -5,6 +5,7 @@ the checkpoint; a rewind re-reads the window, existing idempotency keys insert n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -151,20 +152,32 @@ async def test_the_window_by_size_and_by_duration_moves_the_confirmed_position(
         run.ingest.idle_checkpoint_interval = 3600.0
         start = slot_flush(items)
         recorded = [start]  # every checkpoint this test saw, each with its history row
-        for i in range(12):  # about 10kB of WAL each, more when a server checkpoint adds full-page images
+        # about 10kB of WAL each, more when a server checkpoint adds full-page images: at least 12, and
+        # until the checkpoints span three windows (what a batch takes is the server's business)
+        i = 0
+        while i < 12 or recorded[-1] - start <= 3 * size:
+            assert i < 200, recorded
             items.execute(
                 "INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(%s::int, %s::int) g",
                 [i * 10 + 1, i * 10 + 10],
             )
             await wait_caught_up(run, dsn)
             recorded.append(checkpoint(items))
+            i += 1
         # the pruned history begins where the writer confirmed; wait for the status update to say so
         confirmed = await wait_slot_flush(items, oldest_history(items))
         cp = checkpoint(items)
     # Kept, but no more than the cap: the confirmed position is the oldest history point inside the window,
     # the one before it lies outside. (How much WAL a batch takes is the server's business: a checkpoint
     # in between makes the next batch carry full-page images, so the test asserts no size per batch.)
-    assert start < confirmed < cp and cp - confirmed <= size
+    steps = [b - a for a, b in itertools.pairwise(recorded)]
+    assert start < confirmed < cp and cp - confirmed <= size, (
+        start,
+        confirmed,
+        cp,
+        steps,
+        oldest_history(items),
+    )
     assert cp - max(h for h in recorded if h < confirmed) > size
     assert oldest_history(items) == confirmed  # older history pruned
 
