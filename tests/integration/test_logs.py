@@ -49,6 +49,10 @@ def test_json_logs_are_one_object_per_line_with_stable_fields(dsn: str, sql: Con
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S,
         )  # fmt: skip
         assert reload.returncode == 0, reload.stderr
+        # the answer comes once the marker is written; the rules apply when it comes through the slot
+        while "rules reloaded" not in log.read_text():
+            assert time.monotonic() < deadline + WAIT_S, log.read_text()
+            time.sleep(0.05)
         run.send_signal(signal.SIGTERM)
         assert run.wait(WAIT_S) == 0, log.read_text()
     lines: list[dict[str, Any]] = [json.loads(line) for line in log.read_text().splitlines()]  # each one
