@@ -193,6 +193,12 @@ RESULT_CELL_CHARS = 60  # of a step's JSON result, in the table of `listener run
 
 HTTP_SHUTDOWN_GRACE_S = 5.0  # requests still running this long after the stop are cut off
 HTTP_BACKLOG = 2048  # the listening socket's accept queue
+READY_MAX_LAG_S = 300.0  # http: ready_max_lag_s: /readyz is 503 while ingest lags more than this
+READY_CHECK_TIMEOUT_S = 2.0  # /readyz's check that the state database takes writes
+METRICS_MIN_INTERVAL_S = 1.0  # scrapes closer than this share one reading of the databases
+METRICS_QUERY_TIMEOUT_S = 5.0  # a scrape's reading of a database, at most (then listener_database_up 0)
+# a lag measured longer ago than this, with nothing read since, is stale: the stream is idle and caught up
+LAG_STALE_S = 120.0
 WEBHOOK_TOLERANCE = "5m"  # how far a signed timestamp may be from now, either way
 WEBHOOK_MAX_BODY = "1MB"  # a larger request body is refused (413)
 WEBHOOK_WRITE_TIMEOUT_S = 10.0  # a request not durable by then is answered 503 (the provider retries)

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import psycopg
 
-from listener import logs
+from listener import logs, metrics
 from listener.defaults import (
+    READY_CHECK_TIMEOUT_S,
     RELOAD_ANSWER_POLL_S,
     RELOAD_ATTEMPTS,
     RELOAD_INTERVAL_S,
@@ -215,7 +216,11 @@ async def run(
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, sighup.set)
         try:
-            async with _first_listener_error(), asyncio.TaskGroup() as tg:
+            async with (
+                _first_listener_error(),
+                contextlib.AsyncExitStack() as closing,
+                asyncio.TaskGroup() as tg,
+            ):
                 tg.create_task(_until_done(ingest.run(stop), stop), name="ingest")
                 tg.create_task(_reloader(ingest, config, state_dsn, store, sighup, stop), name="reloader")
                 if workers:
@@ -234,8 +239,19 @@ async def run(
                 if http_socket is not None:
                     from listener.http.app import make_app
 
+                    assert config.http is not None
+                    scrape = metrics.Scrape(
+                        slot=config.slot,
+                        source_dsn=source_dsn,
+                        pool=store.pool,
+                        leader=ingest.leading,
+                        lag=ingest.stats.lag,
+                    )
+                    closing.callback(scrape.close)
                     app = make_app(
-                        functools.partial(_not_ready, ingest), webhooks.handle if webhooks else None
+                        functools.partial(_not_ready, ingest, store, config.http.ready_max_lag_s),
+                        webhooks.handle if webhooks else None,
+                        functools.partial(_metrics, scrape),
                     )
                     serving = http_server.serve(app, config, stop, http_socket)
                     tg.create_task(_until_done(serving, stop), name="http")
@@ -307,7 +323,7 @@ async def _reloader(
                 logger.warning("cannot look for reload requests (%s); trying again", exc)
                 await _release(store, conn, channel, on_request)
                 conn = None
-            if sighup.is_set() and ingest.campaign is not None and ingest.campaign.role == "standby":
+            if sighup.is_set() and ingest.standing_by:
                 sighup.clear()
                 logger.warning(
                     "SIGHUP received by a standby: its rules are not running; `listener reload` reloads the "
@@ -522,17 +538,44 @@ async def _until_done(coro: object, stop: asyncio.Event) -> None:
         stop.set()
 
 
-def _not_ready(ingest: Ingest) -> str | None:
-    """Why the service is not ready (``GET /readyz``), or None: ready while it streams the slot, or while
-    it stands by for another replica that does (its state connection working) and has no webhooks to
-    serve."""
+def _not_streaming(ingest: Ingest) -> str | None:
+    """Why the service does not do ingest's part, or None: it streams the slot, or stands by for another
+    replica that does (its state connection working) and has no webhooks to serve."""
     if ingest.streaming.is_set():
         return None
-    if ingest.campaign is not None and ingest.campaign.role == "standby":
+    if ingest.standing_by:
         if ingest.config is not None and ingest.config.webhooks:
             return "a standby: the leader serves the webhooks (this replica answers them 503)"
         return None
     return "ingest is not streaming from the replication slot (starting, or reconnecting)"
+
+
+async def _not_ready(ingest: Ingest, store: StateStore, max_lag_s: float | None) -> str | None:
+    """Why the service is not ready (``GET /readyz``), or None: it does its part (:func:`_not_streaming`),
+    the state database takes writes, and ingest's measured lag is at most ``max_lag_s``."""
+    reason = _not_streaming(ingest)
+    if reason is not None:
+        return reason
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            read_only = await store.pool.fetchval(_READ_ONLY)
+    except Exception as exc:
+        what = f"{type(exc).__name__}: {exc}"
+        return f"the state database does not answer within {READY_CHECK_TIMEOUT_S:g}s ({what})"
+    if read_only:
+        return "the state database takes no writes (a standby, or transaction_read_only is on)"
+    lag = ingest.stats.lag()
+    if max_lag_s is not None and lag is not None and lag > max_lag_s:
+        return f"ingest lags {lag:.0f}s behind the source (more than http: ready_max_lag_s: {max_lag_s:g})"
+    return None
+
+
+_READ_ONLY = "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean"
+
+
+async def _metrics(scrape: metrics.Scrape, accept: str | None) -> tuple[bytes, str]:
+    await scrape.refresh()
+    return metrics.exposition(scrape, accept)
 
 
 async def _signal_ready(ingest: Ingest, ready: asyncio.Event) -> None:

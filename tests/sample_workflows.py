@@ -78,6 +78,15 @@ async def fails_once_between_steps(ctx: Context) -> None:
     await save_effect(ctx, result["summary"])
 
 
+async def noop(ctx: Context) -> None:
+    """Nothing: a schedule's runs in tests that count other workflows' runs."""
+
+
+async def pause_step(ctx: Context) -> None:
+    """One step that sleeps LISTENER_TEST_PAUSE_S seconds (0.2 by default)."""
+    await ctx.step("pause", asyncio.sleep, float(os.environ.get("LISTENER_TEST_PAUSE_S", "0.2")))
+
+
 @workflow(max_attempts=2, backoff_base=0.01)
 async def poison(ctx: Context) -> None:
     raise ValueError(f"cannot handle row {ctx.event.new}")

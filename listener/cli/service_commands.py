@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from listener import logs, supervise
+from listener import logs, metrics, supervise
 from listener.cli.options import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -39,6 +39,10 @@ def run(opts: Options, no_workers: bool, worker_processes: int | None) -> None:
 
     config = load(opts)
     logs.set_context(slot=config.slot)
+    if config.http is not None:  # /metrics sums this process's and its worker processes' counts
+        metrics.share_with_children()
+    else:
+        metrics.in_memory()
     if worker_processes is None:
         worker_processes = config.worker.processes
     if worker_processes is None:
@@ -68,6 +72,10 @@ def worker(opts: Options, concurrency: int | None, stop_with_parent: bool) -> No
     from listener import service
 
     config = load(opts)
+    if stop_with_parent:  # a child of `listener run`: its counts go to the parent's /metrics
+        metrics.share_with_children(child=True)
+    else:
+        metrics.in_memory()
     with databases(opts, config) as (_, state_dsn), contextlib.suppress(KeyboardInterrupt):
         supervise.run(
             service.run_workers(config, state_dsn, concurrency=concurrency, stop_with_parent=stop_with_parent)

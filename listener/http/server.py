@@ -112,7 +112,7 @@ async def serve(app: App, config: Config, stop: asyncio.Event, sock: socket.sock
         server.should_exit = True
 
     # the socket listens already: connections wait in its backlog until uvicorn accepts them
-    logger.info("HTTP server listening on %s (/healthz, /readyz)", url(sock))
+    logger.info("HTTP server listening on %s (/healthz, /readyz, /metrics)", url(sock))
     stopper = asyncio.create_task(stop_when_told(), name="http-stop")
     try:
         await server.serve(sockets=[sock])

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from listener import metrics
 from listener.defaults import (
     BATCH_BYTES,
     WEBHOOK_BACKLOG_POLL_S,
@@ -333,6 +334,7 @@ class WebhookSource:
             writers.release()
         ingest.stats.batches += 1
         ingest.stats.events_inserted += inserted
+        metrics.record_batch(batch, writer="webhooks")
         for delivery in taken:
             self._settle(delivery, None)
 
@@ -394,6 +396,7 @@ class WebhookSource:
             status, answer, retry = await self._answer(self.ingest, endpoint, scope, receive)
         headers = {"retry-after": str(WEBHOOK_RETRY_AFTER_S)} if retry else None
         await respond(send, status, answer, headers=headers)
+        metrics.record_webhook(endpoint.settings.name, status)
         return True
 
     async def _answer(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from listener import metrics
 from listener.defaults import SLOT_SAFE_WAL_WARN_FRACTION, SLOT_WATCH_S
 from listener.errors import PrerequisiteError
 from listener.logs import fields
@@ -161,3 +162,4 @@ async def _emit(ingest: IngestState, conn: psycopg.AsyncConnection[Any]) -> None
         ingest.heartbeat_s = 0.0
     else:
         ingest.stats.heartbeats += 1
+        metrics.recorded().heartbeats.inc()

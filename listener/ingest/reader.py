@@ -268,7 +268,7 @@ class PgoutputSource:
                         if msg.prefix == HEARTBEAT_PREFIX and not msg.transactional:
                             lag = heartbeat_lag(msg.content, ingest.slot)
                             if lag is not None:
-                                stats.lag_s = lag
+                                stats.measured(lag)
                             # a position outside any transaction, everything before it handled: the
                             # checkpoint moves to it (the slot's positions follow while rule tables idle)
                             if not assembler.in_transaction and not rewind_end and lsn > submitted_checkpoint:

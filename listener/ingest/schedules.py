@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
+from listener import metrics
 from listener.defaults import SCHEDULE_MISSED_COUNTED, SCHEDULE_STALL_S
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
@@ -156,6 +157,7 @@ class ScheduleSource:
 
     @staticmethod
     def _report_missed(schedule: Schedule, count: int, first: datetime, final: datetime, why: str) -> None:
+        metrics.record_tick(schedule.name, "missed", count)
         logger.warning(
             "schedule %r: %s%d tick(s) from %s to %s %s, more than catchup: %s ago; not made up (the next "
             "event says missed: %d)",
@@ -211,6 +213,7 @@ class ScheduleSource:
                 )
             plan.skipped += 1
         await self._put(out, batch)
+        metrics.record_tick(schedule.name, "fired" if why is None else "skipped")
 
     async def _put(self, out: BatchQueue, batch: EventBatch) -> None:
         """Hand ``batch`` to the writer and wait until it is committed."""

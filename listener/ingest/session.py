@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from listener import metrics
 from listener.defaults import SLOT_BUSY_RETRY_S, SLOT_BUSY_WAIT_S, WATCHER_EXIT_S
 from listener.errors import Deposed, ReplicationEnded, SlotInUseError, is_transient
 from listener.ingest import reload as reloading
@@ -169,6 +170,7 @@ class Ingest(IngestState):
         if not is_transient(exc):
             return False  # a bug or a refusal that retrying cannot fix: stop loudly, acknowledge nothing
         self.stats.reconnects += 1
+        metrics.recorded().reconnects.inc()
         self.streaming.clear()
         return True
 

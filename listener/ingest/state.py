@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 import psycopg
 
-from listener.defaults import HISTORY_INTERVAL_S, IDLE_CHECKPOINT_INTERVAL_S, REWIND_POLL_S
+from listener.defaults import HISTORY_INTERVAL_S, IDLE_CHECKPOINT_INTERVAL_S, LAG_STALE_S, REWIND_POLL_S
 from listener.ingest.backfill import Backfills
 from listener.ingest.expand import Expander
 from listener.ingest.journal import JournalPolicy
@@ -42,7 +43,20 @@ class IngestStats:
     rewinds: int = 0  # rewinds finished
     notifies_dropped: int = 0  # NOTIFYs that arrived while NOTIFY_BUFFER_BYTES were waiting
     heartbeats: int = 0  # heartbeat messages written (listener.ingest.heartbeat)
-    lag_s: float | None = None  # end-to-end: from this slot's last heartbeat written to it read back
+    # the latest lag measured: a transaction's commit to its events durable, or this slot's heartbeat
+    # written to it read back; ``lag_at`` when (time.monotonic())
+    lag_s: float | None = None
+    lag_at: float = -math.inf
+
+    def measured(self, lag_s: float) -> None:
+        self.lag_s, self.lag_at = lag_s, time.monotonic()
+
+    def lag(self) -> float | None:
+        """The latest lag, or 0 when it is older than LAG_STALE_S (nothing read since: the stream idles,
+        caught up), or None before the first one."""
+        if self.lag_s is None:
+            return None
+        return self.lag_s if time.monotonic() - self.lag_at < LAG_STALE_S else 0.0
 
 
 class IngestState:
@@ -120,6 +134,17 @@ class IngestState:
         self.restart = asyncio.Event()  # end the session and start a new one (a rewind was recorded)
         self.rewinds_changed = asyncio.Event()  # wakes the rewind watcher
         self.history_at = -math.inf
+
+    @property
+    def standing_by(self) -> bool:
+        """Whether this replica stands by for another that leads the slot (listener.ingest.leadership)."""
+        return self.campaign is not None and self.campaign.role == "standby"
+
+    def leading(self) -> bool | None:
+        """Whether this replica leads the slot: True, False (a standby), None (neither yet: starting)."""
+        if self.lease is not None:
+            return True
+        return False if self.standing_by else None
 
     @classmethod
     def from_config(

@@ -4,7 +4,9 @@ acknowledge it (invariant 1: acknowledge after durable; the seam is :mod:`listen
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
+from listener import metrics
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.supervise import shielded
@@ -46,6 +48,9 @@ async def write_batches(ingest: IngestState, queue: BatchQueue) -> None:
         queue.written(batch)
         stats.batches += 1
         stats.events_inserted += inserted
+        if batch.checkpoint_time is not None:
+            stats.measured(max(0.0, (datetime.now(UTC) - batch.checkpoint_time).total_seconds()))
+        metrics.record_batch(batch, writer="stream")
         if history_due:
             ingest.history_at = time.monotonic()
         source.committed(batch)

@@ -34,10 +34,10 @@ from listener.ops.rewind_window import (
     parse_target_lsn,
     parse_time,
     read_checkpoint,
-    slot_state,
     window,
 )
 from listener.pg.lsn import format_lsn
+from listener.pg.slots import slot_state
 from listener.queue import queries, store
 from listener.rules.compile import RuleSet
 from listener.rules.config import Config

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from listener.errors import ListenerError
 from listener.ops import runs as runs_mod
 from listener.pg.lsn import format_lsn, parse_lsn
+from listener.pg.slots import SlotState
 from listener.queue import queries
 from listener.rules.config import parse_duration
 
@@ -49,51 +50,6 @@ def parse_target_lsn(text: str) -> int:
         return parse_lsn(text)
     except ListenerError as exc:
         raise ListenerError(f"{exc.message} for --to-lsn", hint=exc.hint) from None
-
-
-@dataclass(frozen=True, slots=True)
-class SlotState:
-    """The replication slot, as pg_replication_slots shows it."""
-
-    name: str
-    active_pid: int | None
-    confirmed_flush: int | None
-    restart_lsn: int | None
-    wal_status: str | None
-    current_lsn: int | None
-    retained_bytes: int | None  # pg_current_wal_lsn() - restart_lsn: WAL the server keeps for this slot
-    # WAL that may still be written before max_slot_wal_keep_size invalidates the slot, and that size
-    # (None: no limit)
-    safe_wal_bytes: int | None = None
-    keep_wal_bytes: int | None = None
-
-
-def slot_state(conn: Conn, slot: str) -> SlotState | None:
-    row = conn.execute(
-        """
-        SELECT active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
-               CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
-               CASE WHEN pg_is_in_recovery() THEN NULL
-                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END,
-               safe_wal_size, pg_size_bytes(nullif(current_setting('max_slot_wal_keep_size'), '-1'))
-        FROM pg_replication_slots WHERE slot_name = %s
-        """,
-        [slot],
-    ).fetchone()
-    if row is None:
-        return None
-    pid, confirmed, restart, wal_status, current, retained, safe, keep = row
-    return SlotState(
-        name=slot,
-        active_pid=pid,
-        confirmed_flush=parse_lsn(confirmed) if confirmed else None,
-        restart_lsn=parse_lsn(restart) if restart else None,
-        wal_status=wal_status,
-        current_lsn=parse_lsn(current) if current else None,
-        retained_bytes=int(retained) if retained is not None else None,
-        safe_wal_bytes=int(safe) if safe is not None else None,
-        keep_wal_bytes=int(keep) if keep is not None else None,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from listener.defaults import SLOT_SAFE_WAL_WARN_FRACTION
 from listener.ingest.heartbeat import invalidation_error
 from listener.ingest.leadership import lock_key
 from listener.ops import rewind as rw
 from listener.ops import rewind_window as rwin
 from listener.pg.lsn import format_lsn
+from listener.pg.slots import slot_state
 from listener.queue import queries
 from listener.rules.config import Config
 
@@ -52,7 +52,7 @@ class Status:
 
 
 def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
-    slot = rwin.slot_state(source, config.slot)
+    slot = slot_state(source, config.slot)
     cp = rwin.read_checkpoint(state, config.slot)
     warn = config.retain.warn_bytes
     status = Status(
@@ -79,7 +79,7 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
     elif slot.wal_status == "lost":
         lost = invalidation_error(config.slot, "wal_removed: max_slot_wal_keep_size")
         status.warnings.append(f"{lost.message}; {lost.hint}")
-    if slot is not None and slot.wal_status != "lost" and near_invalidation(slot):
+    if slot is not None and slot.wal_status != "lost" and slot.near_invalidation:
         assert slot.safe_wal_bytes is not None and slot.keep_wal_bytes is not None
         status.warnings.append(
             f"slot {config.slot!r} is {human_bytes(slot.safe_wal_bytes)} of WAL from being invalidated by "
@@ -113,14 +113,6 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
             b.to_json() for b in backfill_requests.list_backfills(state, config.slot, limit=5)
         ]
     return status
-
-
-def near_invalidation(slot: rwin.SlotState) -> bool:
-    """Whether the WAL the slot may still fall behind by before max_slot_wal_keep_size invalidates it is
-    below SLOT_SAFE_WAL_WARN_FRACTION of that size (as `listener run` warns: listener.ingest.heartbeat)."""
-    if slot.safe_wal_bytes is None or slot.keep_wal_bytes is None:
-        return False
-    return slot.safe_wal_bytes < slot.keep_wal_bytes * SLOT_SAFE_WAL_WARN_FRACTION
 
 
 def _leader(config: Config, state: rwin.Conn) -> dict[str, Any] | None:

@@ -25,12 +25,14 @@ import logging
 import math
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
+from listener import metrics
 from listener.defaults import (
     CLAIM_BATCH,
     ERROR_CHARS,
@@ -383,7 +385,8 @@ class Worker:
             )
 
     async def _execute(self, pool: asyncpg.Pool, user_pool: asyncpg.Pool, row: asyncpg.Record) -> None:
-        run_id, attempt = row["id"], row["attempt"]
+        run_id, attempt, workflow = row["id"], row["attempt"], row["workflow"]
+        started = time.monotonic()
         policy = wf.Policy()
         timeout: float | None = self.run_timeout
         failure: BaseException
@@ -402,7 +405,9 @@ class Worker:
             timeout = self.run_timeout if policy.timeout is None else policy.timeout
             if row["failures"] >= policy.max_attempts:  # earlier attempts were lost with their worker
                 await self._dead_at_claim(pool, run_id, attempt, row["failures"])
+                metrics.record_attempt(workflow, "dead", time.monotonic() - started)
                 return
+            metrics.record_run_start(workflow, attempt, row["commit_time"])
             if self.on_start is not None:
                 self.on_start(event)
             async with asyncio.timeout(timeout):
@@ -414,25 +419,30 @@ class Worker:
             failure = exc  # raised by the workflow's code itself: a failed attempt like any other
         except Fenced as exc:
             self.stats.fenced += 1
-            logger.warning("%s", exc, extra=fields(run_id=run_id, attempt=attempt, workflow=row["workflow"]))
+            metrics.record_attempt(workflow, "fenced", time.monotonic() - started)
+            logger.warning("%s", exc, extra=fields(run_id=run_id, attempt=attempt, workflow=workflow))
             return
         except BaseException as exc:  # whatever user code raises (even SystemExit) is data
             failure = exc
         else:
             self._free_slot(run_id)
-            if not await self._complete(run_id, attempt):
+            completed = await self._complete(run_id, attempt)
+            metrics.record_attempt(workflow, "done" if completed else "fenced", time.monotonic() - started)
+            if not completed:
                 self.stats.fenced += 1
                 logger.warning(
                     "run %s attempt %d finished after losing its lease: completion refused",
                     run_id,
                     attempt,
-                    extra=fields(run_id=run_id, attempt=attempt, workflow=row["workflow"]),
+                    extra=fields(run_id=run_id, attempt=attempt, workflow=workflow),
                 )
             else:
                 self.stats.done += 1
             return
         self._free_slot(run_id)
-        await self._fail(pool, run_id, attempt, row["failures"], failure, policy, timeout)
+        outcome = await self._fail(pool, run_id, attempt, row["failures"], failure, policy, timeout)
+        if outcome is not None:
+            metrics.record_attempt(workflow, outcome, time.monotonic() - started)
 
     async def _dead_at_claim(self, pool: asyncpg.Pool, run_id: str, attempt: int, failures: int) -> None:
         error = await pool.fetchval(_DEAD_AT_CLAIM, run_id, attempt)
@@ -449,7 +459,8 @@ class Worker:
         exc: BaseException,
         policy: wf.Policy,
         timeout: float | None,
-    ) -> None:
+    ) -> str | None:
+        """Record a failed attempt; its outcome (failed, dead, fenced), or None when it was not recorded."""
         # A workflow that does not import, or a step whose result cannot be recorded, fails the same way
         # on every retry: dead at once.
         max_attempts = 0 if isinstance(exc, (ConfigError, StepError)) else policy.max_attempts
@@ -476,17 +487,19 @@ class Worker:
                 db_exc,
                 extra=fields(run_id=run_id, attempt=attempt),
             )
-            return
+            return None
         if status is None:
             self.stats.fenced += 1
-        elif status == "dead":
+            return "fenced"
+        if status == "dead":
             self.stats.dead += 1
             extra = fields(run_id=run_id, attempt=attempt)
             logger.error("run %s is dead after %d attempt(s): %s", run_id, failures + 1, error, extra=extra)
-        else:
-            self.stats.failed += 1
-            extra = fields(run_id=run_id, attempt=attempt)
-            logger.warning("run %s attempt %d failed (will retry): %s", run_id, attempt, error, extra=extra)
+            return "dead"
+        self.stats.failed += 1
+        extra = fields(run_id=run_id, attempt=attempt)
+        logger.warning("run %s attempt %d failed (will retry): %s", run_id, attempt, error, extra=extra)
+        return "failed"
 
 
 def describe(exc: BaseException) -> str:

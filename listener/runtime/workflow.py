@@ -33,6 +33,7 @@ import random
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
+from listener import metrics
 from listener.defaults import BACKOFF_BASE_S, BACKOFF_MAX_S, MAX_ATTEMPTS, THREAD_IDLE_S
 from listener.errors import ConfigError, Fenced, StepError
 from listener.pg.values import json_too_deep
@@ -288,6 +290,7 @@ class Context:
         scope = _StepScope(name)
         token = _current_step.set(scope)
         started = datetime.now().astimezone()
+        clock = time.monotonic()
         self.running.add(name)
         try:
             try:
@@ -295,6 +298,7 @@ class Context:
                     result = await call(fn, *args, **kwargs)
                 encoded = self._encode(name, result)
                 await self._save(scope, encoded, started)
+                metrics.record_step(self.event.workflow, time.monotonic() - clock)
             except BaseException:
                 if scope.tx is not None:
                     with contextlib.suppress(Exception):

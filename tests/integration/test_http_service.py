@@ -24,7 +24,7 @@ Conn = psycopg.Connection[tuple[object, ...]]
 ROOT = Path(__file__).parents[2]
 RULE = {"name": "live", "table": "items", "on": ["insert"], "workflow": "listener_examples.tickets:triage"}
 WAIT_S = 60.0
-LISTENING = re.compile(r"HTTP server listening on (http://127\.0\.0\.1:\d+) \(/healthz, /readyz\)")
+LISTENING = re.compile(r"HTTP server listening on (http://127\.0\.0\.1:\d+) \(/healthz, /readyz, /metrics\)")
 
 
 def get(url: str) -> tuple[int, object]:

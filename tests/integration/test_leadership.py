@@ -90,7 +90,17 @@ async def test_a_second_replica_stands_by_and_takes_over_when_the_leader_stops(
                 await wait(
                     lambda: other.campaign is not None and other.campaign.role == "standby", "a standby"
                 )
-                assert service._not_ready(other) is None  # a healthy standby is ready
+                assert await service._not_ready(other, second, 1.0) is None  # a healthy standby is ready
+                # ... while its state database takes writes
+                read_only = await StateStore.connect(
+                    f"{dsn} options='-c default_transaction_read_only=on'", schema="listener", slot=SLOT
+                )
+                try:
+                    assert await service._not_ready(other, read_only, 1.0) == (
+                        "the state database takes no writes (a standby, or transaction_read_only is on)"
+                    )
+                finally:
+                    await read_only.close()
                 sql.execute("INSERT INTO items SELECT g FROM generate_series(1, 50) g")
                 await wait_caught_up(first, dsn)
                 assert not other.streaming.is_set()

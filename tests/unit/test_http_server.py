@@ -113,7 +113,14 @@ async def serving(tmp_path: Path, reason: list[str | None]) -> AsyncIterator[str
     sock = server.bind(config)
     base = server.url(sock)
     stop = asyncio.Event()
-    task = asyncio.create_task(server.serve(make_app(lambda: reason[0]), config, stop, sock))
+
+    async def not_ready() -> str | None:
+        return reason[0]
+
+    async def metrics(accept: str | None) -> tuple[bytes, str]:
+        return f"# accept: {accept}\n".encode(), "text/plain; version=0.0.4; charset=utf-8"
+
+    task = asyncio.create_task(server.serve(make_app(not_ready, None, metrics), config, stop, sock))
     try:
         yield base
     finally:
@@ -149,6 +156,17 @@ async def test_healthz_and_readyz_answer_in_json(tmp_path: Path) -> None:
         assert (status, json.loads(body)) == (200, {"status": "ready"})
         status, headers, body = await ask(f"{base}/healthz", "HEAD")
         assert (status, body) == (200, b"") and int(headers["content-length"]) > 0
+
+
+async def test_metrics_are_served_as_text_with_the_scrapers_accept_header(tmp_path: Path) -> None:
+    async with serving(tmp_path, [None]) as base:
+        status, headers, body = await ask(f"{base}/metrics")
+        assert (status, headers["content-type"]) == (200, "text/plain; version=0.0.4; charset=utf-8")
+        assert body == b"# accept: None\n" and int(headers["content-length"]) == len(body)
+        status, headers, body = await ask(f"{base}/metrics", "HEAD")
+        assert (status, body) == (200, b"") and int(headers["content-length"]) > 0
+        status, headers, _ = await ask(f"{base}/metrics", "POST")
+        assert status == 405 and headers["allow"] == "GET, HEAD"
 
 
 async def test_other_paths_and_methods_are_refused(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 Every import counts: at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. The
 stages, bottom to top (README, "Architecture")::
 
-    errors, defaults  <  supervise  <  pg/  <  rules/  <  queue/  <  ingest/, runtime/  <  install, http/
-        <  service  <  ops/  <  cli/  <  listener.workflow, listener.__main__ (public entry points)
+    errors, defaults  <  supervise  <  pg/  <  rules/  <  queue/  <  metrics  <  ingest/, runtime/
+        <  install, http/  <  service  <  ops/  <  cli/
+        <  listener.workflow, listener.__main__ (public entry points)
 
 A module may import a module of a lower stage, or of its own package. The two packages of one stage
 (``ingest`` and ``runtime``) never import each other.
@@ -20,7 +21,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "listener"
 
-STAGES: dict[str, int] = {
+STAGES: dict[str, float] = {
     "listener": 0,
     "listener.errors": 0,
     "listener.defaults": 0,
@@ -29,6 +30,7 @@ STAGES: dict[str, int] = {
     "listener.pg": 2,
     "listener.rules": 3,
     "listener.queue": 4,
+    "listener.metrics": 4.5,  # recorded by ingest, runtime and http; reads pg/, and queue/'s batches
     "listener.ingest": 5,
     "listener.runtime": 5,
     "listener.install": 6,

@@ -34,6 +34,7 @@ from listener.defaults import (
     HTTP_SHUTDOWN_GRACE_S,
     LEASE_S,
     POLL_INTERVAL_S,
+    READY_MAX_LAG_S,
     RETAIN_WARN_BYTES,
     RUN_TIMEOUT_S,
     SCHEDULE_CATCHUP,
@@ -122,8 +123,8 @@ class WorkerSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    """The HTTP server `listener run` starts when the config has an ``http:`` section (health endpoints
-    today; webhooks and metrics will be served by the same one)."""
+    """The HTTP server `listener run` starts when the config has an ``http:`` section: health endpoints,
+    ``/metrics`` and the webhooks (listener.http.app)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -132,6 +133,8 @@ class HttpSettings(BaseModel):
     shutdown_grace_s: float = Field(default=HTTP_SHUTDOWN_GRACE_S, ge=0, strict=True, allow_inf_nan=False)
     # webhooks are answered 503 (Retry-After) while more runs than this wait in the queue (none: no limit)
     max_backlog: int | None = Field(default=None, ge=1, strict=True)
+    # /readyz is 503 while ingest's measured lag is above this, in seconds (none: lag does not count)
+    ready_max_lag_s: float | None = Field(default=READY_MAX_LAG_S, gt=0, strict=True, allow_inf_nan=False)
 
     @property
     def address(self) -> tuple[str, int]:
