@@ -351,7 +351,10 @@ def run_load(args: argparse.Namespace, admin_dsn: str, load: str, log_dir: Path,
             with psycopg.connect(state_dsn, autocommit=True) as conn:
                 conn.execute(bench_workflows.EFFECTS_DDL)  # ctx.transaction() writes in the state database
         config = log_dir / "load.yaml"
-        config.write_text(CONFIG.format(schema=SCHEMA, table=TABLE, workflow=WORKFLOWS[args.workflow]))
+        text = CONFIG.format(schema=SCHEMA, table=TABLE, workflow=WORKFLOWS[args.workflow])
+        if args.http:  # /metrics served: the counts of every process go to shared files (listener.metrics)
+            text = 'http:\n  listen: "127.0.0.1:0"\n' + text
+        config.write_text(text)
         env = runtime_bench.child_env(state_dsn)
         run_cmd = listener_command(source_dsn, state_dsn, config, APP_RUN, "run")
         if args.worker_processes is not None:
@@ -569,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pg-stat-statements", action="store_true", help="the server's statement times (preloads it)"
+    )
+    parser.add_argument(
+        "--http", action="store_true", help="with `http:` (health and /metrics, its counts in shared files)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for one drain")
     parser.add_argument(

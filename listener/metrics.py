@@ -32,7 +32,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -66,6 +66,9 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+M = TypeVar("M", Counter, Histogram)
 
 
 class Recorded:
@@ -110,15 +113,9 @@ class Recorded:
         )
         self.duration = Histogram(
             "listener_run_duration_seconds",
-            "One attempt of a run, by workflow and outcome (done, failed, dead, fenced)",
+            "One attempt of a run, by workflow and outcome (done, failed, dead, fenced); _count: attempts",
             ["workflow", "outcome"],
             buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.attempts = Counter(
-            "listener_run_attempts",
-            "Attempts of runs ended, by workflow and outcome (done, failed, dead, fenced)",
-            ["workflow", "outcome"],
             registry=registry,
         )
         self.dead = Counter(
@@ -153,6 +150,7 @@ class _Mode:
     directory: str | None = None  # multiprocess mode's directory
     registry: CollectorRegistry | None = None  # in-memory mode's
     recorded: Recorded | None = None
+    children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)  # see _child
 
 
 _mode = _Mode()
@@ -177,7 +175,8 @@ def share_with_children(*, child: bool = False) -> str | None:
             os.environ[MULTIPROCESS_ENV] = _mode.directory
         # prometheus-client picks its value class when imported: the metrics made from now on are shared
         values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-        _mode.recorded = None
+        _mode.recorded, _mode.registry = None, None
+        _mode.children.clear()
     return _mode.directory
 
 
@@ -186,7 +185,8 @@ def in_memory() -> None:
     if _mode.directory is None:
         os.environ.pop(MULTIPROCESS_ENV, None)
         values.ValueClass = values.MutexValue
-        _mode.recorded = None
+        _mode.recorded, _mode.registry = None, None
+        _mode.children.clear()
 
 
 def recorded() -> Recorded:
@@ -205,39 +205,51 @@ def recorded() -> Recorded:
 def record_batch(batch: EventBatch, *, writer: str) -> None:
     """A batch made durable: its events by source and rule, and each transaction's commit -> durable lag."""
     m = recorded()
-    m.batches.labels(writer).inc()
+    _child(m.batches, writer).inc()
     if not batch.group:
         return
     now = datetime.now(UTC)
+    by_rule: dict[tuple[str, str], int] = {}
     for index, count in Tally(batch.group).items():
         group = batch.groups[index - 1]
-        m.events.labels(group[11], group[0]).inc(count)
+        by_rule[group[11], group[0]] = by_rule.get((group[11], group[0]), 0) + count
+    for labels, count in by_rule.items():
+        _child(m.events, *labels).inc(count)
     commits: dict[str, datetime] = {}
     for group in batch.groups:
         if group[6] is not None and group[11] == "cdc":
             commits.setdefault(group[4], group[6])
+    lag = m.commit_lag
     for at in commits.values():
-        m.commit_lag.observe(max(0.0, (now - at).total_seconds()))
+        lag.observe(max(0.0, (now - at).total_seconds()))
 
 
 def record_run_start(workflow: str, attempt: int, commit_time: datetime | None) -> None:
     """A run's attempt starts: the first one's delay from its event's commit."""
     if attempt == 1 and commit_time is not None:
         delay = (datetime.now(UTC) - commit_time).total_seconds()
-        recorded().start_delay.labels(workflow).observe(max(0.0, delay))
+        _child(recorded().start_delay, workflow).observe(max(0.0, delay))
 
 
 def record_attempt(workflow: str, outcome: str, seconds: float) -> None:
     """An attempt ended: ``outcome`` done, failed, dead or fenced."""
     m = recorded()
-    m.duration.labels(workflow, outcome).observe(seconds)
-    m.attempts.labels(workflow, outcome).inc()
+    _child(m.duration, workflow, outcome).observe(seconds)
     if outcome == "dead":
         m.dead.labels(workflow).inc()
 
 
 def record_step(workflow: str, seconds: float) -> None:
-    recorded().steps.labels(workflow).observe(seconds)
+    _child(recorded().steps, workflow).observe(seconds)
+
+
+def _child(metric: M, *labels: str) -> M:
+    """``metric.labels(*labels)``, kept: looking the child up costs as much as observing (once per run)."""
+    key = (id(metric), labels)
+    child = _mode.children.get(key)
+    if child is None:
+        child = _mode.children[key] = metric.labels(*labels)
+    return child
 
 
 def record_webhook(webhook: str, code: int) -> None:

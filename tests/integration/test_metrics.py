@@ -149,13 +149,12 @@ def serve_and_scrape(dsn: str, sql: Conn, tmp_path: Path) -> set[str]:
         assert value(m, "listener_webhook_requests_total", webhook="hook", code="400") == 1
         assert value(m, "listener_ingest_batches_total", writer="stream") >= 2
         assert value(m, "listener_ingest_commit_to_durable_seconds_count") >= 9
-        assert value(m, "listener_run_attempts_total", workflow=PAUSE, outcome="done") == 9
         assert value(m, "listener_run_duration_seconds_count", workflow=PAUSE, outcome="done") == 9
         assert value(m, "listener_run_duration_seconds_sum", workflow=PAUSE) >= 9 * 0.3
         assert value(m, "listener_run_start_delay_seconds_count", workflow=PAUSE) == 9
         assert value(m, "listener_step_duration_seconds_count", workflow=PAUSE) == 9
-        assert value(m, "listener_run_attempts_total", workflow=POISON, outcome="failed") == 1
-        assert value(m, "listener_run_attempts_total", workflow=POISON, outcome="dead") == 1
+        assert value(m, "listener_run_duration_seconds_count", workflow=POISON, outcome="failed") == 1
+        assert value(m, "listener_run_duration_seconds_count", workflow=POISON, outcome="dead") == 1
         assert value(m, "listener_runs_dead_total", workflow=POISON) == 1
         # read at scrape time
         assert value(m, "listener_leader") == 1 and value(m, "listener_slot_active") == 1
