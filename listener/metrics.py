@@ -90,7 +90,7 @@ class Recorded:
         )
         self.commit_lag = Histogram(
             "listener_ingest_commit_to_durable_seconds",
-            "From a source transaction's commit (the source server's clock) to its events being durable",
+            "Per batch: its oldest source transaction's commit (the source's clock) to the batch durable",
             buckets=LAG_BUCKETS,
             registry=registry,
         )
@@ -203,7 +203,8 @@ def recorded() -> Recorded:
 
 
 def record_batch(batch: EventBatch, *, writer: str) -> None:
-    """A batch made durable: its events by source and rule, and each transaction's commit -> durable lag."""
+    """A batch made durable: its events by source and rule, and its oldest transaction's commit -> durable
+    lag (one observation per batch, not per transaction: a batch of many small commits costs one)."""
     m = recorded()
     _child(m.batches, writer).inc()
     if not batch.group:
@@ -215,13 +216,9 @@ def record_batch(batch: EventBatch, *, writer: str) -> None:
         by_rule[group[11], group[0]] = by_rule.get((group[11], group[0]), 0) + count
     for labels, count in by_rule.items():
         _child(m.events, *labels).inc(count)
-    commits: dict[str, datetime] = {}
-    for group in batch.groups:
-        if group[6] is not None and group[11] == "cdc":
-            commits.setdefault(group[4], group[6])
-    lag = m.commit_lag
-    for at in commits.values():
-        lag.observe(max(0.0, (now - at).total_seconds()))
+    oldest = min((g[6] for g in batch.groups if g[6] is not None and g[11] == "cdc"), default=None)
+    if oldest is not None:
+        m.commit_lag.observe(max(0.0, (now - oldest).total_seconds()))
 
 
 def record_run_start(workflow: str, attempt: int, commit_time: datetime | None) -> None:

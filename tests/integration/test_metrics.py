@@ -148,7 +148,7 @@ def serve_and_scrape(dsn: str, sql: Conn, tmp_path: Path) -> set[str]:
         assert value(m, "listener_webhook_requests_total", webhook="hook", code="200") == 1
         assert value(m, "listener_webhook_requests_total", webhook="hook", code="400") == 1
         assert value(m, "listener_ingest_batches_total", writer="stream") >= 2
-        assert value(m, "listener_ingest_commit_to_durable_seconds_count") >= 9
+        assert value(m, "listener_ingest_commit_to_durable_seconds_count") >= 1
         assert value(m, "listener_run_duration_seconds_count", workflow=PAUSE, outcome="done") == 9
         assert value(m, "listener_run_duration_seconds_sum", workflow=PAUSE) >= 9 * 0.3
         assert value(m, "listener_run_start_delay_seconds_count", workflow=PAUSE) == 9
