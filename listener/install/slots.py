@@ -21,20 +21,29 @@ from listener.pg.lsn import format_lsn
 
 
 def ensure_slot(
-    conn: Conn, slot: str, *, checkpoint: int | None = None, schema: str = "listener"
+    conn: Conn,
+    slot: str,
+    *,
+    checkpoint: int | None = None,
+    schema: str = "listener",
+    failover: bool | None = None,
 ) -> list[str]:
     """Create the logical slot, unless it exists.  ``checkpoint``: where the state database says ingest
     stands on this slot; when the slot is gone, a new one would start at the server's current position and
-    the changes in between would never be streamed, so that is refused, naming them."""
+    the changes in between would never be streamed, so that is refused, naming them.  ``failover``: create
+    it as a failover slot (PostgreSQL 17+; None: wherever the server has them)."""
     if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone():
         return []
     if checkpoint is not None:
         raise lost_slot(conn, slot, checkpoint, schema)
     try:
+        if failover is None:
+            failover = conn.info.server_version >= versions.FAILOVER_SLOTS
         if conn.info.server_version >= versions.FAILOVER_SLOTS:
-            # kept on standbys that synchronize slots (sync_replication_slots): it survives a failover
+            # a failover slot is kept on standbys that synchronize slots (sync_replication_slots): it
+            # survives a failover (listener.install.failover)
             conn.execute(
-                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput', failover => true)", [slot]
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput', failover => %s)", [slot, failover]
             )
         else:
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
