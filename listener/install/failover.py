@@ -44,8 +44,9 @@ def refused(config: Config, server_version: int) -> ConfigError | None:
         "primary only and no standby can keep it",
         file=file,
         line=line,
-        hint="remove `slot_failover:` (after a failover, `listener init` then makes a new slot and a "
-        "`listener backfill` re-reads the rows changed in between), or upgrade the server to PostgreSQL 17+",
+        hint="remove `slot_failover:` (the slot then stays on the primary: after a failover, the rows "
+        "changed before a new slot come back only by `listener backfill`; README 'Failover slots'), or "
+        "upgrade the server to PostgreSQL 17+",
     )
 
 
@@ -238,7 +239,7 @@ def check_standby(dsn: str, config: Config, named: list[str]) -> list[CheckResul
         ).fetchall()
         have = {str(name): str(value) for name, value in rows}
         out = [
-            CheckResult(f"standby {name}", True, f"{name} = {want} on {where}")
+            CheckResult(f"standby {name}", True, f"{name} = {want} ({where})")
             if have.get(name) == want
             else CheckResult(
                 f"standby {name}",
