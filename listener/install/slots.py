@@ -5,7 +5,6 @@ checkpoint.
 from __future__ import annotations
 
 from psycopg import errors as pgerrors
-from psycopg import sql
 
 from listener.errors import (
     CONFIGURATION_LIMIT_EXCEEDED,
@@ -18,6 +17,7 @@ from listener.install.privileges import check_replication
 from listener.pg import managed, versions
 from listener.pg.conninfo import Conn
 from listener.pg.lsn import format_lsn
+from listener.queue.migrations import forget_checkpoint_sql
 
 
 def ensure_slot(
@@ -73,14 +73,12 @@ def ensure_slot(
 
 def lost_slot(conn: Conn, slot: str, checkpoint: int, schema: str) -> PrerequisiteError:
     """The slot is gone while the state database still stands on it."""
-    forget = sql.SQL("DELETE FROM {}.checkpoints WHERE slot_name = {};").format(
-        sql.Identifier(schema), sql.Literal(slot)
-    )
+    forget = forget_checkpoint_sql(schema, slot)
     return PrerequisiteError(
         f"replication slot {slot!r} does not exist, but listener's checkpoint on it is at LSN "
         f"{format_lsn(checkpoint)}: the slot was dropped (by hand, by a failover that did not carry it, or "
         "by a service that removes inactive slots), and the changes committed since that LSN are not in "
         "the WAL any slot keeps",
-        hint=f"to go on from now, accepting that gap: {forget.as_string(conn)}  -- in the state database, "
+        hint=f"to go on from now, accepting that gap: {forget}  -- in the state database, "
         "then `listener run`, and `listener backfill` the rule tables to re-read their rows",
     )

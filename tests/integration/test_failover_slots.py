@@ -4,16 +4,17 @@ itself: tests/chaos/test_failover.py."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from listener import install as setup
-from listener.errors import ConfigError, SlotInUseError
+from listener.errors import ConfigError, PrerequisiteError, SlotInUseError
 from listener.pg import versions
 from listener.pg.replication import ReplicationSession
-from tests.support import SLOT, cli, write_config
+from tests.support import SLOT, cli, events, make_config, running_ingest, wait_caught_up, write_config
 
 Conn = psycopg.Connection[tuple[object, ...]]
 RULE = {"name": "o", "table": "orders", "on": ["insert"], "workflow": "m:f"}
@@ -173,3 +174,36 @@ def test_check_standby_refuses_a_server_that_is_not_one(
     result = cli(dsn, config, "check", "--standby", "postgresql://nobody@127.0.0.1:1/none")
     assert result.exit_code == 1, result.output
     assert "✗ standby: cannot connect to the standby" in result.output
+
+
+async def test_a_slot_confirmed_past_the_checkpoint_stops_ingest_naming_the_gap(dsn: str, sql: Conn) -> None:
+    """What a failover without synchronous replication can leave (the standby's copy of the slot synced
+    past the state it replayed), made by hand: ingest refuses to start there instead of skipping the
+    transactions in between without a word (every version)."""
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    config = make_config([RULE])
+    async with running_ingest(dsn, config) as run:
+        sql.execute("INSERT INTO orders VALUES (1)")
+        await wait_caught_up(run, dsn)
+    checkpoint = sql.execute("SELECT lsn::text FROM listener.checkpoints").fetchone()[0]  # type: ignore[index]
+    sql.execute("SET synchronous_commit = on")  # flushed: the slot may be moved past it (the test server
+    sql.execute("INSERT INTO orders VALUES (2)")  # commits asynchronously); its event is never written
+    for _ in range(100):  # the walsender of the session that just ended may linger a moment
+        try:
+            sql.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", [SLOT])
+            break
+        except psycopg.errors.ObjectInUse:
+            await asyncio.sleep(0.1)
+    confirmed = sql.execute(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", [SLOT]
+    ).fetchone()[0]  # type: ignore[index]
+    with pytest.raises(PrerequisiteError) as info:
+        async with running_ingest(dsn, config, init=False):
+            pass
+    assert info.value.message.startswith(
+        f"replication slot {SLOT!r} is confirmed up to LSN {confirmed}, past listener's checkpoint at "
+        f"{checkpoint}: the server will not send the transactions committed in between again"
+    )
+    assert info.value.hint is not None
+    assert f"DELETE FROM \"listener\".checkpoints WHERE slot_name = '{SLOT}';" in info.value.hint
+    assert len(events(dsn)) == 1
