@@ -57,7 +57,7 @@ def check(
         )
         add(check_replication(conn, service))
         results.extend(_check_slot(conn, config, service))
-        results.extend(check_failover(conn, config, standby_dsn))
+        results.extend(check_failover(conn, config, state_dsn=state_dsn, standby_dsn=standby_dsn))
         slot_exists = bool(
             conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [config.slot]).fetchone()
         )

@@ -14,6 +14,8 @@ failover where the server has it, and an existing one is left as it is.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
@@ -30,7 +32,15 @@ from listener.rules.config import Config
 # each of these on, a primary_slot_name, and a dbname in primary_conninfo
 STANDBY_ON = {"sync_replication_slots": "on", "hot_standby_feedback": "on", "wal_level": "logical"}
 EXAMPLE_PHYSICAL_SLOT = "standby1"  # named in a fix when the primary has no physical slot yet
-PhysicalSlot = tuple[str, bool, str | None]  # slot name, active, its walsender's application_name
+
+
+class PhysicalSlot(NamedTuple):
+    """A physical slot of the primary, and the walsender streaming from it (a standby), if any."""
+
+    name: str
+    active: bool
+    application_name: str | None
+    sync_state: str | None  # async, sync, quorum, potential (pg_stat_replication)
 
 
 def refused(config: Config, server_version: int) -> ConfigError | None:
@@ -110,19 +120,22 @@ def _in_use(config: Config, pid: int | None, wanted: str) -> SlotInUseError:
 # `listener check`
 
 
-def check_failover(conn: Conn, config: Config, standby_dsn: str | None = None) -> list[CheckResult]:
+def check_failover(
+    conn: Conn, config: Config, *, state_dsn: str, standby_dsn: str | None = None
+) -> list[CheckResult]:
     """With ``slot_failover: true``: the slot's flag, ``synchronized_standby_slots`` and the standbys seen
-    from the primary (their physical slots, their connections), with what to set where; with
-    ``standby_dsn``, the standby's own settings and its copy of the slot."""
+    from the primary (their physical slots, their connections), with what to set where; when the state
+    schema is on this server too, synchronous replication; with ``standby_dsn``, the standby's own
+    settings and its copy of the slot."""
     if not config.slot_failover:
         return []
     error = refused(config, conn.info.server_version)
     if error is not None:
         return [CheckResult("failover", False, error.message, error.hint)]
-    physical: list[PhysicalSlot] = [
-        (str(name), bool(active), app)
-        for name, active, app in conn.execute(
-            "SELECT s.slot_name, s.active, r.application_name FROM pg_replication_slots s"
+    physical = [
+        PhysicalSlot(str(name), bool(active), app, sync_state)
+        for name, active, app, sync_state in conn.execute(
+            "SELECT s.slot_name, s.active, r.application_name, r.sync_state FROM pg_replication_slots s"
             " LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid"
             " WHERE s.slot_type = 'physical' ORDER BY s.slot_name"
         ).fetchall()
@@ -130,6 +143,8 @@ def check_failover(conn: Conn, config: Config, standby_dsn: str | None = None) -
     row = conn.execute("SELECT current_setting('synchronized_standby_slots')").fetchone()
     named = [name.strip() for name in str(row[0] if row else "").split(",") if name.strip()]
     results = [_slot_flag(conn, config), _synchronized(conn, named, physical)]
+    if _same_cluster(conn, state_dsn):
+        results.append(_synchronous(conn, named, physical))
     if standby_dsn is None:
         results.append(_standby_advice(conn, named, physical))
     else:
@@ -164,9 +179,9 @@ def _slot_flag(conn: Conn, config: Config) -> CheckResult:
 def _synchronized(conn: Conn, named: list[str], physical: list[PhysicalSlot]) -> CheckResult:
     """``synchronized_standby_slots``: set, naming physical slots that exist and stream."""
     name = "synchronized_standby_slots"
-    active = {slot: is_active for slot, is_active, _ in physical}
+    active = {slot.name: slot.active for slot in physical}
     if not named:
-        slots = [slot for slot, _, _ in physical] or [EXAMPLE_PHYSICAL_SLOT]
+        slots = [slot.name for slot in physical] or [EXAMPLE_PHYSICAL_SLOT]
         create = "" if physical else f"SELECT pg_create_physical_replication_slot('{slots[0]}');\n"
         return CheckResult(
             name,
@@ -200,12 +215,49 @@ def _synchronized(conn: Conn, named: list[str], physical: list[PhysicalSlot]) ->
     return CheckResult(name, True, f"synchronized_standby_slots = {', '.join(named)}, each one streaming")
 
 
+def _same_cluster(conn: Conn, dsn: str) -> bool:
+    """Whether ``dsn`` names the server of ``conn`` (or a physical copy of it), however it is spelled."""
+    query = "SELECT system_identifier FROM pg_control_system()"
+    with conninfo.connection(dsn, what="the state database") as other:
+        return other.execute(query).fetchone() == conn.execute(query).fetchone()
+
+
+def _synchronous(conn: Conn, named: list[str], physical: list[PhysicalSlot]) -> CheckResult:
+    """With the state schema on the primary: its commits must reach the standby before listener confirms
+    them to the slot, else the standby's copy of the slot may be synced past the state it replays (after
+    a failover listener stops there, naming the gap)."""
+    name = "synchronous replication"
+    row = conn.execute(
+        "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')"
+    ).fetchone()
+    names, commit = (str(row[0]), str(row[1])) if row else ("", "")
+    standbys = [s for s in physical if s.name in named] or physical
+    if names and commit in ("on", "remote_write", "remote_apply"):
+        synchronous = [s.name for s in standbys if s.sync_state in ("sync", "quorum")]
+        if synchronous:
+            return CheckResult(name, True, f"the state schema's commits wait for {', '.join(synchronous)}")
+    app = next((s.application_name for s in standbys if s.application_name), EXAMPLE_PHYSICAL_SLOT)
+    fix = _set(conn, "synchronous_standby_names", f"'{app}'") + "  -- commits on the primary wait for it"
+    if commit not in ("on", "remote_write", "remote_apply"):
+        role = sql.Identifier(conn.info.user).as_string(conn)
+        fix += f"\nALTER ROLE {role} SET synchronous_commit = on;  -- it is {commit}"
+    return CheckResult(
+        name,
+        True,
+        "the state schema is on this server, and its commits do not wait for a standby that keeps the "
+        "slot: after a failover the slot's copy may stand past the state the standby has, and listener "
+        "then stops, naming the transactions whose events are lost (a backfill re-reads them)",
+        fix,
+        warning=True,
+    )
+
+
 def _standby_advice(conn: Conn, named: list[str], physical: list[PhysicalSlot]) -> CheckResult:
     """What each standby needs, from what the primary knows of it (``--standby`` checks the standby)."""
-    slot = (named or [slot for slot, _, _ in physical] or [EXAMPLE_PHYSICAL_SLOT])[0]
+    slot = (named or [slot.name for slot in physical] or [EXAMPLE_PHYSICAL_SLOT])[0]
     row = conn.execute("SELECT current_database()").fetchone()
     database = str(row[0]) if row else "..."
-    streaming = [f"{app or '?'} on slot {name}" for name, active, app in physical if active]
+    streaming = [f"{s.application_name or '?'} on slot {s.name}" for s in physical if s.active]
     seen = f"standbys streaming: {', '.join(streaming)}" if streaming else "no standby streams from a slot"
     return CheckResult(
         "standby",

@@ -240,7 +240,7 @@ def test_the_service_follows_a_promoted_standby_losing_and_duplicating_nothing(
 def _check_sees_a_ready_standby(dsn: str, standby_dsn: str, config: Path) -> None:
     """`listener check --standby` against the real pair: every failover line passes."""
     lines = cli(dsn, config, "check", "--standby", standby_dsn).output.splitlines()
-    for name in ("failover", "synchronized_standby_slots", "standby sync_replication_slots",
-                 "standby hot_standby_feedback", "standby wal_level", "standby primary_slot_name",
-                 "standby primary_conninfo", "standby slot"):  # fmt: skip
+    for name in ("failover", "synchronized_standby_slots", "synchronous replication",
+                 "standby sync_replication_slots", "standby hot_standby_feedback", "standby wal_level",
+                 "standby primary_slot_name", "standby primary_conninfo", "standby slot"):  # fmt: skip
         assert any(line.startswith(f"✓ {name}: ") for line in lines), "\n".join(lines)

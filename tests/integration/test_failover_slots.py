@@ -8,13 +8,24 @@ import asyncio
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from listener import install as setup
 from listener.errors import ConfigError, PrerequisiteError, SlotInUseError
 from listener.pg import versions
+from listener.pg.embedded import EmbeddedPostgres
 from listener.pg.replication import ReplicationSession
-from tests.support import SLOT, cli, events, make_config, running_ingest, wait_caught_up, write_config
+from tests.support import (
+    SLOT,
+    cli,
+    events,
+    make_config,
+    reachable_tmpdir,
+    running_ingest,
+    wait_caught_up,
+    write_config,
+)
 
 Conn = psycopg.Connection[tuple[object, ...]]
 RULE = {"name": "o", "table": "orders", "on": ["insert"], "workflow": "m:f"}
@@ -140,6 +151,21 @@ def test_check_on_a_primary_without_standbys_says_what_to_set_where(
         "ALTER SYSTEM SET synchronized_standby_slots = 'standby1'; SELECT pg_reload_conf();"
         "  -- the standbys that may take over",
     ]
+    synchronous = results["synchronous replication"]  # the state schema is on this server too
+    assert synchronous.ok and synchronous.warning
+    assert "its commits do not wait for a standby that keeps the slot" in synchronous.detail
+    commit = sql.execute("SELECT current_setting('synchronous_commit')").fetchone()[0]  # type: ignore[index]
+    role = psycopg.sql.Identifier(str(sql.info.user)).as_string(sql)
+    wanted = [
+        "ALTER SYSTEM SET synchronous_standby_names = 'standby1'; SELECT pg_reload_conf();"
+        "  -- commits on the primary wait for it"
+    ]
+    if commit == "off":  # the test server's own setting
+        wanted.append(f"ALTER ROLE {role} SET synchronous_commit = on;  -- it is off")
+    assert synchronous.fix is not None and synchronous.fix.splitlines() == wanted
+    with reachable_tmpdir("listener-state-") as top, EmbeddedPostgres(top / "pgdata") as elsewhere:
+        # the state schema on another server: the standby that keeps the slot need not be synchronous
+        assert "synchronous replication" not in by_name(setup.check(config, dsn, elsewhere.dsn()))
     standby = results["standby"]
     assert standby.warning and "no standby streams from a slot" in standby.detail
     assert "--standby DSN" in standby.detail
