@@ -236,6 +236,16 @@ def _synchronous(conn: Conn, named: list[str], physical: list[PhysicalSlot]) -> 
         synchronous = [s.name for s in standbys if s.sync_state in ("sync", "quorum")]
         if synchronous:
             return CheckResult(name, True, f"the state schema's commits wait for {', '.join(synchronous)}")
+        if any(s.active and s.sync_state is None for s in standbys):
+            # pg_stat_replication shows a walsender's state only to pg_read_all_stats (and superusers)
+            return CheckResult(
+                name,
+                True,
+                f"synchronous_standby_names = {names}, but whether the standby keeping the slot is one of "
+                "them is hidden from this role",
+                f"GRANT pg_read_all_stats TO {sql.Identifier(conn.info.user).as_string(conn)};  -- to see it",
+                warning=True,
+            )
     app = next((s.application_name for s in standbys if s.application_name), EXAMPLE_PHYSICAL_SLOT)
     fix = _set(conn, "synchronous_standby_names", f"'{app}'") + "  -- commits on the primary wait for it"
     if commit not in ("on", "remote_write", "remote_apply"):
