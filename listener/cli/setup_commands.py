@@ -21,8 +21,16 @@ from listener.cli.render import markup_safe
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts (see above).")
+@click.option(
+    "--standby",
+    "standby_dsn",
+    metavar="DSN",
+    envvar="LISTENER_STANDBY_DSN",
+    show_envvar=True,
+    help="A standby that should keep the slot (slot_failover: true): its settings are checked too.",
+)
 @click.pass_obj
-def check(opts: Options, as_json: bool) -> None:
+def check(opts: Options, as_json: bool, standby_dsn: str | None) -> None:
     """Validate the config and check the database prerequisites; print the fix for each failure.
 
     Exits 0 when ready (perhaps after `listener init`), 1 when a check failed.
@@ -35,7 +43,7 @@ def check(opts: Options, as_json: bool) -> None:
 
     config = load(opts)
     with databases(opts, config) as (dsn, state_dsn):
-        results = setup.check(config, dsn, state_dsn)
+        results = setup.check(config, dsn, state_dsn, standby_dsn=standby_dsn)
     results += service.workflow_checks(config)
     failed = [r for r in results if not r.ok and r.fix != "listener init"]
     needs_init = [r for r in results if not r.ok and r.fix == "listener init"]

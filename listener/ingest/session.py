@@ -31,7 +31,7 @@ from listener.ingest.notify import NotifySource
 from listener.ingest.reader import PgoutputSource
 from listener.ingest.reload import Prepare
 from listener.ingest.rewinds import count_rewind, moved_past, next_rewind, watch_rewinds
-from listener.ingest.slot import slot_confirmed, slot_holder
+from listener.ingest.slot import slot_ahead, slot_confirmed, slot_holder
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.ingest.writer import write_batches
@@ -179,7 +179,8 @@ class Ingest(IngestState):
         self.restart.clear()
         self.rewind = None
         self.backfills.reset()
-        checkpoint = await self.store.read_checkpoint() or 0
+        stored = await self.store.read_checkpoint()
+        checkpoint = stored or 0
         await self.store.start_journal(enabled=self.journal is not None)
         self.durable_lsn = checkpoint
         self.stats.checkpoint = checkpoint
@@ -194,6 +195,8 @@ class Ingest(IngestState):
                 raise invalidation_error(self.slot, invalidated)
             session.status_interval = self.status_interval
             confirmed = await slot_confirmed(self.catalog, self.slot)
+            if stored is not None and confirmed is not None and confirmed > stored:
+                raise slot_ahead(self.slot, confirmed, stored, self.store.schema)  # never a silent gap
             rewind = await next_rewind(self, confirmed)
             start = checkpoint if rewind is None else rewind.start_lsn
             # Without retention (and no rewind) the server is told the checkpoint at once, as it always

@@ -1,4 +1,5 @@
-"""Questions about the replication slot asked of the source's catalog: where it stands, who holds it."""
+"""Questions about the replication slot asked of the source's catalog: where it stands, who holds it, and
+the error when it stands past the checkpoint."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from typing import Any
 
 import psycopg
 
-from listener.errors import ListenerError
+from listener.errors import ListenerError, PrerequisiteError
 from listener.pg.conninfo import connect_async
-from listener.pg.lsn import parse_lsn
+from listener.pg.lsn import format_lsn, parse_lsn
+from listener.queue.migrations import forget_checkpoint_sql
 
 
 async def slot_confirmed(catalog: psycopg.AsyncConnection[Any], slot: str) -> int | None:
@@ -18,6 +20,24 @@ async def slot_confirmed(catalog: psycopg.AsyncConnection[Any], slot: str) -> in
     )
     row = await cur.fetchone()
     return parse_lsn(str(row[0])) if row is not None and row[0] is not None else None
+
+
+def slot_ahead(slot: str, confirmed: int, checkpoint: int, schema: str) -> PrerequisiteError:
+    """The slot's confirmed position is past the checkpoint: listener never confirms what it has not
+    committed, so the state database lost commits the slot had been told of (a failover or restore of the
+    state database behind the slot: a standby's synced copy of the slot ahead of the state it replays), or
+    the slot was advanced by hand.  The server will not send the transactions in between again."""
+    forget = forget_checkpoint_sql(schema, slot)
+    return PrerequisiteError(
+        f"replication slot {slot!r} is confirmed up to LSN {format_lsn(confirmed)}, past listener's "
+        f"checkpoint at {format_lsn(checkpoint)}: the server will not send the transactions committed "
+        "in between again, and their events are not in the state database (it lost commits the slot had "
+        "been told of: a failover or restore of the state database without synchronous replication, or "
+        "the slot was advanced by hand)",
+        hint=f"to go on from the slot's position, accepting that gap: {forget}  -- in the state database, "
+        "then `listener run`, and `listener backfill` the rule tables to re-read their rows; against a "
+        "failover, see README 'Failover slots' (synchronous_standby_names)",
+    )
 
 
 async def slot_holder(dsn: str, slot: str) -> str:

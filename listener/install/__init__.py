@@ -15,7 +15,8 @@ removes both.
 
 Modules, each importing only those before it: :mod:`.privileges` (the role's rights, :class:`CheckResult`),
 :mod:`.publications` (planning, probing, statements), :mod:`.slots` (the replication slot),
-:mod:`.checks` (``listener check``), :mod:`.provision` (``listener init`` and ``listener drop``).
+:mod:`.failover` (``slot_failover:``, the failover slot's checks), :mod:`.checks` (``listener check``),
+:mod:`.provision` (``listener init`` and ``listener drop``).
 """
 
 from listener.install.checks import check

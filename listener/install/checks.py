@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from psycopg import sql
 
 from listener.errors import ConfigError
+from listener.install.failover import check_failover
 from listener.install.privileges import CheckResult, check_replication, state_schema_fix
 from listener.install.publications import (
     Pushdown,
@@ -31,9 +32,12 @@ from listener.rules.pushdown import TablePlan, describe_rule
 # `listener check`
 
 
-def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
+def check(
+    config: Config, source_dsn: str, state_dsn: str, *, standby_dsn: str | None = None
+) -> list[CheckResult]:
     """Run every prerequisite check, and compile and describe every rule; never raises for a failed check
-    (only for no connection, or a rule table locked by others for longer than PROBE_LOCK_TIMEOUT_MS)."""
+    (only for no connection, or a rule table locked by others for longer than PROBE_LOCK_TIMEOUT_MS).
+    ``standby_dsn``: a standby that should keep the slot (``slot_failover: true``), checked too."""
     structural = RuleSet(config.rules)
     results: list[CheckResult] = []
     add = results.append
@@ -53,6 +57,7 @@ def check(config: Config, source_dsn: str, state_dsn: str) -> list[CheckResult]:
         )
         add(check_replication(conn, service))
         results.extend(_check_slot(conn, config, service))
+        results.extend(check_failover(conn, config, state_dsn=state_dsn, standby_dsn=standby_dsn))
         slot_exists = bool(
             conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [config.slot]).fetchone()
         )

@@ -6,6 +6,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from listener.errors import INSUFFICIENT_PRIVILEGE, SlotInUseError, from_driver
+from listener.install import failover
 from listener.install.privileges import state_schema_fix
 from listener.install.publications import compile_rules, ensure_publications, plan_pushdown
 from listener.install.slots import ensure_slot
@@ -34,6 +35,9 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
     that fixes it."""
     done: list[str] = []
     with conninfo.connection(source_dsn) as source:
+        refusal = failover.refused(config, source.info.server_version)
+        if refusal is not None:
+            raise refusal
         rules, tables = compile_rules(source, config)
         exact = wide = plan_pushdown(source, config, rules, tables)
         if keep is not None:
@@ -51,7 +55,14 @@ def init(config: Config, source_dsn: str, state_dsn: str, *, keep: Config | None
                 ) from exc
             checkpoint = migrations.checkpoint(conn, config.state_schema, config.slot)
         done.extend(ensure_publications(source, wide, exact=exact))
-        done.extend(ensure_slot(source, config.slot, checkpoint=checkpoint, schema=config.state_schema))
+        created = ensure_slot(
+            source,
+            config.slot,
+            checkpoint=checkpoint,
+            schema=config.state_schema,
+            failover=failover.create_with_failover(config, source.info.server_version),
+        )
+        done.extend(created or failover.ensure_failover(source, source_dsn, config))
     return done
 
 

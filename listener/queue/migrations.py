@@ -91,5 +91,11 @@ def forget_checkpoint(conn: psycopg.Connection[tuple[object, ...]], schema: str,
     return parse_lsn(str(row[0])) if row is not None else None
 
 
+def forget_checkpoint_sql(schema: str, slot: str) -> str:
+    """The ``DELETE`` of ``slot``'s checkpoint, for a user to run when accepting a gap (printed in fixes)."""
+    statement = sql.SQL("DELETE FROM {}.checkpoints WHERE slot_name = {};")
+    return statement.format(sql.Identifier(schema), sql.Literal(slot)).as_string()
+
+
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'

@@ -59,7 +59,7 @@ def test_exit_codes(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -
     unreachable = _cli("--dsn", "postgresql://nobody@127.0.0.1:1/x", "-c", str(good), "check")
     assert unreachable.returncode == 3 and "cannot connect" in unreachable.stderr  # runtime failure
 
-    def crash(*args: object) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(setup, "check", crash)

@@ -570,3 +570,14 @@ def test_the_readme_configuration_block_is_valid() -> None:
     config = parse_config(block)
     assert [w.name for w in config.webhooks] == ["stripe"] and config.http is not None
     assert {r.source for r in config.rules} == {"table", "webhook"}
+
+
+def test_slot_failover_is_true_false_or_absent_and_its_line_is_kept(tmp_path: Path) -> None:
+    assert parse_config("slot: s\n").slot_failover is None
+    path = tmp_path / "listener.yaml"
+    path.write_text("slot: s\nslot_failover: true\n")
+    config = load_config(path)
+    assert config.slot_failover is True
+    assert config.setting_place("", "slot_failover") == (str(path), 2)  # for the PostgreSQL < 17 error
+    error = load_error(tmp_path, "slot: s\nslot_failover: sometimes\n")
+    assert error.line == 2 and "slot_failover" in str(error)

@@ -115,9 +115,12 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
             line = doc.lines.get(("rules", index, key))
             if line is not None:
                 config._field_lines[(rule.name, key)] = line
-    # settings whose value only fails once the service runs: `http: listen:`, each `webhooks:` and
-    # `schedules:` entry
-    places: list[tuple[tuple[str | int, ...], tuple[str, str]]] = [(("http", "listen"), ("http", "listen"))]
+    # settings whose value only fails once the service runs: `http: listen:`, `slot_failover:` (top
+    # level: section ""), each `webhooks:` and `schedules:` entry
+    places: list[tuple[tuple[str | int, ...], tuple[str, str]]] = [
+        (("http", "listen"), ("http", "listen")),
+        (("slot_failover",), ("", "slot_failover")),
+    ]
     places += [(("webhooks", index), ("webhooks", str(index))) for index in range(len(config.webhooks))]
     places += [(("schedules", index), ("schedules", str(index))) for index in range(len(config.schedules))]
     for path, name in places:

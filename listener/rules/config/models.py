@@ -451,6 +451,10 @@ class Config(BaseModel):
     dsn: str | None = None
     state_dsn: str | None = None
     slot: Annotated[str, AfterValidator(check_slot)] = DEFAULT_SLOT
+    # PostgreSQL 17+: true makes the slot a failover slot (created or altered so), which standbys with
+    # sync_replication_slots keep; false makes it one that never fails over; absent: created with failover
+    # where the server has it, an existing slot left as it is (listener.install.failover)
+    slot_failover: bool | None = Field(default=None, strict=True)
     publication: Annotated[str, plain_identifier("publication")] = DEFAULT_PUBLICATION
     state_schema: Annotated[str, plain_identifier("state_schema")] = DEFAULT_STATE_SCHEMA
     ingest: IngestSettings = Field(default_factory=IngestSettings)
