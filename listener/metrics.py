@@ -293,7 +293,7 @@ class Scrape(Collector):
         self,
         *,
         slot: str,
-        source_dsn: str,
+        source_dsn: str | None,  # None: no slot to read (a `listener worker`)
         pool: asyncpg.Pool,
         leader: Callable[[], bool | None] | None = None,  # this replica leads the slot (None: not known yet)
         lag: Callable[[], float | None] | None = None,  # ingest's latest measured lag
@@ -317,7 +317,10 @@ class Scrape(Collector):
                 leader=self.leader() if self.leader is not None else None,
                 ingest_lag_s=self.lag() if self.lag is not None else None,
             )
-            await asyncio.gather(self._read_state(reading), self._read_source(reading))
+            if self.source_dsn is None:
+                await self._read_state(reading)
+            else:
+                await asyncio.gather(self._read_state(reading), self._read_source(reading))
             self.reading, self._read_at = reading, time.monotonic()
 
     async def _read_state(self, reading: Reading) -> None:
@@ -347,6 +350,7 @@ class Scrape(Collector):
 
     def _slot_state(self) -> SlotState | None:
         if self._source is None:
+            assert self.source_dsn is not None
             self._source = conninfo.connect(
                 self.source_dsn, what="the source database", connect_timeout=int(METRICS_QUERY_TIMEOUT_S)
             )

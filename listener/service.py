@@ -14,6 +14,7 @@ import gc
 import logging
 import math
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -420,13 +421,37 @@ async def run_workers(
     concurrency: int | None = None,
     stop: asyncio.Event | None = None,
     stop_with_parent: bool = False,
+    listen: str | None = None,
 ) -> None:
     """Workers only, until ``stop`` is set or a signal arrives (`listener worker`); with
-    ``stop_with_parent`` also when standard input closes (a child of `listener run`)."""
+    ``stop_with_parent`` also when standard input closes (a child of `listener run`); with ``listen``
+    (``--http``) an HTTP server of this worker's own health and metrics."""
     validate_workflows(config)
+    http_socket = None
+    if listen is not None:  # bound first: a port in use fails before anything starts
+        from listener.http import server as http_server
+        from listener.rules.config.models import HttpSettings
+
+        config = config.model_copy(update={"http": HttpSettings(listen=listen)})
+        http_socket = http_server.bind(config, option="--http")
+    try:
+        stop = stop or asyncio.Event()
+        await _run_workers(config, state_dsn, concurrency, stop, stop_with_parent, http_socket)
+    finally:
+        if http_socket is not None:
+            http_socket.close()
+
+
+async def _run_workers(
+    config: Config,
+    state_dsn: str,
+    concurrency: int | None,
+    stop: asyncio.Event,
+    stop_with_parent: bool,
+    http_socket: socket.socket | None,
+) -> None:
     with conninfo.connection(state_dsn) as conn:
         migrations.migrate(conn, config.state_schema)
-    stop = stop or asyncio.Event()
     worker = make_worker(config, state_dsn, concurrency=concurrency)
     freeze_startup_heap()
     remove_handlers = install_signal_handlers(stop)
@@ -442,10 +467,38 @@ async def run_workers(
         "workflow code; SIGTERM stops it gracefully)",
     )
     try:
-        await worker.run(stop)
+        if http_socket is None:
+            await worker.run(stop)
+        else:
+            async with _first_listener_error(), asyncio.TaskGroup() as tg:
+                tg.create_task(_until_done(worker.run(stop), stop), name="worker")
+                serving = _serve_worker(config, state_dsn, stop, http_socket)
+                tg.create_task(_until_done(serving, stop), name="http")
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         remove_handlers()
+
+
+async def _serve_worker(config: Config, state_dsn: str, stop: asyncio.Event, sock: socket.socket) -> None:
+    """`listener worker --http`: /healthz; /readyz while the state database takes writes; /metrics with
+    this worker's runs and steps, and the queue read from the state database (no slot: it reads none)."""
+    from listener.http import server as http_server
+    from listener.http.app import make_app
+
+    settings = {**conninfo.SESSION_SETTINGS, "search_path": config.state_schema}
+    params = conninfo.asyncpg_params(state_dsn, settings)
+    pool = await asyncpg.create_pool(min_size=0, max_size=1, **params)
+    assert pool is not None
+    scrape = metrics.Scrape(slot=config.slot, source_dsn=None, pool=pool)
+
+    async def not_ready() -> str | None:
+        return await _state_not_writable(pool)
+
+    try:
+        app = make_app(not_ready, None, functools.partial(_metrics, scrape))
+        await http_server.serve(app, config, stop, sock)
+    finally:
+        await pool.close()
 
 
 def make_worker(
@@ -553,20 +606,25 @@ def _not_streaming(ingest: Ingest) -> str | None:
 async def _not_ready(ingest: Ingest, store: StateStore, max_lag_s: float | None) -> str | None:
     """Why the service is not ready (``GET /readyz``), or None: it does its part (:func:`_not_streaming`),
     the state database takes writes, and ingest's measured lag is at most ``max_lag_s``."""
-    reason = _not_streaming(ingest)
+    reason = _not_streaming(ingest) or await _state_not_writable(store.pool)
     if reason is not None:
         return reason
+    lag = ingest.stats.lag()
+    if max_lag_s is not None and lag is not None and lag > max_lag_s:
+        return f"ingest lags {lag:.0f}s behind the source (more than http: ready_max_lag_s: {max_lag_s:g})"
+    return None
+
+
+async def _state_not_writable(pool: asyncpg.Pool) -> str | None:
+    """Why the state database takes no writes now (silent, in recovery, read-only), or None."""
     try:
         async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
-            read_only = await store.pool.fetchval(_READ_ONLY)
+            read_only = await pool.fetchval(_READ_ONLY)
     except Exception as exc:
         what = f"{type(exc).__name__}: {exc}"
         return f"the state database does not answer within {READY_CHECK_TIMEOUT_S:g}s ({what})"
     if read_only:
         return "the state database takes no writes (a standby, or transaction_read_only is on)"
-    lag = ingest.stats.lag()
-    if max_lag_s is not None and lag is not None and lag > max_lag_s:
-        return f"ingest lags {lag:.0f}s behind the source (more than http: ready_max_lag_s: {max_lag_s:g})"
     return None
 
 

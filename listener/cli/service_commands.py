@@ -21,6 +21,7 @@ from listener.cli.render import dumps, markup_safe, stdout_console
 from listener.defaults import RELOAD_TIMEOUT_S
 from listener.ops import runs as runs_mod
 from listener.pg import conninfo
+from listener.rules.config.validators import parse_listen
 
 
 @click.command()
@@ -61,13 +62,29 @@ def run(opts: Options, no_workers: bool, worker_processes: int | None) -> None:
         )
 
 
+def _listen(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc} (e.g. 127.0.0.1:9188, [::1]:9188)") from None
+    return value
+
+
 @click.command()
 @click.option(
     "--concurrency", type=click.IntRange(min=1), help="Workflows at once (default: worker.concurrency)."
 )
 @click.option("--stop-with-parent", is_flag=True, hidden=True, help="Stop when standard input closes.")
+@click.option(
+    "--http",
+    "listen",
+    metavar="HOST:PORT",
+    callback=_listen,
+    help="Serve this worker's /healthz, /readyz and /metrics on HOST:PORT (e.g. 0.0.0.0:9188).",
+)
 @click.pass_obj
-def worker(opts: Options, concurrency: int | None, stop_with_parent: bool) -> None:
+def worker(opts: Options, concurrency: int | None, stop_with_parent: bool, listen: str | None) -> None:
     """Run workflows only (no ingest): start as many as you like, on any machines, against one state db."""
     from listener import service
 
@@ -78,7 +95,9 @@ def worker(opts: Options, concurrency: int | None, stop_with_parent: bool) -> No
         metrics.in_memory()
     with databases(opts, config) as (_, state_dsn), contextlib.suppress(KeyboardInterrupt):
         supervise.run(
-            service.run_workers(config, state_dsn, concurrency=concurrency, stop_with_parent=stop_with_parent)
+            service.run_workers(
+                config, state_dsn, concurrency=concurrency, stop_with_parent=stop_with_parent, listen=listen
+            )
         )
 
 

@@ -35,16 +35,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(config: Config) -> socket.socket:
+def bind(config: Config, *, option: str | None = None) -> socket.socket:
     """The listening socket of ``http.listen``; a ConfigError naming the setting, its line and the fix
-    when the address cannot be had."""
+    when the address cannot be had (naming the command-line ``option`` instead when it gave the address)."""
     assert config.http is not None
     listen = config.http.listen
     host, port = config.http.address
-    file, line = config.setting_place("http", "listen")
+    file, line = config.setting_place("http", "listen") if option is None else (None, None)
+    name = option or "http.listen"
 
     def refused(what: str, hint: str) -> ConfigError:
-        return ConfigError(f"http.listen {listen!r}: {what}", file=file, line=line, hint=hint)
+        return ConfigError(f"{name} {listen!r}: {what}", file=file, line=line, hint=hint)
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -10,6 +10,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -243,3 +245,38 @@ async def test_a_source_that_does_not_answer_is_served_as_down_not_as_a_hung_scr
     assert value(samples, "listener_database_up", database="state") == 1
     assert not [name for name, _ in samples if name.startswith("listener_slot_")]
     assert content_type.startswith("text/plain")
+
+
+def test_a_worker_on_its_own_serves_its_runs_and_the_queue(dsn: str, sql: Conn, tmp_path: Path) -> None:
+    sql.execute("CREATE TABLE items (id int PRIMARY KEY, text text)")
+    path = tmp_path / "listener.yaml"
+    rules = [{"name": "live", "table": "items", "on": ["insert"], "workflow": PAUSE}]
+    write_config(path, rules, worker={"processes": 0, "poll_interval_s": 0.2})
+    env = {**os.environ, "LISTENER_DSN": dsn, "LISTENER_TEST_PAUSE_S": "0"}
+    ingest_log = tmp_path / "run.log"
+    with ingest_log.open("wb") as out:
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "listener", "run", "--no-workers", "-c", str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        worker_args = ["worker", "-c", str(path), "--http", "127.0.0.1:0"]
+        with http_service(worker_args, env, tmp_path / "worker.log") as (worker, base):
+            assert ready(base) == (200, {"status": "ready"})
+            wait(lambda: ingest_log.read_text().count("listener run: leader") == 1, "ingest streaming")
+            for i in range(3):
+                sql.execute("INSERT INTO items VALUES (%s, 'x')", [i])
+            wait(lambda: statuses(sql) == {(PAUSE, "done"): 3}, "3 runs done")
+            m = scrape(base)
+            assert value(m, "listener_run_duration_seconds_count", workflow=PAUSE, outcome="done") == 3
+            assert value(m, "listener_step_duration_seconds_count", workflow=PAUSE) == 3
+            assert value(m, "listener_database_up", database="state") == 1
+            assert not [name for name, _ in m if name.startswith(("listener_slot_", "listener_leader"))]
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(WAIT_S) == 0
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        assert ingest.wait(WAIT_S) == 0, ingest_log.read_text()
