@@ -44,14 +44,16 @@ def heartbeat_content(slot: str) -> str:
 
 
 def heartbeat_lag(content: bytes, slot: str) -> float | None:
-    """Seconds since this slot's heartbeat was written (None: another slot's, or not one of ours)."""
+    """Seconds since this slot's heartbeat was written (None: another slot's, or not one of ours).  Anyone
+    who may write logical messages can write one under the prefix: whatever it holds is not an error."""
     try:
         beat = json.loads(content)
         if not isinstance(beat, dict) or beat.get("slot") != slot:
             return None
-        return max(0.0, time.time() - float(beat["at"]))
-    except (ValueError, KeyError, TypeError):
+        at = float(beat["at"])
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
+    return max(0.0, time.time() - at) if math.isfinite(at) else None
 
 
 _SLOT_HEALTH = """
