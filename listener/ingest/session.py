@@ -183,10 +183,10 @@ class Ingest(IngestState):
         self.stats.checkpoint = checkpoint
         session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
         self.session = session
-        self.catalog = await connect_async(self.source_dsn)
-        await self.compile_rules()
         queue = BatchQueue()
-        try:
+        try:  # from here on, a failure or a cancellation (a helper failing at once) closes the connections
+            self.catalog = await connect_async(self.source_dsn)
+            await self.compile_rules()
             invalidated = await slot_invalidated(self.catalog, self.slot)
             if invalidated is not None:  # never a silent new start from "now"
                 raise invalidation_error(self.slot, invalidated)
