@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from listener.defaults import SLOT_BUSY_RETRY_S, SLOT_BUSY_WAIT_S, WATCHER_EXIT_S
 from listener.errors import Deposed, ReplicationEnded, SlotInUseError, is_transient
 from listener.ingest import reload as reloading
+from listener.ingest import run_retention
 from listener.ingest.heartbeat import beat, invalidation_error, slot_invalidated
 from listener.ingest.journal import prune_forever
 from listener.ingest.leadership import Campaign, Lease
@@ -95,9 +96,9 @@ class Ingest(IngestState):
                 await campaign.close()  # a new connection campaigns: the old one may hold the lock still
 
     async def _lead(self, campaign: Campaign, lease: Lease, stop: asyncio.Event) -> None:
-        """Stream until ``stop`` or until the lease is lost.  The rewind watcher, the journal's pruner and
-        the lock's watch run beside the stream, supervised: when one fails for good, ingest stops
-        (invariant 9)."""
+        """Stream until ``stop`` or until the lease is lost.  The rewind watcher, the journal's and the
+        finished runs' pruners and the lock's watch run beside the stream, supervised: when one fails for
+        good, ingest stops (invariant 9)."""
         done = asyncio.Event()  # ``stop`` or the lease lost: the sessions end
         async with task_group() as tg:
             relay = tg.create_task(first_of(stop.wait(), lease.lost.wait()), name="ingest-lease")
@@ -110,6 +111,9 @@ class Ingest(IngestState):
                 journal = self.journal
                 prune = functools.partial(prune_forever, self.store, journal, done)
                 background.append(spawn(tg, "ingest-journal", prune, stop=done))
+            if self.run_retention is not None:
+                runs = functools.partial(run_retention.prune_forever, self.store, self.run_retention, done)
+                background.append(spawn(tg, "ingest-run-retention", runs, stop=done))
             self.lease = lease
             try:
                 await supervised("ingest", lambda: self._sessions(done), stop=done, retry=self._retry)

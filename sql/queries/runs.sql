@@ -232,7 +232,10 @@ FROM attempts WHERE run_id = %s ORDER BY attempt
 
 -- name: generations
 -- placeholders: psycopg
-SELECT id, generation, status FROM runs WHERE event_key = %s ORDER BY generation
+-- Every run of an event: generation 0 by its id (the key), the later ones through runs_generations.
+SELECT id, generation, status FROM runs
+WHERE id = %(key)s OR (event_key = %(key)s AND generation > 0)
+ORDER BY generation
 
 -- name: retry_target
 -- placeholders: psycopg
@@ -246,7 +249,8 @@ SELECT pg_advisory_xact_lock(hashtext('listener.retry.' || current_schema() || '
 
 -- name: retry_runs
 -- placeholders: psycopg
-SELECT id, generation, status, attempt, lease_owner FROM runs WHERE event_key = %s
+SELECT id, generation, status, attempt, lease_owner FROM runs
+WHERE id = %(key)s OR (event_key = %(key)s AND generation > 0)
 ORDER BY generation FOR UPDATE
 
 -- name: run_columns
