@@ -191,15 +191,23 @@ RETURNING t.run_id, t.name
 
 -- name: list_runs
 -- placeholders: psycopg
--- Newest first.  runs.seq has no index: this is a scan and a top-N sort, fine for an operator's command.
-SELECT r.id, r.event_key, r.generation, e.rule, r.workflow, r.status, r.attempt, r.failures,
+-- Newest first.  Per status shown, the newest runs come from the end of runs_listed (status, seq), read
+-- backwards until `limit` of them pass the filters; the statuses' lists are then merged.  Its time does not
+-- depend on how many runs the table holds (README "Retention of finished runs"); a filter on a workflow or
+-- rule reads back as far as its runs lie.
+SELECT r.id, r.event_key, r.generation, r.rule, r.workflow, r.status, r.attempt, r.failures,
        r.created_at, r.started_at, r.finished_at,
        extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)::float8 AS duration_s,
        r.last_error
-FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
-WHERE (%(statuses)s::text[] IS NULL OR r.status = ANY(%(statuses)s::text[]))
-  AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
-  AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
+FROM unnest(coalesce(%(statuses)s::text[], ARRAY['pending', 'running', 'done', 'dead', 'cancelled'])) AS s
+CROSS JOIN LATERAL (
+    SELECT r.*, e.rule FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
+    WHERE r.status = s
+      AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
+      AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
+    ORDER BY r.seq DESC
+    LIMIT %(limit)s
+) r
 ORDER BY r.seq DESC
 LIMIT %(limit)s
 
