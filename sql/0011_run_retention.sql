@@ -16,9 +16,13 @@ CREATE INDEX runs_finished ON runs (workflow, finished_at) WHERE status IN ('don
 -- (pruning checks them all; `runs show` and `retry` list them).
 CREATE INDEX runs_generations ON runs (event_key) WHERE generation > 0;
 
--- `listener runs`: the newest runs of each status, read backwards from the end of the index (the command
--- merges the statuses it shows): its time does not depend on how many runs the table holds.
-CREATE INDEX runs_listed ON runs (status, seq);
+-- `listener runs`: the newest finished runs of each status, read backwards from the end of the index (the
+-- command merges the statuses it shows): its time does not depend on how many runs the table holds.  The
+-- unfinished runs are left out: the claim's planner, with statistics taken while few runs were done, chose
+-- this index over runs_claimable and sorted every pending run (tests/integration/test_claim_plan.py); and
+-- a claim and every lease renewal would have added an entry (their updates are not HOT).  `listener runs`
+-- finds pending and running runs through runs_claimable, runs_gated and runs_leased.
+CREATE INDEX runs_listed ON runs (status, seq) WHERE status IN ('done', 'dead', 'cancelled');
 
 -- What the pruner did, per slot (its leader prunes), for `listener status`.
 CREATE TABLE run_retention (

@@ -105,7 +105,9 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
             }
     status.journal = _journal(config, state)
     status.run_retention = _run_retention(config, state)
-    for name, count in state.execute(queries.get("count_runs"), [list(COUNTED_STATUSES)]).fetchall():
+    for name, count in state.execute(
+        queries.get("count_runs"), {"statuses": list(COUNTED_STATUSES)}
+    ).fetchall():
         status.runs[name] = int(count)
     status.rewinds = [asdict(row) for row in rw.rewinds(state, config.slot)]
     status.leader = _leader(config, state)

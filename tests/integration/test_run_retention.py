@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ import pytest_asyncio
 from listener import install as setup
 from listener.ingest import run_retention
 from listener.ingest.run_retention import FIRST_BATCH, RunRetention, prune_once
+from listener.ops import runs as runs_ops
 from listener.queue import migrations, queries
 from listener.queue.store import StateStore
 from tests.support import SLOT, _wait_for, acli, make_config, running_ingest, write_config
@@ -212,3 +214,75 @@ async def test_a_pruner_that_cannot_work_stops_the_service_naming_itself(
     assert "UndefinedTable" in repr(caught.value)
     assert any("ingest-run-retention failed" in r.getMessage() for r in caplog.records), caplog.text
     assert left(sql, "runs", "id") == {"old"}  # its transaction rolled back: nothing half-deleted
+
+
+@pytest.mark.parametrize(
+    ("statuses", "workflow", "limit"),
+    [
+        ((), None, 7),
+        ((), None, 100),
+        (("running", "dead"), None, 4),
+        (("done",), "m:short", 3),
+        ((), "m:f", 5),
+    ],
+)
+def test_runs_lists_the_newest_of_the_statuses_merged_as_a_full_sort_would(
+    state: Conn, statuses: tuple[str, ...], workflow: str | None, limit: int
+) -> None:
+    """`listener runs` reads each status's newest runs from its index (running ones apart) and merges
+    them: the same runs, in the same order, as sorting every run would give."""
+    kinds = ["done", "running", "pending", "dead", "cancelled", "done", "running"]
+    for n in range(40):
+        one(state, f"k{n:02}", kinds[n % len(kinds)], None, workflow="m:short" if n % 3 else "m:f")
+    state.execute("SET search_path TO listener")
+    expected = [
+        str(r[0])
+        for r in state.execute(
+            "SELECT id FROM runs WHERE (%(s)s::text[] IS NULL OR status = ANY(%(s)s::text[]))"
+            " AND (%(w)s::text IS NULL OR workflow = %(w)s) ORDER BY seq DESC LIMIT %(n)s",
+            {"s": list(statuses) or None, "w": workflow, "n": limit},
+        ).fetchall()
+    ]
+    listed = runs_ops.list_runs(state, statuses=statuses, workflow=workflow, limit=limit)
+    assert [r.id for r in listed] == expected and expected
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("list_runs", {"statuses": None, "workflow": None, "rule": None, "limit": 50}),
+        ("list_runs", {"statuses": ["pending", "running"], "workflow": "m:f", "rule": None, "limit": 50}),
+        ("list_runs", {"statuses": ["dead"], "workflow": None, "rule": "r", "limit": 50}),
+        ("count_runs", {"statuses": ["pending", "running", "dead"]}),
+        ("generations", {"key": "r/10"}),
+        ("retry_runs", {"key": "r/10"}),
+    ],
+)
+def test_the_operators_commands_read_no_whole_table(state: Conn, name: str, params: dict[str, Any]) -> None:
+    """`listener runs`, `status`, `runs show` and `retry` find their runs by index (sql/0011): on a queue of
+    mostly finished runs their plans read no whole table, so their time does not grow with the queue
+    (bench/runs_at_scale.py measures it at 10M runs)."""
+    state.execute(
+        "INSERT INTO listener.events (idempotency_key, source, rule, workflow, payload)"
+        " SELECT 'r/' || g, 'cdc', 'r', 'm:f', '{}' FROM generate_series(1, 20000) g"
+    )
+    state.execute(
+        "INSERT INTO listener.runs (id, event_key, workflow, status, gated, finished_at)"
+        " SELECT 'r/' || g, 'r/' || g, 'm:f', CASE WHEN g > 19900 THEN 'pending'"
+        " WHEN g > 19880 THEN 'running' WHEN g % 100 = 0 THEN 'dead' ELSE 'done' END, g % 2 = 0, now()"
+        " FROM generate_series(1, 20000) g"
+    )
+    state.execute("VACUUM ANALYZE listener.runs, listener.events")
+    with state.transaction(force_rollback=True):
+        state.execute("SET LOCAL search_path TO listener")
+        row = state.execute(f"EXPLAIN (FORMAT JSON) {queries.get(name)}", params).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(str(row[0]))
+    found = list(_nodes(plan[0]["Plan"]))
+    assert not [n for n in found if n[0] == "Seq Scan" and n[1] in ("runs", "events")], f"{name}: {found}"
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
+    yield plan["Node Type"], plan.get("Relation Name")
+    for child in plan.get("Plans", ()):
+        yield from _nodes(child)
