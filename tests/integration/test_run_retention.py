@@ -156,6 +156,29 @@ async def test_a_transaction_deletes_one_batch_and_passes_over_events_that_stay(
     assert left(state, "events", "idempotency_key") == {"stuck"}
 
 
+async def test_two_pruners_at_once_share_the_work(dsn: str, state: Conn, store: StateStore) -> None:
+    """An old leader's last pass beside a new leader's first: the candidates are locked SKIP LOCKED, so
+    each event is deleted once, by one of them, and both end without an error."""
+    state.execute(
+        "INSERT INTO listener.events (idempotency_key, source, rule, workflow, payload)"
+        " SELECT 'e' || g, 'cdc', 'r', 'm:f', '{}' FROM generate_series(1, 300) g"
+    )
+    state.execute(
+        "INSERT INTO listener.runs (id, event_key, workflow, status, attempt, finished_at)"
+        " SELECT 'e' || g, 'e' || g, 'm:f', 'done', 1, now() - interval '40 days' - g * interval '1 s'"
+        " FROM generate_series(1, 300) g"
+    )
+    other = await StateStore.connect(dsn, schema="listener", slot=SLOT)
+    try:
+        policy = RunRetention(30 * DAY, batch_rows=10)
+        first, second = await asyncio.gather(prune_once(store, policy), prune_once(other, policy))
+    finally:
+        await other.close()
+    assert first.events + second.events == 300 and first.runs + second.runs == 300
+    assert first.runs and second.runs  # both worked, side by side
+    assert left(state, "runs", "id") == set() and left(state, "events", "idempotency_key") == set()
+
+
 async def test_a_pruned_key_is_forgotten_a_kept_one_is_not(state: Conn, store: StateStore) -> None:
     """What the README says: a redelivery of an event whose runs are kept inserts nothing; once pruned,
     the same key makes a new event and a new run (which is why `keep` must outlive every window through
