@@ -345,7 +345,8 @@ def cancel(conn: Conn, run_id: str) -> Cancelled:
 
 @contextmanager
 def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
-    """Bound the wait for the run's row lock, inside the current transaction.
+    """Bound the wait for the run's row lock, inside the current transaction; a deadlock is an error to
+    try again, not a bug.
 
     A worker holds that lock for an instant when it claims or records, but for as long as a step's
     ``ctx.transaction()`` is open (FOR SHARE, until the step commits)."""
@@ -357,5 +358,13 @@ def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
             exc,
             f"run {run_id!r} stayed locked for {RUN_LOCK_WAIT_S}s (a step of its workflow is committing)",
             hint="try again in a moment",
+            detail=False,
+        ) from exc
+    except pgerrors.DeadlockDetected as exc:  # the pruner (`runs: keep:`) locked the event's runs too
+        raise from_driver(
+            exc,
+            f"run {run_id!r}: another transaction (the finished runs' pruner, a retry) took the same runs "
+            "at the same moment, and the server cancelled this one",
+            hint="try again",
             detail=False,
         ) from exc
