@@ -88,6 +88,10 @@ JOURNAL_BATCH_ROWS = 8
 JOURNAL_ROW_BYTES = 1 << 20  # a journal row holds at most about this much (a huge transaction makes several)
 JOURNAL_PRUNE_INTERVAL_S = 60.0
 JOURNAL_PRUNE_BATCH_ROWS = 1000
+# `runs: keep:` (listener.ingest.retention): the leader looks for finished runs to prune this often, and
+# deletes the events of at most this many runs per transaction (short transactions, however many are due).
+RUNS_PRUNE_INTERVAL_S = 60.0
+RUNS_PRUNE_BATCH_ROWS = 1000
 # A checkpoint that no event needs -- the server's position while idle, or the end of a transaction that
 # made no event (PostgreSQL 14 streams an empty Begin/Commit for every transaction in the database, 15+ one
 # for changes that no rule matches) -- is written at most this often; in between it waits for the next

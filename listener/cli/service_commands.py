@@ -148,7 +148,8 @@ def status(opts: Options, as_json: bool) -> None:
       restart_lsn, current_wal_lsn, wal_status, retained_wal_bytes, warn_wal_bytes,
       retain {duration, size} or null, rewindable {from_lsn, from_time, to_lsn} or null,
       journal {keep, since, oldest_commit_time, bytes} or null,
-      runs {pending, running, dead}, rewinds [{id, from_lsn, up_to, position, rerun_rule,
+      runs {pending, running, dead}, run_retention {keep, workflows, pruned_events, pruned_runs,
+      last_pruned, oldest_finished} or null, rewinds [{id, from_lsn, up_to, position, rerun_rule,
       generation, events_inserted, runs_rerun, created_at, started_at, finished_at, error}],
       backfills [{id, rule, table_name, where_sql, status, rows_read, rows_dropped, rows_total,
       ...} as `listener backfill status --json`], warnings [text]

@@ -301,6 +301,15 @@ def print_status(console: Console, s: Status) -> None:
                 f"{_time(j['oldest_commit_time'])}, {human_bytes(j['bytes'])}"
             )
         grid.add_row("journal", cell(text))
+    if s.run_retention is not None:
+        r = s.run_retention
+        periods = ", ".join(
+            [f"keep {r['keep'] or 'forever'}", *(f"{w} {k}" for w, k in r["workflows"].items())]
+        )
+        pruned = f"{r['pruned_runs']} run(s) of {r['pruned_events']} event(s) pruned"
+        if r["last_pruned"] is not None:
+            pruned += f", last {_time(r['last_pruned'])}"
+        grid.add_row("finished", cell(f"{periods}: {pruned}; oldest kept {_time(r['oldest_finished'])}"))
     retained = "-" if s.retained_wal_bytes is None else human_bytes(s.retained_wal_bytes)
     grid.add_row(
         "WAL kept",

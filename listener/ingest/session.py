@@ -24,6 +24,7 @@ from listener import metrics
 from listener.defaults import SLOT_BUSY_RETRY_S, SLOT_BUSY_WAIT_S, WATCHER_EXIT_S
 from listener.errors import Deposed, ReplicationEnded, SlotInUseError, is_transient
 from listener.ingest import reload as reloading
+from listener.ingest import run_retention
 from listener.ingest.heartbeat import beat, invalidation_error, slot_invalidated
 from listener.ingest.journal import prune_forever
 from listener.ingest.leadership import Campaign, Lease
@@ -96,9 +97,9 @@ class Ingest(IngestState):
                 await campaign.close()  # a new connection campaigns: the old one may hold the lock still
 
     async def _lead(self, campaign: Campaign, lease: Lease, stop: asyncio.Event) -> None:
-        """Stream until ``stop`` or until the lease is lost.  The rewind watcher, the journal's pruner and
-        the lock's watch run beside the stream, supervised: when one fails for good, ingest stops
-        (invariant 9)."""
+        """Stream until ``stop`` or until the lease is lost.  The rewind watcher, the journal's and the
+        finished runs' pruners and the lock's watch run beside the stream, supervised: when one fails for
+        good, ingest stops (invariant 9)."""
         done = asyncio.Event()  # ``stop`` or the lease lost: the sessions end
         async with task_group() as tg:
             relay = tg.create_task(first_of(stop.wait(), lease.lost.wait()), name="ingest-lease")
@@ -111,6 +112,9 @@ class Ingest(IngestState):
                 journal = self.journal
                 prune = functools.partial(prune_forever, self.store, journal, done)
                 background.append(spawn(tg, "ingest-journal", prune, stop=done))
+            if self.run_retention is not None:
+                runs = functools.partial(run_retention.prune_forever, self.store, self.run_retention, done)
+                background.append(spawn(tg, "ingest-run-retention", runs, stop=done))
             self.lease = lease
             try:
                 await supervised("ingest", lambda: self._sessions(done), stop=done, retry=self._retry)
@@ -186,10 +190,10 @@ class Ingest(IngestState):
         self.stats.checkpoint = checkpoint
         session = await ReplicationSession.connect(self.source_dsn, slot=self.slot)
         self.session = session
-        self.catalog = await connect_async(self.source_dsn)
-        await self.compile_rules()
         queue = BatchQueue()
-        try:
+        try:  # from here on, a failure or a cancellation (a helper failing at once) closes the connections
+            self.catalog = await connect_async(self.source_dsn)
+            await self.compile_rules()
             invalidated = await slot_invalidated(self.catalog, self.slot)
             if invalidated is not None:  # never a silent new start from "now"
                 raise invalidation_error(self.slot, invalidated)

@@ -21,6 +21,7 @@ from listener.ingest.backfill import Backfills
 from listener.ingest.expand import Expander
 from listener.ingest.journal import JournalPolicy
 from listener.ingest.leadership import Campaign, Lease
+from listener.ingest.run_retention import RunRetention
 from listener.ingest.source import Source
 from listener.pg.replication import ReplicationSession
 from listener.pg.types import TypeRegistry
@@ -79,6 +80,7 @@ class IngestState:
         expand_ahead: int = 20000,
         retention: Retention | None = None,
         journal: JournalPolicy | None = None,
+        run_retention: RunRetention | None = None,
         on_batch: Callable[[EventBatch, int], None] | None = None,
         config: Config | None = None,
     ) -> None:
@@ -102,6 +104,7 @@ class IngestState:
         self.empty_checkpoint_interval = IDLE_CHECKPOINT_INTERVAL_S  # after transactions with no event
         self.retention = retention
         self.journal = journal  # the change journal (listener.ingest.journal): None when off
+        self.run_retention = run_retention  # `runs: keep:` (listener.ingest.run_retention): None when off
         self.history_interval = HISTORY_INTERVAL_S
         self.rewind_poll_interval = REWIND_POLL_S
         self.rewind: RewindPlan | None = None  # the rewind the current session re-reads, until finished
@@ -174,6 +177,7 @@ class IngestState:
             if config.retain.enabled
             else None,
             journal=JournalPolicy(config.journal.keep_s) if config.journal.keep_s is not None else None,
+            run_retention=RunRetention.from_config(config),
             on_batch=on_batch,
         )
 

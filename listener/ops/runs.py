@@ -213,7 +213,7 @@ def show_run(conn: Conn, run_id: str) -> RunDetail:
         event_row = cur.execute(_SHOW_EVENT, [run.event_key]).fetchone()
         steps = [StepInfo(**r) for r in cur.execute(_SHOW_STEPS, [run_id]).fetchall()]
         attempts = [AttemptInfo(**r) for r in cur.execute(_SHOW_ATTEMPTS, [run_id]).fetchall()]
-        generations = [Generation(**r) for r in cur.execute(_GENERATIONS, [run.event_key]).fetchall()]
+        generations = [Generation(**r) for r in cur.execute(_GENERATIONS, {"key": run.event_key}).fetchall()]
     return RunDetail(
         run=run,
         event=EventInfo(**event_row) if event_row is not None else None,
@@ -239,8 +239,10 @@ def retry(conn: Conn, run_id: str, *, schema: str, rerun: bool = False) -> Retri
             raise NoSuchRun(run_id)
         key = target["event_key"]
         cur.execute(_RETRY_LOCK, [key])
-        runs = cur.execute(_RETRY_RUNS, [key]).fetchall()
-        this = next(r for r in runs if r["id"] == run_id)
+        runs = cur.execute(_RETRY_RUNS, {"key": key}).fetchall()
+        this = next((r for r in runs if r["id"] == run_id), None)
+        if this is None:  # pruned (`runs: keep:`) while this waited for its lock
+            raise NoSuchRun(run_id)
         _check_retry(this, runs, rerun=rerun)
         if not rerun:
             cur.execute(_RESUME, [run_id])
@@ -343,7 +345,8 @@ def cancel(conn: Conn, run_id: str) -> Cancelled:
 
 @contextmanager
 def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
-    """Bound the wait for the run's row lock, inside the current transaction.
+    """Bound the wait for the run's row lock, inside the current transaction; a deadlock is an error to
+    try again, not a bug.
 
     A worker holds that lock for an instant when it claims or records, but for as long as a step's
     ``ctx.transaction()`` is open (FOR SHARE, until the step commits)."""
@@ -355,5 +358,13 @@ def _lock_wait(conn: Conn, run_id: str) -> Iterator[None]:
             exc,
             f"run {run_id!r} stayed locked for {RUN_LOCK_WAIT_S}s (a step of its workflow is committing)",
             hint="try again in a moment",
+            detail=False,
+        ) from exc
+    except pgerrors.DeadlockDetected as exc:  # the pruner (`runs: keep:`) locked the event's runs too
+        raise from_driver(
+            exc,
+            f"run {run_id!r}: another transaction (the finished runs' pruner, a retry) took the same runs "
+            "at the same moment, and the server cancelled this one",
+            hint="try again",
             detail=False,
         ) from exc

@@ -41,6 +41,9 @@ class Status:
     rewindable: dict[str, Any] | None  # from_lsn, from_time, to_lsn
     journal: dict[str, Any] | None  # keep, since, oldest_commit_time, bytes (None: off and empty)
     runs: dict[str, int]
+    # `runs: keep:`: keep, workflows, pruned_events, pruned_runs, last_pruned, oldest_finished (None: off
+    # and never pruned)
+    run_retention: dict[str, Any] | None = None
     # the slot's leader among the replicas: epoch, holder, since, running (its lock held now); None: never
     leader: dict[str, Any] | None = None
     rewinds: list[dict[str, Any]] = field(default_factory=list)
@@ -101,7 +104,10 @@ def gather(config: Config, source: rwin.Conn, state: rwin.Conn) -> Status:
                 "to_lsn": format_lsn(win.checkpoint),
             }
     status.journal = _journal(config, state)
-    for name, count in state.execute(queries.get("count_runs"), [list(COUNTED_STATUSES)]).fetchall():
+    status.run_retention = _run_retention(config, state)
+    for name, count in state.execute(
+        queries.get("count_runs"), {"statuses": list(COUNTED_STATUSES)}
+    ).fetchall():
         status.runs[name] = int(count)
     status.rewinds = [asdict(row) for row in rw.rewinds(state, config.slot)]
     status.leader = _leader(config, state)
@@ -141,6 +147,31 @@ def _journal(config: Config, state: rwin.Conn) -> dict[str, Any] | None:
     if not config.journal.enabled and oldest is None:
         return None
     return {"keep": config.journal.keep, "since": since, "oldest_commit_time": oldest, "bytes": size}
+
+
+def _run_retention(config: Config, state: rwin.Conn) -> dict[str, Any] | None:
+    """The retention of finished runs: what was pruned, and the oldest finished run kept (an index probe
+    per workflow, listener.ingest.run_retention)."""
+    exists = state.execute(queries.get("regclass"), ["run_retention"]).fetchone()
+    if exists is None or exists[0] is None:  # a state schema from before it: `listener init` adds it
+        return None
+    row = state.execute(queries.get("retention_summary"), [config.slot]).fetchone()
+    if not config.runs.enabled and row is None:
+        return None
+    events, runs, last = row if row is not None else (0, 0, None)
+    oldest = None
+    for (workflow,) in state.execute(queries.get("finished_workflows")).fetchall():
+        found = state.execute(queries.get("oldest_finished"), [workflow]).fetchone()
+        if found is not None and found[0] is not None and (oldest is None or found[0] < oldest):
+            oldest = found[0]
+    return {
+        "keep": config.runs.keep,
+        "workflows": dict(config.runs.workflows),
+        "pruned_events": int(events),
+        "pruned_runs": int(runs),
+        "last_pruned": last,
+        "oldest_finished": oldest,
+    }
 
 
 def _lsn(value: int | None) -> str | None:

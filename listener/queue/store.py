@@ -74,6 +74,9 @@ _ADVANCE_SCHEDULES = queries.get("advance_schedules")
 _SCHEDULE_GATE = queries.get("schedule_gate")
 _INSERT_WEBHOOK_REQUESTS = queries.get("insert_webhook_requests")
 _PRUNE_WEBHOOK_REQUESTS = queries.get("prune_webhook_requests")
+_FINISHED_WORKFLOWS = queries.get("finished_workflows")
+_PRUNABLE_RUNS = queries.get("prunable_runs")
+_PRUNE_EVENTS = queries.get("prune_events")
 _ANSWER_RELOADS = queries.get("answer_reloads")
 _FORGET_RELOADS = queries.get("forget_reloads")
 
@@ -350,6 +353,29 @@ class StateStore:
             total += deleted
             if deleted < batch_rows:
                 return total
+
+    # -- the retention of finished runs (`runs: keep:`) -----------------------------------------------------
+
+    async def finished_workflows(self) -> list[str]:
+        """The workflows that have done or cancelled runs."""
+        return [str(row[0]) for row in await self.pool.fetch(_FINISHED_WORKFLOWS)]
+
+    async def prune_runs(
+        self, workflow: str, keep_s: float, after: tuple[datetime, str], *, batch_rows: int
+    ) -> tuple[int, int, tuple[datetime, str] | None]:
+        """One transaction: lock up to ``batch_rows`` of ``workflow``'s done or cancelled runs finished
+        more than ``keep_s`` ago, after ``after`` (finished_at, id), and delete the events of those whose
+        every run is prunable, with their runs, steps and attempts (sql/queries/retention.sql).  Returns
+        (events, runs) deleted and where the next batch starts (None: this was the last one due)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await conn.fetch(_PRUNABLE_RUNS, workflow, keep_s, batch_rows, *after)
+            if not found:
+                return 0, 0, None
+            row = await conn.fetchrow(_PRUNE_EVENTS, [r["event_key"] for r in found], keep_s, self.slot)
+        assert row is not None
+        last = found[-1]
+        more = (last["finished_at"], last["id"]) if len(found) == batch_rows else None
+        return int(row["events"]), int(row["runs"]), more
 
     # -- rewinds ------------------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@
 --   already, so the retry picks a higher one and leaves the rewind's id free; a finished rewind's runs
 --   exist, and count among the event's runs when it reran this event.
 SELECT greatest(
-    (SELECT coalesce(max(r.generation), 0) FROM runs r WHERE r.event_key = %(event_key)s::text),
+    (SELECT coalesce(max(r.generation), 0) FROM runs r
+     WHERE r.event_key = %(event_key)s::text AND r.generation > 0),
     (SELECT coalesce(max(r.generation), 0) FROM runs r JOIN events e ON e.idempotency_key = r.event_key
      WHERE e.rule = %(rule)s::text
        AND (%(from)s::text::pg_lsn IS NULL OR e.commit_lsn >= %(from)s::text::pg_lsn)

@@ -191,15 +191,36 @@ RETURNING t.run_id, t.name
 
 -- name: list_runs
 -- placeholders: psycopg
--- Newest first.  runs.seq has no index: this is a scan and a top-N sort, fine for an operator's command.
-SELECT r.id, r.event_key, r.generation, e.rule, r.workflow, r.status, r.attempt, r.failures,
+-- Newest first.  Per finished status shown, the newest runs come from the end of runs_listed (status, seq),
+-- read backwards until `limit` of them pass the filters; the unfinished runs (the backlog) through the
+-- workers' indexes: runs_claimable, runs_gated, runs_leased.  The lists are then merged.  Its time does not
+-- depend on how many runs the table holds (README "Retention of finished runs"); a filter on a workflow or
+-- rule reads back as far as its runs lie.
+WITH shown AS (
+    SELECT coalesce(%(statuses)s::text[], ARRAY['pending', 'running', 'done', 'dead', 'cancelled']) AS statuses
+)
+SELECT r.id, r.event_key, r.generation, r.rule, r.workflow, r.status, r.attempt, r.failures,
        r.created_at, r.started_at, r.finished_at,
        extract(epoch FROM coalesce(r.finished_at, now()) - r.started_at)::float8 AS duration_s,
        r.last_error
-FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
-WHERE (%(statuses)s::text[] IS NULL OR r.status = ANY(%(statuses)s::text[]))
-  AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
-  AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
+FROM (
+    SELECT r.* FROM shown, unnest(shown.statuses) AS s
+    CROSS JOIN LATERAL (
+        SELECT r.*, e.rule FROM runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
+        WHERE r.status = s AND r.status IN ('done', 'dead', 'cancelled')
+          AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
+          AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
+        ORDER BY r.seq DESC
+        LIMIT %(limit)s
+    ) r
+    WHERE s IN ('done', 'dead', 'cancelled')
+    UNION ALL
+    SELECT r.*, e.rule FROM shown, runs r LEFT JOIN events e ON e.idempotency_key = r.event_key
+    WHERE ((r.status = 'pending' AND NOT r.gated) OR (r.status = 'pending' AND r.gated) OR r.status = 'running')
+      AND r.status = ANY(shown.statuses)
+      AND (%(workflow)s::text IS NULL OR r.workflow = %(workflow)s::text)
+      AND (%(rule)s::text IS NULL OR e.rule = %(rule)s::text)
+) r
 ORDER BY r.seq DESC
 LIMIT %(limit)s
 
@@ -232,7 +253,10 @@ FROM attempts WHERE run_id = %s ORDER BY attempt
 
 -- name: generations
 -- placeholders: psycopg
-SELECT id, generation, status FROM runs WHERE event_key = %s ORDER BY generation
+-- Every run of an event: generation 0 by its id (the key), the later ones through runs_generations.
+SELECT id, generation, status FROM runs
+WHERE id = %(key)s OR (event_key = %(key)s AND generation > 0)
+ORDER BY generation
 
 -- name: retry_target
 -- placeholders: psycopg
@@ -246,7 +270,8 @@ SELECT pg_advisory_xact_lock(hashtext('listener.retry.' || current_schema() || '
 
 -- name: retry_runs
 -- placeholders: psycopg
-SELECT id, generation, status, attempt, lease_owner FROM runs WHERE event_key = %s
+SELECT id, generation, status, attempt, lease_owner FROM runs
+WHERE id = %(key)s OR (event_key = %(key)s AND generation > 0)
 ORDER BY generation FOR UPDATE
 
 -- name: run_columns
@@ -288,5 +313,14 @@ WHERE run_id = %s AND attempt = %s AND finished_at IS NULL
 
 -- name: count_runs
 -- placeholders: psycopg
--- Runs per status, of the statuses given (`listener status`).
-SELECT status, count(*) FROM runs WHERE status = ANY(%s) GROUP BY status
+-- Runs per status, of the statuses given (`listener status`): the finished ones counted in runs_listed, the
+-- pending and running ones in the workers' partial indexes.
+SELECT status, count(*) FROM runs
+WHERE status = ANY(%(statuses)s) AND status IN ('done', 'dead', 'cancelled')
+GROUP BY status
+UNION ALL
+SELECT 'pending', (SELECT count(*) FROM runs WHERE status = 'pending' AND NOT gated)
+                  + (SELECT count(*) FROM runs WHERE status = 'pending' AND gated)
+WHERE 'pending' = ANY(%(statuses)s)
+UNION ALL
+SELECT 'running', count(*) FROM runs WHERE status = 'running' HAVING 'running' = ANY(%(statuses)s)

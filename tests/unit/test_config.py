@@ -497,6 +497,62 @@ def test_journal_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, mes
     assert error.hint is not None and hint in error.hint
 
 
+# --- the retention of finished runs ---------------------------------------------------------------------
+
+
+def test_finished_runs_are_kept_for_ever_by_default_and_per_workflow() -> None:
+    off = parse_config("rules: []\n").runs
+    assert not off.enabled and off.keep_of("m:f") is None
+    assert not parse_config("runs:\n").runs.enabled
+    runs = parse_config("runs:\n  keep: 30d\n  workflows:\n    m.a:f: 7d\n    m.b:g: forever\n").runs
+    assert runs.enabled and runs.keep_s == 30 * 86400
+    assert (runs.keep_of("m.a:f"), runs.keep_of("m.b:g"), runs.keep_of("x:y")) == (
+        7 * 86400,
+        None,
+        30 * 86400,
+    )
+    only = parse_config("runs:\n  workflows:\n    m.a:f: 1h\n").runs
+    assert only.enabled and only.keep_of("m.a:f") == 3600 and only.keep_of("x:y") is None
+    assert not parse_config("runs:\n  keep: forever\n").runs.enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message", "hint"),
+    [
+        ("runs:\n  keep: a month\n", 3, "runs.keep: 'a month' is not a duration", "; or forever"),
+        ("runs:\n  keep: 30\n", 3, "runs.keep: 30 has no unit", "e.g. 90s, 15m, 24h"),
+        ("runs:\n  keep: 0d\n", 3, "runs.keep: duration '0d' is not more than 0", "7d"),
+        ("runs:\n  kep: 30d\n", 3, "runs: unknown key 'kep'", "did you mean 'keep'?"),
+        ("runs: 30d\n", 2, "runs: expected keys", "put its keys on indented lines under 'runs:'"),
+        (
+            "runs:\n  workflows:\n    orders: 7d\n",
+            4,
+            "'orders' is not a workflow reference",
+            "module.path:function",
+        ),
+        (
+            "runs:\n  keep: 1d\njournal:\n  keep: 7d\n",
+            3,
+            "runs.keep: 1d is shorter than journal.keep (7d): `listener replay` could deliver again",
+            "keep finished runs at least as long (runs.keep: 7d), or shorten journal.keep",
+        ),
+        (
+            "runs:\n  keep: 30d\n  workflows:\n    m:f: 1h\nretain:\n  duration: 24h\n",
+            5,
+            "runs.workflows.m:f: 1h is shorter than retain.duration (24h): `listener rewind`",
+            "(runs.workflows.m:f: 24h), or shorten retain.duration",
+        ),
+    ],
+)
+def test_runs_errors_name_the_line_and_the_fix(
+    tmp_path: Path, text: str, line: int, message: str, hint: str
+) -> None:
+    error = load_error(tmp_path, "slot: s\n" + text)
+    assert error.line == line
+    assert message in str(error)
+    assert error.hint is not None and hint in error.hint
+
+
 @pytest.mark.parametrize(
     ("body", "bad_line", "says", "fix"),
     [

@@ -27,6 +27,7 @@ from listener.rules.config.models import (
     JournalSettings,
     RetainSettings,
     Rule,
+    RunsSettings,
     WorkerSettings,
 )
 from listener.rules.config.validators import OPERATIONS, show
@@ -40,6 +41,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "worker": WorkerSettings,
     "retain": RetainSettings,
     "journal": JournalSettings,
+    "runs": RunsSettings,
 }
 _MISSING_HINTS = {
     "name": "add e.g. `name: onboard_user`; the name is part of every event's idempotency key",
@@ -285,6 +287,8 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
         where = ("webhooks", ctx["index"])
     elif kind == "duplicate_schedule":
         where = ("schedules", ctx["index"], "name")
+    elif kind == "runs_keep_short":
+        where = tuple(ctx["path"])
     if kind == "missing":
         where, what = loc[:-1], f"missing required key {loc[-1]!r}"
         hint = _MISSING_HINTS.get(str(loc[-1]))
@@ -314,7 +318,7 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
         what = f"expected keys (`name: value` lines), got {show(value)}"
         if where[:1] == ("rules",):
             hint = "write each rule as a list item: `- name: ...` then `table:`, `on:`, `workflow:` under it"
-        elif where[:1] in (("ingest",), ("worker",), ("retain",), ("journal",)):
+        elif where[:1] in (("ingest",), ("worker",), ("retain",), ("journal",), ("runs",)):
             hint = f"put its keys on indented lines under '{where[0]}:'"
     elif kind in ("tuple_type", "list_type"):
         what = f"expected a list, got {show(value)}"

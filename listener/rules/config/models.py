@@ -47,12 +47,14 @@ from listener.defaults import (
 from listener.rules.config.names import split_table
 from listener.rules.config.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_rate, parse_size
 from listener.rules.config.validators import (
+    FOREVER,
     Operation,
     TableName,
     check_cron,
     check_duration,
     check_duration_or_zero,
     check_env_name,
+    check_keep,
     check_key_template,
     check_listen,
     check_rate,
@@ -311,6 +313,49 @@ class JournalSettings(BaseModel):
         return parse_duration(self.keep) if self.keep is not None else None
 
 
+class RunsSettings(BaseModel):
+    """The retention of finished work: how long done and cancelled runs are kept, with their events, steps
+    and attempts, before the slot's leader prunes them (listener.ingest.retention).  Without ``keep`` (and
+    without ``workflows``) nothing is pruned.  Dead runs are never pruned: they wait for an operator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # by finish time: a done or cancelled run is kept this long after it finished (absent: for ever)
+    keep: Annotated[str | None, unit_required("duration", DURATION_HINT), AfterValidator(check_keep)] = None
+    # per workflow (module.path:function): its own period, or `forever`, instead of `keep`
+    workflows: dict[
+        Annotated[str, AfterValidator(check_workflow)],
+        Annotated[str, unit_required("duration", DURATION_HINT), AfterValidator(check_keep)],
+    ] = Field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is ever pruned."""
+        return self.keep_s is not None or any(v != FOREVER for v in self.workflows.values())
+
+    @property
+    def keep_s(self) -> float | None:
+        """The default period in seconds (None: for ever)."""
+        return _keep_seconds(self.keep)
+
+    def keep_of(self, workflow: str) -> float | None:
+        """How long ``workflow``'s finished runs are kept, in seconds (None: for ever)."""
+        if workflow in self.workflows:
+            return _keep_seconds(self.workflows[workflow])
+        return self.keep_s
+
+    def shortest(self) -> tuple[tuple[str, ...], str, float] | None:
+        """The shortest period that prunes: (where in the file, as written, seconds), or None."""
+        found: list[tuple[tuple[str, ...], str]] = [(("runs", "keep"), self.keep)] if self.keep else []
+        found += [(("runs", "workflows", name), value) for name, value in self.workflows.items()]
+        periods = [(where, text, s) for where, text in found if (s := _keep_seconds(text)) is not None]
+        return min(periods, key=lambda p: p[2]) if periods else None
+
+
+def _keep_seconds(value: str | None) -> float | None:
+    return parse_duration(value) if value is not None and value != FOREVER else None
+
+
 class Rule(BaseModel):
     """One rule: what it listens to (a table's changes, logical decoding messages with a prefix, or NOTIFYs
     on a channel) and the workflow each matching change starts."""
@@ -461,6 +506,7 @@ class Config(BaseModel):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retain: RetainSettings = Field(default_factory=RetainSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    runs: RunsSettings = Field(default_factory=RunsSettings)
     http: HttpSettings | None = None
     webhooks: tuple[WebhookSettings, ...] = ()
     schedules: tuple[ScheduleSettings, ...] = ()
@@ -480,7 +526,9 @@ class Config(BaseModel):
     def _one_path_or_several(cls, value: Any) -> Any:
         return (value,) if isinstance(value, str) else value
 
-    @field_validator("ingest", "worker", "retain", "journal", "rules", "webhooks", "schedules", mode="before")
+    @field_validator(
+        "ingest", "worker", "retain", "journal", "runs", "rules", "webhooks", "schedules", mode="before"
+    )
     @classmethod
     def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
@@ -530,6 +578,32 @@ class Config(BaseModel):
                     f"rule {rule.name!r} names webhook {rule.webhook!r}, which `webhooks:` does not define",
                     f"define it under `webhooks:` (name, path, verify, secret_env), or name one of: {known}",
                     index=index,
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _runs_outlive_redelivery(self) -> Config:
+        # A pruned event's key is forgotten: the windows through which listener itself can deliver an
+        # event again (a rewind, a replay of the journal or of a webhook's kept requests) must not reach
+        # past the runs kept, or they would make runs of events that already ran (README "Retention").
+        shortest = self.runs.shortest()
+        if shortest is None:
+            return self
+        where, text, seconds = shortest
+        windows = [
+            ("retain.duration", self.retain.duration, "`listener rewind`"),
+            ("journal.keep", self.journal.keep, "`listener replay`"),
+            *((f"webhooks[{i}].keep", hook.keep, "`listener replay --webhook`")
+              for i, hook in enumerate(self.webhooks)),
+        ]  # fmt: skip
+        for name, window, tool in windows:
+            if window is not None and parse_duration(window) > seconds:
+                raise custom_error(
+                    "runs_keep_short",
+                    f"{'.'.join(where)}: {text} is shorter than {name} ({window}): {tool} could deliver "
+                    "again events whose runs were pruned, and run them a second time",
+                    f"keep finished runs at least as long ({'.'.join(where)}: {window}), or shorten {name}",
+                    path=where,
                 )
         return self
 

@@ -360,6 +360,20 @@ def check_whole_seconds(value: str | None) -> str | None:
     return value
 
 
+FOREVER = "forever"
+
+
+def check_keep(value: str | None) -> str | None:
+    """A retention period: a duration, or ``forever`` (never pruned)."""
+    if value is None or value == FOREVER:
+        return value
+    try:
+        check_duration(value)
+    except PydanticCustomError as exc:
+        raise custom_error("duration", str(exc), DURATION_HINT + f"; or {FOREVER} to keep them all") from None
+    return value
+
+
 def check_duration_or_zero(value: str) -> str:
     try:
         parse_duration(value)
