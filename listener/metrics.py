@@ -50,6 +50,7 @@ from listener.defaults import METRICS_MIN_INTERVAL_S, METRICS_QUERY_TIMEOUT_S
 from listener.pg import conninfo
 from listener.pg.lsn import parse_lsn
 from listener.pg.slots import SlotState, slot_state
+from listener.queue import queries
 
 if TYPE_CHECKING:
     import asyncpg
@@ -277,15 +278,6 @@ class Reading:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-_QUEUE = """
-SELECT workflow,
-       CASE WHEN status = 'running' THEN 'running' WHEN run_after > now() THEN 'waiting' ELSE 'pending' END,
-       count(*), min(created_at)
-FROM runs WHERE status IN ('pending', 'running') GROUP BY 1, 2
-"""
-_CHECKPOINT = "SELECT lsn::text FROM checkpoints WHERE slot_name = $1"
-
-
 class Scrape(Collector):
     """The gauges read at scrape time: call :meth:`refresh` (async), then render the registry."""
 
@@ -326,8 +318,8 @@ class Scrape(Collector):
     async def _read_state(self, reading: Reading) -> None:
         try:
             async with asyncio.timeout(METRICS_QUERY_TIMEOUT_S), self.pool.acquire() as conn:
-                rows = await conn.fetch(_QUEUE)
-                checkpoint = await conn.fetchval(_CHECKPOINT, self.slot)
+                rows = await conn.fetch(queries.get("queue_gauges"))
+                checkpoint = await conn.fetchval(queries.get("read_checkpoint"), self.slot)
         except Exception as exc:  # the metrics say the database is down; the service goes on
             logger.debug("metrics: cannot read the state database: %s", exc)
             reading.up["state"] = False

@@ -324,3 +324,20 @@ SELECT 'pending', (SELECT count(*) FROM runs WHERE status = 'pending' AND NOT ga
 WHERE 'pending' = ANY(%(statuses)s)
 UNION ALL
 SELECT 'running', count(*) FROM runs WHERE status = 'running' HAVING 'running' = ANY(%(statuses)s)
+
+-- name: queue_gauges
+-- placeholders: none
+-- The unfinished runs by workflow and state, and each group's oldest creation (GET /metrics, scraped every
+-- few seconds): read through the workers' partial indexes (runs_claimable, runs_gated, runs_leased), so a
+-- scrape costs the same however many finished runs the table holds.  pending: claimable now; waiting: its
+-- retry (or its schedule) is later.
+SELECT workflow, CASE WHEN run_after > now() THEN 'waiting' ELSE 'pending' END AS state, count(*) AS runs,
+       min(created_at) AS oldest
+FROM (
+    SELECT workflow, run_after, created_at FROM runs WHERE status = 'pending' AND NOT gated
+    UNION ALL
+    SELECT workflow, run_after, created_at FROM runs WHERE status = 'pending' AND gated
+) unfinished
+GROUP BY 1, 2
+UNION ALL
+SELECT workflow, 'running', count(*), min(created_at) FROM runs WHERE status = 'running' GROUP BY 1

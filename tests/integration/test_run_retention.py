@@ -279,6 +279,7 @@ def test_runs_lists_the_newest_of_the_statuses_merged_as_a_full_sort_would(
         ("count_runs", {"statuses": ["pending", "running", "dead"]}),
         ("generations", {"key": "r/10"}),
         ("retry_runs", {"key": "r/10"}),
+        ("queue_gauges", {}),  # GET /metrics
     ],
 )
 def test_the_operators_commands_read_no_whole_table(state: Conn, name: str, params: dict[str, Any]) -> None:
