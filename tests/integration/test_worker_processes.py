@@ -3,6 +3,7 @@ workers cannot, stop with it (even when it is killed), and stop it loudly when o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,6 +69,7 @@ def service(dsn: str, sql: Conn, tmp_path: Path) -> Iterator[tuple[subprocess.Po
     hold.touch()
     env = {**os.environ, "LISTENER_DSN": dsn, "LISTENER_TEST_HOLD": str(hold)}
     env["LISTENER_TEST_CALLS"] = str(tmp_path / "calls")
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT writes every thread's stack to the log (see exit_code)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "listener", "-c", str(config), "run"],
@@ -81,6 +83,18 @@ def service(dsn: str, sql: Conn, tmp_path: Path) -> Iterator[tuple[subprocess.Po
         if proc.poll() is None:
             proc.kill()
         proc.wait(WAIT_S)
+
+
+def exit_code(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """The service's exit code; if it has not exited within WAIT_S, its threads' stacks (faulthandler, on
+    SIGABRT) in the failure, to show where it hangs."""
+    try:
+        return proc.wait(WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        raise AssertionError(f"the service did not exit within {WAIT_S} s:\n{log.read_text()}") from None
 
 
 def command_line(pid: int) -> list[bytes]:
@@ -155,7 +169,7 @@ def test_a_worker_process_that_dies_stops_the_service_loudly_naming_it(
     proc, log, _ = service
     child = the_child(proc, log)
     os.kill(child, signal.SIGKILL)
-    assert proc.wait(WAIT_S) == 3, log.read_text()
+    assert exit_code(proc, log) == 3, log.read_text()
     text = log.read_text()
     assert f"worker process 1 (pid {child}) was killed by SIGKILL while the service ran" in text, text
     assert "fix:" in text and "worker.processes: 0" in text, text
