@@ -580,6 +580,25 @@ def test_predicates_evaluate_as_postgresql_does(
         # 14-16 refuse infinite intervals; listener has 17's (see INFINITE_INTERVALS_SINCE)
         event("an infinite interval before PostgreSQL 17")
         return
+    if (
+        table.info.server_version < WIDE_INTERVAL_FIELDS_SINCE
+        and expected == ("error", INTERVAL_FIELD_OVERFLOW)
+        and any(int(n) > INT32_MAX for n in re.findall(r"\d{10,}", expr))
+    ):
+        # 14 reads an interval's fields as 32-bit integers; listener reads them as 15+ does
+        event("an interval field beyond 32 bits before PostgreSQL 15")
+        return
+    if (
+        table.info.server_version < JSONB_NULL_CASTS_SINCE
+        and expected == ("error", JSONB_NULL_CAST)
+        and "jsonb" in expr
+        and re.search(r"::(bool|int|numeric|float|real|double|smallint|bigint)", expr)
+        and isinstance(compiled, Predicate)
+        and listener_outcome(compiled, new_text, old_text, now)[0] == "value"
+    ):
+        # 14-17 refuse a jsonb null cast to a scalar type; listener casts it to NULL as 18+ does
+        event("a jsonb null cast to a scalar before PostgreSQL 18")
+        return
     if isinstance(compiled, PredicateError):
         if compiled.limitation:  # a documented limitation (e.g. a literal listener does not read)
             event("listener declined at load time")
@@ -701,6 +720,15 @@ EDGE_EXPRESSIONS = [
 # listener evaluates as 17+ does on every version (README, PostgreSQL versions).
 INFINITE_INTERVALS_SINCE = 170000
 MAKE_INFINITE_INTERVALS = {"22007", "22008"}
+# PostgreSQL 15 reads an interval's text fields as 64-bit integers; 14 reads 32-bit ones and raises 22015
+# ("interval field value out of range") beyond them.  listener reads them as 15+ does (README).
+WIDE_INTERVAL_FIELDS_SINCE = 150000
+INTERVAL_FIELD_OVERFLOW = "22015"
+INT32_MAX = 2**31 - 1
+# PostgreSQL 18 casts a jsonb null to a scalar type (bool, numeric, the integers, float) as NULL; 14-17
+# raise 22023 ("cannot cast jsonb null to type ...").  listener casts as 18+ does (README).
+JSONB_NULL_CASTS_SINCE = 180000
+JSONB_NULL_CAST = "22023"
 
 
 def edge_row(values: Row) -> Row:
