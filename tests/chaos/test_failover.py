@@ -72,9 +72,10 @@ def make_standby(primary: EmbeddedPostgres, data: Path) -> EmbeddedPostgres:
     synchronizes failover slots (the settings `listener check --standby` asks for)."""
     conninfo = f"host=127.0.0.1 port={primary.port} user=postgres password={password(primary)}"
     data.mkdir(mode=0o700)
-    user = primary._user  # as root, the server's own OS user runs it and owns its files
-    if user is not None:
-        os.chown(data, user.pw_uid, user.pw_gid)
+    # As root, the server's own OS user must own the standby's files; pg_basebackup (a client) runs as this
+    # process's user, which can execute it wherever it is installed (a private checkout, say), and the
+    # files are handed over after.
+    user = primary._user
     # listener's own files in the data directory are private to it, and the server cannot read them for
     # the backup: they are set aside meanwhile (the standby gets a copy of the password file)
     aside = data.parent / "aside"
@@ -87,13 +88,14 @@ def make_standby(primary: EmbeddedPostgres, data: Path) -> EmbeddedPostgres:
             [str(client_program("pg_basebackup", primary.bin)), "-D", str(data), "-d", conninfo, "-X",
              "stream", "-S", PHYSICAL_SLOT, "-R", "-c", "fast"],
             capture_output=True, text=True, cwd="/",
-            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
-            extra_groups=[] if user else None,
         )  # fmt: skip
     finally:
         for name in private:
             (aside / name).rename(primary.data_dir / name)
     assert backup.returncode == 0, backup.stderr
+    if user is not None:
+        for path in [data, *data.rglob("*")]:
+            os.lchown(path, user.pw_uid, user.pw_gid)
     shutil.copy2(primary.passfile, data / PASSFILE)  # EmbeddedPostgres refuses a directory without it
     with (data / "postgresql.auto.conf").open("a") as conf:
         # slot synchronization needs a dbname in primary_conninfo; application_name names it for
