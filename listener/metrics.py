@@ -270,7 +270,6 @@ class Reading:
     leader: bool | None = None
     ingest_lag_s: float | None = None
     slot: SlotState | None = None  # None: no such slot
-    slot_read: bool = False
     checkpoint_lsn: int | None = None
     # (workflow, state) -> (runs, oldest created_at)
     queue: dict[tuple[str, str], tuple[int, datetime | None]] = field(default_factory=dict)
@@ -338,7 +337,6 @@ class Scrape(Collector):
             self._drop_source()
             return
         reading.up["source"] = True
-        reading.slot_read = True
 
     def _slot_state(self) -> SlotState | None:
         if self._source is None:
@@ -377,7 +375,7 @@ class Scrape(Collector):
                 "Ingest's latest lag: a transaction's commit (or a heartbeat) to its being read back",
                 r.ingest_lag_s,
             )
-        if r.slot_read:
+        if r.up.get("source"):  # the slot was read
             yield from _slot_metrics(r)
         if r.up.get("state"):
             yield from _queue_metrics(r)
