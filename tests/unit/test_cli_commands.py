@@ -47,3 +47,12 @@ def test_listener_worker_imports_neither_ingest_nor_the_installer() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_worker_http_that_is_not_host_and_port_is_refused_before_anything_starts() -> None:
+    from click.testing import CliRunner
+
+    for value in ("nonsense", "localhost:99999", "::1:9188", ""):
+        result = CliRunner().invoke(main, ["worker", "--http", value])
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--http'" in result.output and "e.g. 127.0.0.1:9188" in result.output
