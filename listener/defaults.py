@@ -214,6 +214,16 @@ WEBHOOK_WRITERS = 2  # webhook batches committed at once, each on its own connec
 WEBHOOK_BACKLOG_POLL_S = 1.0  # how often the queue's backlog is counted against `http: max_backlog:`
 
 # ---------------------------------------------------------------------------------------------------------
+# Queue sources (`queues:`; listener.ingest.queues): Kafka, Redis Streams, NATS JetStream
+
+QUEUE_MAX_BACKLOG = 10_000  # pending runs of ungated rules, at most: beyond, a queue source stops fetching
+QUEUE_FETCH = 500  # messages asked for at once, at most
+QUEUE_FETCH_WAIT_S = 1.0  # a fetch waits this long for messages, at most (then it asks again)
+QUEUE_BACKLOG_POLL_S = 1.0  # while over `max_backlog:`, the backlog is counted again this often
+QUEUE_EXTEND_S = 10.0  # messages fetched and not yet durable are extended this often (JetStream, Redis)
+QUEUE_CONNECT_TIMEOUT_S = 10.0  # reaching a broker, at most (then a transient error: the source restarts)
+
+# ---------------------------------------------------------------------------------------------------------
 # Schedules (`schedules:`; listener.rules.schedules, listener.ingest.schedules)
 
 SCHEDULE_TZ = "UTC"  # the time zone of a cron spec that names none

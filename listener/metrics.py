@@ -79,7 +79,7 @@ class Recorded:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.events = Counter(
             "listener_events",
-            "Events written to the queue, by source (cdc, message, notify, webhook, schedule) and rule",
+            "Events written to the queue, by source (cdc, message, notify, webhook, queue, schedule), rule",
             ["source", "rule"],
             registry=registry,
         )

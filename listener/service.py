@@ -572,7 +572,7 @@ def watch_summary(config: Config) -> str:
     kinds: dict[str, set[str]] = {}
     for rule in config.rules:
         for kind, name in (("table", rule.table), ("message prefix", rule.message), ("channel", rule.channel),
-                           ("webhook", rule.webhook)):  # fmt: skip
+                           ("webhook", rule.webhook), ("queue", rule.queue)):  # fmt: skip
             if name:
                 kinds.setdefault(kind, set()).add(str(name))
     for schedule in config.schedules:

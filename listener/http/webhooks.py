@@ -26,18 +26,15 @@ nesting within what Python parses); a query or form value must not hold NUL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from listener import metrics
@@ -60,6 +57,7 @@ from listener.logs import fields
 from listener.queue.batches import EventBatch
 from listener.rules.compile import CompiledRule
 from listener.rules.config import Config, WebhookSettings
+from listener.rules.parts import RequestParts, Unfit, json_text, matches
 from listener.rules.predicate import EvaluationError
 from listener.supervise import shielded
 
@@ -67,97 +65,29 @@ logger = logging.getLogger(__name__)
 
 # headers that carry credentials: never stored in an event
 REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
-_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 after an even number of backslashes
 _MAX_ID_CHARS = 200  # a longer delivery id (or one with control characters) is keyed by its SHA-256
-_NUMERIC_MAX_WEIGHT = 131_071  # PostgreSQL numeric: digits before the decimal point, at most (minus one)
-_NUMERIC_MAX_SCALE = 16_383  # and after it
-
-
-class _Unfit(ValueError):
-    """A body jsonb would not take."""
-
-
-def _number(text: str) -> Decimal:
-    """A JSON number, refused beyond what PostgreSQL's numeric reads (measured on 18: 1e131071 and
-    1e-16383 are read, 1e131072, 0.5e-16383 and 0e-99999 overflow)."""
-    value = Decimal(text)
-    exponent = value.as_tuple().exponent
-    assert isinstance(exponent, int)  # JSON numbers are finite
-    if value.adjusted() > _NUMERIC_MAX_WEIGHT or -exponent > _NUMERIC_MAX_SCALE:
-        raise _Unfit(f"the number {text[:40]} is beyond PostgreSQL's numeric range")
-    return value
-
-
-def _constant(name: str) -> Any:
-    raise _Unfit(f"{name} is not JSON")
-
-
-_decode = json.JSONDecoder(parse_float=_number, parse_int=_number, parse_constant=_constant).decode
-_decode_plain = json.JSONDecoder(parse_constant=_constant).decode
-_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate: paired, or not
-_EXPONENT = re.compile(r"[0-9.][eE][+-]?[0-9]")  # maybe a number with an exponent (or such text)
-
-
-def _decode_checked(text: str) -> Any:
-    """JSON text, its numbers checked against numeric's range.  The common body takes the C decoder
-    alone: without an exponent, and shorter than numeric's 16383 digits after the point, no number in it
-    can be out of range (an integer too long for Python's int falls back to the checked decoder)."""
-    if len(text) < _NUMERIC_MAX_SCALE and not _EXPONENT.search(text):
-        with contextlib.suppress(ValueError):
-            return _decode_plain(text)
-    return _decode(text)
-
-
-def _check_strings(value: Any) -> None:
-    """No lone surrogate (``\\ud800`` escapes) anywhere: jsonb refuses them."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            item.encode("utf-8")  # raises on a surrogate
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def parse_body(raw: bytes, content_type: str) -> str:
-    """The body as JSON text that jsonb takes (JSON as sent; a form as an object); _Unfit says why not."""
+    """The body as JSON text that jsonb takes (JSON as sent; a form as an object); Unfit says why not."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Unfit(f"the body is not UTF-8 (byte {exc.start})") from None
+        raise Unfit(f"the body is not UTF-8 (byte {exc.start})") from None
     if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         fields = _pairs(text, "form field")
         return json.dumps(fields, ensure_ascii=False)
-    if "\\u0000" in text and _NUL.search(text):
-        raise _Unfit("the body holds \\u0000 (NUL), which PostgreSQL's jsonb cannot store")
-    try:
-        value = _decode_checked(text)
-        if "\\u" in text and _SURROGATE.search(text):
-            _check_strings(value)
-    except UnicodeEncodeError:
-        raise _Unfit(
-            "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which jsonb refuses"
-        ) from None
-    except RecursionError:
-        raise _Unfit("the body nests too deeply to parse") from None
-    except _Unfit:
-        raise
-    except ValueError as exc:
-        raise _Unfit(f"the body is not JSON: {exc}") from None
-    return text
+    return json_text(text)
 
 
 def _pairs(text: str, what: str) -> dict[str, str]:
     try:
         pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
-        raise _Unfit(f"a {what} is not UTF-8: {exc}") from None
+        raise Unfit(f"a {what} is not UTF-8: {exc}") from None
     for name, value in pairs:
         if "\x00" in name or "\x00" in value:
-            raise _Unfit(f"a {what} holds NUL, which PostgreSQL cannot store")
+            raise Unfit(f"a {what} holds NUL, which PostgreSQL cannot store")
     return dict(pairs)  # a repeated name: its last value
 
 
@@ -424,7 +354,7 @@ class WebhookSource:
         try:
             body = parse_body(raw, headers.get("content-type", ""))
             query = _pairs(scope.get("query_string", b"").decode("latin-1"), "query parameter")
-        except _Unfit as unfit:
+        except Unfit as unfit:
             return 400, {"error": str(unfit)}, False
         if not ingest.streaming.is_set():  # before the rules: they are compiled when a session starts
             return 503, {"error": "ingest is not streaming (starting, or reconnecting): retry"}, True
@@ -495,7 +425,7 @@ class Request:
             "method": self.method,
             "path": self.path,
         }
-        matched = [rule for rule in rules if _matches(rule, columns, received)]
+        matched = [rule for rule in rules if matches(rule, columns, received)]
         if not matched:
             return []
         request = json.dumps(
@@ -508,7 +438,8 @@ class Request:
         )
         request = f'{request[:-1]}, "query": {query_json}, "headers": {headers_json}}}'
         whole = f'{{"data": {self.body}, "request": {request}}}'  # the payload of rules without `payload:`
-        parts = RequestParts(self.body, self.headers, self.query, self.method, self.path)
+        others = {"headers": self.headers, "query": self.query, "method": self.method, "path": self.path}
+        parts = RequestParts(self.body, others)
         return [
             (
                 rule,
@@ -530,67 +461,6 @@ class Request:
             json.dumps(self.headers),
             self.body,
         )
-
-
-class RequestParts:
-    """The parts of a request a webhook rule's ``key:`` and ``payload:`` pick from (names.request_ref),
-    the body parsed once, when first needed.  Its numbers with a fraction or an exponent stay as sent:
-    each is parsed as a stand-in string (NUL, its index, NUL: a body holds no NUL) for its text."""
-
-    def __init__(
-        self, body: str, headers: dict[str, str], query: dict[str, str], method: str, path: str
-    ) -> None:
-        self._body_text = body
-        self._numbers: list[str] = []
-        self._parts: dict[str, Any] = {"headers": headers, "query": query, "method": method, "path": path}
-
-    def _number(self, text: str) -> str:
-        self._numbers.append(text)
-        return f"\x00{len(self._numbers) - 1}\x00"
-
-    def get(self, root: str, path: str) -> Any:
-        """The value at ``path`` (dotted; a number indexes an array) in part ``root``, or None."""
-        if root == "body" and root not in self._parts:
-            self._parts["body"] = json.loads(self._body_text, parse_float=self._number)
-        value = self._parts[root]
-        for step in path.split(".") if path else ():
-            if isinstance(value, dict):
-                value = value.get(step.lower() if root == "headers" else step)
-            elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
-                value = value[int(step)]
-            else:
-                return None
-        return value
-
-    def run_key(self, rule: CompiledRule) -> str | None:
-        """The flow-control key of a gated rule's run: its template's fields, scoped by rule (as a table
-        rule's, listener.rules.events.run_key); None when the request has none of them."""
-        values = [self.get(root, path) for root, path in rule.key_fields]
-        if all(value is None for value in values):
-            return None
-        return rule.name + ":" + "|".join(self._text(value) for value in values)
-
-    def picked(self, rule: CompiledRule) -> str:
-        """``payload:``'s object: each name with the part it picks (null where the request has none)."""
-        return self._json({out: self.get(root, path) for out, root, path in rule.payload})
-
-    def _text(self, value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, str):
-            return self._numbers[int(value[1:-1])] if value.startswith("\x00") else value
-        return self._json(value)
-
-    def _json(self, value: Any) -> str:
-        text = json.dumps(value, ensure_ascii=False)
-        return _NUMBER_MARK.sub(lambda m: self._numbers[int(m[1])], text) if self._numbers else text
-
-
-_NUMBER_MARK = re.compile(r'"\\u0000(\d+)\\u0000"')  # a number's stand-in, as json.dumps writes it
-
-
-def _matches(rule: CompiledRule, columns: Mapping[str, str], now: datetime) -> bool:
-    return rule.predicate is None or rule.predicate.matches(columns, None, now)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

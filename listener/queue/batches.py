@@ -100,6 +100,11 @@ class EventBatch:
     requests: list[tuple[Any, ...]] = field(default_factory=list)
     # Schedules (listener.ingest.schedules): the last tick done (fired, skipped or missed) by name
     ticks: dict[str, datetime] = field(default_factory=dict)
+    # Queue sources (listener.ingest.queues): the broker position reached, by (queue, part), and the
+    # messages parked (rows of queue_parked: queue, part, position, topic, sent at, reason, key, headers
+    # JSON, body), both committed with the batch's events
+    positions: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    parked: list[tuple[Any, ...]] = field(default_factory=list)
     # Backfill chunks that reached their high watermark in this batch (see listener/ingest/backfill.py)
     backfill: list[BackfillChunk] = field(default_factory=list)
     # About how much memory the batch's payloads, chunks and journal rows hold (their lengths): ingest
@@ -122,7 +127,7 @@ class EventBatch:
         server stores it: a NOTIFY's event has no LSN."""
         rule, workflow, op, table, commit, xid, at, *_, source = self.groups[self.group[index] - 1]
         key = event_key(rule, commit, self.ordinal[index])
-        in_wal = source not in ("notify", "webhook", "schedule")
+        in_wal = source in ("cdc", "message")
         return {
             "id": key,
             "event_key": key,
@@ -230,11 +235,13 @@ class BackfillChunk:
     events: list[tuple[str, str, str | None]] | None = None  # (idempotency key, payload, run key)
 
 
-# rule source -> events.source; the events of the last three have no LSN (their key's middle is free text)
+# rule source -> events.source; only the first two's events have an LSN (the others' key's middle is free
+# text)
 _EVENT_SOURCE = {
     "table": "cdc",
     "message": "message",
     "channel": "notify",
     "webhook": "webhook",
+    "queue": "queue",
     "schedule": "schedule",
 }

@@ -78,6 +78,14 @@ _FINISHED_WORKFLOWS = queries.get("finished_workflows")
 _PRUNABLE_RUNS = queries.get("prunable_runs")
 _PRUNE_EVENTS = queries.get("prune_events")
 _ANSWER_RELOADS = queries.get("answer_reloads")
+_QUEUE_POSITIONS = queries.get("queue_positions")
+_ADVANCE_QUEUE_POSITIONS = queries.get("advance_queue_positions")
+_PARK_QUEUE_MESSAGES = queries.get("park_queue_messages")
+
+
+def _int8_array(position: tuple[int, ...]) -> str:
+    """A position as int8[]'s text, ``{1700000000000,3}``."""
+    return "{" + ",".join(map(str, position)) + "}"
 _FORGET_RELOADS = queries.get("forget_reloads")
 
 
@@ -105,6 +113,8 @@ def _events_only(batch: EventBatch) -> bool:
         or batch.retention is not None
         or batch.ticks
         or batch.requests
+        or batch.positions
+        or batch.parked
         or _has_huge_payload(batch)
     )
 
@@ -234,6 +244,12 @@ class StateStore:
                 await conn.execute(_INSERT_WEBHOOK_REQUESTS, *map(list, zip(*batch.requests, strict=True)))
             if batch.ticks:
                 await conn.execute(_ADVANCE_SCHEDULES, list(batch.ticks), list(batch.ticks.values()))
+            if batch.parked:
+                await conn.execute(_PARK_QUEUE_MESSAGES, *map(list, zip(*batch.parked, strict=True)))
+            if batch.positions:
+                queues, parts = zip(*batch.positions, strict=True)
+                positions = [_int8_array(p) for p in batch.positions.values()]
+                await conn.execute(_ADVANCE_QUEUE_POSITIONS, list(queues), list(parts), positions)
             if batch.checkpoint is not None:
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint), self.epoch)
                 if batch.retention is not None:
@@ -415,6 +431,12 @@ class StateStore:
             await conn.execute(_FORGET_RELOADS, self.slot)
 
     # -- schedules --------------------------------------------------------------------------------------
+
+    async def queue_positions(self, queue: str) -> dict[str, tuple[int, ...]]:
+        """Where ``queue`` stands: each part's last durable position (listener.ingest.queues)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_QUEUE_POSITIONS, queue)
+        return {row["part"]: tuple(row["position"]) for row in rows}
 
     async def schedule_states(self, names: list[str]) -> dict[str, tuple[datetime, bool]]:
         """(last tick done, paused) of the named schedules that have a row (sql/0008_schedules.sql)."""

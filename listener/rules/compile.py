@@ -21,7 +21,7 @@ import psycopg
 from listener.errors import ConfigError
 from listener.rules.catalog import TableInfo, read_tables_async, rule_tables
 from listener.rules.config import Config, Rule, WorkflowLimit, key_fields
-from listener.rules.config.names import request_key_fields, request_ref
+from listener.rules.config.names import QUEUE_ROOTS, WEBHOOK_ROOTS, request_key_fields, request_ref
 from listener.rules.predicate import ColumnType, MissingValue, PredicateError
 
 if TYPE_CHECKING:
@@ -54,8 +54,8 @@ class CompiledRule:
     changed: tuple[str, ...] = ()  # changed: (updates match only if one of these changed)
     # payload: (output name, "new" | "old", column); a webhook rule's: (output name, request part, path)
     payload: tuple[tuple[str, str, str], ...] = ()
-    source: str = "table"  # table, message, channel, webhook or schedule
-    topic: str = ""  # the message prefix, the channel, or the webhook's name of a non-table rule
+    source: str = "table"  # table, message, channel, webhook, queue or schedule
+    topic: str = ""  # the message prefix, the channel, the webhook's or queue's name of a non-table rule
 
     @property
     def qualified_table(self) -> str:
@@ -96,23 +96,35 @@ WEBHOOK_COLUMNS = {
 }
 
 
-def _webhook_predicate(rule: Rule, locate: Locate | None) -> Predicate | None:
+# What a queue rule's `when:` sees of a broker message (listener.ingest.queues builds the values).
+QUEUE_COLUMNS = {
+    "body": ColumnType("body", 3802, "jsonb", "U"),  # the body, read as the queue's `format:` says
+    "headers": ColumnType("headers", 3802, "jsonb", "U"),  # {"name": "value", ...}
+    "key": ColumnType("key", 25, "text", "S"),  # the message key (Kafka), else NULL
+    "topic": ColumnType("topic", 25, "text", "S"),  # the Kafka topic, the Redis stream, the NATS subject
+}
+
+
+def _parts_predicate(rule: Rule, locate: Locate | None) -> Predicate | None:
+    """A webhook or queue rule's ``when:``, over the parts of the request or message."""
     if rule.when is None:
         return None
     from listener.rules.predicate import compile_predicate
 
+    columns, sees = (
+        (QUEUE_COLUMNS, "a queue rule sees body, headers (jsonb), key, topic (text)")
+        if rule.queue is not None
+        else (WEBHOOK_COLUMNS, "a webhook rule sees body, headers, query (jsonb), method, path (text)")
+    )
     try:
-        return compile_predicate(rule.when, WEBHOOK_COLUMNS)
+        return compile_predicate(rule.when, columns)
     except PredicateError as exc:
-        raise _error(locate, rule.name, "when", f"when: {exc.message}", _webhook_hint(exc)) from exc
+        hint = f"{_predicate_hint(exc)}; {sees}"
+        raise _error(locate, rule.name, "when", f"when: {exc.message}", hint) from exc
 
 
-def _webhook_hint(exc: PredicateError) -> str:
-    return f"{_predicate_hint(exc)}; a webhook rule sees body, headers, query (jsonb), method, path (text)"
-
-
-def _request_part(ref: str) -> tuple[str, str]:
-    part = request_ref(ref)
+def _request_part(ref: str, roots: tuple[str, ...]) -> tuple[str, str]:
+    part = request_ref(ref, roots)
     assert part is not None, ref  # checked when the config was read
     return part
 
@@ -131,14 +143,16 @@ def compile_rule(
     name = rule.name
     # a workflow with `limits:` is claimed under them, whatever the rule's source
     gated = rule.gated or rule.workflow in limited
-    if rule.source == "webhook":
-        assert rule.webhook is not None
+    if rule.source in ("webhook", "queue"):
+        topic = rule.webhook if rule.webhook is not None else rule.queue
+        roots = WEBHOOK_ROOTS if rule.webhook is not None else QUEUE_ROOTS
+        assert topic is not None
         return CompiledRule(
-            name, "", "", frozenset(), rule.workflow, priority=rule.priority, source="webhook",
-            topic=rule.webhook, predicate=_webhook_predicate(rule, locate), gated=gated,
+            name, "", "", frozenset(), rule.workflow, priority=rule.priority, source=rule.source,
+            topic=topic, predicate=_parts_predicate(rule, locate), gated=gated,
             key_limit=rule.key_concurrency if not rule.ordered else 1, ordered=rule.ordered,
-            key_fields=tuple(request_key_fields(rule.key) or ()) if rule.key else (),
-            payload=tuple((out, *_request_part(ref)) for out, ref in (rule.payload or {}).items()),
+            key_fields=tuple(request_key_fields(rule.key, roots) or ()) if rule.key else (),
+            payload=tuple((out, *_request_part(ref, roots)) for out, ref in (rule.payload or {}).items()),
         )  # fmt: skip
     if rule.source != "table":
         topic = rule.message if rule.message is not None else rule.channel
@@ -309,9 +323,13 @@ class RuleSet:
         self.messages: dict[str, tuple[CompiledRule, ...]] = {}
         self.channels: dict[str, tuple[CompiledRule, ...]] = {}
         self.webhooks: dict[str, tuple[CompiledRule, ...]] = {}  # by the `webhooks:` entry's name
+        self.queues: dict[str, tuple[CompiledRule, ...]] = {}  # by the `queues:` entry's name
         for rule in self.rules:
             if rule.source == "webhook":
                 self.webhooks[rule.topic] = (*self.webhooks.get(rule.topic, ()), rule)
+                continue
+            if rule.source == "queue":
+                self.queues[rule.topic] = (*self.queues.get(rule.topic, ()), rule)
                 continue
             if rule.source == "message":
                 self.messages[rule.topic] = (*self.messages.get(rule.topic, ()), rule)

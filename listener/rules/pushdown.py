@@ -286,9 +286,9 @@ def describe_rule(rule: CompiledRule, plan: PublicationPlan | None) -> str:
         return f"message prefix {rule.topic!r}{target}"
     if rule.source == "channel":
         return f"NOTIFY channel {rule.topic!r} (at most once: lost while listener is down){target}"
-    if rule.source == "webhook":
+    if rule.source in ("webhook", "queue"):
         when = f" when {rule.predicate.text}" if rule.predicate is not None else ""
-        return f"webhook {rule.topic!r}{when}{target}"
+        return f"{rule.source} {rule.topic!r}{when}{target}"
     ops = ", ".join(op for op in OPERATIONS if op in rule.operations)
     what = f"{ops} on {qualified_name(rule.schema, rule.table)}"
     if rule.predicate is not None:

@@ -5,7 +5,7 @@
 -- placeholders: asyncpg
 -- A batch's events in columns ($1-$5 per event: group, change LSN, ordinal, payload, run key; $6-$17 per
 -- group: rule, workflow, op, table, commit LSN text (for NOTIFY what stands in for it), xid, commit time,
--- gated, key limit, ordered, priority, source: cdc, message, notify, webhook or schedule), duplicates
+-- gated, key limit, ordered, priority, source: cdc, message, notify, webhook, queue or schedule), duplicates
 -- skipped by the primary key, each new event with its run, the run's id the event's key (invariant 3): a
 -- redelivered event makes none.  The idempotency key
 -- `rule/commit LSN/ordinal` is built here (listener.rules.events.cdc_key is the same function; a test
@@ -26,8 +26,8 @@
 -- from 1, of the events whose runs were handed).
 WITH src AS (
     SELECT r[g] || '/' || c[g] || '/' || o AS key, r[g] AS rule, w[g] AS workflow, op[g] AS op, t[g] AS tbl,
-           CASE WHEN src[g] NOT IN ('notify', 'webhook', 'schedule') THEN '0/0'::pg_lsn + l END AS lsn,
-           CASE WHEN src[g] NOT IN ('notify', 'webhook', 'schedule') THEN c[g]::pg_lsn END AS commit_lsn,
+           CASE WHEN src[g] IN ('cdc', 'message') THEN '0/0'::pg_lsn + l END AS lsn,
+           CASE WHEN src[g] IN ('cdc', 'message') THEN c[g]::pg_lsn END AS commit_lsn,
            x[g] AS xid, ct[g] AS commit_time,
            p::jsonb AS payload, k, gated[g] AS gated, key_limit[g] AS key_limit, ordered[g] AS ordered,
            prio[g] AS priority, src[g] AS source, n

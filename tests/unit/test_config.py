@@ -560,7 +560,7 @@ def test_runs_errors_name_the_line_and_the_fix(
             "    table: t\n    message: orders\n    on: [insert]\n",
             "name: r",
             "rule has table and message: pick one",
-            "exactly one of `table: public.users`, `message: <prefix>`, `channel: <name>` or `webhook:",
+            "exactly one of `table: public.users`, `message: <prefix>`, `channel: <name>`, `webhook:",
         ),
         ("    table: t\n", "name: r", "a table rule needs `on:`", "on: [insert, update]"),
         (

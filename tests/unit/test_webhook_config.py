@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from listener.errors import ConfigError
-from listener.http.webhooks import RequestParts, WebhookSource, parse_body
+from listener.http.webhooks import WebhookSource, parse_body
 from listener.rules.compile import RuleSet
 from listener.rules.config import load_config, parse_config
+from listener.rules.parts import RequestParts
 from listener.rules.pushdown import describe_rule
 from listener.rules.schedules import schedules_of
 
@@ -241,7 +242,8 @@ limits:
     [rule] = RuleSet.from_config(config, {}).webhooks["stripe"]
     assert rule.gated and rule.key_limit == 1
     body = '{"type": "charge", "data": {"object": {"customer": "cus_1", "amount": 1.10e3}}, "items": [7.50]}'
-    parts = RequestParts(body, {"x-shop": "s1"}, {"page": "2"}, "POST", "/hooks/stripe")
+    others = {"headers": {"x-shop": "s1"}, "query": {"page": "2"}, "method": "POST", "path": "/hooks/stripe"}
+    parts = RequestParts(body, others)
     assert parts.run_key(rule) == "paid:cus_1|s1"
     assert json.loads(parts.picked(rule)) == {
         "customer": "cus_1",

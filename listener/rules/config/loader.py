@@ -125,6 +125,7 @@ def parse_config(text: str, *, filename: str = "<string>") -> Config:
     ]
     places += [(("webhooks", index), ("webhooks", str(index))) for index in range(len(config.webhooks))]
     places += [(("schedules", index), ("schedules", str(index))) for index in range(len(config.schedules))]
+    places += [(("queues", index), ("queues", str(index))) for index in range(len(config.queues))]
     for path, name in places:
         line = doc.lines.get(path)
         if line is not None:
@@ -285,6 +286,10 @@ def _describe(error: ErrorDetails, doc: _Document) -> _Problem:
         where = ("rules", ctx["index"], "webhook")
     elif kind == "duplicate_webhook":
         where = ("webhooks", ctx["index"])
+    elif kind == "unknown_queue":
+        where = ("rules", ctx["index"], "queue")
+    elif kind == "duplicate_queue":
+        where = ("queues", ctx["index"], "name")
     elif kind == "duplicate_schedule":
         where = ("schedules", ctx["index"], "name")
     elif kind == "runs_keep_short":

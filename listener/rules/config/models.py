@@ -34,6 +34,8 @@ from listener.defaults import (
     HTTP_SHUTDOWN_GRACE_S,
     LEASE_S,
     POLL_INTERVAL_S,
+    QUEUE_FETCH,
+    QUEUE_MAX_BACKLOG,
     READY_MAX_LAG_S,
     RETAIN_WARN_BYTES,
     RUN_TIMEOUT_S,
@@ -50,6 +52,7 @@ from listener.rules.config.validators import (
     FOREVER,
     Operation,
     TableName,
+    check_broker_url,
     check_cron,
     check_duration,
     check_duration_or_zero,
@@ -57,6 +60,7 @@ from listener.rules.config.validators import (
     check_keep,
     check_key_template,
     check_listen,
+    check_nonempty,
     check_rate,
     check_rule_name,
     check_size,
@@ -75,6 +79,7 @@ from listener.rules.config.validators import (
     unit_required,
     wrap_names,
     wrap_operations,
+    wrap_text_list,
 )
 
 EXAMPLE_CONFIG = """\
@@ -188,6 +193,77 @@ class WebhookSettings(BaseModel):
     @property
     def keep_s(self) -> float | None:
         return parse_duration(self.keep) if self.keep is not None else None
+
+
+class KafkaSettings(BaseModel):
+    """``kafka:`` of a queue: the brokers, the topics read and the consumer group that shares them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    brokers: Annotated[tuple[str, ...], BeforeValidator(wrap_text_list)]  # host:port, one or several
+    topics: Annotated[tuple[str, ...], BeforeValidator(wrap_text_list)]
+    group: Annotated[str, check_nonempty("group")]
+
+
+class RedisStreamSettings(BaseModel):
+    """``redis_stream:`` of a queue: a stream read through a consumer group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Annotated[str, check_broker_url("redis", ("redis", "rediss", "unix"))]
+    stream: Annotated[str, check_nonempty("stream")]
+    group: Annotated[str, check_nonempty("group")]
+
+
+class JetStreamSettings(BaseModel):
+    """``jetstream:`` of a queue: a NATS JetStream stream read through a durable pull consumer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Annotated[str, check_broker_url("nats", ("nats", "tls", "ws", "wss"))]
+    stream: Annotated[str, check_nonempty("stream")]
+    durable: Annotated[str, check_nonempty("durable")]
+    subject: str | None = None  # only the stream's messages on this subject (a filter; wildcards allowed)
+
+
+QueueFormat = Literal["json", "text"]
+
+
+class QueueSettings(BaseModel):
+    """One broker to consume (listener.ingest.queues): exactly one of ``kafka:``, ``redis_stream:``,
+    ``jetstream:``; rules name it with ``queue:``.  Each message becomes events keyed by its broker
+    position, committed with that position before the broker is acknowledged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, AfterValidator(check_rule_name)]
+    kafka: KafkaSettings | None = None
+    redis_stream: RedisStreamSettings | None = None
+    jetstream: JetStreamSettings | None = None
+    # how a message's body is read: JSON (the rules see it as jsonb), or text (a JSON string); a body that
+    # does not read is parked (`listener queues parked`), not lost
+    format: QueueFormat = "json"
+    # pending runs of ungated rules, at most: beyond, the source stops fetching until the workers catch up
+    max_backlog: int | None = Field(default=QUEUE_MAX_BACKLOG, ge=1, strict=True)
+    fetch: int = Field(default=QUEUE_FETCH, ge=1, le=100_000, strict=True)  # messages per fetch, at most
+
+    @model_validator(mode="after")
+    def _one_broker(self) -> QueueSettings:
+        given = [k for k in ("kafka", "redis_stream", "jetstream") if getattr(self, k) is not None]
+        if len(given) != 1:
+            what = "names no broker" if not given else f"has {' and '.join(given)}: pick one"
+            raise custom_error(
+                "queue_broker",
+                f"queue {self.name!r} {what}",
+                "give exactly one of `kafka: {brokers, topics, group}`, `redis_stream: {url, stream, group}` "
+                "or `jetstream: {url, stream, durable}`",
+            )
+        return self
+
+    @property
+    def broker(self) -> str:
+        """``kafka``, ``redis_stream`` or ``jetstream``."""
+        return "kafka" if self.kafka else "redis_stream" if self.redis_stream else "jetstream"
 
 
 Overlap = Literal["skip", "buffer_one", "allow"]
@@ -368,6 +444,7 @@ class Rule(BaseModel):
     message: Annotated[str | None, check_source_name("message")] = None
     channel: Annotated[str | None, check_source_name("channel")] = None
     webhook: Annotated[str | None, check_source_name("webhook")] = None  # a `webhooks:` entry's name
+    queue: Annotated[str | None, check_source_name("queue")] = None  # a `queues:` entry's name
     on: Annotated[
         tuple[Operation, ...] | None, BeforeValidator(wrap_operations), AfterValidator(dedupe_operations)
     ] = None
@@ -389,28 +466,37 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Rule:
-        given = [k for k in ("table", "message", "channel", "webhook") if getattr(self, k) is not None]
+        given = [
+            k for k in ("table", "message", "channel", "webhook", "queue") if getattr(self, k) is not None
+        ]
         if len(given) != 1:
             what = "names no source" if not given else f"has {' and '.join(given)}: pick one"
             hint = (
-                "give exactly one of `table: public.users`, `message: <prefix>`, `channel: <name>` or "
-                "`webhook: <name of a webhooks: entry>`"
+                "give exactly one of `table: public.users`, `message: <prefix>`, `channel: <name>`, "
+                "`webhook: <name of a webhooks: entry>` or `queue: <name of a queues: entry>`"
             )
             raise custom_error("rule_source", f"rule {what}", hint)
-        if self.webhook is not None:
-            refused = [k for k in ("on", "changed") if getattr(self, k) is not None]
+        if self.webhook is not None or self.queue is not None:
+            kind, parts = (
+                ("webhook", "request (body, headers, query, method, path)")
+                if self.webhook is not None
+                else ("queue", "message (body, headers, key, topic)")
+            )
+            refused = [k for k in ("on", "changed", "snapshot") if getattr(self, k) not in (None, False)]
             if refused:
                 raise custom_error(
                     "table_only",
-                    f"{', '.join(refused)} do not apply to a webhook rule",
-                    f"remove {', '.join(refused)}; a webhook rule's event carries the request (body, "
-                    "headers, query, method, path); `when:` tests it, `payload:` and `key:` pick from it",
+                    f"{', '.join(refused)} do not apply to a {kind} rule",
+                    f"remove {', '.join(refused)}; a {kind} rule's event carries the {parts}; `when:` "
+                    "tests it, `payload:` and `key:` pick from it",
                 )
             if self.gated and self.key is None:
                 raise custom_error(
-                    "webhook_key",
-                    "a webhook rule's key_concurrency: and ordered: need `key:` (there is no row key)",
-                    'name what the runs are about, e.g. key: "{body.data.object.customer}"',
+                    f"{kind}_key",
+                    f"a {kind} rule's key_concurrency: and ordered: need `key:` (there is no row key)",
+                    'name what the runs are about, e.g. key: "{body.customer}"'
+                    if kind == "queue"
+                    else 'name what the runs are about, e.g. key: "{body.data.object.customer}"',
                 )
         if self.table is not None and self.on is None:
             raise custom_error(
@@ -418,7 +504,7 @@ class Rule(BaseModel):
                 "a table rule needs `on:`",
                 "add e.g. `on: [insert, update]` (any of insert, update, delete, truncate)",
             )
-        if self.table is None and self.webhook is None:
+        if self.table is None and self.webhook is None and self.queue is None:
             table_only = [
                 k for k in ("on", "when", "changed", "payload", "key") if getattr(self, k) is not None
             ]
@@ -449,9 +535,11 @@ class Rule(BaseModel):
 
     @property
     def source(self) -> str:
-        """``table``, ``message``, ``channel`` or ``webhook``."""
+        """``table``, ``message``, ``channel``, ``webhook`` or ``queue``."""
         if self.table is not None:
             return "table"
+        if self.queue is not None:
+            return "queue"
         return "message" if self.message is not None else "webhook" if self.webhook is not None else "channel"
 
     @property
@@ -510,6 +598,7 @@ class Config(BaseModel):
     http: HttpSettings | None = None
     webhooks: tuple[WebhookSettings, ...] = ()
     schedules: tuple[ScheduleSettings, ...] = ()
+    queues: tuple[QueueSettings, ...] = ()
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
     # Directories to import workflows from, relative to the config file's, before the config file's own
@@ -527,13 +616,14 @@ class Config(BaseModel):
         return (value,) if isinstance(value, str) else value
 
     @field_validator(
-        "ingest", "worker", "retain", "journal", "runs", "rules", "webhooks", "schedules", mode="before"
+        "ingest", "worker", "retain", "journal", "runs", "rules", "webhooks", "schedules", "queues",
+        mode="before",
     )
     @classmethod
     def _empty_section_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         # "rules:" with nothing under it is YAML null: read it as "no entries", not as an error.
         if value is None:
-            return () if info.field_name in ("rules", "webhooks", "schedules") else {}
+            return () if info.field_name in ("rules", "webhooks", "schedules", "queues") else {}
         return value
 
     @model_validator(mode="after")
@@ -577,6 +667,30 @@ class Config(BaseModel):
                     "unknown_webhook",
                     f"rule {rule.name!r} names webhook {rule.webhook!r}, which `webhooks:` does not define",
                     f"define it under `webhooks:` (name, path, verify, secret_env), or name one of: {known}",
+                    index=index,
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _queues_are_defined(self) -> Config:
+        names: dict[str, int] = {}
+        for index, queue in enumerate(self.queues):
+            if queue.name in names:
+                raise custom_error(
+                    "duplicate_queue",
+                    f"queue name {queue.name!r} is already used by queues[{names[queue.name]}]",
+                    "give each queue its own name: it is part of every message's idempotency key",
+                    index=index,
+                )
+            names[queue.name] = index
+        for index, rule in enumerate(self.rules):
+            if rule.queue is not None and rule.queue not in names:
+                known = ", ".join(names) or "none"
+                raise custom_error(
+                    "unknown_queue",
+                    f"rule {rule.name!r} names queue {rule.queue!r}, which `queues:` does not define",
+                    f"define it under `queues:` (name and one of kafka:, redis_stream:, jetstream:), or "
+                    f"name one of: {known}",
                     index=index,
                 )
         return self

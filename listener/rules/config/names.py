@@ -90,24 +90,30 @@ def key_fields(template: str) -> list[tuple[str, str]]:
 # ``path``; ``body``, ``headers`` and ``query`` alone are the whole value.
 
 WEBHOOK_ROOTS = ("body", "headers", "query", "method", "path")
+# A queue rule's (listener.ingest.queues) name parts of a broker message the same way: ``body.<path>``,
+# ``headers.<name>``, and the text parts ``key`` (the message key) and ``topic`` (topic, stream or subject).
+QUEUE_ROOTS = ("body", "headers", "key", "topic")
+_TEXT_ROOTS = ("method", "path", "key", "topic")  # no path below them
 TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 
 
-def request_ref(text: str) -> tuple[str, str] | None:
-    """``"body.data.id"`` -> ``("body", "data.id")``; None when ``text`` names no part of a request."""
+def request_ref(text: str, roots: tuple[str, ...] = WEBHOOK_ROOTS) -> tuple[str, str] | None:
+    """``"body.data.id"`` -> ``("body", "data.id")``; None when ``text`` names no part of a request (or of
+    a message, with ``roots=QUEUE_ROOTS``)."""
     root, dot, rest = text.strip().partition(".")
-    if root not in WEBHOOK_ROOTS:
+    if root not in roots:
         return None
     if not dot:
         return root, ""
-    if root in ("method", "path") or not all(rest.split(".")):
+    if root in _TEXT_ROOTS or not all(rest.split(".")):
         return None
     return root, rest
 
 
-def request_key_fields(template: str) -> list[tuple[str, str]] | None:
-    """The request parts a webhook rule's key template names, or None when a field is not one."""
-    fields = [request_ref(m[1]) for m in TEMPLATE_FIELD.finditer(template)]
+def request_key_fields(template: str, roots: tuple[str, ...] = WEBHOOK_ROOTS) -> list[tuple[str, str]] | None:
+    """The request parts a webhook rule's key template names (message parts, with ``roots=QUEUE_ROOTS``),
+    or None when a field is not one."""
+    fields = [request_ref(m[1], roots) for m in TEMPLATE_FIELD.finditer(template)]
     if not fields or any(f is None for f in fields):
         return None
     return [f for f in fields if f is not None]

@@ -21,6 +21,8 @@ from pydantic_core import PydanticCustomError
 from listener.pg.publications import MAX_IDENTIFIER_BYTES
 from listener.rules.config.names import (
     KEY_FIELD,
+    QUEUE_ROOTS,
+    WEBHOOK_ROOTS,
     qualified_name,
     quote_ident,
     request_key_fields,
@@ -112,17 +114,33 @@ _REQUEST_HINT = (
     "name parts of the request: body.<path> (e.g. body.data.object.customer; a number picks an array "
     "element), headers.<name>, query.<name>, method or path"
 )
+_MESSAGE_HINT = (
+    "name parts of the message: body.<path> (e.g. body.order.customer; a number picks an array element), "
+    "headers.<name>, key (the message key) or topic"
+)
+
+
+def _parts_of(info: ValidationInfo) -> tuple[tuple[str, ...], str, str] | None:
+    """(roots, what, hint) when the rule being read is a webhook or queue rule, whose ``key:`` and
+    ``payload:`` name parts of a request or message; None for the others."""
+    if info.data.get("webhook") is not None:
+        return WEBHOOK_ROOTS, "request", _REQUEST_HINT
+    if info.data.get("queue") is not None:
+        return QUEUE_ROOTS, "message", _MESSAGE_HINT
+    return None
 
 
 def check_key_template(value: str | None, info: ValidationInfo) -> str | None:
     if value is None:
         return value
-    if info.data.get("webhook") is not None:  # a webhook rule's key names parts of the request
-        if request_key_fields(value) is None:
+    parts = _parts_of(info)
+    if parts is not None:  # a webhook or queue rule's key names parts of the request or message
+        roots, what, hint = parts
+        if request_key_fields(value, roots) is None:
             raise custom_error(
                 "key_template",
-                f"key {value!r} names something other than a part of the request",
-                f'{_REQUEST_HINT}, in braces: e.g. key: "{{body.data.object.customer}}"',
+                f"key {value!r} names something other than a part of the {what}",
+                f'{hint}, in braces: e.g. key: "{{body.customer}}"',
             )
     elif not KEY_FIELD.search(value):
         raise custom_error(
@@ -160,9 +178,11 @@ def wrap_names(value: Any) -> Any:
 def payload_mapping(value: Any, info: ValidationInfo) -> Any:
     """``payload: [id, status]`` picks columns of the new row; ``payload: {ticket: new.id, was: old.status}``
     also renames them.  Both become {output name: "new.col" | "old.col"}.  A webhook rule's picks parts of
-    the request instead (``[body.type]``, ``{customer: body.data.object.customer}``), kept as written."""
-    if info.data.get("webhook") is not None:
-        return _request_payload(value)
+    the request instead (``[body.type]``, ``{customer: body.data.object.customer}``), kept as written; a
+    queue rule's, parts of the message."""
+    parts = _parts_of(info)
+    if parts is not None:
+        return _request_payload(value, *parts)
     if isinstance(value, list | tuple):
         if not value:
             raise custom_error("payload_empty", "lists no column", "write e.g. payload: [id, status]")
@@ -196,7 +216,7 @@ def payload_mapping(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
-def _request_payload(value: Any) -> Any:
+def _request_payload(value: Any, roots: tuple[str, ...], what: str, hint: str) -> Any:
     example = "write e.g. payload: {customer: body.data.object.customer, kind: body.type}"
     if isinstance(value, list | tuple):
         if not value:
@@ -206,14 +226,51 @@ def _request_payload(value: Any) -> Any:
         return value
     shaped: dict[str, Any] = {}
     for name, ref in value.items():
-        if not isinstance(ref, str) or request_ref(ref) is None:
+        if not isinstance(ref, str) or request_ref(ref, roots) is None:
             raise custom_error(
                 "payload_item",
-                f"payload.{name}: {ref!r} is not a part of the request",
-                f"{_REQUEST_HINT}; {example}",
+                f"payload.{name}: {ref!r} is not a part of the {what}",
+                f"{hint}; {example}",
             )
         shaped[str(name)] = ref.strip()
     return shaped
+
+
+def wrap_text_list(value: Any) -> Any:
+    """One text or a list of them (``topics: orders`` or ``topics: [orders, refunds]``), none empty."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        if not value or not all(isinstance(v, str) and v.strip() for v in value):
+            raise custom_error(
+                "text_list", f"{show(value)} is not a list of names", "write e.g. topics: [orders, refunds]"
+            )
+        return tuple(v.strip() for v in value)
+    return value
+
+
+def check_nonempty(what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not value.strip():
+            raise custom_error(f"{what}_name", f"{what} is empty", f"name the {what}, e.g. {what}: listener")
+        return value
+
+    return AfterValidator(check)
+
+
+def check_broker_url(example: str, schemes: tuple[str, ...]) -> AfterValidator:
+    def check(value: str) -> str:
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme not in schemes:
+            raise custom_error(
+                "broker_url",
+                f"{value!r} is not a {example} URL",
+                f"use {' or '.join(s + '://' for s in schemes)}, e.g. url: {example}://127.0.0.1:"
+                + ("6379/0" if example == "redis" else "4222"),
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 def wrap_operations(value: Any) -> Any:
