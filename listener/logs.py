@@ -21,7 +21,19 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The logger of `listener run`'s startup line: shown at the default level (WARNING) too.
 STARTUP_LOGGER = "listener.startup"
 # The fields a line may carry beside its message, by these names only.
-FIELDS = ("slot", "epoch", "lsn", "rule", "workflow", "run_id", "attempt", "webhook", "schedule", "rewind")
+FIELDS = (
+    "slot",
+    "epoch",
+    "lsn",
+    "rule",
+    "workflow",
+    "run_id",
+    "attempt",
+    "webhook",
+    "schedule",
+    "queue",
+    "rewind",
+)
 
 _handler: logging.Handler | None = None
 _context: dict[str, Any] = {}

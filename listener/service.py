@@ -211,6 +211,11 @@ async def run(
             from listener.rules.schedules import schedules_of
 
             ScheduleSource(schedules_of(config)).attach(ingest)
+        if config.queues:
+            from listener.ingest.queues import QueueSource
+
+            for queue in config.queues:
+                QueueSource(queue).attach(ingest)
         freeze_startup_heap()
         remove_handlers = install_signal_handlers(stop)
         sighup = asyncio.Event()

@@ -86,6 +86,8 @@ _PARK_QUEUE_MESSAGES = queries.get("park_queue_messages")
 def _int8_array(position: tuple[int, ...]) -> str:
     """A position as int8[]'s text, ``{1700000000000,3}``."""
     return "{" + ",".join(map(str, position)) + "}"
+
+
 _FORGET_RELOADS = queries.get("forget_reloads")
 
 

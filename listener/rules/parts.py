@@ -147,5 +147,5 @@ class RequestParts:
 _NUMBER_MARK = re.compile(r'"\\u0000(\d+)\\u0000"')  # a number's stand-in, as json.dumps writes it
 
 
-def matches(rule: CompiledRule, columns: Mapping[str, str], now: datetime) -> bool:
+def matches(rule: CompiledRule, columns: Mapping[str, str | None], now: datetime) -> bool:
     return rule.predicate is None or rule.predicate.matches(columns, None, now)

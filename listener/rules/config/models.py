@@ -616,7 +616,15 @@ class Config(BaseModel):
         return (value,) if isinstance(value, str) else value
 
     @field_validator(
-        "ingest", "worker", "retain", "journal", "runs", "rules", "webhooks", "schedules", "queues",
+        "ingest",
+        "worker",
+        "retain",
+        "journal",
+        "runs",
+        "rules",
+        "webhooks",
+        "schedules",
+        "queues",
         mode="before",
     )
     @classmethod
