@@ -32,6 +32,7 @@ from listener import supervise
 from listener.defaults import DEFAULT_STATE_SCHEMA
 from listener.pg.embedded import EmbeddedPostgres
 from listener.queue.migrations import migrate
+from tests import brokers
 
 # Test servers trade durability for speed: the tests kill listener, never the server.
 TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -192,3 +193,46 @@ def calls_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     path = str(tmp_path / "calls.txt")
     monkeypatch.setenv("LISTENER_TEST_CALLS", path)
     return path
+
+
+# The queue sources' brokers (tests/brokers.py): one of each per session, started on first use.
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://127.0.0.1:PORT/0`` of a redis-server shared by the session (``redis_db`` empties it)."""
+    with brokers.redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> str:
+    """The session's Redis URL, emptied (FLUSHALL) for this test."""
+    brokers.flush_redis(redis_url)
+    return redis_url
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """``nats://127.0.0.1:PORT`` of a nats-server with JetStream, shared by the session."""
+    with brokers.nats_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def kafka_mock() -> Iterator[brokers.KafkaMock]:
+    """librdkafka's mock Kafka cluster (3 brokers), shared by the session; ``create_topic`` makes topics."""
+    with brokers.kafka_mock() as mock:
+        yield mock
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_mock: brokers.KafkaMock) -> str:
+    """The mock cluster's ``bootstrap_servers`` (``127.0.0.1:PORT,...``), for aiokafka."""
+    return kafka_mock.bootstrap
+
+
+@pytest.fixture
+def broker_name(request: pytest.FixtureRequest) -> str:
+    """A name unique to this test, for its topics, streams, groups and consumers on the shared brokers."""
+    return brokers.unique_name(request.node.name)
