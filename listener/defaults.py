@@ -222,6 +222,8 @@ QUEUE_FETCH_WAIT_S = 1.0  # a fetch waits this long for messages, at most (then 
 QUEUE_BACKLOG_POLL_S = 1.0  # while over `max_backlog:`, the backlog is counted again this often
 QUEUE_EXTEND_S = 10.0  # messages fetched and not yet durable are extended this often (JetStream, Redis)
 QUEUE_CONNECT_TIMEOUT_S = 10.0  # reaching a broker, at most (then a transient error: the source restarts)
+KAFKA_OFFSETS_TOPIC = "listener.offsets"  # `sink: kafka:`: the compacted topic of the slots' checkpoints
+KAFKA_SINK_TIMEOUT_S = 30.0  # a Kafka request not answered by then fails the session (it restarts)
 
 # ---------------------------------------------------------------------------------------------------------
 # Schedules (`schedules:`; listener.rules.schedules, listener.ingest.schedules)

@@ -245,10 +245,39 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DatabaseError) and not isinstance(exc, PrerequisiteError):
         return True  # could not connect: the server may come back
+    if _broker_transient(exc):
+        return True
     code = sqlstate(exc)
     return code is not None and (
         code.startswith(_TRANSIENT_SQLSTATE_CLASSES) or code == READ_ONLY_SQL_TRANSACTION
     )
+
+
+# The brokers' clients' errors that a new connection may cure (listener.ingest.brokers, kafka_sink), by
+# module and class name, so that this module imports none of those clients.
+_BROKER_TRANSIENT = frozenset(
+    {
+        ("redis.exceptions", "ConnectionError"),
+        ("redis.exceptions", "TimeoutError"),
+        ("redis.exceptions", "BusyLoadingError"),
+        ("nats.errors", "ConnectionClosedError"),
+        ("nats.errors", "NoServersError"),
+        ("nats.errors", "StaleConnectionError"),
+        ("nats.errors", "UnexpectedEOF"),
+        ("nats.errors", "OutboundBufferLimitError"),
+        ("nats.js.errors", "ServiceUnavailableError"),
+        ("aiokafka.errors", "KafkaTimeoutError"),
+    }
+)
+
+
+def _broker_transient(exc: BaseException) -> bool:
+    for cls in type(exc).__mro__:
+        if (cls.__module__, cls.__name__) in _BROKER_TRANSIENT:
+            return True
+        if cls.__module__.startswith("aiokafka.") and getattr(cls, "retriable", False) is True:
+            return True  # aiokafka marks the errors worth retrying (connection, timeout, leader moved)
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------------

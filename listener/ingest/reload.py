@@ -49,7 +49,7 @@ async def reload(ingest: IngestState, config: Config, *, prepare: Prepare) -> in
 def check_reloadable(old: Config | None, new: Config) -> None:
     """Refuse a new config that changes what only a restart can (a ConfigError naming the key)."""
     restart_only = ("slot", "slot_failover", "publication", "state_schema", "dsn", "state_dsn", "http",
-                    "webhooks", "schedules", "queues")  # fmt: skip
+                    "webhooks", "schedules", "queues", "sink")  # fmt: skip
     for key in restart_only:
         if old is not None and getattr(new, key) != getattr(old, key):
             raise ConfigError(

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import psycopg
 
@@ -30,6 +30,9 @@ from listener.queue.handoff import Handoff
 from listener.queue.store import StateStore
 from listener.rules.compile import RuleSet, compile_rules
 from listener.rules.config import Config
+
+if TYPE_CHECKING:  # imported when a config has a Kafka sink: aiokafka is loaded only then
+    from listener.ingest.kafka_sink import KafkaSink
 
 
 @dataclass(slots=True)
@@ -112,6 +115,10 @@ class IngestState:
         # The local worker that takes new runs without a claim (listener.queue.handoff); None: every run is
         # claimed.  Set by the service that runs both.
         self.handoff: Handoff | None = None
+        # `sink: kafka:` (listener.ingest.kafka_sink): the slot's batches go to Kafka too, each in a Kafka
+        # transaction with its checkpoint; None: Postgres only.  ``to_postgres``: and to the Postgres queue.
+        self.sink: KafkaSink | None = None
+        self.to_postgres = True
         self.stats = IngestStats()
         self.types = TypeRegistry()
         self.expander = Expander(store, self.types, self.resolve_types, ahead=expand_ahead)
@@ -159,7 +166,8 @@ class IngestState:
         on_batch: Callable[[EventBatch, int], None] | None = None,
     ) -> Self:
         """An Ingest with the slot, publication, rules and batching of ``config``."""
-        return cls(
+        kafka = config.sink.kafka
+        ingest = cls(
             source_dsn=source_dsn,
             store=store,
             rules=None,
@@ -170,7 +178,8 @@ class IngestState:
             batch_delay=config.ingest.batch_delay_ms / 1000,
             status_interval=config.ingest.status_interval_s,
             heartbeat_s=config.ingest.heartbeat_s,
-            compact_after=config.ingest.compact_after,
+            # a Kafka sink publishes the events of a batch: none may wait compactly to be expanded later
+            compact_after=config.ingest.compact_after if kafka is None else 0,
             compact_chunk_changes=config.ingest.compact_chunk_changes,
             expand_ahead=config.ingest.expand_ahead,
             retention=Retention(config.retain.duration_s, config.retain.size_bytes)
@@ -180,6 +189,12 @@ class IngestState:
             run_retention=RunRetention.from_config(config),
             on_batch=on_batch,
         )
+        if kafka is not None:
+            from listener.ingest.kafka_sink import KafkaSink
+
+            ingest.sink = KafkaSink(kafka, config.slot)
+        ingest.to_postgres = config.sink.postgres
+        return ingest
 
     async def compile_rules(self) -> None:
         """Compile the config's rules against the catalog, once (the first session)."""

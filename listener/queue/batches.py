@@ -146,6 +146,13 @@ class EventBatch:
             "steps": "{}",
         }
 
+    def drop_events(self) -> None:
+        """Drop the events, in place (``sink: postgres: false``: they went to Kafka only); the position,
+        chunks and the rest stay, and so does ``nbytes``, which the writer's queue counts."""
+        for column in (self.group, self.lsn, self.ordinal, self.payload, self.key, self.groups):
+            column.clear()
+        self.group_ids.clear()
+
     def add(self, group: int, lsn: int, ordinal: int, payload: str, key: str | None = None) -> None:
         """One event: its group (see ``group_id``), the change's LSN and ordinal, payload and run key."""
         self.nbytes += len(payload)

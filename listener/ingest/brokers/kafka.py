@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from listener.defaults import QUEUE_CONNECT_TIMEOUT_S
-from listener.ingest.queues import Message
+from listener.ingest.brokers import Message
 from listener.rules.config.models import KafkaSettings
 
 

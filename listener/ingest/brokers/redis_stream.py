@@ -24,7 +24,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from listener.defaults import QUEUE_CONNECT_TIMEOUT_S
-from listener.ingest.queues import Message, header_value
+from listener.ingest.brokers import Message, header_value
 from listener.rules.config.models import RedisStreamSettings
 
 _BODY = b"body"

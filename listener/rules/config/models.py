@@ -32,6 +32,7 @@ from listener.defaults import (
     GRACE_S,
     HEARTBEAT_S,
     HTTP_SHUTDOWN_GRACE_S,
+    KAFKA_OFFSETS_TOPIC,
     LEASE_S,
     POLL_INTERVAL_S,
     QUEUE_FETCH,
@@ -77,6 +78,7 @@ from listener.rules.config.validators import (
     payload_mapping,
     plain_identifier,
     unit_required,
+    wrap_brokers,
     wrap_names,
     wrap_operations,
     wrap_text_list,
@@ -200,7 +202,7 @@ class KafkaSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    brokers: Annotated[tuple[str, ...], BeforeValidator(wrap_text_list)]  # host:port, one or several
+    brokers: Annotated[tuple[str, ...], BeforeValidator(wrap_brokers)]  # host:port, one or several
     topics: Annotated[tuple[str, ...], BeforeValidator(wrap_text_list)]
     group: Annotated[str, check_nonempty("group")]
 
@@ -224,6 +226,32 @@ class JetStreamSettings(BaseModel):
     stream: Annotated[str, check_nonempty("stream")]
     durable: Annotated[str, check_nonempty("durable")]
     subject: str | None = None  # only the stream's messages on this subject (a filter; wildcards allowed)
+
+
+class KafkaSinkSettings(BaseModel):
+    """``sink: kafka:``: the topic the slot's events are published to, in Kafka transactions that also
+    carry the replication checkpoint (a record keyed by the slot in ``offsets_topic``, compacted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    brokers: Annotated[tuple[str, ...], BeforeValidator(wrap_brokers)]
+    topic: Annotated[str, check_nonempty("topic")]
+    offsets_topic: Annotated[str, check_nonempty("offsets_topic")] = KAFKA_OFFSETS_TOPIC
+    # the producer's transactional id: one writer per id (a second is fenced); default listener.<slot>
+    transactional_id: str | None = None
+    # whether the sink checks the CRC of the offsets topic's records when it reads its checkpoint back
+    # (false only for brokers that write bad CRCs on transaction markers, such as librdkafka's mock cluster)
+    check_crcs: bool = Field(default=True, strict=True)
+
+
+class SinkSettings(BaseModel):
+    """``sink:``: where the slot's events go besides (or instead of) the Postgres queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kafka: KafkaSinkSettings | None = None
+    # false: the slot's events go to Kafka only (no runs in Postgres for table and message rules)
+    postgres: bool = Field(default=True, strict=True)
 
 
 QueueFormat = Literal["json", "text"]
@@ -599,6 +627,7 @@ class Config(BaseModel):
     webhooks: tuple[WebhookSettings, ...] = ()
     schedules: tuple[ScheduleSettings, ...] = ()
     queues: tuple[QueueSettings, ...] = ()
+    sink: SinkSettings = Field(default_factory=SinkSettings)
     rules: tuple[Rule, ...] = ()
     limits: tuple[WorkflowLimit, ...] = ()
     # Directories to import workflows from, relative to the config file's, before the config file's own
@@ -625,6 +654,7 @@ class Config(BaseModel):
         "webhooks",
         "schedules",
         "queues",
+        "sink",
         mode="before",
     )
     @classmethod
@@ -677,6 +707,16 @@ class Config(BaseModel):
                     f"define it under `webhooks:` (name, path, verify, secret_env), or name one of: {known}",
                     index=index,
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _sink_has_a_destination(self) -> Config:
+        if not self.sink.postgres and self.sink.kafka is None:
+            raise custom_error(
+                "sink_nowhere",
+                "sink: postgres: false, and no other sink: the slot's events would go nowhere",
+                "add `sink: {kafka: {brokers: [...], topic: ...}}`, or remove `postgres: false`",
+            )
         return self
 
     @model_validator(mode="after")

@@ -249,6 +249,13 @@ def wrap_text_list(value: Any) -> Any:
     return value
 
 
+def wrap_brokers(value: Any) -> Any:
+    """Kafka brokers: a list of host:port, or one text of them separated by commas (a bootstrap string)."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()] or [value]
+    return wrap_text_list(value)
+
+
 def check_nonempty(what: str) -> AfterValidator:
     def check(value: str) -> str:
         if not value.strip():

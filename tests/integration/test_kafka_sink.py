@@ -1,0 +1,166 @@
+"""`sink: kafka:` on a Kafka-protocol broker (librdkafka's mock cluster, tests/brokers.py): the slot's events
+published in Kafka transactions that carry the checkpoint, resumed from what Kafka committed
+(listener.ingest.kafka_sink).  The mock writes transaction markers whose CRC aiokafka refuses, so the
+sink's `check_crcs: false` and the readers' check_crcs=False; it does not filter aborted transactions for
+read_committed readers, which these tests therefore do not rely on (no transaction is aborted here)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from listener.pg.lsn import parse_lsn
+from listener.queue.batches import EventBatch
+from tests.support import _wait_for, events, make_config, running_ingest, wait_caught_up
+
+Conn = psycopg.Connection[tuple[object, ...]]
+RULES: list[dict[str, Any]] = [
+    {"name": "paid", "table": "orders", "on": ["insert", "update"],
+     "workflow": "listener_examples.tickets:triage", "when": "new.status = 'paid'", "key": "{new.customer}",
+     "ordered": True},
+    {"name": "any", "table": "orders", "on": ["insert"], "workflow": "listener_examples.onboarding:welcome"},
+]  # fmt: skip
+
+
+def sink_config(bootstrap: str, name: str, *, postgres: bool = True, **settings: Any) -> Any:
+    sink = {
+        "kafka": {
+            "brokers": bootstrap,
+            "topic": f"{name}.events",
+            "offsets_topic": f"{name}.offsets",
+            "check_crcs": False,
+        }
+    }
+    return make_config(RULES, sink={**sink, "postgres": postgres}, **settings)
+
+
+async def read_topic(bootstrap: str, topic: str, *, committed: bool = True) -> list[Any]:
+    """Every record of ``topic`` (read committed, or uncommitted too), in partition order."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+        auto_offset_reset="earliest",
+        check_crcs=False,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        numbers = await producer.partitions_for(topic)
+    finally:
+        await producer.stop()
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def keys_of(records: Sequence[Any]) -> list[str]:
+    return [dict(r.headers)["idempotency-key"].decode() for r in records]
+
+
+async def test_each_event_is_published_once_with_its_checkpoint(
+    dsn: str, sql: Conn, kafka_bootstrap: str, broker_name: str
+) -> None:
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY, customer text, status text)")
+    config = sink_config(kafka_bootstrap, broker_name)
+    async with running_ingest(dsn, config) as run:
+        sql.execute("INSERT INTO orders VALUES (1, 'ann', 'new'), (2, 'bob', 'paid'), (3, 'ann', 'paid')")
+        sql.execute("UPDATE orders SET status = 'paid' WHERE id = 1")
+        await wait_caught_up(run, dsn)
+        checkpoint = run.ingest.durable_lsn
+    in_postgres = events(dsn)
+    records = await read_topic(kafka_bootstrap, f"{broker_name}.events")
+    assert sorted(keys_of(records)) == sorted(e["idempotency_key"] for e in in_postgres)
+    assert len(records) == 6  # 3 inserts for `any`, 2 paid inserts and 1 paid update for `paid`
+    by_key = {e["idempotency_key"]: e for e in in_postgres}
+    for record in records:
+        value = json.loads(record.value)
+        event = by_key[value["idempotency_key"]]
+        assert value["payload"] == event["payload"] and value["rule"] == event["rule"]
+        assert value["commit_lsn"] == event["commit_lsn"] and value["table"] == "public.orders"
+        # gated rule: keyed by the flow-control key, so one customer's runs share a partition, in order
+        assert record.key == (
+            f"paid:{value['payload']['new']['customer']}".encode() if value["rule"] == "paid" else None
+        )
+    ann = [r for r in records if r.key == b"paid:ann"]
+    assert len({r.partition for r in ann}) == 1 and [
+        json.loads(r.value)["payload"]["new"]["id"] for r in ann
+    ] == [3, 1]
+    offsets = await read_topic(kafka_bootstrap, f"{broker_name}.offsets")
+    assert offsets and offsets[-1].key == b"listener_test"
+    assert parse_lsn(json.loads(offsets[-1].value)["lsn"]) == checkpoint
+
+
+async def test_a_crash_between_the_two_commits_publishes_nothing_twice_and_loses_nothing(
+    dsn: str, sql: Conn, kafka_bootstrap: str, broker_name: str
+) -> None:
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY, customer text, status text)")
+    config = sink_config(kafka_bootstrap, broker_name)
+    async with running_ingest(dsn, config) as run:
+        sql.execute("INSERT INTO orders VALUES (1, 'ann', 'paid')")
+        await wait_caught_up(run, dsn)
+        # the next batch is in Kafka, then its Postgres transaction fails (a lost connection): the session
+        # starts again from the state database's checkpoint, which trails Kafka's
+        write_batch = run.store.write_batch
+        failed: list[int] = []
+
+        async def lost_once(batch: EventBatch, offer: Any = None) -> int:
+            if batch.payload and not failed:
+                failed.append(len(batch))
+                raise ConnectionError("the state database went away (injected)")
+            return await write_batch(batch, offer)
+
+        run.store.write_batch = lost_once  # type: ignore[method-assign]
+        sql.execute("INSERT INTO orders VALUES (2, 'bob', 'new')")
+        await _wait_for(lambda: bool(failed), "the injected failure")
+        sql.execute("INSERT INTO orders VALUES (3, 'cy', 'paid')")
+        await wait_caught_up(run, dsn)
+        assert run.ingest.stats.reconnects >= 1
+    records = await read_topic(kafka_bootstrap, f"{broker_name}.events")
+    keys = keys_of(records)
+    assert len(keys) == len(set(keys)) == 5  # ann: paid + any; bob: any; cy: paid + any
+    assert sorted(keys) == sorted(e["idempotency_key"] for e in events(dsn))
+    # and a second `listener run` reads Kafka's checkpoint back: it publishes nothing again
+    async with running_ingest(dsn, config, init=False) as run:
+        assert run.ingest.sink is not None and run.ingest.sink.checkpoint is not None
+        await wait_caught_up(run, dsn)
+    assert sorted(keys_of(await read_topic(kafka_bootstrap, f"{broker_name}.events"))) == sorted(keys)
+
+
+async def test_kafka_only_makes_no_runs_in_postgres(
+    dsn: str, sql: Conn, kafka_bootstrap: str, broker_name: str
+) -> None:
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY, customer text, status text)")
+    config = sink_config(kafka_bootstrap, broker_name, postgres=False)
+    async with running_ingest(dsn, config) as run:
+        sql.execute("INSERT INTO orders VALUES (1, 'ann', 'paid'), (2, 'bob', 'new')")
+        await wait_caught_up(run, dsn)
+        checkpoint = run.ingest.durable_lsn
+    assert events(dsn) == []
+    assert sql.execute("SELECT count(*) FROM listener.runs").fetchone() == (0,)
+    assert len(await read_topic(kafka_bootstrap, f"{broker_name}.events")) == 3
+    stored = sql.execute("SELECT lsn::text FROM listener.checkpoints").fetchone()
+    assert stored is not None and parse_lsn(str(stored[0])) == checkpoint
+
+
+def test_postgres_false_without_kafka_is_refused() -> None:
+    import pytest
+
+    from listener.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="would go nowhere"):
+        make_config(RULES, sink={"postgres": False})
