@@ -224,6 +224,7 @@ QUEUE_EXTEND_S = 10.0  # messages fetched and not yet durable are extended this 
 QUEUE_CONNECT_TIMEOUT_S = 10.0  # reaching a broker, at most (then a transient error: the source restarts)
 KAFKA_OFFSETS_TOPIC = "listener.offsets"  # `sink: kafka:`: the compacted topic of the slots' checkpoints
 KAFKA_SINK_TIMEOUT_S = 30.0  # a Kafka request not answered by then fails the session (it restarts)
+KAFKA_TRANSACTION_TIMEOUT_MS = 900_000  # a Kafka transaction of the sink, at most (brokers' default max)
 
 # ---------------------------------------------------------------------------------------------------------
 # Schedules (`schedules:`; listener.rules.schedules, listener.ingest.schedules)

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from listener.defaults import KAFKA_SINK_TIMEOUT_S, QUEUE_CONNECT_TIMEOUT_S
+from listener.defaults import KAFKA_SINK_TIMEOUT_S, KAFKA_TRANSACTION_TIMEOUT_MS, QUEUE_CONNECT_TIMEOUT_S
 from listener.logs import fields
 from listener.pg.lsn import format_lsn, parse_lsn
 from listener.queue.batches import EventBatch
@@ -56,6 +56,8 @@ class KafkaSink:
         self.checkpoint: int | None = None  # the last checkpoint Kafka committed
         self.published = 0  # events published since start (for logs and tests)
         self._producer: Any = None
+        # while a Kafka transaction is open: the highest commit LSN of the events sent in it
+        self._open_upto: int | None = None
 
     async def start(self) -> int | None:
         """Start the transactional producer (fencing an earlier one with this id) and read the slot's
@@ -69,7 +71,9 @@ class KafkaSink:
             enable_idempotence=True,
             acks="all",
             request_timeout_ms=int(KAFKA_SINK_TIMEOUT_S * 1000),
-            transaction_timeout_ms=int(KAFKA_SINK_TIMEOUT_S * 2000),
+            # a source transaction larger than one batch keeps its Kafka transaction open across batches:
+            # the brokers' default limit (transaction.max.timeout.ms), not the client's 60 s
+            transaction_timeout_ms=KAFKA_TRANSACTION_TIMEOUT_MS,
         )
         await producer.start()  # InitProducerId: an earlier producer's open transaction is aborted
         self._producer = producer
@@ -93,7 +97,13 @@ class KafkaSink:
         )
         try:
             await admin.start()
-            topic = NewTopic(self.settings.offsets_topic, 1, -1, topic_configs={"cleanup.policy": "compact"})
+            brokers = len((await admin.describe_cluster())["brokers"])
+            topic = NewTopic(
+                self.settings.offsets_topic,
+                1,
+                min(3, brokers),  # replicated as far as the cluster allows
+                topic_configs={"cleanup.policy": "compact", "min.insync.replicas": str(min(2, brokers))},
+            )
             await admin.create_topics([topic])
         except TopicAlreadyExistsError:
             pass
@@ -102,26 +112,36 @@ class KafkaSink:
         finally:
             await admin.close()
 
-    async def _read_checkpoint(self, numbers: list[int]) -> int | None:
-        """The last checkpoint of this slot committed to partitions ``numbers`` of the offsets topic, read
-        committed."""
-        consumer = AIOKafkaConsumer(
+    def _consumer(self, isolation: str) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             bootstrap_servers=list(self.settings.brokers),
             enable_auto_commit=False,
-            isolation_level="read_committed",
+            isolation_level=isolation,
             auto_offset_reset="earliest",
             check_crcs=self.settings.check_crcs,
             request_timeout_ms=int(KAFKA_SINK_TIMEOUT_S * 1000),
         )
+
+    async def _read_checkpoint(self, numbers: list[int]) -> int | None:
+        """The last checkpoint of this slot committed to partitions ``numbers`` of the offsets topic, read
+        committed, up to the high watermarks: the producer was just started, so no transaction of this
+        sink is open any more, and everything before them is decided."""
+        topic = self.settings.offsets_topic
+        partitions = [TopicPartition(topic, n) for n in numbers]
+        if not partitions:
+            return None
+        marks = self._consumer("read_uncommitted")
+        await marks.start()
+        try:
+            ends = await marks.end_offsets(partitions)
+        finally:
+            await marks.stop()
+        consumer = self._consumer("read_committed")
         await consumer.start()
         try:
-            topic = self.settings.offsets_topic
-            partitions = [TopicPartition(topic, n) for n in numbers]
-            if not partitions:
-                return None
             consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
-            await consumer.seek_to_beginning(*partitions)
+            for tp, first in (await consumer.beginning_offsets(partitions)).items():
+                consumer.seek(tp, first)  # not seek_to_beginning: position() may still answer the old place
             found: int | None = None
             slot = self.slot.encode()
             while True:
@@ -137,8 +157,14 @@ class KafkaSink:
             await consumer.stop()
 
     async def publish(self, batch: EventBatch) -> None:
-        """The slot's events of ``batch`` committed after Kafka's checkpoint, and its checkpoint, in one
-        Kafka transaction (nothing when there is neither)."""
+        """Send the slot's events of ``batch`` committed after Kafka's checkpoint into the open Kafka
+        transaction (one is begun if none is), and commit it with the batch's checkpoint once every event
+        sent belongs to a transaction that the checkpoint covers.
+
+        A batch cut in the middle of a source transaction (``batch_events:``) leaves the Kafka transaction
+        open, to be committed by the batch that completes it, and loses its checkpoint: the state database
+        and the slot do not move past what Kafka has committed.  A crash meanwhile aborts the Kafka
+        transaction (the next producer fences it), and the source transaction is read and sent again."""
         producer = self._producer
         assert producer is not None, "start the sink first"
         after = self.checkpoint if self.checkpoint is not None else -1
@@ -146,22 +172,30 @@ class KafkaSink:
         checkpoint = batch.checkpoint if batch.checkpoint is not None and batch.checkpoint > after else None
         if not fresh and checkpoint is None:
             return
-        async with producer.transaction():
-            for index in fresh:
-                key = batch.key[index]
-                event_key = batch.event_key(index)
-                await producer.send(
-                    self.settings.topic,
-                    value=self._record(batch, index, event_key).encode(),
-                    key=key.encode() if key is not None else None,
-                    headers=[("idempotency-key", event_key.encode())],
-                )
-            if checkpoint is not None:
-                value = json.dumps({"slot": self.slot, "lsn": format_lsn(checkpoint)})
-                await producer.send(self.settings.offsets_topic, value=value.encode(), key=self.slot.encode())
+        if self._open_upto is None:
+            await producer.begin_transaction()
+            self._open_upto = -1
+        for index in fresh:
+            key = batch.key[index]
+            event_key = batch.event_key(index)
+            await producer.send(
+                self.settings.topic,
+                value=self._record(batch, index, event_key).encode(),
+                key=key.encode() if key is not None else None,
+                headers=[("idempotency-key", event_key.encode())],
+            )
+            self._open_upto = max(self._open_upto, self._wal_commit(batch, index))
         self.published += len(fresh)
-        if checkpoint is not None:
-            self.checkpoint = checkpoint
+        if checkpoint is None or checkpoint <= self._open_upto:
+            # a source transaction is still open in this Kafka transaction: neither the state database's
+            # checkpoint nor the slot may pass Kafka's
+            batch.checkpoint = batch.checkpoint_time = None
+            return
+        value = json.dumps({"slot": self.slot, "lsn": format_lsn(checkpoint)})
+        await producer.send(self.settings.offsets_topic, value=value.encode(), key=self.slot.encode())
+        await producer.commit_transaction()
+        self._open_upto = None
+        self.checkpoint = checkpoint
 
     @staticmethod
     def _wal_commit(batch: EventBatch, index: int) -> int:
@@ -189,6 +223,7 @@ class KafkaSink:
         return f'{about[:-1]}, "payload": {batch.payload[index]}}}'
 
     async def close(self) -> None:
+        self._open_upto = None  # an open transaction is aborted by the next producer's start
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()

@@ -23,6 +23,12 @@ async def write_batches(ingest: IngestState, queue: BatchQueue) -> None:
             return
         batch, source = item
         del item
+        if ingest.sink is not None and source.name == "pgoutput":
+            # Kafka first, in a transaction with the checkpoint; it may hold the
+            # batch's checkpoint back (listener.ingest.kafka_sink)
+            await shielded(ingest.sink.publish(batch))
+            if not ingest.to_postgres:
+                batch.drop_events()
         # With a retention window a history row goes with a checkpoint every ``history_interval``.
         history_due = (
             retention is not None
@@ -31,11 +37,6 @@ async def write_batches(ingest: IngestState, queue: BatchQueue) -> None:
         )
         if history_due:
             batch.retention = retention
-        if ingest.sink is not None and source.name == "pgoutput":
-            # Kafka first, in its own transaction with the checkpoint (listener.ingest.kafka_sink)
-            await shielded(ingest.sink.publish(batch))
-            if not ingest.to_postgres:
-                batch.drop_events()
         # The local workers' free slots, when they have nothing else to do (listener.queue.handoff).
         handoff = ingest.handoff
         offer = handoff.offer() if handoff is not None and batch.payload else None

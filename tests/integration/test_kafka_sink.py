@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from listener.pg.lsn import parse_lsn
 from listener.queue.batches import EventBatch
+from tests.kafka_log import read_committed
 from tests.support import _wait_for, events, make_config, running_ingest, wait_caught_up
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -58,7 +59,8 @@ async def read_topic(bootstrap: str, topic: str, *, committed: bool = True) -> l
         partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp, first in (await consumer.beginning_offsets(partitions)).items():
+            consumer.seek(tp, first)  # not seek_to_beginning: position() may still answer the old place
         records: list[Any] = []
         while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
             for batch in (await consumer.getmany(timeout_ms=500)).values():
@@ -139,6 +141,38 @@ async def test_a_crash_between_the_two_commits_publishes_nothing_twice_and_loses
         assert run.ingest.sink is not None and run.ingest.sink.checkpoint is not None
         await wait_caught_up(run, dsn)
     assert sorted(keys_of(await read_topic(kafka_bootstrap, f"{broker_name}.events"))) == sorted(keys)
+
+
+async def test_a_transaction_larger_than_a_batch_is_one_kafka_transaction(
+    dsn: str, sql: Conn, kafka_bootstrap: str, broker_name: str
+) -> None:
+    """batch_events: 4 cuts a 10-row transaction into batches: the Kafka transaction stays open across
+    them, and neither the checkpoint nor the slot moves until it commits.  A failure in the middle makes
+    the whole source transaction be read and sent again, and a read_committed reader sees it once."""
+    sql.execute("CREATE TABLE orders (id int PRIMARY KEY, customer text, status text)")
+    config = sink_config(kafka_bootstrap, broker_name, ingest={"batch_events": 4})
+    async with running_ingest(dsn, config) as run:
+        write_batch = run.store.write_batch
+        seen: list[tuple[int, int | None]] = []  # (events, checkpoint) of each batch written
+
+        async def second_fails(batch: EventBatch, offer: Any = None) -> int:
+            seen.append((len(batch), batch.checkpoint))
+            if len(seen) == 2:
+                raise ConnectionError("the state database went away (injected)")
+            return await write_batch(batch, offer)
+
+        run.store.write_batch = second_fails  # type: ignore[method-assign]
+        sql.execute(
+            "INSERT INTO orders SELECT g, 'c' || g, CASE WHEN g % 2 = 0 THEN 'paid' END "
+            "FROM generate_series(1, 10) g"
+        )
+        await wait_caught_up(run, dsn)
+    assert seen[0][0] == 4 and seen[0][1] is None  # mid-transaction: its checkpoint is held back
+    log = await read_committed(kafka_bootstrap, f"{broker_name}.events")
+    keys = keys_of(log.committed)
+    assert len(keys) == len(set(keys)) == 15  # 10 for `any`, 5 paid
+    assert sorted(keys) == sorted(e["idempotency_key"] for e in events(dsn))
+    assert len(keys_of(log.aborted + log.open)) >= 4  # the first try's records, aborted
 
 
 async def test_kafka_only_makes_no_runs_in_postgres(
