@@ -222,6 +222,9 @@ QUEUE_FETCH_WAIT_S = 1.0  # a fetch waits this long for messages, at most (then 
 QUEUE_BACKLOG_POLL_S = 1.0  # while over `max_backlog:`, the backlog is counted again this often
 QUEUE_EXTEND_S = 10.0  # messages fetched and not yet durable are extended this often (JetStream, Redis)
 QUEUE_CONNECT_TIMEOUT_S = 10.0  # reaching a broker, at most (then a transient error: the source restarts)
+PARKED_LIST_LIMIT = 50  # parked messages `listener queues parked` lists by default
+QUEUE_RETRY_MESSAGES = 100  # parked messages `listener replay --queue` reads (and commits) at a time
+PARKED_PREVIEW_BYTES = 512  # of a body that is not UTF-8, `queues parked --show` prints this much as hex
 
 # ---------------------------------------------------------------------------------------------------------
 # Schedules (`schedules:`; listener.rules.schedules, listener.ingest.schedules)
