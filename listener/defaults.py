@@ -225,6 +225,9 @@ QUEUE_CONNECT_TIMEOUT_S = 10.0  # reaching a broker, at most (then a transient e
 KAFKA_OFFSETS_TOPIC = "listener.offsets"  # `sink: kafka:`: the compacted topic of the slots' checkpoints
 KAFKA_SINK_TIMEOUT_S = 30.0  # a Kafka request not answered by then fails the session (it restarts)
 KAFKA_TRANSACTION_TIMEOUT_MS = 900_000  # a Kafka transaction of the sink, at most (brokers' default max)
+PARKED_LIST_LIMIT = 50  # parked messages `listener queues parked` lists by default
+QUEUE_RETRY_MESSAGES = 100  # parked messages `listener replay --queue` reads (and commits) at a time
+PARKED_PREVIEW_BYTES = 512  # of a body that is not UTF-8, `queues parked --show` prints this much as hex
 
 # ---------------------------------------------------------------------------------------------------------
 # Schedules (`schedules:`; listener.rules.schedules, listener.ingest.schedules)

@@ -106,6 +106,7 @@ COMMAND_MODULES = {
     "demo": "try_commands",
     "rules": "try_commands",
     "schedules": "schedule_commands",
+    "queues": "queue_commands",
 }
 
 

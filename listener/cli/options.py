@@ -8,8 +8,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 from rich.console import Console
 
+from listener.errors import ListenerError
 from listener.logs import STARTUP_LOGGER
 from listener.ops import environment
 from listener.ops import runs as runs_mod
@@ -70,3 +72,17 @@ def state_connection(opts: Options, config: Config) -> Iterator[runs_mod.Conn]:
         on_embedded=opts.announce_embedded,
     ) as conn:
         yield conn
+
+
+@contextlib.contextmanager
+def state_tables(opts: Options, config: Config, what: str) -> Iterator[runs_mod.Conn]:
+    """:func:`state_connection`, for a command on tables newer than the first schema (``what``: "schedules
+    table"): a schema without them is an older one, brought up to date by `listener init`."""
+    with state_connection(opts, config) as conn:
+        try:
+            yield conn
+        except psycopg.errors.UndefinedTable:
+            raise ListenerError(
+                f"the state schema {config.state_schema!r} has no {what}: it is older than this listener",
+                hint="run `listener init` (or start `listener run`) to bring it up to date",
+            ) from None

@@ -105,12 +105,20 @@ def rewind(
     "--since",
     "from_time",
     metavar="TIME",
-    required=True,
     help="Replay what committed (was received) at or after TIME: ISO 8601, or a duration ago (2h, 3d).",
 )
 @click.option("--to-time", metavar="TIME", help="... and before TIME (default: up to now).")
 @click.option(
     "--webhook", metavar="NAME", help="Replay webhook NAME's kept requests (its `keep:`), not the journal."
+)
+@click.option(
+    "--queue", metavar="NAME", help="Retry queue NAME's parked messages instead (`listener queues parked`)."
+)
+@click.option("--part", metavar="PART", help="With --queue and --position: the part of that message.")
+@click.option(
+    "--position",
+    metavar="POSITION",
+    help="With --queue: only the message at POSITION (1234, 1700000000000-0, or PART:POSITION).",
 )
 @click.option(
     "--rule", metavar="RULE", help="Only this rule (default: every rule on a table, or the webhook)."
@@ -123,9 +131,12 @@ def rewind(
 @click.pass_obj
 def replay(
     opts: Options,
-    from_time: str,
+    from_time: str | None,
     to_time: str | None,
     webhook: str | None,
+    queue: str | None,
+    part: str | None,
+    position: str | None,
     rule: str | None,
     rerun: bool,
     dry_run: bool,
@@ -142,10 +153,32 @@ def replay(
     --rerun (with --rule) makes, for each change of RULE in the range, one new run (id KEY#N), also for
     events that already ran.  --dry-run prints, per rule, the events the range holds, how many already
     exist, and the runs a replay would make.
+
+    --queue NAME reads queue NAME's parked messages again (`listener queues parked`) with the current
+    configuration's `format:` and rules: each one that reads now makes its events, under the keys it would
+    have had live, and is marked retried in the same transaction; one that still fails stays parked with
+    the reason of now.  Retrying again makes nothing twice.
     """
     from listener.ops import replay as journal
 
+    if queue is not None:
+        given = [name for name, value in (("--from-time", from_time), ("--to-time", to_time),
+                 ("--webhook", webhook), ("--rule", rule)) if value is not None]  # fmt: skip
+        if given or rerun:
+            raise click.UsageError(
+                f"--queue retries parked messages: it takes no {(given or ['--rerun'])[0]}"
+            )
+    elif part is not None or position is not None:
+        raise click.UsageError("--part and --position go with --queue NAME")
+    elif from_time is None:
+        raise click.UsageError(
+            "Missing option '--from-time' / '--since' (or --queue NAME to retry a queue's parked messages)."
+        )
     config = load(opts)
+    if queue is not None:
+        _replay_queue(opts, config, queue, part, position, dry_run, as_json)
+        return
+    assert from_time is not None
     if webhook is not None:
         _replay_webhook(opts, config, webhook, from_time, to_time, rule, rerun, dry_run, as_json)
         return
@@ -200,6 +233,36 @@ def _replay_webhook(
             config, state_dsn, plan, dry_run=dry_run, progress=progress
         )
     views.print_replay(stdout_console(), result)
+
+
+def _replay_queue(
+    opts: Options,
+    config: Config,
+    queue: str,
+    part: str | None,
+    position: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    from listener.ops import queues as queues_mod
+    from listener.rules.catalog import read_tables
+
+    with (
+        databases(opts, config) as (dsn, state_dsn),
+        conninfo.connection(dsn) as source,
+        runs_mod.connect(state_dsn, config.state_schema) as state,
+    ):
+        plan = queues_mod.plan_queue_replay(config, state, queue=queue, part=part, position=position)
+        _, collation = read_tables(source, ())  # the live source compares text in the source's collation
+    if as_json:
+        result = queues_mod.run_queue_replay(config, state_dsn, plan, collation=collation, dry_run=dry_run)
+        click.echo(dumps(result.to_json()))
+        return
+    with views.replay_progress(err_console, f"queue {queue}'s parked messages", "messages") as progress:
+        result = queues_mod.run_queue_replay(
+            config, state_dsn, plan, collation=collation, dry_run=dry_run, progress=progress
+        )
+    views.print_queue_replay(stdout_console(), result)
 
 
 COMMANDS = [rewind, replay]

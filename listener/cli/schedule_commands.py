@@ -7,13 +7,11 @@ import zoneinfo
 from collections.abc import Iterator
 
 import click
-import psycopg
 from rich.table import Table
 
-from listener.cli.options import Options, err_console, load, state_connection
+from listener.cli.options import Options, err_console, load, state_tables
 from listener.cli.render import cell, dumps, stdout_console
 from listener.defaults import SCHEDULE_NEXT_SHOWN
-from listener.errors import ListenerError
 from listener.ops import schedules as schedules_mod
 from listener.ops.runs import Conn
 from listener.rules.config import Config
@@ -22,15 +20,8 @@ from listener.rules.config import Config
 @contextlib.contextmanager
 def _schedules_table(opts: Options) -> Iterator[tuple[Conn, Config]]:
     config = load(opts)
-    with state_connection(opts, config) as conn:
-        try:
-            yield conn, config
-        except psycopg.errors.UndefinedTable:
-            raise ListenerError(
-                f"the state schema {config.state_schema!r} has no schedules table: it is older than this "
-                "listener",
-                hint="run `listener init` (or start `listener run`) to bring it up to date",
-            ) from None
+    with state_tables(opts, config, "schedules table") as conn:
+        yield conn, config
 
 
 @click.group(invoke_without_command=True)

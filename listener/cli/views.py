@@ -1,6 +1,7 @@
 """What the commands print: the tables and lines of ``runs``, ``status``, ``rewind``, ``replay``,
-``backfill`` and ``demo`` for people, their progress bars, and the JSON lines of ``tail``.  The commands'
-data comes from ``listener.ops``; JSON for scripts is :func:`listener.cli.render.dumps` of the same data.
+``backfill``, ``queues`` and ``demo`` for people, their progress bars, and the JSON lines of ``tail``.  The
+commands' data comes from ``listener.ops``; JSON for scripts is :func:`listener.cli.render.dumps` of the
+same data.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from rich.table import Table
 from rich.text import Text
 
 from listener.cli.render import cell, dumps, printable, progress_bar
-from listener.defaults import ERROR_CELL_CHARS, RESULT_CELL_CHARS, WIDE_COLUMNS
+from listener.defaults import ERROR_CELL_CHARS, PARKED_PREVIEW_BYTES, RESULT_CELL_CHARS, WIDE_COLUMNS
+from listener.ingest.queues import position_label
 from listener.ops import replay as journal
 from listener.ops.backfill_requests import BackfillRow
 from listener.ops.demo import DemoRun
+from listener.ops.queues import ParkedMessage, ParkedRow, QueueReplayResult, QueueView
 from listener.ops.replay import ReplayResult
 from listener.ops.rewind import RewindRow
-from listener.ops.rewind_dry_run import DryRun
+from listener.ops.rewind_dry_run import DryRun, RuleCount
 from listener.ops.runs import AttemptInfo, RunDetail, RunRow
 from listener.ops.status import Status, human_bytes
 from listener.pg.changes import Change, change_json
@@ -391,12 +394,26 @@ def print_finished(console: Console, row: RewindRow) -> None:
 def print_replay(console: Console, result: ReplayResult) -> None:
     plan = result.plan
     rerun = plan.rules[0] if plan.rerun else None
-    table = Table(
-        title=f"{journal.describe(plan)}: {result.changes} request(s)"
+    title = (
+        f"{journal.describe(plan)}: {result.changes} request(s)"
         if plan.webhook is not None
-        else f"{journal.describe(plan)}: {result.changes} change(s) in {result.rows} journal row(s)",
+        else f"{journal.describe(plan)}: {result.changes} change(s) in {result.rows} journal row(s)"
+    )
+    runs = {name: str(result.runs(name)) + (" (rerun)" if name == rerun else "") for name in result.rules}
+    console.print(_rule_counts(title, result.dry_run, result.rules, runs))
+    if not result.dry_run:
+        reruns = (
+            f", {result.reruns} run(s) of rule {rerun} as generation {result.generation}" if rerun else ""
+        )
+        console.print(f"{result.inserted} new event(s){reruns}")
+
+
+def _rule_counts(title: str, dry_run: bool, rules: dict[str, RuleCount], runs: dict[str, str]) -> Table:
+    """Per rule: the events read, those already present, the new ones and the runs they make."""
+    table = Table(
+        title=title,
         title_justify="left",
-        caption="dry run: nothing was written" if result.dry_run else None,
+        caption="dry run: nothing was written" if dry_run else None,
         caption_justify="left",
     )
     table.add_column("rule", overflow="fold")
@@ -404,15 +421,9 @@ def print_replay(console: Console, result: ReplayResult) -> None:
     table.add_column("already present", justify="right")
     table.add_column("new", justify="right")
     table.add_column("new runs", justify="right")
-    for name, count in result.rules.items():
-        runs = str(result.runs(name)) + (" (rerun)" if name == rerun else "")
-        table.add_row(Text(name), str(count.events), str(count.present), str(count.new), runs)
-    console.print(table)
-    if not result.dry_run:
-        reruns = (
-            f", {result.reruns} run(s) of rule {rerun} as generation {result.generation}" if rerun else ""
-        )
-        console.print(f"{result.inserted} new event(s){reruns}")
+    for name, count in rules.items():
+        table.add_row(Text(name), str(count.events), str(count.present), str(count.new), runs[name])
+    return table
 
 
 def replay_progress(
@@ -488,6 +499,120 @@ def backfill_progress(console: Console) -> Iterator[Callable[[BackfillRow], None
     finally:
         if progress is not None:
             progress.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# listener queues, queues parked, replay --queue
+
+
+def print_queues(console: Console, found: Sequence[QueueView]) -> None:
+    if not found:
+        console.print('no queues: add a `queues:` section to the config (README "Queue sources")')
+        return
+    table = Table(caption="position: the last message whose events are durable", caption_justify="left")
+    table.add_column("queue", overflow="fold")
+    table.add_column("broker", no_wrap=True)
+    table.add_column("part", overflow="fold")
+    table.add_column("position", no_wrap=True)
+    table.add_column("moved", min_width=10)
+    table.add_column("parked", justify="right", no_wrap=True)
+    for q in found:
+        broker = q.broker or "(not configured)"
+        parked = Text(str(q.parked), "bold red" if q.parked else "")
+        if not q.parts:
+            table.add_row(cell(q.name), broker, "-", "none stored yet", "-", parked)
+        for n, p in enumerate(q.parts):
+            table.add_row(
+                cell(q.name) if n == 0 else "", broker if n == 0 else "", cell(p.part), cell(p.position),
+                _time(p.updated_at), parked if n == 0 else "",
+            )  # fmt: skip
+    console.print(table)
+    if any(q.parked for q in found):
+        console.print("`listener queues parked` lists the parked messages; `listener replay --queue NAME` "
+                      "reads them again once the cause is fixed")  # fmt: skip
+
+
+def print_parked(console: Console, rows: Sequence[ParkedRow], *, limit: int, everything: bool) -> None:
+    if not rows:
+        console.print(
+            "no parked messages" + ("" if everything else " waiting for a retry (--all: retried too)")
+        )
+        return
+    more = f"; more may exist: raise --limit (now {limit})" if len(rows) >= limit else ""
+    table = Table(
+        caption=f"{len(rows)} parked message(s), oldest first{more}; `--show POSITION` prints one",
+        caption_justify="left",
+    )
+    table.add_column("queue", overflow="fold")
+    table.add_column("part", overflow="fold")
+    table.add_column("position", no_wrap=True)
+    table.add_column("topic", overflow="fold")
+    table.add_column("parked", min_width=10)
+    table.add_column("size", justify="right", no_wrap=True)
+    if everything:
+        table.add_column("retried", min_width=10)
+    table.add_column("reason", overflow="fold", min_width=12)
+    for r in rows:
+        retried = [_time(r.retried_at)] if everything else []
+        table.add_row(
+            cell(r.queue), cell(r.part), cell(r.position), cell(r.topic), _time(r.parked_at),
+            human_bytes(r.bytes), *retried, cell(_first_line(r.reason, ERROR_CELL_CHARS)),
+        )  # fmt: skip
+    console.print(table)
+
+
+def print_parked_message(console: Console, m: ParkedMessage) -> None:
+    r = m.row
+    console.print(
+        Text.assemble(("parked message ", "bold"), (printable(f"{r.queue} {r.part}:{r.position}"), "bold"))
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("topic", cell(r.topic))
+    grid.add_row("sent", _time(r.sent_at))
+    grid.add_row("parked", _time(r.parked_at))
+    grid.add_row("retried", _time(r.retried_at) if r.retried_at else "not yet")
+    grid.add_row("reason", cell(r.reason))
+    key = m.to_json()["key"]
+    grid.add_row("key", cell(key) if key is not None else "-")
+    grid.add_row("headers", cell(dumps(m.headers)) if m.headers else "-")
+    console.print(grid)
+    text = m.text
+    if text is not None:
+        console.print(Text(f"body ({human_bytes(r.bytes)}, UTF-8)", "bold"))
+        console.print(cell(text))
+        return
+    shown = m.body[:PARKED_PREVIEW_BYTES]
+    cut = f", the first {len(shown)} as hex" if len(shown) < len(m.body) else ", as hex"
+    console.print(Text(f"body ({human_bytes(r.bytes)}, not UTF-8{cut}; --json: whole, base64)", "bold"))
+    for start in range(0, len(shown), 32):
+        console.print(f"{start:08x}  {shown[start : start + 32].hex(' ')}")
+
+
+def print_queue_replay(console: Console, result: QueueReplayResult) -> None:
+    plan = result.plan
+    what = f"queue {plan.queue}"
+    if plan.part is not None and plan.position is not None:
+        what += f", message {position_label(plan.part, plan.position)}"
+    if not result.messages:
+        console.print(f"{what}: no parked message waits for a retry: nothing to do")
+        return
+    if result.rules:
+        title = f"retry of {what}: {result.messages} parked message(s) read again"
+        runs = {name: str(count.new) for name, count in result.rules.items()}  # one run per new event
+        console.print(_rule_counts(title, result.dry_run, result.rules, runs))
+    would = "would be " if result.dry_run else ""
+    unmatched = f" ({result.unmatched} matched no rule)" if result.unmatched else ""
+    made = "would make" if result.dry_run else "made"
+    console.print(
+        f"{result.retried} message(s) {would}retried{unmatched}: {made} {result.new} new event(s) and run(s)"
+    )
+    if result.still:
+        updated = "" if result.dry_run else " (with the reason they fail with now)"
+        console.print(cell(f"{len(result.still)} message(s) still parked{updated}:", "yellow"))
+        for label, reason in result.still:
+            console.print(cell(f"  {label}: {reason}"))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ How it stays exactly once (invariants 2 and 11):
 - A message that cannot be read (not UTF-8 or not JSON for ``format: json``, a value jsonb refuses, a
   ``when:`` that fails on it) is *parked*: its raw bytes and the reason go to ``queue_parked`` in the
   transaction that moves the position past it, and the broker is acknowledged.  `listener queues parked`
-  lists them, `listener queues retry` makes their events (with the keys they would have had).
+  lists them, `listener replay --queue NAME` reads them again with the current configuration and makes
+  their events (with the keys they would have had: :func:`parked_message` rebuilds each message).
 
 Back-pressure: while more than ``max_backlog:`` ungated runs are pending, the source stops fetching
 (messages fetched and not yet acknowledged are kept from redelivery meanwhile: JetStream's in-progress, a
@@ -30,14 +31,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from listener.defaults import QUEUE_BACKLOG_POLL_S, QUEUE_EXTEND_S, QUEUE_FETCH_WAIT_S
 from listener.errors import is_transient
-from listener.ingest.brokers import Broker, Message, header_value
+from listener.ingest.brokers import Broker, Message, header_bytes, header_value
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.logs import fields
@@ -106,7 +107,7 @@ def read_message(
     queue: str, form: str, message: Message, rules: Sequence[CompiledRule], now: datetime
 ) -> Read:
     """What ``message`` makes under ``rules``: (rule, payload JSON, run key) per matching rule, or the
-    reason it is parked.  The same live and in `listener queues retry`."""
+    reason it is parked.  The same live and in `listener replay --queue`."""
     try:
         body = read_body(message.body, form)
     except Unfit as unfit:
@@ -169,6 +170,37 @@ def park_row(queue: str, message: Message, reason: str) -> tuple[Any, ...]:
         message.key,
         headers,
         message.body,
+    )
+
+
+def shown_position(position: Sequence[int]) -> str:
+    """A position as its broker shows it: a Kafka offset ``1234``, a Redis entry id ``1700000000000-3``, a
+    JetStream stream sequence ``42``."""
+    return "-".join(map(str, position))
+
+
+def position_label(part: str, position: Sequence[int]) -> str:
+    """A message's label, as its broker (listener.ingest.brokers) makes it: ``part:position shown``."""
+    return f"{part}:{shown_position(position)}"
+
+
+def parked_message(row: Mapping[str, Any]) -> Message:
+    """The message a row of ``queue_parked`` holds (:func:`park_row`'s inverse), to read it again: the same
+    label, hence the same event keys.  Its headers come back by name (jsonb keeps one value per name, in
+    its own order)."""
+    position = tuple(row["position"])
+    headers = row["headers"]
+    if isinstance(headers, str):  # asyncpg hands jsonb over as text
+        headers = json.loads(headers)
+    return Message(
+        part=row["part"],
+        position=position,
+        label=position_label(row["part"], position),
+        topic=row["topic"],
+        body=bytes(row["body"]),
+        key=bytes(row["msg_key"]) if row["msg_key"] is not None else None,
+        headers=[(name, header_bytes(value)) for name, value in headers.items()],
+        sent_at=row["sent_at"],
     )
 
 
@@ -277,7 +309,7 @@ class QueueSource:
         self.parked += 1
         batch.parked.append(park_row(self.queue, message, reason))
         logger.warning(
-            "queue %s: message %s parked: %s (`listener queues parked` lists it, `listener queues retry "
+            "queue %s: message %s parked: %s (`listener queues parked` lists it, `listener replay --queue "
             "%s` makes its events once the cause is fixed)",
             self.queue,
             message.label,

@@ -7,6 +7,7 @@ schema; its text is in sql/queries (listener.queue.queries).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -81,6 +82,7 @@ _ANSWER_RELOADS = queries.get("answer_reloads")
 _QUEUE_POSITIONS = queries.get("queue_positions")
 _ADVANCE_QUEUE_POSITIONS = queries.get("advance_queue_positions")
 _PARK_QUEUE_MESSAGES = queries.get("park_queue_messages")
+_RETRY_PARKED = queries.get("retry_parked")
 
 
 def _int8_array(position: tuple[int, ...]) -> str:
@@ -265,6 +267,22 @@ class StateStore:
         (events inserted, events in a rewind's range, runs of a rewind's --rerun)."""
         async with self.writer.acquire() as conn, conn.transaction():
             return await self._insert_events(conn, batch)
+
+    async def retry_parked(
+        self, queue: str, batch: EventBatch, outcomes: Sequence[tuple[str, tuple[int, ...], str | None]]
+    ) -> int:
+        """Insert the events of parked messages of ``queue`` read again (`listener replay --queue`) and, in
+        the same transaction, record each one's outcome, (part, position, None) when it read this time
+        (retried now), else (part, position, the reason it still fails with): events inserted.  A message
+        retried meanwhile is left as it is (its events' keys exist: they insert nothing)."""
+        async with self.writer.acquire() as conn, conn.transaction():
+            inserted = (await self._insert_events(conn, batch))[0]
+            if outcomes:
+                parts, positions, reasons = zip(*outcomes, strict=True)
+                await conn.execute(
+                    _RETRY_PARKED, queue, list(parts), [_int8_array(p) for p in positions], list(reasons)
+                )
+        return inserted
 
     async def _insert_events(
         self,

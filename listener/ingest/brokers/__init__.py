@@ -65,3 +65,10 @@ def header_value(value: bytes | str) -> Any:
             return text
     raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
     return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
+def header_bytes(value: Any) -> bytes:
+    """A header's bytes back from :func:`header_value`'s form (text, or ``{"base64": ...}``)."""
+    if isinstance(value, dict):
+        return base64.b64decode(str(value["base64"]))
+    return str(value).encode("utf-8")
