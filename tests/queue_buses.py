@@ -5,12 +5,14 @@ tests/integration/test_queue_sources.py and tests/chaos/test_queue_kill9.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import nats
+import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -226,12 +228,16 @@ class Watched:
     what it was told to acknowledge, and checks at each acknowledgement that the state database holds the
     message's position already.  ``forget_positions``: it starts as if no position were stored (the
     broker then delivers from its own group's or consumer's position: what an earlier reader acknowledged
-    is delivered again)."""
+    is delivered again).  ``lose_acks``: the acknowledgements never reach the broker (as when the process
+    dies between the commit and them)."""
 
-    def __init__(self, inner: Broker, queue: str, *, forget_positions: bool = False) -> None:
+    def __init__(
+        self, inner: Broker, queue: str, *, forget_positions: bool = False, lose_acks: bool = False
+    ) -> None:
         self.inner = inner
         self.queue = queue
         self.forget_positions = forget_positions
+        self.lose_acks = lose_acks
         self.store: StateStore | None = None
         self.started_at: dict[str, tuple[int, ...]] = {}
         self.fetched: list[Message] = []
@@ -252,7 +258,8 @@ class Watched:
         stored = await self.store.queue_positions(self.queue)
         self.early += [(m.label, stored.get(m.part)) for m in messages if stored.get(m.part, ()) < m.position]
         self.acked += messages
-        await self.inner.ack(messages)
+        if not self.lose_acks:
+            await self.inner.ack(messages)
 
     async def extend(self, messages: Sequence[Message]) -> None:
         await self.inner.extend(messages)
@@ -270,3 +277,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def made_bus(
+    kind: str, request: pytest.FixtureRequest, name: str, partitions: int = 1
+) -> AsyncIterator[Bus]:
+    """A :class:`Bus` of broker ``kind`` on the session's broker (its fixture got from ``request``)."""
+    made: Bus
+    if kind == "redis_stream":
+        made = RedisBus(request.getfixturevalue("redis_db"), name)
+    elif kind == "jetstream":
+        made = await JetStreamBus.make(request.getfixturevalue("nats_url"), name)
+    else:
+        made = await KafkaBus.make(request.getfixturevalue("kafka_mock"), name, partitions)
+    try:
+        yield made
+    finally:
+        await made.close()

@@ -22,8 +22,7 @@ from listener.errors import ConfigError
 from listener.ingest import Ingest
 from listener.ingest.queues import QueueSource, make_broker
 from listener.rules.config import Config, load_config
-from tests.brokers import KafkaMock
-from tests.queue_buses import BROKERS, Bus, JetStreamBus, KafkaBus, RedisBus, Sent, Watched, eventually
+from tests.queue_buses import BROKERS, Bus, Sent, Watched, eventually, made_bus
 from tests.support import running_ingest, write_config
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -33,18 +32,8 @@ QUEUE = "jobs"
 
 @pytest.fixture(params=BROKERS)
 async def bus(request: pytest.FixtureRequest, broker_name: str) -> AsyncIterator[Bus]:
-    made: Bus
-    if request.param == "redis_stream":
-        made = RedisBus(request.getfixturevalue("redis_db"), broker_name)
-    elif request.param == "jetstream":
-        made = await JetStreamBus.make(request.getfixturevalue("nats_url"), broker_name)
-    else:
-        mock: KafkaMock = request.getfixturevalue("kafka_mock")
-        made = await KafkaBus.make(mock, broker_name)
-    try:
+    async with made_bus(request.param, request, broker_name) as made:
         yield made
-    finally:
-        await made.close()
 
 
 def rule(name: str, **settings: Any) -> dict[str, Any]:
@@ -59,10 +48,14 @@ def config(
 
 
 @asynccontextmanager
-async def reading(sql: Conn, cfg: Config, *, forget_positions: bool = False) -> AsyncIterator[Watched]:
+async def reading(
+    sql: Conn, cfg: Config, *, forget_positions: bool = False, lose_acks: bool = False
+) -> AsyncIterator[Watched]:
     """An ingest reading the config's queue through a :class:`Watched` broker (no workers)."""
     settings = cfg.queues[0]
-    watched = Watched(make_broker(settings), settings.name, forget_positions=forget_positions)
+    watched = Watched(
+        make_broker(settings), settings.name, forget_positions=forget_positions, lose_acks=lose_acks
+    )
     source = QueueSource(settings, broker=watched)
 
     def attach(ingest: Ingest) -> None:
@@ -273,6 +266,24 @@ async def test_a_message_delivered_again_at_or_below_the_stored_position_makes_n
     assert [e["payload"]["data"]["n"] for e in events(sql, "again")] == [5, 6]  # ... but not read
     assert count(sql, "events") == 9
     assert positions(sql) == {later[-1].part: later[-1].position}
+
+
+async def test_acknowledgements_lost_after_the_commit_are_made_again_after_a_restart(
+    sql: Conn, tmp_path: Path, bus: Bus
+) -> None:
+    """The first reader's acknowledgements never reach the broker (it died right after its commits): the
+    next one leaves nothing unacknowledged at the broker, and reads nothing twice."""
+    first = [await bus.send(body(n)) for n in range(5)]
+    cfg = config(tmp_path, bus, [rule("r")])
+    async with reading(sql, cfg, lose_acks=True):
+        await eventually(
+            lambda: asyncio.sleep(0, positions(sql) == {first[-1].part: first[-1].position}), "stored"
+        )
+    assert not await bus.acknowledged(first[-1])
+    async with reading(sql, cfg):
+        later = [await bus.send(body(n)) for n in range(5, 7)]
+        await read_up_to(sql, bus, later[-1], 7)
+    assert [e["payload"]["data"]["n"] for e in events(sql)] == list(range(7))
 
 
 UNREADABLE = [
