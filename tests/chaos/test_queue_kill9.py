@@ -83,7 +83,7 @@ async def test_kill9_while_reading_a_queue_loses_no_message_and_reads_none_twice
     try:
         for share in KILL_AT:
 
-            async def reached(share: float = share) -> bool:
+            async def reached(share: float = share, process: subprocess.Popen[bytes] = process) -> bool:
                 assert process.poll() is None, log.read_text()[-3000:]
                 return counts(sql)[0] >= share * MESSAGES
 
@@ -117,8 +117,8 @@ async def test_kill9_while_reading_a_queue_loses_no_message_and_reads_none_twice
     assert sorted(int(str(n)) for (n,) in numbers) == list(range(MESSAGES))
     keys = {str(k) for (k,) in sql.execute("SELECT idempotency_key FROM listener.events")}
     assert keys == {f"r/jobs/{s.label}/0" for s in sent}
-    stored = dict(sql.execute("SELECT part, position FROM listener.queue_positions WHERE queue = 'jobs'"))
-    assert {part: tuple(p) for part, p in stored.items()} == last  # type: ignore[arg-type]
+    rows = sql.execute("SELECT part, position FROM listener.queue_positions WHERE queue = 'jobs'")
+    assert {str(part): tuple(p) for part, p in rows} == last  # type: ignore[arg-type]
     assert sql.execute("SELECT count(*) FROM listener.queue_parked").fetchone() == (0,)
     assert log.read_text().count("listener run: leader of slot 'chaos'") == len(KILL_AT) + 1
     assert time.monotonic() - started < WAIT_S
