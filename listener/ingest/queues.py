@@ -355,8 +355,9 @@ class QueueSource:
         full = held = False
         while True:
             try:
-                ahead = await self.store.runs_ahead(limit + 1)
-                full = ahead + sum(self._runs_in_flight.values()) > limit
+                # in flight first: a batch committed while the count runs is counted twice, not missed
+                in_flight = sum(self._runs_in_flight.values())
+                full = await self.store.runs_ahead(limit + 1) + in_flight > limit
             except Exception as exc:
                 if not is_transient(exc):
                     raise
