@@ -215,6 +215,7 @@ class QueueSource:
         self._broker = broker
         self._acks: asyncio.Queue[list[Message]] | None = None
         self._in_flight: dict[int, list[Message]] = {}  # by id(batch): fetched, not yet acknowledged
+        self._runs_in_flight: dict[int, int] = {}  # by id(batch): its ungated runs, not yet committed
         self._stored: dict[str, tuple[int, ...]] = {}  # part -> the last position durable
         self.parked = 0  # messages parked since start (for logs and tests)
 
@@ -232,6 +233,7 @@ class QueueSource:
 
     def committed(self, batch: EventBatch) -> None:
         messages = self._in_flight.pop(id(batch), None)
+        self._runs_in_flight.pop(id(batch), None)
         if messages is None:
             return
         for part, position in batch.positions.items():
@@ -246,6 +248,7 @@ class QueueSource:
         broker = self._broker or make_broker(self.settings)
         self._acks = asyncio.Queue()
         self._in_flight.clear()
+        self._runs_in_flight.clear()
         try:
             self._stored.clear()  # in place: the broker reads it whenever partitions are assigned
             self._stored.update(await self.store.queue_positions(self.queue))
@@ -263,6 +266,7 @@ class QueueSource:
         finally:
             self._acks = None
             self._in_flight.clear()
+            self._runs_in_flight.clear()
             await broker.close()
 
     async def _read(self, broker: Broker, out: BatchQueue) -> None:
@@ -279,6 +283,7 @@ class QueueSource:
                 await broker.ack(old)  # durable before: delivered again after a lost acknowledgement
             if fresh:
                 self._in_flight[id(batch)] = fresh
+                self._runs_in_flight[id(batch)] = sum(not batch.groups[g - 1][7] for g in batch.group)
                 await out.put(batch, self)
 
     def _batch(self, messages: list[Message]) -> tuple[EventBatch, list[Message], list[Message]]:
@@ -320,11 +325,14 @@ class QueueSource:
 
     async def _room_in_backlog(self, broker: Broker, limit: int) -> None:
         """Wait while more than ``limit`` ungated runs are pending, holding the broker's session (a
-        failure to count: the last answer stands for one round)."""
+        failure to count: the last answer stands for one round).  The runs of batches fetched and not yet
+        committed count too: else each fetch while the writer is behind would pass the limit again."""
         full = held = False
         while True:
             try:
-                full = await self.store.runs_ahead(limit + 1) > limit
+                # in flight first: a batch committed while the count runs is counted twice, not missed
+                in_flight = sum(self._runs_in_flight.values())
+                full = await self.store.runs_ahead(limit + 1) + in_flight > limit
             except Exception as exc:
                 if not is_transient(exc):
                     raise

@@ -5,7 +5,10 @@ An entry's position is its id, ``ms-seq``.  At start the group is created at the
 without one, at the stream's beginning), or, if it exists, moved there (``XGROUP SETID``): the entries
 after it are delivered again, whatever the group's pending list says.  A group that exists while no
 position is stored is moved back to its oldest pending entry, so what an earlier reader left
-unacknowledged is read too.  An entry's ``body`` field is its body and its other fields its headers; an
+unacknowledged is read too.  With a stored position, the entries up to it that the group still counts
+pending (durable, their acknowledgement lost in a crash) are acknowledged at start: the group is never
+set back before them again, so nothing else would, and ``XAUTOCLAIM`` elsewhere would read them twice.
+An entry's ``body`` field is its body and its other fields its headers; an
 entry without a ``body`` field is read as the JSON object of its fields.  Fetched entries not yet durable
 are claimed again every ``QUEUE_EXTEND_S`` (resetting their idle time), so an ``XAUTOCLAIM`` elsewhere does
 not take them.
@@ -28,6 +31,7 @@ from listener.ingest.brokers import Message, header_value
 from listener.rules.config.models import RedisStreamSettings
 
 _BODY = b"body"
+_ACK_CHUNK = 1000  # pending entries acknowledged at once at start
 
 
 def entry_id(position: tuple[int, ...]) -> str:
@@ -73,6 +77,20 @@ class RedisStreamBroker:
                     return  # the group's own position: nothing was left unacknowledged
                 start = before(entry_position(pending["min"]))
             await self._client.xgroup_setid(s.stream, s.group, start)
+        if stored is not None:
+            await self._ack_through(start)
+
+    async def _ack_through(self, last: str) -> None:
+        """XACK the entries up to ``last`` (included) that the group counts pending."""
+        s = self.settings
+        while True:
+            pending = await self._client.xpending_range(
+                s.stream, s.group, min="-", max=last, count=_ACK_CHUNK
+            )
+            if pending:
+                await self._client.xack(s.stream, s.group, *(p["message_id"] for p in pending))
+            if len(pending) < _ACK_CHUNK:
+                return
 
     async def fetch(self, limit: int, wait_s: float) -> list[Message]:
         s = self.settings

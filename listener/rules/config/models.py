@@ -205,6 +205,16 @@ class KafkaSettings(BaseModel):
     brokers: Annotated[tuple[str, ...], BeforeValidator(wrap_brokers)]  # host:port, one or several
     topics: Annotated[tuple[str, ...], BeforeValidator(wrap_text_list)]
     group: Annotated[str, check_nonempty("group")]
+    # how long the group waits for a silent member (a killed `listener run`) before it gives its
+    # partitions to another (aiokafka's session_timeout_ms, heartbeats a third of it); absent: aiokafka's
+    # 10 s.  The brokers bound it (group.min.session.timeout.ms, 6 s by default on Apache Kafka).
+    session_timeout: Annotated[
+        str | None, unit_required("duration", DURATION_HINT), AfterValidator(check_duration)
+    ] = None
+
+    @property
+    def session_timeout_ms(self) -> int | None:
+        return None if self.session_timeout is None else int(parse_duration(self.session_timeout) * 1000)
 
 
 class RedisStreamSettings(BaseModel):
