@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from listener.ingest.queues import Broker, Message
+from listener.ingest.brokers import Broker, Message
 from listener.queue.store import StateStore
 from tests.brokers import KAFKA_FAST_GROUP, KafkaMock
 
