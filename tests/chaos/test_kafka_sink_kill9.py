@@ -20,27 +20,12 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from listener.pg.lsn import parse_lsn
+from tests.chaos.test_kill9 import checkpoint, start_listener
 from tests.kafka_log import read_committed
 from tests.support import emit_marker
 
 Conn = psycopg.Connection[tuple[object, ...]]
 KILLS = 4
-
-
-def start_listener(dsn: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "listener", "-v", "--dsn", dsn, "-c", str(config), "run", "--no-workers"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).parents[2],
-        )
-
-
-def checkpoint(sql: Conn) -> int:
-    row = sql.execute("SELECT lsn::text FROM listener.checkpoints WHERE slot_name = 'chaos'").fetchone()
-    return parse_lsn(str(row[0])) if row else 0
 
 
 def test_kill_9_while_publishing_to_kafka_loses_and_duplicates_nothing(
@@ -95,14 +80,14 @@ def test_kill_9_while_publishing_to_kafka_loses_and_duplicates_nothing(
                 time.sleep(rng.random() * 0.01)
 
     thread = threading.Thread(target=writer, name="kafka-chaos-writer")
-    proc = start_listener(dsn, config, log)
+    proc = start_listener(dsn, config, log, "-v")
     thread.start()
     try:
         for _ in range(KILLS):
             time.sleep(1.0 + rng.random() * 1.5)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            proc = start_listener(dsn, config, log)
+            proc = start_listener(dsn, config, log, "-v")
         stop_writing.set()
         thread.join()
         marker = emit_marker(dsn)

@@ -38,10 +38,23 @@ rules:
 """
 
 
-def start_listener(dsn: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_listener(dsn: str, config: Path, log: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """`listener run --no-workers` of ``config`` in the background, its output appended to ``log``
+    (``flags``: global options such as ``-v``)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "listener", "--dsn", dsn, "-c", str(config), "run", "--no-workers"],
+            [
+                sys.executable,
+                "-m",
+                "listener",
+                *flags,
+                "--dsn",
+                dsn,
+                "-c",
+                str(config),
+                "run",
+                "--no-workers",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).parents[2],

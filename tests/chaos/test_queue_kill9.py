@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import psycopg
 import pytest
 import yaml
 
+from tests.chaos.test_kill9 import start_listener
 from tests.queue_buses import BROKERS, Bus, Sent, eventually, made_bus
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -34,16 +34,6 @@ WAIT_S = 60.0
 async def bus(request: pytest.FixtureRequest, broker_name: str) -> AsyncIterator[Bus]:
     async with made_bus(request.param, request, broker_name, partitions=KAFKA_PARTITIONS) as made:
         yield made
-
-
-def start_listener(dsn: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "listener", "--dsn", dsn, "-c", str(config), "run", "--no-workers"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
 
 
 def counts(sql: Conn) -> tuple[int, int, int]:

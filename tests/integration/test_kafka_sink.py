@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from listener.pg.lsn import parse_lsn
 from listener.queue.batches import EventBatch
@@ -39,37 +38,6 @@ def sink_config(bootstrap: str, name: str, *, postgres: bool = True, **settings:
     return make_config(RULES, sink={**sink, "postgres": postgres}, **settings)
 
 
-async def read_topic(bootstrap: str, topic: str, *, committed: bool = True) -> list[Any]:
-    """Every record of ``topic`` (read committed, or uncommitted too), in partition order."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed" if committed else "read_uncommitted",
-        auto_offset_reset="earliest",
-        check_crcs=False,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        numbers = await producer.partitions_for(topic)
-    finally:
-        await producer.stop()
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        for tp, first in (await consumer.beginning_offsets(partitions)).items():
-            consumer.seek(tp, first)  # not seek_to_beginning: position() may still answer the old place
-        records: list[Any] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
-
-
 def keys_of(records: Sequence[Any]) -> list[str]:
     return [dict(r.headers)["idempotency-key"].decode() for r in records]
 
@@ -85,7 +53,7 @@ async def test_each_event_is_published_once_with_its_checkpoint(
         await wait_caught_up(run, dsn)
         checkpoint = run.ingest.durable_lsn
     in_postgres = events(dsn)
-    records = await read_topic(kafka_bootstrap, f"{broker_name}.events")
+    records = (await read_committed(kafka_bootstrap, f"{broker_name}.events")).committed
     assert sorted(keys_of(records)) == sorted(e["idempotency_key"] for e in in_postgres)
     assert len(records) == 6  # 3 inserts for `any`, 2 paid inserts and 1 paid update for `paid`
     by_key = {e["idempotency_key"]: e for e in in_postgres}
@@ -102,7 +70,7 @@ async def test_each_event_is_published_once_with_its_checkpoint(
     assert len({r.partition for r in ann}) == 1 and [
         json.loads(r.value)["payload"]["new"]["id"] for r in ann
     ] == [3, 1]
-    offsets = await read_topic(kafka_bootstrap, f"{broker_name}.offsets")
+    offsets = (await read_committed(kafka_bootstrap, f"{broker_name}.offsets")).committed
     assert offsets and offsets[-1].key == b"listener_test"
     assert parse_lsn(json.loads(offsets[-1].value)["lsn"]) == checkpoint
 
@@ -132,7 +100,7 @@ async def test_a_crash_between_the_two_commits_publishes_nothing_twice_and_loses
         sql.execute("INSERT INTO orders VALUES (3, 'cy', 'paid')")
         await wait_caught_up(run, dsn)
         assert run.ingest.stats.reconnects >= 1
-    records = await read_topic(kafka_bootstrap, f"{broker_name}.events")
+    records = (await read_committed(kafka_bootstrap, f"{broker_name}.events")).committed
     keys = keys_of(records)
     assert len(keys) == len(set(keys)) == 5  # ann: paid + any; bob: any; cy: paid + any
     assert sorted(keys) == sorted(e["idempotency_key"] for e in events(dsn))
@@ -140,7 +108,9 @@ async def test_a_crash_between_the_two_commits_publishes_nothing_twice_and_loses
     async with running_ingest(dsn, config, init=False) as run:
         assert run.ingest.sink is not None and run.ingest.sink.checkpoint is not None
         await wait_caught_up(run, dsn)
-    assert sorted(keys_of(await read_topic(kafka_bootstrap, f"{broker_name}.events"))) == sorted(keys)
+    assert sorted(
+        keys_of((await read_committed(kafka_bootstrap, f"{broker_name}.events")).committed)
+    ) == sorted(keys)
 
 
 async def test_a_transaction_larger_than_a_batch_is_one_kafka_transaction(
@@ -186,7 +156,7 @@ async def test_kafka_only_makes_no_runs_in_postgres(
         checkpoint = run.ingest.durable_lsn
     assert events(dsn) == []
     assert sql.execute("SELECT count(*) FROM listener.runs").fetchone() == (0,)
-    assert len(await read_topic(kafka_bootstrap, f"{broker_name}.events")) == 3
+    assert len((await read_committed(kafka_bootstrap, f"{broker_name}.events")).committed) == 3
     stored = sql.execute("SELECT lsn::text FROM listener.checkpoints").fetchone()
     assert stored is not None and parse_lsn(str(stored[0])) == checkpoint
 
