@@ -168,7 +168,9 @@ class KafkaSink:
         producer = self._producer
         assert producer is not None, "start the sink first"
         after = self.checkpoint if self.checkpoint is not None else -1
-        fresh = [i for i in range(len(batch)) if self._wal_commit(batch, i) > after]
+        # each group's commit LSN, parsed once (-1: a group of no slot transaction)
+        commits = [parse_lsn(g[4]) if g[11] in _IN_WAL else -1 for g in batch.groups]
+        fresh = [i for i, g in enumerate(batch.group) if commits[g - 1] > after]
         checkpoint = batch.checkpoint if batch.checkpoint is not None and batch.checkpoint > after else None
         if not fresh and checkpoint is None:
             return
@@ -184,7 +186,7 @@ class KafkaSink:
                 key=key.encode() if key is not None else None,
                 headers=[("idempotency-key", event_key.encode())],
             )
-            self._open_upto = max(self._open_upto, self._wal_commit(batch, index))
+            self._open_upto = max(self._open_upto, commits[batch.group[index] - 1])
         self.published += len(fresh)
         if checkpoint is None or checkpoint <= self._open_upto:
             # a source transaction is still open in this Kafka transaction: neither the state database's
@@ -196,12 +198,6 @@ class KafkaSink:
         await producer.commit_transaction()
         self._open_upto = None
         self.checkpoint = checkpoint
-
-    @staticmethod
-    def _wal_commit(batch: EventBatch, index: int) -> int:
-        """The commit LSN of event ``index`` (-1 for an event of no slot transaction)."""
-        group = batch.groups[batch.group[index] - 1]
-        return parse_lsn(group[4]) if group[11] in _IN_WAL else -1
 
     @staticmethod
     def _record(batch: EventBatch, index: int, event_key: str) -> str:
