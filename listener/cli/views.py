@@ -28,7 +28,7 @@ from rich.text import Text
 
 from listener.cli.render import cell, dumps, printable, progress_bar
 from listener.defaults import ERROR_CELL_CHARS, PARKED_PREVIEW_BYTES, RESULT_CELL_CHARS, WIDE_COLUMNS
-from listener.ingest.queues import position_label
+from listener.ingest.brokers import position_label
 from listener.ops import replay as journal
 from listener.ops.backfill_requests import BackfillRow
 from listener.ops.demo import DemoRun

@@ -38,12 +38,12 @@ from typing import Any
 
 from listener.defaults import QUEUE_BACKLOG_POLL_S, QUEUE_EXTEND_S, QUEUE_FETCH_WAIT_S
 from listener.errors import is_transient
-from listener.ingest.brokers import Broker, Message, header_bytes, header_value
+from listener.ingest.brokers import Broker, Message, header_bytes, header_value, position_label
 from listener.ingest.source import BatchQueue
 from listener.ingest.state import IngestState
 from listener.logs import fields
 from listener.queue.batches import EventBatch
-from listener.queue.store import StateStore
+from listener.queue.store import StateStore, int8_array
 from listener.rules.compile import CompiledRule
 from listener.rules.config.models import QueueSettings
 from listener.rules.parts import RequestParts, Unfit, json_text, matches
@@ -88,11 +88,6 @@ def read_body(body: bytes, form: str) -> str:
             raise Unfit("the body holds NUL, which PostgreSQL's jsonb cannot store")
         return json.dumps(text, ensure_ascii=False)
     return json_text(text)
-
-
-def position_text(position: tuple[int, ...]) -> str:
-    """A position as int8[]'s text, ``{1700000000000,3}``."""
-    return "{" + ",".join(map(str, position)) + "}"
 
 
 @dataclass(slots=True)
@@ -163,7 +158,7 @@ def park_row(queue: str, message: Message, reason: str) -> tuple[Any, ...]:
     return (
         queue,
         message.part,
-        position_text(message.position),
+        int8_array(message.position),
         message.topic,
         message.sent_at,
         reason,
@@ -171,17 +166,6 @@ def park_row(queue: str, message: Message, reason: str) -> tuple[Any, ...]:
         headers,
         message.body,
     )
-
-
-def shown_position(position: Sequence[int]) -> str:
-    """A position as its broker shows it: a Kafka offset ``1234``, a Redis entry id ``1700000000000-3``, a
-    JetStream stream sequence ``42``."""
-    return "-".join(map(str, position))
-
-
-def position_label(part: str, position: Sequence[int]) -> str:
-    """A message's label, as its broker (listener.ingest.brokers) makes it: ``part:position shown``."""
-    return f"{part}:{shown_position(position)}"
 
 
 def parked_message(row: Mapping[str, Any]) -> Message:
@@ -366,7 +350,3 @@ class QueueSource:
             waiting = [m for messages in self._in_flight.values() for m in messages]
             if waiting:
                 await broker.extend(waiting)
-
-
-def queue_sources(queues: Sequence[QueueSettings]) -> list[QueueSource]:
-    return [QueueSource(settings) for settings in queues]

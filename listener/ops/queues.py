@@ -27,14 +27,8 @@ from psycopg.rows import dict_row
 
 from listener.defaults import QUEUE_RETRY_MESSAGES
 from listener.errors import ListenerError
-from listener.ingest.queues import (
-    add_events,
-    key_text,
-    parked_message,
-    position_label,
-    read_message,
-    shown_position,
-)
+from listener.ingest.brokers import position_label, shown_position
+from listener.ingest.queues import add_events, key_text, parked_message, read_message
 from listener.ops.rewind_dry_run import RuleCount, tally
 from listener.queue import queries
 from listener.queue.batches import EventBatch

@@ -85,7 +85,7 @@ _PARK_QUEUE_MESSAGES = queries.get("park_queue_messages")
 _RETRY_PARKED = queries.get("retry_parked")
 
 
-def _int8_array(position: tuple[int, ...]) -> str:
+def int8_array(position: tuple[int, ...]) -> str:
     """A position as int8[]'s text, ``{1700000000000,3}``."""
     return "{" + ",".join(map(str, position)) + "}"
 
@@ -252,7 +252,7 @@ class StateStore:
                 await conn.execute(_PARK_QUEUE_MESSAGES, *map(list, zip(*batch.parked, strict=True)))
             if batch.positions:
                 queues, parts = zip(*batch.positions, strict=True)
-                positions = [_int8_array(p) for p in batch.positions.values()]
+                positions = [int8_array(p) for p in batch.positions.values()]
                 await conn.execute(_ADVANCE_QUEUE_POSITIONS, list(queues), list(parts), positions)
             if batch.checkpoint is not None:
                 await conn.execute(_UPSERT_CHECKPOINT, self.slot, format_lsn(batch.checkpoint), self.epoch)
@@ -280,7 +280,7 @@ class StateStore:
             if outcomes:
                 parts, positions, reasons = zip(*outcomes, strict=True)
                 await conn.execute(
-                    _RETRY_PARKED, queue, list(parts), [_int8_array(p) for p in positions], list(reasons)
+                    _RETRY_PARKED, queue, list(parts), [int8_array(p) for p in positions], list(reasons)
                 )
         return inserted
 

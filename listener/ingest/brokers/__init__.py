@@ -72,3 +72,15 @@ def header_bytes(value: Any) -> bytes:
     if isinstance(value, dict):
         return base64.b64decode(str(value["base64"]))
     return str(value).encode("utf-8")
+
+
+def shown_position(position: Sequence[int]) -> str:
+    """A position as its broker shows it: a Kafka offset ``1234``, a Redis entry id ``1700000000000-3``, a
+    JetStream stream sequence ``42``."""
+    return "-".join(map(str, position))
+
+
+def position_label(part: str, position: Sequence[int]) -> str:
+    """A message's label, as every broker makes it (and `listener replay --queue` again,
+    for the same event keys): ``part:position shown``."""
+    return f"{part}:{shown_position(position)}"

@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from listener.defaults import QUEUE_CONNECT_TIMEOUT_S, QUEUE_EXTEND_S
-from listener.ingest.brokers import Message
+from listener.ingest.brokers import Message, position_label
 from listener.rules.config.models import JetStreamSettings
 
 _ACK_WAIT_S = 3 * QUEUE_EXTEND_S  # a fetched message is delivered again after this without a word
@@ -73,7 +73,7 @@ class JetStreamBroker:
                 Message(
                     part=s.stream,
                     position=(sequence,),
-                    label=f"{s.stream}:{sequence}",
+                    label=position_label(s.stream, (sequence,)),
                     topic=msg.subject,
                     body=msg.data or b"",
                     headers=[(name, value.encode()) for name, value in (msg.headers or {}).items()],

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from listener.defaults import QUEUE_CONNECT_TIMEOUT_S
-from listener.ingest.brokers import Message
+from listener.ingest.brokers import Message, position_label
 from listener.rules.config.models import KafkaSettings
 
 
@@ -90,7 +90,7 @@ class KafkaBroker:
                     Message(
                         part=part,
                         position=(record.offset,),
-                        label=f"{part}:{record.offset}",
+                        label=position_label(part, (record.offset,)),
                         topic=tp.topic,
                         body=record.value if record.value is not None else b"",
                         key=record.key,

@@ -27,15 +27,11 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from listener.defaults import QUEUE_CONNECT_TIMEOUT_S
-from listener.ingest.brokers import Message, header_value
+from listener.ingest.brokers import Message, header_value, position_label, shown_position
 from listener.rules.config.models import RedisStreamSettings
 
 _BODY = b"body"
 _ACK_CHUNK = 1000  # pending entries acknowledged at once at start
-
-
-def entry_id(position: tuple[int, ...]) -> str:
-    return f"{position[0]}-{position[1]}"
 
 
 def entry_position(entry: bytes | str) -> tuple[int, int]:
@@ -65,7 +61,7 @@ class RedisStreamBroker:
             s.url, socket_connect_timeout=QUEUE_CONNECT_TIMEOUT_S, health_check_interval=30
         )
         stored = positions.get(s.stream)
-        start = entry_id(stored) if stored is not None else "0"
+        start = shown_position(stored) if stored is not None else "0"
         try:
             await self._client.xgroup_create(s.stream, s.group, id=start, mkstream=True)
         except ResponseError as exc:
@@ -106,7 +102,7 @@ class RedisStreamBroker:
                     Message(
                         part=s.stream,
                         position=position,
-                        label=f"{s.stream}:{entry_id(position)}",
+                        label=position_label(s.stream, position),
                         topic=s.stream,
                         body=body,
                         headers=headers,
