@@ -48,6 +48,7 @@ from listener.rules.compile import CompiledRule
 from listener.rules.config.models import QueueSettings
 from listener.rules.parts import RequestParts, Unfit, json_text, matches
 from listener.rules.predicate import EvaluationError
+from listener.supervise import task_group
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,8 @@ class QueueSource:
                 self.settings.broker,
                 ", ".join(f"{part} {pos}" for part, pos in self._stored.items()) or "no stored position",
             )
-            async with asyncio.TaskGroup() as tasks:
+            # supervise.task_group: a lost broker raises as itself (transient), not inside an exception group
+            async with task_group() as tasks:
                 tasks.create_task(self._acknowledge(broker), name=f"{self.name}-ack")
                 tasks.create_task(self._extend(broker), name=f"{self.name}-extend")
                 await self._read(broker, out)
