@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis.asyncio as aioredis
 
 from listener.errors import ConfigError
 from listener.ingest import Ingest
@@ -319,6 +320,71 @@ async def test_unreadable_messages_are_parked_with_their_bytes_and_the_stream_go
         assert headers == {"h": "v"} and retried_at is None
     assert positions(sql) == {sent[-1].part: sent[-1].position}
     assert sorted(m.label for m in watched.acked) == sorted(s.label for s in sent)
+
+
+async def test_legal_extremes_become_events_and_what_jsonb_refuses_is_parked(
+    sql: Conn, tmp_path: Path, bus: Bus
+) -> None:
+    """Deep JSON, numbers at the edge of numeric's range, a 400 kB body and a lone surrogate escape: what
+    PostgreSQL's jsonb stores becomes an event exactly; what it refuses (or Python cannot parse) is parked
+    with the reason, and the stream goes on."""
+    deep = "[" * 500 + "1" + "]" * 500
+    big = json.dumps({"n": 3, "text": "x" * 400_000})
+    readable = [
+        f'{{"n": 0, "deep": {deep}}}',
+        '{"n": 1, "edge": 1e131071, "tiny": 1e-16383}',
+        '{"n": 2, "pair": "\\ud83d\\ude00"}',  # an escaped surrogate pair: one character
+        big,
+    ]
+    unreadable = [
+        ("[" * 100_000 + "]" * 100_000, "nests too deeply"),
+        ('{"n": 1e131072}', "beyond PostgreSQL's numeric range"),
+        ('{"n": "\\ud800"}', "lone UTF-16 surrogate"),
+        ('{"n": Infinity}', "Infinity is not JSON"),
+    ]
+    cfg = config(tmp_path, bus, [rule("all")])
+    sent = [await bus.send(text.encode()) for text in readable]
+    sent += [await bus.send(text.encode()) for text, _ in unreadable]
+    sent.append(await bus.send(body(4)))
+    async with reading(sql, cfg):
+        await read_up_to(sql, bus, sent[-1])
+    # (read as text: jsonb writes 1e131071 out in 131,072 digits, more than Python's int() takes by default)
+    rows = sql.execute(
+        "SELECT payload->'data'->>'n', (payload->'data') - 'edge'::text - 'tiny'::text FROM listener.events"
+        " WHERE source = 'queue' ORDER BY seq"
+    ).fetchall()
+    assert [str(n) for n, _ in rows] == ["0", "1", "2", "3", "4"]
+    data: list[Any] = [d for _, d in rows]
+    assert data[0]["deep"] == json.loads(deep) and data[2]["pair"] == "\U0001f600"
+    assert data[3] == json.loads(big)
+    edge = sql.execute(
+        "SELECT payload->'data'->'edge' = '1e131071'::jsonb, payload->'data'->'tiny' = '1e-16383'::jsonb"
+        " FROM listener.events WHERE payload->'data'->>'n' = '1'"
+    ).fetchone()
+    assert edge == (True, True)
+    reasons = [str(r) for (r,) in sql.execute("SELECT reason FROM listener.queue_parked ORDER BY position")]
+    assert len(reasons) == len(unreadable)
+    for reason, (_, says) in zip(reasons, unreadable, strict=True):
+        assert says in reason, (reason, says)
+
+
+@pytest.mark.parametrize("bus", ["redis_stream"], indirect=True)  # a server that can cut its clients
+async def test_a_dropped_broker_connection_restarts_the_source_and_loses_nothing(
+    sql: Conn, tmp_path: Path, bus: Bus
+) -> None:
+    cfg = config(tmp_path, bus, [rule("all")])
+    sent = [await bus.send(body(n)) for n in range(50)]
+    async with reading(sql, cfg):
+        await read_up_to(sql, bus, sent[-1])
+        killer = aioredis.from_url(bus.entry()["redis_stream"]["url"])
+        try:
+            assert await killer.client_kill_filter(_type="normal", skipme=True) >= 1
+        finally:
+            await killer.aclose()
+        sent += [await bus.send(body(n)) for n in range(50, 100)]
+        await read_up_to(sql, bus, sent[-1], events_=100)
+    assert sorted(e["payload"]["data"]["n"] for e in events(sql)) == list(range(100))
+    assert count(sql, "queue_parked") == 0
 
 
 async def test_format_text_makes_the_body_a_json_string(sql: Conn, tmp_path: Path, bus: Bus) -> None:
